@@ -1,0 +1,13 @@
+#!/bin/sh
+# Installs the Debian packages the build and the test suite need.
+set -e
+PKGS="build-essential pkg-config libcjson-dev libpcre2-dev libedit-dev liburing-dev libmicrohttpd-dev python3"
+missing=""
+for p in $PKGS; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO=sudo
+$SUDO apt-get update
+$SUDO apt-get install -y --no-install-recommends $missing

@@ -1,0 +1,72 @@
+# ds4 — DeepSeek V4 Flash inference engine.
+#   make            build every binary (into the repository root)
+#   make test       build and run the whole test suite
+#   make san-test   the suite again under AddressSanitizer + UBSan
+#   make clean
+
+CC      ?= cc
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+WARN    := -Wall -Wextra -Werror
+STD     := -std=c11 -D_GNU_SOURCE
+PKGS    := libcjson libpcre2-8
+CPPFLAGS += -Iinclude -Isrc $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ledit -lpthread -lm
+ARCHFLAGS ?= -march=native
+
+BUILD   ?= build/rel
+BINDIR  ?= .
+
+ALL_CFLAGS = $(STD) $(WARN) $(CFLAGS) $(ARCHFLAGS) $(EXTRA_CFLAGS) -MMD -MP
+
+LIB_SRC  := $(shell find src -name '*.c' | sort)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB      := $(BUILD)/libds4.a
+
+# A tool is tools/NAME.c or a folder tools/NAME/ of sources.
+TOOL_FILES := $(wildcard tools/*.c)
+TOOL_DIRS  := $(patsubst %/,%,$(filter %/,$(wildcard tools/*/)))
+TOOLS      := $(notdir $(TOOL_FILES:.c=)) $(notdir $(TOOL_DIRS))
+TOOL_BINS  := $(addprefix $(BINDIR)/,$(TOOLS))
+
+TEST_SRC  := $(shell find tests -name 'test_*.c' | sort)
+TEST_BINS := $(TEST_SRC:%.c=$(BUILD)/%)
+
+.PHONY: all test san-test clean deps run
+all: $(TOOL_BINS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+.SECONDEXPANSION:
+$(TOOL_BINS): $(BINDIR)/%: $$(patsubst %.c,$(BUILD)/%.o,$$(wildcard tools/$$*.c) $$(wildcard tools/$$*/*.c)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) $(filter %.o,$^) $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/harness.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) $< $(BUILD)/tests/harness.o $(LIB) $(LDLIBS) -o $@
+
+test: $(TOOL_BINS) $(TEST_BINS)
+	DS4_BIN=$(abspath $(BINDIR)) DS4_BUILD=$(abspath $(BUILD)) ./tests/run.sh $(TEST_BINS)
+
+SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+san-test:
+	$(MAKE) test BUILD=build/san BINDIR=build/san/bin CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)"
+
+# The main job: build, make the default model if needed, and run it.
+run: all
+	./scripts/run-default.sh
+
+deps:
+	./scripts/install-deps.sh
+
+clean:
+	rm -rf build $(TOOL_BINS)
+
+-include $(LIB_OBJ:.o=.d) $(TEST_BINS:=.d)

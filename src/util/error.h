@@ -6,9 +6,7 @@
 
 #include <stddef.h>
 
-typedef struct ds4_error {
-    char msg[1024];
-} ds4_error;
+#include "ds4_error.h"
 
 /* Formats the message into err (when non-NULL) and returns -1 so callers can
  * write `return ds4_fail(err, "...")`. */

@@ -1,0 +1,73 @@
+/* ds4 engine API: everything the tools link against.
+ *
+ * A ds4_model is the loaded weights (immutable, shareable between sessions).
+ * A ds4_session is one sequence's decode state (raw KV windows, compressed
+ * rows, compressor frontiers) plus the logits of the last position fed.
+ * All functions report failure by returning NULL / -1 and filling a
+ * ds4_error whose message names the file, tensor or field at fault. */
+#ifndef DS4_H
+#define DS4_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ds4_error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ds4_model ds4_model;
+typedef struct ds4_session ds4_session;
+
+/* Numerics of the forward pass.
+ * OFFICIAL applies DeepSeek's quantisation simulations (FP8 e4m3 on the
+ * non-RoPE KV dims, Hadamard + FP4 e2m1 on indexer queries and keys).
+ * HF applies none and computes in fp32, for exact comparison with the
+ * transformers implementation. */
+typedef enum ds4_numerics {
+    DS4_NUMERICS_OFFICIAL = 0,
+    DS4_NUMERICS_HF = 1,
+} ds4_numerics;
+
+typedef struct ds4_model_opts {
+    int n_threads; /* worker threads for this model's compute; 0 = all cores */
+    bool verbose;  /* print a load summary to stderr */
+} ds4_model_opts;
+
+typedef struct ds4_session_opts {
+    ds4_numerics numerics;
+    uint32_t max_ctx;      /* positions this session may hold; 0 = model maximum */
+    uint32_t prefill_chunk; /* tokens per prefill pass; 0 = whole prompt at once */
+} ds4_session_opts;
+
+typedef struct ds4_model_info {
+    uint32_t n_layer, n_embd, n_vocab, n_head, head_dim, n_expert, n_expert_used;
+    uint64_t context_length;
+    uint64_t n_params;      /* weights counted from tensor shapes */
+    uint64_t weight_bytes;  /* bytes of all tensors in the file */
+    int bos_id, eos_id;     /* -1 when unknown */
+} ds4_model_info;
+
+ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_error *err);
+void ds4_model_free(ds4_model *m);
+void ds4_model_get_info(const ds4_model *m, ds4_model_info *out);
+
+ds4_session *ds4_session_new(ds4_model *m, const ds4_session_opts *opts, ds4_error *err);
+void ds4_session_free(ds4_session *s);
+/* Tokens fed so far (the position of the next token). */
+uint32_t ds4_session_pos(const ds4_session *s);
+/* Forgets everything: the next token is position 0. */
+void ds4_session_reset(ds4_session *s);
+
+/* Feeds n tokens (a prompt chunk or one decode token). When all_logits is
+ * non-NULL it receives n × n_vocab floats: the logits after each token.
+ * The last token's logits are always available via ds4_session_logits. */
+int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, ds4_error *err);
+const float *ds4_session_logits(const ds4_session *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,104 @@
+/* Mixture-of-experts sub-layer (spec/MODEL.md §3.6): sqrt-softplus router,
+ * hash routing (tid2eid) or top-k with a selection-only bias, normalised
+ * weights times the routed scale, clamped SwiGLU experts plus one shared
+ * expert. Tokens of a chunk are grouped by expert so each expert's weights
+ * are read once per chunk. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compute/layers.h"
+#include "compute/linear.h"
+
+/* Top-k of biased scores; ties keep the lower expert index. */
+static void select_topk(const float *score, const float *bias, uint32_t n_expert, uint32_t k, int32_t *ids) {
+    for (uint32_t i = 0; i < k; i++) {
+        int32_t best = -1;
+        float bv = -INFINITY;
+        for (uint32_t e = 0; e < n_expert; e++) {
+            int taken = 0;
+            for (uint32_t j = 0; j < i; j++) taken |= ids[j] == (int32_t)e;
+            if (taken) continue;
+            float v = score[e] + (bias ? bias[e] : 0.0f);
+            if (best < 0 || v > bv) {
+                best = (int32_t)e;
+                bv = v;
+            }
+        }
+        ids[i] = best;
+    }
+}
+
+/* One expert (or the shared one) over a group of token rows:
+ * out = down(swiglu(gate x, up x)). */
+static void run_expert(const ds4_net *net, const ds4_tensor *gate, const ds4_tensor *up, const ds4_tensor *down,
+                       const float *xs, uint32_t m, float limit, float *g, float *u, float *out) {
+    ds4_linear(net->pool, gate, xs, m, g);
+    ds4_linear(net->pool, up, xs, m, u);
+    ds4_swiglu_clamped(g, u, m * (uint32_t)gate->ne[1], limit);
+    ds4_linear(net->pool, down, g, m, out);
+}
+
+int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *tokens, uint32_t n, float *out, ds4_arena *ar,
+            ds4_error *err) {
+    const ds4_hparams *hp = net->hp;
+    const ds4_layer_weights *lw = &net->w->layers[il];
+    uint32_t E = hp->n_embd, F = hp->n_ff_exp, X = hp->n_expert, K = hp->n_expert_used;
+    float limit = hp->swiglu_clamp[il];
+
+    float *logits = ds4_arena_get(ar, (size_t)n * X);
+    float *wts = ds4_arena_get(ar, (size_t)n * K);
+    float *xs = ds4_arena_get(ar, (size_t)n * E);
+    float *g = ds4_arena_get(ar, (size_t)n * F);
+    float *u = ds4_arena_get(ar, (size_t)n * F);
+    float *d = ds4_arena_get(ar, (size_t)n * E);
+    int32_t *ids = malloc((size_t)n * K * sizeof *ids);
+    uint32_t *members = malloc((size_t)n * sizeof *members);
+    if (!logits || !wts || !xs || !g || !u || !d || !ids || !members) {
+        free(ids);
+        free(members);
+        return ds4_fail(err, "MoE workspace too small");
+    }
+
+    ds4_linear(net->pool, &lw->gate_inp, x, n, logits);
+    const float *bias = lw->probs_bias.data ? (const float *)lw->probs_bias.data : NULL;
+    for (uint32_t t = 0; t < n; t++) {
+        float *s = logits + (size_t)t * X;
+        for (uint32_t e = 0; e < X; e++) s[e] = sqrtf(ds4_softplus(s[e]));
+        int32_t *sel = ids + (size_t)t * K;
+        if (ds4_layer_is_hash(hp, il)) {
+            const int32_t *tab = (const int32_t *)lw->tid2eid.data;
+            memcpy(sel, tab + (size_t)tokens[t] * K, K * sizeof *sel);
+        } else {
+            select_topk(s, bias, X, K, sel);
+        }
+        /* Weights use the unbiased scores. */
+        float sum = 0;
+        for (uint32_t k = 0; k < K; k++) sum += s[sel[k]];
+        for (uint32_t k = 0; k < K; k++) wts[(size_t)t * K + k] = s[sel[k]] / (sum + 1e-20f) * hp->expert_scale;
+    }
+
+    /* Shared expert on every token, then each routed expert on its tokens. */
+    run_expert(net, &lw->gate_shexp, &lw->up_shexp, &lw->down_shexp, x, n, limit, g, u, out);
+    for (uint32_t e = 0; e < X; e++) {
+        uint32_t m = 0;
+        for (uint32_t t = 0; t < n; t++)
+            for (uint32_t k = 0; k < K; k++)
+                if (ids[(size_t)t * K + k] == (int32_t)e) {
+                    members[m] = t * K + k;
+                    memcpy(xs + (size_t)m * E, x + (size_t)t * E, E * sizeof(float));
+                    m++;
+                }
+        if (!m) continue;
+        ds4_tensor eg = ds4_expert_slice(&lw->gate_exps, e), eu = ds4_expert_slice(&lw->up_exps, e),
+                   ed = ds4_expert_slice(&lw->down_exps, e);
+        run_expert(net, &eg, &eu, &ed, xs, m, limit, g, u, d);
+        for (uint32_t i = 0; i < m; i++) {
+            uint32_t t = members[i] / K;
+            ds4_axpy(out + (size_t)t * E, wts[members[i]], d + (size_t)i * E, E);
+        }
+    }
+    free(ids);
+    free(members);
+    return 0;
+}

@@ -1,0 +1,128 @@
+#include "compute/threadpool.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+struct ds4_pool {
+    int n_threads; /* including the caller */
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t wake, done;
+    uint64_t generation; /* bumped per job; workers wait for a change */
+    bool quit;
+    int active;          /* workers still inside the current job */
+    /* current job */
+    ds4_pool_fn fn;
+    void *ctx;
+    uint64_t n, chunk;
+    atomic_uint_fast64_t next;
+};
+
+/* Items are claimed chunk by chunk from a shared counter, so uneven rows
+ * (or a thread descheduled by a noisy neighbour) balance themselves. */
+static void work(ds4_pool *p, int thread) {
+    for (;;) {
+        uint64_t b = atomic_fetch_add(&p->next, p->chunk);
+        if (b >= p->n) break;
+        uint64_t e = b + p->chunk < p->n ? b + p->chunk : p->n;
+        p->fn(p->ctx, b, e, thread);
+    }
+}
+
+typedef struct {
+    ds4_pool *p;
+    int index;
+} worker_arg;
+
+static void *worker_main(void *arg) {
+    worker_arg *wa = arg;
+    ds4_pool *p = wa->p;
+    int index = wa->index;
+    free(wa);
+    uint64_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        while (!p->quit && p->generation == seen) pthread_cond_wait(&p->wake, &p->mu);
+        if (p->quit) {
+            pthread_mutex_unlock(&p->mu);
+            return NULL;
+        }
+        seen = p->generation;
+        pthread_mutex_unlock(&p->mu);
+        work(p, index);
+        pthread_mutex_lock(&p->mu);
+        if (--p->active == 0) pthread_cond_signal(&p->done);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+ds4_pool *ds4_pool_create(int n_threads) {
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    ds4_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n_threads = n_threads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->done, NULL);
+    p->threads = calloc((size_t)n_threads, sizeof *p->threads);
+    if (!p->threads) {
+        free(p);
+        return NULL;
+    }
+    for (int i = 1; i < n_threads; i++) {
+        worker_arg *wa = malloc(sizeof *wa);
+        if (!wa) abort();
+        wa->p = p;
+        wa->index = i;
+        if (pthread_create(&p->threads[i], NULL, worker_main, wa) != 0) abort();
+    }
+    return p;
+}
+
+void ds4_pool_free(ds4_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = true;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->done);
+    free(p->threads);
+    free(p);
+}
+
+int ds4_pool_size(const ds4_pool *p) { return p ? p->n_threads : 1; }
+
+void ds4_pool_run(ds4_pool *p, uint64_t n, uint64_t grain, ds4_pool_fn fn, void *ctx) {
+    if (n == 0) return;
+    if (grain == 0) grain = 1;
+    if (!p || p->n_threads == 1 || n <= grain) {
+        fn(ctx, 0, n, 0);
+        return;
+    }
+    /* Aim for a few chunks per thread for balance, never below the grain. */
+    uint64_t chunk = n / ((uint64_t)p->n_threads * 4);
+    if (chunk < grain) chunk = grain;
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n = n;
+    p->chunk = chunk;
+    atomic_store(&p->next, 0);
+    pthread_mutex_lock(&p->mu);
+    p->active = p->n_threads - 1;
+    p->generation++;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    work(p, 0);
+    pthread_mutex_lock(&p->mu);
+    while (p->active > 0) pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}

@@ -1,0 +1,146 @@
+/* The public engine API (include/ds4.h): model loading and sessions. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compute/forward.h"
+#include "compute/linear.h"
+#include "ds4.h"
+#include "formats/ggml_types.h"
+#include "formats/gguf.h"
+
+struct ds4_model {
+    gguf_file *file;
+    ds4_hparams hp;
+    ds4_weights w;
+    ds4_net net;
+    ds4_pool *pool;
+    int bos_id, eos_id;
+};
+
+struct ds4_session {
+    ds4_model *m;
+    ds4_session_opts opts;
+    ds4_state state;
+    ds4_workspace *ws;
+    float *logits; /* n_vocab: last position */
+};
+
+static int optional_id(const gguf_file *f, const char *key) {
+    uint32_t v;
+    if (!gguf_find_kv(f, key) || gguf_get_u32(f, key, &v, NULL)) return -1;
+    return (int)v;
+}
+
+ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_error *err) {
+    ds4_model_opts o = {0};
+    if (opts) o = *opts;
+    ds4_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        ds4_fail(err, "out of memory loading %s", path);
+        return NULL;
+    }
+    m->file = gguf_open(path, err);
+    if (!m->file) goto fail;
+    if (ds4_hparams_load(&m->hp, m->file, err)) goto fail;
+    if (ds4_weights_bind(&m->w, &m->hp, m->file, ds4_linear_types(), err)) goto fail;
+    m->pool = ds4_pool_create(o.n_threads);
+    if (!m->pool) {
+        ds4_fail(err, "cannot start worker threads");
+        goto fail;
+    }
+    m->net.hp = &m->hp;
+    m->net.w = &m->w;
+    m->net.pool = m->pool;
+    ds4_net_init_rope(&m->net);
+    m->bos_id = optional_id(m->file, "tokenizer.ggml.bos_token_id");
+    m->eos_id = optional_id(m->file, "tokenizer.ggml.eos_token_id");
+    if (o.verbose) {
+        ds4_model_info info;
+        ds4_model_get_info(m, &info);
+        fprintf(stderr, "ds4: %s: %u layers, %u wide, %u heads x %u, %u experts (%u used), vocab %u, %.2f GB of weights\n",
+                path, info.n_layer, info.n_embd, info.n_head, info.head_dim, info.n_expert, info.n_expert_used, info.n_vocab,
+                info.weight_bytes / 1e9);
+    }
+    return m;
+fail:
+    ds4_model_free(m);
+    return NULL;
+}
+
+void ds4_model_free(ds4_model *m) {
+    if (!m) return;
+    ds4_pool_free(m->pool);
+    ds4_weights_free(&m->w);
+    gguf_close(m->file);
+    free(m);
+}
+
+void ds4_model_get_info(const ds4_model *m, ds4_model_info *out) {
+    const ds4_hparams *hp = &m->hp;
+    memset(out, 0, sizeof *out);
+    out->n_layer = hp->n_layer;
+    out->n_embd = hp->n_embd;
+    out->n_vocab = hp->n_vocab;
+    out->n_head = hp->n_head;
+    out->head_dim = hp->head_dim;
+    out->n_expert = hp->n_expert;
+    out->n_expert_used = hp->n_expert_used;
+    out->context_length = hp->n_ctx_train;
+    out->bos_id = m->bos_id;
+    out->eos_id = m->eos_id;
+    for (uint64_t i = 0; i < m->file->n_tensors; i++) {
+        out->n_params += m->file->tensors[i].n_elems;
+        out->weight_bytes += m->file->tensors[i].nbytes;
+    }
+}
+
+ds4_session *ds4_session_new(ds4_model *m, const ds4_session_opts *opts, ds4_error *err) {
+    ds4_session *s = calloc(1, sizeof *s);
+    if (!s) {
+        ds4_fail(err, "out of memory creating a session");
+        return NULL;
+    }
+    s->m = m;
+    if (opts) s->opts = *opts;
+    uint64_t max_ctx = s->opts.max_ctx ? s->opts.max_ctx : m->hp.n_ctx_train;
+    if (max_ctx > UINT32_MAX) max_ctx = UINT32_MAX;
+    s->logits = malloc((size_t)m->hp.n_vocab * sizeof(float));
+    s->ws = ds4_workspace_new();
+    if (!s->logits || !s->ws) {
+        ds4_fail(err, "out of memory creating a session");
+        goto fail;
+    }
+    if (ds4_state_init(&s->state, &m->hp, (uint32_t)max_ctx, err)) goto fail;
+    return s;
+fail:
+    ds4_session_free(s);
+    return NULL;
+}
+
+void ds4_session_free(ds4_session *s) {
+    if (!s) return;
+    ds4_state_free(&s->state);
+    ds4_workspace_free(s->ws);
+    free(s->logits);
+    free(s);
+}
+
+uint32_t ds4_session_pos(const ds4_session *s) { return s->state.pos; }
+void ds4_session_reset(ds4_session *s) { ds4_state_reset(&s->state); }
+const float *ds4_session_logits(const ds4_session *s) { return s->logits; }
+
+int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, ds4_error *err) {
+    const ds4_net *net = &s->m->net;
+    bool official = s->opts.numerics == DS4_NUMERICS_OFFICIAL;
+    uint32_t V = s->m->hp.n_vocab;
+    uint32_t chunk = s->opts.prefill_chunk ? s->opts.prefill_chunk : n;
+    for (uint32_t done = 0; done < n;) {
+        uint32_t len = n - done < chunk ? n - done : chunk;
+        float *dst = all_logits ? all_logits + (size_t)done * V : s->logits;
+        if (ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err)) return -1;
+        done += len;
+    }
+    if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * V, V * sizeof(float));
+    return 0;
+}

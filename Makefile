@@ -10,7 +10,7 @@ CFLAGS  ?= $(OPT) -g
 WARN    := -Wall -Wextra -Werror
 STD     := -std=c11 -D_GNU_SOURCE
 PKGS    := libcjson libpcre2-8
-CPPFLAGS += -Iinclude -Isrc $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CPPFLAGS += -Iinclude -Isrc -Itests $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ledit -lpthread -lm
 ARCHFLAGS ?= -march=native
 

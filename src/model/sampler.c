@@ -1,0 +1,124 @@
+#include "model/sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+void ds4_rng_seed(ds4_rng *r, uint64_t seed) { r->state = seed ? seed : 0x9e3779b97f4a7c15ull; }
+
+uint64_t ds4_rng_next(ds4_rng *r) {
+    uint64_t x = r->state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    r->state = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+
+float ds4_rng_uniform(ds4_rng *r) { return (float)((ds4_rng_next(r) >> 40) & 0xffffff) / 16777216.0f; }
+
+int32_t ds4_argmax(const float *logits, uint32_t n) {
+    int32_t best = -1;
+    for (uint32_t i = 0; i < n; i++)
+        if (isfinite(logits[i]) && (best < 0 || logits[i] > logits[best])) best = (int32_t)i;
+    return best < 0 ? 0 : best;
+}
+
+typedef struct {
+    float logit;
+    int32_t id;
+} cand;
+
+static int cmp_cand(const void *a, const void *b) {
+    const cand *x = a, *y = b;
+    if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
+    return x->id - y->id;
+}
+
+/* Keeps the k best candidates in c[0..k) sorted, scanning all n logits with
+ * a bounded insertion (k is at most 1024, far below the vocabulary). */
+static uint32_t top_candidates(const float *logits, uint32_t n, uint32_t k, cand *c) {
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        float l = logits[i];
+        if (!isfinite(l)) continue;
+        if (m == k && l <= c[m - 1].logit) continue;
+        uint32_t j = m < k ? m++ : m - 1;
+        while (j > 0 && c[j - 1].logit < l) {
+            c[j] = c[j - 1];
+            j--;
+        }
+        c[j].logit = l;
+        c[j].id = (int32_t)i;
+    }
+    return m;
+}
+
+/* Samples among sorted candidates: softmax at temperature T, cut at min_p
+ * (relative to the best) and at cumulative top_p mass. */
+static int32_t sample_sorted(cand *c, uint32_t m, const ds4_sampling *s, float T, ds4_rng *rng) {
+    float lmax = c[0].logit, sum = 0;
+    for (uint32_t i = 0; i < m; i++) sum += (c[i].logit = expf((c[i].logit - lmax) / T));
+    uint32_t keep = 0;
+    float mass = 0;
+    for (uint32_t i = 0; i < m; i++) {
+        float p = c[i].logit / sum;
+        if (i > 0 && p < s->min_p * (c[0].logit / sum)) break;
+        keep = i + 1;
+        mass += p;
+        if (mass >= s->top_p) break;
+    }
+    float kept = 0;
+    for (uint32_t i = 0; i < keep; i++) kept += c[i].logit;
+    float r = ds4_rng_uniform(rng) * kept;
+    for (uint32_t i = 0; i < keep; i++) {
+        r -= c[i].logit;
+        if (r <= 0) return c[i].id;
+    }
+    return c[keep - 1].id;
+}
+
+int32_t ds4_sample(const float *logits, uint32_t n, const ds4_sampling *sp, ds4_rng *rng, void *scratch) {
+    ds4_sampling s = *sp;
+    if (!(s.temperature > 0) || n == 0) return ds4_argmax(logits, n);
+    if (!(s.top_p > 0 && s.top_p <= 1)) s.top_p = 1;
+    if (!(s.min_p >= 0)) s.min_p = 0;
+    if (s.top_k < 0) s.top_k = 0;
+    if (s.top_k > 1024) s.top_k = 1024;
+    if ((uint32_t)s.top_k > n) s.top_k = (int)n;
+    float T = s.temperature;
+    int32_t best = ds4_argmax(logits, n);
+    float lmax = logits[best];
+    if (!isfinite(lmax)) return best;
+
+    if (s.top_k == 0 && s.top_p >= 1) {
+        /* Fast path: one pass for the mass of tokens above min_p, one walk. */
+        float floor_w = s.min_p, sum = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            if (!isfinite(logits[i])) continue;
+            float w = expf((logits[i] - lmax) / T);
+            if (w >= floor_w) sum += w;
+        }
+        float r = ds4_rng_uniform(rng) * sum;
+        int32_t last = best;
+        for (uint32_t i = 0; i < n; i++) {
+            if (!isfinite(logits[i])) continue;
+            float w = expf((logits[i] - lmax) / T);
+            if (w < floor_w) continue;
+            last = (int32_t)i;
+            r -= w;
+            if (r <= 0) return (int32_t)i;
+        }
+        return last;
+    }
+    cand *c = scratch;
+    uint32_t m;
+    if (s.top_k > 0) {
+        m = top_candidates(logits, n, (uint32_t)s.top_k, c);
+    } else {
+        m = 0;
+        for (uint32_t i = 0; i < n; i++)
+            if (isfinite(logits[i])) c[m++] = (cand){logits[i], (int32_t)i};
+        qsort(c, m, sizeof *c, cmp_cand);
+    }
+    return sample_sorted(c, m, &s, T, rng);
+}

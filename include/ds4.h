@@ -64,6 +64,12 @@ void ds4_session_reset(ds4_session *s);
 /* Feeds n tokens (a prompt chunk or one decode token). When all_logits is
  * non-NULL it receives n × n_vocab floats: the logits after each token.
  * The last token's logits are always available via ds4_session_logits. */
+/* Copies the whole decode state of src into dst (sessions of the same
+ * model): an in-memory snapshot / restore. The last logits are copied too. */
+int ds4_session_copy_state(ds4_session *dst, const ds4_session *src, ds4_error *err);
+/* Bytes of decode state held now (KV windows and compressed rows). */
+uint64_t ds4_session_state_bytes(const ds4_session *s);
+
 int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, ds4_error *err);
 const float *ds4_session_logits(const ds4_session *s);
 

@@ -41,6 +41,8 @@ int ds4_state_init(ds4_state *s, const ds4_hparams *hp, uint32_t max_ctx, ds4_er
     memset(s, 0, sizeof *s);
     s->max_ctx = max_ctx;
     s->n_layer = hp->n_layer;
+    s->window = hp->window;
+    s->head_dim = hp->head_dim;
     s->layers = calloc(hp->n_layer, sizeof *s->layers);
     if (!s->layers) return ds4_fail(err, "out of memory allocating decode state");
     for (uint32_t il = 0; il < hp->n_layer; il++) {
@@ -78,8 +80,38 @@ uint64_t ds4_state_bytes(const ds4_state *s) {
     uint64_t b = 0;
     for (uint32_t il = 0; il < s->n_layer; il++) {
         const ds4_layer_state *l = &s->layers[il];
-        (void)l;
+        b += (uint64_t)s->window * s->head_dim * 4;
         b += (uint64_t)l->comp.n_rows * l->comp.width * 4 + (uint64_t)l->idx.n_rows * l->idx.width * 4;
     }
     return b;
+}
+
+static int comp_copy(ds4_comp_state *d, const ds4_comp_state *s, ds4_error *err) {
+    if (!s->k) return 0;
+    size_t n = (size_t)s->n_slots * s->halves * s->width;
+    memcpy(d->k, s->k, n * sizeof(float));
+    memcpy(d->z, s->z, n * sizeof(float));
+    if (d->cap_rows < s->n_rows) {
+        float *rows = realloc(d->rows, s->n_rows * s->width * sizeof(float));
+        if (!rows) return ds4_fail(err, "out of memory copying %llu compressed rows", (unsigned long long)s->n_rows);
+        d->rows = rows;
+        d->cap_rows = s->n_rows;
+    }
+    memcpy(d->rows, s->rows, s->n_rows * s->width * sizeof(float));
+    d->n_rows = s->n_rows;
+    return 0;
+}
+
+int ds4_state_copy(ds4_state *dst, const ds4_state *src, ds4_error *err) {
+    if (dst->n_layer != src->n_layer || dst->window != src->window || dst->head_dim != src->head_dim)
+        return ds4_fail(err, "state copy between different models");
+    if (src->pos > dst->max_ctx)
+        return ds4_fail(err, "state of %u tokens does not fit a session of %u", src->pos, dst->max_ctx);
+    for (uint32_t il = 0; il < src->n_layer; il++) {
+        memcpy(dst->layers[il].win, src->layers[il].win, (size_t)src->window * src->head_dim * sizeof(float));
+        if (comp_copy(&dst->layers[il].comp, &src->layers[il].comp, err)) return -1;
+        if (comp_copy(&dst->layers[il].idx, &src->layers[il].idx, err)) return -1;
+    }
+    dst->pos = src->pos;
+    return 0;
 }

@@ -25,12 +25,16 @@ typedef struct ds4_layer_state {
 
 typedef struct ds4_state {
     uint32_t pos;
+    uint32_t window, head_dim;
     uint32_t max_ctx;
     uint32_t n_layer;
     ds4_layer_state *layers;
 } ds4_state;
 
 int ds4_state_init(ds4_state *s, const ds4_hparams *hp, uint32_t max_ctx, ds4_error *err);
+/* Deep copy of src into dst (both initialised for the same model); dst keeps
+ * its own max_ctx, which must hold src's rows. */
+int ds4_state_copy(ds4_state *dst, const ds4_state *src, ds4_error *err);
 void ds4_state_free(ds4_state *s);
 void ds4_state_reset(ds4_state *s);
 /* Bytes held for the KV state right now (window rings + compressed rows). */

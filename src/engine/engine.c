@@ -144,3 +144,12 @@ int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *a
     if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * V, V * sizeof(float));
     return 0;
 }
+
+int ds4_session_copy_state(ds4_session *dst, const ds4_session *src, ds4_error *err) {
+    if (dst->m != src->m) return ds4_fail(err, "sessions belong to different models");
+    if (ds4_state_copy(&dst->state, &src->state, err)) return -1;
+    memcpy(dst->logits, src->logits, (size_t)src->m->hp.n_vocab * sizeof(float));
+    return 0;
+}
+
+uint64_t ds4_session_state_bytes(const ds4_session *s) { return ds4_state_bytes(&s->state); }

@@ -153,7 +153,7 @@ int main(int argc, char **argv) {
     int rc = 1;
     if (!s || !snap) goto done;
     if (!out) {
-        ds4_fail(&err, "cannot write '%s'", csv_path);
+        snprintf(err.msg, sizeof err.msg, "cannot write '%s': %s", csv_path, strerror(errno));
         goto done;
     }
     fprintf(out, "ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes\n");

@@ -201,7 +201,7 @@ int main(int argc, char **argv) {
     int rc = 1;
     if (!s) goto out;
     if (dump && !(all = malloc((size_t)n_prompt * info.n_vocab * sizeof(float)))) {
-        ds4_fail(&err, "out of memory for %u x %u logits", n_prompt, info.n_vocab);
+        snprintf(err.msg, sizeof err.msg, "out of memory for %u x %u logits", n_prompt, info.n_vocab);
         goto out;
     }
     double t1 = now_s();
@@ -211,7 +211,7 @@ int main(int argc, char **argv) {
         FILE *f = fopen(dump, "wb");
         if (!f || fwrite(all, sizeof(float), (size_t)n_prompt * info.n_vocab, f) != (size_t)n_prompt * info.n_vocab ||
             fclose(f) != 0) {
-            ds4_fail(&err, "cannot write logits to '%s'", dump);
+            snprintf(err.msg, sizeof err.msg, "cannot write logits to '%s': %s", dump, strerror(errno));
             goto out;
         }
     }

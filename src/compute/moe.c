@@ -78,27 +78,47 @@ int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *toke
         for (uint32_t k = 0; k < K; k++) wts[(size_t)t * K + k] = s[sel[k]] / (sum + 1e-20f) * hp->expert_scale;
     }
 
-    /* Shared expert on every token, then each routed expert on its tokens. */
+    /* Shared expert on every token, then the routed experts: the distinct
+     * experts of the chunk are acquired from the expert source in groups
+     * that fit it (a slot bank may hold fewer than the chunk touches), and
+     * each expert runs once over all of its tokens. */
     run_expert(net, &lw->gate_shexp, &lw->up_shexp, &lw->down_shexp, x, n, limit, g, u, out);
-    for (uint32_t e = 0; e < X; e++) {
-        uint32_t m = 0;
-        for (uint32_t t = 0; t < n; t++)
-            for (uint32_t k = 0; k < K; k++)
-                if (ids[(size_t)t * K + k] == (int32_t)e) {
-                    members[m] = t * K + k;
-                    memcpy(xs + (size_t)m * E, x + (size_t)t * E, E * sizeof(float));
-                    m++;
-                }
-        if (!m) continue;
-        ds4_tensor eg = ds4_expert_slice(&lw->gate_exps, e), eu = ds4_expert_slice(&lw->up_exps, e),
-                   ed = ds4_expert_slice(&lw->down_exps, e);
-        run_expert(net, &eg, &eu, &ed, xs, m, limit, g, u, d);
-        for (uint32_t i = 0; i < m; i++) {
-            uint32_t t = members[i] / K;
-            ds4_axpy(out + (size_t)t * E, wts[members[i]], d + (size_t)i * E, E);
+    uint32_t cap = ds4_experts_capacity(net->experts), n_used = 0;
+    uint32_t *used = malloc(X * sizeof *used);
+    uint8_t *seen = calloc(X, 1);
+    ds4_expert_view *views = malloc((cap < X ? cap : X) * sizeof *views);
+    if (!used || !seen || !views) {
+        free(ids), free(members), free(used), free(seen), free(views);
+        return ds4_fail(err, "out of memory routing experts");
+    }
+    for (size_t i = 0; i < (size_t)n * K; i++)
+        if (!seen[ids[i]]) {
+            seen[ids[i]] = 1;
+            used[n_used++] = (uint32_t)ids[i];
+        }
+    free(seen);
+    int rc = 0;
+    for (uint32_t g0 = 0; g0 < n_used && rc == 0; g0 += cap) {
+        uint32_t gn = n_used - g0 < cap ? n_used - g0 : cap;
+        if ((rc = ds4_experts_acquire(net->experts, il, used + g0, gn, views, err))) break;
+        for (uint32_t k = 0; k < gn; k++) {
+            int32_t e = (int32_t)used[g0 + k];
+            uint32_t m = 0;
+            for (uint32_t t = 0; t < n; t++)
+                for (uint32_t j = 0; j < K; j++)
+                    if (ids[(size_t)t * K + j] == e) {
+                        members[m] = t * K + j;
+                        memcpy(xs + (size_t)m * E, x + (size_t)t * E, E * sizeof(float));
+                        m++;
+                    }
+            run_expert(net, &views[k].gate, &views[k].up, &views[k].down, xs, m, limit, g, u, d);
+            for (uint32_t i = 0; i < m; i++) ds4_axpy(out + (size_t)members[i] / K * E, wts[members[i]], d + (size_t)i * E, E);
         }
     }
     free(ids);
     free(members);
-    return 0;
+    free(used);
+    free(views);
+    return rc;
+
 }

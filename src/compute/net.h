@@ -5,6 +5,7 @@
 
 #include "compute/ops.h"
 #include "compute/threadpool.h"
+#include "experts/experts.h"
 #include "model/hparams.h"
 #include "model/weights.h"
 
@@ -12,6 +13,7 @@ typedef struct ds4_net {
     const ds4_hparams *hp;
     const ds4_weights *w;
     ds4_pool *pool;
+    ds4_expert_source *experts; /* routed experts (mapped, resident or streamed) */
     ds4_rope rope_main; /* sliding-only layers */
     ds4_rope rope_comp; /* compressed layers, their compressors and indexers (YaRN) */
 } ds4_net;

@@ -52,6 +52,11 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
     m->net.hp = &m->hp;
     m->net.w = &m->w;
     m->net.pool = m->pool;
+    m->net.experts = ds4_experts_from_weights(&m->w, m->hp.n_layer, m->hp.n_expert);
+    if (!m->net.experts) {
+        ds4_fail(err, "out of memory creating the expert source");
+        goto fail;
+    }
     ds4_net_init_rope(&m->net);
     m->bos_id = optional_id(m->file, "tokenizer.ggml.bos_token_id");
     m->eos_id = optional_id(m->file, "tokenizer.ggml.eos_token_id");
@@ -70,6 +75,7 @@ fail:
 
 void ds4_model_free(ds4_model *m) {
     if (!m) return;
+    ds4_experts_free(m->net.experts);
     ds4_pool_free(m->pool);
     ds4_weights_free(&m->w);
     gguf_close(m->file);

@@ -157,7 +157,10 @@ static int parse_entry(st_checkpoint *c, uint32_t shard_i, const cJSON *e, const
         !json_uint(jo->child->next, &end))
         return ds4_fail(err, "%s: tensor '%s': field 'data_offsets' is not an array of two non-negative integers", path,
                         name);
-    if (begin > end || end > data_size)
+    if (begin > end)
+        return ds4_fail(err, "%s: tensor '%s': field 'data_offsets' [%" PRIu64 ", %" PRIu64 "] ends before it begins",
+                        path, name, begin, end);
+    if (end > data_size)
         return ds4_fail(err,
                         "%s: tensor '%s': field 'data_offsets' [%" PRIu64 ", %" PRIu64
                         "] is outside the data section (%" PRIu64 " bytes)",
@@ -312,7 +315,11 @@ static int open_index(st_checkpoint *c, const char *path, ds4_error *err) {
         rc = add_shard(c, sp, err);
         free(sp);
     }
-    for (size_t i = 0; i < c->n_shards && rc == 0; i++) rc = parse_shard(c, (uint32_t)i, err);
+    for (size_t i = 0; i < c->n_shards && rc == 0; i++) {
+        rc = parse_shard(c, (uint32_t)i, err);
+        /* A shard that cannot be opened: say which index named it. */
+        if (rc && !c->shards[i].map) ds4_fail_prefix(err, "%s (weight_map)", path);
+    }
     /* Pass 2: each listed tensor must be in the shard the index names. */
     for (const cJSON *e = wm->child; e && rc == 0; e = e->next) {
         size_t want = 0, ti;

@@ -49,7 +49,7 @@ typedef struct gguf_kv {
         gguf_str str;
     } v;
     /* Arrays: element type and count; elements start at arr_data in the
-     * mapping (for string arrays use gguf_arr_str, which walks them). */
+     * mapping (for string arrays use arr_strs or gguf_arr_str). */
     uint32_t arr_type;
     uint64_t arr_count;
     const uint8_t *arr_data;
@@ -100,6 +100,13 @@ int gguf_get_str(const gguf_file *f, const char *key, char **out, ds4_error *err
 /* Numeric array element i converted to double / int64 (any numeric elem type). */
 int gguf_arr_get_f64(const gguf_file *f, const gguf_kv *kv, uint64_t i, double *out, ds4_error *err);
 int gguf_arr_get_i64(const gguf_file *f, const gguf_kv *kv, uint64_t i, int64_t *out, ds4_error *err);
+/* String array element i; {NULL, 0} when kv is not a string array or i is
+ * out of range. */
+gguf_str gguf_arr_str(const gguf_kv *kv, uint64_t i);
+/* "u32", "string", "array", ... ("unknown" for anything else). */
+const char *gguf_value_type_name(uint32_t type);
+/* Bytes of one value of a fixed-size type (0 for string, array, unknown). */
+size_t gguf_value_type_size(uint32_t type);
 
 /* ---------------------------------------------------------------------- */
 /* Streaming writer. Metadata and tensor infos are collected first; then
@@ -122,6 +129,9 @@ int gguf_writer_set_f32(gguf_writer *w, const char *key, float v);
 int gguf_writer_set_f64(gguf_writer *w, const char *key, double v);
 int gguf_writer_set_bool(gguf_writer *w, const char *key, bool v);
 int gguf_writer_set_str(gguf_writer *w, const char *key, const char *v);
+/* Any fixed-size scalar type (u8 .. f64, bool): `v` points at one value in
+ * that type's little-endian representation. */
+int gguf_writer_set_val(gguf_writer *w, const char *key, uint32_t type, const void *v);
 /* Numeric arrays: elem_type is a gguf_value_type of a numeric kind; `data`
  * holds count elements in that type's little-endian representation. */
 int gguf_writer_set_arr(gguf_writer *w, const char *key, uint32_t elem_type, const void *data, uint64_t count);

@@ -54,4 +54,11 @@ int st_read_f32(const st_tensor *t, float *out, ds4_error *err);
 /* Converts an integer tensor (I8/U8/I32/I64) to int64. */
 int st_read_i64(const st_tensor *t, int64_t *out, ds4_error *err);
 
+/* Path of shard i (st_tensor.shard), for error messages; NULL if out of range. */
+const char *st_shard_path(const st_checkpoint *c, uint32_t shard);
+/* Single-value decoders. E4M3 is the "fn" variant (no infinities, 0x7f/0xff
+ * are NaN, max 448); E8M0 is an unsigned power of two 2^(b-127), 0xff NaN. */
+float st_e4m3_to_f32(uint8_t b);
+float st_e8m0_to_f32(uint8_t b);
+
 #endif

@@ -20,8 +20,9 @@ static int finish_row(const ds4_net *net, ds4_comp_state *c, const ds4_compresso
     const ds4_hparams *hp = net->hp;
     float cs[128], sn[128];
     ds4_rmsnorm(row, row, (const float *)cw->norm.data, c->width, hp->rms_eps);
-    ds4_rope_angles(&net->rope_comp, wpos, cs, sn);
-    ds4_rope_apply(row, c->width, net->rope_comp.n_pairs, cs, sn, 0);
+    const ds4_rope *rope = ds4_net_rope(net, official, true);
+    ds4_rope_angles(rope, wpos, cs, sn);
+    ds4_rope_apply(row, c->width, rope->n_pairs, cs, sn, 0);
     if (official) {
         if (indexer) {
             ds4_hadamard(row, c->width);
@@ -105,7 +106,8 @@ int ds4_attention(const ds4_net *net, ds4_state *st, uint32_t il, bool official,
     const ds4_hparams *hp = net->hp;
     const ds4_layer_weights *lw = &net->w->layers[il];
     ds4_layer_state *ls = &st->layers[il];
-    const ds4_rope *rope = ds4_net_layer_rope(net, il);
+    const ds4_rope *rope = ds4_net_layer_rope(net, official, il);
+    const ds4_rope *crope = ds4_net_rope(net, official, true);
     uint32_t H = hp->n_head, hd = hp->head_dim, ratio = hp->compress_ratio[il];
     uint32_t np = rope->n_pairs;
     size_t qdim = (size_t)H * hd;
@@ -165,10 +167,10 @@ int ds4_attention(const ds4_net *net, ds4_state *st, uint32_t il, bool official,
         float wscale = 1.0f / sqrtf((float)IH);
         for (uint32_t t = 0; t < n; t++) {
             float c[256];
-            ds4_rope_angles(&net->rope_comp, pos0 + t, c, c + net->rope_comp.n_pairs);
+            ds4_rope_angles(crope, pos0 + t, c, c + crope->n_pairs);
             for (uint32_t h = 0; h < IH; h++) {
                 float *qh = iq + ((size_t)t * IH + h) * d;
-                ds4_rope_apply(qh, d, net->rope_comp.n_pairs, c, c + net->rope_comp.n_pairs, 0);
+                ds4_rope_apply(qh, d, crope->n_pairs, c, c + crope->n_pairs, 0);
                 if (official) {
                     ds4_hadamard(qh, d);
                     ds4_fp4_sim(qh, d, 32);

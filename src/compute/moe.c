@@ -91,11 +91,11 @@ int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *toke
         free(ids), free(members), free(used), free(seen), free(views);
         return ds4_fail(err, "out of memory routing experts");
     }
-    for (size_t i = 0; i < (size_t)n * K; i++)
-        if (!seen[ids[i]]) {
-            seen[ids[i]] = 1;
-            used[n_used++] = (uint32_t)ids[i];
-        }
+    /* Ascending expert order: every token then sums its experts in the same
+     * order whatever the chunking, so prefill and decode agree bit for bit. */
+    for (size_t i = 0; i < (size_t)n * K; i++) seen[ids[i]] = 1;
+    for (uint32_t e = 0; e < X; e++)
+        if (seen[e]) used[n_used++] = e;
     free(seen);
     int rc = 0;
     for (uint32_t g0 = 0; g0 < n_used && rc == 0; g0 += cap) {

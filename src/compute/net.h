@@ -3,6 +3,8 @@
 #ifndef DS4_COMPUTE_NET_H
 #define DS4_COMPUTE_NET_H
 
+#include <stdbool.h>
+
 #include "compute/ops.h"
 #include "compute/threadpool.h"
 #include "experts/experts.h"
@@ -14,14 +16,21 @@ typedef struct ds4_net {
     const ds4_weights *w;
     ds4_pool *pool;
     ds4_expert_source *experts; /* routed experts (mapped, resident or streamed) */
-    ds4_rope rope_main; /* sliding-only layers */
-    ds4_rope rope_comp; /* compressed layers, their compressors and indexers (YaRN) */
+    /* RoPE frequency tables, [numerics][kind]: kind 0 for sliding-only
+     * layers, 1 for compressed layers, their compressors and indexers
+     * (YaRN). numerics 0 = official (fp32 frequencies), 1 = hf (the
+     * frequencies rounded to bf16 like the transformers reference). */
+    ds4_rope rope[2][2];
 } ds4_net;
 
 void ds4_net_init_rope(ds4_net *net);
 
-static inline const ds4_rope *ds4_net_layer_rope(const ds4_net *net, uint32_t il) {
-    return net->hp->compress_ratio[il] ? &net->rope_comp : &net->rope_main;
+static inline const ds4_rope *ds4_net_rope(const ds4_net *net, bool official, bool compressed) {
+    return &net->rope[official ? 0 : 1][compressed ? 1 : 0];
+}
+
+static inline const ds4_rope *ds4_net_layer_rope(const ds4_net *net, bool official, uint32_t il) {
+    return ds4_net_rope(net, official, net->hp->compress_ratio[il] != 0);
 }
 
 #endif

@@ -2,6 +2,8 @@
 
 #include <math.h>
 
+#include "util/half.h"
+
 float ds4_dot_f32(const float *a, const float *b, uint32_t n) {
     /* Eight independent partial sums: lets the compiler use wide vectors
      * without -ffast-math and keeps the summation order fixed. */
@@ -74,6 +76,10 @@ void ds4_rope_init(ds4_rope *r, uint32_t n_rot, float base, float factor, uint64
         float interp = (float)(1.0 / (factor * pow((double)base, (double)(2 * j) / n_rot)));
         r->inv_freq[j] = interp * (1.0f - keep) + extrap[j] * keep;
     }
+}
+
+void ds4_rope_round_bf16(ds4_rope *r) {
+    for (uint32_t j = 0; j < r->n_pairs; j++) r->inv_freq[j] = ds4_bf16_to_f32(ds4_f32_to_bf16(r->inv_freq[j]));
 }
 
 void ds4_rope_angles(const ds4_rope *r, uint64_t pos, float *cos_out, float *sin_out) {

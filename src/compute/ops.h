@@ -24,6 +24,9 @@ typedef struct ds4_rope {
 } ds4_rope;
 void ds4_rope_init(ds4_rope *r, uint32_t n_rot, float base, float factor, uint64_t orig_ctx, float beta_fast,
                    float beta_slow);
+/* Rounds the frequencies to bfloat16, as transformers' rotary buffers are
+ * when a model is instantiated in bf16 (see docs/NUMERICS.md). */
+void ds4_rope_round_bf16(ds4_rope *r);
 /* cos/sin of each pair at position pos (n_pairs entries each). */
 void ds4_rope_angles(const ds4_rope *r, uint64_t pos, float *cos_out, float *sin_out);
 /* Rotates the last 2*n_pairs entries of x (length n) as interleaved pairs;

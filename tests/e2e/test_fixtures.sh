@@ -9,7 +9,7 @@ DATA=${DS4_TEST_DATA:?}/fixtures
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 cmp="python3 $(dirname "$0")/compare_logits.py"
-ids() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); t=r['$2']; n=int(sys.argv[2]) if len(sys.argv)>2 else len(t); print(','.join(map(str,t[:n])))" "$@"; }
+ids() { python3 -c "import json,sys; t=json.load(open(sys.argv[1]))[sys.argv[2]]; n=int(sys.argv[3]) if len(sys.argv)>3 else len(t); print(','.join(map(str,t[:n])))" "$@"; }
 
 for fx in tiny-a-nosel tiny-a; do
     echo "== $fx"

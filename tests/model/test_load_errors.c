@@ -119,7 +119,7 @@ int main(void) {
         fprintf(stderr, "DS4_BIN not set (run through make test)\n");
         return 77;
     }
-    const char *valid = test_path("%s/valid.gguf", test_tmp_dir());
+    char *valid = strdup(test_path("%s/valid.gguf", test_tmp_dir())); /* test_path buffers rotate */
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "'%s/ds4-convert' '%s/fixtures/tiny-a' '%s' --type f32 2>/dev/null", bin, test_data_dir(), valid);
     CHECK(system(cmd) == 0);

@@ -139,5 +139,6 @@ int main(void) {
                    NULL);
     expect_refused(valid, &(edit){.u32_key = "deepseek4.expert_count", .u32_value = 16}, "shape", NULL);
     expect_refused(valid, &(edit){.u32_key = "deepseek4.block_count", .u32_value = 9}, "compress_ratios", NULL);
+    free(valid);
     return test_finish();
 }

@@ -208,9 +208,10 @@ int ckpt_read_i32(const ckpt_index *ix, const char *name, uint64_t rows, uint64_
     }
     for (uint64_t i = 0; i < t->n_elems; i++) {
         if (tmp[i] < 0 || tmp[i] > max_value) {
+            long long bad = (long long)tmp[i];
             free(tmp);
             return ds4_fail(err, "checkpoint tensor '%s': entry %llu = %lld is out of range 0..%u", t->name,
-                            (unsigned long long)i, (long long)tmp[i], max_value);
+                            (unsigned long long)i, bad, max_value);
         }
         out[i] = (int32_t)tmp[i];
     }

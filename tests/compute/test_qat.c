@@ -85,7 +85,7 @@ static void test_hadamard(void) {
         double norm0 = 0, norm1 = 0;
         srand(n);
         for (uint32_t i = 0; i < n; i++) {
-            orig[i] = v[i] = (float)rand() / RAND_MAX - 0.5f;
+            orig[i] = v[i] = (float)((double)rand() / RAND_MAX - 0.5);
             norm0 += (double)v[i] * v[i];
         }
         ds4_hadamard(v, n);

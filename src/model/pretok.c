@@ -133,8 +133,8 @@ int ds4_pretok_add(ds4_pretok *p, const char *pattern, size_t len, int literal, 
     if (p->n == MAX_STAGES) return ds4_fail(err, "pre-tokenizer: more than %d split stages", MAX_STAGES);
     char *pat = literal ? NULL : translate(pattern, len, err);
     if (!literal && !pat) return -1;
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF;
-    if (literal) opts |= PCRE2_LITERAL;
+    uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
+    opts |= literal ? PCRE2_LITERAL : PCRE2_UCP; /* PCRE2 refuses the pair */
     int ec;
     PCRE2_SIZE eo;
     pcre2_code *code = pcre2_compile((PCRE2_SPTR)(literal ? pattern : pat), literal ? len : PCRE2_ZERO_TERMINATED,

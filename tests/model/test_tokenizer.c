@@ -323,7 +323,7 @@ static void test_bytes(const ds4_tokenizer *tok) {
             seed = seed * 1103515245u + 12345u;
             unsigned r = seed >> 16;
             /* Mix ASCII, UTF-8 lead/continuation bytes and specials. */
-            text[i] = (char)(r % 3 == 0 ? " a1\n\t<|.\xE4\xBD\xA0"[r % 13] : (int)(r & 0xFF));
+            text[i] = (char)(r % 3 == 0 ? " a1\n\t<|.\xE4\xBD\xA0"[r % 12] /* the NUL too */ : (int)(r & 0xFF));
         }
         for (int special = 0; special < 2; special++) {
             ds4_tokens t = {0};

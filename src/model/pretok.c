@@ -170,6 +170,17 @@ static int split(run_ctx *r, int stage, const char *s, size_t len) {
     size_t start = 0, prev = 0;
     while (start < len) {
         int rc = pcre2_match(code, (PCRE2_SPTR)s, len, start, 0, md, r->mctx);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !r->jit) {
+            /* The default JIT stack (32 KiB) ran out (a pathological
+             * pattern or input): retry with room to grow (reserved,
+             * committed lazily). Made on demand because it costs more than
+             * tokenizing a short prompt. */
+            if (!(r->mctx = pcre2_match_context_create(NULL)) ||
+                !(r->jit = pcre2_jit_stack_create(32 * 1024, 64 * 1024 * 1024, NULL)))
+                return ds4_fail(r->err, "out of memory");
+            pcre2_jit_stack_assign(r->mctx, NULL, r->jit);
+            continue;
+        }
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             PCRE2_UCHAR msg[256];
@@ -199,13 +210,6 @@ int ds4_pretok_run(const ds4_pretok *p, const char *text, size_t len, ds4_pretok
     int rv = -1;
     for (int i = 0; i < p->n; i++)
         if (!(r.md[i] = pcre2_match_data_create_from_pattern(p->code[i], NULL))) goto oom;
-    if (p->n) {
-        /* The default JIT stack (32 KiB) can run out on very long runs of
-         * one character class; give it room to grow, reserved lazily. */
-        if (!(r.mctx = pcre2_match_context_create(NULL))) goto oom;
-        if (!(r.jit = pcre2_jit_stack_create(32 * 1024, 16 * 1024 * 1024, NULL))) goto oom;
-        pcre2_jit_stack_assign(r.mctx, NULL, r.jit);
-    }
     rv = split(&r, 0, text, len);
     goto done;
 oom:

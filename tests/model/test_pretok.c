@@ -2,6 +2,7 @@
  * behaviour down, the Oniguruma-vs-PCRE2 differences that the translation
  * covers (\s is Unicode White_Space, \h is a hex digit), literal and
  * empty-matching stages, and invalid UTF-8. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "../harness.h"
@@ -20,6 +21,12 @@ static int collect(void *ctx, const char *s, size_t len, ds4_error *err) {
     memcpy(p->buf + p->n, s, len);
     p->n += len;
     p->buf[p->n] = 0;
+    return 0;
+}
+
+static int count_pieces(void *ctx, const char *s, size_t len, ds4_error *err) {
+    (void)s, (void)len, (void)err;
+    ++*(size_t *)ctx;
     return 0;
 }
 
@@ -76,7 +83,19 @@ int main(void) {
     CHK(none, "as is", "as is");
     ds4_pretok_free(none);
 
+    /* A group repeated a million times outgrows PCRE2's default JIT stack:
+     * the run must retry with a bigger one, not fail. */
+    const char *deep[] = {"(a|b)+"};
+    ds4_pretok *d = make(deep, 1, 0);
+    size_t n = 1 << 20, count = 0;
+    char *big = malloc(n);
+    for (size_t i = 0; i < n; i++) big[i] = "ab"[i & 1];
     ds4_error err;
+    CHECKF(ds4_pretok_run(d, big, n, count_pieces, &count, &err) == 0, "%s", err.msg);
+    CHECK(count == 1);
+    free(big);
+    ds4_pretok_free(d);
+
     ds4_pretok *bad = ds4_pretok_new(&err);
     CHECK(ds4_pretok_add(bad, "(", 1, 0, &err) == -1);
     CHECK(strstr(err.msg, "regex") != NULL);

@@ -12,7 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ds4_chat.h"
 #include "ds4_error.h"
+#include "ds4_sampler.h"
+#include "ds4_tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -53,6 +56,13 @@ typedef struct ds4_model_info {
 ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_error *err);
 void ds4_model_free(ds4_model *m);
 void ds4_model_get_info(const ds4_model *m, ds4_model_info *out);
+
+/* The tokenizer embedded in the model file, or NULL when it has none. */
+const ds4_tokenizer *ds4_model_tokenizer(const ds4_model *m);
+
+/* A tokenizer alone, without weights: from a GGUF's metadata or from an HF
+ * tokenizer.json (with tokenizer_config.json beside it when present). */
+ds4_tokenizer *ds4_tokenizer_load(const char *path, ds4_error *err);
 
 ds4_session *ds4_session_new(ds4_model *m, const ds4_session_opts *opts, ds4_error *err);
 void ds4_session_free(ds4_session *s);

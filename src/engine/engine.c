@@ -8,6 +8,7 @@
 #include "ds4.h"
 #include "formats/ggml_types.h"
 #include "formats/gguf.h"
+#include "model/tokenizer_gguf.h"
 
 struct ds4_model {
     gguf_file *file;
@@ -15,6 +16,7 @@ struct ds4_model {
     ds4_weights w;
     ds4_net net;
     ds4_pool *pool;
+    ds4_tokenizer *tok; /* NULL when the file carries none */
     int bos_id, eos_id;
 };
 
@@ -58,6 +60,7 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
         goto fail;
     }
     ds4_net_init_rope(&m->net);
+    if (gguf_find_kv(m->file, "tokenizer.ggml.tokens") && !(m->tok = ds4_tokenizer_from_gguf(m->file, err))) goto fail;
     m->bos_id = optional_id(m->file, "tokenizer.ggml.bos_token_id");
     m->eos_id = optional_id(m->file, "tokenizer.ggml.eos_token_id");
     if (o.verbose) {
@@ -75,6 +78,7 @@ fail:
 
 void ds4_model_free(ds4_model *m) {
     if (!m) return;
+    ds4_tokenizer_free(m->tok);
     ds4_experts_free(m->net.experts);
     ds4_pool_free(m->pool);
     ds4_weights_free(&m->w);
@@ -159,3 +163,28 @@ int ds4_session_copy_state(ds4_session *dst, const ds4_session *src, ds4_error *
 }
 
 uint64_t ds4_session_state_bytes(const ds4_session *s) { return ds4_state_bytes(&s->state); }
+
+const ds4_tokenizer *ds4_model_tokenizer(const ds4_model *m) { return m->tok; }
+
+ds4_tokenizer *ds4_tokenizer_load(const char *path, ds4_error *err) {
+    size_t n = strlen(path);
+    if (n >= 5 && !strcmp(path + n - 5, ".json")) {
+        /* tokenizer_config.json beside tokenizer.json supplies bos/eos */
+        char cfg[4096];
+        const char *slash = strrchr(path, '/');
+        int dir = slash ? (int)(slash - path + 1) : 0;
+        snprintf(cfg, sizeof cfg, "%.*stokenizer_config.json", dir, path);
+        FILE *f = fopen(cfg, "r");
+        if (f) fclose(f);
+        return ds4_tokenizer_from_json(path, f ? cfg : NULL, err);
+    }
+    gguf_file *g = gguf_open(path, err);
+    if (!g) return NULL;
+    ds4_tokenizer *t = NULL;
+    if (!gguf_find_kv(g, "tokenizer.ggml.tokens"))
+        ds4_fail(err, "%s: the file carries no tokenizer (tokenizer.ggml.tokens)", path);
+    else
+        t = ds4_tokenizer_from_gguf(g, err);
+    gguf_close(g);
+    return t;
+}

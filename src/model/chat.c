@@ -1,4 +1,4 @@
-#include "model/chat.h"
+#include "ds4_chat.h"
 
 #include <stdlib.h>
 #include <string.h>

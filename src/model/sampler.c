@@ -1,4 +1,4 @@
-#include "model/sampler.h"
+#include "ds4_sampler.h"
 
 #include <math.h>
 #include <stdlib.h>

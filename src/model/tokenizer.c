@@ -1,7 +1,7 @@
 /* Tokenizer core: tables, BPE, added-token splitting, decoding.
  * Loaders (tokenizer_json.c, tokenizer_gguf.c, ds4_tokenizer_from_arrays
  * below) all funnel into tok_build_run. */
-#include "model/tokenizer.h"
+#include "ds4_tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #include "model/pretok.h"
-#include "model/tokenizer.h"
+#include "ds4_tokenizer.h"
 
 typedef struct tok_build {
     const char *source; /* names the origin in error messages */

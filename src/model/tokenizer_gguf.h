@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 #include "formats/gguf.h"
-#include "model/tokenizer.h"
+#include "ds4_tokenizer.h"
 
 /* Reads tokenizer.ggml.{model,pre,tokens,token_type,merges,bos_token_id,
  * eos_token_id,padding_token_id}. model must be "gpt2"; token_type, pre and

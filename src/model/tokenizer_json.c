@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/tokenizer.h"
+#include "ds4_tokenizer.h"
 #include "model/tokenizer_build.h"
 
 /* Largest token id accepted (keeps a corrupt file from asking for a huge

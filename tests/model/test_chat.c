@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "harness.h"
-#include "model/chat.h"
+#include "ds4_chat.h"
 
 static void expect(const ds4_segments *s, const char *want, const char *what) {
     char *got = ds4_segments_join(s);

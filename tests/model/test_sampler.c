@@ -3,7 +3,7 @@
 #include <stdlib.h>
 
 #include "harness.h"
-#include "model/sampler.h"
+#include "ds4_sampler.h"
 
 #define V 1000
 

@@ -10,7 +10,7 @@
 #include <time.h>
 
 #include "../harness.h"
-#include "model/tokenizer.h"
+#include "ds4_tokenizer.h"
 #include "util/utf8.h"
 
 typedef struct tcase {

@@ -182,7 +182,7 @@ out:
     return rc;
 }
 
-int convert_write_metadata(gguf_writer *w, const convert_config *cfg, const char *name) {
+int convert_write_metadata(gguf_writer *w, const convert_config *cfg, const char *name, bool has_tokenizer) {
     const ds4_hparams *hp = &cfg->hp;
     int rc = 0;
     rc |= gguf_writer_set_str(w, "general.architecture", DS4_ARCH);
@@ -236,7 +236,10 @@ int convert_write_metadata(gguf_writer *w, const convert_config *cfg, const char
     if (n > DS4_MAX_LAYERS + 8) n = DS4_MAX_LAYERS + 8;
     rc |= gguf_writer_set_arr(w, KEY_COMPRESS_RATIOS, GGUF_VT_U32, ratios, n);
     rc |= gguf_writer_set_arr(w, KEY_SWIGLU_CLAMP, GGUF_VT_F32, clamps, n);
-    rc |= gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", cfg->bos_id);
-    rc |= gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", cfg->eos_id);
+    /* With an embedded tokenizer its writer records the special ids. */
+    if (!has_tokenizer) {
+        rc |= gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", cfg->bos_id);
+        rc |= gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", cfg->eos_id);
+    }
     return rc ? -1 : 0;
 }

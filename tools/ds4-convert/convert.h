@@ -19,7 +19,7 @@ typedef struct convert_config {
 } convert_config;
 
 int convert_read_config(const char *dir, convert_config *cfg, ds4_error *err);
-int convert_write_metadata(gguf_writer *w, const convert_config *cfg, const char *name);
+int convert_write_metadata(gguf_writer *w, const convert_config *cfg, const char *name, bool has_tokenizer);
 
 /* Checkpoint tensors by canonical (official-style) name. */
 typedef struct ckpt_index ckpt_index;

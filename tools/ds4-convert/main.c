@@ -8,6 +8,8 @@
 
 #include "convert.h"
 #include "formats/ggml_types.h"
+#include "ds4_tokenizer.h"
+#include "model/tokenizer_gguf.h"
 #include "util/fileio.h"
 #include "util/half.h"
 
@@ -219,6 +221,7 @@ int main(int argc, char **argv) {
     convert_config cfg;
     st_checkpoint *ck = NULL;
     ckpt_index *ix = NULL;
+    ds4_tokenizer *tok = NULL;
     gguf_writer *w = NULL;
     plan p = {0};
     float *buf = NULL;
@@ -228,6 +231,18 @@ int main(int argc, char **argv) {
     if (convert_read_config(in, &cfg, &err)) goto out;
     if (!(ck = st_open(in, &err))) goto out;
     if (!(ix = ckpt_index_build(ck, &err))) goto out;
+    /* The tokenizer is embedded when the checkpoint carries one. */
+    char tj[4096], tc[4096];
+    snprintf(tj, sizeof tj, "%s/tokenizer.json", in);
+    snprintf(tc, sizeof tc, "%s/tokenizer_config.json", in);
+    if (access(tj, R_OK) == 0) {
+        if (!(tok = ds4_tokenizer_from_json(tj, access(tc, R_OK) == 0 ? tc : NULL, &err))) goto out;
+        if (ds4_tokenizer_n_vocab(tok) > cfg.hp.n_vocab) {
+            ds4_fail(&err, "%s: %u tokens do not fit the model's vocab_size %u", tj, ds4_tokenizer_n_vocab(tok), cfg.hp.n_vocab);
+            goto out;
+        }
+        fprintf(stderr, "ds4-convert: embedding the tokenizer from %s (%u tokens)\n", tj, ds4_tokenizer_n_vocab(tok));
+    }
     build_plan(&p, &cfg.hp, mtype);
 
     uint64_t max_elems = 0, total = 0;
@@ -248,10 +263,11 @@ int main(int argc, char **argv) {
     if (ds4_atomic_begin(out, tmp, sizeof tmp, &err)) goto out;
     if (!(w = gguf_writer_create(tmp, GGUF_DEFAULT_ALIGNMENT, &err))) goto out;
     const char *base = strrchr(in, '/');
-    if (convert_write_metadata(w, &cfg, base && base[1] ? base + 1 : in)) {
+    if (convert_write_metadata(w, &cfg, base && base[1] ? base + 1 : in, tok != NULL)) {
         ds4_fail(&err, "%s: cannot record metadata", tmp);
         goto out;
     }
+    if (tok && ds4_tokenizer_write_gguf(w, tok, cfg.hp.n_vocab, &err)) goto out;
     for (size_t i = 0; i < p.n; i++)
         if (gguf_writer_add_tensor(w, p.items[i].name, p.items[i].type, p.items[i].n_dims, p.items[i].ne)) {
             ds4_fail(&err, "%s: cannot declare tensor %s", tmp, p.items[i].name);
@@ -286,6 +302,7 @@ out:
     free(enc);
     free(p.items);
     ckpt_index_free(ix);
+    ds4_tokenizer_free(tok);
     st_close(ck);
     return rc;
 }

@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "util/error.h"
+#include "ds4_error.h"
 
 typedef struct ds4_tokenizer ds4_tokenizer;
 

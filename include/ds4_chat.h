@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ds4_error.h"
+
 /* The special-token strings of the V4 chat format. */
 #define DS4_TOK_BOS "<｜begin▁of▁sentence｜>"
 #define DS4_TOK_EOS "<｜end▁of▁sentence｜>"
@@ -63,5 +65,15 @@ int ds4_chat_render(const ds4_chat_msg *msgs, size_t n, ds4_think_mode mode, ds4
 /* CLI one-shot prompt: BOS [+ max prefix] + system (omitted when empty) +
  * User + prompt + Assistant + opener. */
 int ds4_chat_render_prompt(const char *system, const char *prompt, ds4_think_mode mode, ds4_segments *out);
+
+/* Turns rendered segments into token ids: special segments become their
+ * token (looked up by string); text segments are BPE'd with no special-
+ * token recognition. A special string the vocabulary lacks (e.g. <think>
+ * in DeepSeek-V3's tokenizer) is tokenized as plain text, and *missing (if
+ * not NULL) counts such segments so callers can warn. */
+struct ds4_tokenizer;
+struct ds4_tokens;
+int ds4_chat_tokenize(const struct ds4_tokenizer *tok, const ds4_segments *segs, struct ds4_tokens *out, int *missing,
+                      ds4_error *err);
 
 #endif

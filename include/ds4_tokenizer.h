@@ -73,6 +73,8 @@ typedef struct ds4_tokens {
 } ds4_tokens; /* zero-initialise; ds4_tokenize appends */
 
 void ds4_tokens_free(ds4_tokens *t);
+/* Appends one id; -1 when out of memory. */
+int ds4_tokens_push(ds4_tokens *t, int32_t id);
 
 /* Appends the ids of text[0..len) to out. With parse_special, added tokens
  * written in the text become their ids (HF's encode with or without

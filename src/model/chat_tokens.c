@@ -14,15 +14,7 @@ int ds4_chat_tokenize(const ds4_tokenizer *tok, const ds4_segments *segs, ds4_to
         if (s->special) {
             int32_t id = ds4_tokenizer_find(tok, s->text);
             if (id >= 0) {
-                /* append without going through BPE */
-                if (out->n == out->cap) {
-                    size_t cap = out->cap ? out->cap * 2 : 64;
-                    int32_t *ids = realloc(out->ids, cap * sizeof *ids);
-                    if (!ids) return ds4_fail(err, "out of memory tokenizing a chat");
-                    out->ids = ids;
-                    out->cap = cap;
-                }
-                out->ids[out->n++] = id;
+                if (ds4_tokens_push(out, id)) return ds4_fail(err, "out of memory tokenizing a chat");
                 continue;
             }
             if (missing) (*missing)++;

@@ -505,6 +505,18 @@ done:
 /* ---------------------------------------------------------------------- */
 /* Encoding. */
 
+int ds4_tokens_push(ds4_tokens *t, int32_t id) {
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 64;
+        int32_t *ids = realloc(t->ids, cap * sizeof *ids);
+        if (!ids) return -1;
+        t->ids = ids;
+        t->cap = cap;
+    }
+    t->ids[t->n++] = id;
+    return 0;
+}
+
 void ds4_tokens_free(ds4_tokens *t) {
     if (!t) return;
     free(t->ids);

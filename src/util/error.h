@@ -8,13 +8,4 @@
 
 #include "ds4_error.h"
 
-/* Formats the message into err (when non-NULL) and returns -1 so callers can
- * write `return ds4_fail(err, "...")`. */
-int ds4_fail(ds4_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-/* Prepends "prefix: " to an existing message (adds context while unwinding). */
-int ds4_fail_prefix(ds4_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
 #endif

@@ -1,69 +1,77 @@
-/* ds4: run DeepSeek V4 on the CPU.
- * This is the scripting contract of the engine (stable flags):
- *   ds4 -m MODEL.gguf --tokens 1,2,3|@ids.txt [--numerics official|hf]
- *       [--prefill-chunk N] [-t THREADS] [--ctx N] [--dump-logits OUT.f32]
- *       [-n N --temp 0]
- * --dump-logits writes little-endian float32 [prompt_len x vocab];
- * -n N greedily generates N tokens and prints their ids comma-separated. */
+/* ds4: run DeepSeek V4 from the command line.
+ *
+ *   ds4 -p TEXT | --prompt-file FILE    one-shot chat (streamed text)
+ *   ds4                                 interactive chat
+ *   ds4 --tokens IDS|@FILE              raw token ids; with -n prints generated ids
+ *   ds4 --tokenize -p TEXT              prompt ids without loading weights
+ *   ds4 --detokenize IDS                the text of ids
+ *
+ * The --tokens contract is stable for scripts: --dump-logits writes
+ * little-endian float32 [prompt_len x vocab]; -n N prints N generated ids
+ * comma-separated (--temp 0 for greedy). */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
-#include "ds4.h"
+#include "cli.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: ds4 -m MODEL.gguf --tokens IDS|@FILE [options]\n"
+            "usage: ds4 [-m MODEL] [-p TEXT | --prompt-file FILE | --tokens IDS|@FILE] [options]\n"
+            "Without a prompt, ds4 starts an interactive chat.\n"
             "  -m, --model FILE        GGUF model (default ./ds4flash.gguf)\n"
-            "  --tokens IDS|@FILE      prompt token ids, comma separated (or from FILE)\n"
-            "  -n, --n-predict N       generate N tokens after the prompt (greedy)\n"
-            "  --temp T                sampling temperature (only 0 = greedy so far)\n"
-            "  --numerics MODE         official (default: DeepSeek's FP8/FP4 simulations)\n"
-            "                          or hf (plain fp32, matches transformers)\n"
-            "  --prefill-chunk N       tokens per prefill pass (default: whole prompt)\n"
-            "  -c, --ctx N             context size of the session (default 32768)\n"
+            "  -p, --prompt TEXT       one-shot prompt, rendered with the chat template\n"
+            "  --prompt-file FILE      the prompt from a file\n"
+            "  -sys, --system TEXT     system prompt (default \"" DS4_DEFAULT_SYSTEM "\"; empty disables)\n"
+            "  --raw                   prompt = BOS + text, no chat template (base models)\n"
+            "  --think | --think-max | --nothink   reasoning mode (default --think;\n"
+            "                          --think-max needs --ctx >= 393216)\n"
+            "  -n, --n-predict N       tokens to generate (default: until EOS or a full context)\n"
+            "  -c, --ctx N             context size (default 32768)\n"
+            "  --temp T                temperature (default 1; 0 = greedy)\n"
+            "  --top-k K               keep the K best tokens (default 0 = off, max 1024)\n"
+            "  --top-p P               nucleus mass (default 1 = off)\n"
+            "  --min-p P               drop tokens below P x the best's probability (default 0.05)\n"
+            "  --seed N                sampling seed (default: time based)\n"
             "  -t, --threads N         worker threads (default: all cores)\n"
-            "  --dump-logits FILE      write float32 [prompt_len x vocab] logits\n"
-            "  -v, --verbose           print a model summary and timings\n");
+            "  --numerics MODE         official (default) or hf (fp32, matches transformers)\n"
+            "  --prefill-chunk N       tokens per prefill pass (default 512)\n"
+            "  --tokens IDS|@FILE      prompt as token ids (comma separated); prints generated ids\n"
+            "  --dump-logits FILE      with --tokens: float32 [prompt_len x vocab] logits\n"
+            "  --dump-tokens           print the prompt's token ids and pieces, then exit\n"
+            "  --dump-logprobs FILE    greedy continuation with top log-probabilities as JSON\n"
+            "  --logprobs-top-k K      entries per step in --dump-logprobs (default 20, max 128)\n"
+            "  --tokenize              print the ids of the raw prompt text (no template, no BOS)\n"
+            "  --tokenizer FILE        tokenizer for --tokenize/--detokenize (GGUF or tokenizer.json)\n"
+            "  --detokenize IDS        print the text of comma-separated ids\n"
+            "  -v, --verbose           model summary and timings\n");
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
+static void missing_model(const char *path) {
+    fprintf(stderr,
+            "ds4: model '%s' not found.\n"
+            "  Download a published DeepSeek V4 Flash GGUF with ./download_model.sh q2 (about 81 GB)\n"
+            "  or ./download_model.sh q4 (about 153 GB), or convert a checkpoint with\n"
+            "  ds4-convert CHECKPOINT_DIR model.gguf, then run ds4 -m model.gguf.\n",
+            path);
 }
 
-/* Parses "1,2,3" (whitespace and newlines allowed as separators too). */
-static int parse_ids(const char *s, int32_t **out, uint32_t *n_out) {
-    size_t cap = 64, n = 0;
-    int32_t *ids = malloc(cap * sizeof *ids);
-    if (!ids) return -1;
+static int parse_ids(const char *s, ds4_tokens *out) {
     while (*s) {
-        while (*s == ',' || *s == ' ' || *s == '\n' || *s == '\r' || *s == '\t') s++;
+        while (*s == ',' || *s == ' ' || *s == '\n' || *s == '\r' || *s == '\t' || *s == '[' || *s == ']') s++;
         if (!*s) break;
         char *end;
         errno = 0;
         long v = strtol(s, &end, 10);
-        if (end == s || errno || v < 0 || v > INT32_MAX) {
-            free(ids);
-            return -1;
-        }
-        if (n == cap) {
-            int32_t *grown = realloc(ids, (cap *= 2) * sizeof *ids);
-            if (!grown) {
-                free(ids);
-                return -1;
-            }
-            ids = grown;
-        }
-        ids[n++] = (int32_t)v;
+        if (end == s || errno || v < 0 || v > INT32_MAX) return -1;
+        if (ds4_tokens_push(out, (int32_t)v)) return -1;
         s = end;
     }
-    *out = ids;
-    *n_out = (uint32_t)n;
-    return 0;
+    return out->n ? 0 : -1;
 }
 
 static char *read_file(const char *path) {
@@ -84,157 +92,335 @@ static char *read_file(const char *path) {
     return buf;
 }
 
-static int need_arg(int i, int argc, const char *flag) {
-    if (i + 1 >= argc) {
-        fprintf(stderr, "ds4: %s needs a value\n", flag);
-        return 0;
-    }
-    return 1;
-}
-
-static int parse_uint(const char *flag, const char *s, long max, long *out) {
+static int parse_long(const char *flag, const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (*s == 0 || *end || errno || v < 0 || v > max) {
-        fprintf(stderr, "ds4: %s expects a number in 0..%ld, got '%s'\n", flag, max, s);
+    if (!*s || *end || errno || v < lo || v > hi) {
+        fprintf(stderr, "ds4: %s expects an integer in %ld..%ld, got '%s'\n", flag, lo, hi, s);
         return -1;
     }
     *out = v;
     return 0;
 }
 
-int main(int argc, char **argv) {
-    const char *model_path = "./ds4flash.gguf", *tokens_arg = NULL, *dump = NULL;
-    long n_predict = 0, chunk = 0, threads = 0, ctx = 32768;
-    double temp = 0;
-    int verbose = 0;
-    ds4_numerics numerics = DS4_NUMERICS_OFFICIAL;
+static int parse_float(const char *flag, const char *s, double lo, double hi, float *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (!*s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "ds4: %s expects a number in %g..%g, got '%s'\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, cli_opts *o) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEED()                                                      \
+    do {                                                            \
+        if (!v) {                                                   \
+            fprintf(stderr, "ds4: %s needs a value\n", a);          \
+            return -1;                                              \
+        }                                                           \
+        i++;                                                        \
+    } while (0)
+        long l;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
-            verbose = 1;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            if (!need_arg(i, argc, a)) return 2;
-            model_path = argv[++i];
-        } else if (!strcmp(a, "--tokens")) {
-            if (!need_arg(i, argc, a)) return 2;
-            tokens_arg = argv[++i];
-        } else if (!strcmp(a, "--dump-logits")) {
-            if (!need_arg(i, argc, a)) return 2;
-            dump = argv[++i];
-        } else if (!strcmp(a, "--numerics")) {
-            if (!need_arg(i, argc, a)) return 2;
-            const char *v = argv[++i];
-            if (!strcmp(v, "official")) numerics = DS4_NUMERICS_OFFICIAL;
-            else if (!strcmp(v, "hf")) numerics = DS4_NUMERICS_HF;
+            exit(0);
+        } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) o->verbose = true;
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { NEED(); o->model = v; }
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { NEED(); o->prompt = v; }
+        else if (!strcmp(a, "--prompt-file")) { NEED(); o->prompt_file = v; }
+        else if (!strcmp(a, "-sys") || !strcmp(a, "--system")) { NEED(); o->system = v; }
+        else if (!strcmp(a, "--tokens")) { NEED(); o->tokens_arg = v; }
+        else if (!strcmp(a, "--dump-logits")) { NEED(); o->dump_logits = v; }
+        else if (!strcmp(a, "--dump-logprobs")) { NEED(); o->dump_logprobs = v; }
+        else if (!strcmp(a, "--tokenizer")) { NEED(); o->tokenizer_path = v; }
+        else if (!strcmp(a, "--detokenize")) { NEED(); o->detokenize = v; }
+        else if (!strcmp(a, "--dump-tokens")) o->dump_tokens = true;
+        else if (!strcmp(a, "--tokenize")) o->tokenize = true;
+        else if (!strcmp(a, "--raw")) o->raw = true;
+        else if (!strcmp(a, "--think")) o->mode = DS4_THINK_HIGH;
+        else if (!strcmp(a, "--think-max")) o->mode = DS4_THINK_MAX;
+        else if (!strcmp(a, "--nothink")) o->mode = DS4_THINK_NONE;
+        else if (!strcmp(a, "--numerics")) {
+            NEED();
+            if (!strcmp(v, "official")) o->numerics = DS4_NUMERICS_OFFICIAL;
+            else if (!strcmp(v, "hf")) o->numerics = DS4_NUMERICS_HF;
             else {
                 fprintf(stderr, "ds4: --numerics must be 'official' or 'hf', got '%s'\n", v);
-                return 2;
+                return -1;
             }
-        } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
-            if (!need_arg(i, argc, a) || parse_uint(a, argv[++i], 1 << 30, &n_predict)) return 2;
-        } else if (!strcmp(a, "--prefill-chunk")) {
-            if (!need_arg(i, argc, a) || parse_uint(a, argv[++i], 1 << 30, &chunk)) return 2;
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            if (!need_arg(i, argc, a) || parse_uint(a, argv[++i], 4096, &threads)) return 2;
-        } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
-            if (!need_arg(i, argc, a) || parse_uint(a, argv[++i], 1L << 31, &ctx)) return 2;
-        } else if (!strcmp(a, "--temp")) {
-            if (!need_arg(i, argc, a)) return 2;
-            char *end;
-            temp = strtod(argv[++i], &end);
-            if (*end || temp < 0) {
-                fprintf(stderr, "ds4: --temp expects a non-negative number, got '%s'\n", argv[i]);
-                return 2;
-            }
-        } else {
+        } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { NEED(); if (parse_long(a, v, 0, 1L << 31, &o->n_predict)) return -1; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { NEED(); if (parse_long(a, v, 1, 1L << 31, &o->ctx)) return -1; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { NEED(); if (parse_long(a, v, 1, 4096, &o->threads)) return -1; }
+        else if (!strcmp(a, "--prefill-chunk")) { NEED(); if (parse_long(a, v, 1, 1L << 20, &o->chunk)) return -1; }
+        else if (!strcmp(a, "--logprobs-top-k")) { NEED(); if (parse_long(a, v, 1, 128, &o->logprobs_top_k)) return -1; }
+        else if (!strcmp(a, "--top-k")) { NEED(); if (parse_long(a, v, 0, 1024, &l)) return -1; o->sampling.top_k = (int)l; }
+        else if (!strcmp(a, "--seed")) { NEED(); if (parse_long(a, v, 1, LONG_MAX, &l)) return -1; o->seed = (uint64_t)l; }
+        else if (!strcmp(a, "--temp")) { NEED(); if (parse_float(a, v, 0, 100, &o->sampling.temperature)) return -1; }
+        else if (!strcmp(a, "--top-p")) { NEED(); if (parse_float(a, v, 0, 1, &o->sampling.top_p)) return -1; }
+        else if (!strcmp(a, "--min-p")) { NEED(); if (parse_float(a, v, 0, 1, &o->sampling.min_p)) return -1; }
+        else {
             fprintf(stderr, "ds4: unknown option '%s' (see ds4 --help)\n", a);
-            return 2;
+            return -1;
         }
+#undef NEED
     }
-    if (!tokens_arg) {
-        fprintf(stderr, "ds4: no prompt: pass --tokens IDS (text prompts arrive with the tokenizer)\n");
-        usage(stderr);
-        return 2;
+    int sources = !!o->prompt + !!o->prompt_file + !!o->tokens_arg;
+    if (sources > 1) {
+        fprintf(stderr, "ds4: give only one of -p, --prompt-file and --tokens\n");
+        return -1;
     }
-    if (temp != 0) {
-        fprintf(stderr, "ds4: --temp %g: sampling is not implemented yet; only greedy decoding (--temp 0) works\n", temp);
-        return 2;
+    if (o->dump_logits && !o->tokens_arg) {
+        fprintf(stderr, "ds4: --dump-logits needs --tokens\n");
+        return -1;
     }
-    char *ids_text = NULL;
-    if (tokens_arg[0] == '@') {
-        ids_text = read_file(tokens_arg + 1);
-        if (!ids_text) {
-            fprintf(stderr, "ds4: cannot read token file '%s': %s\n", tokens_arg + 1, strerror(errno));
-            return 1;
-        }
+    if ((o->tokenize || o->dump_tokens) && !o->prompt && !o->prompt_file) {
+        fprintf(stderr, "ds4: %s needs -p or --prompt-file\n", o->tokenize ? "--tokenize" : "--dump-tokens");
+        return -1;
     }
-    int32_t *prompt = NULL;
-    uint32_t n_prompt = 0;
-    if (parse_ids(ids_text ? ids_text : tokens_arg, &prompt, &n_prompt) || n_prompt == 0) {
-        fprintf(stderr, "ds4: --tokens: expected comma-separated non-negative ids in %s\n",
-                ids_text ? tokens_arg + 1 : "the argument");
-        free(ids_text);
-        return 2;
-    }
-    free(ids_text);
+    return 0;
+}
 
-    ds4_error err = {{0}};
-    ds4_model_opts mo = {.n_threads = (int)threads, .verbose = verbose};
-    double t0 = now_s();
-    ds4_model *model = ds4_model_load(model_path, &mo, &err);
-    if (!model) {
-        fprintf(stderr, "ds4: %s\n", err.msg);
-        free(prompt);
+/* --tokenize / --detokenize / --dump-tokens: the vocabulary alone. */
+static int vocab_only(cli_opts *o, const char *text) {
+    const char *path = o->tokenizer_path ? o->tokenizer_path : o->model;
+    if (access(path, R_OK) != 0) {
+        missing_model(path);
         return 1;
     }
-    ds4_model_info info;
-    ds4_model_get_info(model, &info);
-    if (ctx < (long)n_prompt + n_predict) ctx = (long)n_prompt + n_predict;
-    ds4_session_opts so = {.numerics = numerics, .max_ctx = (uint32_t)ctx, .prefill_chunk = (uint32_t)chunk};
-    ds4_session *s = ds4_session_new(model, &so, &err);
-    float *all = NULL;
+    ds4_error err = {{0}};
+    ds4_tokenizer *tok = ds4_tokenizer_load(path, &err);
+    if (!tok) {
+        fprintf(stderr, "ds4: %s\n", err.msg);
+        return 1;
+    }
+    ds4_tokens ids = {0};
     int rc = 1;
-    if (!s) goto out;
-    if (dump && !(all = malloc((size_t)n_prompt * info.n_vocab * sizeof(float)))) {
-        snprintf(err.msg, sizeof err.msg, "out of memory for %u x %u logits", n_prompt, info.n_vocab);
+    if (o->detokenize) {
+        if (parse_ids(o->detokenize, &ids)) {
+            fprintf(stderr, "ds4: --detokenize expects comma-separated ids\n");
+            goto out;
+        }
+        size_t len;
+        char *s = ds4_detokenize(tok, ids.ids, ids.n, &len, &err);
+        if (!s) goto fail;
+        fwrite(s, 1, len, stdout);
+        putchar('\n');
+        free(s);
+    } else if (o->tokenize) {
+        /* raw text, added tokens recognised as in `tokenizers`, no BOS */
+        if (ds4_tokenize(tok, text, strlen(text), true, &ids, &err)) goto fail;
+        for (size_t i = 0; i < ids.n; i++) printf("%s%d", i ? "," : "", ids.ids[i]);
+        putchar('\n');
+    } else {
+        ds4_segments segs = {0};
+        if (ds4_chat_render_prompt(o->system, text, ds4_think_mode_for_ctx(o->mode, (uint64_t)o->ctx), &segs) ||
+            ds4_chat_tokenize(tok, &segs, &ids, NULL, &err)) {
+            ds4_segments_free(&segs);
+            goto fail;
+        }
+        ds4_segments_free(&segs);
+        printf("[");
+        for (size_t i = 0; i < ids.n; i++) printf("%s%d", i ? ", " : "", ids.ids[i]);
+        printf("]\n");
+        for (size_t i = 0; i < ids.n; i++) printf("%6d  %s\n", ids.ids[i], ds4_tokenizer_token_text(tok, ids.ids[i]));
+    }
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "ds4: %s\n", err.msg);
+out:
+    ds4_tokens_free(&ids);
+    ds4_tokenizer_free(tok);
+    return rc;
+}
+
+/* --tokens: ids in, logits or ids out. */
+static int run_ids(ds4_model *m, const cli_opts *o) {
+    ds4_tokens prompt = {0};
+    char *text = NULL;
+    const char *src = o->tokens_arg;
+    if (src[0] == '@') {
+        if (!(text = read_file(src + 1))) {
+            fprintf(stderr, "ds4: cannot read token file '%s': %s\n", src + 1, strerror(errno));
+            return 1;
+        }
+        src = text;
+    }
+    int bad = parse_ids(src, &prompt);
+    free(text);
+    if (bad) {
+        fprintf(stderr, "ds4: --tokens: expected comma-separated non-negative ids\n");
+        ds4_tokens_free(&prompt);
+        return 2;
+    }
+    ds4_model_info info;
+    ds4_model_get_info(m, &info);
+    long n_predict = o->n_predict < 0 ? 0 : o->n_predict;
+    long ctx = o->ctx;
+    if (ctx < (long)prompt.n + n_predict) ctx = (long)prompt.n + n_predict;
+    ds4_error err = {{0}};
+    ds4_session_opts so = {.numerics = o->numerics, .max_ctx = (uint32_t)ctx, .prefill_chunk = (uint32_t)o->chunk};
+    ds4_session *s = ds4_session_new(m, &so, &err);
+    float *all = NULL;
+    void *scratch = malloc((size_t)info.n_vocab * 8);
+    ds4_rng rng;
+    ds4_rng_seed(&rng, o->seed);
+    int rc = 1;
+    cli_stats st = {.prompt_tokens = (uint32_t)prompt.n};
+    if (!s || !scratch) goto out;
+    if (o->dump_logits && !(all = malloc(prompt.n * (size_t)info.n_vocab * sizeof(float)))) {
+        snprintf(err.msg, sizeof err.msg, "out of memory for %zu x %u logits", prompt.n, info.n_vocab);
         goto out;
     }
-    double t1 = now_s();
-    if (ds4_session_eval(s, prompt, n_prompt, all, &err)) goto out;
-    double t2 = now_s();
-    if (dump) {
-        FILE *f = fopen(dump, "wb");
-        if (!f || fwrite(all, sizeof(float), (size_t)n_prompt * info.n_vocab, f) != (size_t)n_prompt * info.n_vocab ||
-            fclose(f) != 0) {
-            snprintf(err.msg, sizeof err.msg, "cannot write logits to '%s': %s", dump, strerror(errno));
+    double t0 = cli_now();
+    if (ds4_session_eval(s, prompt.ids, (uint32_t)prompt.n, all, &err)) goto out;
+    st.prefill_s = cli_now() - t0;
+    if (o->dump_logits) {
+        FILE *f = fopen(o->dump_logits, "wb");
+        size_t n = prompt.n * (size_t)info.n_vocab;
+        if (!f || fwrite(all, sizeof(float), n, f) != n || fclose(f) != 0) {
+            snprintf(err.msg, sizeof err.msg, "cannot write logits to '%s': %s", o->dump_logits, strerror(errno));
             goto out;
         }
     }
+    t0 = cli_now();
     for (long i = 0; i < n_predict; i++) {
-        const float *lg = ds4_session_logits(s);
-        int32_t best = 0;
-        for (uint32_t v = 1; v < info.n_vocab; v++)
-            if (lg[v] > lg[best]) best = (int32_t)v;
-        printf("%s%d", i ? "," : "", best);
+        int32_t id = ds4_sample(ds4_session_logits(s), info.n_vocab, &o->sampling, &rng, scratch);
+        printf("%s%d", i ? "," : "", id);
         fflush(stdout);
-        if (i + 1 < n_predict && ds4_session_eval(s, &best, 1, NULL, &err)) goto out;
+        st.generated++;
+        if (i + 1 < n_predict && ds4_session_eval(s, &id, 1, NULL, &err)) goto out;
     }
     if (n_predict) printf("\n");
-    double t3 = now_s();
-    if (verbose)
-        fprintf(stderr, "ds4: load %.2fs, prefill %u tokens %.1f t/s, generated %ld tokens %.1f t/s\n", t1 - t0, n_prompt,
-                n_prompt / (t2 - t1), n_predict, n_predict > 1 ? (n_predict - 1) / (t3 - t2) : 0.0);
+    st.gen_s = cli_now() - t0;
+    if (o->verbose) cli_print_stats(&st);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "ds4: %s\n", err.msg);
     free(all);
-    free(prompt);
+    free(scratch);
+    ds4_tokens_free(&prompt);
     ds4_session_free(s);
-    ds4_model_free(model);
+    return rc;
+}
+
+/* -p / --prompt-file: one chat turn, streamed. */
+static int run_text(ds4_model *m, const cli_opts *o, const char *text) {
+    const ds4_tokenizer *tok = ds4_model_tokenizer(m);
+    ds4_error err = {{0}};
+    ds4_tokens prompt = {0}, gen = {0};
+    ds4_segments segs = {0};
+    ds4_think_mode mode = ds4_think_mode_for_ctx(o->mode, (uint64_t)o->ctx);
+    if (o->mode == DS4_THINK_MAX && mode != DS4_THINK_MAX)
+        fprintf(stderr, "ds4: --think-max needs --ctx >= %u; ctx=%ld uses normal thinking instead\n", DS4_THINK_MAX_MIN_CTX,
+                o->ctx);
+    int missing = 0, rc = 1;
+    ds4_session *s = NULL;
+    if (o->raw || !strncmp(text, DS4_TOK_BOS, strlen(DS4_TOK_BOS))) {
+        /* A pre-rendered prompt (or --raw text after BOS) is used verbatim. */
+        if (o->raw && ds4_tokens_push(&prompt, ds4_tokenizer_bos(tok))) goto oom;
+        if (ds4_tokenize(tok, text, strlen(text), !o->raw, &prompt, &err)) goto out;
+        mode = DS4_THINK_NONE;
+    } else {
+        if (ds4_chat_render_prompt(o->system, text, mode, &segs)) goto oom;
+        if (ds4_chat_tokenize(tok, &segs, &prompt, &missing, &err)) goto out;
+        if (missing)
+            fprintf(stderr, "ds4: warning: %d chat marker(s) are not single tokens in this vocabulary; rendered as text\n",
+                    missing);
+    }
+    if (prompt.n >= (size_t)o->ctx) {
+        snprintf(err.msg, sizeof err.msg, "the prompt has %zu tokens, the context only %ld (raise --ctx)", prompt.n, o->ctx);
+        goto out;
+    }
+    ds4_session_opts so = {.numerics = o->numerics, .max_ctx = (uint32_t)o->ctx, .prefill_chunk = (uint32_t)o->chunk};
+    if (!(s = ds4_session_new(m, &so, &err))) goto out;
+    cli_stats st = {.prompt_tokens = (uint32_t)prompt.n};
+    double t0 = cli_now();
+    int r = cli_prefill(s, prompt.ids, (uint32_t)prompt.n, (uint32_t)o->chunk, &err);
+    st.prefill_s = cli_now() - t0;
+    if (r < 0) goto out;
+    if (o->dump_logprobs) {
+        if (cli_dump_logprobs(s, tok, o, (uint32_t)prompt.n, &err)) goto out;
+        rc = 0;
+        goto out;
+    }
+    long room = o->ctx - (long)prompt.n;
+    long max_new = o->n_predict < 0 || o->n_predict > room ? room : o->n_predict;
+    ds4_rng rng;
+    ds4_rng_seed(&rng, o->seed);
+    if (r == 0 && cli_generate(s, tok, o, mode != DS4_THINK_NONE, max_new, &rng, &gen, &st, &err) < 0) goto out;
+    cli_print_stats(&st);
+    rc = 0;
+    goto out;
+oom:
+    snprintf(err.msg, sizeof err.msg, "out of memory");
+out:
+    if (rc) fprintf(stderr, "ds4: %s\n", err.msg);
+    ds4_segments_free(&segs);
+    ds4_tokens_free(&prompt);
+    ds4_tokens_free(&gen);
+    ds4_session_free(s);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    cli_opts o = {
+        .model = "./ds4flash.gguf",
+        .system = DS4_DEFAULT_SYSTEM,
+        .n_predict = -1,
+        .ctx = 32768,
+        .chunk = 512,
+        .logprobs_top_k = 20,
+        .sampling = DS4_SAMPLING_DEFAULTS,
+        .mode = DS4_THINK_HIGH,
+        .numerics = DS4_NUMERICS_OFFICIAL,
+    };
+    if (parse_args(argc, argv, &o)) return 2;
+    if (o.seed == 0) o.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)clock();
+    char *file_text = NULL;
+    const char *text = o.prompt;
+    if (o.prompt_file) {
+        if (!(file_text = read_file(o.prompt_file))) {
+            fprintf(stderr, "ds4: cannot read prompt file '%s': %s\n", o.prompt_file, strerror(errno));
+            return 1;
+        }
+        text = file_text;
+    }
+    int rc;
+    if (o.tokenize || o.detokenize || o.dump_tokens) {
+        rc = vocab_only(&o, text);
+        free(file_text);
+        return rc;
+    }
+    if (access(o.model, R_OK) != 0) {
+        missing_model(o.model);
+        free(file_text);
+        return 1;
+    }
+    ds4_error err = {{0}};
+    ds4_model_opts mo = {.n_threads = (int)o.threads, .verbose = o.verbose};
+    ds4_model *m = ds4_model_load(o.model, &mo, &err);
+    if (!m) {
+        fprintf(stderr, "ds4: %s\n", err.msg);
+        free(file_text);
+        return 1;
+    }
+    cli_install_sigint();
+    if (o.tokens_arg) rc = run_ids(m, &o);
+    else if (!ds4_model_tokenizer(m)) {
+        fprintf(stderr, "ds4: %s has no tokenizer; text prompts need one (use --tokens, or convert with tokenizer.json)\n",
+                o.model);
+        rc = 1;
+    } else if (text) rc = run_text(m, &o, text);
+    else rc = cli_interactive(m, &o);
+    ds4_model_free(m);
+    free(file_text);
     return rc;
 }

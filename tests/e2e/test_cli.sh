@@ -1,0 +1,42 @@
+#!/bin/sh
+# The ds4 CLI end to end on the trained ds4-tiny model converted with its
+# tokenizer: one-shot text equals the transformers reference text, the
+# tokenizer contract (--tokenize / --detokenize) round-trips, sampling with
+# a seed reproduces, and an interactive session (driven through a
+# pseudo-terminal) streams, obeys commands and survives Ctrl+C.
+set -eu
+BIN=${DS4_BIN:?}
+SRC=${DS4_TINY_DIR:-$(dirname "$0")/../../../shared/models/ds4-tiny}
+if [ ! -f "$SRC/model.safetensors" ]; then
+    echo "ds4-tiny not present at $SRC"
+    exit 77
+fi
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+"$BIN/ds4-convert" "$SRC" "$TMP/tiny.gguf" --type bf16 2>/dev/null
+M=$TMP/tiny.gguf
+
+# one-shot, BOS + raw text (reference 1 of TRAINING.md)
+out=$("$BIN/ds4" -m "$M" -p "When you start Vim, the first thing it does is" --raw --temp 0 -n 40 --numerics hf 2>/dev/null)
+want=$(printf ', the last line of\nthe file that was last set in the file.  This is done by calling a\nexecutable() function in a separate window and use it for all executable. ')
+[ "$out" = "$want" ] || { echo "one-shot text differs:"; echo "$out"; exit 1; }
+echo "one-shot text matches the reference"
+
+# tokenizer contract: ids of raw text, loading no weights; and back
+ids=$("$BIN/ds4" --tokenize -m "$M" -p "Renzo e Lucia")
+[ "$ids" = "50653,7660,312,85166" ] || { echo "--tokenize gave $ids"; exit 1; }
+txt=$("$BIN/ds4" --detokenize "$ids" --tokenizer "$SRC/tokenizer.json")
+[ "$txt" = "Renzo e Lucia" ] || { echo "--detokenize gave $txt"; exit 1; }
+echo "tokenize/detokenize ok"
+
+# seeded sampling reproduces; different seeds usually differ
+a=$("$BIN/ds4" -m "$M" -p "Renzo" --raw --temp 1 --seed 7 -n 24 2>/dev/null)
+b=$("$BIN/ds4" -m "$M" -p "Renzo" --raw --temp 1 --seed 7 -n 24 2>/dev/null)
+[ "$a" = "$b" ] || { echo "same seed, different text"; exit 1; }
+echo "seeded sampling reproduces"
+
+# the chat template path runs and reports its statistics
+"$BIN/ds4" -m "$M" -p "Renzo e Lucia" --nothink --temp 0 -n 8 2>"$TMP/err" >/dev/null
+grep -q "prefill" "$TMP/err" || { echo "no statistics line"; cat "$TMP/err"; exit 1; }
+
+TMPDIR=$TMP python3 "$(dirname "$0")/cli_pty.py" "$BIN/ds4" "$M"

@@ -40,3 +40,34 @@ echo "seeded sampling reproduces"
 grep -q "prefill" "$TMP/err" || { echo "no statistics line"; cat "$TMP/err"; exit 1; }
 
 TMPDIR=$TMP python3 "$(dirname "$0")/cli_pty.py" "$BIN/ds4" "$M"
+
+# the same string is a control token in the template and plain text in user content
+n=$("$BIN/ds4" --dump-tokens -m "$M" -p "<｜User｜>" | head -1 | tr -d '[] ' | tr ',' '\n' | grep -c '^128803$')
+[ "$n" = 1 ] || { echo "user content produced a control token ($n User markers)"; exit 1; }
+echo "user content stays text"
+
+# every tokenizer case through the GGUF that ds4-convert wrote
+python3 - "$BIN/ds4" "$M" "$(dirname "$0")/../data/fixtures/tokenizer/cases.jsonl" "$TMP" <<'PY'
+import json, subprocess, sys
+ds4, gguf, cases, tmp = sys.argv[1:5]
+bad = 0
+lines = open(cases, encoding="utf-8").read().splitlines()
+for i, line in enumerate(lines):
+    c = json.loads(line)
+    open(tmp + "/case.txt", "w", encoding="utf-8", newline="").write(c["text"])
+    got = subprocess.run([ds4, "--tokenize", "--tokenizer", gguf, "--prompt-file", tmp + "/case.txt"],
+                         capture_output=True, text=True).stdout.strip()
+    want = ",".join(map(str, c["ids"]))
+    if got != want:
+        bad += 1
+        print("case %d: ids differ\n got  %s\n want %s" % (i, got[:200], want[:200]))
+        continue
+    if not c["ids"]:
+        continue
+    dec = subprocess.run([ds4, "--detokenize", want, "--tokenizer", gguf], capture_output=True).stdout
+    if dec[:-1].decode("utf-8", "replace") != c["decoded"]:
+        bad += 1
+        print("case %d: decode differs" % i)
+print("%d/%d tokenizer cases exact through the converted GGUF" % (len(lines) - bad, len(lines)))
+sys.exit(1 if bad else 0)
+PY

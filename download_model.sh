@@ -17,7 +17,7 @@ q2) FILE=DeepSeek-V4-Flash-IQ2XXS-w2Q2K-AProjQ8-SExpQ8-OutQ8-chat-v2.gguf ;;
 q4) FILE=DeepSeek-V4-Flash-Q4KExperts-F16HC-F16Compressor-F16Indexer-Q8Attn-Q8Shared-Q8Out-chat-v2.gguf ;;
 mtp) FILE=DeepSeek-V4-Flash-MTP-Q4K-Q8_0-F32.gguf ;;
 *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
@@ -29,7 +29,7 @@ set -- -L --fail -C - --progress-bar -o "$DIR/$FILE"
 [ -n "${HF_TOKEN:-}" ] && set -- "$@" -H "Authorization: Bearer $HF_TOKEN"
 curl "$@" "$REPO/$FILE"
 case "$FILE" in
-*MTP*) echo "done: pass it to ds4 with --mtp $DIR/$FILE" ;;
+*MTP*) echo "done: $DIR/$FILE (MTP speculative decoding is not implemented in ds4 yet)" ;;
 *)
     ln -sf "$DIR/$FILE" ds4flash.gguf
     echo "done: ./ds4flash.gguf -> $DIR/$FILE"

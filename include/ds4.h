@@ -50,6 +50,12 @@ typedef struct ds4_model_info {
     uint64_t context_length;
     uint64_t n_params;      /* weights counted from tensor shapes */
     uint64_t weight_bytes;  /* bytes of all tensors in the file */
+    /* What one decoded token must read and compute: every dense tensor
+     * except the embedding table (one row of it), plus expert_used of
+     * n_expert routed experts per layer. */
+    uint64_t routed_bytes;        /* all routed-expert tensors */
+    uint64_t token_bytes;         /* weight bytes read per decoded token */
+    uint64_t token_params;        /* weights multiplied per token (2 flops each) */
     int bos_id, eos_id;     /* -1 when unknown */
 } ds4_model_info;
 

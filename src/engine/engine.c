@@ -99,10 +99,22 @@ void ds4_model_get_info(const ds4_model *m, ds4_model_info *out) {
     out->context_length = hp->n_ctx_train;
     out->bos_id = m->bos_id;
     out->eos_id = m->eos_id;
+    uint64_t routed_params = 0;
     for (uint64_t i = 0; i < m->file->n_tensors; i++) {
-        out->n_params += m->file->tensors[i].n_elems;
-        out->weight_bytes += m->file->tensors[i].nbytes;
+        const gguf_tensor *t = &m->file->tensors[i];
+        out->n_params += t->n_elems;
+        out->weight_bytes += t->nbytes;
+        if (strstr(t->name, "_exps.weight")) {
+            out->routed_bytes += t->nbytes;
+            routed_params += t->n_elems;
+        }
     }
+    const ds4_tensor *emb = &m->w.tok_embd;
+    uint64_t emb_bytes = emb->row_bytes * emb->ne[1], emb_params = emb->ne[0] * emb->ne[1];
+    double used = (double)hp->n_expert_used / hp->n_expert;
+    out->token_bytes = out->weight_bytes - out->routed_bytes - emb_bytes + emb->row_bytes +
+                       (uint64_t)(out->routed_bytes * used);
+    out->token_params = out->n_params - routed_params - emb_params + (uint64_t)(routed_params * used);
 }
 
 ds4_session *ds4_session_new(ds4_model *m, const ds4_session_opts *opts, ds4_error *err) {

@@ -8,8 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ds4.h"
+#include "roofline.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -30,7 +32,9 @@ static void usage(FILE *f) {
             "  --prefill-chunk N    tokens per prefill pass (default 512)\n"
             "  --numerics MODE      official (default) or hf\n"
             "  -t, --threads N      worker threads (default all cores)\n"
-            "  --csv FILE           write the CSV there instead of stdout\n");
+            "  --csv FILE           write the CSV there instead of stdout\n"
+            "  --roofline           measure this machine's read bandwidth and peak fp32 rate and\n"
+            "                       report decode and prefill speed as fractions of them\n");
 }
 
 static int num_arg(int argc, char **argv, int *i, double *out) {
@@ -68,11 +72,61 @@ static int32_t *read_ids(const char *path, uint32_t *n) {
     return ids;
 }
 
+/* Decode and prefill speed next to the machine's ceilings: decode reads
+ * token_bytes of weights per token (memory bound at batch 1); prefill does
+ * 2 x token_params flops per token (compute bound once a chunk shares each
+ * pass over the weights). */
+static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics numerics, int threads, uint32_t chunk,
+                        uint32_t gen) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = threads > 0 ? threads : (int)(cores > 0 ? cores : 1);
+    double secs;
+    double bw = roofline_read_bandwidth(nt, &secs), peak = roofline_peak_flops(nt);
+    ds4_error err = {{0}};
+    ds4_session_opts so = {.numerics = numerics, .max_ctx = chunk + gen + 8, .prefill_chunk = chunk};
+    ds4_session *s = ds4_session_new(m, &so, &err);
+    if (!s) {
+        fprintf(stderr, "ds4-bench: %s\n", err.msg);
+        return 1;
+    }
+    int32_t *toks = malloc(chunk * sizeof *toks);
+    for (uint32_t i = 0; i < chunk; i++) toks[i] = (int32_t)((i * 2654435761u) % info->n_vocab);
+    double t0 = now_s();
+    int rc = ds4_session_eval(s, toks, chunk, NULL, &err);
+    double t1 = now_s();
+    for (uint32_t g = 0; rc == 0 && g < gen; g++) {
+        int32_t id = (int32_t)((g * 40503u + 17) % info->n_vocab);
+        rc = ds4_session_eval(s, &id, 1, NULL, &err);
+    }
+    double t2 = now_s();
+    free(toks);
+    ds4_session_free(s);
+    if (rc) {
+        fprintf(stderr, "ds4-bench: %s\n", err.msg);
+        return 1;
+    }
+    double prefill_tps = chunk / (t1 - t0), decode_tps = gen / (t2 - t1);
+    double decode_ceiling = bw / (double)info->token_bytes;
+    double prefill_flops = prefill_tps * 2.0 * (double)info->token_params;
+    printf("threads                 %d\n", nt);
+    printf("memory read bandwidth   %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
+    printf("peak fp32 FMA rate      %.1f GFLOP/s\n", peak / 1e9);
+    printf("bytes per decoded token %.3f MB (dense + %u/%u routed experts)\n", info->token_bytes / 1e6,
+           info->n_expert_used, info->n_expert);
+    printf("flops per token         %.3f MFLOP\n", 2.0 * info->token_params / 1e6);
+    printf("decode                  %.2f t/s; bandwidth ceiling %.2f t/s; ratio %.1f%%\n", decode_tps, decode_ceiling,
+           100.0 * decode_tps / decode_ceiling);
+    printf("prefill (chunk %u)     %.2f t/s = %.2f GFLOP/s = %.1f%% of peak; %.1fx decode\n", chunk, prefill_tps,
+           prefill_flops / 1e9, peak > 0 ? 100.0 * prefill_flops / peak : 0.0, prefill_tps / decode_tps);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *model_path = "ds4flash.gguf", *tokens_file = NULL, *csv_path = NULL;
     double ctx_start = 2048, ctx_max = 32768, ctx_alloc = 0, step_incr = 2048, step_mul = 1, gen = 128, chunk = 512,
            threads = 0;
     ds4_numerics numerics = DS4_NUMERICS_OFFICIAL;
+    int roofline = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int rc = 0;
@@ -81,6 +135,7 @@ int main(int argc, char **argv) {
             return 0;
         } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && i + 1 < argc) model_path = argv[++i];
         else if (!strcmp(a, "--tokens-file") && i + 1 < argc) tokens_file = argv[++i];
+        else if (!strcmp(a, "--roofline")) roofline = 1;
         else if (!strcmp(a, "--csv") && i + 1 < argc) csv_path = argv[++i];
         else if (!strcmp(a, "--numerics") && i + 1 < argc) {
             const char *v = argv[++i];
@@ -146,6 +201,12 @@ int main(int argc, char **argv) {
             x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
             toks[i] = (int32_t)((x * 0x2545f4914f6cdd1dull >> 33) % info.n_vocab);
         }
+    }
+    if (roofline) {
+        int rc = run_roofline(m, &info, numerics, (int)threads, (uint32_t)chunk, (uint32_t)(gen > 0 ? gen : 32));
+        ds4_model_free(m);
+        free(toks);
+        return rc;
     }
     ds4_session_opts so = {.numerics = numerics, .max_ctx = (uint32_t)ctx_alloc, .prefill_chunk = (uint32_t)chunk};
     ds4_session *s = ds4_session_new(m, &so, &err), *snap = ds4_session_new(m, &so, &err);

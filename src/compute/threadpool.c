@@ -11,9 +11,9 @@ struct ds4_pool {
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
-    uint64_t generation; /* bumped per job; workers wait for a change */
-    bool quit;
-    int active;          /* workers still inside the current job */
+    atomic_uint_fast64_t generation; /* bumped per job; workers wait for a change */
+    atomic_int active_atomic;        /* workers still inside the current job (spin path) */
+    atomic_bool quit;
     /* current job */
     ds4_pool_fn fn;
     void *ctx;
@@ -37,6 +37,19 @@ typedef struct {
     int index;
 } worker_arg;
 
+/* Jobs come in quick succession during a forward pass (dozens per layer),
+ * so a worker spins briefly on the job counter before sleeping: waking a
+ * sleeping thread costs far more than the short wait. */
+#define SPIN_ITERS 20000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
 static void *worker_main(void *arg) {
     worker_arg *wa = arg;
     ds4_pool *p = wa->p;
@@ -44,18 +57,24 @@ static void *worker_main(void *arg) {
     free(wa);
     uint64_t seen = 0;
     for (;;) {
-        pthread_mutex_lock(&p->mu);
-        while (!p->quit && p->generation == seen) pthread_cond_wait(&p->wake, &p->mu);
-        if (p->quit) {
-            pthread_mutex_unlock(&p->mu);
-            return NULL;
+        uint64_t g = atomic_load(&p->generation);
+        for (int i = 0; i < SPIN_ITERS && g == seen && !p->quit; i++) {
+            cpu_relax();
+            g = atomic_load(&p->generation);
         }
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
+        if (g == seen) {
+            pthread_mutex_lock(&p->mu);
+            while (!p->quit && (g = atomic_load(&p->generation)) == seen) pthread_cond_wait(&p->wake, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (p->quit) return NULL;
+        seen = g;
         work(p, index);
-        pthread_mutex_lock(&p->mu);
-        if (--p->active == 0) pthread_cond_signal(&p->done);
-        pthread_mutex_unlock(&p->mu);
+        if (atomic_fetch_sub(&p->active_atomic, 1) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
 }
 
@@ -89,6 +108,7 @@ void ds4_pool_free(ds4_pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
     p->quit = true;
+    atomic_fetch_add(&p->generation, 1);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
@@ -116,13 +136,17 @@ void ds4_pool_run(ds4_pool *p, uint64_t n, uint64_t grain, ds4_pool_fn fn, void 
     p->n = n;
     p->chunk = chunk;
     atomic_store(&p->next, 0);
+    atomic_store(&p->active_atomic, p->n_threads - 1);
     pthread_mutex_lock(&p->mu);
-    p->active = p->n_threads - 1;
-    p->generation++;
+    atomic_fetch_add(&p->generation, 1);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     work(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->active > 0) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    /* The caller spins too before sleeping on the last worker. */
+    for (int i = 0; i < SPIN_ITERS && atomic_load(&p->active_atomic) > 0; i++) cpu_relax();
+    if (atomic_load(&p->active_atomic) > 0) {
+        pthread_mutex_lock(&p->mu);
+        while (atomic_load(&p->active_atomic) > 0) pthread_cond_wait(&p->done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
 }

@@ -162,6 +162,13 @@ static iq2_mom iq2_moments(const float *y, const float *w, const uint8_t *g4) {
 
 static double iq2_err(const iq2_mom *m, double u) { return m->A * u * u - 2 * m->P * u + m->R; }
 
+/* Magnitude the sub-block's largest value is mapped to, per trial. */
+#define IQ2_NTRIAL 32
+static const float k_trial_top[IQ2_NTRIAL] = {
+    7.5f,  8.5f,  10.0f, 12.0f, 14.5f, 17.0f, 20.0f, 23.0f, 25.5f, 28.0f, 30.0f,
+    31.5f, 33.0f, 34.5f, 36.0f, 37.0f, 38.0f, 39.0f, 40.0f, 41.0f, 42.0f, 43.0f,
+    44.0f, 45.0f, 46.0f, 47.5f, 49.0f, 50.5f, 52.0f, 54.0f, 56.0f, 58.0f};
+
 /* Continuous scale and patterns of one sub-block. */
 static void iq2_fit_sub(const float *y, const float *w, uint8_t g4[4], iq2_mom *mom) {
     float ymax = 0.0f;
@@ -171,10 +178,12 @@ static void iq2_fit_sub(const float *y, const float *w, uint8_t g4[4], iq2_mom *
     if (!(ymax > 0.0f)) return;
     double best = DBL_MAX;
     uint8_t cand[4];
-    /* trial scales: the largest magnitude lands between ~0.7 and ~1.3 of
-     * the top level */
-    for (int t = 0; t <= 24; t++) {
-        const float u = ymax / ((float)DS4_IQ2XXS_LEVEL2 * (0.7f + 0.025f * (float)t));
+    /* trial scales: the largest magnitude lands anywhere from just below
+     * the lowest level (flat sub-blocks are best served by the all-8
+     * pattern) to well above the top one (clipping a lone outlier),
+     * densest around the top level where gaussian-like data ends up */
+    for (int t = 0; t < IQ2_NTRIAL; t++) {
+        const float u = ymax / k_trial_top[t];
         for (int k = 0; k < 4; k++) cand[k] = (uint8_t)iq2_pick(y + 8 * k, w + 8 * k, u);
         iq2_mom m = iq2_moments(y, w, cand);
         if (!(m.A > 0)) continue;

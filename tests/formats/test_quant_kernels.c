@@ -532,6 +532,24 @@ static void test_q8k_layout(void) {
     free(b);
 }
 
+/* The Q4_K scale packing: word-wise unpacking (kernels) agrees with the
+ * per-sub-block accessor, and packing inverts it. */
+static void test_q4k_scale_packing(void) {
+    for (int rep = 0; rep < 1000; rep++) {
+        uint8_t sc12[12], sc[8], m[8], again[12];
+        fill_bytes(sc12, sizeof sc12);
+        uint32_t wsc[2], wm[2];
+        ds4_q4k_unpack_scales(sc12, wsc, wm);
+        for (int j = 0; j < 8; j++) {
+            ds4_q4k_scale_min(sc12, j, &sc[j], &m[j]);
+            CHECK(sc[j] == ((wsc[j / 4] >> (8 * (j % 4))) & 0xff));
+            CHECK(m[j] == ((wm[j / 4] >> (8 * (j % 4))) & 0xff));
+        }
+        ds4_q4k_pack_scales(again, sc, m);
+        CHECK(memcmp(again, sc12, 12) == 0);
+    }
+}
+
 /* MXFP4_NATIVE rows: the native dot equals the block dot of the repacked
  * row (same integer sums, same float operations). */
 static void test_mxfp4_native(void) {
@@ -700,6 +718,7 @@ int main(void) {
     test_round_trip_rmse();
     test_round_trip_edges();
     test_q8k_layout();
+    test_q4k_scale_packing();
     test_mxfp4_native();
     const char *b = getenv("DS4_QUANT_BENCH");
     if (b && *b && *b != '0') bench();

@@ -129,6 +129,20 @@ static inline void ds4_q4k_scale_min(const uint8_t *sc12, int j, uint8_t *sc, ui
     }
 }
 
+/* The same unpacking for all 8 sub-blocks at once, four codes per 32-bit
+ * word (byte j of sc[0]:sc[1] is sc_j, likewise m): word-wide masks and
+ * shifts instead of 16 byte accesses, for the kernels. */
+static inline void ds4_q4k_unpack_scales(const uint8_t *sc12, uint32_t sc[2], uint32_t m[2]) {
+    uint32_t w0, w1, w2;
+    memcpy(&w0, sc12, 4);
+    memcpy(&w1, sc12 + 4, 4);
+    memcpy(&w2, sc12 + 8, 4);
+    sc[0] = w0 & 0x3f3f3f3fu;
+    m[0] = w1 & 0x3f3f3f3fu;
+    sc[1] = (w2 & 0x0f0f0f0fu) | ((w0 >> 2) & 0x30303030u);
+    m[1] = ((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 2) & 0x30303030u);
+}
+
 /* Inverse of ds4_q4k_scale_min for all 8 sub-blocks (codes must be < 64). */
 static inline void ds4_q4k_pack_scales(uint8_t sc12[12], const uint8_t sc[8], const uint8_t m[8]) {
     for (int j = 0; j < 4; j++) {

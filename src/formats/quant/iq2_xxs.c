@@ -380,9 +380,9 @@ float ds4_iq2_xxs_dot_scalar(int64_t n, const void *w, const void *act) {
             int s = 0;
             for (int k = 0; k < 4; k++) {
                 const uint8_t *g = ds4_iq2xxs_grid[x[i].qs[8 * ib + k]];
-                const uint8_t sg = ds4_iq2_signs[(aux >> (7 * k)) & 127];
                 const int8_t *a = y[i].qs + 32 * ib + 8 * k;
-                for (int t = 0; t < 8; t++) s += (sg >> t) & 1 ? -g[t] * a[t] : g[t] * a[t];
+                const int8_t *pm = ds4_iq2_sign_pm1[(aux >> (7 * k)) & 127];
+                for (int t = 0; t < 8; t++) s += g[t] * (pm[t] * a[t]);
             }
             isum += (int)(2 * (aux >> 28) + 1) * s;
         }
@@ -393,17 +393,23 @@ float ds4_iq2_xxs_dot_scalar(int64_t n, const void *w, const void *act) {
 
 #if DS4_QUANT_X86
 
-static inline uint64_t load_u64(const void *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
+
+/* Two 8-byte grid rows in one 128-bit register. */
+DS4_TARGET_AVX2 static inline __m128i iq2_rows2(uint8_t g0, uint8_t g1) {
+    const __m128i lo = _mm_loadl_epi64((const __m128i *)ds4_iq2xxs_grid[g0]);
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(lo), (const double *)ds4_iq2xxs_grid[g1]));
 }
 
-/* Per group of 32: the four 8-byte grid rows and four 8-byte +-1 sign rows
- * are gathered into registers, the signs are moved onto the activations
- * (sign_epi8; activations are never -128), and maddubs multiplies the
- * unsigned magnitudes (<= 43) by them: pair sums <= 2*43*127, no
- * saturation. */
+/* Two 8-byte sign rows (+-1 bytes) in one 128-bit register. */
+DS4_TARGET_AVX2 static inline __m128i iq2_signs2(uint32_t i0, uint32_t i1) {
+    const __m128i lo = _mm_loadl_epi64((const __m128i *)ds4_iq2_sign_pm1[i0]);
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(lo), (const double *)ds4_iq2_sign_pm1[i1]));
+}
+
+/* Per group of 32: the four 8-byte grid rows and the four +-1 sign rows
+ * are loaded into registers, sign_epi8 moves the signs onto the
+ * activations (never -128), and maddubs multiplies the unsigned
+ * magnitudes (<= 43) by them: pair sums <= 2*43*127, no saturation. */
 DS4_TARGET_AVX2 float ds4_iq2_xxs_dot_avx2(int64_t n, const void *w, const void *act) {
     const ds4_block_iq2_xxs *x = w;
     const ds4_block_q8_K *y = act;
@@ -413,12 +419,10 @@ DS4_TARGET_AVX2 float ds4_iq2_xxs_dot_avx2(int64_t n, const void *w, const void 
         for (int ib = 0; ib < 8; ib++) {
             const uint8_t *q = x[i].qs + 8 * ib;
             const uint32_t aux = ds4_iq2xxs_aux(&x[i], ib);
-            const __m256i gv = _mm256_set_epi64x(
-                (long long)load_u64(ds4_iq2xxs_grid[q[3]]), (long long)load_u64(ds4_iq2xxs_grid[q[2]]),
-                (long long)load_u64(ds4_iq2xxs_grid[q[1]]), (long long)load_u64(ds4_iq2xxs_grid[q[0]]));
-            const __m256i sv = _mm256_set_epi64x(
-                (long long)load_u64(ds4_iq2_sign_pm1[(aux >> 21) & 127]), (long long)load_u64(ds4_iq2_sign_pm1[(aux >> 14) & 127]),
-                (long long)load_u64(ds4_iq2_sign_pm1[(aux >> 7) & 127]), (long long)load_u64(ds4_iq2_sign_pm1[aux & 127]));
+            const __m256i gv = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q[0], q[1])), iq2_rows2(q[2], q[3]), 1);
+            const __m256i sv = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(iq2_signs2(aux & 127, (aux >> 7) & 127)),
+                iq2_signs2((aux >> 14) & 127, (aux >> 21) & 127), 1);
             const __m256i a = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * ib));
             const __m256i p16 = _mm256_maddubs_epi16(gv, _mm256_sign_epi8(a, sv));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, _mm256_set1_epi16((short)(2 * (aux >> 28) + 1))));
@@ -429,8 +433,9 @@ DS4_TARGET_AVX2 float ds4_iq2_xxs_dot_avx2(int64_t n, const void *w, const void 
     return ds4_hsum256(acc);
 }
 
-/* AVX-512: two groups of 32 per register. The sign bytes become a 64-bit
- * mask under which the activations are negated. */
+/* AVX-512: two groups of 32 per register; the signs become a 64-bit mask
+ * under which the activations are negated (AVX-512 has no byte sign
+ * instruction). */
 DS4_TARGET_AVX512 float ds4_iq2_xxs_dot_avx512(int64_t n, const void *w, const void *act) {
     const ds4_block_iq2_xxs *x = w;
     const ds4_block_q8_K *y = act;
@@ -440,18 +445,14 @@ DS4_TARGET_AVX512 float ds4_iq2_xxs_dot_avx512(int64_t n, const void *w, const v
         for (int ib = 0; ib < 8; ib += 2) {
             const uint8_t *q0 = x[i].qs + 8 * ib, *q1 = q0 + 8;
             const uint32_t a0 = ds4_iq2xxs_aux(&x[i], ib), a1 = ds4_iq2xxs_aux(&x[i], ib + 1);
-            const __m512i gv = _mm512_set_epi64(
-                (long long)load_u64(ds4_iq2xxs_grid[q1[3]]), (long long)load_u64(ds4_iq2xxs_grid[q1[2]]),
-                (long long)load_u64(ds4_iq2xxs_grid[q1[1]]), (long long)load_u64(ds4_iq2xxs_grid[q1[0]]),
-                (long long)load_u64(ds4_iq2xxs_grid[q0[3]]), (long long)load_u64(ds4_iq2xxs_grid[q0[2]]),
-                (long long)load_u64(ds4_iq2xxs_grid[q0[1]]), (long long)load_u64(ds4_iq2xxs_grid[q0[0]]));
-            uint64_t neg = 0;
-            for (int k = 0; k < 4; k++) {
-                neg |= (uint64_t)ds4_iq2_signs[(a0 >> (7 * k)) & 127] << (8 * k);
-                neg |= (uint64_t)ds4_iq2_signs[(a1 >> (7 * k)) & 127] << (8 * k + 32);
-            }
+            const __m256i g0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q0[0], q0[1])), iq2_rows2(q0[2], q0[3]), 1);
+            const __m256i g1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q1[0], q1[1])), iq2_rows2(q1[2], q1[3]), 1);
+            const __m512i gv = _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1);
+            const __m256i s0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_signs2(a0 & 127, (a0 >> 7) & 127)), iq2_signs2((a0 >> 14) & 127, (a0 >> 21) & 127), 1);
+            const __m256i s1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_signs2(a1 & 127, (a1 >> 7) & 127)), iq2_signs2((a1 >> 14) & 127, (a1 >> 21) & 127), 1);
+            const __mmask64 neg = _mm512_movepi8_mask(_mm512_inserti64x4(_mm512_castsi256_si512(s0), s1, 1));
             const __m512i a = _mm512_loadu_si512((const void *)(y[i].qs + 32 * ib));
-            const __m512i sa = _mm512_mask_sub_epi8(a, (__mmask64)neg, _mm512_setzero_si512(), a);
+            const __m512i sa = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
             const __m512i ls = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * (a0 >> 28) + 1))),
                                                   _mm256_set1_epi16((short)(2 * (a1 >> 28) + 1)), 1);
             sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(gv, sa), ls);

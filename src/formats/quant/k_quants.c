@@ -557,14 +557,18 @@ DS4_TARGET_AVX512 float ds4_q2_K_dot_avx512(int64_t n, const void *w, const void
     return ds4_hsum512(acc) - accm;
 }
 
-/* Q4_K min codes repeated for the two 16-value halves of each sub-block. */
-static inline void q4k_codes(const uint8_t *sc12, uint8_t sc[8], uint8_t m16[16]) {
-    for (int j = 0; j < 8; j++) {
-        uint8_t m;
-        ds4_q4k_scale_min(sc12, j, &sc[j], &m);
-        m16[2 * j] = m16[2 * j + 1] = m;
-    }
+/* Q4_K codes of one block: the 8 scale codes as bytes of a u64 and the
+ * 8 min codes, each repeated for the two 16-value halves of its sub-block
+ * (the granularity of bsums). */
+DS4_TARGET_AVX2 static inline uint64_t q4k_codes(const uint8_t *sc12, __m128i *m16) {
+    uint32_t sc[2], m[2];
+    ds4_q4k_unpack_scales(sc12, sc, m);
+    const __m128i m8 = _mm_set_epi32(0, 0, (int)m[1], (int)m[0]);
+    *m16 = _mm_unpacklo_epi8(m8, m8);
+    return (uint64_t)sc[0] | ((uint64_t)sc[1] << 32);
 }
+
+#define SC_BYTE(sc, j) ((short)(((sc) >> (8 * (j))) & 0xff))
 
 DS4_TARGET_AVX2 float ds4_q4_K_dot_avx2(int64_t n, const void *w, const void *act) {
     const ds4_block_q4_K *x = w;
@@ -573,9 +577,9 @@ DS4_TARGET_AVX2 float ds4_q4_K_dot_avx2(int64_t n, const void *w, const void *ac
     __m256 acc = _mm256_setzero_ps();
     float accm = 0.0f;
     for (int64_t i = 0; i < n / DS4_QK_K; i++) {
-        uint8_t sc[8], m16[16];
-        q4k_codes(x[i].scales, sc, m16);
-        const int msum = kq_min_sum_avx2(y[i].bsums, _mm_loadu_si128((const __m128i *)m16));
+        __m128i m16;
+        const uint64_t sc = q4k_codes(x[i].scales, &m16);
+        const int msum = kq_min_sum_avx2(y[i].bsums, m16);
         __m256i sumi = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
             const __m256i q = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
@@ -583,8 +587,8 @@ DS4_TARGET_AVX2 float ds4_q4_K_dot_avx2(int64_t n, const void *w, const void *ac
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             const __m256i alo = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c));
             const __m256i ahi = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c + 32));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, alo), _mm256_set1_epi16(sc[2 * c])));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ahi), _mm256_set1_epi16(sc[2 * c + 1])));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, alo), _mm256_set1_epi16(SC_BYTE(sc, 2 * c))));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ahi), _mm256_set1_epi16(SC_BYTE(sc, 2 * c + 1))));
         }
         const float ad = y[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(ad * ds4_half_f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
@@ -611,9 +615,9 @@ DS4_TARGET_AVX512 float ds4_q4_K_dot_avx512(int64_t n, const void *w, const void
     __m512 acc = _mm512_setzero_ps();
     float accm = 0.0f;
     for (int64_t i = 0; i < n / DS4_QK_K; i++) {
-        uint8_t sc[8], m16[16];
-        q4k_codes(x[i].scales, sc, m16);
-        const int msum = kq_min_sum_avx2(y[i].bsums, _mm_loadu_si128((const __m128i *)m16));
+        __m128i m16;
+        const uint64_t sc = q4k_codes(x[i].scales, &m16);
+        const int msum = kq_min_sum_avx2(y[i].bsums, m16);
         __m512i sumi = _mm512_setzero_si512();
         for (int c = 0; c < 4; c += 2) {
             const __m512i q = _mm512_loadu_si512((const void *)(x[i].qs + 32 * c));
@@ -621,8 +625,8 @@ DS4_TARGET_AVX512 float ds4_q4_K_dot_avx512(int64_t n, const void *w, const void
             const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
             const int8_t *a = y[i].qs + 64 * c;
             const __m512i alo = load_2x256(a, a + 64), ahi = load_2x256(a + 32, a + 96);
-            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(lo, alo), two_halves_epi16(sc[2 * c], sc[2 * c + 2]));
-            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(hi, ahi), two_halves_epi16(sc[2 * c + 1], sc[2 * c + 3]));
+            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(lo, alo), two_halves_epi16(SC_BYTE(sc, 2 * c), SC_BYTE(sc, 2 * c + 2)));
+            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(hi, ahi), two_halves_epi16(SC_BYTE(sc, 2 * c + 1), SC_BYTE(sc, 2 * c + 3)));
         }
         const float ad = y[i].d;
         acc = _mm512_fmadd_ps(_mm512_set1_ps(ad * ds4_half_f16c(x[i].d)), _mm512_cvtepi32_ps(sumi), acc);

@@ -63,6 +63,15 @@ static inline int ds4_round_int(float v) {
     return (int)(t - 12582912.0f);
 }
 
+/* min/max/clamp for the hot loops. fminf/fmaxf remain library calls in ISO
+ * C mode (their NaN rules differ from the min/max instructions); these
+ * compile to single instructions. A NaN in the first argument yields the
+ * other bound, so a clamp maps NaN to lo and the int conversion that
+ * usually follows stays defined. */
+static inline float ds4_maxf(float a, float b) { return a > b ? a : b; }
+static inline float ds4_minf(float a, float b) { return a < b ? a : b; }
+static inline float ds4_clampf(float v, float lo, float hi) { return ds4_minf(ds4_maxf(v, lo), hi); }
+
 /* IQ2_XXS grid as level codes (2 bits per element, element 0 lowest). */
 extern const uint16_t ds4_iq2xxs_codes[256];
 

@@ -63,6 +63,7 @@ void ds4_iq2_xxs_dequantize(const void *src, float *dst, int64_t n) {
  * patterns all have an even level sum, so distances to one pattern share a
  * parity and dmin+2 is the next possible distance). */
 static struct {
+    float mag[256][8]; /* the grid as floats, for the error sums */
     int16_t on_grid[IQ2_NCODES];
     uint32_t first[IQ2_NCODES + 1];
     uint8_t *near;
@@ -75,6 +76,8 @@ static void iq2_build(void) {
     int lv[256][8];
     for (int g = 0; g < 256; g++)
         for (int t = 0; t < 8; t++) lv[g][t] = level_of(ds4_iq2xxs_codes[g], t);
+    for (int g = 0; g < 256; g++)
+        for (int t = 0; t < 8; t++) g_iq2.mag[g][t] = ds4_iq2xxs_grid[g][t];
     for (int c = 0; c < IQ2_NCODES; c++) g_iq2.on_grid[c] = -1;
     for (int g = 0; g < 256; g++) {
         int c = 0;
@@ -111,27 +114,34 @@ static void iq2_build(void) {
     g_iq2.near = near;
 }
 
-/* Best grid entry for one group of 8 at scale u; returns its index and adds
- * nothing else. y: target magnitudes, w: weights. */
-static int iq2_pick(const float *y, const float *w, float u) {
+/* Level pattern (base-3 index) nearest to y/u, value by value. */
+static int iq2_pattern(const float *y, float u) {
     int c = 0;
     for (int t = 7; t >= 0; t--) {
-        /* nearest level: boundaries halfway between 8u, 25u, 43u */
+        /* boundaries halfway between 8u, 25u, 43u */
         const float a = y[t];
-        const int l = a > 34.0f * u ? 2 : a > 16.5f * u ? 1 : 0;
-        c = 3 * c + l;
+        c = 3 * c + (a > 34.0f * u ? 2 : a > 16.5f * u ? 1 : 0);
     }
+    return c;
+}
+
+/* Best grid entry for a group whose nearest pattern is c: c itself when it
+ * is in the grid (then it is optimal), else the grid entry near c with the
+ * least weighted error at scale u. y: target magnitudes, w: weights. */
+static int iq2_search(int c, const float *y, const float *w, float u) {
     const int g0 = g_iq2.on_grid[c];
     if (g0 >= 0) return g0;
     float best = FLT_MAX;
     int bg = 0;
     for (uint32_t j = g_iq2.first[c]; j < g_iq2.first[c + 1]; j++) {
-        const uint8_t *m = ds4_iq2xxs_grid[g_iq2.near[j]];
-        float e = 0.0f;
+        const float *m = g_iq2.mag[g_iq2.near[j]];
+        float e8[8];
         for (int t = 0; t < 8; t++) {
-            const float diff = u * (float)m[t] - y[t];
-            e += w[t] * diff * diff;
+            const float diff = u * m[t] - y[t];
+            e8[t] = w[t] * diff * diff;
         }
+        /* a fixed tree order, which the compiler may keep in vector lanes */
+        const float e = ((e8[0] + e8[4]) + (e8[2] + e8[6])) + ((e8[1] + e8[5]) + (e8[3] + e8[7]));
         if (e < best) {
             best = e;
             bg = g_iq2.near[j];
@@ -139,6 +149,8 @@ static int iq2_pick(const float *y, const float *w, float u) {
     }
     return bg;
 }
+
+static int iq2_pick(const float *y, const float *w, float u) { return iq2_search(iq2_pattern(y, u), y, w, u); }
 
 /* Weighted moments of a sub-block for chosen patterns: error(u) =
  * A u^2 - 2 P u + R. */
@@ -163,16 +175,14 @@ static iq2_mom iq2_moments(const float *y, const float *w, const uint8_t *g4) {
 static double iq2_err(const iq2_mom *m, double u) { return m->A * u * u - 2 * m->P * u + m->R; }
 
 /* Magnitude the sub-block's largest value is mapped to, per trial. */
-#define IQ2_NTRIAL 32
+#define IQ2_NTRIAL 16
 static const float k_trial_top[IQ2_NTRIAL] = {
-    7.5f,  8.5f,  10.0f, 12.0f, 14.5f, 17.0f, 20.0f, 23.0f, 25.5f, 28.0f, 30.0f,
-    31.5f, 33.0f, 34.5f, 36.0f, 37.0f, 38.0f, 39.0f, 40.0f, 41.0f, 42.0f, 43.0f,
-    44.0f, 45.0f, 46.0f, 47.5f, 49.0f, 50.5f, 52.0f, 54.0f, 56.0f, 58.0f};
+    7.5f, 9.0f, 12.0f, 16.0f, 20.0f, 25.0f, 29.0f, 32.5f, 35.5f, 38.0f, 40.0f, 42.0f, 44.0f, 46.5f, 50.0f, 55.0f};
 
 /* Continuous scale and patterns of one sub-block. */
 static void iq2_fit_sub(const float *y, const float *w, uint8_t g4[4], iq2_mom *mom) {
     float ymax = 0.0f;
-    for (int i = 0; i < 32; i++) ymax = fmaxf(ymax, y[i]);
+    for (int i = 0; i < 32; i++) ymax = ds4_maxf(y[i], ymax);
     memset(g4, 0, 4);
     *mom = iq2_moments(y, w, g4);
     if (!(ymax > 0.0f)) return;

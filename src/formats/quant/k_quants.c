@@ -56,11 +56,11 @@ void ds4_q8_K_quantize(const float *src, void *dst, int64_t n, const float *imp)
     for (int64_t i = 0; i < n / DS4_QK_K; i++, b++) {
         const float *x = src + i * DS4_QK_K;
         float amax = 0.0f;
-        for (int j = 0; j < DS4_QK_K; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < DS4_QK_K; j++) amax = ds4_maxf(fabsf(x[j]), amax);
         const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
         b->d = amax / 127.0f;
         for (int j = 0; j < DS4_QK_K; j++)
-            b->qs[j] = (int8_t)ds4_round_int(fminf(fmaxf(x[j] * id, -127.0f), 127.0f));
+            b->qs[j] = (int8_t)ds4_round_int(ds4_clampf(x[j] * id, -127.0f, 127.0f));
         for (int k = 0; k < DS4_QK_K / 16; k++) {
             int s = 0;
             for (int l = 0; l < 16; l++) s += b->qs[16 * k + l];
@@ -97,10 +97,13 @@ typedef struct {
     int nsub; /* sub-blocks per super-block */
     int qmax; /* 3 or 15 */
     int cmax; /* largest scale/min code: 15 or 63 */
+    int ntrial; /* trial step sizes in the sub-block sweep */
 } kq_geom;
 
-static const kq_geom k_q2 = {16, 16, 3, 15};
-static const kq_geom k_q4 = {32, 8, 15, 63};
+/* With only 4 levels a Q2_K fit is more sensitive to the step size, and
+ * its sub-blocks are half as long, so it gets a finer sweep. */
+static const kq_geom k_q2 = {16, 16, 3, 15, 41};
+static const kq_geom k_q4 = {32, 8, 15, 63, 21};
 
 /* Error weights of one super-block. With an importance vector: the
  * importance times sqrt(sigma^2 + x^2), which still favours large weights
@@ -174,41 +177,49 @@ static void kq_fit(const kq_moments *k, double *s, double *m) {
 }
 
 /* q = clamp(round((x + m) / s)); the nearest level is optimal per value for
- * fixed (s, m), whatever the weights. */
-static void kq_round(int n, int qmax, const float *x, float s, float m, uint8_t *q) {
+ * fixed (s, m), whatever the weights. Also refreshes the q-dependent
+ * moments A, B, P of k (C, Q, R depend only on x and w and are kept). */
+static void kq_round(int n, int qmax, const float *x, const float *w, float s, float m, uint8_t *q,
+                     kq_moments *k) {
+    double A = 0.0, B = 0.0, P = 0.0;
     if (!(s > 0.0f)) {
         memset(q, 0, (size_t)n);
-        return;
+    } else {
+        const float is = 1.0f / s;
+        for (int i = 0; i < n; i++) {
+            const int qi = ds4_round_int(ds4_clampf((x[i] + m) * is, 0.0f, (float)qmax));
+            q[i] = (uint8_t)qi;
+            const double wq = (double)w[i] * qi;
+            A += wq * qi;
+            B += wq;
+            P += wq * x[i];
+        }
     }
-    const float is = 1.0f / s;
-    for (int i = 0; i < n; i++) {
-        const float v = fminf(fmaxf((x[i] + m) * is, 0.0f), (float)qmax);
-        q[i] = (uint8_t)ds4_round_int(v);
-    }
+    k->A = A;
+    k->B = B;
+    k->P = P;
 }
 
 /* Step 1: continuous fit of one sub-block. */
-static void kq_fit_sub(int n, int qmax, const float *x, const float *w, uint8_t *q,
+static void kq_fit_sub(int n, int qmax, int ntrial, const float *x, const float *w, uint8_t *q,
                        kq_moments *mom) {
     float xmin = x[0], xmax = x[0];
     for (int i = 1; i < n; i++) {
-        xmin = fminf(xmin, x[i]);
-        xmax = fmaxf(xmax, x[i]);
+        xmin = ds4_minf(x[i], xmin);
+        xmax = ds4_maxf(x[i], xmax);
     }
-    const float lo = fminf(xmin, 0.0f); /* m >= 0: the grid starts at or below zero */
+    const float lo = ds4_minf(xmin, 0.0f); /* m >= 0: the grid starts at or below zero */
+    memset(q, 0, (size_t)n);
+    *mom = kq_moments_of(n, x, w, q); /* q = 0: only C, Q, R are non-zero */
+    if (!(xmax > lo)) return;         /* constant block at or below zero: s = 0 reproduces it */
     uint8_t cand[32];
+    kq_moments k = *mom;
     double best = DBL_MAX;
-    if (!(xmax > lo)) { /* constant block at or below zero: s = 0 reproduces it */
-        memset(q, 0, (size_t)n);
-        *mom = kq_moments_of(n, x, w, q);
-        return;
-    }
     /* Trial step sizes: span/(qmax + t) for t in [-1, 1], i.e. from slightly
      * clipping the extremes to leaving a little headroom. */
-    for (int t = -20; t <= 20; t++) {
-        const float s = (xmax - lo) / ((float)qmax + 0.05f * (float)t);
-        kq_round(n, qmax, x, s, -lo, cand);
-        kq_moments k = kq_moments_of(n, x, w, cand);
+    for (int t = 0; t < ntrial; t++) {
+        const float s = (xmax - lo) / ((float)qmax - 1.0f + 2.0f * (float)t / (float)(ntrial - 1));
+        kq_round(n, qmax, x, w, s, -lo, cand, &k);
         double fs, fm;
         kq_fit(&k, &fs, &fm);
         const double e = kq_err(&k, fs, fm);
@@ -222,9 +233,8 @@ static void kq_fit_sub(int n, int qmax, const float *x, const float *w, uint8_t 
     for (int it = 0; it < 4; it++) {
         double fs, fm;
         kq_fit(mom, &fs, &fm);
-        kq_round(n, qmax, x, (float)fs, (float)fm, cand);
+        kq_round(n, qmax, x, w, (float)fs, (float)fm, cand, &k);
         if (memcmp(cand, q, (size_t)n) == 0) break;
-        kq_moments k = kq_moments_of(n, x, w, cand);
         double ns, nm;
         kq_fit(&k, &ns, &nm);
         const double e = kq_err(&k, ns, nm);
@@ -357,7 +367,7 @@ static void kq_quantize_block(const kq_geom *g, const float *x, const float *imp
     kq_moments mom[16];
     kq_weights(g, x, imp, w);
     for (int j = 0; j < g->nsub; j++)
-        kq_fit_sub(g->sub, g->qmax, x + j * g->sub, w + j * g->sub, q + j * g->sub, &mom[j]);
+        kq_fit_sub(g->sub, g->qmax, g->ntrial, x + j * g->sub, w + j * g->sub, q + j * g->sub, &mom[j]);
 
     uint8_t best_blk[144];
     double best = DBL_MAX;
@@ -368,7 +378,7 @@ static void kq_quantize_block(const kq_geom *g, const float *x, const float *imp
         const float d = ds4_f16_to_f32(sc.d), dm = ds4_f16_to_f32(sc.dmin);
         for (int j = 0; j < g->nsub; j++) {
             const float s = d * (float)sc.sc[j], m = dm * (float)sc.mc[j];
-            kq_round(g->sub, g->qmax, x + j * g->sub, s, m, q + j * g->sub);
+            kq_round(g->sub, g->qmax, x + j * g->sub, w + j * g->sub, s, m, q + j * g->sub, &mom[j]);
         }
         pack(blk, &sc, q);
         dequant(blk, y, DS4_QK_K);
@@ -379,8 +389,6 @@ static void kq_quantize_block(const kq_geom *g, const float *x, const float *imp
         } else {
             break;
         }
-        for (int j = 0; j < g->nsub; j++)
-            mom[j] = kq_moments_of(g->sub, x + j * g->sub, w + j * g->sub, q + j * g->sub);
     }
     memcpy(blk, best_blk, blk_bytes);
 }

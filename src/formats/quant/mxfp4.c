@@ -44,7 +44,7 @@ void ds4_mxfp4_quantize(const float *src, void *dst, int64_t n, const float *imp
         const float *x = src + i * DS4_QK_MXFP4;
         const float *w = imp ? imp + i * DS4_QK_MXFP4 : NULL;
         float amax = 0.0f;
-        for (int j = 0; j < DS4_QK_MXFP4; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < DS4_QK_MXFP4; j++) amax = ds4_maxf(fabsf(x[j]), amax);
         memset(&b[i], 0, sizeof b[i]);
         if (!(amax > 0.0f) || !isfinite(amax)) continue;
         int k;

@@ -26,7 +26,7 @@ void ds4_q8_0_quantize(const float *src, void *dst, int64_t n, const float *imp)
     for (int64_t i = 0; i < n / DS4_QK8_0; i++) {
         const float *x = src + i * DS4_QK8_0;
         float amax = 0.0f;
-        for (int j = 0; j < DS4_QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < DS4_QK8_0; j++) amax = ds4_maxf(fabsf(x[j]), amax);
         const float d = amax / 127.0f;
         uint16_t h = ds4_f32_to_f16(d);
         if (h == 0 && d > 0.0f) h = 1;       /* smallest subnormal */
@@ -35,7 +35,7 @@ void ds4_q8_0_quantize(const float *src, void *dst, int64_t n, const float *imp)
         const float id = dh > 0.0f ? 1.0f / dh : 0.0f;
         b[i].d = h;
         for (int j = 0; j < DS4_QK8_0; j++) {
-            const float v = fminf(fmaxf(x[j] * id, -127.0f), 127.0f);
+            const float v = ds4_clampf(x[j] * id, -127.0f, 127.0f);
             b[i].qs[j] = (int8_t)ds4_round_int(v);
         }
     }

@@ -108,7 +108,7 @@ static void iq2_build(void) {
         g_iq2.first[IQ2_NCODES] = total;
         if (pass == 0) {
             near = malloc(total);
-            if (!near) abort(); /* tens of kilobytes, once */
+            if (!near) abort(); /* about 110 KB, allocated once */
         }
     }
     g_iq2.near = near;

@@ -298,8 +298,9 @@ static void kq_choose_scales(const kq_geom *g, const kq_moments *k, kq_scales *o
         mmax = fmax(mmax, m);
     }
     out->err = DBL_MAX;
-    /* Starting points: the largest scale mapped onto the top code, or a
-     * little above it (so the top code is not wasted on one outlier). */
+    /* Starting points: the largest sub-block scale mapped onto the top code,
+     * a little below it (finer steps for all other sub-blocks), or a
+     * little above it (that one sub-block's scale clipped). */
     static const float starts[] = {1.0f, 0.97f, 0.94f, 0.9f, 1.03f};
     for (size_t t = 0; t < sizeof starts / sizeof starts[0]; t++) {
         double d = smax / (g->cmax * starts[t]), dm = mmax / (g->cmax * starts[t]);
@@ -328,9 +329,11 @@ static void kq_choose_scales(const kq_geom *g, const kq_moments *k, kq_scales *o
             }
             const double det = a11 * a22 - a12 * a12;
             double nd = d, nm = dm;
-            if (a22 <= 0.0) {
+            if (a22 <= 0.0) { /* no min codes in use: d alone */
                 nd = a11 > 0 ? b1 / a11 : d;
                 nm = 0.0;
+            } else if (a11 <= 0.0) { /* no scale codes in use: dmin alone */
+                nm = b2 / a22;
             } else if (det > 1e-12 * a11 * a22) {
                 nd = (b1 * a22 - a12 * b2) / det;
                 nm = (a11 * b2 - a12 * b1) / det;

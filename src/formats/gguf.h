@@ -147,6 +147,11 @@ int gguf_writer_begin_data(gguf_writer *w, ds4_error *err);
 /* Appends bytes of the current tensor; when a tensor's declared size is
  * complete, the writer pads to alignment and moves to the next one. */
 int gguf_writer_write(gguf_writer *w, const void *data, size_t n, ds4_error *err);
+/* Advances over n bytes of tensor data without writing them, like
+ * gguf_writer_write with n zero bytes but leaving a hole in the file (no
+ * disk space on file systems with sparse files; zero blocks are valid in
+ * every ggml type). Used to make huge test models instantly. */
+int gguf_writer_skip(gguf_writer *w, uint64_t n, ds4_error *err);
 /* Verifies all declared tensors were fully written, flushes and closes. */
 int gguf_writer_finish(gguf_writer *w, ds4_error *err);
 

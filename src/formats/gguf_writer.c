@@ -64,6 +64,7 @@ struct gguf_writer {
     size_t cur;         /* tensor being written */
     uint64_t cur_done;  /* its bytes written so far */
 
+    bool holes; /* some data was skipped (see gguf_writer_skip) */
     bool failed;
     ds4_error err; /* first failure (sticky) */
 };
@@ -351,7 +352,22 @@ int gguf_writer_begin_data(gguf_writer *w, ds4_error *err) {
     return 0;
 }
 
-int gguf_writer_write(gguf_writer *w, const void *data, size_t n, ds4_error *err) {
+/* Moves the file position forward without writing: the bytes in between
+ * read back as zeros, and on file systems with sparse files they take no
+ * space. fseeko flushes stdio's buffer first. */
+static int out_hole(gguf_writer *w, uint64_t n) {
+    if (w->failed) return -1;
+    if (!n) return 0;
+    if (n > (uint64_t)INT64_MAX - w->pos || fseeko(w->fp, (off_t)n, SEEK_CUR) != 0)
+        return wfail(w, "cannot seek past %" PRIu64 " bytes at offset %" PRIu64 ": %s", n, w->pos, strerror(errno));
+    w->pos += n;
+    w->holes = true;
+    return 0;
+}
+
+/* Shared by write and skip: data == NULL leaves a hole. Padding after a
+ * skipped tensor is a hole too (it reads as zeros either way). */
+static int put_data(gguf_writer *w, const void *data, uint64_t n, ds4_error *err) {
     if (w->failed) return report(w, err);
     if (w->state != ST_DATA) {
         wfail(w, "tensor data written %s", w->state == ST_COLLECT ? "before gguf_writer_begin_data" : "after finish");
@@ -360,24 +376,33 @@ int gguf_writer_write(gguf_writer *w, const void *data, size_t n, ds4_error *err
     const uint8_t *p = data;
     while (n) {
         if (w->cur >= w->n_tensors) {
-            wfail(w, "%zu bytes written past the end of the last declared tensor", n);
+            wfail(w, "%" PRIu64 " bytes written past the end of the last declared tensor", n);
             return report(w, err);
         }
         const wtensor *t = &w->tensors[w->cur];
         uint64_t left = t->nbytes - w->cur_done;
-        size_t k = left < n ? (size_t)left : n;
-        if (out(w, p, k)) return report(w, err);
-        p += k;
+        uint64_t k = left < n ? left : n;
+        if (p ? out(w, p, (size_t)k) : out_hole(w, k)) return report(w, err);
+        if (p) p += k;
         n -= k;
         w->cur_done += k;
         if (w->cur_done == t->nbytes) {
-            if (out_zeros(w, pad_to(w->pos - w->data_start, w->alignment))) return report(w, err);
+            uint64_t pad = pad_to(w->pos - w->data_start, w->alignment);
+            if (p ? out_zeros(w, pad) : out_hole(w, pad)) return report(w, err);
             w->cur++;
             w->cur_done = 0;
         }
     }
     return 0;
 }
+
+int gguf_writer_write(gguf_writer *w, const void *data, size_t n, ds4_error *err) {
+    static const uint8_t none;
+    /* a zero-length write must not be mistaken for a skip */
+    return put_data(w, data ? data : &none, n, err);
+}
+
+int gguf_writer_skip(gguf_writer *w, uint64_t n, ds4_error *err) { return put_data(w, NULL, n, err); }
 
 int gguf_writer_finish(gguf_writer *w, ds4_error *err) {
     if (w->failed) return report(w, err);
@@ -394,7 +419,9 @@ int gguf_writer_finish(gguf_writer *w, ds4_error *err) {
     FILE *fp = w->fp;
     w->fp = NULL;
     w->state = ST_DONE;
-    int bad = fflush(fp) != 0 || fsync(fileno(fp)) != 0;
+    /* A hole at the very end is only a file position until the length is
+     * set: without ftruncate the file would stop at the last real byte. */
+    int bad = fflush(fp) != 0 || (w->holes && ftruncate(fileno(fp), (off_t)w->pos) != 0) || fsync(fileno(fp)) != 0;
     int saved = errno;
     if (fclose(fp) != 0 && !bad) {
         bad = 1;

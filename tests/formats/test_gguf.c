@@ -7,6 +7,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "formats/ggml_types.h"
 #include "formats/gguf.h"
@@ -719,6 +721,85 @@ static void test_truncation_and_fuzz(void) {
     free(orig);
 }
 
+
+/* gguf_writer_skip: skipped tensors (whole, in pieces, mixed with writes,
+ * last in the file) read back as zeros, the file has its full length, and
+ * on a file system with sparse files the holes take no space. */
+static bool fs_is_sparse(const char *dir) {
+    const char *probe = test_path("%s/sparse-probe", dir);
+    FILE *f = fopen(probe, "wb");
+    if (!f) return false;
+    bool ok = ftruncate(fileno(f), 1 << 30) == 0;
+    fclose(f);
+    struct stat st;
+    ok = ok && stat(probe, &st) == 0 && (uint64_t)st.st_blocks * 512 < (1u << 20);
+    remove(probe);
+    return ok;
+}
+
+static void test_writer_skip(void) {
+    const char *dir = test_tmp_dir();
+    bool sparse = fs_is_sparse(dir);
+    /* Past 4 GiB when holes are free, to exercise 64-bit offsets. */
+    uint64_t big = sparse ? (6ull << 30) + 6 : (3u << 20) + 6;
+    const char *path = test_path("%s/skip.gguf", dir);
+    ds4_error err = {{0}};
+    gguf_writer *w = gguf_writer_create(path, 32, &err);
+    CHECK(w != NULL);
+    if (!w) return;
+    uint8_t head[100], mid[70];
+    for (size_t i = 0; i < sizeof head; i++) head[i] = (uint8_t)(i + 1);
+    for (size_t i = 0; i < sizeof mid; i++) mid[i] = (uint8_t)(200 - i);
+    gguf_writer_add_tensor(w, "written", GGML_TYPE_I8, 1, (const uint64_t[]){100});
+    gguf_writer_add_tensor(w, "pieces", GGML_TYPE_I8, 1, (const uint64_t[]){170});
+    gguf_writer_add_tensor(w, "big", GGML_TYPE_I8, 1, (const uint64_t[]){big});
+    CHECK(gguf_writer_begin_data(w, &err) == 0);
+    CHECK(gguf_writer_write(w, head, sizeof head, &err) == 0);
+    CHECK(gguf_writer_skip(w, 50, &err) == 0); /* pieces: 50 hole, 70 data, 50 hole */
+    CHECK(gguf_writer_write(w, mid, sizeof mid, &err) == 0);
+    CHECK(gguf_writer_skip(w, 50 + big, &err) == 0); /* crosses into the last tensor */
+    CHECK(gguf_writer_skip(w, 1, &err) != 0);       /* past the end */
+    CHECKF(strstr(err.msg, "past the end") != NULL, "%s", err.msg);
+    gguf_writer_free(w);
+
+    w = gguf_writer_create(path, 32, &err);
+    gguf_writer_add_tensor(w, "written", GGML_TYPE_I8, 1, (const uint64_t[]){100});
+    gguf_writer_add_tensor(w, "pieces", GGML_TYPE_I8, 1, (const uint64_t[]){170});
+    gguf_writer_add_tensor(w, "big", GGML_TYPE_I8, 1, (const uint64_t[]){big});
+    CHECK(gguf_writer_begin_data(w, &err) == 0);
+    CHECK(gguf_writer_write(w, head, sizeof head, &err) == 0);
+    CHECK(gguf_writer_skip(w, 50, &err) == 0);
+    CHECK(gguf_writer_write(w, mid, sizeof mid, &err) == 0);
+    CHECK(gguf_writer_skip(w, 50 + big, &err) == 0);
+    CHECKF(gguf_writer_finish(w, &err) == 0, "%s", err.msg);
+    gguf_writer_free(w);
+
+    gguf_file *f = gguf_open(path, &err);
+    CHECKF(f != NULL, "%s", err.msg);
+    if (!f) return;
+    const gguf_tensor *t0 = gguf_find_tensor(f, "written"), *t1 = gguf_find_tensor(f, "pieces"),
+                      *t2 = gguf_find_tensor(f, "big");
+    CHECK(t0 && t1 && t2);
+    if (t0 && t1 && t2) {
+        CHECK(memcmp(t0->data, head, sizeof head) == 0);
+        const uint8_t *p = t1->data;
+        bool ok = memcmp(p + 50, mid, sizeof mid) == 0;
+        for (int i = 0; i < 50; i++) ok = ok && p[i] == 0 && p[120 + i] == 0;
+        CHECK(ok);
+        const uint8_t *q = t2->data;
+        CHECK(t2->nbytes == big && q[0] == 0 && q[big / 2] == 0 && q[big - 1] == 0);
+        /* the last tensor is padded to the alignment too */
+        CHECK(f->map_size == f->data_offset + (t2->offset + big + 31) / 32 * 32);
+    }
+    gguf_close(f);
+    struct stat st;
+    CHECK(stat(path, &st) == 0);
+    printf("skip: %s file of %llu bytes, %llu allocated\n", sparse ? "sparse" : "plain", (unsigned long long)st.st_size,
+           (unsigned long long)st.st_blocks * 512);
+    if (sparse) CHECK((uint64_t)st.st_blocks * 512 < (64u << 20));
+    remove(path);
+}
+
 int main(void) {
     init_tensor_data();
     check_roundtrip(32, true);
@@ -726,6 +807,7 @@ int main(void) {
     check_roundtrip(1, false);
     check_roundtrip(4096, false);
     test_writer_errors();
+    test_writer_skip();
     test_hand_built();
     test_truncation_and_fuzz();
     for (size_t i = 0; i < N_TENSORS; i++) free(k_tensors[i].data);

@@ -1,6 +1,7 @@
 #include "formats/ggml_types.h"
 
 #include <stddef.h>
+#include <strings.h>
 
 static const ggml_type_info k_types[GGML_TYPE_COUNT_MAX] = {
     [GGML_TYPE_F32] = {"F32", 1, 4},
@@ -50,4 +51,10 @@ bool ggml_nbytes(uint32_t type, uint64_t elems, uint64_t *out) {
     if (blocks > UINT64_MAX / t->block_bytes) return false;
     *out = blocks * t->block_bytes;
     return true;
+}
+
+uint32_t ggml_type_from_name(const char *name) {
+    for (uint32_t t = 0; t < GGML_TYPE_COUNT_MAX; t++)
+        if (k_types[t].name && !strcasecmp(k_types[t].name, name)) return t;
+    return GGML_TYPE_COUNT_MAX;
 }

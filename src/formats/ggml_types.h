@@ -42,6 +42,9 @@ typedef struct ggml_type_info {
 /* NULL when the type is unknown to this engine. */
 const ggml_type_info *ggml_type_get(uint32_t type);
 const char *ggml_type_name(uint32_t type);
+/* The type named `name` ("Q8_0", "iq2_xxs": any case), or
+ * GGML_TYPE_COUNT_MAX when there is none. */
+uint32_t ggml_type_from_name(const char *name);
 
 /* Bytes taken by `elems` values laid out as rows of `row_elems` values
  * (row_elems must be a multiple of the block size; checked by the caller via

@@ -125,3 +125,58 @@ int ds4_hparams_load(ds4_hparams *hp, const gguf_file *f, ds4_error *err) {
     }
     return 0;
 }
+
+int ds4_hparams_write(gguf_writer *w, const ds4_hparams *hp, uint32_t n_nextn, const char *name) {
+    int rc = 0;
+    rc |= gguf_writer_set_str(w, "general.architecture", DS4_ARCH);
+    rc |= gguf_writer_set_str(w, "general.name", name);
+    rc |= gguf_writer_set_u32(w, "general.alignment", GGUF_DEFAULT_ALIGNMENT);
+    /* Integer keys are u32 (strict readers refuse other integer types);
+     * the context lengths are u64 as in the published files. */
+    const struct {
+        const char *key;
+        uint32_t v;
+    } u32s[] = {
+        {KEY_BLOCK_COUNT, hp->n_layer},      {KEY_EMBD, hp->n_embd},
+        {KEY_VOCAB, hp->n_vocab},            {KEY_HEADS, hp->n_head},
+        {KEY_HEADS_KV, hp->n_head_kv},       {KEY_KEY_LEN, hp->head_dim},
+        {KEY_VAL_LEN, hp->head_dim},         {KEY_ROPE_DIMS, hp->n_rot},
+        {KEY_Q_LORA, hp->q_lora},            {KEY_O_LORA, hp->o_lora},
+        {KEY_O_GROUPS, hp->o_groups},        {KEY_N_EXPERT, hp->n_expert},
+        {KEY_N_EXPERT_USED, hp->n_expert_used}, {KEY_FF_EXP, hp->n_ff_exp},
+        {KEY_N_SHARED, hp->n_shared},        {KEY_HASH_LAYERS, hp->n_hash_layers},
+        {KEY_WINDOW, hp->window},            {KEY_IDX_HEADS, hp->idx_n_head},
+        {KEY_IDX_KEY_LEN, hp->idx_head_dim}, {KEY_IDX_TOPK, hp->idx_topk},
+        {KEY_HC, hp->hc},                    {KEY_SINKHORN, hp->sinkhorn_iters},
+        {KEY_GATING_FUNC, 4}, /* sqrt(softplus), the published files' value */
+        {KEY_NEXTN, n_nextn},
+    };
+    for (size_t i = 0; i < sizeof u32s / sizeof u32s[0]; i++) rc |= gguf_writer_set_u32(w, u32s[i].key, u32s[i].v);
+    rc |= gguf_writer_set_u64(w, KEY_CTX, hp->n_ctx_train);
+    rc |= gguf_writer_set_u64(w, KEY_ROPE_ORIG_CTX, hp->rope_orig_ctx);
+    const struct {
+        const char *key;
+        float v;
+    } f32s[] = {
+        {KEY_HC_EPS, hp->hc_eps},           {KEY_RMS_EPS, hp->rms_eps},
+        {KEY_ROPE_BASE, hp->rope_base},     {KEY_ROPE_FACTOR, hp->rope_factor},
+        {KEY_YARN_FAST, hp->yarn_beta_fast}, {KEY_YARN_SLOW, hp->yarn_beta_slow},
+        {KEY_COMPRESS_ROPE_BASE, hp->compress_rope_base}, {KEY_EXPERT_SCALE, hp->expert_scale},
+    };
+    for (size_t i = 0; i < sizeof f32s / sizeof f32s[0]; i++) rc |= gguf_writer_set_f32(w, f32s[i].key, f32s[i].v);
+    rc |= gguf_writer_set_str(w, KEY_ROPE_TYPE, "yarn");
+    rc |= gguf_writer_set_bool(w, KEY_EXPERT_NORM, hp->expert_norm);
+    /* Per-layer arrays carry one extra entry per MTP layer (sliding only),
+     * as in the published files. */
+    uint32_t n = hp->n_layer + n_nextn;
+    if (n > DS4_MAX_LAYERS + 8) n = DS4_MAX_LAYERS + 8;
+    uint32_t ratios[DS4_MAX_LAYERS + 8] = {0};
+    float clamps[DS4_MAX_LAYERS + 8];
+    for (uint32_t i = 0; i < n; i++) {
+        ratios[i] = i < hp->n_layer ? hp->compress_ratio[i] : 0;
+        clamps[i] = hp->swiglu_clamp[i < hp->n_layer ? i : hp->n_layer - 1];
+    }
+    rc |= gguf_writer_set_arr(w, KEY_COMPRESS_RATIOS, GGUF_VT_U32, ratios, n);
+    rc |= gguf_writer_set_arr(w, KEY_SWIGLU_CLAMP, GGUF_VT_F32, clamps, n);
+    return rc ? -1 : 0;
+}

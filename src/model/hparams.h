@@ -76,6 +76,11 @@ typedef struct ds4_hparams {
 
 /* Reads and validates every key; the message names the file and the key. */
 int ds4_hparams_load(ds4_hparams *hp, const gguf_file *f, ds4_error *err);
+/* Records every key of the ds4 layout (spec/MODEL.md §8.2) with the types
+ * the published files use, plus general.* and the informational keys.
+ * n_nextn MTP layers add one sliding entry each to the per-layer arrays. The
+ * writer keeps its first failure for gguf_writer_begin_data; -1 here. */
+int ds4_hparams_write(gguf_writer *w, const ds4_hparams *hp, uint32_t n_nextn, const char *name);
 
 static inline bool ds4_layer_is_hash(const ds4_hparams *hp, uint32_t il) { return il < hp->n_hash_layers; }
 /* Overlapping compression (two halves, with an indexer) vs heavy (one half). */

@@ -5,16 +5,14 @@
 #include <stdlib.h>
 
 #include "formats/ggml_types.h"
+#include "model/layout.h"
 
-/* Allowed-type sets. Matrices may be any type the linear kernels know;
- * vectors that enter elementwise arithmetic are F32 as in the published
- * files; routing tables are I32. */
-#define T(x) (1ull << (x))
-#define TYPES_VEC T(GGML_TYPE_F32)
-#define TYPES_DENSE (T(GGML_TYPE_F32) | T(GGML_TYPE_F16) | T(GGML_TYPE_BF16) | T(GGML_TYPE_Q8_0) | \
-                     T(GGML_TYPE_Q4_K) | T(GGML_TYPE_Q2_K) | T(GGML_TYPE_IQ2_XXS) | T(GGML_TYPE_MXFP4))
-#define TYPES_SMALL (T(GGML_TYPE_F32) | T(GGML_TYPE_F16) | T(GGML_TYPE_BF16))
-#define TYPES_I32 T(GGML_TYPE_I32)
+/* Allowed-type sets per role, shared with the writers (model/layout.h). */
+#define T(x) DS4_TYPE_BIT(x)
+#define TYPES_VEC DS4_TYPES_VEC
+#define TYPES_DENSE DS4_TYPES_DENSE
+#define TYPES_SMALL DS4_TYPES_SMALL
+#define TYPES_I32 DS4_TYPES_I32
 
 typedef struct binder {
     const gguf_file *f;

@@ -151,12 +151,29 @@ static float e8m0(uint8_t b) { return ldexpf(1.0f, (int)b - 127); }
 
 static const float k_e2m1[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6};
 
+/* The block-scale companion of "X.weight" is "X.scale". */
+static const st_tensor *find_scale(const ckpt_index *ix, const char *name, char *sname, size_t cap) {
+    snprintf(sname, cap, "%.*s.scale", (int)(strlen(name) - (strstr(name, ".weight") ? 7 : 0)), name);
+    return strstr(name, ".weight") ? ckpt_find(ix, sname) : NULL;
+}
+
+int ckpt_fp4_planes(const ckpt_index *ix, const char *name, uint64_t rows, uint64_t cols, const uint8_t **codes,
+                    const uint8_t **scales, ds4_error *err) {
+    const st_tensor *t = ckpt_find(ix, name);
+    char sname[512];
+    const st_tensor *sc = t ? find_scale(ix, name, sname, sizeof sname) : NULL;
+    if (!t || !sc || t->dtype != ST_I8 || !cols || (sc->dtype != ST_F8_E8M0 && sc->dtype != ST_U8)) return 0;
+    if (check_shape(t, rows, cols, 2, err) || check_shape(sc, rows, cols, 32, err)) return -1;
+    *codes = t->data;
+    *scales = sc->data;
+    return 1;
+}
+
 int ckpt_read_f32(const ckpt_index *ix, const char *name, uint64_t rows, uint64_t cols, float *out, ds4_error *err) {
     const st_tensor *t = ckpt_find(ix, name);
     if (!t) return ds4_fail(err, "checkpoint: missing tensor '%s'", name);
     char sname[512];
-    snprintf(sname, sizeof sname, "%.*s.scale", (int)(strlen(name) - (strstr(name, ".weight") ? 7 : 0)), name);
-    const st_tensor *sc = strstr(name, ".weight") ? ckpt_find(ix, sname) : NULL;
+    const st_tensor *sc = find_scale(ix, name, sname, sizeof sname);
 
     if (t->dtype == ST_I8 && sc && cols) {
         /* FP4 e2m1 experts: two codes per byte (low nibble first), one e8m0

@@ -183,59 +183,7 @@ out:
 }
 
 int convert_write_metadata(gguf_writer *w, const convert_config *cfg, const char *name, bool has_tokenizer) {
-    const ds4_hparams *hp = &cfg->hp;
-    int rc = 0;
-    rc |= gguf_writer_set_str(w, "general.architecture", DS4_ARCH);
-    rc |= gguf_writer_set_str(w, "general.name", name);
-    rc |= gguf_writer_set_u32(w, "general.alignment", GGUF_DEFAULT_ALIGNMENT);
-    rc |= gguf_writer_set_u32(w, KEY_BLOCK_COUNT, hp->n_layer);
-    rc |= gguf_writer_set_u32(w, KEY_EMBD, hp->n_embd);
-    rc |= gguf_writer_set_u32(w, KEY_VOCAB, hp->n_vocab);
-    rc |= gguf_writer_set_u64(w, KEY_CTX, hp->n_ctx_train);
-    rc |= gguf_writer_set_u32(w, KEY_HEADS, hp->n_head);
-    rc |= gguf_writer_set_u32(w, KEY_HEADS_KV, hp->n_head_kv);
-    rc |= gguf_writer_set_u32(w, KEY_KEY_LEN, hp->head_dim);
-    rc |= gguf_writer_set_u32(w, KEY_VAL_LEN, hp->head_dim);
-    rc |= gguf_writer_set_u32(w, KEY_ROPE_DIMS, hp->n_rot);
-    rc |= gguf_writer_set_u32(w, KEY_Q_LORA, hp->q_lora);
-    rc |= gguf_writer_set_u32(w, KEY_O_LORA, hp->o_lora);
-    rc |= gguf_writer_set_u32(w, KEY_O_GROUPS, hp->o_groups);
-    rc |= gguf_writer_set_u32(w, KEY_N_EXPERT, hp->n_expert);
-    rc |= gguf_writer_set_u32(w, KEY_N_EXPERT_USED, hp->n_expert_used);
-    rc |= gguf_writer_set_u32(w, KEY_FF_EXP, hp->n_ff_exp);
-    rc |= gguf_writer_set_u32(w, KEY_N_SHARED, hp->n_shared);
-    rc |= gguf_writer_set_u32(w, KEY_HASH_LAYERS, hp->n_hash_layers);
-    rc |= gguf_writer_set_u32(w, KEY_WINDOW, hp->window);
-    rc |= gguf_writer_set_u32(w, KEY_IDX_HEADS, hp->idx_n_head);
-    rc |= gguf_writer_set_u32(w, KEY_IDX_KEY_LEN, hp->idx_head_dim);
-    rc |= gguf_writer_set_u32(w, KEY_IDX_TOPK, hp->idx_topk);
-    rc |= gguf_writer_set_u32(w, KEY_HC, hp->hc);
-    rc |= gguf_writer_set_u32(w, KEY_SINKHORN, hp->sinkhorn_iters);
-    rc |= gguf_writer_set_f32(w, KEY_HC_EPS, hp->hc_eps);
-    rc |= gguf_writer_set_f32(w, KEY_RMS_EPS, hp->rms_eps);
-    rc |= gguf_writer_set_u64(w, KEY_ROPE_ORIG_CTX, hp->rope_orig_ctx);
-    rc |= gguf_writer_set_f32(w, KEY_ROPE_BASE, hp->rope_base);
-    rc |= gguf_writer_set_f32(w, KEY_ROPE_FACTOR, hp->rope_factor);
-    rc |= gguf_writer_set_f32(w, KEY_YARN_FAST, hp->yarn_beta_fast);
-    rc |= gguf_writer_set_f32(w, KEY_YARN_SLOW, hp->yarn_beta_slow);
-    rc |= gguf_writer_set_str(w, KEY_ROPE_TYPE, "yarn");
-    rc |= gguf_writer_set_f32(w, KEY_COMPRESS_ROPE_BASE, hp->compress_rope_base);
-    rc |= gguf_writer_set_f32(w, KEY_EXPERT_SCALE, hp->expert_scale);
-    rc |= gguf_writer_set_bool(w, KEY_EXPERT_NORM, hp->expert_norm);
-    rc |= gguf_writer_set_u32(w, KEY_GATING_FUNC, 4); /* sqrt(softplus), the published files' value */
-    rc |= gguf_writer_set_u32(w, KEY_NEXTN, cfg->n_nextn);
-    /* Per-layer arrays carry one extra entry per MTP layer (sliding only),
-     * as in the published files. */
-    uint32_t n = hp->n_layer + cfg->n_nextn;
-    uint32_t ratios[DS4_MAX_LAYERS + 8] = {0};
-    float clamps[DS4_MAX_LAYERS + 8];
-    for (uint32_t i = 0; i < n && i < DS4_MAX_LAYERS + 8; i++) {
-        ratios[i] = i < hp->n_layer ? hp->compress_ratio[i] : 0;
-        clamps[i] = hp->swiglu_clamp[i < hp->n_layer ? i : hp->n_layer - 1];
-    }
-    if (n > DS4_MAX_LAYERS + 8) n = DS4_MAX_LAYERS + 8;
-    rc |= gguf_writer_set_arr(w, KEY_COMPRESS_RATIOS, GGUF_VT_U32, ratios, n);
-    rc |= gguf_writer_set_arr(w, KEY_SWIGLU_CLAMP, GGUF_VT_F32, clamps, n);
+    int rc = ds4_hparams_write(w, &cfg->hp, cfg->n_nextn, name);
     /* With an embedded tokenizer its writer records the special ids. */
     if (!has_tokenizer) {
         rc |= gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", cfg->bos_id);

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ds4_chat.h"
 #include "ds4_error.h"
@@ -62,6 +63,11 @@ typedef struct ds4_model_info {
 ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_error *err);
 void ds4_model_free(ds4_model *m);
 void ds4_model_get_info(const ds4_model *m, ds4_model_info *out);
+
+/* Prints what the file holds, without computing anything: geometry and
+ * layer schedule, tensor count and bytes per type, the routed-expert types
+ * of every layer, per-token cost and the tokenizer (ds4 --inspect). */
+void ds4_model_print_summary(const ds4_model *m, FILE *out);
 
 /* The tokenizer embedded in the model file, or NULL when it has none. */
 const ds4_tokenizer *ds4_model_tokenizer(const ds4_model *m);

@@ -6,19 +6,10 @@
 #include "compute/forward.h"
 #include "compute/linear.h"
 #include "ds4.h"
+#include "engine/model.h"
 #include "formats/ggml_types.h"
 #include "formats/gguf.h"
 #include "model/tokenizer_gguf.h"
-
-struct ds4_model {
-    gguf_file *file;
-    ds4_hparams hp;
-    ds4_weights w;
-    ds4_net net;
-    ds4_pool *pool;
-    ds4_tokenizer *tok; /* NULL when the file carries none */
-    int bos_id, eos_id;
-};
 
 struct ds4_session {
     ds4_model *m;

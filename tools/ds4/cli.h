@@ -18,7 +18,7 @@ typedef struct cli_opts {
     ds4_sampling sampling;
     ds4_think_mode mode;
     ds4_numerics numerics;
-    bool raw, dump_tokens, tokenize, verbose;
+    bool raw, dump_tokens, tokenize, verbose, inspect;
 } cli_opts;
 
 /* Set by SIGINT; generation and prefill poll it between tokens/chunks. */

@@ -48,6 +48,7 @@ static void usage(FILE *f) {
             "  --tokenize              print the ids of the raw prompt text (no template, no BOS)\n"
             "  --tokenizer FILE        tokenizer for --tokenize/--detokenize (GGUF or tokenizer.json)\n"
             "  --detokenize IDS        print the text of comma-separated ids\n"
+            "  --inspect               load and validate the model, print a summary, exit\n"
             "  -v, --verbose           model summary and timings\n");
 }
 
@@ -142,6 +143,7 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         else if (!strcmp(a, "--tokenizer")) { NEED(); o->tokenizer_path = v; }
         else if (!strcmp(a, "--detokenize")) { NEED(); o->detokenize = v; }
         else if (!strcmp(a, "--dump-tokens")) o->dump_tokens = true;
+        else if (!strcmp(a, "--inspect")) o->inspect = true;
         else if (!strcmp(a, "--tokenize")) o->tokenize = true;
         else if (!strcmp(a, "--raw")) o->raw = true;
         else if (!strcmp(a, "--think")) o->mode = DS4_THINK_HIGH;
@@ -413,7 +415,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     cli_install_sigint();
-    if (o.tokens_arg) rc = run_ids(m, &o);
+    if (o.inspect) {
+        ds4_model_print_summary(m, stdout);
+        rc = 0;
+    } else if (o.tokens_arg) rc = run_ids(m, &o);
     else if (!ds4_model_tokenizer(m)) {
         fprintf(stderr, "ds4: %s has no tokenizer; text prompts need one (use --tokens, or convert with tokenizer.json)\n",
                 o.model);

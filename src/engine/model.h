@@ -1,0 +1,23 @@
+/* The engine's model object, shared by the API implementation's parts
+ * (engine.c: loading and sessions; summary.c: the printed description). */
+#ifndef DS4_ENGINE_MODEL_H
+#define DS4_ENGINE_MODEL_H
+
+#include "compute/net.h"
+#include "compute/threadpool.h"
+#include "ds4.h"
+#include "formats/gguf.h"
+#include "model/hparams.h"
+#include "model/weights.h"
+
+struct ds4_model {
+    gguf_file *file;
+    ds4_hparams hp;
+    ds4_weights w;
+    ds4_net net;
+    ds4_pool *pool;
+    ds4_tokenizer *tok; /* NULL when the file carries none */
+    int bos_id, eos_id;
+};
+
+#endif

@@ -54,12 +54,16 @@ static int copy_kv(gguf_writer *w, const gguf_kv *kv, const variant *v, uint32_t
         uint64_t n = v->exact_arrays && kv->arr_count > n_layer ? n_layer : kv->arr_count;
         if (!strcmp(k, "deepseek4.attention.compress_ratios") && v->signed_ratios) {
             int32_t r[64];
-            for (uint64_t i = 0; i < n; i++) r[i] = ((const int32_t *)kv->arr_data)[i];
+            memcpy(r, kv->arr_data, n * 4); /* array data is unaligned in the mapping */
             return gguf_writer_set_arr(w, k, GGUF_VT_I32, r, n);
         }
         if (!strcmp(k, "deepseek4.swiglu_clamp_exp") && v->f64_floats) {
             double d[64];
-            for (uint64_t i = 0; i < n; i++) d[i] = ((const float *)kv->arr_data)[i];
+            for (uint64_t i = 0; i < n; i++) {
+                float f;
+                memcpy(&f, kv->arr_data + 4 * i, 4);
+                d[i] = f;
+            }
             return gguf_writer_set_arr(w, k, GGUF_VT_F64, d, n);
         }
         return gguf_writer_set_arr(w, k, kv->arr_type, kv->arr_data, n);

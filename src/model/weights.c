@@ -19,6 +19,7 @@
 typedef struct binder {
     const gguf_file *f;
     uint64_t supported; /* matrix types the backend can multiply */
+    unsigned flags;     /* DS4_BIND_* */
     ds4_error *err;
 } binder;
 
@@ -133,12 +134,14 @@ static int bind_layer(binder *b, ds4_layer_weights *l, const ds4_hparams *hp, ui
     } else if (bind(b, &l->probs_bias, 0, TYPES_VEC, SHAPE(X), "blk.%u.exp_probs_b.bias", il)) {
         return -1;
     }
-    if (bind(b, &l->gate_exps, 1, TYPES_DENSE, SHAPE(E, F, X), "blk.%u.ffn_gate_exps.weight", il)) return -1;
-    if (bind(b, &l->up_exps, 1, TYPES_DENSE, SHAPE(E, F, X), "blk.%u.ffn_up_exps.weight", il)) return -1;
-    if (bind(b, &l->down_exps, 1, TYPES_DENSE, SHAPE(F, E, X), "blk.%u.ffn_down_exps.weight", il)) return -1;
-    if (l->gate_exps.type != l->up_exps.type)
-        return ds4_fail(b->err, "%s: blk.%u: ffn_gate_exps (%s) and ffn_up_exps (%s) must have the same type", b->f->path, il,
-                        ggml_type_name(l->gate_exps.type), ggml_type_name(l->up_exps.type));
+    if (!(b->flags & DS4_BIND_NO_ROUTED_EXPERTS)) {
+        if (bind(b, &l->gate_exps, 1, TYPES_DENSE, SHAPE(E, F, X), "blk.%u.ffn_gate_exps.weight", il)) return -1;
+        if (bind(b, &l->up_exps, 1, TYPES_DENSE, SHAPE(E, F, X), "blk.%u.ffn_up_exps.weight", il)) return -1;
+        if (bind(b, &l->down_exps, 1, TYPES_DENSE, SHAPE(F, E, X), "blk.%u.ffn_down_exps.weight", il)) return -1;
+        if (l->gate_exps.type != l->up_exps.type)
+            return ds4_fail(b->err, "%s: blk.%u: ffn_gate_exps (%s) and ffn_up_exps (%s) must have the same type", b->f->path,
+                            il, ggml_type_name(l->gate_exps.type), ggml_type_name(l->up_exps.type));
+    }
     if (bind(b, &l->gate_shexp, 1, TYPES_DENSE, SHAPE(E, F), "blk.%u.ffn_gate_shexp.weight", il)) return -1;
     if (bind(b, &l->up_shexp, 1, TYPES_DENSE, SHAPE(E, F), "blk.%u.ffn_up_shexp.weight", il)) return -1;
     if (bind(b, &l->down_shexp, 1, TYPES_DENSE, SHAPE(F, E), "blk.%u.ffn_down_shexp.weight", il)) return -1;
@@ -158,7 +161,12 @@ static int check_tid2eid(const ds4_tensor *t, const ds4_hparams *hp, const char 
 }
 
 int ds4_weights_bind(ds4_weights *w, const ds4_hparams *hp, const gguf_file *f, uint64_t matrix_types, ds4_error *err) {
-    binder b = {f, matrix_types, err};
+    return ds4_weights_bind_ex(w, hp, f, matrix_types, 0, err);
+}
+
+int ds4_weights_bind_ex(ds4_weights *w, const ds4_hparams *hp, const gguf_file *f, uint64_t matrix_types, unsigned flags,
+                        ds4_error *err) {
+    binder b = {f, matrix_types, flags, err};
     uint64_t E = hp->n_embd;
     w->layers = calloc(hp->n_layer, sizeof *w->layers);
     if (!w->layers) return ds4_fail(err, "out of memory binding %s", f->path);

@@ -3,6 +3,9 @@
  *   ds4 -m MODEL.gguf --tokens 1,2,3|@ids.txt [--numerics official|hf]
  *       [--prefill-chunk N] [-t THREADS] [--ctx N] [--dump-logits OUT.f32]
  *       [-n N --temp 0]
+ *       sidecar packages (-m DIR): [--resident] [--moe-slot-bank N]
+ *       [--ssd-cache auto|SIZE] [--ssd-io auto|direct|buffered]
+ *       [--no-moe-prefetch] [--moe-stats]
  * --dump-logits writes little-endian float32 [prompt_len x vocab];
  * -n N greedily generates N tokens and prints their ids comma-separated. */
 #include <errno.h>
@@ -26,7 +29,16 @@ static void usage(FILE *f) {
             "  -c, --ctx N             context size of the session (default 32768)\n"
             "  -t, --threads N         worker threads (default: all cores)\n"
             "  --dump-logits FILE      write float32 [prompt_len x vocab] logits\n"
-            "  -v, --verbose           print a model summary and timings\n");
+            "  -v, --verbose           print a model summary and timings\n"
+            "sidecar packages (-m DIR holding manifest.json and dense/model-dense.gguf):\n"
+            "  --resident              read every expert into RAM at load\n"
+            "  --moe-slot-bank N       stream experts through N slots per layer\n"
+            "                          (experts per token .. experts per layer)\n"
+            "  --ssd-cache auto|SIZE   size the slot banks by a byte budget (e.g. 8G, 512M);\n"
+            "                          auto (default): 20%% of MemAvailable after dense + KV\n"
+            "  --ssd-io MODE           expert reads: auto (default), direct (O_DIRECT) or buffered\n"
+            "  --no-moe-prefetch       do not start next-layer expert reads early\n"
+            "  --moe-stats             print slot-bank hits, misses, bytes read, MB/s at exit\n");
 }
 
 static double now_s(void) {
@@ -104,11 +116,59 @@ static int parse_uint(const char *flag, const char *s, long max, long *out) {
     return 0;
 }
 
+/* "12G", "512M", "1.5GB", "4096" (bytes); binary units. */
+static int parse_size(const char *flag, const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    double mul = 1;
+    if (end != s) {
+        switch (*end) {
+        case 'k': case 'K': mul = 1024.0; end++; break;
+        case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
+        case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+        case 't': case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+        default: break;
+        }
+        if (mul > 1 && (*end == 'b' || *end == 'B' )) end++;
+        if (mul > 1 && *end == 'i' && (end[1] == 'B' || end[1] == 'b')) end += 2;
+    }
+    if (end == s || *end || errno || !(v > 0) || v * mul >= 1.8e19) {
+        fprintf(stderr, "ds4: %s expects 'auto' or a size such as 8G or 512M, got '%s'\n", flag, s);
+        return -1;
+    }
+    *out = (uint64_t)(v * mul);
+    return 0;
+}
+
+static void print_moe_stats(const ds4_model *model) {
+    ds4_moe_stats st;
+    ds4_model_moe_stats(model, &st);
+    if (!st.sidecar) {
+        fprintf(stderr, "ds4: Flash-MoE stats: experts read in place from the GGUF (no sidecar)\n");
+        return;
+    }
+    uint64_t refs = st.hits + st.misses + st.prefetch_used;
+    fprintf(stderr,
+            "ds4: Flash-MoE stats: %s slots=%u refs=%llu hits=%llu (hit %.1f%%) prefetched=%llu (late %llu) "
+            "misses=%llu; prefetch issued=%llu wasted=%llu\n",
+            st.streaming ? "slot-bank" : "resident", st.slots, (unsigned long long)refs, (unsigned long long)st.hits,
+            refs ? 100.0 * st.hits / refs : 100.0, (unsigned long long)st.prefetch_used,
+            (unsigned long long)st.prefetch_late, (unsigned long long)st.misses, (unsigned long long)st.prefetch_issued,
+            (unsigned long long)st.prefetch_wasted);
+    fprintf(stderr,
+            "ds4: Flash-MoE I/O: reads=%llu bytes=%.1f MB retries=%llu stall=%.3fs io-busy=%.3fs "
+            "read-rate=%.1f MB/s (bytes / io-busy)\n",
+            (unsigned long long)st.reads, st.bytes_read / 1e6, (unsigned long long)st.retries, st.stall_s, st.io_busy_s,
+            st.io_busy_s > 0 ? st.bytes_read / 1e6 / st.io_busy_s : 0.0);
+}
+
 int main(int argc, char **argv) {
     const char *model_path = "./ds4flash.gguf", *tokens_arg = NULL, *dump = NULL;
     long n_predict = 0, chunk = 0, threads = 0, ctx = 32768;
     double temp = 0;
-    int verbose = 0;
+    int verbose = 0, moe_stats = 0;
+    ds4_model_opts mo = {0};
     ds4_numerics numerics = DS4_NUMERICS_OFFICIAL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -143,6 +203,35 @@ int main(int argc, char **argv) {
             if (!need_arg(i, argc, a) || parse_uint(a, argv[++i], 4096, &threads)) return 2;
         } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
             if (!need_arg(i, argc, a) || parse_uint(a, argv[++i], 1L << 31, &ctx)) return 2;
+        } else if (!strcmp(a, "--resident")) {
+            mo.resident = true;
+        } else if (!strcmp(a, "--moe-stats")) {
+            moe_stats = 1;
+        } else if (!strcmp(a, "--no-moe-prefetch")) {
+            mo.no_moe_prefetch = true;
+        } else if (!strcmp(a, "--moe-slot-bank")) {
+            long v;
+            if (!need_arg(i, argc, a) || parse_uint(a, argv[++i], 1 << 20, &v)) return 2;
+            if (v == 0) {
+                fprintf(stderr, "ds4: --moe-slot-bank expects at least 1 slot\n");
+                return 2;
+            }
+            mo.moe_slot_bank = (uint32_t)v;
+        } else if (!strcmp(a, "--ssd-cache")) {
+            if (!need_arg(i, argc, a)) return 2;
+            const char *v = argv[++i];
+            if (strcmp(v, "auto") && parse_size(a, v, &mo.ssd_cache_bytes)) return 2;
+            if (!strcmp(v, "auto")) mo.ssd_cache_bytes = 0;
+        } else if (!strcmp(a, "--ssd-io")) {
+            if (!need_arg(i, argc, a)) return 2;
+            const char *v = argv[++i];
+            if (!strcmp(v, "auto")) mo.ssd_io = DS4_SSD_IO_AUTO;
+            else if (!strcmp(v, "direct")) mo.ssd_io = DS4_SSD_IO_DIRECT;
+            else if (!strcmp(v, "buffered")) mo.ssd_io = DS4_SSD_IO_BUFFERED;
+            else {
+                fprintf(stderr, "ds4: --ssd-io must be 'auto', 'direct' or 'buffered', got '%s'\n", v);
+                return 2;
+            }
         } else if (!strcmp(a, "--temp")) {
             if (!need_arg(i, argc, a)) return 2;
             char *end;
@@ -184,7 +273,10 @@ int main(int argc, char **argv) {
     free(ids_text);
 
     ds4_error err = {{0}};
-    ds4_model_opts mo = {.n_threads = (int)threads, .verbose = verbose};
+    mo.n_threads = (int)threads;
+    mo.verbose = verbose;
+    if (ctx < (long)n_prompt + n_predict) ctx = (long)n_prompt + n_predict;
+    mo.ctx_hint = (uint32_t)ctx;
     double t0 = now_s();
     ds4_model *model = ds4_model_load(model_path, &mo, &err);
     if (!model) {
@@ -232,6 +324,7 @@ int main(int argc, char **argv) {
     rc = 0;
 out:
     if (rc) fprintf(stderr, "ds4: %s\n", err.msg);
+    if (moe_stats && model) print_moe_stats(model);
     free(all);
     free(prompt);
     ds4_session_free(s);

@@ -66,6 +66,7 @@ typedef struct ds4_moe_stats {
     uint64_t acquires, hits, misses;
     uint64_t prefetch_issued, prefetch_used, prefetch_late, prefetch_wasted;
     uint64_t reads, bytes_read, retries;
+    uint64_t direct, buffered; /* read syscalls by kind: O_DIRECT or page cache */
     double stall_s;   /* compute waiting for expert reads */
     double io_busy_s; /* time with reads in flight */
 } ds4_moe_stats;

@@ -183,6 +183,8 @@ void ds4_model_moe_stats(const ds4_model *m, ds4_moe_stats *out) {
     out->reads = st.reads;
     out->bytes_read = st.bytes_read;
     out->retries = st.retries;
+    out->direct = st.direct;
+    out->buffered = st.buffered;
     out->stall_s = st.stall_s;
     out->io_busy_s = st.io_busy_s;
 }

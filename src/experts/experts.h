@@ -26,6 +26,8 @@ typedef struct ds4_expert_stats {
     uint64_t acquires, hits, misses;
     uint64_t prefetch_issued, prefetch_used, prefetch_late, prefetch_wasted;
     uint64_t reads, bytes_read, retries;
+    uint64_t direct, buffered; /* read syscalls by kind (a retry or a
+                                  short read's continuation is another) */
     double stall_s;   /* time acquire spent waiting for reads */
     double io_busy_s; /* time with at least one read in flight */
 } ds4_expert_stats;

@@ -50,6 +50,8 @@ static void resident_stats(const ds4_expert_source *s, ds4_expert_stats *out) {
     out->reads = r->io.requests;
     out->bytes_read = r->io.bytes;
     out->retries = r->io.retries;
+    out->direct = r->io.direct;
+    out->buffered = r->io.buffered;
     out->io_busy_s = r->io.busy_s;
 }
 
@@ -128,10 +130,14 @@ ds4_expert_source *ds4_experts_resident_new(const ds4_sidecar *sc, const ds4_sid
             goto fail;
         }
         if (L->family_major) {
-            for (int f = 0; f < DS4_FAM_COUNT; f++)
+            /* Each run's reads stay inside the run: a block-rounded O_DIRECT
+             * tail must not land on the next run while it is being read. */
+            for (int f = 0; f < DS4_FAM_COUNT; f++) {
+                uint64_t end = f + 1 < DS4_FAM_COUNT ? r->base_off[il][f + 1] : cap;
                 if (queue_range(io, il, L->fam[f].offset, L->fam[f].bytes * X, r->buf[il] + r->base_off[il][f],
-                                cap - r->base_off[il][f], err))
+                                end - r->base_off[il][f], err))
                     goto fail;
+            }
         } else if (queue_range(io, il, 0, total, r->buf[il], cap, err)) {
             goto fail;
         }

@@ -102,7 +102,11 @@ static int load_slot(slot_source *b, uint32_t il, uint32_t si, uint32_t e, ds4_e
     s->read_failed = false;
     bk->where[e] = (int32_t)si;
     for (uint32_t i = 0; i < n; i++) {
-        ds4_io_req q = {il, rd[i].file_off, rd[i].len, mem + rd[i].mem_off, bk->slot_bytes - rd[i].mem_off, make_tag(il, si)};
+        /* Each read owns the slot bytes up to the next read's: an O_DIRECT
+         * read rounded up to whole blocks must not spill into a part that
+         * another read is filling (family-major records are 3 reads). */
+        uint64_t end = i + 1 < n ? rd[i + 1].mem_off : bk->slot_bytes;
+        ds4_io_req q = {il, rd[i].file_off, rd[i].len, mem + rd[i].mem_off, end - rd[i].mem_off, make_tag(il, si)};
         if (ds4_expert_io_submit(b->io, &q, err)) return -1;
     }
     return 0;
@@ -255,6 +259,8 @@ static void slot_stats(const ds4_expert_source *s, ds4_expert_stats *out) {
     out->reads = io.requests;
     out->bytes_read = io.bytes;
     out->retries = io.retries;
+    out->direct = io.direct;
+    out->buffered = io.buffered;
     out->io_busy_s = io.busy_s;
 }
 

@@ -157,9 +157,10 @@ static void print_moe_stats(const ds4_model *model) {
             (unsigned long long)st.prefetch_late, (unsigned long long)st.misses, (unsigned long long)st.prefetch_issued,
             (unsigned long long)st.prefetch_wasted);
     fprintf(stderr,
-            "ds4: Flash-MoE I/O: reads=%llu bytes=%.1f MB retries=%llu stall=%.3fs io-busy=%.3fs "
-            "read-rate=%.1f MB/s (bytes / io-busy)\n",
-            (unsigned long long)st.reads, st.bytes_read / 1e6, (unsigned long long)st.retries, st.stall_s, st.io_busy_s,
+            "ds4: Flash-MoE I/O: reads=%llu (direct %llu, buffered %llu) bytes=%.1f MB retries=%llu stall=%.3fs "
+            "io-busy=%.3fs read-rate=%.1f MB/s (bytes / io-busy)\n",
+            (unsigned long long)st.reads, (unsigned long long)st.direct, (unsigned long long)st.buffered,
+            st.bytes_read / 1e6, (unsigned long long)st.retries, st.stall_s, st.io_busy_s,
             st.io_busy_s > 0 ? st.bytes_read / 1e6 / st.io_busy_s : 0.0);
 }
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "experts/sidecar_source.h"
+#include "util/bankmem.h"
 
 #define CHUNK_BYTES (16u << 20)
 
@@ -15,6 +16,7 @@ typedef struct {
     ds4_expert_source base;
     const ds4_sidecar *sc;
     uint8_t **buf;       /* per layer */
+    uint64_t *buf_bytes; /* per layer */
     uint64_t (*base_off)[DS4_FAM_COUNT]; /* per layer: where each family's expert 0 is in buf */
     uint64_t (*step)[DS4_FAM_COUNT];     /* per layer: bytes from one expert to the next */
     ds4_io_stats io; /* of the load */
@@ -60,8 +62,9 @@ static const char *resident_describe(const ds4_expert_source *s) { return ((cons
 static void resident_free(ds4_expert_source *s) {
     resident_source *r = (resident_source *)s;
     if (r->buf)
-        for (uint32_t il = 0; il < r->sc->geom.n_layer; il++) free(r->buf[il]);
+        for (uint32_t il = 0; il < r->sc->geom.n_layer; il++) ds4_bank_free(r->buf[il], r->buf_bytes[il]);
     free(r->buf);
+    free(r->buf_bytes);
     free(r->base_off);
     free(r->step);
     free(r);
@@ -101,10 +104,11 @@ ds4_expert_source *ds4_experts_resident_new(const ds4_sidecar *sc, const ds4_sid
     r->base.ops = &k_resident_ops;
     r->sc = sc;
     r->buf = calloc(NL, sizeof *r->buf);
+    r->buf_bytes = calloc(NL, sizeof *r->buf_bytes);
     r->base_off = calloc(NL, sizeof *r->base_off);
     r->step = calloc(NL, sizeof *r->step);
     ds4_expert_io *io = NULL;
-    if (!r->buf || !r->base_off || !r->step) goto oom;
+    if (!r->buf || !r->buf_bytes || !r->base_off || !r->step) goto oom;
     if (!(io = ds4_sidecar_open_io(sc, o, on_read, r, err))) goto fail;
     for (uint32_t il = 0; il < NL; il++) {
         const ds4_sidecar_layer *L = &sc->layers[il];
@@ -124,7 +128,8 @@ ds4_expert_source *ds4_experts_resident_new(const ds4_sidecar *sc, const ds4_sid
         }
         /* Rounded up so the final O_DIRECT chunk may read whole blocks. */
         uint64_t cap = (total + DS4_IO_ALIGN - 1) / DS4_IO_ALIGN * DS4_IO_ALIGN;
-        r->buf[il] = aligned_alloc(DS4_IO_ALIGN, cap);
+        r->buf[il] = ds4_bank_alloc(cap);
+        r->buf_bytes[il] = cap;
         if (!r->buf[il]) {
             ds4_fail(err, "out of memory: %llu bytes for the experts of layer %u (%s)", (unsigned long long)cap, il, L->path);
             goto fail;

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "experts/sidecar_source.h"
+#include "util/bankmem.h"
 
 enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY };
 
@@ -271,7 +272,7 @@ static void slot_free(ds4_expert_source *s) {
     ds4_expert_io_close(b->io); /* drains reads before their buffers go */
     if (b->banks)
         for (uint32_t il = 0; il < b->sc->geom.n_layer; il++) {
-            free(b->banks[il].mem);
+            ds4_bank_free(b->banks[il].mem, b->banks[il].slot_bytes * b->n_slots);
             free(b->banks[il].slots);
             free(b->banks[il].where);
         }
@@ -308,7 +309,7 @@ ds4_expert_source *ds4_experts_slotbank_new(const ds4_sidecar *sc, const ds4_sid
         /* Whole 4 KiB blocks per slot: an O_DIRECT read of a record may
          * round its length up, and every slot starts aligned. */
         bk->slot_bytes = (sc->layers[il].record_bytes + DS4_IO_ALIGN - 1) / DS4_IO_ALIGN * DS4_IO_ALIGN;
-        bk->mem = aligned_alloc(DS4_IO_ALIGN, bk->slot_bytes * o->slots);
+        bk->mem = ds4_bank_alloc(bk->slot_bytes * o->slots);
         bk->slots = calloc(o->slots, sizeof *bk->slots);
         bk->where = malloc(X * sizeof *bk->where);
         if (!bk->mem || !bk->slots || !bk->where) goto oom;

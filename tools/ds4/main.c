@@ -141,6 +141,22 @@ static int parse_size(const char *flag, const char *s, uint64_t *out) {
     return 0;
 }
 
+/* The decode phase alone: counters since the prompt was evaluated, over
+ * the decode wall time (what a streaming decode reads per token). */
+static void print_decode_moe_stats(const ds4_model *model, const ds4_moe_stats *at_prefill, long tokens, double seconds) {
+    ds4_moe_stats st;
+    ds4_model_moe_stats(model, &st);
+    if (!st.streaming || tokens <= 0 || seconds <= 0) return;
+    uint64_t hits = st.hits - at_prefill->hits, pre = st.prefetch_used - at_prefill->prefetch_used,
+             miss = st.misses - at_prefill->misses, refs = hits + pre + miss;
+    double mb = (st.bytes_read - at_prefill->bytes_read) / 1e6;
+    fprintf(stderr,
+            "ds4: Flash-MoE decode: %ld tokens in %.2fs: hit %.1f%% prefetched %.1f%% miss %.1f%%, read %.1f MB "
+            "(%.1f MB/token, %.1f MB/s), stall %.3fs\n",
+            tokens, seconds, refs ? 100.0 * hits / refs : 0.0, refs ? 100.0 * pre / refs : 0.0,
+            refs ? 100.0 * miss / refs : 0.0, mb, mb / tokens, mb / seconds, st.stall_s - at_prefill->stall_s);
+}
+
 static void print_moe_stats(const ds4_model *model) {
     ds4_moe_stats st;
     ds4_model_moe_stats(model, &st);
@@ -300,6 +316,8 @@ int main(int argc, char **argv) {
     double t1 = now_s();
     if (ds4_session_eval(s, prompt, n_prompt, all, &err)) goto out;
     double t2 = now_s();
+    ds4_moe_stats at_prefill;
+    ds4_model_moe_stats(model, &at_prefill);
     if (dump) {
         FILE *f = fopen(dump, "wb");
         if (!f || fwrite(all, sizeof(float), (size_t)n_prompt * info.n_vocab, f) != (size_t)n_prompt * info.n_vocab ||
@@ -319,6 +337,9 @@ int main(int argc, char **argv) {
     }
     if (n_predict) printf("\n");
     double t3 = now_s();
+    /* Same span as the "generated ... t/s" figure: the first token comes
+     * from the prompt's logits, every later one costs a forward pass. */
+    if (moe_stats && n_predict > 1) print_decode_moe_stats(model, &at_prefill, n_predict - 1, t3 - t2);
     if (verbose)
         fprintf(stderr, "ds4: load %.2fs, prefill %u tokens %.1f t/s, generated %ld tokens %.1f t/s\n", t1 - t0, n_prompt,
                 n_prompt / (t2 - t1), n_predict, n_predict > 1 ? (n_predict - 1) / (t3 - t2) : 0.0);

@@ -46,6 +46,19 @@ static uint64_t kv_estimate(const ds4_hparams *hp, uint64_t ctx) {
 
 static uint64_t sub0(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
 
+/* "1.50 GiB", "96.0 MiB", "4.0 KiB": tiny test packages and real ones in
+ * the same messages. */
+typedef struct size_str {
+    char s[32];
+} size_str;
+static size_str human(uint64_t bytes) {
+    size_str r;
+    if (bytes >= (1ull << 30)) snprintf(r.s, sizeof r.s, "%.2f GiB", bytes / GIB);
+    else if (bytes >= (1ull << 20)) snprintf(r.s, sizeof r.s, "%.1f MiB", bytes / (1024.0 * 1024.0));
+    else snprintf(r.s, sizeof r.s, "%.1f KiB", bytes / 1024.0);
+    return r;
+}
+
 int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t dense_bytes, const ds4_model_opts *o,
                           ds4_expert_source **out, uint32_t *slots_out, ds4_error *err) {
     uint32_t K = hp->n_expert_used, X = hp->n_expert;
@@ -56,8 +69,8 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
     uint64_t kv = kv_estimate(hp, o->ctx_hint ? o->ctx_hint : DEFAULT_CTX);
     uint32_t slots;
     bool direct;
-    fprintf(stderr, "ds4: Flash-MoE sidecar: %s (%u layers x %u experts, expert-record %.2f MiB, %.2f GiB of experts)\n",
-            sc->dir, sc->geom.n_layer, X, sc->max_record / (1024.0 * 1024.0), sc->expert_bytes / GIB);
+    fprintf(stderr, "ds4: Flash-MoE sidecar: %s (%u layers x %u experts, expert-record %s, %s of experts)\n", sc->dir,
+            sc->geom.n_layer, X, human(sc->max_record).s, human(sc->expert_bytes).s);
     if (o->resident) {
         if (o->moe_slot_bank && o->moe_slot_bank != X)
             return ds4_fail(err, "--resident holds all %u experts of every layer; --moe-slot-bank %u conflicts with it", X,
@@ -65,8 +78,8 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
         if (o->ssd_cache_bytes)
             return ds4_fail(err, "--resident holds all experts in RAM; --ssd-cache applies to streaming only");
         if (avail && sc->expert_bytes > avail)
-            return ds4_fail(err, "%s: --resident needs %.2f GiB of RAM for the experts, MemAvailable is %.2f GiB; "
-                            "leave out --resident to stream them", sc->dir, sc->expert_bytes / GIB, avail / GIB);
+            return ds4_fail(err, "%s: --resident needs %s of RAM for the experts, MemAvailable is %s; "
+                            "leave out --resident to stream them", sc->dir, human(sc->expert_bytes).s, human(avail).s);
         slots = X;
         direct = o->ssd_io == DS4_SSD_IO_DIRECT ||
                  (o->ssd_io == DS4_SSD_IO_AUTO && avail && 2 * sc->expert_bytes > avail); /* no room for a 2nd copy */
@@ -79,11 +92,11 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
         } else if (o->ssd_cache_bytes) {
             uint64_t n = o->ssd_cache_bytes / column;
             if (n < K)
-                return ds4_fail(err, "--ssd-cache %.3f GiB holds %" PRIu64 " slots per layer; at least %u (experts per token) "
-                                "are needed, i.e. %.3f GiB", o->ssd_cache_bytes / GIB, n, K, (double)K * column / GIB);
+                return ds4_fail(err, "--ssd-cache %s holds %" PRIu64 " slots per layer; at least %u (experts per token) "
+                                "are needed, i.e. %s", human(o->ssd_cache_bytes).s, n, K, human((uint64_t)K * column).s);
             slots = n > X ? X : (uint32_t)n;
-            fprintf(stderr, "ds4: --ssd-cache %.2f GiB resolved Flash-MoE slot bank: slots=%u bank=%.2f GiB\n",
-                    o->ssd_cache_bytes / GIB, slots, (double)slots * column / GIB);
+            fprintf(stderr, "ds4: --ssd-cache %s resolved Flash-MoE slot bank: slots=%u bank=%s\n",
+                    human(o->ssd_cache_bytes).s, slots, human((uint64_t)slots * column).s);
         } else {
             unsigned pct = DEFAULT_AUTO_PCT;
             const char *e = getenv("DS4_SSD_CACHE_AUTO_PCT");
@@ -99,9 +112,9 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
             uint64_t n = budget / column;
             slots = n < K ? K : n > X ? X : (uint32_t)n;
             fprintf(stderr,
-                    "ds4: --ssd-cache auto: available=%.2f GiB dense=%.2f GiB context=%.2f GiB remaining=%.2f GiB "
-                    "budget=%.2f GiB (%u%%, DS4_SSD_CACHE_AUTO_PCT to override) -> slots=%u\n",
-                    avail / GIB, dense_bytes / GIB, kv / GIB, remaining / GIB, budget / GIB, pct, slots);
+                    "ds4: --ssd-cache auto: available=%s dense=%s context=%s remaining=%s budget=%s "
+                    "(%u%%, DS4_SSD_CACHE_AUTO_PCT to override) -> slots=%u\n",
+                    human(avail).s, human(dense_bytes).s, human(kv).s, human(remaining).s, human(budget).s, pct, slots);
         }
         uint64_t bank = (uint64_t)slots * column;
         /* Buffered reads pay off when the page cache can keep the experts
@@ -113,12 +126,11 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
     ds4_expert_source *src = o->resident ? ds4_experts_resident_new(sc, &so, err) : ds4_experts_slotbank_new(sc, &so, err);
     if (!src) return -1;
     uint64_t bank = o->resident ? sc->expert_bytes : (uint64_t)slots * column;
-    fprintf(stderr, "ds4: Flash-MoE sidecar loaded: %s (%s=%u, expert-record %.2f MiB)\n", sc->dir,
-            o->resident ? "resident" : "slot-bank", slots, sc->max_record / (1024.0 * 1024.0));
+    fprintf(stderr, "ds4: Flash-MoE sidecar loaded: %s (%s=%u, expert-record %s)\n", sc->dir,
+            o->resident ? "resident" : "slot-bank", slots, human(sc->max_record).s);
     fprintf(stderr, "ds4: Flash-MoE experts: %s\n", ds4_experts_describe(src));
-    fprintf(stderr, "ds4: Flash-MoE slot banks allocated: layers=%u slots=%u bank=%.2f GiB Dense: %.2f GiB Context: %.2f GiB "
-            "Total <<<< %.2f GiB >>>>\n", sc->geom.n_layer, slots, bank / GIB, dense_bytes / GIB, kv / GIB,
-            (bank + dense_bytes + kv) / GIB);
+    fprintf(stderr, "ds4: Flash-MoE slot banks allocated: layers=%u slots=%u bank=%s Dense: %s Context: %s Total <<<< %s >>>>\n",
+            sc->geom.n_layer, slots, human(bank).s, human(dense_bytes).s, human(kv).s, human(bank + dense_bytes + kv).s);
     *out = src;
     *slots_out = slots;
     return 0;

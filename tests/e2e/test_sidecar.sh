@@ -80,7 +80,7 @@ run auto -m "$TMP/pkg" --ssd-cache auto
 grep -q -- "--ssd-cache auto: available=" "$TMP/auto.log" || { echo "FAIL: no auto sizing line"; exit 1; }
 same auto
 run budget -m "$TMP/pkg" --ssd-cache 2M --prefill-chunk 1
-grep -q -- "--ssd-cache 0.00 GiB resolved Flash-MoE slot bank: slots=4 " "$TMP/budget.log" ||
+grep -q -- "--ssd-cache 2.0 MiB resolved Flash-MoE slot bank: slots=4 " "$TMP/budget.log" ||
     { echo "FAIL: 2 MiB should hold 4 slots of 5 x 96 KiB records"; cat "$TMP/budget.log"; exit 1; }
 same budget
 

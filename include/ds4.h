@@ -1,6 +1,8 @@
 /* ds4 engine API: everything the tools link against.
  *
- * A ds4_model is the loaded weights (immutable, shareable between sessions).
+ * A ds4_model is the loaded weights (shareable between sessions; for a
+ * sidecar package the expert cache is shared too, so the evals of sessions
+ * of one such model take turns).
  * A ds4_session is one sequence's decode state (raw KV windows, compressed
  * rows, compressor frontiers) plus the logits of the last position fed.
  * All functions report failure by returning NULL / -1 and filling a

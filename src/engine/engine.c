@@ -1,4 +1,5 @@
 /* The public engine API (include/ds4.h): model loading and sessions. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,10 @@ struct ds4_model {
     ds4_sidecar *sidecar; /* sidecar mode: the package the experts come from */
     bool resident;
     uint32_t slots;
+    /* A sidecar expert source has state (slots, reads in flight, views that
+     * live until the next acquire): sessions sharing the model take turns. */
+    pthread_mutex_t eval_lock;
+    bool eval_lock_init;
 };
 
 struct ds4_session {
@@ -104,6 +109,11 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
     m->net.w = &m->w;
     m->net.pool = m->pool;
     if (m->sidecar) {
+        if (pthread_mutex_init(&m->eval_lock, NULL) != 0) {
+            ds4_fail(err, "cannot create a lock for %s", path);
+            goto fail;
+        }
+        m->eval_lock_init = true;
         if (ds4_sidecar_mode_open(m->sidecar, &m->hp, m->file->map_size, &o, &m->net.experts, &m->slots, err)) goto fail;
         m->resident = o.resident;
     } else if (!(m->net.experts = ds4_experts_from_weights(&m->w, m->hp.n_layer, m->hp.n_expert))) {
@@ -137,6 +147,7 @@ void ds4_model_free(ds4_model *m) {
     ds4_weights_free(&m->w);
     gguf_close(m->file);
     ds4_sidecar_free(m->sidecar);
+    if (m->eval_lock_init) pthread_mutex_destroy(&m->eval_lock);
     free(m);
 }
 
@@ -229,12 +240,16 @@ int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *a
     bool official = s->opts.numerics == DS4_NUMERICS_OFFICIAL;
     uint32_t V = s->m->hp.n_vocab;
     uint32_t chunk = s->opts.prefill_chunk ? s->opts.prefill_chunk : n;
-    for (uint32_t done = 0; done < n;) {
+    if (s->m->eval_lock_init) pthread_mutex_lock(&s->m->eval_lock);
+    int rc = 0;
+    for (uint32_t done = 0; done < n && rc == 0;) {
         uint32_t len = n - done < chunk ? n - done : chunk;
         float *dst = all_logits ? all_logits + (size_t)done * V : s->logits;
-        if (ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err)) return -1;
+        rc = ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err);
         done += len;
     }
+    if (s->m->eval_lock_init) pthread_mutex_unlock(&s->m->eval_lock);
+    if (rc) return -1;
     if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * V, V * sizeof(float));
     return 0;
 }

@@ -117,6 +117,10 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
                     human(avail).s, human(dense_bytes).s, human(kv).s, human(remaining).s, human(budget).s, pct, slots);
         }
         uint64_t bank = (uint64_t)slots * column;
+        if (avail && bank > sub0(avail, dense_bytes))
+            return ds4_fail(err, "a slot bank of %u slots per layer needs %s, but MemAvailable is %s with %s of dense "
+                            "weights to map; choose fewer slots (--moe-slot-bank) or a smaller --ssd-cache", slots,
+                            human(bank).s, human(avail).s, human(dense_bytes).s);
         /* Buffered reads pay off when the page cache can keep the experts
          * the bank does not: then most misses are served from RAM. */
         direct = o->ssd_io == DS4_SSD_IO_DIRECT ||

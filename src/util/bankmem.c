@@ -1,5 +1,6 @@
 #include "util/bankmem.h"
 
+#include <errno.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -13,6 +14,12 @@ void *ds4_bank_alloc(size_t bytes) {
 #endif
 #ifdef MADV_POPULATE_WRITE
     if (madvise(p, bytes, MADV_POPULATE_WRITE) == 0) return p;
+    if (errno == ENOMEM || errno == EFAULT || errno == EHWPOISON) {
+        /* Not enough memory: say so now rather than meet the OOM killer
+         * while touching pages. */
+        munmap(p, bytes);
+        return NULL;
+    }
 #endif
     /* Older kernels: touch every page. */
     long page = sysconf(_SC_PAGESIZE);

@@ -9,7 +9,7 @@ OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
 WARN    := -Wall -Wextra -Werror
 STD     := -std=c11 -D_GNU_SOURCE
-PKGS    := libcjson libpcre2-8
+PKGS    := libcjson libpcre2-8 liburing libcrypto
 CPPFLAGS += -Iinclude -Isrc -Itests $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ledit -lpthread -lm
 ARCHFLAGS ?= -march=native
@@ -69,4 +69,6 @@ deps:
 clean:
 	rm -rf build $(TOOL_BINS)
 
--include $(LIB_OBJ:.o=.d) $(TEST_BINS:=.d)
+# Tool objects too: a changed header must rebuild every binary using it.
+TOOL_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c tools/*/*.c))
+-include $(LIB_OBJ:.o=.d) $(TEST_BINS:=.d) $(TOOL_OBJ:.o=.d)

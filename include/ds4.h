@@ -1,6 +1,8 @@
 /* ds4 engine API: everything the tools link against.
  *
- * A ds4_model is the loaded weights (immutable, shareable between sessions).
+ * A ds4_model is the loaded weights (shareable between sessions; for a
+ * sidecar package the expert cache is shared too, so the evals of sessions
+ * of one such model take turns).
  * A ds4_session is one sequence's decode state (raw KV windows, compressed
  * rows, compressor frontiers) plus the logits of the last position fed.
  * All functions report failure by returning NULL / -1 and filling a
@@ -35,10 +37,45 @@ typedef enum ds4_numerics {
     DS4_NUMERICS_HF = 1,
 } ds4_numerics;
 
+/* How expert records are read from a sidecar package's layer files. */
+typedef enum ds4_ssd_io {
+    DS4_SSD_IO_AUTO = 0,     /* O_DIRECT when the page cache could not hold the experts anyway */
+    DS4_SSD_IO_DIRECT = 1,   /* O_DIRECT (buffered where the file system refuses it) */
+    DS4_SSD_IO_BUFFERED = 2, /* through the page cache, which then acts as a second-level cache */
+} ds4_ssd_io;
+
 typedef struct ds4_model_opts {
     int n_threads; /* worker threads for this model's compute; 0 = all cores */
     bool verbose;  /* print a load summary to stderr */
+    /* The rest applies when the model path is a sidecar package directory
+     * (manifest.json + dense/model-dense.gguf): dense weights are mapped,
+     * routed experts come from the layer files. Setting any of them for a
+     * plain GGUF is an error rather than silently ignored. */
+    bool resident;            /* read every expert record into RAM at load */
+    uint32_t moe_slot_bank;   /* streaming: slots per layer, experts-per-token .. experts;
+                                 0 = sized from ssd_cache_bytes */
+    uint64_t ssd_cache_bytes; /* streaming: bytes for all slot banks; 0 = auto: a share
+                                 (DS4_SSD_CACHE_AUTO_PCT, default 20%) of MemAvailable
+                                 left after dense weights and KV, leaving the rest to
+                                 the page cache */
+    ds4_ssd_io ssd_io;
+    bool no_moe_prefetch;     /* streaming: do not start next-layer reads early */
+    uint32_t ctx_hint;        /* context the sessions will use, for the auto budget (0 = 32768) */
 } ds4_model_opts;
+
+/* Routed-expert counters since load (all zero for a resident GGUF). Each
+ * expert use is a hit (in the bank), prefetched (read started early by a
+ * hint; late = still in flight when needed) or a miss (read on demand). */
+typedef struct ds4_moe_stats {
+    bool sidecar, streaming;
+    uint32_t slots;            /* slots per layer */
+    uint64_t acquires, hits, misses;
+    uint64_t prefetch_issued, prefetch_used, prefetch_late, prefetch_wasted;
+    uint64_t reads, bytes_read, retries;
+    uint64_t direct, buffered; /* read syscalls by kind: O_DIRECT or page cache */
+    double stall_s;   /* compute waiting for expert reads */
+    double io_busy_s; /* time with reads in flight */
+} ds4_moe_stats;
 
 typedef struct ds4_session_opts {
     ds4_numerics numerics;
@@ -63,6 +100,7 @@ typedef struct ds4_model_info {
 ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_error *err);
 void ds4_model_free(ds4_model *m);
 void ds4_model_get_info(const ds4_model *m, ds4_model_info *out);
+void ds4_model_moe_stats(const ds4_model *m, ds4_moe_stats *out);
 
 /* Prints what the file holds, without computing anything: geometry and
  * layer schedule, tensor count and bytes per type, the routed-expert types

@@ -22,4 +22,8 @@ int ds4_attention(const ds4_net *net, ds4_state *st, uint32_t il, bool official,
 int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *tokens, uint32_t n, float *out, ds4_arena *ar,
             ds4_error *err);
 
+/* Hints the expert source with the experts layer il+1 will likely use
+ * (moe_prefetch.c); a no-op for sources that ignore hints. */
+void ds4_moe_prefetch_next(const ds4_net *net, uint32_t il, const float *x, const int32_t *tokens, uint32_t n);
+
 #endif

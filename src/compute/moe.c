@@ -82,7 +82,6 @@ int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *toke
      * experts of the chunk are acquired from the expert source in groups
      * that fit it (a slot bank may hold fewer than the chunk touches), and
      * each expert runs once over all of its tokens. */
-    run_expert(net, &lw->gate_shexp, &lw->up_shexp, &lw->down_shexp, x, n, limit, g, u, out);
     uint32_t cap = ds4_experts_capacity(net->experts), n_used = 0;
     uint32_t *used = malloc(X * sizeof *used);
     uint8_t *seen = calloc(X, 1);
@@ -97,10 +96,17 @@ int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *toke
     for (uint32_t e = 0; e < X; e++)
         if (seen[e]) used[n_used++] = e;
     free(seen);
+    /* Streaming sources: start this layer's first group of reads now, so
+     * they overlap the shared expert below (a no-op for in-memory ones). */
+    ds4_experts_prefetch(net->experts, il, used, n_used < cap ? n_used : cap);
+    run_expert(net, &lw->gate_shexp, &lw->up_shexp, &lw->down_shexp, x, n, limit, g, u, out);
     int rc = 0;
     for (uint32_t g0 = 0; g0 < n_used && rc == 0; g0 += cap) {
         uint32_t gn = n_used - g0 < cap ? n_used - g0 : cap;
         if ((rc = ds4_experts_acquire(net->experts, il, used + g0, gn, views, err))) break;
+        /* Once this layer's first experts are in, start the next layer's
+         * likely ones: they load while these compute. */
+        if (g0 == 0) ds4_moe_prefetch_next(net, il, x, tokens, n);
         for (uint32_t k = 0; k < gn; k++) {
             int32_t e = (int32_t)used[g0 + k];
             uint32_t m = 0;

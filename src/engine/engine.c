@@ -1,4 +1,5 @@
 /* The public engine API (include/ds4.h): model loading and sessions. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,8 +8,10 @@
 #include "compute/linear.h"
 #include "ds4.h"
 #include "engine/model.h"
+#include "engine/sidecar_mode.h"
 #include "formats/ggml_types.h"
 #include "formats/gguf.h"
+#include "formats/sidecar.h"
 #include "model/tokenizer_gguf.h"
 
 struct ds4_session {
@@ -25,18 +28,64 @@ static int optional_id(const gguf_file *f, const char *key) {
     return (int)v;
 }
 
+/* Sidecar mode: the dense GGUF holds no routed experts. Their tensor
+ * entries describe the package's (type and shape, no data) so code that
+ * inspects the weights sees the model it is running. */
+static int bind_sidecar_experts(ds4_model *m, ds4_error *err) {
+    const ds4_sidecar *sc = m->sidecar;
+    uint64_t ok_types = ds4_linear_types();
+    for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+        ds4_layer_weights *lw = &m->w.layers[il];
+        ds4_tensor *t[DS4_FAM_COUNT] = {&lw->gate_exps, &lw->up_exps, &lw->down_exps};
+        for (int f = 0; f < DS4_FAM_COUNT; f++) {
+            const ds4_sidecar_family *fam = &sc->layers[il].fam[f];
+            if (fam->type >= 64 || !(ok_types & (1ull << fam->type)))
+                return ds4_fail(err, "%s: layer %u %s has type %s, which this build cannot multiply yet", sc->manifest, il,
+                                ds4_sidecar_family_name[f], ggml_type_name(fam->type));
+            *t[f] = (ds4_tensor){.name = ds4_sidecar_family_name[f], .type = fam->type,
+                                 .ne = {fam->shape[0], fam->shape[1], fam->shape[2], 1}, .data = NULL,
+                                 .row_bytes = fam->row_bytes};
+        }
+    }
+    return 0;
+}
+
+/* A GGUF without routed experts named like a package's dense file was
+ * probably passed instead of the package: say so. */
+static void hint_dense_gguf(const char *path, const gguf_file *f, ds4_error *err) {
+    size_t n = strlen(path), k = strlen("model-dense.gguf");
+    if (n >= k && !strcmp(path + n - k, "model-dense.gguf") && !gguf_find_tensor(f, "blk.0.ffn_gate_exps.weight"))
+        ds4_fail_prefix(err, "%s is the dense part of a sidecar package (pass the package directory)", path);
+}
+
 ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_error *err) {
     ds4_model_opts o = {0};
     if (opts) o = *opts;
+    char *manifest = NULL, *dense = NULL;
     ds4_model *m = calloc(1, sizeof *m);
     if (!m) {
         ds4_fail(err, "out of memory loading %s", path);
         return NULL;
     }
-    m->file = gguf_open(path, err);
+    int pkg = ds4_sidecar_locate(path, &manifest, &dense, err);
+    if (pkg < 0) goto fail;
+    if (!pkg && (o.resident || o.moe_slot_bank || o.ssd_cache_bytes || o.ssd_io)) {
+        ds4_fail(err, "%s: --resident, --moe-slot-bank, --ssd-cache and --ssd-io apply to sidecar package directories, "
+                 "not to a GGUF file", path);
+        goto fail;
+    }
+    m->file = gguf_open(pkg ? dense : path, err);
     if (!m->file) goto fail;
     if (ds4_hparams_load(&m->hp, m->file, err)) goto fail;
-    if (ds4_weights_bind(&m->w, &m->hp, m->file, ds4_linear_types(), err)) goto fail;
+    if (pkg) {
+        ds4_sidecar_geom g = {m->hp.n_layer, m->hp.n_expert, m->hp.n_embd, m->hp.n_ff_exp};
+        if (!(m->sidecar = ds4_sidecar_open(manifest, &g, err))) goto fail;
+        if (ds4_weights_bind_ex(&m->w, &m->hp, m->file, ds4_linear_types(), DS4_BIND_NO_ROUTED_EXPERTS, err)) goto fail;
+        if (bind_sidecar_experts(m, err)) goto fail;
+    } else if (ds4_weights_bind(&m->w, &m->hp, m->file, ds4_linear_types(), err)) {
+        hint_dense_gguf(path, m->file, err);
+        goto fail;
+    }
     m->pool = ds4_pool_create(o.n_threads);
     if (!m->pool) {
         ds4_fail(err, "cannot start worker threads");
@@ -45,8 +94,15 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
     m->net.hp = &m->hp;
     m->net.w = &m->w;
     m->net.pool = m->pool;
-    m->net.experts = ds4_experts_from_weights(&m->w, m->hp.n_layer, m->hp.n_expert);
-    if (!m->net.experts) {
+    if (m->sidecar) {
+        if (pthread_mutex_init(&m->eval_lock, NULL) != 0) {
+            ds4_fail(err, "cannot create a lock for %s", path);
+            goto fail;
+        }
+        m->eval_lock_init = true;
+        if (ds4_sidecar_mode_open(m->sidecar, &m->hp, m->file->map_size, &o, &m->net.experts, &m->slots, err)) goto fail;
+        m->resident = o.resident;
+    } else if (!(m->net.experts = ds4_experts_from_weights(&m->w, m->hp.n_layer, m->hp.n_expert))) {
         ds4_fail(err, "out of memory creating the expert source");
         goto fail;
     }
@@ -61,8 +117,12 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
                 path, info.n_layer, info.n_embd, info.n_head, info.head_dim, info.n_expert, info.n_expert_used, info.n_vocab,
                 info.weight_bytes / 1e9);
     }
+    free(manifest);
+    free(dense);
     return m;
 fail:
+    free(manifest);
+    free(dense);
     ds4_model_free(m);
     return NULL;
 }
@@ -70,10 +130,12 @@ fail:
 void ds4_model_free(ds4_model *m) {
     if (!m) return;
     ds4_tokenizer_free(m->tok);
-    ds4_experts_free(m->net.experts);
+    if (m->net.experts) ds4_experts_free(m->net.experts);
     ds4_pool_free(m->pool);
     ds4_weights_free(&m->w);
     gguf_close(m->file);
+    ds4_sidecar_free(m->sidecar);
+    if (m->eval_lock_init) pthread_mutex_destroy(&m->eval_lock);
     free(m);
 }
 
@@ -100,12 +162,44 @@ void ds4_model_get_info(const ds4_model *m, ds4_model_info *out) {
             routed_params += t->n_elems;
         }
     }
+    if (m->sidecar) /* the routed experts live in the package's layer files */
+        for (uint32_t il = 0; il < hp->n_layer; il++)
+            for (int f = 0; f < DS4_FAM_COUNT; f++) {
+                const ds4_sidecar_family *fam = &m->sidecar->layers[il].fam[f];
+                out->n_params += fam->shape[0] * fam->shape[1] * fam->shape[2];
+                out->weight_bytes += fam->bytes * fam->shape[2];
+                out->routed_bytes += fam->bytes * fam->shape[2];
+                routed_params += fam->shape[0] * fam->shape[1] * fam->shape[2];
+            }
     const ds4_tensor *emb = &m->w.tok_embd;
     uint64_t emb_bytes = emb->row_bytes * emb->ne[1], emb_params = emb->ne[0] * emb->ne[1];
     double used = (double)hp->n_expert_used / hp->n_expert;
     out->token_bytes = out->weight_bytes - out->routed_bytes - emb_bytes + emb->row_bytes +
                        (uint64_t)(out->routed_bytes * used);
     out->token_params = out->n_params - routed_params - emb_params + (uint64_t)(routed_params * used);
+}
+
+void ds4_model_moe_stats(const ds4_model *m, ds4_moe_stats *out) {
+    memset(out, 0, sizeof *out);
+    ds4_expert_stats st;
+    ds4_experts_get_stats(m->net.experts, &st);
+    out->sidecar = m->sidecar != NULL;
+    out->streaming = m->sidecar && !m->resident;
+    out->slots = m->slots;
+    out->acquires = st.acquires;
+    out->hits = st.hits;
+    out->misses = st.misses;
+    out->prefetch_issued = st.prefetch_issued;
+    out->prefetch_used = st.prefetch_used;
+    out->prefetch_late = st.prefetch_late;
+    out->prefetch_wasted = st.prefetch_wasted;
+    out->reads = st.reads;
+    out->bytes_read = st.bytes_read;
+    out->retries = st.retries;
+    out->direct = st.direct;
+    out->buffered = st.buffered;
+    out->stall_s = st.stall_s;
+    out->io_busy_s = st.io_busy_s;
 }
 
 ds4_session *ds4_session_new(ds4_model *m, const ds4_session_opts *opts, ds4_error *err) {
@@ -148,12 +242,16 @@ int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *a
     bool official = s->opts.numerics == DS4_NUMERICS_OFFICIAL;
     uint32_t V = s->m->hp.n_vocab;
     uint32_t chunk = s->opts.prefill_chunk ? s->opts.prefill_chunk : n;
-    for (uint32_t done = 0; done < n;) {
+    if (s->m->eval_lock_init) pthread_mutex_lock(&s->m->eval_lock);
+    int rc = 0;
+    for (uint32_t done = 0; done < n && rc == 0;) {
         uint32_t len = n - done < chunk ? n - done : chunk;
         float *dst = all_logits ? all_logits + (size_t)done * V : s->logits;
-        if (ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err)) return -1;
+        rc = ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err);
         done += len;
     }
+    if (s->m->eval_lock_init) pthread_mutex_unlock(&s->m->eval_lock);
+    if (rc) return -1;
     if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * V, V * sizeof(float));
     return 0;
 }

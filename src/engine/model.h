@@ -3,6 +3,9 @@
 #ifndef DS4_ENGINE_MODEL_H
 #define DS4_ENGINE_MODEL_H
 
+#include <pthread.h>
+#include <stdbool.h>
+
 #include "compute/net.h"
 #include "compute/threadpool.h"
 #include "ds4.h"
@@ -18,6 +21,13 @@ struct ds4_model {
     ds4_pool *pool;
     ds4_tokenizer *tok; /* NULL when the file carries none */
     int bos_id, eos_id;
+    struct ds4_sidecar *sidecar; /* sidecar mode: the package the experts come from */
+    bool resident;
+    uint32_t slots;
+    /* A sidecar expert source has state (slots, reads in flight, views that
+     * live until the next acquire): sessions sharing the model take turns. */
+    pthread_mutex_t eval_lock;
+    bool eval_lock_init;
 };
 
 #endif

@@ -6,6 +6,7 @@
 #ifndef DS4_EXPERTS_EXPERTS_H
 #define DS4_EXPERTS_EXPERTS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "model/weights.h"
@@ -16,6 +17,20 @@ typedef struct ds4_expert_view {
 } ds4_expert_view;
 
 typedef struct ds4_expert_source ds4_expert_source;
+
+/* Counters of a caching source. Each expert an acquire asks for is one of:
+ * a hit (already in the bank), prefetched (its read was started by a hint
+ * before the acquire; "late" when still in flight then), or a miss (read
+ * started by the acquire). Wasted: hinted experts evicted unused. */
+typedef struct ds4_expert_stats {
+    uint64_t acquires, hits, misses;
+    uint64_t prefetch_issued, prefetch_used, prefetch_late, prefetch_wasted;
+    uint64_t reads, bytes_read, retries;
+    uint64_t direct, buffered; /* read syscalls by kind (a retry or a
+                                  short read's continuation is another) */
+    double stall_s;   /* time acquire spent waiting for reads */
+    double io_busy_s; /* time with at least one read in flight */
+} ds4_expert_stats;
 
 typedef struct ds4_expert_source_ops {
     /* Makes experts ids[0..n) of layer il readable and fills views[0..n).
@@ -28,6 +43,10 @@ typedef struct ds4_expert_source_ops {
     /* How many experts one acquire may ask for (a slot bank's size). */
     uint32_t (*capacity)(const ds4_expert_source *s);
     void (*free)(ds4_expert_source *s);
+    /* Optional: counters (NULL = nothing to report). */
+    void (*stats)(const ds4_expert_source *s, ds4_expert_stats *out);
+    /* Optional: how experts are served, for startup lines. */
+    const char *(*describe)(const ds4_expert_source *s);
 } ds4_expert_source_ops;
 
 struct ds4_expert_source {
@@ -41,6 +60,12 @@ static inline int ds4_experts_acquire(ds4_expert_source *s, uint32_t il, const u
 static inline void ds4_experts_prefetch(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n) {
     if (s->ops->prefetch) s->ops->prefetch(s, il, ids, n);
 }
+/* False when prefetch hints are ignored: callers can skip computing them. */
+static inline bool ds4_experts_can_prefetch(const ds4_expert_source *s) { return s->ops->prefetch != NULL; }
+static inline void ds4_experts_get_stats(const ds4_expert_source *s, ds4_expert_stats *out) {
+    *out = (ds4_expert_stats){0};
+    if (s->ops->stats) s->ops->stats(s, out);
+}
 static inline uint32_t ds4_experts_capacity(const ds4_expert_source *s) { return s->ops->capacity(s); }
 static inline void ds4_experts_free(ds4_expert_source *s) {
     if (s) s->ops->free(s);
@@ -48,5 +73,26 @@ static inline void ds4_experts_free(ds4_expert_source *s) {
 
 /* Experts read in place from the bound (mmap'ed) 3-D expert tensors. */
 ds4_expert_source *ds4_experts_from_weights(const ds4_weights *w, uint32_t n_layer, uint32_t n_expert);
+
+/* Sources over a sidecar package (formats/sidecar.h); the package must
+ * outlive the source. */
+struct ds4_sidecar;
+typedef struct ds4_sidecar_source_opts {
+    uint32_t slots;       /* slot bank: slots per layer */
+    bool direct;          /* try O_DIRECT reads */
+    bool prefetch;        /* honour prefetch hints */
+    uint32_t queue_depth; /* reads in flight at most (0 = default) */
+} ds4_sidecar_source_opts;
+
+/* Every expert record read into RAM at creation; acquire only makes views. */
+ds4_expert_source *ds4_experts_resident_new(const struct ds4_sidecar *sc, const ds4_sidecar_source_opts *o,
+                                            ds4_error *err);
+/* A per-layer bank of o->slots expert records, filled from the layer files
+ * on demand (LRU replacement, the experts of an acquire pinned). */
+ds4_expert_source *ds4_experts_slotbank_new(const struct ds4_sidecar *sc, const ds4_sidecar_source_opts *o,
+                                            ds4_error *err);
+static inline const char *ds4_experts_describe(const ds4_expert_source *s) {
+    return s->ops->describe ? s->ops->describe(s) : "in place (mapped file)";
+}
 
 #endif

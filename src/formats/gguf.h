@@ -136,6 +136,9 @@ int gguf_writer_set_val(gguf_writer *w, const char *key, uint32_t type, const vo
  * holds count elements in that type's little-endian representation. */
 int gguf_writer_set_arr(gguf_writer *w, const char *key, uint32_t elem_type, const void *data, uint64_t count);
 int gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *strs, uint64_t count);
+/* Copies one metadata entry of an open file exactly: same key, same value
+ * type (u8 stays u8), string bytes with their lengths. */
+int gguf_writer_copy_kv(gguf_writer *w, const gguf_kv *kv);
 
 /* Declares a tensor (dims with ne[0] contiguous). Offsets are assigned in
  * declaration order, each aligned. */

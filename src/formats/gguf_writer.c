@@ -241,6 +241,35 @@ int gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *
     return 0;
 }
 
+int gguf_writer_copy_kv(gguf_writer *w, const gguf_kv *kv) {
+    if (!kv) return wfail(w, "NULL metadata entry to copy");
+    if (kv->type == GGUF_VT_STRING) {
+        if (kv_begin(w, kv->key, GGUF_VT_STRING)) return -1;
+        return kv_put_str(w, kv->v.str.ptr, (size_t)kv->v.str.len);
+    }
+    if (kv->type == GGUF_VT_ARRAY) {
+        if (kv->arr_type != GGUF_VT_STRING) return gguf_writer_set_arr(w, kv->key, kv->arr_type, kv->arr_data, kv->arr_count);
+        if (kv_begin(w, kv->key, GGUF_VT_ARRAY)) return -1;
+        if (kv_put_u32(w, GGUF_VT_STRING) || kv_put_u64(w, kv->arr_count)) return -1;
+        for (uint64_t i = 0; i < kv->arr_count; i++)
+            if (kv_put_str(w, kv->arr_strs[i].ptr, (size_t)kv->arr_strs[i].len)) return -1;
+        return 0;
+    }
+    /* Scalars: the reader widened the value into the union; the low bytes
+     * of the 64-bit form are the original little-endian value, except for
+     * F32, which was widened to double and narrows back exactly. */
+    uint8_t raw[8];
+    if (kv->type == GGUF_VT_F32) {
+        float f = (float)kv->v.f64;
+        memcpy(raw, &f, 4);
+    } else if (kv->type == GGUF_VT_F64) {
+        memcpy(raw, &kv->v.f64, 8);
+    } else {
+        memcpy(raw, &kv->v.u64, 8);
+    }
+    return gguf_writer_set_val(w, kv->key, kv->type, raw);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Tensor declarations. */
 

@@ -17,6 +17,7 @@
 typedef struct binder {
     const gguf_file *f;
     uint64_t supported; /* matrix types the backend can multiply */
+    unsigned flags;     /* DS4_BIND_* */
     ds4_error *err;
 } binder;
 
@@ -131,12 +132,14 @@ static int bind_layer(binder *b, ds4_layer_weights *l, const ds4_hparams *hp, ui
     } else if (bind(b, &l->probs_bias, 0, TYPES_VEC, SHAPE(X), "blk.%u.exp_probs_b.bias", il)) {
         return -1;
     }
-    if (bind(b, &l->gate_exps, 1, TYPES_DENSE, SHAPE(E, F, X), "blk.%u.ffn_gate_exps.weight", il)) return -1;
-    if (bind(b, &l->up_exps, 1, TYPES_DENSE, SHAPE(E, F, X), "blk.%u.ffn_up_exps.weight", il)) return -1;
-    if (bind(b, &l->down_exps, 1, TYPES_DENSE, SHAPE(F, E, X), "blk.%u.ffn_down_exps.weight", il)) return -1;
-    if (l->gate_exps.type != l->up_exps.type)
-        return ds4_fail(b->err, "%s: blk.%u: ffn_gate_exps (%s) and ffn_up_exps (%s) must have the same type", b->f->path, il,
-                        ggml_type_name(l->gate_exps.type), ggml_type_name(l->up_exps.type));
+    if (!(b->flags & DS4_BIND_NO_ROUTED_EXPERTS)) {
+        if (bind(b, &l->gate_exps, 1, TYPES_DENSE, SHAPE(E, F, X), "blk.%u.ffn_gate_exps.weight", il)) return -1;
+        if (bind(b, &l->up_exps, 1, TYPES_DENSE, SHAPE(E, F, X), "blk.%u.ffn_up_exps.weight", il)) return -1;
+        if (bind(b, &l->down_exps, 1, TYPES_DENSE, SHAPE(F, E, X), "blk.%u.ffn_down_exps.weight", il)) return -1;
+        if (l->gate_exps.type != l->up_exps.type)
+            return ds4_fail(b->err, "%s: blk.%u: ffn_gate_exps (%s) and ffn_up_exps (%s) must have the same type", b->f->path,
+                            il, ggml_type_name(l->gate_exps.type), ggml_type_name(l->up_exps.type));
+    }
     if (bind(b, &l->gate_shexp, 1, TYPES_DENSE, SHAPE(E, F), "blk.%u.ffn_gate_shexp.weight", il)) return -1;
     if (bind(b, &l->up_shexp, 1, TYPES_DENSE, SHAPE(E, F), "blk.%u.ffn_up_shexp.weight", il)) return -1;
     if (bind(b, &l->down_shexp, 1, TYPES_DENSE, SHAPE(F, E), "blk.%u.ffn_down_shexp.weight", il)) return -1;
@@ -144,19 +147,31 @@ static int bind_layer(binder *b, ds4_layer_weights *l, const ds4_hparams *hp, ui
 }
 
 /* Hash routing reads tid2eid[token] as expert ids: every entry must name an
- * existing expert, checked once at load instead of on every token. */
+ * existing expert, and a token's row must not name one twice (the MoE sizes
+ * its per-expert token lists for at most one use per token), checked once
+ * at load instead of on every token. */
 static int check_tid2eid(const ds4_tensor *t, const ds4_hparams *hp, const char *path, ds4_error *err) {
     const int32_t *ids = (const int32_t *)t->data;
-    uint64_t n = t->ne[0] * t->ne[1];
-    for (uint64_t i = 0; i < n; i++)
+    uint64_t K = t->ne[0], n = t->ne[0] * t->ne[1];
+    for (uint64_t i = 0; i < n; i++) {
         if (ids[i] < 0 || (uint32_t)ids[i] >= hp->n_expert)
             return ds4_fail(err, "%s: tensor '%s': entry %llu = %d is not an expert id (0..%u)", path, t->name,
                             (unsigned long long)i, ids[i], hp->n_expert - 1);
+        for (uint64_t j = i - i % K; j < i; j++)
+            if (ids[j] == ids[i])
+                return ds4_fail(err, "%s: tensor '%s': token %llu routes to expert %d twice", path, t->name,
+                                (unsigned long long)(i / K), ids[i]);
+    }
     return 0;
 }
 
 int ds4_weights_bind(ds4_weights *w, const ds4_hparams *hp, const gguf_file *f, uint64_t matrix_types, ds4_error *err) {
-    binder b = {f, matrix_types, err};
+    return ds4_weights_bind_ex(w, hp, f, matrix_types, 0, err);
+}
+
+int ds4_weights_bind_ex(ds4_weights *w, const ds4_hparams *hp, const gguf_file *f, uint64_t matrix_types, unsigned flags,
+                        ds4_error *err) {
+    binder b = {f, matrix_types, flags, err};
     uint64_t E = hp->n_embd;
     w->layers = calloc(hp->n_layer, sizeof *w->layers);
     if (!w->layers) return ds4_fail(err, "out of memory binding %s", f->path);

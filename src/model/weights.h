@@ -55,6 +55,14 @@ typedef struct ds4_weights {
 /* `matrix_types` is a bit mask (1 << ggml_type) of the matrix types the
  * compute backend can multiply; others are refused with a clear message. */
 int ds4_weights_bind(ds4_weights *w, const ds4_hparams *hp, const gguf_file *f, uint64_t matrix_types, ds4_error *err);
+
+/* Binding options. DS4_BIND_NO_ROUTED_EXPERTS: the routed expert tensors
+ * (ffn_{gate,up,down}_exps) come from elsewhere (a sidecar package), so they
+ * are neither required nor bound from this file; their ds4_tensor entries
+ * stay zeroed for the caller to describe. Every other check is unchanged. */
+#define DS4_BIND_NO_ROUTED_EXPERTS 1u
+int ds4_weights_bind_ex(ds4_weights *w, const ds4_hparams *hp, const gguf_file *f, uint64_t matrix_types, unsigned flags,
+                        ds4_error *err);
 void ds4_weights_free(ds4_weights *w);
 
 #endif

@@ -19,6 +19,9 @@ typedef struct cli_opts {
     ds4_think_mode mode;
     ds4_numerics numerics;
     bool raw, dump_tokens, tokenize, verbose, inspect;
+    /* sidecar packages: expert residency and streaming */
+    ds4_model_opts mo;
+    bool moe_stats;
 } cli_opts;
 
 /* Set by SIGINT; generation and prefill poll it between tokens/chunks. */
@@ -45,5 +48,10 @@ void cli_print_stats(const cli_stats *st);
 int cli_interactive(ds4_model *m, cli_opts *o);
 int cli_dump_logprobs(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, uint32_t prompt_len, ds4_error *err);
 double cli_now(void);
+
+/* moe_stats.c: "8G", "512M", ... and the slot-bank statistics lines. */
+int cli_parse_size(const char *flag, const char *s, uint64_t *out);
+void cli_print_decode_moe_stats(const ds4_model *model, const ds4_moe_stats *at_prefill, long tokens, double seconds);
+void cli_print_moe_stats(const ds4_model *model);
 
 #endif

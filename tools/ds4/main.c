@@ -49,7 +49,16 @@ static void usage(FILE *f) {
             "  --tokenizer FILE        tokenizer for --tokenize/--detokenize (GGUF or tokenizer.json)\n"
             "  --detokenize IDS        print the text of comma-separated ids\n"
             "  --inspect               load and validate the model, print a summary, exit\n"
-            "  -v, --verbose           model summary and timings\n");
+            "  -v, --verbose           model summary and timings\n"
+            "sidecar packages (-m DIR holding manifest.json and dense/model-dense.gguf):\n"
+            "  --resident              read every expert into RAM at load\n"
+            "  --moe-slot-bank N       stream experts through N slots per layer\n"
+            "                          (experts per token .. experts per layer)\n"
+            "  --ssd-cache auto|SIZE   size the slot banks by a byte budget (e.g. 8G, 512M);\n"
+            "                          auto (default): 20%% of MemAvailable after dense + KV\n"
+            "  --ssd-io MODE           expert reads: auto (default), direct (O_DIRECT) or buffered\n"
+            "  --no-moe-prefetch       do not start next-layer expert reads early\n"
+            "  --moe-stats             print slot-bank hits, misses, bytes read, MB/s at exit\n");
 }
 
 static void missing_model(const char *path) {
@@ -144,6 +153,24 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         else if (!strcmp(a, "--detokenize")) { NEED(); o->detokenize = v; }
         else if (!strcmp(a, "--dump-tokens")) o->dump_tokens = true;
         else if (!strcmp(a, "--inspect")) o->inspect = true;
+        else if (!strcmp(a, "--resident")) o->mo.resident = true;
+        else if (!strcmp(a, "--moe-stats")) o->moe_stats = true;
+        else if (!strcmp(a, "--no-moe-prefetch")) o->mo.no_moe_prefetch = true;
+        else if (!strcmp(a, "--moe-slot-bank")) { NEED(); if (parse_long(a, v, 1, 1L << 20, &l)) return -1; o->mo.moe_slot_bank = (uint32_t)l; }
+        else if (!strcmp(a, "--ssd-cache")) {
+            NEED();
+            if (!strcmp(v, "auto")) o->mo.ssd_cache_bytes = 0;
+            else if (cli_parse_size(a, v, &o->mo.ssd_cache_bytes)) return -1;
+        } else if (!strcmp(a, "--ssd-io")) {
+            NEED();
+            if (!strcmp(v, "auto")) o->mo.ssd_io = DS4_SSD_IO_AUTO;
+            else if (!strcmp(v, "direct")) o->mo.ssd_io = DS4_SSD_IO_DIRECT;
+            else if (!strcmp(v, "buffered")) o->mo.ssd_io = DS4_SSD_IO_BUFFERED;
+            else {
+                fprintf(stderr, "ds4: --ssd-io must be 'auto', 'direct' or 'buffered', got '%s'\n", v);
+                return -1;
+            }
+        }
         else if (!strcmp(a, "--tokenize")) o->tokenize = true;
         else if (!strcmp(a, "--raw")) o->raw = true;
         else if (!strcmp(a, "--think")) o->mode = DS4_THINK_HIGH;
@@ -284,6 +311,8 @@ static int run_ids(ds4_model *m, const cli_opts *o) {
     double t0 = cli_now();
     if (ds4_session_eval(s, prompt.ids, (uint32_t)prompt.n, all, &err)) goto out;
     st.prefill_s = cli_now() - t0;
+    ds4_moe_stats at_prefill;
+    ds4_model_moe_stats(m, &at_prefill);
     if (o->dump_logits) {
         FILE *f = fopen(o->dump_logits, "wb");
         size_t n = prompt.n * (size_t)info.n_vocab;
@@ -302,6 +331,9 @@ static int run_ids(ds4_model *m, const cli_opts *o) {
     }
     if (n_predict) printf("\n");
     st.gen_s = cli_now() - t0;
+    /* the first generated token comes from the prompt's logits; every later
+     * one costs a forward pass */
+    if (o->moe_stats && n_predict > 1) cli_print_decode_moe_stats(m, &at_prefill, n_predict - 1, st.gen_s);
     if (o->verbose) cli_print_stats(&st);
     rc = 0;
 out:
@@ -407,7 +439,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     ds4_error err = {{0}};
-    ds4_model_opts mo = {.n_threads = (int)o.threads, .verbose = o.verbose};
+    ds4_model_opts mo = o.mo;
+    mo.n_threads = (int)o.threads;
+    mo.verbose = o.verbose;
+    mo.ctx_hint = (uint32_t)o.ctx;
     ds4_model *m = ds4_model_load(o.model, &mo, &err);
     if (!m) {
         fprintf(stderr, "ds4: %s\n", err.msg);
@@ -425,6 +460,7 @@ int main(int argc, char **argv) {
         rc = 1;
     } else if (text) rc = run_text(m, &o, text);
     else rc = cli_interactive(m, &o);
+    if (o.moe_stats) cli_print_moe_stats(m);
     ds4_model_free(m);
     free(file_text);
     return rc;

@@ -130,7 +130,7 @@ int main(int argc, char **argv) {
     uint32_t hca_ratio = 128, experts_used = 0, hash_layers = 0;
     const char *out = NULL, *type_name = "q2", *tok_path = NULL;
     const char *overrides[MAX_OVERRIDES];
-    int n_overrides = 0, sparse = 0;
+    int n_overrides = 0, sparse = 0, hash_given = 0;
     long threads = 0;
     unsigned long long seed = 1;
     geo_opt geo[] = {
@@ -191,12 +191,13 @@ int main(int argc, char **argv) {
                 usage(stderr);
                 return 2;
             }
-            if (!ok || n > 0xffffffffull || (n == 0 && geo[g].dst != &hash_layers)) {
+            int is_hash = geo[g].dst == &hash_layers; /* the only count that may be 0 */
+            if (!ok || n > 0xffffffffull || (n == 0 && !is_hash)) {
                 fprintf(stderr, "ds4-mkmodel: %s expects a positive integer, got '%s'\n", a, v);
                 return 2;
             }
             *geo[g].dst = (uint32_t)n;
-            if (geo[g].dst == &hash_layers) hash_layers |= 1u << 31; /* given, even when 0 */
+            hash_given |= is_hash;
         }
     }
     if (!out) {
@@ -205,7 +206,7 @@ int main(int argc, char **argv) {
     }
     /* Reduced variants keep Flash's proportions where they are coupled. */
     hp.n_expert_used = experts_used ? experts_used : (hp.n_expert < 6 ? hp.n_expert : 6);
-    hp.n_hash_layers = hash_layers ? hash_layers & ~(1u << 31) : (hp.n_layer < 3 ? hp.n_layer : 3);
+    hp.n_hash_layers = hash_given ? hash_layers : (hp.n_layer < 3 ? hp.n_layer : 3);
     schedule(&hp, hca_ratio);
 
     ds4_error err = {{0}};

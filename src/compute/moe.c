@@ -109,6 +109,9 @@ int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *toke
         if (g0 == 0) ds4_moe_prefetch_next(net, il, x, tokens, n);
         for (uint32_t k = 0; k < gn; k++) {
             int32_t e = (int32_t)used[g0 + k];
+            /* Each token at most once per expert; a row naming the expert in
+             * several slots (possible in hash tables) adds each slot's weight
+             * in slot order. */
             uint32_t m = 0;
             for (uint32_t t = 0; t < n; t++)
                 for (uint32_t j = 0; j < K; j++)
@@ -116,9 +119,14 @@ int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *toke
                         members[m] = t * K + j;
                         memcpy(xs + (size_t)m * E, x + (size_t)t * E, E * sizeof(float));
                         m++;
+                        break;
                     }
             run_expert(net, &views[k].gate, &views[k].up, &views[k].down, xs, m, limit, g, u, d);
-            for (uint32_t i = 0; i < m; i++) ds4_axpy(out + (size_t)members[i] / K * E, wts[members[i]], d + (size_t)i * E, E);
+            for (uint32_t i = 0; i < m; i++) {
+                uint32_t t = members[i] / K;
+                for (uint32_t j = members[i] % K; j < K; j++)
+                    if (ids[(size_t)t * K + j] == e) ds4_axpy(out + (size_t)t * E, wts[(size_t)t * K + j], d + (size_t)i * E, E);
+            }
         }
     }
     free(ids);

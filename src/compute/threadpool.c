@@ -40,7 +40,7 @@ typedef struct {
 /* Jobs come in quick succession during a forward pass (dozens per layer),
  * so a worker spins briefly on the job counter before sleeping: waking a
  * sleeping thread costs far more than the short wait. */
-#define SPIN_ITERS 20000
+#define SPIN_ITERS 2000 /* ~50 us: long enough for back-to-back jobs, short enough not to starve others */
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -147,20 +147,16 @@ static int bind_layer(binder *b, ds4_layer_weights *l, const ds4_hparams *hp, ui
 }
 
 /* Hash routing reads tid2eid[token] as expert ids: every entry must name an
- * existing expert, and a token's row must not name one twice (the MoE sizes
- * its per-expert token lists for at most one use per token), checked once
- * at load instead of on every token. */
+ * existing expert, checked once at load instead of on every token. A row
+ * may name an expert twice (zero-filled test files do): the MoE then applies
+ * it once per occurrence, as transformers does. */
 static int check_tid2eid(const ds4_tensor *t, const ds4_hparams *hp, const char *path, ds4_error *err) {
     const int32_t *ids = (const int32_t *)t->data;
-    uint64_t K = t->ne[0], n = t->ne[0] * t->ne[1];
+    uint64_t n = t->ne[0] * t->ne[1];
     for (uint64_t i = 0; i < n; i++) {
         if (ids[i] < 0 || (uint32_t)ids[i] >= hp->n_expert)
             return ds4_fail(err, "%s: tensor '%s': entry %llu = %d is not an expert id (0..%u)", path, t->name,
                             (unsigned long long)i, ids[i], hp->n_expert - 1);
-        for (uint64_t j = i - i % K; j < i; j++)
-            if (ids[j] == ids[i])
-                return ds4_fail(err, "%s: tensor '%s': token %llu routes to expert %d twice", path, t->name,
-                                (unsigned long long)(i / K), ids[i]);
     }
     return 0;
 }

@@ -29,7 +29,7 @@ double cli_now(void) {
 }
 
 int cli_prefill(ds4_session *s, const int32_t *ids, uint32_t n, uint32_t chunk, ds4_error *err) {
-    if (chunk == 0) chunk = 512;
+    if (chunk == 0) chunk = n ? n : 1; /* the whole prompt in one pass */
     bool show = n > chunk && isatty(2);
     for (uint32_t done = 0; done < n;) {
         if (cli_interrupted) return 1;

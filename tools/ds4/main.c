@@ -39,7 +39,7 @@ static void usage(FILE *f) {
             "  --seed N                sampling seed (default: time based)\n"
             "  -t, --threads N         worker threads (default: all cores)\n"
             "  --numerics MODE         official (default) or hf (fp32, matches transformers)\n"
-            "  --prefill-chunk N       tokens per prefill pass (default 512)\n"
+            "  --prefill-chunk N       tokens per prefill pass (default 512; 0 = whole prompt)\n"
             "  --tokens IDS|@FILE      prompt as token ids (comma separated); prints generated ids\n"
             "  --dump-logits FILE      with --tokens: float32 [prompt_len x vocab] logits\n"
             "  --dump-tokens           print the prompt's token ids and pieces, then exit\n"
@@ -187,7 +187,7 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { NEED(); if (parse_long(a, v, 0, 1L << 31, &o->n_predict)) return -1; }
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { NEED(); if (parse_long(a, v, 1, 1L << 31, &o->ctx)) return -1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { NEED(); if (parse_long(a, v, 1, 4096, &o->threads)) return -1; }
-        else if (!strcmp(a, "--prefill-chunk")) { NEED(); if (parse_long(a, v, 1, 1L << 20, &o->chunk)) return -1; }
+        else if (!strcmp(a, "--prefill-chunk")) { NEED(); if (parse_long(a, v, 0, 1L << 20, &o->chunk)) return -1; /* 0: the whole prompt in one pass */ }
         else if (!strcmp(a, "--logprobs-top-k")) { NEED(); if (parse_long(a, v, 1, 128, &o->logprobs_top_k)) return -1; }
         else if (!strcmp(a, "--top-k")) { NEED(); if (parse_long(a, v, 0, 1024, &l)) return -1; o->sampling.top_k = (int)l; }
         else if (!strcmp(a, "--seed")) { NEED(); if (parse_long(a, v, 1, LONG_MAX, &l)) return -1; o->seed = (uint64_t)l; }

@@ -15,7 +15,7 @@ binary, model = sys.argv[1], sys.argv[2]
 pid, fd = pty.fork()
 if pid == 0:
     os.environ["HOME"] = os.environ.get("TMPDIR", "/tmp")
-    os.execv(binary, [binary, "-m", model, "--temp", "0", "-c", "2048", "--nothink", "-t", "2"])
+    os.execv(binary, [binary, "-m", model, "--temp", "0", "-c", "512", "--nothink", "-t", "2"])
 
 buf = b""
 
@@ -52,7 +52,7 @@ if not read_until(b"ds4> ", 60):
 buf = b""
 os.write(fd, "Renzo e Lucia\r".encode())
 # a short turn: generation ends at EOS or the context; wait for the stats line
-if not read_until(b"generation", 120):
+if not read_until(b"generation", 300):
     fail("first turn did not finish")
 if not read_until(b"ds4> ", 30):
     fail("no prompt after the first turn")

@@ -34,15 +34,28 @@ typedef enum ds4_numerics {
     DS4_NUMERICS_HF = 1,
 } ds4_numerics;
 
+/* Where the forward pass runs. A model loaded for CUDA keeps its weights
+ * on the GPU (and its mapped file for CPU sessions); a CUDA session keeps
+ * its decode state on the GPU. Builds without CUDA (plain `make`) refuse
+ * DS4_BACKEND_CUDA with a message saying so. */
+typedef enum ds4_backend {
+    DS4_BACKEND_AUTO = 0, /* model: CUDA when built with it and a GPU is usable, else CPU;
+                             session: the model's backend */
+    DS4_BACKEND_CPU = 1,
+    DS4_BACKEND_CUDA = 2,
+} ds4_backend;
+
 typedef struct ds4_model_opts {
     int n_threads; /* worker threads for this model's compute; 0 = all cores */
     bool verbose;  /* print a load summary to stderr */
+    ds4_backend backend;
 } ds4_model_opts;
 
 typedef struct ds4_session_opts {
     ds4_numerics numerics;
     uint32_t max_ctx;      /* positions this session may hold; 0 = model maximum */
     uint32_t prefill_chunk; /* tokens per prefill pass; 0 = whole prompt at once */
+    ds4_backend backend;   /* CPU or CUDA (the model must be loaded for CUDA); AUTO = the model's */
 } ds4_session_opts;
 
 typedef struct ds4_model_info {
@@ -62,6 +75,11 @@ typedef struct ds4_model_info {
 ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_error *err);
 void ds4_model_free(ds4_model *m);
 void ds4_model_get_info(const ds4_model *m, ds4_model_info *out);
+/* The backend the model's sessions use by default (CPU or CUDA, never AUTO). */
+ds4_backend ds4_model_backend(const ds4_model *m);
+const char *ds4_backend_name(ds4_backend b);
+/* Whether this build can run CUDA and a GPU is usable; when not, why. */
+bool ds4_cuda_available(ds4_error *why);
 
 /* The tokenizer embedded in the model file, or NULL when it has none. */
 const ds4_tokenizer *ds4_model_tokenizer(const ds4_model *m);
@@ -74,6 +92,7 @@ ds4_session *ds4_session_new(ds4_model *m, const ds4_session_opts *opts, ds4_err
 void ds4_session_free(ds4_session *s);
 /* Tokens fed so far (the position of the next token). */
 uint32_t ds4_session_pos(const ds4_session *s);
+ds4_backend ds4_session_backend(const ds4_session *s);
 /* Forgets everything: the next token is position 0. */
 void ds4_session_reset(ds4_session *s);
 

@@ -32,6 +32,7 @@ static void usage(FILE *f) {
             "  --prefill-chunk N    tokens per prefill pass (default 512)\n"
             "  --numerics MODE      official (default) or hf\n"
             "  -t, --threads N      worker threads (default all cores)\n"
+            "  --cuda | --cpu       run on the GPU or the CPU (default: the GPU when built with CUDA)\n"
             "  --csv FILE           write the CSV there instead of stdout\n"
             "  --roofline           measure this machine's read bandwidth and peak fp32 rate and\n"
             "                       report decode and prefill speed as fractions of them\n");
@@ -127,6 +128,7 @@ int main(int argc, char **argv) {
            threads = 0;
     ds4_numerics numerics = DS4_NUMERICS_OFFICIAL;
     int roofline = 0;
+    ds4_backend backend = DS4_BACKEND_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int rc = 0;
@@ -136,6 +138,8 @@ int main(int argc, char **argv) {
         } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && i + 1 < argc) model_path = argv[++i];
         else if (!strcmp(a, "--tokens-file") && i + 1 < argc) tokens_file = argv[++i];
         else if (!strcmp(a, "--roofline")) roofline = 1;
+        else if (!strcmp(a, "--cuda")) backend = DS4_BACKEND_CUDA;
+        else if (!strcmp(a, "--cpu")) backend = DS4_BACKEND_CPU;
         else if (!strcmp(a, "--csv") && i + 1 < argc) csv_path = argv[++i];
         else if (!strcmp(a, "--numerics") && i + 1 < argc) {
             const char *v = argv[++i];
@@ -172,7 +176,7 @@ int main(int argc, char **argv) {
     }
 
     ds4_error err = {{0}};
-    ds4_model_opts mo = {.n_threads = (int)threads};
+    ds4_model_opts mo = {.n_threads = (int)threads, .backend = backend};
     ds4_model *m = ds4_model_load(model_path, &mo, &err);
     if (!m) {
         fprintf(stderr, "ds4-bench: %s\n", err.msg);

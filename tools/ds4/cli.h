@@ -18,6 +18,7 @@ typedef struct cli_opts {
     ds4_sampling sampling;
     ds4_think_mode mode;
     ds4_numerics numerics;
+    ds4_backend backend; /* --cuda / --cpu; AUTO by default */
     bool raw, dump_tokens, tokenize, verbose;
 } cli_opts;
 

@@ -39,6 +39,8 @@ static void usage(FILE *f) {
             "  --seed N                sampling seed (default: time based)\n"
             "  -t, --threads N         worker threads (default: all cores)\n"
             "  --numerics MODE         official (default) or hf (fp32, matches transformers)\n"
+            "  --cuda | --cpu          run on the GPU or the CPU (default: the GPU when this build\n"
+            "                          has CUDA (make cuda) and one is usable)\n"
             "  --prefill-chunk N       tokens per prefill pass (default 512)\n"
             "  --tokens IDS|@FILE      prompt as token ids (comma separated); prints generated ids\n"
             "  --dump-logits FILE      with --tokens: float32 [prompt_len x vocab] logits\n"
@@ -144,6 +146,8 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         else if (!strcmp(a, "--dump-tokens")) o->dump_tokens = true;
         else if (!strcmp(a, "--tokenize")) o->tokenize = true;
         else if (!strcmp(a, "--raw")) o->raw = true;
+        else if (!strcmp(a, "--cuda")) o->backend = DS4_BACKEND_CUDA;
+        else if (!strcmp(a, "--cpu")) o->backend = DS4_BACKEND_CPU;
         else if (!strcmp(a, "--think")) o->mode = DS4_THINK_HIGH;
         else if (!strcmp(a, "--think-max")) o->mode = DS4_THINK_MAX;
         else if (!strcmp(a, "--nothink")) o->mode = DS4_THINK_NONE;
@@ -405,7 +409,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     ds4_error err = {{0}};
-    ds4_model_opts mo = {.n_threads = (int)o.threads, .verbose = o.verbose};
+    ds4_model_opts mo = {.n_threads = (int)o.threads, .verbose = o.verbose, .backend = o.backend};
     ds4_model *m = ds4_model_load(o.model, &mo, &err);
     if (!m) {
         fprintf(stderr, "ds4: %s\n", err.msg);

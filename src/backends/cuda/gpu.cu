@@ -1,0 +1,606 @@
+/* The CUDA forward pass: models (device copies of the weights), sessions
+ * (decode state on the device) and ds4_forward's algorithm as a sequence of
+ * kernel launches on one stream. Between a chunk's token upload and its
+ * logits download nothing crosses to the host: every decision that depends
+ * on data (MoE routing, the indexer's top-k) is taken on the device, and
+ * everything else depends only on positions, which the host knows. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backends/gpu.h"
+}
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/kernels.cuh"
+
+/* Tokens per internal chunk: bounds the scratch buffers. Results do not
+ * depend on it (every kernel computes a token the same way in any chunk). */
+#define GPU_CHUNK 256
+
+struct ds4_gpu_model {
+    const ds4_net *net;
+    const ds4_hparams *hp;
+    ds4_weights w;        /* same tensors, data in device memory */
+    uint8_t *dev;         /* one allocation for all of them */
+    uint64_t dev_bytes;
+    float *rope;          /* [numerics][kind][128] inverse frequencies */
+    uint32_t chunk;       /* tokens per internal chunk */
+};
+
+typedef struct gpu_comp {
+    float *rows;
+    float *fk[2], *fz[2]; /* frontier, double-buffered across chunks */
+} gpu_comp;
+
+typedef struct gpu_layer {
+    float *ring;
+    gpu_comp comp, idx;
+} gpu_layer;
+
+struct ds4_gpu_session {
+    ds4_gpu_model *g;
+    uint32_t max_ctx, pos;
+    int fr; /* which frontier buffer holds the state at pos */
+    cudaStream_t st;
+    gpu_layer *layers;
+    uint8_t *state;
+    uint64_t state_size;
+    /* scratch for one internal chunk */
+    uint8_t *scratch;
+    float *X, *y, *o, *pre, *post, *comb, *mix, *rinv;
+    float *qa, *q, *kv, *att, *low, *ck, *cz, *ik, *iz, *iq, *iw, *scores;
+    float *lg, *wts, *h, *hs, *dx, *sh, *logits;
+    int32_t *tok, *sel, *ids, *grp;
+    uint64_t score_stride;
+};
+
+/* ---- device and weights -------------------------------------------------------- */
+
+extern "C" bool ds4_gpu_probe(ds4_error *why) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        ds4_fail(why, "no usable CUDA device: %s", cudaGetErrorString(e));
+        return false;
+    }
+    if (n == 0) {
+        ds4_fail(why, "no CUDA device found");
+        return false;
+    }
+    return true;
+}
+
+/* Every tensor of a layer, bound or not (unbound ones have data NULL). */
+#define LAYER_TENSORS(l)                                                                                          \
+    &(l)->hc_attn.fn, &(l)->hc_attn.base, &(l)->hc_attn.scale, &(l)->hc_ffn.fn, &(l)->hc_ffn.base, &(l)->hc_ffn.scale, \
+        &(l)->attn_norm, &(l)->ffn_norm, &(l)->q_a, &(l)->q_a_norm, &(l)->q_b, &(l)->kv, &(l)->kv_norm, &(l)->sinks,    \
+        &(l)->out_a, &(l)->out_b, &(l)->comp.ape, &(l)->comp.kv, &(l)->comp.gate, &(l)->comp.norm,                      \
+        &(l)->idx_comp.ape, &(l)->idx_comp.kv, &(l)->idx_comp.gate, &(l)->idx_comp.norm, &(l)->idx_q_b,                 \
+        &(l)->idx_proj, &(l)->gate_inp, &(l)->probs_bias, &(l)->tid2eid, &(l)->gate_exps, &(l)->up_exps,               \
+        &(l)->down_exps, &(l)->gate_shexp, &(l)->up_shexp, &(l)->down_shexp
+
+static uint64_t tensor_bytes(const ds4_tensor *t) { return t->row_bytes * t->ne[1] * t->ne[2] * t->ne[3]; }
+static uint64_t align256(uint64_t x) { return (x + 255) & ~(uint64_t)255; }
+
+/* Walks every tensor of w: with dev == NULL only sums the sizes; otherwise
+ * copies each into dev and points the tensor there. */
+static int place_tensors(ds4_weights *w, uint32_t n_layer, uint8_t *dev, uint64_t *total, ds4_error *err) {
+    uint64_t off = 0;
+    ds4_tensor *top[] = {&w->tok_embd, &w->output, &w->output_norm, &w->hc_head.fn, &w->hc_head.base, &w->hc_head.scale};
+    for (uint32_t il = 0; il <= n_layer; il++) {
+        ds4_tensor *lt[] = {LAYER_TENSORS(&w->layers[il < n_layer ? il : 0])};
+        ds4_tensor **list = il < n_layer ? lt : top;
+        size_t count = il < n_layer ? sizeof lt / sizeof *lt : sizeof top / sizeof *top;
+        for (size_t i = 0; i < count; i++) {
+            ds4_tensor *t = list[i];
+            if (!t->data) continue;
+            uint64_t nb = tensor_bytes(t);
+            if (dev) {
+                CU(cudaMemcpy(dev + off, t->data, nb, cudaMemcpyHostToDevice));
+                t->data = dev + off;
+            }
+            off += align256(nb);
+        }
+    }
+    *total = off;
+    return 0;
+}
+
+static bool matrix_type_ok(uint32_t type) {
+    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+}
+
+/* The limits the kernels are written for, and the matrix types they read. */
+static int check_model(const ds4_hparams *hp, const ds4_weights *w, ds4_error *err) {
+    if (hp->hc > K_MAX_HC || hp->n_expert > K_MAX_EXPERTS || hp->n_expert_used > K_MAX_USED ||
+        hp->head_dim > K_MAX_HEAD_DIM || hp->head_dim % 2 || hp->q_lora > 12 * 1024 || hp->idx_head_dim > 4096)
+        return ds4_fail(err, "CUDA backend: model dimensions beyond the kernels' limits (hc %u, experts %u/%u, head %u)",
+                        hp->hc, hp->n_expert_used, hp->n_expert, hp->head_dim);
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        ds4_layer_weights *l = &w->layers[il];
+        const ds4_tensor *mats[] = {&l->hc_attn.fn, &l->hc_ffn.fn, &l->q_a, &l->q_b, &l->kv, &l->out_a, &l->out_b,
+                                    &l->comp.kv, &l->comp.gate, &l->comp.ape, &l->idx_comp.kv, &l->idx_comp.gate,
+                                    &l->idx_comp.ape, &l->idx_q_b, &l->idx_proj, &l->gate_inp, &l->gate_exps,
+                                    &l->up_exps, &l->down_exps, &l->gate_shexp, &l->up_shexp, &l->down_shexp};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+            if (mats[i]->data && !matrix_type_ok(mats[i]->type))
+                return ds4_fail(err, "CUDA backend: tensor '%s' has type %s, which the CUDA kernels cannot multiply yet",
+                                mats[i]->name, ggml_type_name(mats[i]->type));
+    }
+    const ds4_tensor *top[] = {&w->tok_embd, &w->output, &w->hc_head.fn};
+    for (size_t i = 0; i < 3; i++)
+        if (!matrix_type_ok(top[i]->type))
+            return ds4_fail(err, "CUDA backend: tensor '%s' has type %s, which the CUDA kernels cannot read yet",
+                            top[i]->name, ggml_type_name(top[i]->type));
+    return 0;
+}
+
+extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_model_opts *opts, ds4_error *err) {
+    const ds4_hparams *hp = net->hp;
+    if (check_model(hp, net->w, err)) return NULL;
+    ds4_gpu_model *g = (ds4_gpu_model *)calloc(1, sizeof *g);
+    if (!g) {
+        ds4_fail(err, "out of memory");
+        return NULL;
+    }
+    g->net = net;
+    g->hp = hp;
+    g->chunk = GPU_CHUNK;
+    if (g->chunk * hp->n_expert_used > K_MAX_GROUP_ENTRIES) g->chunk = K_MAX_GROUP_ENTRIES / hp->n_expert_used;
+    g->w = *net->w;
+    g->w.layers = (ds4_layer_weights *)malloc(hp->n_layer * sizeof *g->w.layers);
+    if (!g->w.layers) {
+        free(g);
+        ds4_fail(err, "out of memory");
+        return NULL;
+    }
+    memcpy(g->w.layers, net->w->layers, hp->n_layer * sizeof *g->w.layers);
+    uint64_t total = 0;
+    size_t free_b = 0, total_b = 0;
+    cudaError_t e;
+    place_tensors(&g->w, hp->n_layer, NULL, &total, err);
+    g->dev_bytes = total;
+    if ((e = cudaMemGetInfo(&free_b, &total_b)) != cudaSuccess) {
+        ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    if (total + (512ull << 20) > free_b) {
+        ds4_fail(err, "CUDA backend: the weights need %.2f GB on the GPU, %.2f GB of %.2f GB are free", total / 1e9,
+                 free_b / 1e9, total_b / 1e9);
+        goto fail;
+    }
+    if ((e = cudaMalloc((void **)&g->dev, total)) != cudaSuccess) {
+        ds4_fail(err, "CUDA: allocating %.2f GB for the weights: %s", total / 1e9, cudaGetErrorString(e));
+        goto fail;
+    }
+    if (place_tensors(&g->w, hp->n_layer, g->dev, &total, err)) goto fail;
+    if ((e = cudaMalloc((void **)&g->rope, 4 * 128 * sizeof(float))) != cudaSuccess) {
+        ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    for (int num = 0; num < 2; num++)
+        for (int kind = 0; kind < 2; kind++)
+            if ((e = cudaMemcpy(g->rope + (num * 2 + kind) * 128, net->rope[num][kind].inv_freq, 128 * sizeof(float),
+                                cudaMemcpyHostToDevice)) != cudaSuccess) {
+                ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
+                goto fail;
+            }
+    if (opts && opts->verbose) {
+        cudaDeviceProp prop;
+        if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
+            fprintf(stderr, "ds4: CUDA device %s (%d SMs, %.1f GB), %.2f GB of weights uploaded\n", prop.name,
+                    prop.multiProcessorCount, prop.totalGlobalMem / 1e9, g->dev_bytes / 1e9);
+    }
+    return g;
+fail:
+    ds4_gpu_model_free(g);
+    return NULL;
+}
+
+extern "C" void ds4_gpu_model_free(ds4_gpu_model *g) {
+    if (!g) return;
+    cudaFree(g->dev);
+    cudaFree(g->rope);
+    free(g->w.layers);
+    free(g);
+}
+
+/* ---- sessions ------------------------------------------------------------------- */
+
+/* Bump allocation inside one device block; sizes are counted first with
+ * base == NULL. */
+typedef struct bump {
+    uint8_t *base;
+    uint64_t off;
+} bump;
+
+static void *take(bump *b, uint64_t bytes) {
+    void *p = b->base ? b->base + b->off : NULL;
+    b->off += align256(bytes);
+    return p;
+}
+#define TAKE_F(b, n) ((float *)take(b, (uint64_t)(n) * sizeof(float)))
+#define TAKE_I(b, n) ((int32_t *)take(b, (uint64_t)(n) * sizeof(int32_t)))
+
+static void layout_state(ds4_gpu_session *s, bump *b) {
+    const ds4_hparams *hp = s->g->hp;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        gpu_layer *l = &s->layers[il];
+        uint32_t r = hp->compress_ratio[il];
+        l->ring = TAKE_F(b, (uint64_t)hp->window * hp->head_dim);
+        if (r) {
+            uint32_t halves = r == 4 ? 2 : 1, slots = r == 4 ? 2 * r : r;
+            uint64_t cap = s->max_ctx / r + 1;
+            l->comp.rows = TAKE_F(b, cap * hp->head_dim);
+            for (int i = 0; i < 2; i++) {
+                l->comp.fk[i] = TAKE_F(b, (uint64_t)slots * halves * hp->head_dim);
+                l->comp.fz[i] = TAKE_F(b, (uint64_t)slots * halves * hp->head_dim);
+            }
+        }
+        if (r == 4) {
+            uint64_t cap = s->max_ctx / 4 + 1;
+            l->idx.rows = TAKE_F(b, cap * hp->idx_head_dim);
+            for (int i = 0; i < 2; i++) {
+                l->idx.fk[i] = TAKE_F(b, 8ull * 2 * hp->idx_head_dim);
+                l->idx.fz[i] = TAKE_F(b, 8ull * 2 * hp->idx_head_dim);
+            }
+        }
+    }
+}
+
+static void layout_scratch(ds4_gpu_session *s, bump *b) {
+    const ds4_hparams *hp = s->g->hp;
+    uint64_t n = s->g->chunk, E = hp->n_embd, hc = hp->hc, qdim = (uint64_t)hp->n_head * hp->head_dim;
+    uint64_t n_mix = (2 + hc) * hc, K = hp->n_expert_used, X = hp->n_expert;
+    s->X = TAKE_F(b, n * hc * E);
+    s->y = TAKE_F(b, n * E);
+    s->o = TAKE_F(b, n * E);
+    s->pre = TAKE_F(b, n * hc);
+    s->post = TAKE_F(b, n * hc);
+    s->comb = TAKE_F(b, n * hc * hc);
+    s->mix = TAKE_F(b, n * n_mix);
+    s->rinv = TAKE_F(b, n);
+    s->qa = TAKE_F(b, n * hp->q_lora);
+    s->q = TAKE_F(b, n * qdim);
+    s->kv = TAKE_F(b, n * hp->head_dim);
+    s->att = TAKE_F(b, n * qdim);
+    s->low = TAKE_F(b, n * hp->o_groups * hp->o_lora);
+    s->ck = TAKE_F(b, n * 2 * hp->head_dim);
+    s->cz = TAKE_F(b, n * 2 * hp->head_dim);
+    s->ik = TAKE_F(b, n * 2 * hp->idx_head_dim);
+    s->iz = TAKE_F(b, n * 2 * hp->idx_head_dim);
+    s->iq = TAKE_F(b, n * hp->idx_n_head * hp->idx_head_dim);
+    s->iw = TAKE_F(b, n * hp->idx_n_head);
+    s->score_stride = s->max_ctx / 4 + 1;
+    s->scores = TAKE_F(b, n * s->score_stride);
+    s->sel = TAKE_I(b, n * (hp->idx_topk ? hp->idx_topk : 1));
+    s->lg = TAKE_F(b, n * X);
+    s->ids = TAKE_I(b, n * K);
+    s->wts = TAKE_F(b, n * K);
+    s->grp = TAKE_I(b, k_group_ints((uint32_t)X, (uint32_t)(n * K)));
+    s->h = TAKE_F(b, n * K * hp->n_ff_exp);
+    s->hs = TAKE_F(b, n * hp->n_ff_exp);
+    s->dx = TAKE_F(b, n * K * E);
+    s->sh = TAKE_F(b, n * E);
+    s->logits = TAKE_F(b, n * hp->n_vocab);
+    s->tok = TAKE_I(b, n);
+}
+
+extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, ds4_error *err) {
+    ds4_gpu_session *s = (ds4_gpu_session *)calloc(1, sizeof *s);
+    if (!s) {
+        ds4_fail(err, "out of memory");
+        return NULL;
+    }
+    s->g = g;
+    s->max_ctx = max_ctx;
+    s->layers = (gpu_layer *)calloc(g->hp->n_layer, sizeof *s->layers);
+    cudaError_t e = cudaSuccess;
+    bump sb = {NULL, 0}, xb = {NULL, 0};
+    if (!s->layers) {
+        ds4_fail(err, "out of memory");
+        goto fail;
+    }
+    layout_state(s, &sb);
+    layout_scratch(s, &xb);
+    s->state_size = sb.off;
+    if ((e = cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaMalloc((void **)&s->state, sb.off)) != cudaSuccess ||
+        (e = cudaMalloc((void **)&s->scratch, xb.off)) != cudaSuccess) {
+        ds4_fail(err, "CUDA: allocating %.2f GB of decode state and %.2f GB of scratch for a %u-token session: %s",
+                 sb.off / 1e9, xb.off / 1e9, max_ctx, cudaGetErrorString(e));
+        goto fail;
+    }
+    sb.base = s->state, sb.off = 0;
+    xb.base = s->scratch, xb.off = 0;
+    layout_state(s, &sb);
+    layout_scratch(s, &xb);
+    return s;
+fail:
+    ds4_gpu_session_free(s);
+    return NULL;
+}
+
+extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
+    if (!s) return;
+    if (s->st) cudaStreamDestroy(s->st);
+    cudaFree(s->state);
+    cudaFree(s->scratch);
+    free(s->layers);
+    free(s);
+}
+
+/* Nothing to clear: no kernel reads state of positions that were not
+ * written since the last reset (the frontier of position < 0 is synthesised
+ * as empty, raw rows are read only for positions < pos). */
+extern "C" void ds4_gpu_session_reset(ds4_gpu_session *s) {
+    s->pos = 0;
+    s->fr = 0;
+}
+
+extern "C" uint32_t ds4_gpu_session_pos(const ds4_gpu_session *s) { return s->pos; }
+
+extern "C" uint64_t ds4_gpu_session_state_bytes(const ds4_gpu_session *s) {
+    const ds4_hparams *hp = s->g->hp;
+    uint64_t b = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        uint32_t r = hp->compress_ratio[il];
+        b += (uint64_t)hp->window * hp->head_dim * 4;
+        if (r) b += (uint64_t)(s->pos / r) * hp->head_dim * 4;
+        if (r == 4) b += (uint64_t)(s->pos / 4) * hp->idx_head_dim * 4;
+    }
+    return b;
+}
+
+extern "C" int ds4_gpu_session_copy(ds4_gpu_session *dst, const ds4_gpu_session *src, ds4_error *err) {
+    if (dst->g != src->g) return ds4_fail(err, "state copy between sessions of different models");
+    if (src->pos > dst->max_ctx)
+        return ds4_fail(err, "state of %u tokens does not fit a session of %u", src->pos, dst->max_ctx);
+    const ds4_hparams *hp = src->g->hp;
+    cudaStream_t st = dst->st;
+    CU(cudaStreamSynchronize(src->st));
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const gpu_layer *a = &src->layers[il];
+        gpu_layer *b = &dst->layers[il];
+        uint32_t r = hp->compress_ratio[il];
+        CU(cudaMemcpyAsync(b->ring, a->ring, (size_t)hp->window * hp->head_dim * 4, cudaMemcpyDeviceToDevice, st));
+        for (int c = 0; c < 2 && r; c++) {
+            const gpu_comp *ca = c ? &a->idx : &a->comp;
+            gpu_comp *cb = c ? &b->idx : &b->comp;
+            if (c && r != 4) break;
+            uint32_t width = c ? hp->idx_head_dim : hp->head_dim, halves = c || r == 4 ? 2 : 1;
+            uint32_t slots = halves == 2 ? 2 * r : r;
+            size_t fb = (size_t)slots * halves * width * 4;
+            CU(cudaMemcpyAsync(cb->rows, ca->rows, (size_t)(src->pos / r) * width * 4, cudaMemcpyDeviceToDevice, st));
+            CU(cudaMemcpyAsync(cb->fk[0], ca->fk[src->fr], fb, cudaMemcpyDeviceToDevice, st));
+            CU(cudaMemcpyAsync(cb->fz[0], ca->fz[src->fr], fb, cudaMemcpyDeviceToDevice, st));
+        }
+    }
+    CU(cudaStreamSynchronize(st));
+    dst->pos = src->pos;
+    dst->fr = 0;
+    return 0;
+}
+
+/* ---- the forward pass ----------------------------------------------------------- */
+
+typedef struct fwd {
+    ds4_gpu_session *s;
+    const ds4_hparams *hp;
+    const ds4_weights *w;
+    bool official;
+    uint32_t n;
+    uint64_t pos0;
+    ds4_error *err;
+} fwd;
+
+static const float *rope_table(const fwd *f, bool compressed) {
+    return f->s->g->rope + ((f->official ? 0 : 1) * 2 + (compressed ? 1 : 0)) * 128;
+}
+
+static const float *vec(const ds4_tensor *t) { return (const float *)t->data; }
+
+/* y = collapse of the streams with the mixing weights of w (ds4_mhc_pre or,
+ * for head, ds4_mhc_head) over n token rows of X. */
+static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, int head) {
+    ds4_gpu_session *s = f->s;
+    const ds4_hparams *hp = f->hp;
+    ds4_error *err = f->err;
+    uint32_t hc = hp->hc, E = hp->n_embd, n_mix = head ? hc : (2 + hc) * hc;
+    CU(k_rms_inv(s->st, X, n, hc * E, hp->rms_eps, s->rinv));
+    CU(k_linear(s->st, &w->fn, 0, n_mix, 1, 0, X, (uint64_t)hc * E, s->rinv, n, s->mix, n_mix));
+    CU(k_mhc_coeffs(s->st, s->mix, n, hc, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters, head, s->pre,
+                    s->post, s->comb));
+    CU(k_mhc_collapse(s->st, X, s->pre, n, hc, E, s->y));
+    return 0;
+}
+
+static int rows(fwd *f, float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm, const float *w,
+                const float *rope, int qat) {
+    ds4_error *err = f->err;
+    row_op op = {x, n_rows, n, n, rows_per_tok, norm, w, f->hp->rms_eps, rope, rope ? f->hp->n_rot / 2 : 0, f->pos0, 0,
+                 qat, f->hp->n_rot};
+    if (op.n_pairs > 128) op.n_pairs = 128;
+    CU(k_rows(f->s->st, &op));
+    return 0;
+}
+
+static int compressor(fwd *f, const ds4_compressor_weights *cw, gpu_comp *c, uint32_t ratio, uint32_t width,
+                      const float *ck, const float *cz, bool indexer) {
+    ds4_gpu_session *s = f->s;
+    ds4_error *err = f->err;
+    comp_op op;
+    memset(&op, 0, sizeof op);
+    op.ratio = ratio;
+    op.width = width;
+    op.halves = ratio == 4 ? 2 : 1;
+    op.ck = ck;
+    op.cz = cz;
+    op.ape = cw->ape.data;
+    op.ape_type = cw->ape.type;
+    op.ape_row_bytes = cw->ape.row_bytes;
+    op.fk_old = c->fk[s->fr];
+    op.fz_old = c->fz[s->fr];
+    op.fk_new = c->fk[s->fr ^ 1];
+    op.fz_new = c->fz[s->fr ^ 1];
+    op.pos0 = f->pos0;
+    op.n = f->n;
+    op.norm_w = vec(&cw->norm);
+    op.eps = f->hp->rms_eps;
+    op.inv_freq = rope_table(f, true);
+    op.n_pairs = f->hp->n_rot / 2 > 128 ? 128 : f->hp->n_rot / 2;
+    op.qat = f->official ? (indexer ? 2 : 1) : 0;
+    op.n_rot = f->hp->n_rot;
+    op.rows = c->rows;
+    CU(k_comp_emit(s->st, &op));
+    CU(k_comp_frontier(s->st, &op));
+    return 0;
+}
+
+/* ds4_attention: x = s->y (n x E) -> s->o. */
+static int attention(fwd *f, uint32_t il) {
+    ds4_gpu_session *s = f->s;
+    const ds4_hparams *hp = f->hp;
+    const ds4_layer_weights *lw = &f->w->layers[il];
+    gpu_layer *ls = &s->layers[il];
+    ds4_error *err = f->err;
+    cudaStream_t st = s->st;
+    uint32_t n = f->n, E = hp->n_embd, H = hp->n_head, hd = hp->head_dim, ratio = hp->compress_ratio[il];
+    uint64_t qdim = (uint64_t)H * hd;
+    const float *x = s->y, *lrope = rope_table(f, ratio != 0);
+
+    CU(k_linear(st, &lw->q_a, 0, hp->q_lora, 1, 0, x, E, NULL, n, s->qa, hp->q_lora));
+    if (rows(f, s->qa, n, hp->q_lora, 1, 1, vec(&lw->q_a_norm), NULL, 0)) return -1;
+    CU(k_linear(st, &lw->q_b, 0, qdim, 1, 0, s->qa, hp->q_lora, NULL, n, s->q, qdim));
+    if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
+    CU(k_linear(st, &lw->kv, 0, hd, 1, 0, x, E, NULL, n, s->kv, hd));
+    if (rows(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0)) return -1;
+
+    if (ratio) {
+        uint32_t cw = (ratio == 4 ? 2 : 1) * hd;
+        CU(k_linear(st, &lw->comp.kv, 0, cw, 1, 0, x, E, NULL, n, s->ck, cw));
+        CU(k_linear(st, &lw->comp.gate, 0, cw, 1, 0, x, E, NULL, n, s->cz, cw));
+        if (compressor(f, &lw->comp, &ls->comp, ratio, hd, s->ck, s->cz, false)) return -1;
+    }
+    if (ratio == 4) {
+        uint32_t d = hp->idx_head_dim, IH = hp->idx_n_head, iwd = 2 * d;
+        CU(k_linear(st, &lw->idx_comp.kv, 0, iwd, 1, 0, x, E, NULL, n, s->ik, iwd));
+        CU(k_linear(st, &lw->idx_comp.gate, 0, iwd, 1, 0, x, E, NULL, n, s->iz, iwd));
+        CU(k_linear(st, &lw->idx_q_b, 0, (uint64_t)IH * d, 1, 0, s->qa, hp->q_lora, NULL, n, s->iq, (uint64_t)IH * d));
+        CU(k_linear(st, &lw->idx_proj, 0, IH, 1, 0, x, E, NULL, n, s->iw, IH));
+        if (rows(f, s->iq, n * IH, d, IH, 0, NULL, rope_table(f, true), f->official ? 2 : 0)) return -1;
+        if (compressor(f, &lw->idx_comp, &ls->idx, 4, d, s->ik, s->iz, true)) return -1;
+        CU(k_idx_scores(st, s->iq, s->iw, n, IH, d, ls->idx.rows, f->pos0, hp->idx_topk, s->scores, s->score_stride));
+        CU(k_idx_topk(st, s->scores, s->score_stride, n, f->pos0, hp->idx_topk, s->sel));
+    }
+
+    attn_op op;
+    memset(&op, 0, sizeof op);
+    op.q = s->q;
+    op.kv = s->kv;
+    op.ring = ls->ring;
+    op.comp = ratio ? ls->comp.rows : NULL;
+    op.sel = s->sel;
+    op.sinks = vec(&lw->sinks);
+    op.n = n;
+    op.H = H;
+    op.hd = hd;
+    op.W = hp->window;
+    op.ratio = ratio;
+    op.topk = hp->idx_topk;
+    op.pos0 = f->pos0;
+    op.inv_freq = lrope;
+    op.n_pairs = hp->n_rot / 2 > 128 ? 128 : hp->n_rot / 2;
+    op.out = s->att;
+    CU(k_attention(st, &op));
+    CU(k_ring_write(st, s->kv, n, f->pos0, hp->window, hd, ls->ring));
+
+    /* grouped output projection: group g's heads through its o_lora rows of out_a */
+    uint64_t gin = qdim / hp->o_groups, glow = (uint64_t)hp->o_groups * hp->o_lora;
+    CU(k_linear(st, &lw->out_a, 0, hp->o_lora, hp->o_groups, gin, s->att, qdim, NULL, n, s->low, glow));
+    CU(k_linear(st, &lw->out_b, 0, E, 1, 0, s->low, glow, NULL, n, s->o, E));
+    return 0;
+}
+
+/* ds4_moe: x = s->y -> s->o. */
+static int moe(fwd *f, uint32_t il) {
+    ds4_gpu_session *s = f->s;
+    const ds4_hparams *hp = f->hp;
+    const ds4_layer_weights *lw = &f->w->layers[il];
+    ds4_error *err = f->err;
+    cudaStream_t st = s->st;
+    uint32_t n = f->n, E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used;
+    float limit = hp->swiglu_clamp[il];
+    uint32_t slots = n * K < X ? n * K : X;
+    CU(k_linear(st, &lw->gate_inp, 0, X, 1, 0, s->y, E, NULL, n, s->lg, X));
+    bool hash = ds4_layer_is_hash(hp, il);
+    CU(k_route(st, s->lg, n, X, K, s->tok, hash ? (const int32_t *)lw->tid2eid.data : NULL,
+               hash ? NULL : vec(&lw->probs_bias), hp->expert_scale, s->ids, s->wts));
+    CU(k_ffn_up(st, &lw->gate_shexp, &lw->up_shexp, NULL, K, n, 1, s->y, limit, s->hs));
+    CU(k_ffn_down(st, &lw->down_shexp, NULL, n, 1, s->hs, s->sh));
+    CU(k_moe_group(st, s->ids, n * K, X, s->grp));
+    CU(k_ffn_up(st, &lw->gate_exps, &lw->up_exps, s->grp, K, n, slots, s->y, limit, s->h));
+    CU(k_ffn_down(st, &lw->down_exps, s->grp, n, slots, s->h, s->dx));
+    CU(k_moe_combine(st, s->sh, s->dx, s->ids, s->wts, s->grp, n, K, X, E, s->o));
+    return 0;
+}
+
+/* One internal chunk; logits of rows [first, n) go to out (host). */
+static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
+                 ds4_error *err) {
+    const ds4_hparams *hp = s->g->hp;
+    const ds4_weights *w = &s->g->w;
+    fwd f = {s, hp, w, official, n, s->pos, err};
+    cudaStream_t st = s->st;
+    uint32_t E = hp->n_embd, hc = hp->hc;
+    CU(cudaMemcpyAsync(s->tok, tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+    CU(k_embed(st, &w->tok_embd, s->tok, n, hc, s->X));
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const ds4_layer_weights *lw = &w->layers[il];
+        if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0)) return -1;
+        if (rows(&f, s->y, n, E, 1, 1, vec(&lw->attn_norm), NULL, 0)) return -1;
+        if (attention(&f, il)) return ds4_fail_prefix(err, "layer %u attention", il);
+        CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
+        if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0)) return -1;
+        if (rows(&f, s->y, n, E, 1, 1, vec(&lw->ffn_norm), NULL, 0)) return -1;
+        if (moe(&f, il)) return ds4_fail_prefix(err, "layer %u MoE", il);
+        CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
+    }
+    s->pos += n;
+    s->fr ^= 1;
+    if (first < n && out) {
+        uint32_t m = n - first;
+        if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)first * hc * E, m, 1)) return -1;
+        if (rows(&f, s->y, m, E, 1, 1, vec(&w->output_norm), NULL, 0)) return -1;
+        CU(k_linear(st, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
+        CU(cudaMemcpyAsync(out, s->logits, (size_t)m * hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st));
+    }
+    CU(cudaStreamSynchronize(st));
+    return 0;
+}
+
+extern "C" int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits,
+                               bool all_logits, ds4_error *err) {
+    const ds4_hparams *hp = s->g->hp;
+    if (n == 0) return 0;
+    if ((uint64_t)s->pos + n > s->max_ctx)
+        return ds4_fail(err, "context full: %u tokens held, %u more would exceed the session's %u", s->pos, n, s->max_ctx);
+    for (uint32_t t = 0; t < n; t++)
+        if (tokens[t] < 0 || (uint32_t)tokens[t] >= hp->n_vocab)
+            return ds4_fail(err, "token id %d at input position %u is outside the vocabulary (0..%u)", tokens[t], t,
+                            hp->n_vocab - 1);
+    for (uint32_t done = 0; done < n;) {
+        uint32_t len = n - done < s->g->chunk ? n - done : s->g->chunk;
+        bool last = done + len == n;
+        float *out = all_logits ? logits + (size_t)done * hp->n_vocab : (last ? logits : NULL);
+        uint32_t first = all_logits ? 0 : len - 1;
+        if (chunk(s, official, tokens + done, len, first, out, err)) {
+            /* The device state is no longer consistent with pos: start over. */
+            ds4_gpu_session_reset(s);
+            return -1;
+        }
+        done += len;
+    }
+    return 0;
+}

@@ -9,6 +9,8 @@
 #include "compute/compressor.h"
 #include "compute/layers.h"
 #include "compute/linear.h"
+#include "compute/topk.h"
+#include "formats/quant.h"
 
 /* Official numerics: FP8 simulation on the non-RoPE dims of every KV row. */
 static void kv_qat(float *row, uint32_t hd, uint32_t n_rot) { ds4_fp8_sim(row, hd - n_rot, 64); }
@@ -34,40 +36,41 @@ static int finish_row(const ds4_net *net, ds4_comp_state *c, const ds4_compresso
     return ds4_comp_append(c, row, err);
 }
 
-/* Indexer selection for a query: the top-k visible compressed entries by
- * sum_h w_h * relu(q_h . K_w); ties keep the lower index. */
 typedef struct {
-    float score;
-    uint32_t index;
-} scored;
+    const ds4_hparams *hp;
+    const float *keys, *q, *wts;
+    float *out;
+    ds4_dot_f32_fn dot;
+} score_job;
 
-static int cmp_scored(const void *a, const void *b) {
-    const scored *x = a, *y = b;
-    if (x->score != y->score) return x->score > y->score ? -1 : 1;
-    return x->index < y->index ? -1 : (x->index > y->index);
+static void score_keys(void *ctx, uint64_t w0, uint64_t w1, int thread) {
+    (void)thread;
+    const score_job *j = ctx;
+    uint32_t d = j->hp->idx_head_dim;
+    float scale = 1.0f / sqrtf((float)d);
+    for (uint64_t w = w0; w < w1; w++) {
+        const float *k = j->keys + w * d;
+        float s = 0;
+        for (uint32_t h = 0; h < j->hp->idx_n_head; h++) {
+            float dot = j->dot(d, k, j->q + (size_t)h * d);
+            if (dot > 0) s += dot * scale * j->wts[h];
+        }
+        j->out[w] = s;
+    }
 }
 
-static uint32_t indexer_select(const ds4_hparams *hp, const ds4_comp_state *keys, uint32_t n_vis, const float *q,
-                               const float *wts, uint32_t *sel, scored *tmp) {
+/* Indexer selection for a query: the top-k visible compressed entries by
+ * sum_h w_h * relu(q_h . K_w); ties keep the lower index. Scores are
+ * computed in parallel over the entries. */
+static uint32_t indexer_select(ds4_pool *pool, const ds4_hparams *hp, const ds4_comp_state *keys, uint32_t n_vis,
+                               const float *q, const float *wts, uint32_t *sel, float *scores, ds4_scored *tmp) {
     if (n_vis <= hp->idx_topk) {
         for (uint32_t i = 0; i < n_vis; i++) sel[i] = i;
         return n_vis;
     }
-    uint32_t d = hp->idx_head_dim;
-    float scale = 1.0f / sqrtf((float)d);
-    for (uint32_t w = 0; w < n_vis; w++) {
-        const float *k = keys->rows + (size_t)w * d;
-        float s = 0;
-        for (uint32_t h = 0; h < hp->idx_n_head; h++) {
-            float dot = ds4_dot_f32(q + (size_t)h * d, k, d);
-            if (dot > 0) s += dot * scale * wts[h];
-        }
-        tmp[w].score = s;
-        tmp[w].index = w;
-    }
-    qsort(tmp, n_vis, sizeof *tmp, cmp_scored);
-    for (uint32_t i = 0; i < hp->idx_topk; i++) sel[i] = tmp[i].index;
-    return hp->idx_topk;
+    score_job j = {hp, keys->rows, q, wts, scores, ds4_dot_f32_get(GGML_TYPE_F32)};
+    ds4_pool_run(pool, n_vis, 256, score_keys, &j);
+    return ds4_topk_indices(scores, n_vis, hp->idx_topk, sel, tmp);
 }
 
 /* One query token against its candidates, all heads. */
@@ -76,6 +79,7 @@ typedef struct {
     const float *q;      /* H x hd */
     const float *sinks;  /* H */
     const float **rows;  /* candidate K=V rows */
+    ds4_dot_f32_fn dot;
     uint32_t n_rows;
     float *out;          /* H x hd */
     float *scores;       /* n_threads x n_rows */
@@ -90,7 +94,7 @@ static void attn_heads(void *ctx, uint64_t h0, uint64_t h1, int thread) {
         const float *q = j->q + h * hd;
         float m = j->sinks[h];
         for (uint32_t i = 0; i < j->n_rows; i++) {
-            sc[i] = ds4_dot_f32(q, j->rows[i], hd) * scale;
+            sc[i] = j->dot(hd, j->rows[i], q) * scale;
             if (sc[i] > m) m = sc[i];
         }
         float den = expf(j->sinks[h] - m);
@@ -186,14 +190,16 @@ int ds4_attention(const ds4_net *net, ds4_state *st, uint32_t il, bool official,
     const float **rows = malloc(max_rows * sizeof *rows);
     float *scores = malloc((size_t)n_threads * max_rows * sizeof(float));
     uint32_t *sel = NULL;
-    scored *tmp = NULL;
+    ds4_scored *tmp = NULL;
+    float *iscores = NULL;
     if (ratio == 4) {
         uint64_t max_keys = ls->idx.n_rows + n / 4 + 1;
         sel = malloc(max_keys * sizeof *sel);
         tmp = malloc(max_keys * sizeof *tmp);
+        iscores = malloc(max_keys * sizeof *iscores);
     }
     int rc = 0;
-    if (!rows || !scores || (ratio == 4 && (!sel || !tmp))) {
+    if (!rows || !scores || (ratio == 4 && (!sel || !tmp || !iscores))) {
         rc = ds4_fail(err, "out of memory for attention candidates");
         goto done;
     }
@@ -214,14 +220,15 @@ int ds4_attention(const ds4_net *net, ds4_state *st, uint32_t il, bool official,
             uint32_t n_vis = (uint32_t)((p + 1) / ratio);
             if (ratio == 4) {
                 uint32_t IH = hp->idx_n_head;
-                uint32_t k = indexer_select(hp, &ls->idx, n_vis, iq + (size_t)t * IH * hp->idx_head_dim, iw + (size_t)t * IH,
-                                            sel, tmp);
+                uint32_t k = indexer_select(net->pool, hp, &ls->idx, n_vis, iq + (size_t)t * IH * hp->idx_head_dim, iw + (size_t)t * IH,
+                                            sel, iscores, tmp);
                 for (uint32_t i = 0; i < k; i++) rows[n_rows++] = ls->comp.rows + (size_t)sel[i] * hd;
             } else {
                 for (uint32_t i = 0; i < n_vis; i++) rows[n_rows++] = ls->comp.rows + (size_t)i * hd;
             }
         }
-        attn_job job = {hp, q + (size_t)t * qdim, (const float *)lw->sinks.data, rows, n_rows, att + (size_t)t * qdim, scores};
+        attn_job job = {hp,     q + (size_t)t * qdim,   (const float *)lw->sinks.data, rows, ds4_dot_f32_get(GGML_TYPE_F32),
+                        n_rows, att + (size_t)t * qdim, scores};
         ds4_pool_run(net->pool, H, 1, attn_heads, &job);
         const float *c = cs + (size_t)t * 2 * np;
         for (uint32_t h = 0; h < H; h++) ds4_rope_apply(att + (size_t)t * qdim + (size_t)h * hd, hd, np, c, c + np, 1);
@@ -240,5 +247,6 @@ done:
     free(scores);
     free(sel);
     free(tmp);
+    free(iscores);
     return rc;
 }

@@ -3,13 +3,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compute/ops.h"
 #include "formats/ggml_types.h"
-#include "util/half.h"
+#include "formats/quant.h"
 
-bool ds4_linear_type_ok(uint32_t type) {
-    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
-}
+static bool is_float_type(uint32_t t) { return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16; }
+
+bool ds4_linear_type_ok(uint32_t type) { return ds4_quant_supported(type) && type != GGML_TYPE_Q8_K; }
 
 uint64_t ds4_linear_types(void) {
     uint64_t m = 0;
@@ -18,69 +17,83 @@ uint64_t ds4_linear_types(void) {
     return m;
 }
 
-static void row_to_f32(uint32_t type, const uint8_t *src, float *dst, uint64_t n) {
-    switch (type) {
-    case GGML_TYPE_F32:
-        memcpy(dst, src, n * sizeof(float));
-        break;
-    case GGML_TYPE_F16: {
-        const uint16_t *h = (const uint16_t *)src;
-        for (uint64_t i = 0; i < n; i++) dst[i] = ds4_f16_to_f32(h[i]);
-        break;
-    }
-    case GGML_TYPE_BF16: {
-        const uint16_t *h = (const uint16_t *)src;
-        for (uint64_t i = 0; i < n; i++) dst[i] = ds4_bf16_to_f32(h[i]);
-        break;
-    }
-    default:
-        /* ds4_linear_type_ok is checked at load; reaching this is a bug. */
-        abort();
-    }
+void ds4_tensor_row_f32(const ds4_tensor *w, uint64_t r, float *out) {
+    ds4_dequantize_row(w->type, w->data + r * w->row_bytes, out, (int64_t)w->ne[0]);
 }
 
-void ds4_tensor_row_f32(const ds4_tensor *w, uint64_t r, float *out) {
-    row_to_f32(w->type, w->data + r * w->row_bytes, out, w->ne[0]);
-}
+/* Tokens per inner block: their activations stay in cache while a group of
+ * weight rows is applied to each of them, so every weight row is read from
+ * memory once per call however many tokens there are. */
+#define TOKEN_BLOCK 32
 
 typedef struct {
     const ds4_tensor *w;
     uint64_t r0;
-    const float *x;
-    uint64_t x_stride;
     uint32_t n_tok;
     float *y;
     uint64_t y_stride;
+    /* float weights: f32 activations; quantized weights: activations in the
+     * weight type's activation format, act_bytes apart */
+    const float *x;
+    uint64_t x_stride;
+    const uint8_t *act;
+    size_t act_bytes;
+    ds4_dot_f32_fn dot_f32;
+    ds4_vec_dot_fn vec_dot;
 } linear_job;
 
 static void linear_task(void *ctx, uint64_t begin, uint64_t end, int thread) {
     (void)thread;
     const linear_job *j = ctx;
-    uint64_t n_in = j->w->ne[0];
-    float *buf = NULL;
-    if (j->w->type != GGML_TYPE_F32) {
-        buf = malloc(n_in * sizeof(float));
-        if (!buf) abort();
-    }
-    for (uint64_t i = begin; i < end; i++) {
-        uint64_t r = j->r0 + i;
-        const float *row;
-        if (buf) {
-            row_to_f32(j->w->type, j->w->data + r * j->w->row_bytes, buf, n_in);
-            row = buf;
-        } else {
-            row = (const float *)(j->w->data + r * j->w->row_bytes);
+    int64_t n_in = (int64_t)j->w->ne[0];
+    for (uint32_t t0 = 0; t0 < j->n_tok; t0 += TOKEN_BLOCK) {
+        uint32_t t1 = t0 + TOKEN_BLOCK < j->n_tok ? t0 + TOKEN_BLOCK : j->n_tok;
+        for (uint64_t i = begin; i < end; i++) {
+            const uint8_t *row = j->w->data + (j->r0 + i) * j->w->row_bytes;
+            if (j->dot_f32)
+                for (uint32_t t = t0; t < t1; t++) j->y[t * j->y_stride + i] = j->dot_f32(n_in, row, j->x + t * j->x_stride);
+            else
+                for (uint32_t t = t0; t < t1; t++) j->y[t * j->y_stride + i] = j->vec_dot(n_in, row, j->act + t * j->act_bytes);
         }
-        for (uint32_t t = 0; t < j->n_tok; t++)
-            j->y[t * j->y_stride + i] = ds4_dot_f32(row, j->x + t * j->x_stride, (uint32_t)n_in);
     }
-    free(buf);
+}
+
+typedef struct {
+    uint32_t type;
+    int64_t n;
+    const float *x;
+    uint64_t x_stride;
+    uint8_t *act;
+    size_t act_bytes;
+} act_job;
+
+static void act_task(void *ctx, uint64_t begin, uint64_t end, int thread) {
+    (void)thread;
+    const act_job *a = ctx;
+    for (uint64_t t = begin; t < end; t++) ds4_quantize_act(a->type, a->x + t * a->x_stride, a->act + t * a->act_bytes, a->n);
 }
 
 void ds4_linear_rows(ds4_pool *pool, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, const float *x,
                      uint64_t x_stride, uint32_t n_tok, float *y, uint64_t y_stride) {
-    linear_job j = {w, r0, x, x_stride, n_tok, y, y_stride};
-    ds4_pool_run(pool, n_rows, 16, linear_task, &j);
+    linear_job j = {.w = w, .r0 = r0, .n_tok = n_tok, .y = y, .y_stride = y_stride, .x = x, .x_stride = x_stride};
+    uint8_t *act = NULL;
+    if (is_float_type(w->type)) {
+        j.dot_f32 = ds4_dot_f32_get(w->type);
+    } else {
+        /* Quantize each token's activations once for all rows. */
+        j.vec_dot = ds4_vec_dot_get(w->type);
+        j.act_bytes = ds4_act_row_bytes(w->type, (int64_t)w->ne[0]);
+        act = malloc(j.act_bytes * n_tok);
+        if (!act) abort();
+        act_job a = {w->type, (int64_t)w->ne[0], x, x_stride, act, j.act_bytes};
+        ds4_pool_run(pool, n_tok, 4, act_task, &a);
+        j.act = act;
+    }
+    /* Big enough tasks that each streams a few KB of weights, small enough
+     * that every thread gets several. */
+    uint64_t grain = w->row_bytes >= 8192 ? 4 : 16;
+    ds4_pool_run(pool, n_rows, grain, linear_task, &j);
+    free(act);
 }
 
 void ds4_linear(ds4_pool *pool, const ds4_tensor *w, const float *x, uint32_t n_tok, float *y) {

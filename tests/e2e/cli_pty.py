@@ -15,7 +15,7 @@ binary, model = sys.argv[1], sys.argv[2]
 pid, fd = pty.fork()
 if pid == 0:
     os.environ["HOME"] = os.environ.get("TMPDIR", "/tmp")
-    os.execv(binary, [binary, "-m", model, "--temp", "0", "-c", "4096", "--nothink", "-t", "2", "-n", "300"])
+    os.execv(binary, [binary, "-m", model, "--temp", "0", "-c", "2048", "--nothink", "-t", "2"])
 
 buf = b""
 

@@ -5,15 +5,7 @@
 # a seed reproduces, and an interactive session (driven through a
 # pseudo-terminal) streams, obeys commands and survives Ctrl+C.
 set -eu
-BIN=${DS4_BIN:?}
-SRC=${DS4_TINY_DIR:-$(dirname "$0")/../../../shared/models/ds4-tiny}
-if [ ! -f "$SRC/model.safetensors" ]; then
-    echo "ds4-tiny not present at $SRC"
-    exit 77
-fi
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-"$BIN/ds4-convert" "$SRC" "$TMP/tiny.gguf" --type bf16 2>/dev/null
+. "$(dirname "$0")/lib_tiny.sh"
 M=$TMP/tiny.gguf
 
 # one-shot, BOS + raw text (reference 1 of TRAINING.md)

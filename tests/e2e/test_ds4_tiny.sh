@@ -3,15 +3,7 @@
 # reproduces the three reference greedy generations of transformers, token
 # for token (prompt = BOS + raw text ids, --numerics hf).
 set -eu
-BIN=${DS4_BIN:?}
-SRC=${DS4_TINY_DIR:-$(dirname "$0")/../../../shared/models/ds4-tiny}
-if [ ! -f "$SRC/model.safetensors" ]; then
-    echo "ds4-tiny not present at $SRC"
-    exit 77
-fi
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-"$BIN/ds4-convert" "$SRC" "$TMP/tiny.gguf" --type bf16 2>/dev/null
+. "$(dirname "$0")/lib_tiny.sh"
 check() {
     got=$("$BIN/ds4" -m "$TMP/tiny.gguf" --tokens "$1" --numerics hf -n 40 --temp 0)
     [ "$got" = "$2" ] || { echo "prompt $1:"; echo " got  $got"; echo " want $2"; exit 1; }

@@ -1,0 +1,476 @@
+/* IQ2_XXS: 2.06 bits per weight. Each group of 8 values is one of 256
+ * magnitude patterns (levels 8, 25, 43) with an even number of sign flips,
+ * and each 32 values share a 4-bit scale on top of an fp16 super-block
+ * scale. Tables: iq2_tables.c. */
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "formats/quant/internal.h"
+
+/* ======================================================================
+ * Dequantization (bit-exact with ggml)
+ * ====================================================================== */
+
+void ds4_iq2_xxs_dequantize(const void *src, float *dst, int64_t n) {
+    const ds4_block_iq2_xxs *b = src;
+    for (int64_t i = 0; i < n / DS4_QK_K; i++, b++) {
+        const float d = ds4_q_half(b->d);
+        for (int ib = 0; ib < 8; ib++) {
+            const uint32_t aux = ds4_iq2xxs_aux(b, ib);
+            const float db = d * (0.5f + (float)(aux >> 28)) * 0.25f;
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *g = ds4_iq2xxs_grid[b->qs[8 * ib + k]];
+                const uint8_t s = ds4_iq2_signs[(aux >> (7 * k)) & 127];
+                for (int t = 0; t < 8; t++) {
+                    const float v = db * (float)g[t];
+                    dst[32 * ib + 8 * k + t] = (s >> t) & 1 ? -v : v;
+                }
+            }
+        }
+        dst += DS4_QK_K;
+    }
+}
+
+/* ======================================================================
+ * Quantization
+ *
+ * Work in magnitude space: y = |x|, with the sign pattern taken from x.
+ * A group needs an even number of negatives, so in an odd group the value
+ * that costs least to get wrong (smallest w*x^2) keeps the opposite sign;
+ * its target magnitude becomes -|x|.
+ *
+ * Per 32-value sub-block the scale u (value = u * magnitude) and the four
+ * grid patterns are found together: for a sweep of trial u, every group
+ * takes the level pattern nearest to y/u, or, when that pattern is not in
+ * the grid, the best of the grid patterns near it (weighted error, real
+ * levels 8/25/43); least squares then gives the best u for those patterns.
+ * The best trial is polished by re-picking and refitting.
+ *
+ * Then u must become d * (2l+1)/8 with one fp16 d per super-block and a
+ * 4-bit l per sub-block. With the patterns fixed each sub-block's error is
+ * a quadratic in u, so d is chosen (several starts, alternating code
+ * choice and a 1-D least-squares refit) against those exact quadratics,
+ * and finally the patterns are re-picked for the u actually stored and the
+ * codes re-chosen for the new patterns, keeping the best block produced.
+ * ====================================================================== */
+
+#define IQ2_NCODES 6561 /* 3^8 level patterns */
+
+/* pattern (base-3 index) -> grid index, or -1; and for off-grid patterns
+ * the grid entries within squared level distance dmin+2 of it (grid
+ * patterns all have an even level sum, so distances to one pattern share a
+ * parity and dmin+2 is the next possible distance). */
+static struct {
+    float mag[256][8]; /* the grid as floats, for the error sums */
+    int16_t on_grid[IQ2_NCODES];
+    uint32_t first[IQ2_NCODES + 1];
+    uint8_t *near;
+} g_iq2;
+static pthread_once_t g_iq2_once = PTHREAD_ONCE_INIT;
+
+static int level_of(uint16_t code, int t) { return (code >> (2 * t)) & 3; }
+
+static void iq2_build(void) {
+    int lv[256][8];
+    for (int g = 0; g < 256; g++)
+        for (int t = 0; t < 8; t++) lv[g][t] = level_of(ds4_iq2xxs_codes[g], t);
+    for (int g = 0; g < 256; g++)
+        for (int t = 0; t < 8; t++) g_iq2.mag[g][t] = ds4_iq2xxs_grid[g][t];
+    for (int c = 0; c < IQ2_NCODES; c++) g_iq2.on_grid[c] = -1;
+    for (int g = 0; g < 256; g++) {
+        int c = 0;
+        for (int t = 7; t >= 0; t--) c = 3 * c + lv[g][t];
+        g_iq2.on_grid[c] = (int16_t)g;
+    }
+    /* two passes: count, then fill */
+    uint8_t *near = NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        uint32_t total = 0;
+        for (int c = 0; c < IQ2_NCODES; c++) {
+            g_iq2.first[c] = total;
+            if (g_iq2.on_grid[c] >= 0) continue;
+            int p[8], dist[256], dmin = 1 << 30;
+            for (int t = 0, r = c; t < 8; t++, r /= 3) p[t] = r % 3;
+            for (int g = 0; g < 256; g++) {
+                int d2 = 0;
+                for (int t = 0; t < 8; t++) d2 += (lv[g][t] - p[t]) * (lv[g][t] - p[t]);
+                dist[g] = d2;
+                if (d2 < dmin) dmin = d2;
+            }
+            for (int g = 0; g < 256; g++)
+                if (dist[g] <= dmin + 2) {
+                    if (near) near[total] = (uint8_t)g;
+                    total++;
+                }
+        }
+        g_iq2.first[IQ2_NCODES] = total;
+        if (pass == 0) {
+            near = malloc(total);
+            if (!near) abort(); /* about 110 KB, allocated once */
+        }
+    }
+    g_iq2.near = near;
+}
+
+/* Level pattern (base-3 index) nearest to y/u, value by value. */
+static int iq2_pattern(const float *y, float u) {
+    int c = 0;
+    for (int t = 7; t >= 0; t--) {
+        /* boundaries halfway between 8u, 25u, 43u */
+        const float a = y[t];
+        c = 3 * c + (a > 34.0f * u ? 2 : a > 16.5f * u ? 1 : 0);
+    }
+    return c;
+}
+
+/* Best grid entry for a group whose nearest pattern is c: c itself when it
+ * is in the grid (then it is optimal), else the grid entry near c with the
+ * least weighted error at scale u. y: target magnitudes, w: weights. */
+static int iq2_search(int c, const float *y, const float *w, float u) {
+    const int g0 = g_iq2.on_grid[c];
+    if (g0 >= 0) return g0;
+    float best = FLT_MAX;
+    int bg = 0;
+    for (uint32_t j = g_iq2.first[c]; j < g_iq2.first[c + 1]; j++) {
+        const float *m = g_iq2.mag[g_iq2.near[j]];
+        float e8[8];
+        for (int t = 0; t < 8; t++) {
+            const float diff = u * m[t] - y[t];
+            e8[t] = w[t] * diff * diff;
+        }
+        /* a fixed tree order, which the compiler may keep in vector lanes */
+        const float e = ((e8[0] + e8[4]) + (e8[2] + e8[6])) + ((e8[1] + e8[5]) + (e8[3] + e8[7]));
+        if (e < best) {
+            best = e;
+            bg = g_iq2.near[j];
+        }
+    }
+    return bg;
+}
+
+static int iq2_pick(const float *y, const float *w, float u) { return iq2_search(iq2_pattern(y, u), y, w, u); }
+
+/* Weighted moments of a sub-block for chosen patterns: error(u) =
+ * A u^2 - 2 P u + R. */
+typedef struct {
+    double A, P, R;
+} iq2_mom;
+
+static iq2_mom iq2_moments(const float *y, const float *w, const uint8_t *g4) {
+    iq2_mom m = {0, 0, 0};
+    for (int k = 0; k < 4; k++) {
+        const uint8_t *mag = ds4_iq2xxs_grid[g4[k]];
+        for (int t = 0; t < 8; t++) {
+            const double wi = w[8 * k + t], gi = mag[t], yi = y[8 * k + t];
+            m.A += wi * gi * gi;
+            m.P += wi * gi * yi;
+            m.R += wi * yi * yi;
+        }
+    }
+    return m;
+}
+
+static double iq2_err(const iq2_mom *m, double u) { return m->A * u * u - 2 * m->P * u + m->R; }
+
+/* Magnitude the sub-block's largest value is mapped to, per trial. */
+#define IQ2_NTRIAL 16
+static const float k_trial_top[IQ2_NTRIAL] = {
+    7.5f, 9.0f, 12.0f, 16.0f, 20.0f, 25.0f, 29.0f, 32.5f, 35.5f, 38.0f, 40.0f, 42.0f, 44.0f, 46.5f, 50.0f, 55.0f};
+
+/* Continuous scale and patterns of one sub-block. */
+static void iq2_fit_sub(const float *y, const float *w, uint8_t g4[4], iq2_mom *mom) {
+    float ymax = 0.0f;
+    for (int i = 0; i < 32; i++) ymax = ds4_maxf(y[i], ymax);
+    memset(g4, 0, 4);
+    *mom = iq2_moments(y, w, g4);
+    if (!(ymax > 0.0f)) return;
+    double best = DBL_MAX;
+    uint8_t cand[4];
+    /* trial scales: the largest magnitude lands anywhere from just below
+     * the lowest level (flat sub-blocks are best served by the all-8
+     * pattern) to well above the top one (clipping a lone outlier),
+     * densest around the top level where gaussian-like data ends up */
+    for (int t = 0; t < IQ2_NTRIAL; t++) {
+        const float u = ymax / k_trial_top[t];
+        for (int k = 0; k < 4; k++) cand[k] = (uint8_t)iq2_pick(y + 8 * k, w + 8 * k, u);
+        iq2_mom m = iq2_moments(y, w, cand);
+        if (!(m.A > 0)) continue;
+        const double us = fmax(m.P / m.A, 0.0);
+        const double e = iq2_err(&m, us);
+        if (e < best) {
+            best = e;
+            memcpy(g4, cand, 4);
+            *mom = m;
+        }
+    }
+    for (int it = 0; it < 3; it++) {
+        if (!(mom->A > 0) || !(mom->P > 0)) break;
+        const float u = (float)(mom->P / mom->A);
+        for (int k = 0; k < 4; k++) cand[k] = (uint8_t)iq2_pick(y + 8 * k, w + 8 * k, u);
+        if (memcmp(cand, g4, 4) == 0) break;
+        iq2_mom m = iq2_moments(y, w, cand);
+        const double e = iq2_err(&m, fmax(m.P / m.A, 0.0));
+        if (!(e < best)) break;
+        best = e;
+        memcpy(g4, cand, 4);
+        *mom = m;
+    }
+}
+
+/* u of code l under super-block scale d, computed as the decoder does. */
+static float iq2_u(float d, int l) { return d * (0.5f + (float)l) * 0.25f; }
+
+/* Best 4-bit code for a sub-block with moments m at super-block scale d:
+ * the error is a parabola in u, so the code whose u is nearest the
+ * parabola's minimum wins. */
+static int iq2_code_for(const iq2_mom *m, float d) {
+    if (!(d > 0.0f) || !(m->A > 0)) return 0;
+    const double ustar = m->P / m->A;
+    int l = (int)lrint((8.0 * ustar / d - 1.0) / 2.0);
+    l = l < 0 ? 0 : l > 15 ? 15 : l;
+    int best = l;
+    double be = iq2_err(m, iq2_u(d, l));
+    for (int c = l - 1; c <= l + 1; c += 2) {
+        if (c < 0 || c > 15) continue;
+        const double e = iq2_err(m, iq2_u(d, c));
+        if (e < be) {
+            be = e;
+            best = c;
+        }
+    }
+    return best;
+}
+
+/* Super-block scale (fp16 bits) and codes for fixed patterns. */
+static uint16_t iq2_choose_d(const iq2_mom mom[8], uint8_t l8[8]) {
+    double umax = 0.0;
+    for (int ib = 0; ib < 8; ib++)
+        if (mom[ib].A > 0) umax = fmax(umax, mom[ib].P / mom[ib].A);
+    if (!(umax > 0.0)) {
+        memset(l8, 0, 8);
+        return 0;
+    }
+    static const double starts[] = {1.0, 0.96, 0.92, 0.88, 1.04};
+    double best = DBL_MAX;
+    uint16_t best_h = 0;
+    for (size_t s = 0; s < sizeof starts / sizeof starts[0]; s++) {
+        double d = 8.0 * umax / (31.0 * starts[s]);
+        for (int it = 0; it < 4; it++) {
+            const uint16_t h = ds4_f32_to_f16((float)d);
+            const float dh = ds4_f16_to_f32(h);
+            uint8_t l[8];
+            double e = 0.0, num = 0.0, den = 0.0;
+            for (int ib = 0; ib < 8; ib++) {
+                l[ib] = (uint8_t)iq2_code_for(&mom[ib], dh);
+                e += iq2_err(&mom[ib], iq2_u(dh, l[ib]));
+                const double c = (2.0 * l[ib] + 1.0) / 8.0;
+                num += mom[ib].P * c;
+                den += mom[ib].A * c * c;
+            }
+            if (e < best) {
+                best = e;
+                best_h = h;
+                memcpy(l8, l, 8);
+            }
+            if (!(den > 0) || !(num > 0)) break;
+            const double nd = num / den;
+            if (nd == d) break;
+            d = nd;
+        }
+    }
+    return best_h;
+}
+
+static void iq2_weights(const float *x, const float *imp, float *w) {
+    double sx2 = 0.0;
+    for (int i = 0; i < DS4_QK_K; i++) sx2 += (double)x[i] * x[i];
+    const float sigma2 = (float)(sx2 / DS4_QK_K);
+    for (int i = 0; i < DS4_QK_K; i++) {
+        const float base = sqrtf(sigma2 + x[i] * x[i]);
+        w[i] = imp ? imp[i] * base : base;
+    }
+    for (int ib = 0; ib < 8; ib++) {
+        float sw = 0.0f;
+        for (int i = 0; i < 32; i++) sw += w[32 * ib + i];
+        if (!(sw > 0.0f) || !isfinite(sw))
+            for (int i = 0; i < 32; i++) w[32 * ib + i] = 1.0f;
+    }
+}
+
+static void iq2_pack(ds4_block_iq2_xxs *b, uint16_t d, const uint8_t g[32], const uint8_t sign7[32],
+                     const uint8_t l8[8]) {
+    b->d = d;
+    for (int ib = 0; ib < 8; ib++) {
+        uint32_t aux = (uint32_t)l8[ib] << 28;
+        for (int k = 0; k < 4; k++) {
+            b->qs[8 * ib + k] = g[4 * ib + k];
+            aux |= (uint32_t)sign7[4 * ib + k] << (7 * k);
+        }
+        memcpy(b->qs + 8 * ib + 4, &aux, 4);
+    }
+}
+
+static void iq2_quantize_block(const float *x, const float *imp, ds4_block_iq2_xxs *out) {
+    float w[DS4_QK_K], y[DS4_QK_K], deq[DS4_QK_K];
+    uint8_t sign7[32], g[32], l8[8];
+    iq2_mom mom[8];
+    iq2_weights(x, imp, w);
+
+    for (int grp = 0; grp < 32; grp++) {
+        const float *xg = x + 8 * grp;
+        const float *wg = w + 8 * grp;
+        uint8_t s = 0;
+        int cheapest = 0;
+        for (int t = 0; t < 8; t++) {
+            y[8 * grp + t] = fabsf(xg[t]);
+            if (xg[t] < 0.0f) s |= (uint8_t)(1u << t);
+            if (wg[t] * xg[t] * xg[t] < wg[cheapest] * xg[cheapest] * xg[cheapest]) cheapest = t;
+        }
+        if (__builtin_popcount(s) & 1) {
+            s ^= (uint8_t)(1u << cheapest);
+            y[8 * grp + cheapest] = -y[8 * grp + cheapest];
+        }
+        sign7[grp] = s & 127; /* bit 7 is implied by parity */
+    }
+
+    for (int ib = 0; ib < 8; ib++) iq2_fit_sub(y + 32 * ib, w + 32 * ib, g + 4 * ib, &mom[ib]);
+
+    ds4_block_iq2_xxs cur;
+    double best = DBL_MAX;
+    for (int round = 0; round < 3; round++) {
+        const uint16_t dh = iq2_choose_d(mom, l8);
+        const float d = ds4_f16_to_f32(dh);
+        /* re-pick patterns for the scale each sub-block really gets, then
+         * the codes for the new patterns */
+        for (int ib = 0; ib < 8; ib++) {
+            const float u = iq2_u(d, l8[ib]);
+            for (int k = 0; k < 4; k++)
+                g[4 * ib + k] = (uint8_t)iq2_pick(y + 32 * ib + 8 * k, w + 32 * ib + 8 * k, u);
+            mom[ib] = iq2_moments(y + 32 * ib, w + 32 * ib, g + 4 * ib);
+            l8[ib] = (uint8_t)iq2_code_for(&mom[ib], d);
+        }
+        iq2_pack(&cur, dh, g, sign7, l8);
+        ds4_iq2_xxs_dequantize(&cur, deq, DS4_QK_K);
+        double e = 0.0;
+        for (int i = 0; i < DS4_QK_K; i++) {
+            const double diff = (double)x[i] - deq[i];
+            e += w[i] * diff * diff;
+        }
+        if (!(e < best)) break;
+        best = e;
+        *out = cur;
+    }
+}
+
+void ds4_iq2_xxs_quantize(const float *src, void *dst, int64_t n, const float *imp) {
+    pthread_once(&g_iq2_once, iq2_build);
+    ds4_block_iq2_xxs *b = dst;
+    for (int64_t i = 0; i < n / DS4_QK_K; i++)
+        iq2_quantize_block(src + i * DS4_QK_K, imp ? imp + i * DS4_QK_K : NULL, b + i);
+}
+
+/* ======================================================================
+ * Dot products against Q8_K activations
+ *
+ * sum = d * a * 1/8 * sum_ib (2 l_ib + 1) * sum_{k,t} grid * sign * y, all
+ * of it integer except the final scaling. Bound: per group of 32,
+ * |sum| <= 32*43*127; times 31 and 8 groups stays below 2^26.
+ * ====================================================================== */
+
+float ds4_iq2_xxs_dot_scalar(int64_t n, const void *w, const void *act) {
+    const ds4_block_iq2_xxs *x = w;
+    const ds4_block_q8_K *y = act;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / DS4_QK_K; i++) {
+        int isum = 0;
+        for (int ib = 0; ib < 8; ib++) {
+            const uint32_t aux = ds4_iq2xxs_aux(&x[i], ib);
+            int s = 0;
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *g = ds4_iq2xxs_grid[x[i].qs[8 * ib + k]];
+                const int8_t *a = y[i].qs + 32 * ib + 8 * k;
+                const int8_t *pm = ds4_iq2_sign_pm1[(aux >> (7 * k)) & 127];
+                for (int t = 0; t < 8; t++) s += g[t] * (pm[t] * a[t]);
+            }
+            isum += (int)(2 * (aux >> 28) + 1) * s;
+        }
+        sum += 0.125f * (ds4_q_half(x[i].d) * y[i].d) * (float)isum;
+    }
+    return sum;
+}
+
+#if DS4_QUANT_X86
+
+
+/* Two 8-byte grid rows in one 128-bit register. */
+DS4_TARGET_AVX2 static inline __m128i iq2_rows2(uint8_t g0, uint8_t g1) {
+    const __m128i lo = _mm_loadl_epi64((const __m128i *)ds4_iq2xxs_grid[g0]);
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(lo), (const double *)ds4_iq2xxs_grid[g1]));
+}
+
+/* Two 8-byte sign rows (+-1 bytes) in one 128-bit register. */
+DS4_TARGET_AVX2 static inline __m128i iq2_signs2(uint32_t i0, uint32_t i1) {
+    const __m128i lo = _mm_loadl_epi64((const __m128i *)ds4_iq2_sign_pm1[i0]);
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(lo), (const double *)ds4_iq2_sign_pm1[i1]));
+}
+
+/* Per group of 32: the four 8-byte grid rows and the four +-1 sign rows
+ * are loaded into registers, sign_epi8 moves the signs onto the
+ * activations (never -128), and maddubs multiplies the unsigned
+ * magnitudes (<= 43) by them: pair sums <= 2*43*127, no saturation. */
+DS4_TARGET_AVX2 float ds4_iq2_xxs_dot_avx2(int64_t n, const void *w, const void *act) {
+    const ds4_block_iq2_xxs *x = w;
+    const ds4_block_q8_K *y = act;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / DS4_QK_K; i++) {
+        __m256i sumi = _mm256_setzero_si256();
+        for (int ib = 0; ib < 8; ib++) {
+            const uint8_t *q = x[i].qs + 8 * ib;
+            const uint32_t aux = ds4_iq2xxs_aux(&x[i], ib);
+            const __m256i gv = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q[0], q[1])), iq2_rows2(q[2], q[3]), 1);
+            const __m256i sv = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(iq2_signs2(aux & 127, (aux >> 7) & 127)),
+                iq2_signs2((aux >> 14) & 127, (aux >> 21) & 127), 1);
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * ib));
+            const __m256i p16 = _mm256_maddubs_epi16(gv, _mm256_sign_epi8(a, sv));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, _mm256_set1_epi16((short)(2 * (aux >> 28) + 1))));
+        }
+        const float s = 0.125f * (ds4_half_f16c(x[i].d) * y[i].d);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return ds4_hsum256(acc);
+}
+
+/* AVX-512: two groups of 32 per register; the signs become a 64-bit mask
+ * under which the activations are negated (AVX-512 has no byte sign
+ * instruction). */
+DS4_TARGET_AVX512 float ds4_iq2_xxs_dot_avx512(int64_t n, const void *w, const void *act) {
+    const ds4_block_iq2_xxs *x = w;
+    const ds4_block_q8_K *y = act;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / DS4_QK_K; i++) {
+        __m512i sumi = _mm512_setzero_si512();
+        for (int ib = 0; ib < 8; ib += 2) {
+            const uint8_t *q0 = x[i].qs + 8 * ib, *q1 = q0 + 8;
+            const uint32_t a0 = ds4_iq2xxs_aux(&x[i], ib), a1 = ds4_iq2xxs_aux(&x[i], ib + 1);
+            const __m256i g0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q0[0], q0[1])), iq2_rows2(q0[2], q0[3]), 1);
+            const __m256i g1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q1[0], q1[1])), iq2_rows2(q1[2], q1[3]), 1);
+            const __m512i gv = _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1);
+            const __m256i s0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_signs2(a0 & 127, (a0 >> 7) & 127)), iq2_signs2((a0 >> 14) & 127, (a0 >> 21) & 127), 1);
+            const __m256i s1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_signs2(a1 & 127, (a1 >> 7) & 127)), iq2_signs2((a1 >> 14) & 127, (a1 >> 21) & 127), 1);
+            const __mmask64 neg = _mm512_movepi8_mask(_mm512_inserti64x4(_mm512_castsi256_si512(s0), s1, 1));
+            const __m512i a = _mm512_loadu_si512((const void *)(y[i].qs + 32 * ib));
+            const __m512i sa = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
+            const __m512i ls = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * (a0 >> 28) + 1))),
+                                                  _mm256_set1_epi16((short)(2 * (a1 >> 28) + 1)), 1);
+            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(gv, sa), ls);
+        }
+        const float s = 0.125f * (ds4_half_f16c(x[i].d) * y[i].d);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    return ds4_hsum512(acc);
+}
+
+#endif

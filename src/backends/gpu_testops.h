@@ -56,9 +56,9 @@ int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_expert, uint3
                        ds4_error *err);
 
 /* Routed experts plus the shared one: out = shared(x) + sum_k wts * expert(x).
- * Expert weights of `type`: gate, up [X][F][E], down [X][E][F]; shared
- * gate/up [F][E], down [E][F]. */
-int ds4_gpu_test_moe(uint32_t type, uint32_t n, uint32_t E, uint32_t F, uint32_t X, uint32_t k, float limit,
+ * gate, up [X][F][E] and shared gate/up [F][E] of type_up; down [X][E][F]
+ * and shared down [E][F] of type_down. */
+int ds4_gpu_test_moe(uint32_t type_up, uint32_t type_down, uint32_t n, uint32_t E, uint32_t F, uint32_t X, uint32_t k, float limit,
                      const void *gate, const void *up, const void *down, const void *sgate, const void *sup,
                      const void *sdown, const float *x, const int32_t *ids, const float *wts, float *out, ds4_error *err);
 

@@ -26,6 +26,8 @@ int main(void) {
 #include "backends/gpu.h"
 #include "backends/gpu_testops.h"
 #include "compute/compressor.h"
+#include "compute/linear.h"
+#include "formats/quant.h"
 #include "compute/mhc.h"
 #include "compute/ops.h"
 #include "formats/ggml_types.h"
@@ -135,6 +137,56 @@ static void test_linear(void) {
             CHECKF(same, "linear %s K=%u: one token differs from the batched result", ggml_type_name(type), K);
             free(wf), free(w), free(x), free(sc), free(y), free(y1), free(ref), free(got);
         }
+}
+
+/* Quantized weights: the GPU quantizes activations like the CPU and sums
+ * exact integer block products, so only the order of block sums differs. */
+static ds4_tensor qtensor(uint32_t type, const void *data, uint64_t ne0, uint64_t ne1, uint64_t ne2) {
+    ds4_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = "test";
+    t.type = type;
+    t.ne[0] = ne0, t.ne[1] = ne1, t.ne[2] = ne2, t.ne[3] = 1;
+    t.data = (const uint8_t *)data;
+    t.row_bytes = ds4_quant_row_bytes(type, (int64_t)ne0);
+    return t;
+}
+
+static void *quantized(uint32_t type, uint64_t K, uint64_t rows, float scale) {
+    float *src = randv(K * rows, scale);
+    size_t rb = ds4_quant_row_bytes(type, (int64_t)K);
+    uint8_t *q = malloc(rb * rows);
+    for (uint64_t r = 0; r < rows; r++) ds4_quantize_row(type, src + r * K, q + r * rb, (int64_t)K, NULL);
+    free(src);
+    return q;
+}
+
+static void test_linear_quant(void) {
+    const struct {
+        uint32_t type, K, rows, groups, n_tok;
+    } cases[] = {{GGML_TYPE_Q8_0, 96, 40, 1, 1},     {GGML_TYPE_Q8_0, 256, 33, 2, 5},   {GGML_TYPE_MXFP4, 64, 40, 1, 3},
+                 {GGML_TYPE_Q2_K, 512, 24, 1, 1},    {GGML_TYPE_Q2_K, 256, 17, 1, 6},   {GGML_TYPE_Q4_K, 256, 40, 2, 4},
+                 {GGML_TYPE_Q4_K, 1024, 9, 1, 1},    {GGML_TYPE_IQ2_XXS, 256, 40, 1, 5}, {GGML_TYPE_IQ2_XXS, 512, 8, 1, 1}};
+    ds4_pool *pool = ds4_pool_create(1);
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        uint32_t type = cases[c].type, K = cases[c].K, R = cases[c].rows, G = cases[c].groups, n = cases[c].n_tok;
+        uint64_t xs = (uint64_t)K * G, ys = (uint64_t)R * G;
+        void *w = quantized(type, K, (uint64_t)R * G, 1.0f / sqrtf((float)K));
+        float *x = randv(n * xs, 1.0f), *y = malloc(n * ys * 4), *ref = malloc(n * ys * 4), *y1 = malloc(ys * 4);
+        ds4_tensor t = qtensor(type, w, K, (uint64_t)R * G, 1);
+        for (uint32_t g = 0; g < G; g++) ds4_linear_rows(pool, &t, (uint64_t)g * R, R, x + g * K, xs, n, ref + g * R, ys);
+        GPU(ds4_gpu_test_linear(type, w, K, R, G, K, x, xs, NULL, n, y, ys, E_));
+        double e = rel_err_f(y, ref, n * ys);
+        CHECKF(e < 1e-6, "linear %s K=%u rows=%u groups=%u n=%u: rel err vs CPU %.3g", ggml_type_name(type), K, R, G, n, e);
+        int same = 1;
+        for (uint32_t tk = 0; tk < n; tk++) {
+            GPU(ds4_gpu_test_linear(type, w, K, R, G, K, x + tk * xs, xs, NULL, 1, y1, ys, E_));
+            for (uint32_t i = 0; i < ys; i++) same &= y1[i] == y[tk * ys + i];
+        }
+        CHECKF(same, "linear %s: one token differs from the batched result", ggml_type_name(type));
+        free(w), free(x), free(y), free(ref), free(y1);
+    }
+    ds4_pool_free(pool);
 }
 
 /* ---- row transforms ------------------------------------------------------------- */
@@ -529,7 +581,7 @@ static void test_moe(void) {
         float *x = randv((size_t)n * E, 1.0f), wts[12], *out = malloc((size_t)n * E * 4);
         int32_t ids[12] = {3, 1, 0, 7, 3, 5, 6, 2, 1, 3, 7, 0};
         for (int i = 0; i < 12; i++) wts[i] = 0.2f + uniform();
-        GPU(ds4_gpu_test_moe(type, n, E, F, X, K, limit, G, U, D, SG, SU, SD, x, ids, wts, out, E_));
+        GPU(ds4_gpu_test_moe(type, type, n, E, F, X, K, limit, G, U, D, SG, SU, SD, x, ids, wts, out, E_));
         double worst = 0;
         for (uint32_t t = 0; t < n; t++) {
             float acc[64], tmp[64];
@@ -552,6 +604,54 @@ static void test_moe(void) {
     }
 }
 
+/* Quantized experts against the CPU's linear products (n = 1 token rows). */
+static void test_moe_quant(void) {
+    uint32_t n = 5, E = 256, F = 256, X = 6, K = 2;
+    float limit = 10.0f;
+    const uint32_t types[][2] = {{GGML_TYPE_Q4_K, GGML_TYPE_Q4_K}, {GGML_TYPE_IQ2_XXS, GGML_TYPE_Q2_K},
+                                 {GGML_TYPE_Q8_0, GGML_TYPE_Q8_0}};
+    ds4_pool *pool = ds4_pool_create(1);
+    for (int ti = 0; ti < 3; ti++) {
+        uint32_t tu = types[ti][0], td = types[ti][1];
+        void *G = quantized(tu, E, (uint64_t)X * F, 3.0f / sqrtf((float)E)), *U = quantized(tu, E, (uint64_t)X * F, 3.0f / sqrtf((float)E));
+        void *D = quantized(td, F, (uint64_t)X * E, 1.0f / sqrtf((float)F));
+        void *SG = quantized(tu, E, F, 1.0f / sqrtf((float)E)), *SU = quantized(tu, E, F, 1.0f / sqrtf((float)E));
+        void *SD = quantized(td, F, E, 1.0f / sqrtf((float)F));
+        ds4_tensor tg = qtensor(tu, G, E, F, X), tup = qtensor(tu, U, E, F, X), tdn = qtensor(td, D, F, E, X);
+        ds4_tensor sg = qtensor(tu, SG, E, F, 1), su = qtensor(tu, SU, E, F, 1), sd = qtensor(td, SD, F, E, 1);
+        float *x = randv((size_t)n * E, 1.0f), wts[10], *out = malloc((size_t)n * E * 4);
+        int32_t ids[10] = {3, 1, 0, 5, 3, 4, 2, 1, 5, 0};
+        for (int i = 0; i < 10; i++) wts[i] = 0.2f + uniform();
+        GPU(ds4_gpu_test_moe(tu, td, n, E, F, X, K, limit, G, U, D, SG, SU, SD, x, ids, wts, out, E_));
+        double worst = 0;
+        for (uint32_t t = 0; t < n; t++) {
+            float acc[256], g[256], u[256], tmp[256];
+            double ref[256];
+            ds4_linear(pool, &sg, x + t * E, 1, g);
+            ds4_linear(pool, &su, x + t * E, 1, u);
+            ds4_swiglu_clamped(g, u, F, limit);
+            ds4_linear(pool, &sd, g, 1, acc);
+            uint32_t order[2] = {0, 1};
+            if (ids[t * K] > ids[t * K + 1]) order[0] = 1, order[1] = 0;
+            for (uint32_t k = 0; k < K; k++) {
+                uint32_t e = (uint32_t)ids[t * K + order[k]];
+                ds4_tensor eg = ds4_expert_slice(&tg, e), eu = ds4_expert_slice(&tup, e), ed = ds4_expert_slice(&tdn, e);
+                ds4_linear(pool, &eg, x + t * E, 1, g);
+                ds4_linear(pool, &eu, x + t * E, 1, u);
+                ds4_swiglu_clamped(g, u, F, limit);
+                ds4_linear(pool, &ed, g, 1, tmp);
+                ds4_axpy(acc, wts[t * K + order[k]], tmp, E);
+            }
+            for (uint32_t i = 0; i < E; i++) ref[i] = acc[i];
+            double e = rel_err(out + t * E, ref, E);
+            if (e > worst) worst = e;
+        }
+        CHECKF(worst < 1e-5, "moe %s/%s: worst token rel err vs CPU %.3g", ggml_type_name(tu), ggml_type_name(td), worst);
+        free(G), free(U), free(D), free(SG), free(SU), free(SD), free(x), free(out);
+    }
+    ds4_pool_free(pool);
+}
+
 int main(void) {
     ds4_error why = {{0}};
     if (!ds4_gpu_probe(&why)) {
@@ -564,6 +664,7 @@ int main(void) {
         return 77;
     }
     test_linear();
+    test_linear_quant();
     test_rows();
     test_mhc();
     test_compressor();
@@ -571,6 +672,7 @@ int main(void) {
     test_attention();
     test_route();
     test_moe();
+    test_moe_quant();
     if (!test_failures) printf("all CUDA kernels match the CPU references\n");
     return test_finish();
 }

@@ -52,6 +52,7 @@ struct ds4_gpu_session {
     float *qa, *q, *kv, *att, *low, *ck, *cz, *ik, *iz, *iq, *iw, *scores;
     float *lg, *wts, *h, *hs, *dx, *sh, *logits;
     int32_t *tok, *sel, *ids, *grp;
+    void *act; /* quantized activations for quantized weights */
     uint64_t score_stride;
 };
 
@@ -107,9 +108,10 @@ static int place_tensors(ds4_weights *w, uint32_t n_layer, uint8_t *dev, uint64_
     return 0;
 }
 
-static bool matrix_type_ok(uint32_t type) {
+static bool float_type(uint32_t type) {
     return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
 }
+static bool matrix_type_ok(uint32_t type) { return float_type(type) || k_quant_type(type); }
 
 /* The limits the kernels are written for, and the matrix types they read. */
 static int check_model(const ds4_hparams *hp, const ds4_weights *w, ds4_error *err) {
@@ -119,19 +121,28 @@ static int check_model(const ds4_hparams *hp, const ds4_weights *w, ds4_error *e
                         hp->hc, hp->n_expert_used, hp->n_expert, hp->head_dim);
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         ds4_layer_weights *l = &w->layers[il];
-        const ds4_tensor *mats[] = {&l->hc_attn.fn, &l->hc_ffn.fn, &l->q_a, &l->q_b, &l->kv, &l->out_a, &l->out_b,
-                                    &l->comp.kv, &l->comp.gate, &l->comp.ape, &l->idx_comp.kv, &l->idx_comp.gate,
-                                    &l->idx_comp.ape, &l->idx_q_b, &l->idx_proj, &l->gate_inp, &l->gate_exps,
-                                    &l->up_exps, &l->down_exps, &l->gate_shexp, &l->up_shexp, &l->down_shexp};
+        const ds4_tensor *mats[] = {&l->q_a, &l->q_b, &l->kv, &l->out_a, &l->out_b, &l->comp.kv, &l->comp.gate,
+                                    &l->idx_comp.kv, &l->idx_comp.gate, &l->idx_q_b, &l->idx_proj, &l->gate_inp,
+                                    &l->gate_exps, &l->up_exps, &l->down_exps, &l->gate_shexp, &l->up_shexp,
+                                    &l->down_shexp};
         for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
             if (mats[i]->data && !matrix_type_ok(mats[i]->type))
                 return ds4_fail(err, "CUDA backend: tensor '%s' has type %s, which the CUDA kernels cannot multiply yet",
                                 mats[i]->name, ggml_type_name(mats[i]->type));
+        /* read elementwise or with an activation scale: float types only */
+        const ds4_tensor *flt[] = {&l->hc_attn.fn, &l->hc_ffn.fn, &l->comp.ape, &l->idx_comp.ape};
+        for (size_t i = 0; i < sizeof flt / sizeof *flt; i++)
+            if (flt[i]->data && !float_type(flt[i]->type))
+                return ds4_fail(err, "CUDA backend: tensor '%s' has type %s; the CUDA kernels read it as F32, F16 or BF16",
+                                flt[i]->name, ggml_type_name(flt[i]->type));
     }
-    const ds4_tensor *top[] = {&w->tok_embd, &w->output, &w->hc_head.fn};
-    for (size_t i = 0; i < 3; i++)
-        if (!matrix_type_ok(top[i]->type))
-            return ds4_fail(err, "CUDA backend: tensor '%s' has type %s, which the CUDA kernels cannot read yet",
+    if (!matrix_type_ok(w->output.type))
+        return ds4_fail(err, "CUDA backend: tensor '%s' has type %s, which the CUDA kernels cannot multiply yet",
+                        w->output.name, ggml_type_name(w->output.type));
+    const ds4_tensor *top[] = {&w->tok_embd, &w->hc_head.fn};
+    for (size_t i = 0; i < 2; i++)
+        if (!float_type(top[i]->type))
+            return ds4_fail(err, "CUDA backend: tensor '%s' has type %s; the CUDA kernels read it as F32, F16 or BF16",
                             top[i]->name, ggml_type_name(top[i]->type));
     return 0;
 }
@@ -161,6 +172,10 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
     cudaError_t e;
     place_tensors(&g->w, hp->n_layer, NULL, &total, err);
     g->dev_bytes = total;
+    if ((e = k_quant_init()) != cudaSuccess) {
+        ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
+        goto fail;
+    }
     if ((e = cudaMemGetInfo(&free_b, &total_b)) != cudaSuccess) {
         ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
         goto fail;
@@ -285,6 +300,14 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->sh = TAKE_F(b, n * E);
     s->logits = TAKE_F(b, n * hp->n_vocab);
     s->tok = TAKE_I(b, n);
+    /* Quantized activations: at most 292/256 bytes per value, for the widest
+     * input of any product (routed down projections have n*K rows). */
+    uint64_t wide = E * hc;
+    uint64_t ins[] = {hp->q_lora, qdim, (uint64_t)hp->o_groups * hp->o_lora, hp->n_ff_exp};
+    for (size_t i = 0; i < sizeof ins / sizeof *ins; i++)
+        if (ins[i] > wide) wide = ins[i];
+    uint64_t act_values = n * wide > n * K * hp->n_ff_exp ? n * wide : n * K * hp->n_ff_exp;
+    s->act = take(b, act_values / 256 * 292 + 4096);
 }
 
 extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, ds4_error *err) {
@@ -401,6 +424,27 @@ static const float *rope_table(const fwd *f, bool compressed) {
 
 static const float *vec(const ds4_tensor *t) { return (const float *)t->data; }
 
+/* k_linear or, for quantized weights, k_qlinear with the session's
+ * activation scratch. */
+static cudaError_t lin(const fwd *f, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups, uint64_t x_group,
+                       const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y, uint64_t y_stride) {
+    if (k_quant_type(w->type))
+        return k_qlinear(f->s->st, w, r0, n_rows, groups, x_group, x, x_stride, xscale, n_tok, y, y_stride, f->s->act);
+    return k_linear(f->s->st, w, r0, n_rows, groups, x_group, x, x_stride, xscale, n_tok, y, y_stride);
+}
+
+static cudaError_t ffn_up(const fwd *f, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
+                          uint32_t n, uint32_t slots, const float *x, float limit, float *h) {
+    if (k_quant_type(gate->type)) return k_qffn_up(f->s->st, gate, up, grp, k, n, slots, x, limit, h, f->s->act);
+    return k_ffn_up(f->s->st, gate, up, grp, k, n, slots, x, limit, h);
+}
+
+static cudaError_t ffn_down(const fwd *f, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n,
+                            uint32_t slots, const float *h, float *out) {
+    if (k_quant_type(down->type)) return k_qffn_down(f->s->st, down, grp, k, n, slots, h, out, f->s->act);
+    return k_ffn_down(f->s->st, down, grp, n, slots, h, out);
+}
+
 /* y = collapse of the streams with the mixing weights of w (ds4_mhc_pre or,
  * for head, ds4_mhc_head) over n token rows of X. */
 static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, int head) {
@@ -409,7 +453,7 @@ static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, 
     ds4_error *err = f->err;
     uint32_t hc = hp->hc, E = hp->n_embd, n_mix = head ? hc : (2 + hc) * hc;
     CU(k_rms_inv(s->st, X, n, hc * E, hp->rms_eps, s->rinv));
-    CU(k_linear(s->st, &w->fn, 0, n_mix, 1, 0, X, (uint64_t)hc * E, s->rinv, n, s->mix, n_mix));
+    CU(lin(f, &w->fn, 0, n_mix, 1, 0, X, (uint64_t)hc * E, s->rinv, n, s->mix, n_mix));
     CU(k_mhc_coeffs(s->st, s->mix, n, hc, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters, head, s->pre,
                     s->post, s->comb));
     CU(k_mhc_collapse(s->st, X, s->pre, n, hc, E, s->y));
@@ -470,25 +514,25 @@ static int attention(fwd *f, uint32_t il) {
     uint64_t qdim = (uint64_t)H * hd;
     const float *x = s->y, *lrope = rope_table(f, ratio != 0);
 
-    CU(k_linear(st, &lw->q_a, 0, hp->q_lora, 1, 0, x, E, NULL, n, s->qa, hp->q_lora));
+    CU(lin(f, &lw->q_a, 0, hp->q_lora, 1, 0, x, E, NULL, n, s->qa, hp->q_lora));
     if (rows(f, s->qa, n, hp->q_lora, 1, 1, vec(&lw->q_a_norm), NULL, 0)) return -1;
-    CU(k_linear(st, &lw->q_b, 0, qdim, 1, 0, s->qa, hp->q_lora, NULL, n, s->q, qdim));
+    CU(lin(f, &lw->q_b, 0, qdim, 1, 0, s->qa, hp->q_lora, NULL, n, s->q, qdim));
     if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
-    CU(k_linear(st, &lw->kv, 0, hd, 1, 0, x, E, NULL, n, s->kv, hd));
+    CU(lin(f, &lw->kv, 0, hd, 1, 0, x, E, NULL, n, s->kv, hd));
     if (rows(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0)) return -1;
 
     if (ratio) {
         uint32_t cw = (ratio == 4 ? 2 : 1) * hd;
-        CU(k_linear(st, &lw->comp.kv, 0, cw, 1, 0, x, E, NULL, n, s->ck, cw));
-        CU(k_linear(st, &lw->comp.gate, 0, cw, 1, 0, x, E, NULL, n, s->cz, cw));
+        CU(lin(f, &lw->comp.kv, 0, cw, 1, 0, x, E, NULL, n, s->ck, cw));
+        CU(lin(f, &lw->comp.gate, 0, cw, 1, 0, x, E, NULL, n, s->cz, cw));
         if (compressor(f, &lw->comp, &ls->comp, ratio, hd, s->ck, s->cz, false)) return -1;
     }
     if (ratio == 4) {
         uint32_t d = hp->idx_head_dim, IH = hp->idx_n_head, iwd = 2 * d;
-        CU(k_linear(st, &lw->idx_comp.kv, 0, iwd, 1, 0, x, E, NULL, n, s->ik, iwd));
-        CU(k_linear(st, &lw->idx_comp.gate, 0, iwd, 1, 0, x, E, NULL, n, s->iz, iwd));
-        CU(k_linear(st, &lw->idx_q_b, 0, (uint64_t)IH * d, 1, 0, s->qa, hp->q_lora, NULL, n, s->iq, (uint64_t)IH * d));
-        CU(k_linear(st, &lw->idx_proj, 0, IH, 1, 0, x, E, NULL, n, s->iw, IH));
+        CU(lin(f, &lw->idx_comp.kv, 0, iwd, 1, 0, x, E, NULL, n, s->ik, iwd));
+        CU(lin(f, &lw->idx_comp.gate, 0, iwd, 1, 0, x, E, NULL, n, s->iz, iwd));
+        CU(lin(f, &lw->idx_q_b, 0, (uint64_t)IH * d, 1, 0, s->qa, hp->q_lora, NULL, n, s->iq, (uint64_t)IH * d));
+        CU(lin(f, &lw->idx_proj, 0, IH, 1, 0, x, E, NULL, n, s->iw, IH));
         if (rows(f, s->iq, n * IH, d, IH, 0, NULL, rope_table(f, true), f->official ? 2 : 0)) return -1;
         if (compressor(f, &lw->idx_comp, &ls->idx, 4, d, s->ik, s->iz, true)) return -1;
         CU(k_idx_scores(st, s->iq, s->iw, n, IH, d, ls->idx.rows, f->pos0, hp->idx_topk, s->scores, s->score_stride));
@@ -518,8 +562,8 @@ static int attention(fwd *f, uint32_t il) {
 
     /* grouped output projection: group g's heads through its o_lora rows of out_a */
     uint64_t gin = qdim / hp->o_groups, glow = (uint64_t)hp->o_groups * hp->o_lora;
-    CU(k_linear(st, &lw->out_a, 0, hp->o_lora, hp->o_groups, gin, s->att, qdim, NULL, n, s->low, glow));
-    CU(k_linear(st, &lw->out_b, 0, E, 1, 0, s->low, glow, NULL, n, s->o, E));
+    CU(lin(f, &lw->out_a, 0, hp->o_lora, hp->o_groups, gin, s->att, qdim, NULL, n, s->low, glow));
+    CU(lin(f, &lw->out_b, 0, E, 1, 0, s->low, glow, NULL, n, s->o, E));
     return 0;
 }
 
@@ -533,15 +577,15 @@ static int moe(fwd *f, uint32_t il) {
     uint32_t n = f->n, E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used;
     float limit = hp->swiglu_clamp[il];
     uint32_t slots = n * K < X ? n * K : X;
-    CU(k_linear(st, &lw->gate_inp, 0, X, 1, 0, s->y, E, NULL, n, s->lg, X));
+    CU(lin(f, &lw->gate_inp, 0, X, 1, 0, s->y, E, NULL, n, s->lg, X));
     bool hash = ds4_layer_is_hash(hp, il);
     CU(k_route(st, s->lg, n, X, K, s->tok, hash ? (const int32_t *)lw->tid2eid.data : NULL,
                hash ? NULL : vec(&lw->probs_bias), hp->expert_scale, s->ids, s->wts));
-    CU(k_ffn_up(st, &lw->gate_shexp, &lw->up_shexp, NULL, K, n, 1, s->y, limit, s->hs));
-    CU(k_ffn_down(st, &lw->down_shexp, NULL, n, 1, s->hs, s->sh));
+    CU(ffn_up(f, &lw->gate_shexp, &lw->up_shexp, NULL, K, n, 1, s->y, limit, s->hs));
+    CU(ffn_down(f, &lw->down_shexp, NULL, K, n, 1, s->hs, s->sh));
     CU(k_moe_group(st, s->ids, n * K, X, s->grp));
-    CU(k_ffn_up(st, &lw->gate_exps, &lw->up_exps, s->grp, K, n, slots, s->y, limit, s->h));
-    CU(k_ffn_down(st, &lw->down_exps, s->grp, n, slots, s->h, s->dx));
+    CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, slots, s->y, limit, s->h));
+    CU(ffn_down(f, &lw->down_exps, s->grp, K, n, slots, s->h, s->dx));
     CU(k_moe_combine(st, s->sh, s->dx, s->ids, s->wts, s->grp, n, K, X, E, s->o));
     return 0;
 }
@@ -573,7 +617,7 @@ static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint3
         uint32_t m = n - first;
         if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)first * hc * E, m, 1)) return -1;
         if (rows(&f, s->y, m, E, 1, 1, vec(&w->output_norm), NULL, 0)) return -1;
-        CU(k_linear(st, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
+        CU(lin(&f, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
         CU(cudaMemcpyAsync(out, s->logits, (size_t)m * hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st));
     }
     CU(cudaStreamSynchronize(st));

@@ -28,6 +28,25 @@ extern "C" {
 cudaError_t k_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups, uint64_t x_group,
                      const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y, uint64_t y_stride);
 
+/* Quantized weights (k_quant.cu): the same products for Q8_0, Q2_K, Q4_K,
+ * IQ2_XXS and MXFP4, with activations quantized first into `act` (device
+ * scratch of n_tok * groups * k_act_row_bytes(type, K) bytes) like the CPU
+ * does. k_quant_init uploads the IQ2_XXS tables (once per process). */
+cudaError_t k_quant_init(void);
+bool k_quant_type(uint32_t type);
+uint64_t k_act_row_bytes(uint32_t type, uint64_t K);
+cudaError_t k_quantize_act(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
+                           const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act);
+cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
+                      uint64_t x_group, const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y,
+                      uint64_t y_stride, void *act);
+/* k_ffn_up / k_ffn_down for quantized expert (or shared expert) weights;
+ * act holds n rows (up) or the h rows (down: n*k routed, n shared). */
+cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
+                      uint32_t n, uint32_t max_slots, const float *x, float limit, float *h, void *act);
+cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n,
+                        uint32_t max_slots, const float *h, float *out, void *act);
+
 /* ---- row transforms --------------------------------------------------------
  * Per row, in place and in this order: RMSNorm (weighted when norm_w),
  * RoPE on the last 2*n_pairs entries at position pos0 + row / rows_per_tok

@@ -47,7 +47,11 @@ static int dev(pool *pl, void **out, const void *src, size_t bytes, ds4_error *e
     } while (0)
 #define BACK(dst, src, bytes) RUN(cudaMemcpy((dst), (src), (bytes), cudaMemcpyDeviceToHost))
 
-static uint64_t row_bytes_of(uint32_t type, uint64_t K) { return K * (type == GGML_TYPE_F32 ? 4 : 2); }
+static uint64_t row_bytes_of(uint32_t type, uint64_t K) {
+    uint64_t b = 0;
+    ggml_nbytes(type, K, &b);
+    return b;
+}
 
 static ds4_tensor tensor(uint32_t type, const void *data, uint64_t ne0, uint64_t ne1, uint64_t ne2) {
     ds4_tensor t;
@@ -64,17 +68,24 @@ extern "C" int ds4_gpu_test_linear(uint32_t type, const void *w, uint32_t K, uin
                                    uint64_t x_group, const float *x, uint64_t x_stride, const float *xscale,
                                    uint32_t n_tok, float *y, uint64_t y_stride, ds4_error *err) {
     pool pl = {{0}, 0};
-    void *dw, *dx, *ds = NULL, *dy;
+    void *dw, *dx, *ds = NULL, *dy, *dact = NULL;
     uint64_t x_floats = (n_tok - 1) * x_stride + (groups - 1) * x_group + K;
     size_t ybytes = (size_t)n_tok * y_stride * 4;
+    bool quant = k_quant_type(type);
+    RUN(k_quant_init());
     DEV(dw, w, row_bytes_of(type, K) * rows * groups);
     DEV(dx, x, x_floats * 4);
     if (xscale) DEV(ds, xscale, n_tok * 4);
     DEV(dy, NULL, ybytes);
+    if (quant) DEV(dact, NULL, (size_t)n_tok * groups * k_act_row_bytes(type, K));
     {
         ds4_tensor t = tensor(type, dw, K, (uint64_t)rows * groups, 1);
-        RUN(k_linear(0, &t, 0, rows, groups, x_group, (const float *)dx, x_stride, (const float *)ds, n_tok, (float *)dy,
-                     y_stride));
+        if (quant)
+            RUN(k_qlinear(0, &t, 0, rows, groups, x_group, (const float *)dx, x_stride, (const float *)ds, n_tok,
+                          (float *)dy, y_stride, dact));
+        else
+            RUN(k_linear(0, &t, 0, rows, groups, x_group, (const float *)dx, x_stride, (const float *)ds, n_tok,
+                         (float *)dy, y_stride));
     }
     BACK(y, dy, ybytes);
     pool_free(&pl);
@@ -288,14 +299,20 @@ fail:
     return -1;
 }
 
-extern "C" int ds4_gpu_test_moe(uint32_t type, uint32_t n, uint32_t E, uint32_t F, uint32_t X, uint32_t k, float limit,
+extern "C" int ds4_gpu_test_moe(uint32_t type, uint32_t type_down, uint32_t n, uint32_t E, uint32_t F, uint32_t X, uint32_t k, float limit,
                                 const void *gate, const void *up, const void *down, const void *sgate, const void *sup,
                                 const void *sdown, const float *x, const int32_t *ids, const float *wts, float *out,
                                 ds4_error *err) {
     pool pl = {{0}, 0};
-    size_t eb = row_bytes_of(type, E) * F, fb = row_bytes_of(type, F) * E; /* one expert's up/gate and down */
-    void *dg, *du, *dd, *dsg, *dsu, *dsd, *dx, *dids, *dw, *dgrp, *dh, *dhs, *ddx, *dsh, *dout;
+    size_t eb = row_bytes_of(type, E) * F, fb = row_bytes_of(type_down, F) * E; /* one expert's up/gate and down */
+    void *dg, *du, *dd, *dsg, *dsu, *dsd, *dx, *dids, *dw, *dgrp, *dh, *dhs, *ddx, *dsh, *dout, *dact = NULL;
     uint32_t slots = n * k < X ? n * k : X;
+    bool quant = k_quant_type(type);
+    RUN(k_quant_init());
+    if (quant != k_quant_type(type_down)) {
+        ds4_fail(err, "testops: mixed float and quantized expert types");
+        goto fail;
+    }
     DEV(dg, gate, eb * X);
     DEV(du, up, eb * X);
     DEV(dd, down, fb * X);
@@ -311,15 +328,24 @@ extern "C" int ds4_gpu_test_moe(uint32_t type, uint32_t n, uint32_t E, uint32_t 
     DEV(ddx, NULL, (size_t)n * k * E * 4);
     DEV(dsh, NULL, (size_t)n * E * 4);
     DEV(dout, NULL, (size_t)n * E * 4);
+    if (quant) DEV(dact, NULL, (size_t)n * k * (E > F ? E : F) * 2 + 4096);
     {
-        ds4_tensor tg = tensor(type, dg, E, F, X), tu = tensor(type, du, E, F, X), td = tensor(type, dd, F, E, X);
-        ds4_tensor sg = tensor(type, dsg, E, F, 1), su = tensor(type, dsu, E, F, 1), sd = tensor(type, dsd, F, E, 1);
+        ds4_tensor tg = tensor(type, dg, E, F, X), tu = tensor(type, du, E, F, X), td = tensor(type_down, dd, F, E, X);
+        ds4_tensor sg = tensor(type, dsg, E, F, 1), su = tensor(type, dsu, E, F, 1), sd = tensor(type_down, dsd, F, E, 1);
         const float *fx = (const float *)dx;
-        RUN(k_ffn_up(0, &sg, &su, NULL, k, n, 1, fx, limit, (float *)dhs));
-        RUN(k_ffn_down(0, &sd, NULL, n, 1, (const float *)dhs, (float *)dsh));
+        const int32_t *grp = (const int32_t *)dgrp;
         RUN(k_moe_group(0, (const int32_t *)dids, n * k, X, (int32_t *)dgrp));
-        RUN(k_ffn_up(0, &tg, &tu, (const int32_t *)dgrp, k, n, slots, fx, limit, (float *)dh));
-        RUN(k_ffn_down(0, &td, (const int32_t *)dgrp, n, slots, (const float *)dh, (float *)ddx));
+        if (quant) {
+            RUN(k_qffn_up(0, &sg, &su, NULL, k, n, 1, fx, limit, (float *)dhs, dact));
+            RUN(k_qffn_down(0, &sd, NULL, k, n, 1, (const float *)dhs, (float *)dsh, dact));
+            RUN(k_qffn_up(0, &tg, &tu, grp, k, n, slots, fx, limit, (float *)dh, dact));
+            RUN(k_qffn_down(0, &td, grp, k, n, slots, (const float *)dh, (float *)ddx, dact));
+        } else {
+            RUN(k_ffn_up(0, &sg, &su, NULL, k, n, 1, fx, limit, (float *)dhs));
+            RUN(k_ffn_down(0, &sd, NULL, n, 1, (const float *)dhs, (float *)dsh));
+            RUN(k_ffn_up(0, &tg, &tu, grp, k, n, slots, fx, limit, (float *)dh));
+            RUN(k_ffn_down(0, &td, grp, n, slots, (const float *)dh, (float *)ddx));
+        }
         RUN(k_moe_combine(0, (const float *)dsh, (const float *)ddx, (const int32_t *)dids, (const float *)dw,
                           (const int32_t *)dgrp, n, k, X, E, (float *)dout));
     }

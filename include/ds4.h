@@ -80,6 +80,9 @@ ds4_backend ds4_model_backend(const ds4_model *m);
 const char *ds4_backend_name(ds4_backend b);
 /* Whether this build can run CUDA and a GPU is usable; when not, why. */
 bool ds4_cuda_available(ds4_error *why);
+/* The GPU's measured read bandwidth in bytes/s (best of several passes
+ * over a buffer much larger than its cache), for roofline reports. */
+int ds4_cuda_read_bandwidth(double *bytes_per_s, ds4_error *err);
 
 /* The tokenizer embedded in the model file, or NULL when it has none. */
 const ds4_tokenizer *ds4_model_tokenizer(const ds4_model *m);

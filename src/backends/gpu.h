@@ -25,6 +25,8 @@ typedef struct ds4_gpu_session ds4_gpu_session;
 /* True when the build has CUDA and a device answers; otherwise false with
  * the reason in why (when non-NULL). */
 bool ds4_gpu_probe(ds4_error *why);
+/* Best read bandwidth (bytes/s) of a few passes over a large buffer. */
+int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err);
 
 typedef struct ds4_gpu_model_opts {
     bool verbose;

@@ -12,6 +12,11 @@ bool ds4_gpu_probe(ds4_error *why) {
     return false;
 }
 
+int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err) {
+    *bytes_per_s = 0;
+    return ds4_fail(err, NO_CUDA);
+}
+
 ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_model_opts *opts, ds4_error *err) {
     (void)net, (void)opts;
     ds4_fail(err, NO_CUDA);

@@ -41,6 +41,7 @@ const char *ds4_backend_name(ds4_backend b) {
 }
 
 bool ds4_cuda_available(ds4_error *why) { return ds4_gpu_probe(why); }
+int ds4_cuda_read_bandwidth(double *bytes_per_s, ds4_error *err) { return ds4_gpu_read_bandwidth(bytes_per_s, err); }
 
 ds4_backend ds4_model_backend(const ds4_model *m) { return m->backend; }
 ds4_backend ds4_session_backend(const ds4_session *s) { return s->opts.backend; }

@@ -2,9 +2,18 @@
  * matrices requantized to Q8_0 and to MXFP4 (the fixture's widths are
  * multiples of 32, not of the K-quants' 256; those are covered by
  * test_cuda_kernels), and a CUDA session's logits over the reference tokens
- * are compared with a CPU session's on the same model. Both quantize the
- * activations the same way and sum exact integer block products, so they
- * differ only by float summation order. Skips like test_cuda_kernels. */
+ * are compared with a CPU session's on the same model.
+ *
+ * Both quantize activations the same way and sum exact integer block
+ * products, so single products agree to ~1e-7 (test_cuda_kernels). Over a
+ * whole sequence of this random-weight model that is not a tight bound:
+ * an activation that lands within an ulp of a rounding boundary of its int8
+ * code flips, and the KV state carries the difference on. The CPU alone
+ * shows it: its scalar and AVX-512 kernels (which differ only in float
+ * summation order) give per-position differences of median 1.3e-2, max
+ * 0.79 on this model in Q8_0. So the whole-sequence check is statistical
+ * (median and 90th percentile), and the GPU must agree with itself bit for
+ * bit whatever the chunking. Skips like test_cuda_kernels. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,37 +179,52 @@ int main(void) {
         ds4_model_info info;
         ds4_model_get_info(m, &info);
         uint32_t V = info.n_vocab;
-        float *lc = malloc((size_t)n * V * 4), *lg = malloc((size_t)n * V * 4);
-        double worst = 0;
+        float *lc = malloc((size_t)n * V * 4), *lg = malloc((size_t)n * V * 4), *l7 = malloc((size_t)n * V * 4);
+        double errs[300];
         for (int num = 0; num < 2; num++) {
             ds4_session_opts sc = {.numerics = num ? DS4_NUMERICS_OFFICIAL : DS4_NUMERICS_HF, .max_ctx = 512,
                                    .backend = DS4_BACKEND_CPU};
             ds4_session_opts sg = sc;
             sg.backend = DS4_BACKEND_CUDA;
-            ds4_session *cpu = ds4_session_new(m, &sc, &err), *gpu = ds4_session_new(m, &sg, &err);
-            CHECKF(cpu && gpu, "%s", err.msg);
-            if (!cpu || !gpu) break;
+            ds4_session_opts s7 = sg;
+            s7.prefill_chunk = 7;
+            ds4_session *cpu = ds4_session_new(m, &sc, &err), *gpu = ds4_session_new(m, &sg, &err),
+                        *g7 = ds4_session_new(m, &s7, &err);
+            CHECKF(cpu && gpu && g7, "%s", err.msg);
+            if (!cpu || !gpu || !g7) break;
             CHECKF(ds4_session_eval(cpu, toks, (uint32_t)n, lc, &err) == 0, "%s", err.msg);
             CHECKF(ds4_session_eval(gpu, toks, (uint32_t)n, lg, &err) == 0, "%s", err.msg);
-            worst = 0;
+            CHECKF(ds4_session_eval(g7, toks, (uint32_t)n, l7, &err) == 0, "%s", err.msg);
+            CHECKF(!memcmp(lg, l7, (size_t)n * V * 4), "%s: CUDA logits depend on the chunking", ggml_type_name(types[ti]));
+            int finite = 1;
             for (int t = 0; t < n; t++) {
                 double d = 0, r = 0;
                 for (uint32_t v = 0; v < V; v++) {
                     double a = lg[(size_t)t * V + v], b = lc[(size_t)t * V + v];
+                    finite &= isfinite(a);
                     d += (a - b) * (a - b);
                     r += b * b;
                 }
-                double e = sqrt(d / r);
-                if (!(e <= worst)) worst = e;
+                errs[t] = sqrt(d / r);
             }
-            printf("%s %s: CUDA vs CPU max per-position rel err %.3g\n", ggml_type_name(types[ti]), num ? "official" : "hf",
-                   worst);
-            CHECKF(worst < (num ? 5e-2 : 1e-3), "%s: CUDA vs CPU rel err %.3g", ggml_type_name(types[ti]), worst);
+            for (int i = 1; i < n; i++) /* insertion sort: 300 values */
+                for (int j = i; j > 0 && errs[j - 1] > errs[j]; j--) {
+                    double x = errs[j];
+                    errs[j] = errs[j - 1];
+                    errs[j - 1] = x;
+                }
+            double med = errs[n / 2], p90 = errs[n * 9 / 10], mx = errs[n - 1];
+            printf("%s %s: CUDA vs CPU per-position rel err: median %.3g, p90 %.3g, max %.3g\n",
+                   ggml_type_name(types[ti]), num ? "official" : "hf", med, p90, mx);
+            CHECKF(finite, "%s: non-finite CUDA logits", ggml_type_name(types[ti]));
+            CHECKF(med < 5e-2 && p90 < 0.15, "%s: CUDA vs CPU median %.3g, p90 %.3g", ggml_type_name(types[ti]), med, p90);
             ds4_session_free(cpu);
             ds4_session_free(gpu);
+            ds4_session_free(g7);
         }
         free(lc);
         free(lg);
+        free(l7);
         ds4_model_free(m);
     }
     return test_finish();

@@ -81,9 +81,19 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
                         uint32_t gen) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int nt = threads > 0 ? threads : (int)(cores > 0 ? cores : 1);
-    double secs;
-    double bw = roofline_read_bandwidth(nt, &secs), peak = roofline_peak_flops(nt);
+    double secs, bw, peak = 0;
     ds4_error err = {{0}};
+    bool gpu = ds4_model_backend(m) == DS4_BACKEND_CUDA;
+    if (gpu) {
+        /* Decode on the GPU reads the weights from device memory. */
+        if (ds4_cuda_read_bandwidth(&bw, &err)) {
+            fprintf(stderr, "ds4-bench: %s\n", err.msg);
+            return 1;
+        }
+    } else {
+        bw = roofline_read_bandwidth(nt, &secs);
+        peak = roofline_peak_flops(nt);
+    }
     ds4_session_opts so = {.numerics = numerics, .max_ctx = chunk + gen + 8, .prefill_chunk = chunk};
     ds4_session *s = ds4_session_new(m, &so, &err);
     if (!s) {
@@ -109,9 +119,14 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
     double prefill_tps = chunk / (t1 - t0), decode_tps = gen / (t2 - t1);
     double decode_ceiling = bw / (double)info->token_bytes;
     double prefill_flops = prefill_tps * 2.0 * (double)info->token_params;
-    printf("threads                 %d\n", nt);
-    printf("memory read bandwidth   %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
-    printf("peak fp32 FMA rate      %.1f GFLOP/s\n", peak / 1e9);
+    if (gpu) {
+        printf("backend                 cuda\n");
+        printf("GPU read bandwidth      %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
+    } else {
+        printf("threads                 %d\n", nt);
+        printf("memory read bandwidth   %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
+        printf("peak fp32 FMA rate      %.1f GFLOP/s\n", peak / 1e9);
+    }
     printf("bytes per decoded token %.3f MB (dense + %u/%u routed experts)\n", info->token_bytes / 1e6,
            info->n_expert_used, info->n_expert);
     printf("flops per token         %.3f MFLOP\n", 2.0 * info->token_params / 1e6);

@@ -22,7 +22,7 @@ extern "C" {
 #define ROWS_PER_BLOCK 8
 
 /* IQ2_XXS tables (formats/quant/iq2_tables.c), copied once by k_quant_init. */
-__device__ uint8_t d_iq2_grid[256 * 8];
+__device__ __align__(16) uint8_t d_iq2_grid[256 * 8];
 __device__ uint8_t d_iq2_signs[128];
 
 cudaError_t k_quant_init(void) {
@@ -128,13 +128,27 @@ cudaError_t k_quantize_act(cudaStream_t st, uint32_t wtype, const float *x, uint
  * Q8_K (292-byte blocks). */
 template <uint32_t TYPE> struct qb;
 
+/* Four int8 values as one word from 2-byte aligned memory (Q8_0 blocks are
+ * 34 bytes, so their values are only 2-byte aligned). */
+__device__ __forceinline__ int ld_i8x4_a2(const uint8_t *p) {
+    const uint16_t *h = (const uint16_t *)p;
+    return (int)((uint32_t)h[0] | ((uint32_t)h[1] << 16));
+}
+__device__ __forceinline__ int ld_i8x4_a4(const uint8_t *p) { return *(const int *)p; }
+
+/* Byte masks 0x00/0xff from four sign bits (bit t -> byte t). */
+__device__ __forceinline__ uint32_t sign_mask4(uint32_t bits) {
+    return ((bits * 0x00204081u) & 0x01010101u) * 0xffu;
+}
+
+/* The integer sums below use __dp4a (four exact int8 products added to an
+ * int32): the same integers as the scalar loops of formats/quant/. */
 template <> struct qb<GGML_TYPE_Q8_0> {
     static constexpr uint32_t QK = DS4_QK8_0, BYTES = 34;
     __device__ static float dot(const uint8_t *w, const uint8_t *a) {
-        const int8_t *wq = (const int8_t *)(w + 2), *aq = (const int8_t *)(a + 2);
         int isum = 0;
-#pragma unroll 8
-        for (int j = 0; j < 32; j++) isum += wq[j] * aq[j];
+#pragma unroll
+        for (int j = 0; j < 32; j += 4) isum = __dp4a(ld_i8x4_a2(w + 2 + j), ld_i8x4_a2(a + 2 + j), isum);
         return (float)isum * (half_f(ld16(w)) * half_f(ld16(a)));
     }
 };
@@ -165,17 +179,20 @@ template <> struct qb<GGML_TYPE_MXFP4> {
 
 template <> struct qb<GGML_TYPE_Q2_K> {
     static constexpr uint32_t QK = DS4_QK_K, BYTES = 84;
+    /* 84-byte blocks: qs (offset 16) is 4-byte aligned; Q8_K values too. */
     __device__ static float dot(const uint8_t *w, const uint8_t *a) {
         const ds4_block_q2_K *x = (const ds4_block_q2_K *)w;
         const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
         int isum = 0, msum = 0;
+#pragma unroll 4
         for (int k = 0; k < 16; k++) {
             const int h = k >> 3, sh = (k >> 1) & 3, off = (k & 1) * 16;
             const uint8_t *qs = x->qs + 32 * h + off;
-            const int8_t *q8 = y->qs + 16 * k;
+            const uint8_t *q8 = (const uint8_t *)(y->qs + 16 * k);
             int s = 0;
 #pragma unroll
-            for (int l = 0; l < 16; l++) s += ((qs[l] >> (2 * sh)) & 3) * q8[l];
+            for (int l = 0; l < 16; l += 4)
+                s = __dp4a((int)(((uint32_t)ld_i8x4_a4(qs + l) >> (2 * sh)) & 0x03030303u), ld_i8x4_a4(q8 + l), s);
             isum += (x->scales[k] & 15) * s;
             msum += (x->scales[k] >> 4) * y->bsums[k];
         }
@@ -199,12 +216,14 @@ template <> struct qb<GGML_TYPE_Q4_K> {
                 sc = (x->scales[j + 4] & 15) | ((x->scales[j - 4] >> 6) << 4);
                 m = (x->scales[j + 4] >> 4) | ((x->scales[j] >> 6) << 4);
             }
+            /* 144-byte blocks: qs (offset 16) is 16-byte aligned */
             const uint8_t *qs = x->qs + 32 * (j >> 1);
-            const int8_t *q8 = y->qs + 32 * j;
+            const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * j);
             const int shift = (j & 1) * 4;
             int s = 0;
-#pragma unroll 8
-            for (int l = 0; l < 32; l++) s += ((qs[l] >> shift) & 15) * q8[l];
+#pragma unroll
+            for (int l = 0; l < 32; l += 4)
+                s = __dp4a((int)(((uint32_t)ld_i8x4_a4(qs + l) >> shift) & 0x0f0f0f0fu), ld_i8x4_a4(q8 + l), s);
             isum += sc * s;
             msum += m * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
         }
@@ -223,12 +242,18 @@ template <> struct qb<GGML_TYPE_IQ2_XXS> {
             uint32_t aux = (uint32_t)qs[8 * ib + 4] | ((uint32_t)qs[8 * ib + 5] << 8) | ((uint32_t)qs[8 * ib + 6] << 16) |
                            ((uint32_t)qs[8 * ib + 7] << 24);
             int s = 0;
-            for (int k = 0; k < 4; k++) {
-                const uint8_t *g = d_iq2_grid + 8 * qs[8 * ib + k];
-                const int8_t *q8 = y->qs + 32 * ib + 8 * k;
-                uint8_t sg = d_iq2_signs[(aux >> (7 * k)) & 127];
 #pragma unroll
-                for (int t = 0; t < 8; t++) s += g[t] * ((sg >> t) & 1 ? -q8[t] : q8[t]);
+            for (int k = 0; k < 4; k++) {
+                /* grid magnitudes (< 128) times the activations with the
+                 * signs applied bytewise: (a ^ m) - m negates where m = 0xff
+                 * (activations are in [-127, 127], so nothing overflows) */
+                const uint32_t *g = (const uint32_t *)(d_iq2_grid + 8 * qs[8 * ib + k]);
+                const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * ib + 8 * k);
+                uint32_t sg = d_iq2_signs[(aux >> (7 * k)) & 127];
+                uint32_t m0 = sign_mask4(sg & 15), m1 = sign_mask4(sg >> 4);
+                uint32_t a0 = (uint32_t)ld_i8x4_a4(q8), a1 = (uint32_t)ld_i8x4_a4(q8 + 4);
+                s = __dp4a((int)__ldg(g), (int)__vsub4(a0 ^ m0, m0), s);
+                s = __dp4a((int)__ldg(g + 1), (int)__vsub4(a1 ^ m1, m1), s);
             }
             isum += (int)(2 * (aux >> 28) + 1) * s;
         }

@@ -98,7 +98,7 @@ static void test_linear(void) {
     const struct {
         uint32_t K, rows, groups, n_tok, scaled;
     } cases[] = {{64, 37, 1, 1, 0}, {256, 100, 1, 9, 0}, {36, 20, 1, 5, 0}, {128, 16, 2, 17, 0}, {512, 24, 1, 3, 1},
-                 {4096, 8, 1, 2, 0}};
+                 {4096, 8, 1, 2, 0}, {8192, 24, 1, 3, 1}};
     for (int ti = 0; ti < 3; ti++)
         for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
             uint32_t type = types[ti], K = cases[c].K, R = cases[c].rows, G = cases[c].groups, n = cases[c].n_tok;

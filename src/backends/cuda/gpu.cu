@@ -53,8 +53,12 @@ struct ds4_gpu_session {
     float *lg, *wts, *h, *hs, *dx, *sh, *logits;
     int32_t *tok, *sel, *ids, *grp;
     void *act; /* quantized activations for quantized weights */
+    struct prof *prof; /* DS4_CUDA_PROFILE=1: time per operation */
     uint64_t score_stride;
 };
+
+static void prof_free(ds4_gpu_session *s);
+static void prof_init(ds4_gpu_session *s);
 
 /* ---- device and weights -------------------------------------------------------- */
 
@@ -394,6 +398,7 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     xb.base = s->scratch, xb.off = 0;
     layout_state(s, &sb);
     layout_scratch(s, &xb);
+    prof_init(s);
     return s;
 fail:
     ds4_gpu_session_free(s);
@@ -402,6 +407,7 @@ fail:
 
 extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     if (!s) return;
+    prof_free(s);
     if (s->st) cudaStreamDestroy(s->st);
     cudaFree(s->state);
     cudaFree(s->scratch);
@@ -461,6 +467,86 @@ extern "C" int ds4_gpu_session_copy(ds4_gpu_session *dst, const ds4_gpu_session 
     return 0;
 }
 
+/* ---- profiling -------------------------------------------------------------------
+ * With DS4_CUDA_PROFILE=1 an event is recorded on the stream before every
+ * operation; after each chunk's synchronisation the gaps between events are
+ * added to per-operation totals, printed when the session is freed. The
+ * events cost a few microseconds per operation, so only for diagnosis. */
+#define PROF_EVENTS 1024
+#define PROF_OPS 48
+typedef struct prof {
+    cudaEvent_t ev[PROF_EVENTS];
+    const char *name[PROF_EVENTS];
+    int n;
+    struct {
+        const char *name;
+        double ms;
+        long calls;
+    } tot[PROF_OPS];
+    int n_ops;
+    long tokens;
+} prof;
+
+static void prof_mark(ds4_gpu_session *s, const char *name) {
+    prof *p = s->prof;
+    if (!p || p->n >= PROF_EVENTS) return;
+    if (cudaEventRecord(p->ev[p->n], s->st) != cudaSuccess) return;
+    p->name[p->n++] = name;
+}
+
+static void prof_collect(ds4_gpu_session *s, uint32_t n_tok) {
+    prof *p = s->prof;
+    if (!p || p->n < 2) return;
+    cudaEventSynchronize(p->ev[p->n - 1]);
+    for (int i = 0; i + 1 < p->n; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[i + 1]) != cudaSuccess) continue;
+        int k = 0;
+        while (k < p->n_ops && strcmp(p->tot[k].name, p->name[i])) k++;
+        if (k == p->n_ops) {
+            if (k == PROF_OPS) continue;
+            p->tot[p->n_ops++].name = p->name[i];
+        }
+        p->tot[k].ms += ms;
+        p->tot[k].calls++;
+    }
+    p->tokens += n_tok;
+    p->n = 0;
+}
+
+static void prof_print(ds4_gpu_session *s) {
+    prof *p = s->prof;
+    double all = 0;
+    for (int k = 0; k < p->n_ops; k++) all += p->tot[k].ms;
+    fprintf(stderr, "ds4 CUDA profile: %ld tokens, %.3f ms of GPU time\n%-16s %10s %8s %12s\n", p->tokens, all, "operation",
+            "ms", "share", "calls");
+    for (int k = 0; k < p->n_ops; k++)
+        fprintf(stderr, "%-16s %10.3f %7.1f%% %12ld\n", p->tot[k].name, p->tot[k].ms, all > 0 ? 100 * p->tot[k].ms / all : 0,
+                p->tot[k].calls);
+}
+
+static void prof_init(ds4_gpu_session *s) {
+    const char *e = getenv("DS4_CUDA_PROFILE");
+    if (!e || *e != '1') return;
+    prof *p = (prof *)calloc(1, sizeof *p);
+    if (!p) return;
+    for (int i = 0; i < PROF_EVENTS; i++)
+        if (cudaEventCreate(&p->ev[i]) != cudaSuccess) {
+            for (int j = 0; j < i; j++) cudaEventDestroy(p->ev[j]);
+            free(p);
+            return;
+        }
+    s->prof = p;
+}
+
+static void prof_free(ds4_gpu_session *s) {
+    if (!s->prof) return;
+    prof_print(s);
+    for (int i = 0; i < PROF_EVENTS; i++) cudaEventDestroy(s->prof->ev[i]);
+    free(s->prof);
+    s->prof = NULL;
+}
+
 /* ---- the forward pass ----------------------------------------------------------- */
 
 typedef struct fwd {
@@ -507,6 +593,7 @@ static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, 
     const ds4_hparams *hp = f->hp;
     ds4_error *err = f->err;
     uint32_t hc = hp->hc, E = hp->n_embd, n_mix = head ? hc : (2 + hc) * hc;
+    prof_mark(f->s, head ? "head_mhc" : "mhc_pre");
     CU(k_rms_inv(s->st, X, n, hc * E, hp->rms_eps, s->rinv));
     CU(lin(f, &w->fn, 0, n_mix, 1, 0, X, (uint64_t)hc * E, s->rinv, n, s->mix, n_mix));
     CU(k_mhc_coeffs(s->st, s->mix, n, hc, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters, head, s->pre,
@@ -569,27 +656,33 @@ static int attention(fwd *f, uint32_t il) {
     uint64_t qdim = (uint64_t)H * hd;
     const float *x = s->y, *lrope = rope_table(f, ratio != 0);
 
+    prof_mark(f->s, "q_proj");
     CU(lin(f, &lw->q_a, 0, hp->q_lora, 1, 0, x, E, NULL, n, s->qa, hp->q_lora));
     if (rows(f, s->qa, n, hp->q_lora, 1, 1, vec(&lw->q_a_norm), NULL, 0)) return -1;
     CU(lin(f, &lw->q_b, 0, qdim, 1, 0, s->qa, hp->q_lora, NULL, n, s->q, qdim));
     if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
+    prof_mark(f->s, "kv_proj");
     CU(lin(f, &lw->kv, 0, hd, 1, 0, x, E, NULL, n, s->kv, hd));
     if (rows(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0)) return -1;
 
     if (ratio) {
         uint32_t cw = (ratio == 4 ? 2 : 1) * hd;
+        prof_mark(f->s, "compressor");
         CU(lin(f, &lw->comp.kv, 0, cw, 1, 0, x, E, NULL, n, s->ck, cw));
         CU(lin(f, &lw->comp.gate, 0, cw, 1, 0, x, E, NULL, n, s->cz, cw));
         if (compressor(f, &lw->comp, &ls->comp, ratio, hd, s->ck, s->cz, false)) return -1;
     }
     if (ratio == 4) {
         uint32_t d = hp->idx_head_dim, IH = hp->idx_n_head, iwd = 2 * d;
+        prof_mark(f->s, "indexer_proj");
         CU(lin(f, &lw->idx_comp.kv, 0, iwd, 1, 0, x, E, NULL, n, s->ik, iwd));
         CU(lin(f, &lw->idx_comp.gate, 0, iwd, 1, 0, x, E, NULL, n, s->iz, iwd));
         CU(lin(f, &lw->idx_q_b, 0, (uint64_t)IH * d, 1, 0, s->qa, hp->q_lora, NULL, n, s->iq, (uint64_t)IH * d));
         CU(lin(f, &lw->idx_proj, 0, IH, 1, 0, x, E, NULL, n, s->iw, IH));
         if (rows(f, s->iq, n * IH, d, IH, 0, NULL, rope_table(f, true), f->official ? 2 : 0)) return -1;
+        prof_mark(s, "indexer_comp");
         if (compressor(f, &lw->idx_comp, &ls->idx, 4, d, s->ik, s->iz, true)) return -1;
+        prof_mark(f->s, "indexer_topk");
         CU(k_idx_scores(st, s->iq, s->iw, n, IH, d, ls->idx.rows, f->pos0, hp->idx_topk, s->scores, s->score_stride));
         CU(k_idx_topk(st, s->scores, s->score_stride, n, f->pos0, hp->idx_topk, s->sel));
     }
@@ -612,11 +705,14 @@ static int attention(fwd *f, uint32_t il) {
     op.inv_freq = lrope;
     op.n_pairs = hp->n_rot / 2 > 128 ? 128 : hp->n_rot / 2;
     op.out = s->att;
+    prof_mark(f->s, "attention");
     CU(k_attention(st, &op));
+    prof_mark(s, "ring_write");
     CU(k_ring_write(st, s->kv, n, f->pos0, hp->window, hd, ls->ring));
 
     /* grouped output projection: group g's heads through its o_lora rows of out_a */
     uint64_t gin = qdim / hp->o_groups, glow = (uint64_t)hp->o_groups * hp->o_lora;
+    prof_mark(f->s, "out_proj");
     CU(lin(f, &lw->out_a, 0, hp->o_lora, hp->o_groups, gin, s->att, qdim, NULL, n, s->low, glow));
     CU(lin(f, &lw->out_b, 0, E, 1, 0, s->low, glow, NULL, n, s->o, E));
     return 0;
@@ -632,15 +728,19 @@ static int moe(fwd *f, uint32_t il) {
     uint32_t n = f->n, E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used;
     float limit = hp->swiglu_clamp[il];
     uint32_t slots = n * K < X ? n * K : X;
+    prof_mark(f->s, "router");
     CU(lin(f, &lw->gate_inp, 0, X, 1, 0, s->y, E, NULL, n, s->lg, X));
     bool hash = ds4_layer_is_hash(hp, il);
     CU(k_route(st, s->lg, n, X, K, s->tok, hash ? (const int32_t *)lw->tid2eid.data : NULL,
                hash ? NULL : vec(&lw->probs_bias), hp->expert_scale, s->ids, s->wts));
+    prof_mark(f->s, "shared_expert");
     CU(ffn_up(f, &lw->gate_shexp, &lw->up_shexp, NULL, K, n, 1, s->y, limit, s->hs));
     CU(ffn_down(f, &lw->down_shexp, NULL, K, n, 1, s->hs, s->sh));
+    prof_mark(f->s, "experts");
     CU(k_moe_group(st, s->ids, n * K, X, s->grp));
     CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, slots, s->y, limit, s->h));
     CU(ffn_down(f, &lw->down_exps, s->grp, K, n, slots, s->h, s->dx));
+    prof_mark(f->s, "moe_combine");
     CU(k_moe_combine(st, s->sh, s->dx, s->ids, s->wts, s->grp, n, K, X, E, s->o));
     return 0;
 }
@@ -654,16 +754,21 @@ static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint3
     cudaStream_t st = s->st;
     uint32_t E = hp->n_embd, hc = hp->hc;
     CU(cudaMemcpyAsync(s->tok, tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+    prof_mark(s, "embed");
     CU(k_embed(st, &w->tok_embd, s->tok, n, hc, s->X));
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const ds4_layer_weights *lw = &w->layers[il];
         if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0)) return -1;
+        prof_mark(s, "norm");
         if (rows(&f, s->y, n, E, 1, 1, vec(&lw->attn_norm), NULL, 0)) return -1;
         if (attention(&f, il)) return ds4_fail_prefix(err, "layer %u attention", il);
+        prof_mark(s, "mhc_post");
         CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
         if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0)) return -1;
+        prof_mark(s, "norm");
         if (rows(&f, s->y, n, E, 1, 1, vec(&lw->ffn_norm), NULL, 0)) return -1;
         if (moe(&f, il)) return ds4_fail_prefix(err, "layer %u MoE", il);
+        prof_mark(s, "mhc_post");
         CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
     }
     s->pos += n;
@@ -672,10 +777,14 @@ static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint3
         uint32_t m = n - first;
         if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)first * hc * E, m, 1)) return -1;
         if (rows(&f, s->y, m, E, 1, 1, vec(&w->output_norm), NULL, 0)) return -1;
+        prof_mark(s, "output");
         CU(lin(&f, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
+        prof_mark(s, "logits_d2h");
         CU(cudaMemcpyAsync(out, s->logits, (size_t)m * hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st));
     }
+    prof_mark(s, "end");
     CU(cudaStreamSynchronize(st));
+    prof_collect(s, n);
     return 0;
 }
 

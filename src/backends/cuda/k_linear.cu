@@ -63,17 +63,18 @@ template <int V> __device__ __forceinline__ void load_x(const float *x, uint32_t
     }
 }
 
-/* acc[tt] = W row . (x[tt] * xs[tt]) for tt < nt, on every lane of the warp. */
+/* acc[tt] = W row . (x[tt] * xs[tt]) for tt < nt, on every lane of the
+ * warp, over the chunks [c0, c1) of the row (all of it when c1 == 0). */
 template <int KIND, int TT>
 __device__ __forceinline__ void dot_tile(const uint8_t *wrow, uint32_t type, uint32_t K, const float *const *xr,
-                                         const float *xs, int nt, float *acc) {
+                                         const float *xs, int nt, float *acc, uint32_t c0 = 0, uint32_t c1 = 0) {
     constexpr int V = wl<KIND>::V;
     int lane = threadIdx.x & 31;
 #pragma unroll
     for (int tt = 0; tt < TT; tt++) acc[tt] = 0.0f;
-    uint32_t nch = K / V;
+    uint32_t nch = c1 ? c1 : K / V;
 #pragma unroll 2
-    for (uint32_t c = lane; c < nch; c += 32) {
+    for (uint32_t c = c0 + lane; c < nch; c += 32) {
         float w[V];
         wl<KIND>::load(wrow, c, type, w);
 #pragma unroll
@@ -135,6 +136,45 @@ template <int KIND, int TT> __global__ void linear_kernel(lin_args a) {
     }
 }
 
+/* Few rows, long ones (the mHC mixing matrices: 24 rows of 16384): one
+ * block per row, its warps on consecutive slices, the slices' sums added in
+ * warp order. Chosen from the shape alone, so a token's result still does
+ * not depend on the chunk. */
+template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
+    constexpr int V = wl<KIND>::V;
+    __shared__ float part[ROWS_PER_BLOCK][TT];
+    uint64_t r = blockIdx.x;
+    uint32_t g = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const uint8_t *wrow = a.w + (a.r0 + g * a.n_rows + r) * a.row_bytes;
+    const float *x = a.x + g * a.x_group;
+    float *y = a.y + g * a.n_rows + r;
+    uint32_t nch = a.K / V, per = (nch + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    uint32_t c0 = warp * per < nch ? warp * per : nch, c1 = c0 + per < nch ? c0 + per : nch;
+    for (uint32_t t0 = 0; t0 < a.n_tok; t0 += TT) {
+        int nt = a.n_tok - t0 < TT ? (int)(a.n_tok - t0) : TT;
+        const float *xr[TT];
+        float xs[TT], acc[TT];
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) {
+            uint32_t t = t0 + (tt < nt ? tt : 0);
+            xr[tt] = x + t * a.x_stride;
+            xs[tt] = a.xscale ? a.xscale[t] : 1.0f;
+        }
+        if (c0 < c1) dot_tile<KIND, TT>(wrow, a.type, a.K, xr, a.xscale ? xs : nullptr, nt, acc, c0, c1);
+        else
+            for (int tt = 0; tt < TT; tt++) acc[tt] = 0.0f;
+        if (lane == 0)
+            for (int tt = 0; tt < TT; tt++) part[warp][tt] = acc[tt];
+        __syncthreads();
+        if (threadIdx.x < (unsigned)nt) {
+            float sum = 0.0f;
+            for (int w = 0; w < ROWS_PER_BLOCK; w++) sum += part[w][threadIdx.x];
+            y[(uint64_t)(t0 + threadIdx.x) * a.y_stride] = sum;
+        }
+        __syncthreads();
+    }
+}
+
 /* The vector kind a weight and its activations allow: 16-byte chunks need
  * rows, activations and their strides to stay 16-byte aligned. */
 static int pick_kind(uint32_t type, uint64_t K, uint64_t row_bytes, const void *w, const float *x, uint64_t x_stride,
@@ -147,6 +187,12 @@ static int pick_kind(uint32_t type, uint64_t K, uint64_t row_bytes, const void *
 }
 
 template <int KIND> static void launch_linear(const lin_args &a, dim3 grid, cudaStream_t st) {
+    if (a.n_rows <= 512 && a.K >= 4096) {
+        dim3 g(a.n_rows, grid.y);
+        if (a.n_tok == 1) linear_rowblock_kernel<KIND, 1><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+        else linear_rowblock_kernel<KIND, 8><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+        return;
+    }
     if (a.n_tok == 1) linear_kernel<KIND, 1><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
     else linear_kernel<KIND, 8><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
 }

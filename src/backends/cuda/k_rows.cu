@@ -62,45 +62,59 @@ cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* One thread per token: the hc x hc Sinkhorn iterations are tiny. */
-__global__ void mhc_coeffs_kernel(const float *mix, uint32_t n_tok, uint32_t hc, const float *base, const float *scale,
-                                  float eps, uint32_t iters, int head, float *pre, float *post, float *comb) {
-    uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= n_tok) return;
+/* One block per token, one thread per entry (i, j) of the hc x hc mixing
+ * matrix. Every thread of a row (column) adds that row's (column's)
+ * entries in the CPU's order, so all agree on the sum and the result is
+ * ds4_mhc_pre's to the bit. */
+__global__ void mhc_coeffs_kernel(const float *mix, uint32_t hc, const float *base, const float *scale, float eps,
+                                  uint32_t iters, int head, float *pre, float *post, float *comb) {
+    __shared__ float c[K_MAX_HC * K_MAX_HC];
+    uint32_t t = blockIdx.x, tid = threadIdx.x, i = tid / hc, j = tid % hc;
     uint32_t n_mix = head ? hc : (2 + hc) * hc;
     const float *m = mix + (uint64_t)t * n_mix;
-    for (uint32_t i = 0; i < hc; i++) pre[(uint64_t)t * hc + i] = sigmoidf_(m[i] * scale[0] + base[i]) + eps;
+    if (tid < hc) pre[(uint64_t)t * hc + tid] = sigmoidf_(m[tid] * scale[0] + base[tid]) + eps;
     if (head) return;
-    for (uint32_t i = 0; i < hc; i++) post[(uint64_t)t * hc + i] = 2.0f * sigmoidf_(m[hc + i] * scale[1] + base[hc + i]);
-    float *c = comb + (uint64_t)t * hc * hc;
-    for (uint32_t i = 0; i < hc; i++) {
-        float *row = c + i * hc, mx = -INFINITY, sum = 0;
-        for (uint32_t j = 0; j < hc; j++) {
-            row[j] = m[2 * hc + i * hc + j] * scale[2] + base[2 * hc + i * hc + j];
-            if (row[j] > mx) mx = row[j];
-        }
-        for (uint32_t j = 0; j < hc; j++) sum += (row[j] = expf(row[j] - mx));
-        for (uint32_t j = 0; j < hc; j++) row[j] = row[j] / sum + eps;
+    if (tid < hc) post[(uint64_t)t * hc + tid] = 2.0f * sigmoidf_(m[hc + tid] * scale[1] + base[hc + tid]);
+    bool mine = tid < hc * hc;
+    if (mine) c[tid] = m[2 * hc + tid] * scale[2] + base[2 * hc + tid];
+    __syncthreads();
+    float v = 0;
+    if (mine) {
+        /* row softmax plus eps */
+        const float *row = c + i * hc;
+        float mx = -INFINITY, sum = 0;
+        for (uint32_t k = 0; k < hc; k++)
+            if (row[k] > mx) mx = row[k];
+        for (uint32_t k = 0; k < hc; k++) sum += expf(row[k] - mx);
+        v = expf(row[j] - mx) / sum + eps;
     }
+    __syncthreads();
+    if (mine) c[tid] = v;
+    __syncthreads();
     for (uint32_t it = 0; it < iters; it++) {
-        if (it > 0)
-            for (uint32_t i = 0; i < hc; i++) {
-                float s = 0;
-                for (uint32_t j = 0; j < hc; j++) s += c[i * hc + j];
-                for (uint32_t j = 0; j < hc; j++) c[i * hc + j] /= s + eps;
-            }
-        for (uint32_t j = 0; j < hc; j++) {
+        if (it > 0) {
             float s = 0;
-            for (uint32_t i = 0; i < hc; i++) s += c[i * hc + j];
-            for (uint32_t i = 0; i < hc; i++) c[i * hc + j] /= s + eps;
+            if (mine)
+                for (uint32_t k = 0; k < hc; k++) s += c[i * hc + k];
+            __syncthreads();
+            if (mine) c[tid] /= s + eps;
+            __syncthreads();
         }
+        float s = 0;
+        if (mine)
+            for (uint32_t k = 0; k < hc; k++) s += c[k * hc + j];
+        __syncthreads();
+        if (mine) c[tid] /= s + eps;
+        __syncthreads();
     }
+    if (mine) comb[(uint64_t)t * hc * hc + tid] = c[tid];
 }
 
 cudaError_t k_mhc_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint32_t hc, const float *base,
                          const float *scale, float eps, uint32_t iters, int head, float *pre, float *post, float *comb) {
     if (n_tok == 0) return cudaSuccess;
-    mhc_coeffs_kernel<<<div_up(n_tok, 64), 64, 0, st>>>(mix, n_tok, hc, base, scale, eps, iters, head, pre, post, comb);
+    unsigned threads = (hc * hc + 31) / 32 * 32;
+    mhc_coeffs_kernel<<<n_tok, threads, 0, st>>>(mix, hc, base, scale, eps, iters, head, pre, post, comb);
     return LAUNCH_STATUS();
 }
 

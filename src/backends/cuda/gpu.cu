@@ -470,7 +470,8 @@ extern "C" int ds4_gpu_session_copy(ds4_gpu_session *dst, const ds4_gpu_session 
 /* ---- profiling -------------------------------------------------------------------
  * With DS4_CUDA_PROFILE=1 an event is recorded on the stream before every
  * operation; after each chunk's synchronisation the gaps between events are
- * added to per-operation totals, printed when the session is freed. The
+ * added to per-operation totals, printed when the session is freed
+ * (DS4_CUDA_PROFILE=2 counts single-token chunks, i.e. decode, only). The
  * events cost a few microseconds per operation, so only for diagnosis. */
 #define PROF_EVENTS 1024
 #define PROF_OPS 48
@@ -485,6 +486,7 @@ typedef struct prof {
     } tot[PROF_OPS];
     int n_ops;
     long tokens;
+    int decode_only; /* DS4_CUDA_PROFILE=2: single-token chunks only */
 } prof;
 
 static void prof_mark(ds4_gpu_session *s, const char *name) {
@@ -498,6 +500,10 @@ static void prof_collect(ds4_gpu_session *s, uint32_t n_tok) {
     prof *p = s->prof;
     if (!p || p->n < 2) return;
     cudaEventSynchronize(p->ev[p->n - 1]);
+    if (p->decode_only && n_tok != 1) {
+        p->n = 0;
+        return;
+    }
     for (int i = 0; i + 1 < p->n; i++) {
         float ms = 0;
         if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[i + 1]) != cudaSuccess) continue;
@@ -527,9 +533,10 @@ static void prof_print(ds4_gpu_session *s) {
 
 static void prof_init(ds4_gpu_session *s) {
     const char *e = getenv("DS4_CUDA_PROFILE");
-    if (!e || *e != '1') return;
+    if (!e || (*e != '1' && *e != '2')) return;
     prof *p = (prof *)calloc(1, sizeof *p);
     if (!p) return;
+    p->decode_only = *e == '2';
     for (int i = 0; i < PROF_EVENTS; i++)
         if (cudaEventCreate(&p->ev[i]) != cudaSuccess) {
             for (int j = 0; j < i; j++) cudaEventDestroy(p->ev[j]);

@@ -54,6 +54,20 @@ struct ds4_gpu_session {
     int32_t *tok, *sel, *ids, *grp;
     void *act; /* quantized activations for quantized weights */
     struct prof *prof; /* DS4_CUDA_PROFILE=1: time per operation */
+    /* Decode steps (one token) are captured into a CUDA graph and replayed:
+     * one launch instead of a few hundred, whose cost per launch otherwise
+     * bounds decode. The kernels launched depend on the position only
+     * through which windows complete and whether the indexer prunes, so a
+     * few executable graphs (keyed by that) are kept and updated in place
+     * with each step's parameters. Off with DS4_CUDA_GRAPH=0. */
+    bool graphs;
+    int32_t *tok_pinned;   /* capture needs page-locked host buffers */
+    float *logits_pinned;  /* n_vocab */
+    struct {
+        uint64_t key;
+        cudaGraphExec_t exec;
+    } gcache[16];
+    int n_gcache;
     uint64_t score_stride;
 };
 
@@ -231,7 +245,7 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
     cudaError_t e;
     place_tensors(&g->w, hp->n_layer, NULL, &total, err);
     g->dev_bytes = total;
-    if ((e = k_quant_init()) != cudaSuccess) {
+    if ((e = k_quant_init()) != cudaSuccess || (e = k_idx_prepare(hp->idx_n_head, hp->idx_head_dim)) != cudaSuccess) {
         ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
         goto fail;
     }
@@ -399,6 +413,15 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     layout_state(s, &sb);
     layout_scratch(s, &xb);
     prof_init(s);
+    {
+        const char *ge = getenv("DS4_CUDA_GRAPH");
+        s->graphs = !s->prof && !(ge && *ge == '0');
+    }
+    if ((e = cudaMallocHost((void **)&s->tok_pinned, sizeof(int32_t))) != cudaSuccess ||
+        (e = cudaMallocHost((void **)&s->logits_pinned, (size_t)g->hp->n_vocab * sizeof(float))) != cudaSuccess) {
+        ds4_fail(err, "CUDA: page-locked buffers: %s", cudaGetErrorString(e));
+        goto fail;
+    }
     return s;
 fail:
     ds4_gpu_session_free(s);
@@ -408,6 +431,9 @@ fail:
 extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     if (!s) return;
     prof_free(s);
+    for (int i = 0; i < s->n_gcache; i++) cudaGraphExecDestroy(s->gcache[i].exec);
+    cudaFreeHost(s->tok_pinned);
+    cudaFreeHost(s->logits_pinned);
     if (s->st) cudaStreamDestroy(s->st);
     cudaFree(s->state);
     cudaFree(s->scratch);
@@ -752,9 +778,10 @@ static int moe(fwd *f, uint32_t il) {
     return 0;
 }
 
-/* One internal chunk; logits of rows [first, n) go to out (host). */
-static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
-                 ds4_error *err) {
+/* Enqueues one internal chunk on the session's stream and advances the
+ * host-side position; logits of rows [first, n) go to out (host). */
+static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
+                   ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     const ds4_weights *w = &s->g->w;
     fwd f = {s, hp, w, official, n, s->pos, err};
@@ -790,7 +817,86 @@ static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint3
         CU(cudaMemcpyAsync(out, s->logits, (size_t)m * hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st));
     }
     prof_mark(s, "end");
+    return 0;
+}
+
+/* Which optional kernels a single-token step at position p launches: the
+ * compressor emissions (one bit per layer ratio in use) and the indexer. */
+static uint64_t step_key(const ds4_gpu_session *s, uint64_t p, bool logits) {
+    const ds4_hparams *hp = s->g->hp;
+    uint64_t key = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        uint32_t r = hp->compress_ratio[il];
+        if (r && (p + 1) % r == 0) key |= 1ull << (__builtin_ctz(r) & 31);
+    }
+    if ((p + 1) / 4 > hp->idx_topk) key |= 1ull << 40;
+    if (logits) key |= 1ull << 41;
+    return key;
+}
+
+/* A single-token step through a captured graph. Returns 1 (nothing done,
+ * graphs now off) when capture is not possible, so the caller launches
+ * directly. */
+static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, ds4_error *err) {
+    cudaStream_t st = s->st;
+    uint64_t key = step_key(s, s->pos, out != NULL);
+    uint32_t pos0 = s->pos;
+    int fr0 = s->fr;
+    cudaGraph_t graph = NULL;
+    *s->tok_pinned = token;
+    if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        cudaGetLastError();
+        s->graphs = false;
+        return 1;
+    }
+    ds4_error cap_err = {{0}};
+    int rc = enqueue(s, official, s->tok_pinned, 1, 0, out ? s->logits_pinned : NULL, &cap_err);
+    cudaError_t e = cudaStreamEndCapture(st, &graph);
+    if (rc || e != cudaSuccess || !graph) {
+        /* Not capturable here: undo the host-side step and launch directly. */
+        cudaGetLastError();
+        if (graph) cudaGraphDestroy(graph);
+        s->pos = pos0;
+        s->fr = fr0;
+        s->graphs = false;
+        return 1;
+    }
+    int slot = -1;
+    for (int i = 0; i < s->n_gcache; i++)
+        if (s->gcache[i].key == key) slot = i;
+    if (slot >= 0) {
+        cudaGraphExecUpdateResultInfo info;
+        if (cudaGraphExecUpdate(s->gcache[slot].exec, graph, &info) != cudaSuccess) {
+            cudaGetLastError();
+            cudaGraphExecDestroy(s->gcache[slot].exec);
+            s->gcache[slot].exec = NULL;
+        }
+    } else {
+        slot = s->n_gcache < 16 ? s->n_gcache++ : (int)(key % 16);
+        if (s->gcache[slot].exec) cudaGraphExecDestroy(s->gcache[slot].exec);
+        s->gcache[slot].exec = NULL;
+        s->gcache[slot].key = key;
+    }
+    if (!s->gcache[slot].exec && (e = cudaGraphInstantiate(&s->gcache[slot].exec, graph, 0)) != cudaSuccess) {
+        cudaGraphDestroy(graph);
+        s->gcache[slot].exec = NULL;
+        return ds4_fail(err, "CUDA: instantiating the decode graph: %s", cudaGetErrorString(e));
+    }
+    cudaGraphDestroy(graph);
+    CU(cudaGraphLaunch(s->gcache[slot].exec, st));
     CU(cudaStreamSynchronize(st));
+    if (out) memcpy(out, s->logits_pinned, (size_t)s->g->hp->n_vocab * sizeof(float));
+    return 0;
+}
+
+static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
+                 ds4_error *err) {
+    if (n == 1 && s->graphs) {
+        int rc = step_graph(s, official, tokens[0], first < n ? out : NULL, err);
+        if (rc <= 0) return rc;
+    }
+    if (enqueue(s, official, tokens, n, first, out, err)) return -1;
+    CU(cudaStreamSynchronize(s->st));
     prof_collect(s, n);
     return 0;
 }

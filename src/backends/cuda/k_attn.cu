@@ -158,17 +158,24 @@ static size_t idx_smem(uint32_t IH, uint32_t d) {
     return ((size_t)IH * d + (size_t)IDX_KEYS * (d + 1) + IH + 4 * IDX_KEYS) * sizeof(float);
 }
 
+/* The opt-in shared memory limit is a per-function setting: raised once at
+ * model load, never while a decode step is being captured into a graph. */
+static size_t idx_smem_raised = 48 * 1024;
+
+cudaError_t k_idx_prepare(uint32_t n_head, uint32_t d) {
+    size_t smem = idx_smem(n_head, d);
+    if (smem <= idx_smem_raised) return cudaSuccess;
+    cudaError_t e = cudaFuncSetAttribute(idx_scores_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e == cudaSuccess) idx_smem_raised = smem;
+    return e;
+}
+
 cudaError_t k_idx_scores(cudaStream_t st, const float *iq, const float *iw, uint32_t n, uint32_t n_head, uint32_t d,
                          const float *keys, uint64_t pos0, uint32_t topk, float *scores, uint64_t score_stride) {
     uint64_t n_vis_max = (pos0 + n) / 4;
     if (n == 0 || n_vis_max <= topk) return cudaSuccess;
     size_t smem = idx_smem(n_head, d);
-    static size_t raised = 0; /* the opt-in limit is per function, set once */
-    if (smem > 48 * 1024 && smem > raised) {
-        cudaError_t e = cudaFuncSetAttribute(idx_scores_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return e;
-        raised = smem;
-    }
+    if (smem > 48 * 1024 && smem > idx_smem_raised) return cudaErrorInvalidValue; /* k_idx_prepare first */
     idx_scores_kernel<<<dim3(div_up(n_vis_max, IDX_KEYS), n), 4 * IDX_KEYS, smem, st>>>(iq, iw, n_head, d, keys, pos0, topk,
                                                                                        scores, score_stride);
     return LAUNCH_STATUS();

@@ -177,25 +177,35 @@ template <> struct qb<GGML_TYPE_MXFP4> {
     }
 };
 
+/* The 256-value formats are split over 8 lanes: part() gives one lane's
+ * share (sub = 0..7, 32 values) of the block's integer sums, which the lanes
+ * add exactly; finish() applies the block's float scales once, as the
+ * scalar reference does after its whole-block integer sums. */
 template <> struct qb<GGML_TYPE_Q2_K> {
     static constexpr uint32_t QK = DS4_QK_K, BYTES = 84;
-    /* 84-byte blocks: qs (offset 16) is 4-byte aligned; Q8_K values too. */
-    __device__ static float dot(const uint8_t *w, const uint8_t *a) {
+    /* 84-byte blocks: qs (offset 16) is 4-byte aligned; Q8_K values too.
+     * Lane sub takes sub-blocks 2 sub and 2 sub + 1 (16 values each). */
+    __device__ static void part(const uint8_t *w, const uint8_t *a, int sub, int *isum, int *msum) {
         const ds4_block_q2_K *x = (const ds4_block_q2_K *)w;
         const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
-        int isum = 0, msum = 0;
-#pragma unroll 4
-        for (int k = 0; k < 16; k++) {
-            const int h = k >> 3, sh = (k >> 1) & 3, off = (k & 1) * 16;
+        int is = 0, ms = 0;
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++) {
+            const int k = 2 * sub + kk, h = k >> 3, sh = (k >> 1) & 3, off = (k & 1) * 16;
             const uint8_t *qs = x->qs + 32 * h + off;
             const uint8_t *q8 = (const uint8_t *)(y->qs + 16 * k);
             int s = 0;
 #pragma unroll
             for (int l = 0; l < 16; l += 4)
                 s = __dp4a((int)(((uint32_t)ld_i8x4_a4(qs + l) >> (2 * sh)) & 0x03030303u), ld_i8x4_a4(q8 + l), s);
-            isum += (x->scales[k] & 15) * s;
-            msum += (x->scales[k] >> 4) * y->bsums[k];
+            is += (x->scales[k] & 15) * s;
+            ms += (x->scales[k] >> 4) * y->bsums[k];
         }
+        *isum = is, *msum = ms;
+    }
+    __device__ static float finish(const uint8_t *w, const uint8_t *a, int isum, int msum) {
+        const ds4_block_q2_K *x = (const ds4_block_q2_K *)w;
+        const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
         const float dall = y->d * half_f(ld16((const uint8_t *)&x->d)), dmin = y->d * half_f(ld16((const uint8_t *)&x->dmin));
         return dall * (float)isum - dmin * (float)msum;
     }
@@ -203,30 +213,32 @@ template <> struct qb<GGML_TYPE_Q2_K> {
 
 template <> struct qb<GGML_TYPE_Q4_K> {
     static constexpr uint32_t QK = DS4_QK_K, BYTES = 144;
-    __device__ static float dot(const uint8_t *w, const uint8_t *a) {
+    /* lane sub takes sub-block j = sub (32 values) */
+    __device__ static void part(const uint8_t *w, const uint8_t *a, int j, int *isum, int *msum) {
         const ds4_block_q4_K *x = (const ds4_block_q4_K *)w;
         const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
-        int isum = 0, msum = 0;
-        for (int j = 0; j < 8; j++) {
-            int sc, m;
-            if (j < 4) {
-                sc = x->scales[j] & 63;
-                m = x->scales[j + 4] & 63;
-            } else {
-                sc = (x->scales[j + 4] & 15) | ((x->scales[j - 4] >> 6) << 4);
-                m = (x->scales[j + 4] >> 4) | ((x->scales[j] >> 6) << 4);
-            }
-            /* 144-byte blocks: qs (offset 16) is 16-byte aligned */
-            const uint8_t *qs = x->qs + 32 * (j >> 1);
-            const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * j);
-            const int shift = (j & 1) * 4;
-            int s = 0;
-#pragma unroll
-            for (int l = 0; l < 32; l += 4)
-                s = __dp4a((int)(((uint32_t)ld_i8x4_a4(qs + l) >> shift) & 0x0f0f0f0fu), ld_i8x4_a4(q8 + l), s);
-            isum += sc * s;
-            msum += m * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
+        int sc, m;
+        if (j < 4) {
+            sc = x->scales[j] & 63;
+            m = x->scales[j + 4] & 63;
+        } else {
+            sc = (x->scales[j + 4] & 15) | ((x->scales[j - 4] >> 6) << 4);
+            m = (x->scales[j + 4] >> 4) | ((x->scales[j] >> 6) << 4);
         }
+        /* 144-byte blocks: qs (offset 16) is 16-byte aligned */
+        const uint8_t *qs = x->qs + 32 * (j >> 1);
+        const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * j);
+        const int shift = (j & 1) * 4;
+        int s = 0;
+#pragma unroll
+        for (int l = 0; l < 32; l += 4)
+            s = __dp4a((int)(((uint32_t)ld_i8x4_a4(qs + l) >> shift) & 0x0f0f0f0fu), ld_i8x4_a4(q8 + l), s);
+        *isum = sc * s;
+        *msum = m * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
+    }
+    __device__ static float finish(const uint8_t *w, const uint8_t *a, int isum, int msum) {
+        const ds4_block_q4_K *x = (const ds4_block_q4_K *)w;
+        const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
         const float dall = y->d * half_f(x->d), dmin = y->d * half_f(x->dmin);
         return dall * (float)isum - dmin * (float)msum;
     }
@@ -234,29 +246,30 @@ template <> struct qb<GGML_TYPE_Q4_K> {
 
 template <> struct qb<GGML_TYPE_IQ2_XXS> {
     static constexpr uint32_t QK = DS4_QK_K, BYTES = 66;
-    __device__ static float dot(const uint8_t *w, const uint8_t *a) {
+    /* lane sub takes group ib = sub (32 values) */
+    __device__ static void part(const uint8_t *w, const uint8_t *a, int ib, int *isum, int *msum) {
         const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
-        const uint8_t *qs = w + 2;
-        int isum = 0;
-        for (int ib = 0; ib < 8; ib++) {
-            uint32_t aux = (uint32_t)qs[8 * ib + 4] | ((uint32_t)qs[8 * ib + 5] << 8) | ((uint32_t)qs[8 * ib + 6] << 16) |
-                           ((uint32_t)qs[8 * ib + 7] << 24);
-            int s = 0;
+        const uint8_t *qs = w + 2 + 8 * ib; /* 2-byte aligned only (66-byte blocks) */
+        uint32_t aux = (uint32_t)ld16(qs + 4) | ((uint32_t)ld16(qs + 6) << 16);
+        int s = 0;
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                /* grid magnitudes (< 128) times the activations with the
-                 * signs applied bytewise: (a ^ m) - m negates where m = 0xff
-                 * (activations are in [-127, 127], so nothing overflows) */
-                const uint32_t *g = (const uint32_t *)(d_iq2_grid + 8 * qs[8 * ib + k]);
-                const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * ib + 8 * k);
-                uint32_t sg = d_iq2_signs[(aux >> (7 * k)) & 127];
-                uint32_t m0 = sign_mask4(sg & 15), m1 = sign_mask4(sg >> 4);
-                uint32_t a0 = (uint32_t)ld_i8x4_a4(q8), a1 = (uint32_t)ld_i8x4_a4(q8 + 4);
-                s = __dp4a((int)__ldg(g), (int)__vsub4(a0 ^ m0, m0), s);
-                s = __dp4a((int)__ldg(g + 1), (int)__vsub4(a1 ^ m1, m1), s);
-            }
-            isum += (int)(2 * (aux >> 28) + 1) * s;
+        for (int k = 0; k < 4; k++) {
+            /* grid magnitudes (< 128) times the activations with the signs
+             * applied bytewise: (a ^ m) - m negates where m = 0xff
+             * (activations are in [-127, 127], so nothing overflows) */
+            const uint32_t *g = (const uint32_t *)(d_iq2_grid + 8 * qs[k]);
+            const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * ib + 8 * k);
+            uint32_t sg = d_iq2_signs[(aux >> (7 * k)) & 127];
+            uint32_t m0 = sign_mask4(sg & 15), m1 = sign_mask4(sg >> 4);
+            uint32_t a0 = (uint32_t)ld_i8x4_a4(q8), a1 = (uint32_t)ld_i8x4_a4(q8 + 4);
+            s = __dp4a((int)__ldg(g), (int)__vsub4(a0 ^ m0, m0), s);
+            s = __dp4a((int)__ldg(g + 1), (int)__vsub4(a1 ^ m1, m1), s);
         }
+        *isum = (int)(2 * (aux >> 28) + 1) * s;
+        *msum = 0;
+    }
+    __device__ static float finish(const uint8_t *w, const uint8_t *a, int isum, int) {
+        const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
         return 0.125f * (half_f(ld16(w)) * y->d) * (float)isum;
     }
 };
@@ -265,17 +278,39 @@ template <uint32_t TYPE> struct act_of {
     static constexpr uint32_t BYTES = TYPE == GGML_TYPE_Q8_0 || TYPE == GGML_TYPE_MXFP4 ? 34 : 292;
 };
 
-/* acc[tt] = row . act row tt, on every lane. */
+/* acc[tt] = row . act row tt, on every lane. 32-value formats: a block
+ * per lane; 256-value formats: a block per 8 lanes (qb::part/finish). */
 template <uint32_t TYPE, int TT>
 __device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float *acc) {
     int lane = threadIdx.x & 31;
 #pragma unroll
     for (int tt = 0; tt < TT; tt++) acc[tt] = 0.0f;
-    for (uint32_t b = lane; b < nb; b += 32) {
-        const uint8_t *wb = wrow + (uint64_t)b * qb<TYPE>::BYTES;
+    if constexpr (qb<TYPE>::QK == DS4_QK_K) {
+        int sub = lane & 7;
+        for (uint32_t b0 = 0; b0 < nb; b0 += 4) {
+            uint32_t b = b0 + (lane >> 3);
+            bool valid = b < nb;
+            const uint8_t *wb = wrow + (uint64_t)b * qb<TYPE>::BYTES;
 #pragma unroll
-        for (int tt = 0; tt < TT; tt++)
-            if (tt < nt) acc[tt] += qb<TYPE>::dot(wb, ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES);
+            for (int tt = 0; tt < TT; tt++) {
+                if (tt >= nt) continue; /* uniform over the warp */
+                const uint8_t *ab = ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES;
+                int is = 0, ms = 0;
+                if (valid) qb<TYPE>::part(wb, ab, sub, &is, &ms);
+                for (int o = 1; o < 8; o <<= 1) {
+                    is += __shfl_xor_sync(0xffffffffu, is, o);
+                    ms += __shfl_xor_sync(0xffffffffu, ms, o);
+                }
+                if (valid && sub == 0) acc[tt] += qb<TYPE>::finish(wb, ab, is, ms);
+            }
+        }
+    } else {
+        for (uint32_t b = lane; b < nb; b += 32) {
+            const uint8_t *wb = wrow + (uint64_t)b * qb<TYPE>::BYTES;
+#pragma unroll
+            for (int tt = 0; tt < TT; tt++)
+                if (tt < nt) acc[tt] += qb<TYPE>::dot(wb, ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES);
+        }
     }
 #pragma unroll
     for (int tt = 0; tt < TT; tt++) acc[tt] = warp_sum(acc[tt]);

@@ -117,6 +117,9 @@ cudaError_t k_comp_frontier(cudaStream_t st, const comp_op *op);
  * when n_vis > topk: scores[t][w] = sum_h wscale * iw[t][h] * scale *
  * relu(iq[t][h] . keys[w]), then sel[t] = the topk best key indices
  * (ties: lower index), in ascending index order. */
+/* Raises the scoring kernel's shared memory limit for n_head x d queries
+ * (once, before any k_idx_scores). */
+cudaError_t k_idx_prepare(uint32_t n_head, uint32_t d);
 cudaError_t k_idx_scores(cudaStream_t st, const float *iq, const float *iw, uint32_t n, uint32_t n_head, uint32_t d,
                          const float *keys, uint64_t pos0, uint32_t topk, float *scores, uint64_t score_stride);
 cudaError_t k_idx_topk(cudaStream_t st, const float *scores, uint64_t score_stride, uint32_t n, uint64_t pos0,

@@ -234,6 +234,7 @@ extern "C" int ds4_gpu_test_indexer(const float *iq, const float *iw, uint32_t n
     DEV(dk, keys, n_keys * d * 4);
     DEV(ds, scores, (size_t)n * stride * 4);
     DEV(dsel, sel, (size_t)n * topk * 4);
+    RUN(k_idx_prepare(n_head, d));
     RUN(k_idx_scores(0, (const float *)dq, (const float *)dw, n, n_head, d, (const float *)dk, pos0, topk, (float *)ds,
                      stride));
     RUN(k_idx_topk(0, (const float *)ds, stride, n, pos0, topk, (int32_t *)dsel));

@@ -49,6 +49,12 @@ typedef struct ds4_model_opts {
     int n_threads; /* worker threads for this model's compute; 0 = all cores */
     bool verbose;  /* print a load summary to stderr */
     ds4_backend backend;
+    /* CUDA: VRAM for routed experts. 0 = auto: all experts on the GPU when
+     * they fit, else a slot bank in the memory left after the dense
+     * weights. Otherwise a slot bank of this many bytes: experts stay in
+     * page-locked host memory and are copied into least-recently-used
+     * slots as the router asks for them. */
+    uint64_t gpu_expert_cache;
 } ds4_model_opts;
 
 typedef struct ds4_session_opts {
@@ -75,6 +81,16 @@ typedef struct ds4_model_info {
 ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_error *err);
 void ds4_model_free(ds4_model *m);
 void ds4_model_get_info(const ds4_model *m, ds4_model_info *out);
+/* Counters of a CUDA model's expert slot bank (slots == 0: no bank, every
+ * expert resident). */
+typedef struct ds4_expert_cache_stats {
+    uint32_t slots;
+    uint64_t slot_bytes;
+    uint64_t hits, misses;  /* expert lookups, one per expert a layer uses per chunk group */
+    uint64_t bytes_copied;  /* host to device */
+} ds4_expert_cache_stats;
+void ds4_model_expert_cache_stats(const ds4_model *m, ds4_expert_cache_stats *out);
+
 /* The backend the model's sessions use by default (CPU or CUDA, never AUTO). */
 ds4_backend ds4_model_backend(const ds4_model *m);
 const char *ds4_backend_name(ds4_backend b);

@@ -30,12 +30,16 @@ int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err);
 
 typedef struct ds4_gpu_model_opts {
     bool verbose;
+    uint64_t expert_cache; /* see ds4_model_opts.gpu_expert_cache */
 } ds4_gpu_model_opts;
 
 /* Uploads every tensor the forward pass reads. `net` must outlive the
  * model. */
 ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_model_opts *opts, ds4_error *err);
 void ds4_gpu_model_free(ds4_gpu_model *g);
+/* Slot bank counters (all zero without a bank). */
+void ds4_gpu_expert_stats(const ds4_gpu_model *g, uint32_t *slots, uint64_t *slot_bytes, uint64_t *hits,
+                          uint64_t *misses, uint64_t *bytes_copied);
 
 ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, ds4_error *err);
 void ds4_gpu_session_free(ds4_gpu_session *s);

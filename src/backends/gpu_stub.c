@@ -25,6 +25,13 @@ ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_model_opts *o
 
 void ds4_gpu_model_free(ds4_gpu_model *g) { (void)g; }
 
+void ds4_gpu_expert_stats(const ds4_gpu_model *g, uint32_t *slots, uint64_t *slot_bytes, uint64_t *hits,
+                          uint64_t *misses, uint64_t *bytes_copied) {
+    (void)g;
+    *slots = 0;
+    *slot_bytes = *hits = *misses = *bytes_copied = 0;
+}
+
 ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, ds4_error *err) {
     (void)g, (void)max_ctx;
     ds4_fail(err, NO_CUDA);

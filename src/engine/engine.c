@@ -44,6 +44,11 @@ bool ds4_cuda_available(ds4_error *why) { return ds4_gpu_probe(why); }
 int ds4_cuda_read_bandwidth(double *bytes_per_s, ds4_error *err) { return ds4_gpu_read_bandwidth(bytes_per_s, err); }
 
 ds4_backend ds4_model_backend(const ds4_model *m) { return m->backend; }
+
+void ds4_model_expert_cache_stats(const ds4_model *m, ds4_expert_cache_stats *out) {
+    memset(out, 0, sizeof *out);
+    if (m->gpu) ds4_gpu_expert_stats(m->gpu, &out->slots, &out->slot_bytes, &out->hits, &out->misses, &out->bytes_copied);
+}
 ds4_backend ds4_session_backend(const ds4_session *s) { return s->opts.backend; }
 
 /* Uploads the weights for CUDA sessions. AUTO falls back to the CPU (with a
@@ -58,7 +63,7 @@ static int pick_backend(ds4_model *m, const ds4_model_opts *o, ds4_error *err) {
         if (o->verbose) fprintf(stderr, "ds4: using the CPU: %s\n", why.msg);
         return 0;
     }
-    ds4_gpu_model_opts go = {.verbose = o->verbose};
+    ds4_gpu_model_opts go = {.verbose = o->verbose, .expert_cache = o->gpu_expert_cache};
     m->gpu = ds4_gpu_model_new(&m->net, &go, &why);
     if (!m->gpu) {
         if (o->backend == DS4_BACKEND_CUDA) return ds4_fail(err, "%s", why.msg);

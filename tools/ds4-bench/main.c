@@ -33,6 +33,7 @@ static void usage(FILE *f) {
             "  --numerics MODE      official (default) or hf\n"
             "  -t, --threads N      worker threads (default all cores)\n"
             "  --cuda | --cpu       run on the GPU or the CPU (default: the GPU when built with CUDA)\n"
+            "  --gpu-expert-cache BYTES  VRAM slot bank for routed experts (0 = auto: all resident if they fit)\n"
             "  --csv FILE           write the CSV there instead of stdout\n"
             "  --roofline           measure this machine's read bandwidth and peak fp32 rate and\n"
             "                       report decode and prefill speed as fractions of them\n");
@@ -134,6 +135,12 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
            100.0 * decode_tps / decode_ceiling);
     printf("prefill (chunk %u)     %.2f t/s = %.2f GFLOP/s = %.1f%% of peak; %.1fx decode\n", chunk, prefill_tps,
            prefill_flops / 1e9, peak > 0 ? 100.0 * prefill_flops / peak : 0.0, prefill_tps / decode_tps);
+    ds4_expert_cache_stats cs;
+    ds4_model_expert_cache_stats(m, &cs);
+    if (cs.slots)
+        printf("expert cache            %u slots of %.1f MB; %llu hits, %llu misses (%.1f%% hits); %.2f GB copied\n",
+               cs.slots, cs.slot_bytes / 1e6, (unsigned long long)cs.hits, (unsigned long long)cs.misses,
+               cs.hits + cs.misses ? 100.0 * cs.hits / (cs.hits + cs.misses) : 0.0, cs.bytes_copied / 1e9);
     return 0;
 }
 
@@ -144,6 +151,7 @@ int main(int argc, char **argv) {
     ds4_numerics numerics = DS4_NUMERICS_OFFICIAL;
     int roofline = 0;
     ds4_backend backend = DS4_BACKEND_AUTO;
+    double expert_cache = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int rc = 0;
@@ -155,6 +163,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--roofline")) roofline = 1;
         else if (!strcmp(a, "--cuda")) backend = DS4_BACKEND_CUDA;
         else if (!strcmp(a, "--cpu")) backend = DS4_BACKEND_CPU;
+        else if (!strcmp(a, "--gpu-expert-cache")) rc = num_arg(argc, argv, &i, &expert_cache);
         else if (!strcmp(a, "--csv") && i + 1 < argc) csv_path = argv[++i];
         else if (!strcmp(a, "--numerics") && i + 1 < argc) {
             const char *v = argv[++i];
@@ -191,7 +200,7 @@ int main(int argc, char **argv) {
     }
 
     ds4_error err = {{0}};
-    ds4_model_opts mo = {.n_threads = (int)threads, .backend = backend};
+    ds4_model_opts mo = {.n_threads = (int)threads, .backend = backend, .gpu_expert_cache = (uint64_t)expert_cache};
     ds4_model *m = ds4_model_load(model_path, &mo, &err);
     if (!m) {
         fprintf(stderr, "ds4-bench: %s\n", err.msg);

@@ -19,6 +19,7 @@ typedef struct cli_opts {
     ds4_think_mode mode;
     ds4_numerics numerics;
     ds4_backend backend; /* --cuda / --cpu; AUTO by default */
+    uint64_t gpu_expert_cache; /* --gpu-expert-cache: bytes, 0 = auto */
     bool raw, dump_tokens, tokenize, verbose;
 } cli_opts;
 

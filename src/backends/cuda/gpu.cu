@@ -18,9 +18,32 @@ extern "C" {
  * depend on it (every kernel computes a token the same way in any chunk). */
 #define GPU_CHUNK 256
 
+/* The expert slot bank: routed experts live in page-locked host memory
+ * (one contiguous gate|up|down record per expert) and are copied on demand,
+ * on a stream of their own, into n_slots device slots replaced in
+ * least-recently-used order. Sessions of one model must not run
+ * concurrently while it is in use (they share the slots). */
+typedef struct bank {
+    uint32_t n_slots;
+    uint64_t slot_bytes;
+    uint8_t *dev;
+    uint8_t *host;
+    uint64_t host_bytes;
+    uint64_t *layer_off, *stride, *rec_bytes, *off_up, *off_down; /* per layer */
+    int32_t *slot_of;  /* (layer * n_expert + expert) -> slot or -1 */
+    uint64_t *key;     /* slot -> layer * n_expert + expert, or UINT64_MAX */
+    uint64_t *stamp;   /* slot -> group counter of its last use */
+    int32_t *prev, *next, head, tail; /* recency list, head = most recent */
+    uint64_t tick;
+    cudaStream_t copy;
+    cudaEvent_t copied, consumed;
+    uint64_t hits, misses, bytes;
+} bank;
+
 struct ds4_gpu_model {
     const ds4_net *net;
     const ds4_hparams *hp;
+    bank *bank;           /* NULL: every expert resident */
     ds4_weights w;        /* same tensors, data in device memory */
     uint8_t *dev;         /* one allocation for all of them */
     uint64_t dev_bytes;
@@ -61,6 +84,9 @@ struct ds4_gpu_session {
      * few executable graphs (keyed by that) are kept and updated in place
      * with each step's parameters. Off with DS4_CUDA_GRAPH=0. */
     bool graphs;
+    int32_t *grp_pinned;      /* slot bank: used experts read back (1 + n_expert) */
+    const uint8_t **wtab_pinned; /* slot bank: 3 matrix addresses per used expert */
+    const uint8_t **wtab;        /* the same on the device */
     int32_t *tok_pinned;   /* capture needs page-locked host buffers */
     float *logits_pinned;  /* n_vocab */
     struct {
@@ -159,7 +185,18 @@ static uint64_t align256(uint64_t x) { return (x + 255) & ~(uint64_t)255; }
 
 /* Walks every tensor of w: with dev == NULL only sums the sizes; otherwise
  * copies each into dev and points the tensor there. */
-static int place_tensors(ds4_weights *w, uint32_t n_layer, uint8_t *dev, uint64_t *total, ds4_error *err) {
+static bool is_routed(const ds4_weights *w, const ds4_tensor *t, uint32_t n_layer) {
+    for (uint32_t il = 0; il < n_layer; il++) {
+        const ds4_layer_weights *l = &w->layers[il];
+        if (t == &l->gate_exps || t == &l->up_exps || t == &l->down_exps) return true;
+    }
+    return false;
+}
+
+/* skip_routed: the routed experts stay on the host (slot bank); their
+ * tensors keep shapes and types with data NULL. */
+static int place_tensors(ds4_weights *w, uint32_t n_layer, uint8_t *dev, bool skip_routed, uint64_t *total,
+                         ds4_error *err) {
     uint64_t off = 0;
     ds4_tensor *top[] = {&w->tok_embd, &w->output, &w->output_norm, &w->hc_head.fn, &w->hc_head.base, &w->hc_head.scale};
     for (uint32_t il = 0; il <= n_layer; il++) {
@@ -169,6 +206,10 @@ static int place_tensors(ds4_weights *w, uint32_t n_layer, uint8_t *dev, uint64_
         for (size_t i = 0; i < count; i++) {
             ds4_tensor *t = list[i];
             if (!t->data) continue;
+            if (skip_routed && il < n_layer && is_routed(w, t, n_layer)) {
+                if (dev) t->data = NULL;
+                continue;
+            }
             uint64_t nb = tensor_bytes(t);
             if (dev) {
                 CU(cudaMemcpy(dev + off, t->data, nb, cudaMemcpyHostToDevice));
@@ -179,6 +220,106 @@ static int place_tensors(ds4_weights *w, uint32_t n_layer, uint8_t *dev, uint64_
     }
     *total = off;
     return 0;
+}
+
+static void bank_free(bank *b) {
+    if (!b) return;
+    if (b->copy) cudaStreamDestroy(b->copy);
+    if (b->copied) cudaEventDestroy(b->copied);
+    if (b->consumed) cudaEventDestroy(b->consumed);
+    cudaFree(b->dev);
+    cudaFreeHost(b->host);
+    free(b->layer_off), free(b->stride), free(b->rec_bytes), free(b->off_up), free(b->off_down);
+    free(b->slot_of), free(b->key), free(b->stamp), free(b->prev), free(b->next);
+    free(b);
+}
+
+/* Bytes of one expert record (gate | up | down, each 256-aligned) of layer il. */
+static uint64_t expert_record(const ds4_layer_weights *l, uint64_t *off_up, uint64_t *off_down) {
+    uint64_t g = l->gate_exps.row_bytes * l->gate_exps.ne[1], u = l->up_exps.row_bytes * l->up_exps.ne[1];
+    uint64_t d = l->down_exps.row_bytes * l->down_exps.ne[1];
+    *off_up = align256(g);
+    *off_down = *off_up + align256(u);
+    return *off_down + d;
+}
+
+static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
+    const ds4_hparams *hp = g->hp;
+    const ds4_weights *hw = g->net->w; /* host (mapped) tensors */
+    uint32_t L = hp->n_layer, X = hp->n_expert;
+    bank *b = (bank *)calloc(1, sizeof *b);
+    if (!b) return ds4_fail(err, "out of memory");
+    g->bank = b;
+    b->layer_off = (uint64_t *)calloc(L, 8), b->stride = (uint64_t *)calloc(L, 8), b->rec_bytes = (uint64_t *)calloc(L, 8);
+    b->off_up = (uint64_t *)calloc(L, 8), b->off_down = (uint64_t *)calloc(L, 8);
+    if (!b->layer_off || !b->stride || !b->rec_bytes || !b->off_up || !b->off_down) return ds4_fail(err, "out of memory");
+    for (uint32_t il = 0; il < L; il++) {
+        b->rec_bytes[il] = expert_record(&hw->layers[il], &b->off_up[il], &b->off_down[il]);
+        b->stride[il] = align256(b->rec_bytes[il]);
+        b->layer_off[il] = b->host_bytes;
+        b->host_bytes += b->stride[il] * X;
+        if (b->stride[il] > b->slot_bytes) b->slot_bytes = b->stride[il];
+    }
+    uint64_t n = cache_bytes / b->slot_bytes;
+    if (n > (uint64_t)L * X) n = (uint64_t)L * X;
+    if (n < hp->n_expert_used)
+        return ds4_fail(err, "CUDA expert cache of %.2f GB holds %llu experts of %.1f MB; a token needs %u", cache_bytes / 1e9,
+                        (unsigned long long)n, b->slot_bytes / 1e6, hp->n_expert_used);
+    b->n_slots = (uint32_t)n;
+    CU(cudaMallocHost((void **)&b->host, b->host_bytes));
+    for (uint32_t il = 0; il < L; il++) {
+        const ds4_layer_weights *l = &hw->layers[il];
+        uint64_t gb = l->gate_exps.row_bytes * l->gate_exps.ne[1], ub = l->up_exps.row_bytes * l->up_exps.ne[1];
+        uint64_t db = l->down_exps.row_bytes * l->down_exps.ne[1];
+        for (uint32_t e = 0; e < X; e++) {
+            uint8_t *rec = b->host + b->layer_off[il] + e * b->stride[il];
+            memcpy(rec, l->gate_exps.data + e * gb, gb);
+            memcpy(rec + b->off_up[il], l->up_exps.data + e * ub, ub);
+            memcpy(rec + b->off_down[il], l->down_exps.data + e * db, db);
+        }
+    }
+    CU(cudaMalloc((void **)&b->dev, (uint64_t)b->n_slots * b->slot_bytes));
+    CU(cudaStreamCreateWithFlags(&b->copy, cudaStreamNonBlocking));
+    CU(cudaEventCreateWithFlags(&b->copied, cudaEventDisableTiming));
+    CU(cudaEventCreateWithFlags(&b->consumed, cudaEventDisableTiming));
+    b->slot_of = (int32_t *)malloc((size_t)L * X * sizeof(int32_t));
+    b->key = (uint64_t *)malloc(b->n_slots * sizeof(uint64_t));
+    b->stamp = (uint64_t *)calloc(b->n_slots, sizeof(uint64_t));
+    b->prev = (int32_t *)malloc(b->n_slots * sizeof(int32_t));
+    b->next = (int32_t *)malloc(b->n_slots * sizeof(int32_t));
+    if (!b->slot_of || !b->key || !b->stamp || !b->prev || !b->next) return ds4_fail(err, "out of memory");
+    for (uint64_t i = 0; i < (uint64_t)L * X; i++) b->slot_of[i] = -1;
+    for (uint32_t i = 0; i < b->n_slots; i++) {
+        b->key[i] = UINT64_MAX;
+        b->prev[i] = (int32_t)i - 1;
+        b->next[i] = i + 1 < b->n_slots ? (int32_t)i + 1 : -1;
+    }
+    b->head = 0;
+    b->tail = (int32_t)b->n_slots - 1;
+    return 0;
+}
+
+static void bank_touch(bank *b, int32_t s) {
+    if (b->head == s) return;
+    /* unlink */
+    b->next[b->prev[s]] = b->next[s];
+    if (b->next[s] >= 0) b->prev[b->next[s]] = b->prev[s];
+    else b->tail = b->prev[s];
+    /* push front */
+    b->prev[s] = -1;
+    b->next[s] = b->head;
+    b->prev[b->head] = s;
+    b->head = s;
+}
+
+extern "C" void ds4_gpu_expert_stats(const ds4_gpu_model *g, uint32_t *slots, uint64_t *slot_bytes, uint64_t *hits,
+                                     uint64_t *misses, uint64_t *bytes_copied) {
+    const bank *b = g->bank;
+    *slots = b ? b->n_slots : 0;
+    *slot_bytes = b ? b->slot_bytes : 0;
+    *hits = b ? b->hits : 0;
+    *misses = b ? b->misses : 0;
+    *bytes_copied = b ? b->bytes : 0;
 }
 
 static bool float_type(uint32_t type) {
@@ -240,11 +381,12 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
         return NULL;
     }
     memcpy(g->w.layers, net->w->layers, hp->n_layer * sizeof *g->w.layers);
-    uint64_t total = 0;
+    uint64_t total = 0, dense = 0, cache = opts ? opts->expert_cache : 0;
     size_t free_b = 0, total_b = 0;
     cudaError_t e;
-    place_tensors(&g->w, hp->n_layer, NULL, &total, err);
-    g->dev_bytes = total;
+    bool use_bank = false;
+    place_tensors(&g->w, hp->n_layer, NULL, false, &total, err);
+    place_tensors(&g->w, hp->n_layer, NULL, true, &dense, err);
     if ((e = k_quant_init()) != cudaSuccess || (e = k_idx_prepare(hp->idx_n_head, hp->idx_head_dim)) != cudaSuccess) {
         ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
         goto fail;
@@ -253,16 +395,32 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
         ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
         goto fail;
     }
-    if (total + (512ull << 20) > free_b) {
-        ds4_fail(err, "CUDA backend: the weights need %.2f GB on the GPU, %.2f GB of %.2f GB are free", total / 1e9,
-                 free_b / 1e9, total_b / 1e9);
-        goto fail;
+    {
+        /* Room left for sessions (decode state, scratch) besides the weights. */
+        uint64_t reserve = (2ull << 30) > free_b / 10 ? (2ull << 30) : free_b / 10;
+        if (cache == 0 && total + reserve > free_b && dense + reserve < free_b) cache = free_b - dense - reserve;
+        use_bank = cache != 0;
+        if (!use_bank && total + reserve > free_b) {
+            ds4_fail(err, "CUDA backend: the weights need %.2f GB on the GPU, %.2f GB of %.2f GB are free", total / 1e9,
+                     free_b / 1e9, total_b / 1e9);
+            goto fail;
+        }
+        if (use_bank && dense + cache + (512ull << 20) > free_b) {
+            ds4_fail(err, "CUDA backend: %.2f GB of dense weights and a %.2f GB expert cache do not fit the %.2f GB free",
+                     dense / 1e9, cache / 1e9, free_b / 1e9);
+            goto fail;
+        }
     }
+    if (use_bank) {
+        if (bank_new(g, cache, err)) goto fail;
+        total = dense;
+    }
+    g->dev_bytes = total;
     if ((e = cudaMalloc((void **)&g->dev, total)) != cudaSuccess) {
         ds4_fail(err, "CUDA: allocating %.2f GB for the weights: %s", total / 1e9, cudaGetErrorString(e));
         goto fail;
     }
-    if (place_tensors(&g->w, hp->n_layer, g->dev, &total, err)) goto fail;
+    if (place_tensors(&g->w, hp->n_layer, g->dev, use_bank, &total, err)) goto fail;
     if ((e = cudaMalloc((void **)&g->rope, 4 * 128 * sizeof(float))) != cudaSuccess) {
         ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
         goto fail;
@@ -279,6 +437,10 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
         if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
             fprintf(stderr, "ds4: CUDA device %s (%d SMs, %.1f GB), %.2f GB of weights uploaded\n", prop.name,
                     prop.multiProcessorCount, prop.totalGlobalMem / 1e9, g->dev_bytes / 1e9);
+        if (g->bank)
+            fprintf(stderr, "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB) for %.2f GB of routed experts in host memory\n",
+                    g->bank->n_slots, g->bank->slot_bytes / 1e6, g->bank->n_slots * (double)g->bank->slot_bytes / 1e9,
+                    g->bank->host_bytes / 1e9);
     }
     return g;
 fail:
@@ -288,6 +450,7 @@ fail:
 
 extern "C" void ds4_gpu_model_free(ds4_gpu_model *g) {
     if (!g) return;
+    bank_free(g->bank);
     cudaFree(g->dev);
     cudaFree(g->rope);
     free(g->w.layers);
@@ -373,6 +536,7 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->sh = TAKE_F(b, n * E);
     s->logits = TAKE_F(b, n * hp->n_vocab);
     s->tok = TAKE_I(b, n);
+    s->wtab = (const uint8_t **)take(b, 3 * (uint64_t)X * sizeof(void *));
     /* Quantized activations: at most 292/256 bytes per value, for the widest
      * input of any product (routed down projections have n*K rows). */
     uint64_t wide = E * hc;
@@ -415,7 +579,15 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     prof_init(s);
     {
         const char *ge = getenv("DS4_CUDA_GRAPH");
-        s->graphs = !s->prof && !(ge && *ge == '0');
+        /* the slot bank decides on the host between layers: no capture */
+        s->graphs = !s->prof && !g->bank && !(ge && *ge == '0');
+    }
+    if (g->bank && ((e = cudaMallocHost((void **)&s->grp_pinned, (1 + (size_t)g->hp->n_expert) * sizeof(int32_t))) !=
+                        cudaSuccess ||
+                    (e = cudaMallocHost((void **)&s->wtab_pinned, 3 * (size_t)g->hp->n_expert * sizeof(void *))) !=
+                        cudaSuccess)) {
+        ds4_fail(err, "CUDA: page-locked buffers: %s", cudaGetErrorString(e));
+        goto fail;
     }
     if ((e = cudaMallocHost((void **)&s->tok_pinned, sizeof(int32_t))) != cudaSuccess ||
         (e = cudaMallocHost((void **)&s->logits_pinned, (size_t)g->hp->n_vocab * sizeof(float))) != cudaSuccess) {
@@ -434,6 +606,8 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     for (int i = 0; i < s->n_gcache; i++) cudaGraphExecDestroy(s->gcache[i].exec);
     cudaFreeHost(s->tok_pinned);
     cudaFreeHost(s->logits_pinned);
+    cudaFreeHost(s->grp_pinned);
+    cudaFreeHost(s->wtab_pinned);
     if (s->st) cudaStreamDestroy(s->st);
     cudaFree(s->state);
     cudaFree(s->scratch);
@@ -608,15 +782,83 @@ static cudaError_t lin(const fwd *f, const ds4_tensor *w, uint64_t r0, uint64_t 
 }
 
 static cudaError_t ffn_up(const fwd *f, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
-                          uint32_t n, uint32_t slots, const float *x, float limit, float *h) {
-    if (k_quant_type(gate->type)) return k_qffn_up(f->s->st, gate, up, grp, k, n, slots, x, limit, h, f->s->act);
-    return k_ffn_up(f->s->st, gate, up, grp, k, n, slots, x, limit, h);
+                          uint32_t n, uint32_t j0, uint32_t slots, const uint8_t *const *wtab, const float *x, float limit,
+                          float *h) {
+    if (k_quant_type(gate->type))
+        return k_qffn_up(f->s->st, gate, up, grp, k, n, j0, slots, wtab, x, limit, h, f->s->act);
+    return k_ffn_up(f->s->st, gate, up, grp, k, n, j0, slots, wtab, x, limit, h);
 }
 
 static cudaError_t ffn_down(const fwd *f, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n,
-                            uint32_t slots, const float *h, float *out) {
-    if (k_quant_type(down->type)) return k_qffn_down(f->s->st, down, grp, k, n, slots, h, out, f->s->act);
-    return k_ffn_down(f->s->st, down, grp, n, slots, h, out);
+                            uint32_t j0, uint32_t slots, const uint8_t *const *wtab, const float *h, float *out) {
+    if (k_quant_type(down->type)) return k_qffn_down(f->s->st, down, grp, k, n, j0, slots, wtab, h, out, f->s->act);
+    return k_ffn_down(f->s->st, down, grp, n, j0, slots, wtab, h, out);
+}
+
+/* The routed experts through the slot bank: the only host round trip of a
+ * chunk besides tokens and logits. The used experts (already grouped on
+ * the device) are read back; in groups that fit the bank, missing experts
+ * are copied into least-recently-used slots on the copy stream (after the
+ * previous group's kernels are done with those slots), the slot addresses
+ * go to the device, and the expert kernels wait for the copies. */
+static int bank_experts(fwd *f, uint32_t il, float limit) {
+    ds4_gpu_session *s = f->s;
+    bank *b = s->g->bank;
+    const ds4_hparams *hp = f->hp;
+    const ds4_layer_weights *lw = &f->w->layers[il];
+    ds4_error *err = f->err;
+    cudaStream_t st = s->st;
+    uint32_t X = hp->n_expert, K = hp->n_expert_used, n = f->n;
+    CU(cudaMemcpyAsync(s->grp_pinned, s->grp, (1 + (size_t)X) * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
+    CU(cudaStreamSynchronize(st));
+    uint32_t n_used = (uint32_t)s->grp_pinned[0], cap = b->n_slots < X ? b->n_slots : X;
+    const int32_t *used = s->grp_pinned + 1;
+    for (uint32_t g0 = 0; g0 < n_used; g0 += cap) {
+        uint32_t gn = n_used - g0 < cap ? n_used - g0 : cap;
+        bool copies = false;
+        b->tick++;
+        /* hits first, so that no expert of this group is chosen as a victim */
+        for (uint32_t j = g0; j < g0 + gn; j++) {
+            int32_t slot = b->slot_of[(uint64_t)il * X + used[j]];
+            if (slot < 0) continue;
+            b->stamp[slot] = b->tick;
+            bank_touch(b, slot);
+            b->hits++;
+        }
+        for (uint32_t j = g0; j < g0 + gn; j++) {
+            uint64_t key = (uint64_t)il * X + used[j];
+            if (b->slot_of[key] >= 0) continue;
+            int32_t slot = b->tail; /* never stamped this group: gn <= n_slots */
+            if (b->key[slot] != UINT64_MAX) b->slot_of[b->key[slot]] = -1;
+            b->key[slot] = key;
+            b->slot_of[key] = slot;
+            b->stamp[slot] = b->tick;
+            bank_touch(b, slot);
+            if (!copies) CU(cudaStreamWaitEvent(b->copy, b->consumed, 0));
+            copies = true;
+            CU(cudaMemcpyAsync(b->dev + (uint64_t)slot * b->slot_bytes, b->host + b->layer_off[il] + used[j] * b->stride[il],
+                               b->rec_bytes[il], cudaMemcpyHostToDevice, b->copy));
+            b->misses++;
+            b->bytes += b->rec_bytes[il];
+        }
+        for (uint32_t j = g0; j < g0 + gn; j++) {
+            const uint8_t *base = b->dev + (uint64_t)b->slot_of[(uint64_t)il * X + used[j]] * b->slot_bytes;
+            s->wtab_pinned[3 * j] = base;
+            s->wtab_pinned[3 * j + 1] = base + b->off_up[il];
+            s->wtab_pinned[3 * j + 2] = base + b->off_down[il];
+        }
+        CU(cudaMemcpyAsync(s->wtab + 3 * g0, s->wtab_pinned + 3 * g0, 3 * (size_t)gn * sizeof(uint8_t *),
+                           cudaMemcpyHostToDevice, st));
+        if (copies) {
+            CU(cudaEventRecord(b->copied, b->copy));
+            CU(cudaStreamWaitEvent(st, b->copied, 0));
+        }
+        const uint8_t *const *wt = (const uint8_t *const *)(s->wtab + 3 * g0);
+        CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, g0, gn, wt, s->y, limit, s->h));
+        CU(ffn_down(f, &lw->down_exps, s->grp, K, n, g0, gn, wt, s->h, s->dx));
+        CU(cudaEventRecord(b->consumed, st));
+    }
+    return 0;
 }
 
 /* y = collapse of the streams with the mixing weights of w (ds4_mhc_pre or,
@@ -767,12 +1009,16 @@ static int moe(fwd *f, uint32_t il) {
     CU(k_route(st, s->lg, n, X, K, s->tok, hash ? (const int32_t *)lw->tid2eid.data : NULL,
                hash ? NULL : vec(&lw->probs_bias), hp->expert_scale, s->ids, s->wts));
     prof_mark(f->s, "shared_expert");
-    CU(ffn_up(f, &lw->gate_shexp, &lw->up_shexp, NULL, K, n, 1, s->y, limit, s->hs));
-    CU(ffn_down(f, &lw->down_shexp, NULL, K, n, 1, s->hs, s->sh));
+    CU(ffn_up(f, &lw->gate_shexp, &lw->up_shexp, NULL, K, n, 0, 1, NULL, s->y, limit, s->hs));
+    CU(ffn_down(f, &lw->down_shexp, NULL, K, n, 0, 1, NULL, s->hs, s->sh));
     prof_mark(f->s, "experts");
     CU(k_moe_group(st, s->ids, n * K, X, s->grp));
-    CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, slots, s->y, limit, s->h));
-    CU(ffn_down(f, &lw->down_exps, s->grp, K, n, slots, s->h, s->dx));
+    if (s->g->bank) {
+        if (bank_experts(f, il, limit)) return -1;
+    } else {
+        CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, 0, slots, NULL, s->y, limit, s->h));
+        CU(ffn_down(f, &lw->down_exps, s->grp, K, n, 0, slots, NULL, s->h, s->dx));
+    }
     prof_mark(f->s, "moe_combine");
     CU(k_moe_combine(st, s->sh, s->dx, s->ids, s->wts, s->grp, n, K, X, E, s->o));
     return 0;

@@ -222,6 +222,8 @@ typedef struct ffn_args {
     const float *x; /* rows of K floats */
     float limit;
     float *y; /* rows of `rows` floats */
+    uint32_t j0;
+    const uint8_t *const *wtab;
 } ffn_args;
 
 /* Which expert slot j of the grid runs, and over which rows. Returns false
@@ -232,6 +234,7 @@ __device__ __forceinline__ bool ffn_slot(const ffn_args &a, uint32_t j, uint32_t
         *e = 0, *m0 = 0, *cnt = a.n, *members = nullptr;
         return true;
     }
+    j += a.j0;
     if ((int32_t)j >= a.grp[0]) return false;
     const int32_t *used = a.grp + 1, *off = used + a.n_expert, *count = off + a.n_expert;
     *e = (uint32_t)used[j];
@@ -247,8 +250,15 @@ template <int KIND, int TT, bool UP> __global__ void ffn_kernel(ffn_args a) {
     uint32_t e, m0, cnt;
     const int32_t *members;
     if (!ffn_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return;
-    uint64_t row = (uint64_t)e * a.rows + r;
-    const uint8_t *w0 = a.w0 + row * a.row_bytes, *w1 = UP ? a.w1 + row * a.row_bytes : nullptr;
+    const uint8_t *w0, *w1 = nullptr;
+    if (a.wtab) {
+        w0 = a.wtab[3 * blockIdx.y + (UP ? 0 : 2)] + r * a.row_bytes;
+        if (UP) w1 = a.wtab[3 * blockIdx.y + 1] + r * a.row_bytes;
+    } else {
+        uint64_t row = (uint64_t)e * a.rows + r;
+        w0 = a.w0 + row * a.row_bytes;
+        if (UP) w1 = a.w1 + row * a.row_bytes;
+    }
     int lane = threadIdx.x & 31;
     for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
         int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
@@ -282,7 +292,8 @@ template <int KIND, int TT, bool UP> __global__ void ffn_kernel(ffn_args a) {
 
 template <bool UP> static cudaError_t launch_ffn(cudaStream_t st, const ffn_args &a, const void *xbase, uint32_t slots) {
     dim3 grid(div_up(a.rows, ROWS_PER_BLOCK), slots);
-    int kind = pick_kind(a.type, a.K, a.row_bytes, a.w0, (const float *)xbase, a.K, 0);
+    /* bank slots are 256-byte aligned, like the tensors */
+    int kind = pick_kind(a.type, a.K, a.row_bytes, a.w0 ? a.w0 : (const uint8_t *)xbase, (const float *)xbase, a.K, 0);
     if (UP && (uintptr_t)a.w1 % 16) kind = 3;
     bool one = a.grp ? a.n == 1 : a.n == 1; /* one token: one member per slot */
 #define FFN_CASE(KD)                                                           \
@@ -304,18 +315,19 @@ template <bool UP> static cudaError_t launch_ffn(cudaStream_t st, const ffn_args
 }
 
 cudaError_t k_ffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
-                     uint32_t n, uint32_t max_slots, const float *x, float limit, float *h) {
-    if (n == 0) return cudaSuccess;
+                     uint32_t n, uint32_t j0, uint32_t max_slots, const uint8_t *const *wtab, const float *x, float limit,
+                     float *h) {
+    if (n == 0 || max_slots == 0) return cudaSuccess;
     if (gate->type != up->type || gate->row_bytes != up->row_bytes) return cudaErrorInvalidValue;
     ffn_args a = {gate->data, up->data, gate->row_bytes, gate->ne[1], gate->type, (uint32_t)gate->ne[0], grp,
-                  (uint32_t)gate->ne[2], k, n, x, limit, h};
+                  (uint32_t)gate->ne[2], k, n, x, limit, h, j0, wtab};
     return launch_ffn<true>(st, a, x, grp ? max_slots : 1);
 }
 
-cudaError_t k_ffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t n, uint32_t max_slots,
-                       const float *h, float *out) {
-    if (n == 0) return cudaSuccess;
+cudaError_t k_ffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t n, uint32_t j0,
+                       uint32_t max_slots, const uint8_t *const *wtab, const float *h, float *out) {
+    if (n == 0 || max_slots == 0) return cudaSuccess;
     ffn_args a = {down->data, nullptr, down->row_bytes, down->ne[1], down->type, (uint32_t)down->ne[0], grp,
-                  (uint32_t)down->ne[2], 1, n, h, 0.0f, out};
+                  (uint32_t)down->ne[2], 1, n, h, 0.0f, out, j0, wtab};
     return launch_ffn<false>(st, a, h, grp ? max_slots : 1);
 }

@@ -391,6 +391,8 @@ typedef struct qffn_args {
     uint64_t act_row;
     float limit;
     float *y;
+    uint32_t j0;
+    const uint8_t *const *wtab;
 } qffn_args;
 
 template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args a) {
@@ -399,15 +401,23 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args 
     uint32_t e = 0, m0 = 0, cnt = a.n;
     const int32_t *members = nullptr;
     if (a.grp) {
-        if ((int32_t)blockIdx.y >= a.grp[0]) return;
+        uint32_t j = a.j0 + blockIdx.y;
+        if ((int32_t)j >= a.grp[0]) return;
         const int32_t *used = a.grp + 1, *off = used + a.n_expert, *count = off + a.n_expert;
-        e = (uint32_t)used[blockIdx.y];
-        m0 = (uint32_t)off[blockIdx.y];
-        cnt = (uint32_t)count[blockIdx.y];
+        e = (uint32_t)used[j];
+        m0 = (uint32_t)off[j];
+        cnt = (uint32_t)count[j];
         members = count + a.n_expert;
     }
-    uint64_t row = (uint64_t)e * a.rows + r;
-    const uint8_t *w0 = a.w0 + row * a.row_bytes, *w1 = UP ? a.w1 + row * a.row_bytes : nullptr;
+    const uint8_t *w0, *w1 = nullptr;
+    if (a.wtab) {
+        w0 = a.wtab[3 * blockIdx.y + (UP ? 0 : 2)] + r * a.row_bytes;
+        if (UP) w1 = a.wtab[3 * blockIdx.y + 1] + r * a.row_bytes;
+    } else {
+        uint64_t row = (uint64_t)e * a.rows + r;
+        w0 = a.w0 + row * a.row_bytes;
+        if (UP) w1 = a.w1 + row * a.row_bytes;
+    }
     int lane = threadIdx.x & 31;
     for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
         int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
@@ -444,15 +454,16 @@ template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, ui
 }
 
 cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
-                      uint32_t n, uint32_t max_slots, const float *x, float limit, float *h, void *act) {
-    if (n == 0) return cudaSuccess;
+                      uint32_t n, uint32_t j0, uint32_t max_slots, const uint8_t *const *wtab, const float *x, float limit,
+                      float *h, void *act) {
+    if (n == 0 || max_slots == 0) return cudaSuccess;
     if (gate->type != up->type || gate->row_bytes != up->row_bytes) return cudaErrorInvalidValue;
     uint32_t K = (uint32_t)gate->ne[0];
     cudaError_t e = k_quantize_act(st, gate->type, x, K, 0, NULL, K, 1, n, act);
     if (e != cudaSuccess) return e;
     uint32_t qk = act_is_q8k(gate->type) ? DS4_QK_K : DS4_QK8_0;
     qffn_args a = {gate->data, up->data, gate->row_bytes, gate->ne[1], K / qk, (uint32_t)gate->ne[2], k, n, grp,
-                   (const uint8_t *)act, k_act_row_bytes(gate->type, K), limit, h};
+                   (const uint8_t *)act, k_act_row_bytes(gate->type, K), limit, h, j0, wtab};
     uint32_t slots = grp ? max_slots : 1;
 #define QU(T) launch_qffn<T, true>(a, slots, st)
     QTYPE_SWITCH(gate->type, QU)
@@ -460,16 +471,16 @@ cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor 
     return LAUNCH_STATUS();
 }
 
-cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n,
-                        uint32_t max_slots, const float *h, float *out, void *act) {
-    if (n == 0) return cudaSuccess;
+cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n, uint32_t j0,
+                        uint32_t max_slots, const uint8_t *const *wtab, const float *h, float *out, void *act) {
+    if (n == 0 || max_slots == 0) return cudaSuccess;
     uint32_t K = (uint32_t)down->ne[0];
     uint32_t rows_h = grp ? n * k : n; /* h rows: one per member (routed) or per token */
     cudaError_t e = k_quantize_act(st, down->type, h, K, 0, NULL, K, 1, rows_h, act);
     if (e != cudaSuccess) return e;
     uint32_t qk = act_is_q8k(down->type) ? DS4_QK_K : DS4_QK8_0;
     qffn_args a = {down->data, nullptr, down->row_bytes, down->ne[1], K / qk, (uint32_t)down->ne[2], k, n, grp,
-                   (const uint8_t *)act, k_act_row_bytes(down->type, K), 0.0f, out};
+                   (const uint8_t *)act, k_act_row_bytes(down->type, K), 0.0f, out, j0, wtab};
     uint32_t slots = grp ? max_slots : 1;
 #define QD(T) launch_qffn<T, false>(a, slots, st)
     QTYPE_SWITCH(down->type, QD)

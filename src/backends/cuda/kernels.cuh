@@ -43,9 +43,10 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
 /* k_ffn_up / k_ffn_down for quantized expert (or shared expert) weights;
  * act holds n rows (up) or the h rows (down: n*k routed, n shared). */
 cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
-                      uint32_t n, uint32_t max_slots, const float *x, float limit, float *h, void *act);
-cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n,
-                        uint32_t max_slots, const float *h, float *out, void *act);
+                      uint32_t n, uint32_t j0, uint32_t max_slots, const uint8_t *const *wtab, const float *x, float limit,
+                      float *h, void *act);
+cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n, uint32_t j0,
+                        uint32_t max_slots, const uint8_t *const *wtab, const float *h, float *out, void *act);
 
 /* ---- row transforms --------------------------------------------------------
  * Per row, in place and in this order: RMSNorm (weighted when norm_w),
@@ -162,14 +163,18 @@ static inline uint64_t k_group_ints(uint32_t n_expert, uint32_t n_entries) {
 }
 cudaError_t k_moe_group(cudaStream_t st, const int32_t *ids, uint32_t n_entries, uint32_t n_expert, int32_t *grp);
 /* h = swiglu_clamped(gate x, up x). Routed (grp != NULL): the weights are
- * 3-D expert tensors, slot j of grp runs expert used[j] over its members,
- * rows of h indexed by member position; max_slots bounds the grid. Shared
- * (grp == NULL): 2-D weights over all n tokens, rows of h per token. */
+ * 3-D expert tensors, grid slot i runs used-expert j = j0 + i of grp over
+ * its members, rows of h indexed by member position; max_slots bounds the
+ * grid. With wtab (the slot bank), the expert's gate, up and down matrices
+ * are at wtab[3i], wtab[3i+1], wtab[3i+2] instead of inside the tensors
+ * (which then only give types and shapes). Shared (grp == NULL): 2-D
+ * weights over all n tokens, rows of h per token. */
 cudaError_t k_ffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
-                     uint32_t n, uint32_t max_slots, const float *x, float limit, float *h);
+                     uint32_t n, uint32_t j0, uint32_t max_slots, const uint8_t *const *wtab, const float *x, float limit,
+                     float *h);
 /* out rows = down . h rows, same indexing as k_ffn_up. */
-cudaError_t k_ffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t n, uint32_t max_slots,
-                       const float *h, float *out);
+cudaError_t k_ffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t n, uint32_t j0,
+                       uint32_t max_slots, const uint8_t *const *wtab, const float *h, float *out);
 /* out[t] = shared[t] + sum over t's experts in ascending id of w * d[pos]. */
 cudaError_t k_moe_combine(cudaStream_t st, const float *shared, const float *d, const int32_t *ids, const float *wts,
                           const int32_t *grp, uint32_t n, uint32_t k, uint32_t n_expert, uint32_t E, float *out);

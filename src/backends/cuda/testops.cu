@@ -337,15 +337,15 @@ extern "C" int ds4_gpu_test_moe(uint32_t type, uint32_t type_down, uint32_t n, u
         const int32_t *grp = (const int32_t *)dgrp;
         RUN(k_moe_group(0, (const int32_t *)dids, n * k, X, (int32_t *)dgrp));
         if (quant) {
-            RUN(k_qffn_up(0, &sg, &su, NULL, k, n, 1, fx, limit, (float *)dhs, dact));
-            RUN(k_qffn_down(0, &sd, NULL, k, n, 1, (const float *)dhs, (float *)dsh, dact));
-            RUN(k_qffn_up(0, &tg, &tu, grp, k, n, slots, fx, limit, (float *)dh, dact));
-            RUN(k_qffn_down(0, &td, grp, k, n, slots, (const float *)dh, (float *)ddx, dact));
+            RUN(k_qffn_up(0, &sg, &su, NULL, k, n, 0, 1, NULL, fx, limit, (float *)dhs, dact));
+            RUN(k_qffn_down(0, &sd, NULL, k, n, 0, 1, NULL, (const float *)dhs, (float *)dsh, dact));
+            RUN(k_qffn_up(0, &tg, &tu, grp, k, n, 0, slots, NULL, fx, limit, (float *)dh, dact));
+            RUN(k_qffn_down(0, &td, grp, k, n, 0, slots, NULL, (const float *)dh, (float *)ddx, dact));
         } else {
-            RUN(k_ffn_up(0, &sg, &su, NULL, k, n, 1, fx, limit, (float *)dhs));
-            RUN(k_ffn_down(0, &sd, NULL, n, 1, (const float *)dhs, (float *)dsh));
-            RUN(k_ffn_up(0, &tg, &tu, grp, k, n, slots, fx, limit, (float *)dh));
-            RUN(k_ffn_down(0, &td, grp, n, slots, (const float *)dh, (float *)ddx));
+            RUN(k_ffn_up(0, &sg, &su, NULL, k, n, 0, 1, NULL, fx, limit, (float *)dhs));
+            RUN(k_ffn_down(0, &sd, NULL, n, 0, 1, NULL, (const float *)dhs, (float *)dsh));
+            RUN(k_ffn_up(0, &tg, &tu, grp, k, n, 0, slots, NULL, fx, limit, (float *)dh));
+            RUN(k_ffn_down(0, &td, grp, n, 0, slots, NULL, (const float *)dh, (float *)ddx));
         }
         RUN(k_moe_combine(0, (const float *)dsh, (const float *)ddx, (const int32_t *)dids, (const float *)dw,
                           (const int32_t *)dgrp, n, k, X, E, (float *)dout));

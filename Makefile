@@ -2,6 +2,8 @@
 #   make            build every binary (into the repository root)
 #   make test       build and run the whole test suite
 #   make san-test   the suite again under AddressSanitizer + UBSan
+#   make cuda       CUDA-enabled binaries in build/cuda/bin (needs nvcc; sm_90 + PTX)
+#   make cuda-test  the suite with those binaries, GPU tests included (needs a GPU)
 #   make clean
 
 CC      ?= cc
@@ -23,6 +25,22 @@ LIB_SRC  := $(shell find src -name '*.c' | sort)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB      := $(BUILD)/libds4.a
 
+# CUDA (make cuda sets WITH_CUDA=1): the same C sources compiled with
+# DS4_WITH_CUDA (which drops the backend stub), plus src/**/*.cu through
+# nvcc. The default build never looks for nvcc.
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+# Hopper machine code, plus PTX that the driver can compile for other GPUs.
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_75,code=compute_75
+# --fmad=false: no fused multiply-add, like the ISO C reference (common.cuh).
+NVCCFLAGS ?= -O3 -g -lineinfo --fmad=false
+CU_SRC    := $(shell find src -name '*.cu' | sort)
+ifeq ($(WITH_CUDA),1)
+LIB_OBJ   += $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+LDLIBS    += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+EXTRA_CFLAGS += -DDS4_WITH_CUDA
+endif
+
 # A tool is tools/NAME.c or a folder tools/NAME/ of sources.
 TOOL_FILES := $(wildcard tools/*.c)
 TOOL_DIRS  := $(patsubst %/,%,$(filter %/,$(wildcard tools/*/)))
@@ -32,12 +50,18 @@ TOOL_BINS  := $(addprefix $(BINDIR)/,$(TOOLS))
 TEST_SRC  := $(shell find tests -name 'test_*.c' | sort)
 TEST_BINS := $(TEST_SRC:%.c=$(BUILD)/%)
 
-.PHONY: all test san-test clean deps run
+.PHONY: all test san-test clean deps run cuda cuda-test test-bins
 all: $(TOOL_BINS)
+test-bins: $(TEST_BINS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(CPPFLAGS) -DDS4_WITH_CUDA -std=c++17 $(NVCCFLAGS) $(CUDA_ARCH) \
+	    -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings -MMD -MP -MF $(@:.o=.d) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -58,6 +82,16 @@ test: $(TOOL_BINS) $(TEST_BINS)
 SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 san-test:
 	$(MAKE) test BUILD=build/san BINDIR=build/san/bin CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)"
+
+# CUDA binaries and the suite run with them. CUDA_BUILD and CUDA_BIN may be
+# moved; ARCHFLAGS may be lowered for binaries carried to other machines.
+CUDA_BUILD ?= build/cuda
+CUDA_BIN   ?= $(CUDA_BUILD)/bin
+cuda:
+	$(MAKE) all test-bins WITH_CUDA=1 BUILD=$(CUDA_BUILD) BINDIR=$(CUDA_BIN)
+cuda-test: cuda
+	DS4_BIN=$(abspath $(CUDA_BIN)) DS4_BUILD=$(abspath $(CUDA_BUILD)) DS4_REQUIRE_GPU=1 ./tests/run.sh \
+	    $(shell find tests -name 'test_*.c' | sort | sed 's|^|$(CUDA_BUILD)/|; s|\.c$$||')
 
 # The main job: build, make the default model if needed, and run it.
 run: all

@@ -43,6 +43,16 @@ typedef enum ds4_ssd_io {
     DS4_SSD_IO_DIRECT = 1,   /* O_DIRECT (buffered where the file system refuses it) */
     DS4_SSD_IO_BUFFERED = 2, /* through the page cache, which then acts as a second-level cache */
 } ds4_ssd_io;
+/* Where the forward pass runs. A model loaded for CUDA keeps its weights
+ * on the GPU (and its mapped file for CPU sessions); a CUDA session keeps
+ * its decode state on the GPU. Builds without CUDA (plain `make`) refuse
+ * DS4_BACKEND_CUDA with a message saying so. */
+typedef enum ds4_backend {
+    DS4_BACKEND_AUTO = 0, /* model: CUDA when built with it and a GPU is usable, else CPU;
+                             session: the model's backend */
+    DS4_BACKEND_CPU = 1,
+    DS4_BACKEND_CUDA = 2,
+} ds4_backend;
 
 typedef struct ds4_model_opts {
     int n_threads; /* worker threads for this model's compute; 0 = all cores */
@@ -61,6 +71,13 @@ typedef struct ds4_model_opts {
     ds4_ssd_io ssd_io;
     bool no_moe_prefetch;     /* streaming: do not start next-layer reads early */
     uint32_t ctx_hint;        /* context the sessions will use, for the auto budget (0 = 32768) */
+    ds4_backend backend;
+    /* CUDA: VRAM for routed experts. 0 = auto: all experts on the GPU when
+     * they fit, else a slot bank in the memory left after the dense
+     * weights. Otherwise a slot bank of this many bytes: experts stay in
+     * page-locked host memory and are copied into least-recently-used
+     * slots as the router asks for them. */
+    uint64_t gpu_expert_cache;
 } ds4_model_opts;
 
 /* Routed-expert counters since load (all zero for a resident GGUF). Each
@@ -81,6 +98,7 @@ typedef struct ds4_session_opts {
     ds4_numerics numerics;
     uint32_t max_ctx;      /* positions this session may hold; 0 = model maximum */
     uint32_t prefill_chunk; /* tokens per prefill pass; 0 = whole prompt at once */
+    ds4_backend backend;   /* CPU or CUDA (the model must be loaded for CUDA); AUTO = the model's */
 } ds4_session_opts;
 
 typedef struct ds4_model_info {
@@ -106,6 +124,24 @@ void ds4_model_moe_stats(const ds4_model *m, ds4_moe_stats *out);
  * layer schedule, tensor count and bytes per type, the routed-expert types
  * of every layer, per-token cost and the tokenizer (ds4 --inspect). */
 void ds4_model_print_summary(const ds4_model *m, FILE *out);
+/* Counters of a CUDA model's expert slot bank (slots == 0: no bank, every
+ * expert resident). */
+typedef struct ds4_expert_cache_stats {
+    uint32_t slots;
+    uint64_t slot_bytes;
+    uint64_t hits, misses;  /* expert lookups, one per expert a layer uses per chunk group */
+    uint64_t bytes_copied;  /* host to device */
+} ds4_expert_cache_stats;
+void ds4_model_expert_cache_stats(const ds4_model *m, ds4_expert_cache_stats *out);
+
+/* The backend the model's sessions use by default (CPU or CUDA, never AUTO). */
+ds4_backend ds4_model_backend(const ds4_model *m);
+const char *ds4_backend_name(ds4_backend b);
+/* Whether this build can run CUDA and a GPU is usable; when not, why. */
+bool ds4_cuda_available(ds4_error *why);
+/* The GPU's measured read bandwidth in bytes/s (best of several passes
+ * over a buffer much larger than its cache), for roofline reports. */
+int ds4_cuda_read_bandwidth(double *bytes_per_s, ds4_error *err);
 
 /* The tokenizer embedded in the model file, or NULL when it has none. */
 const ds4_tokenizer *ds4_model_tokenizer(const ds4_model *m);
@@ -118,6 +154,7 @@ ds4_session *ds4_session_new(ds4_model *m, const ds4_session_opts *opts, ds4_err
 void ds4_session_free(ds4_session *s);
 /* Tokens fed so far (the position of the next token). */
 uint32_t ds4_session_pos(const ds4_session *s);
+ds4_backend ds4_session_backend(const ds4_session *s);
 /* Forgets everything: the next token is position 0. */
 void ds4_session_reset(ds4_session *s);
 

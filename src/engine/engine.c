@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/gpu.h"
 #include "compute/forward.h"
 #include "compute/linear.h"
 #include "ds4.h"
@@ -16,11 +17,54 @@
 
 struct ds4_session {
     ds4_model *m;
-    ds4_session_opts opts;
-    ds4_state state;
-    ds4_workspace *ws;
+    ds4_session_opts opts; /* opts.backend resolved to CPU or CUDA */
+    ds4_state state;       /* CPU sessions */
+    ds4_workspace *ws;     /* CPU sessions */
+    ds4_gpu_session *gpu;  /* CUDA sessions */
     float *logits; /* n_vocab: last position */
 };
+
+const char *ds4_backend_name(ds4_backend b) {
+    switch (b) {
+    case DS4_BACKEND_CPU: return "cpu";
+    case DS4_BACKEND_CUDA: return "cuda";
+    default: return "auto";
+    }
+}
+
+bool ds4_cuda_available(ds4_error *why) { return ds4_gpu_probe(why); }
+int ds4_cuda_read_bandwidth(double *bytes_per_s, ds4_error *err) { return ds4_gpu_read_bandwidth(bytes_per_s, err); }
+
+ds4_backend ds4_model_backend(const ds4_model *m) { return m->backend; }
+
+void ds4_model_expert_cache_stats(const ds4_model *m, ds4_expert_cache_stats *out) {
+    memset(out, 0, sizeof *out);
+    if (m->gpu) ds4_gpu_expert_stats(m->gpu, &out->slots, &out->slot_bytes, &out->hits, &out->misses, &out->bytes_copied);
+}
+ds4_backend ds4_session_backend(const ds4_session *s) { return s->opts.backend; }
+
+/* Uploads the weights for CUDA sessions. AUTO falls back to the CPU (with a
+ * note) when there is no usable GPU or the weights do not fit; an explicit
+ * CUDA request fails instead. */
+static int pick_backend(ds4_model *m, const ds4_model_opts *o, ds4_error *err) {
+    m->backend = DS4_BACKEND_CPU;
+    if (o->backend == DS4_BACKEND_CPU) return 0;
+    ds4_error why = {{0}};
+    if (!ds4_gpu_probe(&why)) {
+        if (o->backend == DS4_BACKEND_CUDA) return ds4_fail(err, "CUDA backend: %s", why.msg);
+        if (o->verbose) fprintf(stderr, "ds4: using the CPU: %s\n", why.msg);
+        return 0;
+    }
+    ds4_gpu_model_opts go = {.verbose = o->verbose, .expert_cache = o->gpu_expert_cache};
+    m->gpu = ds4_gpu_model_new(&m->net, &go, &why);
+    if (!m->gpu) {
+        if (o->backend == DS4_BACKEND_CUDA) return ds4_fail(err, "%s", why.msg);
+        fprintf(stderr, "ds4: CUDA unavailable for this model, using the CPU: %s\n", why.msg);
+        return 0;
+    }
+    m->backend = DS4_BACKEND_CUDA;
+    return 0;
+}
 
 static int optional_id(const gguf_file *f, const char *key) {
     uint32_t v;
@@ -107,15 +151,17 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
         goto fail;
     }
     ds4_net_init_rope(&m->net);
+    if (pick_backend(m, &o, err)) goto fail;
     if (gguf_find_kv(m->file, "tokenizer.ggml.tokens") && !(m->tok = ds4_tokenizer_from_gguf(m->file, err))) goto fail;
     m->bos_id = optional_id(m->file, "tokenizer.ggml.bos_token_id");
     m->eos_id = optional_id(m->file, "tokenizer.ggml.eos_token_id");
     if (o.verbose) {
         ds4_model_info info;
         ds4_model_get_info(m, &info);
-        fprintf(stderr, "ds4: %s: %u layers, %u wide, %u heads x %u, %u experts (%u used), vocab %u, %.2f GB of weights\n",
+        fprintf(stderr,
+                "ds4: %s: %u layers, %u wide, %u heads x %u, %u experts (%u used), vocab %u, %.2f GB of weights, backend %s\n",
                 path, info.n_layer, info.n_embd, info.n_head, info.head_dim, info.n_expert, info.n_expert_used, info.n_vocab,
-                info.weight_bytes / 1e9);
+                info.weight_bytes / 1e9, ds4_backend_name(m->backend));
     }
     free(manifest);
     free(dense);
@@ -129,6 +175,7 @@ fail:
 
 void ds4_model_free(ds4_model *m) {
     if (!m) return;
+    ds4_gpu_model_free(m->gpu);
     ds4_tokenizer_free(m->tok);
     if (m->net.experts) ds4_experts_free(m->net.experts);
     ds4_pool_free(m->pool);
@@ -210,11 +257,26 @@ ds4_session *ds4_session_new(ds4_model *m, const ds4_session_opts *opts, ds4_err
     }
     s->m = m;
     if (opts) s->opts = *opts;
+    if (s->opts.backend == DS4_BACKEND_AUTO) s->opts.backend = m->backend;
     uint64_t max_ctx = s->opts.max_ctx ? s->opts.max_ctx : m->hp.n_ctx_train;
     if (max_ctx > UINT32_MAX) max_ctx = UINT32_MAX;
     s->logits = malloc((size_t)m->hp.n_vocab * sizeof(float));
+    if (!s->logits) {
+        ds4_fail(err, "out of memory creating a session");
+        goto fail;
+    }
+    if (s->opts.backend == DS4_BACKEND_CUDA) {
+        if (!m->gpu) {
+            ds4_error why = {{0}};
+            if (!ds4_gpu_probe(&why)) ds4_fail(err, "CUDA session: %s", why.msg);
+            else ds4_fail(err, "CUDA session: the model was loaded for the CPU (load it with the CUDA backend)");
+            goto fail;
+        }
+        if (!(s->gpu = ds4_gpu_session_new(m->gpu, (uint32_t)max_ctx, err))) goto fail;
+        return s;
+    }
     s->ws = ds4_workspace_new();
-    if (!s->logits || !s->ws) {
+    if (!s->ws) {
         ds4_fail(err, "out of memory creating a session");
         goto fail;
     }
@@ -227,14 +289,18 @@ fail:
 
 void ds4_session_free(ds4_session *s) {
     if (!s) return;
+    ds4_gpu_session_free(s->gpu);
     ds4_state_free(&s->state);
     ds4_workspace_free(s->ws);
     free(s->logits);
     free(s);
 }
 
-uint32_t ds4_session_pos(const ds4_session *s) { return s->state.pos; }
-void ds4_session_reset(ds4_session *s) { ds4_state_reset(&s->state); }
+uint32_t ds4_session_pos(const ds4_session *s) { return s->gpu ? ds4_gpu_session_pos(s->gpu) : s->state.pos; }
+void ds4_session_reset(ds4_session *s) {
+    if (s->gpu) ds4_gpu_session_reset(s->gpu);
+    else ds4_state_reset(&s->state);
+}
 const float *ds4_session_logits(const ds4_session *s) { return s->logits; }
 
 int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, ds4_error *err) {
@@ -247,7 +313,11 @@ int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *a
     for (uint32_t done = 0; done < n && rc == 0;) {
         uint32_t len = n - done < chunk ? n - done : chunk;
         float *dst = all_logits ? all_logits + (size_t)done * V : s->logits;
-        rc = ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err);
+        if (s->gpu) {
+            if (ds4_gpu_forward(s->gpu, official, tokens + done, len, dst, all_logits != NULL, err)) return -1;
+        } else if (ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err)) {
+            return -1;
+        }
         done += len;
     }
     if (s->m->eval_lock_init) pthread_mutex_unlock(&s->m->eval_lock);
@@ -258,12 +328,21 @@ int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *a
 
 int ds4_session_copy_state(ds4_session *dst, const ds4_session *src, ds4_error *err) {
     if (dst->m != src->m) return ds4_fail(err, "sessions belong to different models");
-    if (ds4_state_copy(&dst->state, &src->state, err)) return -1;
+    if (!dst->gpu != !src->gpu)
+        return ds4_fail(err, "state copy between a %s and a %s session", ds4_backend_name(src->opts.backend),
+                        ds4_backend_name(dst->opts.backend));
+    if (src->gpu) {
+        if (ds4_gpu_session_copy(dst->gpu, src->gpu, err)) return -1;
+    } else if (ds4_state_copy(&dst->state, &src->state, err)) {
+        return -1;
+    }
     memcpy(dst->logits, src->logits, (size_t)src->m->hp.n_vocab * sizeof(float));
     return 0;
 }
 
-uint64_t ds4_session_state_bytes(const ds4_session *s) { return ds4_state_bytes(&s->state); }
+uint64_t ds4_session_state_bytes(const ds4_session *s) {
+    return s->gpu ? ds4_gpu_session_state_bytes(s->gpu) : ds4_state_bytes(&s->state);
+}
 
 const ds4_tokenizer *ds4_model_tokenizer(const ds4_model *m) { return m->tok; }
 

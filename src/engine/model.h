@@ -21,6 +21,8 @@ struct ds4_model {
     ds4_pool *pool;
     ds4_tokenizer *tok; /* NULL when the file carries none */
     int bos_id, eos_id;
+    ds4_backend backend;        /* CPU or CUDA: what AUTO sessions use */
+    struct ds4_gpu_model *gpu;  /* device copies of the weights; NULL unless loaded for CUDA */
     struct ds4_sidecar *sidecar; /* sidecar mode: the package the experts come from */
     bool resident;
     uint32_t slots;

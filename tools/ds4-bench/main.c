@@ -32,6 +32,8 @@ static void usage(FILE *f) {
             "  --prefill-chunk N    tokens per prefill pass (default 512)\n"
             "  --numerics MODE      official (default) or hf\n"
             "  -t, --threads N      worker threads (default all cores)\n"
+            "  --cuda | --cpu       run on the GPU or the CPU (default: the GPU when built with CUDA)\n"
+            "  --gpu-expert-cache BYTES  VRAM slot bank for routed experts (0 = auto: all resident if they fit)\n"
             "  --csv FILE           write the CSV there instead of stdout\n"
             "  --roofline           measure this machine's read bandwidth and peak fp32 rate and\n"
             "                       report decode and prefill speed as fractions of them\n");
@@ -80,9 +82,19 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
                         uint32_t gen) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int nt = threads > 0 ? threads : (int)(cores > 0 ? cores : 1);
-    double secs;
-    double bw = roofline_read_bandwidth(nt, &secs), peak = roofline_peak_flops(nt);
+    double secs, bw, peak = 0;
     ds4_error err = {{0}};
+    bool gpu = ds4_model_backend(m) == DS4_BACKEND_CUDA;
+    if (gpu) {
+        /* Decode on the GPU reads the weights from device memory. */
+        if (ds4_cuda_read_bandwidth(&bw, &err)) {
+            fprintf(stderr, "ds4-bench: %s\n", err.msg);
+            return 1;
+        }
+    } else {
+        bw = roofline_read_bandwidth(nt, &secs);
+        peak = roofline_peak_flops(nt);
+    }
     ds4_session_opts so = {.numerics = numerics, .max_ctx = chunk + gen + 8, .prefill_chunk = chunk};
     ds4_session *s = ds4_session_new(m, &so, &err);
     if (!s) {
@@ -108,9 +120,14 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
     double prefill_tps = chunk / (t1 - t0), decode_tps = gen / (t2 - t1);
     double decode_ceiling = bw / (double)info->token_bytes;
     double prefill_flops = prefill_tps * 2.0 * (double)info->token_params;
-    printf("threads                 %d\n", nt);
-    printf("memory read bandwidth   %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
-    printf("peak fp32 FMA rate      %.1f GFLOP/s\n", peak / 1e9);
+    if (gpu) {
+        printf("backend                 cuda\n");
+        printf("GPU read bandwidth      %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
+    } else {
+        printf("threads                 %d\n", nt);
+        printf("memory read bandwidth   %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
+        printf("peak fp32 FMA rate      %.1f GFLOP/s\n", peak / 1e9);
+    }
     printf("bytes per decoded token %.3f MB (dense + %u/%u routed experts)\n", info->token_bytes / 1e6,
            info->n_expert_used, info->n_expert);
     printf("flops per token         %.3f MFLOP\n", 2.0 * info->token_params / 1e6);
@@ -118,6 +135,12 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
            100.0 * decode_tps / decode_ceiling);
     printf("prefill (chunk %u)     %.2f t/s = %.2f GFLOP/s = %.1f%% of peak; %.1fx decode\n", chunk, prefill_tps,
            prefill_flops / 1e9, peak > 0 ? 100.0 * prefill_flops / peak : 0.0, prefill_tps / decode_tps);
+    ds4_expert_cache_stats cs;
+    ds4_model_expert_cache_stats(m, &cs);
+    if (cs.slots)
+        printf("expert cache            %u slots of %.1f MB; %llu hits, %llu misses (%.1f%% hits); %.2f GB copied\n",
+               cs.slots, cs.slot_bytes / 1e6, (unsigned long long)cs.hits, (unsigned long long)cs.misses,
+               cs.hits + cs.misses ? 100.0 * cs.hits / (cs.hits + cs.misses) : 0.0, cs.bytes_copied / 1e9);
     return 0;
 }
 
@@ -127,6 +150,8 @@ int main(int argc, char **argv) {
            threads = 0;
     ds4_numerics numerics = DS4_NUMERICS_OFFICIAL;
     int roofline = 0;
+    ds4_backend backend = DS4_BACKEND_AUTO;
+    double expert_cache = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int rc = 0;
@@ -136,6 +161,9 @@ int main(int argc, char **argv) {
         } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && i + 1 < argc) model_path = argv[++i];
         else if (!strcmp(a, "--tokens-file") && i + 1 < argc) tokens_file = argv[++i];
         else if (!strcmp(a, "--roofline")) roofline = 1;
+        else if (!strcmp(a, "--cuda")) backend = DS4_BACKEND_CUDA;
+        else if (!strcmp(a, "--cpu")) backend = DS4_BACKEND_CPU;
+        else if (!strcmp(a, "--gpu-expert-cache")) rc = num_arg(argc, argv, &i, &expert_cache);
         else if (!strcmp(a, "--csv") && i + 1 < argc) csv_path = argv[++i];
         else if (!strcmp(a, "--numerics") && i + 1 < argc) {
             const char *v = argv[++i];
@@ -172,7 +200,7 @@ int main(int argc, char **argv) {
     }
 
     ds4_error err = {{0}};
-    ds4_model_opts mo = {.n_threads = (int)threads};
+    ds4_model_opts mo = {.n_threads = (int)threads, .backend = backend, .gpu_expert_cache = (uint64_t)expert_cache};
     ds4_model *m = ds4_model_load(model_path, &mo, &err);
     if (!m) {
         fprintf(stderr, "ds4-bench: %s\n", err.msg);

@@ -22,6 +22,8 @@ typedef struct cli_opts {
     /* sidecar packages: expert residency and streaming */
     ds4_model_opts mo;
     bool moe_stats;
+    ds4_backend backend; /* --cuda / --cpu; AUTO by default */
+    uint64_t gpu_expert_cache; /* --gpu-expert-cache: bytes, 0 = auto */
 } cli_opts;
 
 /* Set by SIGINT; generation and prefill poll it between tokens/chunks. */

@@ -39,6 +39,10 @@ static void usage(FILE *f) {
             "  --seed N                sampling seed (default: time based)\n"
             "  -t, --threads N         worker threads (default: all cores)\n"
             "  --numerics MODE         official (default) or hf (fp32, matches transformers)\n"
+            "  --cuda | --cpu          run on the GPU or the CPU (default: the GPU when this build\n"
+            "                          has CUDA (make cuda) and one is usable)\n"
+            "  --gpu-expert-cache SIZE|auto  VRAM for routed experts, e.g. 40G (a slot bank fed from\n"
+            "                          host memory); auto: all on the GPU if they fit (default)\n"
             "  --prefill-chunk N       tokens per prefill pass (default 512; 0 = whole prompt)\n"
             "  --tokens IDS|@FILE      prompt as token ids (comma separated); prints generated ids\n"
             "  --dump-logits FILE      with --tokens: float32 [prompt_len x vocab] logits\n"
@@ -125,6 +129,7 @@ static int parse_float(const char *flag, const char *s, double lo, double hi, fl
     return 0;
 }
 
+/* "auto" -> 0, else a byte count with an optional K/M/G/T suffix (powers of 1024). */
 static int parse_args(int argc, char **argv, cli_opts *o) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -173,6 +178,13 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         }
         else if (!strcmp(a, "--tokenize")) o->tokenize = true;
         else if (!strcmp(a, "--raw")) o->raw = true;
+        else if (!strcmp(a, "--cuda")) o->backend = DS4_BACKEND_CUDA;
+        else if (!strcmp(a, "--cpu")) o->backend = DS4_BACKEND_CPU;
+        else if (!strcmp(a, "--gpu-expert-cache")) {
+            NEED();
+            if (!strcmp(v, "auto")) o->gpu_expert_cache = 0;
+            else if (cli_parse_size(a, v, &o->gpu_expert_cache)) return -1;
+        }
         else if (!strcmp(a, "--think")) o->mode = DS4_THINK_HIGH;
         else if (!strcmp(a, "--think-max")) o->mode = DS4_THINK_MAX;
         else if (!strcmp(a, "--nothink")) o->mode = DS4_THINK_NONE;
@@ -443,6 +455,8 @@ int main(int argc, char **argv) {
     mo.n_threads = (int)o.threads;
     mo.verbose = o.verbose;
     mo.ctx_hint = (uint32_t)o.ctx;
+    mo.backend = o.backend;
+    mo.gpu_expert_cache = o.gpu_expert_cache;
     ds4_model *m = ds4_model_load(o.model, &mo, &err);
     if (!m) {
         fprintf(stderr, "ds4: %s\n", err.msg);
@@ -461,6 +475,14 @@ int main(int argc, char **argv) {
     } else if (text) rc = run_text(m, &o, text);
     else rc = cli_interactive(m, &o);
     if (o.moe_stats) cli_print_moe_stats(m);
+    if (o.verbose) {
+        ds4_expert_cache_stats cs;
+        ds4_model_expert_cache_stats(m, &cs);
+        if (cs.slots)
+            fprintf(stderr, "ds4: expert cache: %u slots, %llu hits, %llu misses (%.1f%% hits), %.2f GB copied\n", cs.slots,
+                    (unsigned long long)cs.hits, (unsigned long long)cs.misses,
+                    cs.hits + cs.misses ? 100.0 * cs.hits / (cs.hits + cs.misses) : 0.0, cs.bytes_copied / 1e9);
+    }
     ds4_model_free(m);
     free(file_text);
     return rc;

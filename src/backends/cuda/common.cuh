@@ -1,0 +1,120 @@
+/* Shared pieces of the CUDA backend: error checks, weight element loads,
+ * reductions and the float arithmetic that must match the CPU reference.
+ *
+ * The whole backend is compiled with --fmad=false (see the Makefile): the
+ * C reference is built in ISO C mode, where GCC and Clang never fuse a
+ * multiply and an add, so keeping nvcc from fusing makes every elementwise
+ * step (RoPE, mHC mixing, SwiGLU, the QAT simulations) round exactly like
+ * the CPU; only the order of long reductions differs. */
+#ifndef DS4_BACKENDS_CUDA_COMMON_CUH
+#define DS4_BACKENDS_CUDA_COMMON_CUH
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "formats/ggml_types.h"
+#include "util/error.h"
+}
+
+/* Every CUDA call goes through CU() inside functions that return int and
+ * have a ds4_error *err in scope. */
+#define CU(call)                                                                                              \
+    do {                                                                                                      \
+        cudaError_t cu_e_ = (call);                                                                           \
+        if (cu_e_ != cudaSuccess)                                                                             \
+            return ds4_fail(err, "CUDA: %s (%s:%d: %s)", cudaGetErrorString(cu_e_), __FILE__, __LINE__, #call); \
+    } while (0)
+
+/* Launch helpers return the launch status so callers can CU() them. */
+#define LAUNCH_STATUS() cudaGetLastError()
+
+static inline unsigned div_up(uint64_t a, uint64_t b) { return (unsigned)((a + b - 1) / b); }
+
+/* ---- weight elements ---------------------------------------------------- */
+
+__device__ __forceinline__ float bf16_to_f32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+__device__ __forceinline__ float f16_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+/* Element i of a row of a float-type tensor (F32, F16, BF16). */
+__device__ __forceinline__ float load_elem(uint32_t type, const uint8_t *row, uint64_t i) {
+    if (type == GGML_TYPE_F32) return ((const float *)row)[i];
+    if (type == GGML_TYPE_F16) return f16_to_f32(((const uint16_t *)row)[i]);
+    return bf16_to_f32(((const uint16_t *)row)[i]);
+}
+
+/* ---- reductions ----------------------------------------------------------- */
+
+/* Butterfly sums: a fixed order, so results never depend on timing. */
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the whole block (blockDim.x a multiple of 32, at most 1024);
+ * every thread gets the result. `red` holds 32 doubles of shared memory. */
+__device__ __forceinline__ double block_sum_d(double v, double *red) {
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum_d(v);
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    double s = 0;
+    for (int i = 0; i < nw; i++) s += red[i];
+    return s;
+}
+
+/* ---- QAT simulations (compute/ops.c, same operations) -------------------- */
+
+__device__ __forceinline__ float e4m3_round(float x) {
+    float a = fabsf(x);
+    if (!(a == a)) return x;
+    if (a >= 448.0f) return copysignf(448.0f, x);
+    int e;
+    frexpf(a, &e);
+    int exp2 = e - 1;
+    if (exp2 < -6) exp2 = -6;
+    float step = ldexpf(1.0f, exp2 - 3);
+    float q = rintf(a / step) * step;
+    if (q > 448.0f) q = 448.0f;
+    return copysignf(q, x);
+}
+
+/* The e2m1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 by code (no array, so no
+ * local memory for a run-time index). */
+__device__ __forceinline__ float e2m1_value(int c) {
+    return c < 4 ? 0.5f * (float)c : (c == 4 ? 2.0f : (c == 5 ? 3.0f : (c == 6 ? 4.0f : 6.0f)));
+}
+
+__device__ __forceinline__ float e2m1_round(float x) {
+    float a = fabsf(x);
+    if (a >= 6.0f) return copysignf(6.0f, x);
+    int best = 0;
+    float db = a; /* distance to code 0 */
+#pragma unroll
+    for (int c = 1; c < 8; c++) {
+        float d = fabsf(a - e2m1_value(c));
+        if (d < db || (d == db && (c & 1) == 0)) {
+            best = c;
+            db = d;
+        }
+    }
+    return copysignf(e2m1_value(best), x);
+}
+
+__device__ __forceinline__ float pow2_ceil(float r) {
+    int e;
+    float m = frexpf(r, &e);
+    return ldexpf(1.0f, m == 0.5f ? e - 1 : e);
+}
+
+#endif

@@ -1,0 +1,1173 @@
+/* The CUDA forward pass: models (device copies of the weights), sessions
+ * (decode state on the device) and ds4_forward's algorithm as a sequence of
+ * kernel launches on one stream. Between a chunk's token upload and its
+ * logits download nothing crosses to the host: every decision that depends
+ * on data (MoE routing, the indexer's top-k) is taken on the device, and
+ * everything else depends only on positions, which the host knows. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backends/gpu.h"
+}
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/kernels.cuh"
+
+/* Tokens per internal chunk: bounds the scratch buffers. Results do not
+ * depend on it (every kernel computes a token the same way in any chunk). */
+#define GPU_CHUNK 256
+
+/* The expert slot bank: routed experts live in page-locked host memory
+ * (one contiguous gate|up|down record per expert) and are copied on demand,
+ * on a stream of their own, into n_slots device slots replaced in
+ * least-recently-used order. Sessions of one model must not run
+ * concurrently while it is in use (they share the slots). */
+typedef struct bank {
+    uint32_t n_slots;
+    uint64_t slot_bytes;
+    uint8_t *dev;
+    uint8_t *host;
+    uint64_t host_bytes;
+    uint64_t *layer_off, *stride, *rec_bytes, *off_up, *off_down; /* per layer */
+    int32_t *slot_of;  /* (layer * n_expert + expert) -> slot or -1 */
+    uint64_t *key;     /* slot -> layer * n_expert + expert, or UINT64_MAX */
+    uint64_t *stamp;   /* slot -> group counter of its last use */
+    int32_t *prev, *next, head, tail; /* recency list, head = most recent */
+    uint64_t tick;
+    cudaStream_t copy;
+    cudaEvent_t copied, consumed;
+    uint64_t hits, misses, bytes;
+} bank;
+
+struct ds4_gpu_model {
+    const ds4_net *net;
+    const ds4_hparams *hp;
+    bank *bank;           /* NULL: every expert resident */
+    ds4_weights w;        /* same tensors, data in device memory */
+    uint8_t *dev;         /* one allocation for all of them */
+    uint64_t dev_bytes;
+    float *rope;          /* [numerics][kind][128] inverse frequencies */
+    uint32_t chunk;       /* tokens per internal chunk */
+};
+
+typedef struct gpu_comp {
+    float *rows;
+    float *fk[2], *fz[2]; /* frontier, double-buffered across chunks */
+} gpu_comp;
+
+typedef struct gpu_layer {
+    float *ring;
+    gpu_comp comp, idx;
+} gpu_layer;
+
+struct ds4_gpu_session {
+    ds4_gpu_model *g;
+    uint32_t max_ctx, pos;
+    int fr; /* which frontier buffer holds the state at pos */
+    cudaStream_t st;
+    gpu_layer *layers;
+    uint8_t *state;
+    uint64_t state_size;
+    /* scratch for one internal chunk */
+    uint8_t *scratch;
+    float *X, *y, *o, *pre, *post, *comb, *mix, *rinv;
+    float *qa, *q, *kv, *att, *low, *ck, *cz, *ik, *iz, *iq, *iw, *scores;
+    float *lg, *wts, *h, *hs, *dx, *sh, *logits;
+    int32_t *tok, *sel, *ids, *grp;
+    void *act; /* quantized activations for quantized weights */
+    struct prof *prof; /* DS4_CUDA_PROFILE=1: time per operation */
+    /* Decode steps (one token) are captured into a CUDA graph and replayed:
+     * one launch instead of a few hundred, whose cost per launch otherwise
+     * bounds decode. The kernels launched depend on the position only
+     * through which windows complete and whether the indexer prunes, so a
+     * few executable graphs (keyed by that) are kept and updated in place
+     * with each step's parameters. Off with DS4_CUDA_GRAPH=0. */
+    bool graphs;
+    int32_t *grp_pinned;      /* slot bank: used experts read back (1 + n_expert) */
+    const uint8_t **wtab_pinned; /* slot bank: 3 matrix addresses per used expert */
+    const uint8_t **wtab;        /* the same on the device */
+    int32_t *tok_pinned;   /* capture needs page-locked host buffers */
+    float *logits_pinned;  /* n_vocab */
+    struct {
+        uint64_t key;
+        cudaGraphExec_t exec;
+    } gcache[16];
+    int n_gcache;
+    uint64_t score_stride;
+};
+
+static void prof_free(ds4_gpu_session *s);
+static void prof_init(ds4_gpu_session *s);
+
+/* ---- device and weights -------------------------------------------------------- */
+
+extern "C" bool ds4_gpu_probe(ds4_error *why) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        ds4_fail(why, "no usable CUDA device: %s", cudaGetErrorString(e));
+        return false;
+    }
+    if (n == 0) {
+        ds4_fail(why, "no CUDA device found");
+        return false;
+    }
+    return true;
+}
+
+/* Reads the buffer with 16-byte loads; the xor keeps the loads alive. */
+__global__ void read_kernel(const uint4 *p, uint64_t n, uint32_t *sink) {
+    uint32_t acc = 0;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        uint4 v = p[i];
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x9e3779b9u) *sink = acc; /* practically never: no store traffic */
+}
+
+extern "C" int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err) {
+    *bytes_per_s = 0;
+    size_t free_b = 0, total_b = 0, bytes = (size_t)2 << 30;
+    CU(cudaMemGetInfo(&free_b, &total_b));
+    if (bytes > free_b / 2) bytes = free_b / 2 / 16 * 16;
+    uint8_t *buf = NULL;
+    uint32_t *sink = NULL;
+    cudaEvent_t a = NULL, b = NULL;
+    cudaDeviceProp prop;
+    int rc = 0;
+    float best = 0;
+#define TRY(call)                                                                  \
+    do {                                                                           \
+        cudaError_t e_ = (call);                                                   \
+        if (e_ != cudaSuccess) {                                                   \
+            rc = ds4_fail(err, "CUDA: %s (%s)", cudaGetErrorString(e_), #call);     \
+            goto done;                                                             \
+        }                                                                          \
+    } while (0)
+    TRY(cudaGetDeviceProperties(&prop, 0));
+    TRY(cudaMalloc((void **)&buf, bytes));
+    TRY(cudaMalloc((void **)&sink, 4));
+    TRY(cudaMemset(buf, 1, bytes));
+    TRY(cudaEventCreate(&a));
+    TRY(cudaEventCreate(&b));
+    for (int i = 0; i < 6; i++) {
+        float ms;
+        TRY(cudaEventRecord(a));
+        read_kernel<<<prop.multiProcessorCount * 8, 512>>>((const uint4 *)buf, bytes / 16, sink);
+        TRY(cudaGetLastError());
+        TRY(cudaEventRecord(b));
+        TRY(cudaEventSynchronize(b));
+        TRY(cudaEventElapsedTime(&ms, a, b));
+        if (i > 0 && (best == 0 || ms < best)) best = ms; /* the first pass warms up */
+    }
+    *bytes_per_s = bytes / (best * 1e-3);
+#undef TRY
+done:
+    if (a) cudaEventDestroy(a);
+    if (b) cudaEventDestroy(b);
+    cudaFree(buf);
+    cudaFree(sink);
+    return rc;
+}
+
+/* Every tensor of a layer, bound or not (unbound ones have data NULL). */
+#define LAYER_TENSORS(l)                                                                                          \
+    &(l)->hc_attn.fn, &(l)->hc_attn.base, &(l)->hc_attn.scale, &(l)->hc_ffn.fn, &(l)->hc_ffn.base, &(l)->hc_ffn.scale, \
+        &(l)->attn_norm, &(l)->ffn_norm, &(l)->q_a, &(l)->q_a_norm, &(l)->q_b, &(l)->kv, &(l)->kv_norm, &(l)->sinks,    \
+        &(l)->out_a, &(l)->out_b, &(l)->comp.ape, &(l)->comp.kv, &(l)->comp.gate, &(l)->comp.norm,                      \
+        &(l)->idx_comp.ape, &(l)->idx_comp.kv, &(l)->idx_comp.gate, &(l)->idx_comp.norm, &(l)->idx_q_b,                 \
+        &(l)->idx_proj, &(l)->gate_inp, &(l)->probs_bias, &(l)->tid2eid, &(l)->gate_exps, &(l)->up_exps,               \
+        &(l)->down_exps, &(l)->gate_shexp, &(l)->up_shexp, &(l)->down_shexp
+
+static uint64_t tensor_bytes(const ds4_tensor *t) { return t->row_bytes * t->ne[1] * t->ne[2] * t->ne[3]; }
+static uint64_t align256(uint64_t x) { return (x + 255) & ~(uint64_t)255; }
+
+/* Walks every tensor of w: with dev == NULL only sums the sizes; otherwise
+ * copies each into dev and points the tensor there. */
+static bool is_routed(const ds4_weights *w, const ds4_tensor *t, uint32_t n_layer) {
+    for (uint32_t il = 0; il < n_layer; il++) {
+        const ds4_layer_weights *l = &w->layers[il];
+        if (t == &l->gate_exps || t == &l->up_exps || t == &l->down_exps) return true;
+    }
+    return false;
+}
+
+/* skip_routed: the routed experts stay on the host (slot bank); their
+ * tensors keep shapes and types with data NULL. */
+static int place_tensors(ds4_weights *w, uint32_t n_layer, uint8_t *dev, bool skip_routed, uint64_t *total,
+                         ds4_error *err) {
+    uint64_t off = 0;
+    ds4_tensor *top[] = {&w->tok_embd, &w->output, &w->output_norm, &w->hc_head.fn, &w->hc_head.base, &w->hc_head.scale};
+    for (uint32_t il = 0; il <= n_layer; il++) {
+        ds4_tensor *lt[] = {LAYER_TENSORS(&w->layers[il < n_layer ? il : 0])};
+        ds4_tensor **list = il < n_layer ? lt : top;
+        size_t count = il < n_layer ? sizeof lt / sizeof *lt : sizeof top / sizeof *top;
+        for (size_t i = 0; i < count; i++) {
+            ds4_tensor *t = list[i];
+            if (!t->data) continue;
+            if (skip_routed && il < n_layer && is_routed(w, t, n_layer)) {
+                if (dev) t->data = NULL;
+                continue;
+            }
+            uint64_t nb = tensor_bytes(t);
+            if (dev) {
+                CU(cudaMemcpy(dev + off, t->data, nb, cudaMemcpyHostToDevice));
+                t->data = dev + off;
+            }
+            off += align256(nb);
+        }
+    }
+    *total = off;
+    return 0;
+}
+
+static void bank_free(bank *b) {
+    if (!b) return;
+    if (b->copy) cudaStreamDestroy(b->copy);
+    if (b->copied) cudaEventDestroy(b->copied);
+    if (b->consumed) cudaEventDestroy(b->consumed);
+    cudaFree(b->dev);
+    cudaFreeHost(b->host);
+    free(b->layer_off), free(b->stride), free(b->rec_bytes), free(b->off_up), free(b->off_down);
+    free(b->slot_of), free(b->key), free(b->stamp), free(b->prev), free(b->next);
+    free(b);
+}
+
+/* Bytes of one expert record (gate | up | down, each 256-aligned) of layer il. */
+static uint64_t expert_record(const ds4_layer_weights *l, uint64_t *off_up, uint64_t *off_down) {
+    uint64_t g = l->gate_exps.row_bytes * l->gate_exps.ne[1], u = l->up_exps.row_bytes * l->up_exps.ne[1];
+    uint64_t d = l->down_exps.row_bytes * l->down_exps.ne[1];
+    *off_up = align256(g);
+    *off_down = *off_up + align256(u);
+    return *off_down + d;
+}
+
+static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
+    const ds4_hparams *hp = g->hp;
+    const ds4_weights *hw = g->net->w; /* host (mapped) tensors */
+    uint32_t L = hp->n_layer, X = hp->n_expert;
+    bank *b = (bank *)calloc(1, sizeof *b);
+    if (!b) return ds4_fail(err, "out of memory");
+    g->bank = b;
+    b->layer_off = (uint64_t *)calloc(L, 8), b->stride = (uint64_t *)calloc(L, 8), b->rec_bytes = (uint64_t *)calloc(L, 8);
+    b->off_up = (uint64_t *)calloc(L, 8), b->off_down = (uint64_t *)calloc(L, 8);
+    if (!b->layer_off || !b->stride || !b->rec_bytes || !b->off_up || !b->off_down) return ds4_fail(err, "out of memory");
+    for (uint32_t il = 0; il < L; il++) {
+        b->rec_bytes[il] = expert_record(&hw->layers[il], &b->off_up[il], &b->off_down[il]);
+        b->stride[il] = align256(b->rec_bytes[il]);
+        b->layer_off[il] = b->host_bytes;
+        b->host_bytes += b->stride[il] * X;
+        if (b->stride[il] > b->slot_bytes) b->slot_bytes = b->stride[il];
+    }
+    uint64_t n = cache_bytes / b->slot_bytes;
+    if (n > (uint64_t)L * X) n = (uint64_t)L * X;
+    if (n < hp->n_expert_used)
+        return ds4_fail(err, "CUDA expert cache of %.2f GB holds %llu experts of %.1f MB; a token needs %u", cache_bytes / 1e9,
+                        (unsigned long long)n, b->slot_bytes / 1e6, hp->n_expert_used);
+    b->n_slots = (uint32_t)n;
+    CU(cudaMallocHost((void **)&b->host, b->host_bytes));
+    for (uint32_t il = 0; il < L; il++) {
+        const ds4_layer_weights *l = &hw->layers[il];
+        uint64_t gb = l->gate_exps.row_bytes * l->gate_exps.ne[1], ub = l->up_exps.row_bytes * l->up_exps.ne[1];
+        uint64_t db = l->down_exps.row_bytes * l->down_exps.ne[1];
+        for (uint32_t e = 0; e < X; e++) {
+            uint8_t *rec = b->host + b->layer_off[il] + e * b->stride[il];
+            memcpy(rec, l->gate_exps.data + e * gb, gb);
+            memcpy(rec + b->off_up[il], l->up_exps.data + e * ub, ub);
+            memcpy(rec + b->off_down[il], l->down_exps.data + e * db, db);
+        }
+    }
+    CU(cudaMalloc((void **)&b->dev, (uint64_t)b->n_slots * b->slot_bytes));
+    CU(cudaStreamCreateWithFlags(&b->copy, cudaStreamNonBlocking));
+    CU(cudaEventCreateWithFlags(&b->copied, cudaEventDisableTiming));
+    CU(cudaEventCreateWithFlags(&b->consumed, cudaEventDisableTiming));
+    b->slot_of = (int32_t *)malloc((size_t)L * X * sizeof(int32_t));
+    b->key = (uint64_t *)malloc(b->n_slots * sizeof(uint64_t));
+    b->stamp = (uint64_t *)calloc(b->n_slots, sizeof(uint64_t));
+    b->prev = (int32_t *)malloc(b->n_slots * sizeof(int32_t));
+    b->next = (int32_t *)malloc(b->n_slots * sizeof(int32_t));
+    if (!b->slot_of || !b->key || !b->stamp || !b->prev || !b->next) return ds4_fail(err, "out of memory");
+    for (uint64_t i = 0; i < (uint64_t)L * X; i++) b->slot_of[i] = -1;
+    for (uint32_t i = 0; i < b->n_slots; i++) {
+        b->key[i] = UINT64_MAX;
+        b->prev[i] = (int32_t)i - 1;
+        b->next[i] = i + 1 < b->n_slots ? (int32_t)i + 1 : -1;
+    }
+    b->head = 0;
+    b->tail = (int32_t)b->n_slots - 1;
+    return 0;
+}
+
+static void bank_touch(bank *b, int32_t s) {
+    if (b->head == s) return;
+    /* unlink */
+    b->next[b->prev[s]] = b->next[s];
+    if (b->next[s] >= 0) b->prev[b->next[s]] = b->prev[s];
+    else b->tail = b->prev[s];
+    /* push front */
+    b->prev[s] = -1;
+    b->next[s] = b->head;
+    b->prev[b->head] = s;
+    b->head = s;
+}
+
+extern "C" void ds4_gpu_expert_stats(const ds4_gpu_model *g, uint32_t *slots, uint64_t *slot_bytes, uint64_t *hits,
+                                     uint64_t *misses, uint64_t *bytes_copied) {
+    const bank *b = g->bank;
+    *slots = b ? b->n_slots : 0;
+    *slot_bytes = b ? b->slot_bytes : 0;
+    *hits = b ? b->hits : 0;
+    *misses = b ? b->misses : 0;
+    *bytes_copied = b ? b->bytes : 0;
+}
+
+static bool float_type(uint32_t type) {
+    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+}
+static bool matrix_type_ok(uint32_t type) { return float_type(type) || k_quant_type(type); }
+
+/* The limits the kernels are written for, and the matrix types they read. */
+static int check_model(const ds4_hparams *hp, const ds4_weights *w, ds4_error *err) {
+    if (hp->hc > K_MAX_HC || hp->n_expert > K_MAX_EXPERTS || hp->n_expert_used > K_MAX_USED ||
+        hp->head_dim > K_MAX_HEAD_DIM || hp->head_dim % 2 || hp->q_lora > 12 * 1024 || hp->idx_head_dim > 4096)
+        return ds4_fail(err, "CUDA backend: model dimensions beyond the kernels' limits (hc %u, experts %u/%u, head %u)",
+                        hp->hc, hp->n_expert_used, hp->n_expert, hp->head_dim);
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        ds4_layer_weights *l = &w->layers[il];
+        const ds4_tensor *mats[] = {&l->q_a, &l->q_b, &l->kv, &l->out_a, &l->out_b, &l->comp.kv, &l->comp.gate,
+                                    &l->idx_comp.kv, &l->idx_comp.gate, &l->idx_q_b, &l->idx_proj, &l->gate_inp,
+                                    &l->gate_exps, &l->up_exps, &l->down_exps, &l->gate_shexp, &l->up_shexp,
+                                    &l->down_shexp};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+            if (mats[i]->data && !matrix_type_ok(mats[i]->type))
+                return ds4_fail(err, "CUDA backend: tensor '%s' has type %s, which the CUDA kernels cannot multiply yet",
+                                mats[i]->name, ggml_type_name(mats[i]->type));
+        /* read elementwise or with an activation scale: float types only */
+        const ds4_tensor *flt[] = {&l->hc_attn.fn, &l->hc_ffn.fn, &l->comp.ape, &l->idx_comp.ape};
+        for (size_t i = 0; i < sizeof flt / sizeof *flt; i++)
+            if (flt[i]->data && !float_type(flt[i]->type))
+                return ds4_fail(err, "CUDA backend: tensor '%s' has type %s; the CUDA kernels read it as F32, F16 or BF16",
+                                flt[i]->name, ggml_type_name(flt[i]->type));
+    }
+    if (!matrix_type_ok(w->output.type))
+        return ds4_fail(err, "CUDA backend: tensor '%s' has type %s, which the CUDA kernels cannot multiply yet",
+                        w->output.name, ggml_type_name(w->output.type));
+    const ds4_tensor *top[] = {&w->tok_embd, &w->hc_head.fn};
+    for (size_t i = 0; i < 2; i++)
+        if (!float_type(top[i]->type))
+            return ds4_fail(err, "CUDA backend: tensor '%s' has type %s; the CUDA kernels read it as F32, F16 or BF16",
+                            top[i]->name, ggml_type_name(top[i]->type));
+    return 0;
+}
+
+extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_model_opts *opts, ds4_error *err) {
+    const ds4_hparams *hp = net->hp;
+    if (check_model(hp, net->w, err)) return NULL;
+    ds4_gpu_model *g = (ds4_gpu_model *)calloc(1, sizeof *g);
+    if (!g) {
+        ds4_fail(err, "out of memory");
+        return NULL;
+    }
+    g->net = net;
+    g->hp = hp;
+    g->chunk = GPU_CHUNK;
+    if (g->chunk * hp->n_expert_used > K_MAX_GROUP_ENTRIES) g->chunk = K_MAX_GROUP_ENTRIES / hp->n_expert_used;
+    g->w = *net->w;
+    g->w.layers = (ds4_layer_weights *)malloc(hp->n_layer * sizeof *g->w.layers);
+    if (!g->w.layers) {
+        free(g);
+        ds4_fail(err, "out of memory");
+        return NULL;
+    }
+    memcpy(g->w.layers, net->w->layers, hp->n_layer * sizeof *g->w.layers);
+    uint64_t total = 0, dense = 0, cache = opts ? opts->expert_cache : 0;
+    size_t free_b = 0, total_b = 0;
+    cudaError_t e;
+    bool use_bank = false;
+    place_tensors(&g->w, hp->n_layer, NULL, false, &total, err);
+    place_tensors(&g->w, hp->n_layer, NULL, true, &dense, err);
+    if ((e = k_quant_init()) != cudaSuccess || (e = k_idx_prepare(hp->idx_n_head, hp->idx_head_dim)) != cudaSuccess) {
+        ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    if ((e = cudaMemGetInfo(&free_b, &total_b)) != cudaSuccess) {
+        ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    {
+        /* Room left for sessions (decode state, scratch) besides the weights. */
+        uint64_t reserve = (2ull << 30) > free_b / 10 ? (2ull << 30) : free_b / 10;
+        if (cache == 0 && total + reserve > free_b && dense + reserve < free_b) cache = free_b - dense - reserve;
+        use_bank = cache != 0;
+        if (!use_bank && total + reserve > free_b) {
+            ds4_fail(err, "CUDA backend: the weights need %.2f GB on the GPU, %.2f GB of %.2f GB are free", total / 1e9,
+                     free_b / 1e9, total_b / 1e9);
+            goto fail;
+        }
+        if (use_bank && dense + cache + (512ull << 20) > free_b) {
+            ds4_fail(err, "CUDA backend: %.2f GB of dense weights and a %.2f GB expert cache do not fit the %.2f GB free",
+                     dense / 1e9, cache / 1e9, free_b / 1e9);
+            goto fail;
+        }
+    }
+    if (use_bank) {
+        if (bank_new(g, cache, err)) goto fail;
+        total = dense;
+    }
+    g->dev_bytes = total;
+    if ((e = cudaMalloc((void **)&g->dev, total)) != cudaSuccess) {
+        ds4_fail(err, "CUDA: allocating %.2f GB for the weights: %s", total / 1e9, cudaGetErrorString(e));
+        goto fail;
+    }
+    if (place_tensors(&g->w, hp->n_layer, g->dev, use_bank, &total, err)) goto fail;
+    if ((e = cudaMalloc((void **)&g->rope, 4 * 128 * sizeof(float))) != cudaSuccess) {
+        ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    for (int num = 0; num < 2; num++)
+        for (int kind = 0; kind < 2; kind++)
+            if ((e = cudaMemcpy(g->rope + (num * 2 + kind) * 128, net->rope[num][kind].inv_freq, 128 * sizeof(float),
+                                cudaMemcpyHostToDevice)) != cudaSuccess) {
+                ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
+                goto fail;
+            }
+    if (opts && opts->verbose) {
+        cudaDeviceProp prop;
+        if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
+            fprintf(stderr, "ds4: CUDA device %s (%d SMs, %.1f GB), %.2f GB of weights uploaded\n", prop.name,
+                    prop.multiProcessorCount, prop.totalGlobalMem / 1e9, g->dev_bytes / 1e9);
+        if (g->bank)
+            fprintf(stderr, "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB) for %.2f GB of routed experts in host memory\n",
+                    g->bank->n_slots, g->bank->slot_bytes / 1e6, g->bank->n_slots * (double)g->bank->slot_bytes / 1e9,
+                    g->bank->host_bytes / 1e9);
+    }
+    return g;
+fail:
+    ds4_gpu_model_free(g);
+    return NULL;
+}
+
+extern "C" void ds4_gpu_model_free(ds4_gpu_model *g) {
+    if (!g) return;
+    bank_free(g->bank);
+    cudaFree(g->dev);
+    cudaFree(g->rope);
+    free(g->w.layers);
+    free(g);
+}
+
+/* ---- sessions ------------------------------------------------------------------- */
+
+/* Bump allocation inside one device block; sizes are counted first with
+ * base == NULL. */
+typedef struct bump {
+    uint8_t *base;
+    uint64_t off;
+} bump;
+
+static void *take(bump *b, uint64_t bytes) {
+    void *p = b->base ? b->base + b->off : NULL;
+    b->off += align256(bytes);
+    return p;
+}
+#define TAKE_F(b, n) ((float *)take(b, (uint64_t)(n) * sizeof(float)))
+#define TAKE_I(b, n) ((int32_t *)take(b, (uint64_t)(n) * sizeof(int32_t)))
+
+static void layout_state(ds4_gpu_session *s, bump *b) {
+    const ds4_hparams *hp = s->g->hp;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        gpu_layer *l = &s->layers[il];
+        uint32_t r = hp->compress_ratio[il];
+        l->ring = TAKE_F(b, (uint64_t)hp->window * hp->head_dim);
+        if (r) {
+            uint32_t halves = r == 4 ? 2 : 1, slots = r == 4 ? 2 * r : r;
+            uint64_t cap = s->max_ctx / r + 1;
+            l->comp.rows = TAKE_F(b, cap * hp->head_dim);
+            for (int i = 0; i < 2; i++) {
+                l->comp.fk[i] = TAKE_F(b, (uint64_t)slots * halves * hp->head_dim);
+                l->comp.fz[i] = TAKE_F(b, (uint64_t)slots * halves * hp->head_dim);
+            }
+        }
+        if (r == 4) {
+            uint64_t cap = s->max_ctx / 4 + 1;
+            l->idx.rows = TAKE_F(b, cap * hp->idx_head_dim);
+            for (int i = 0; i < 2; i++) {
+                l->idx.fk[i] = TAKE_F(b, 8ull * 2 * hp->idx_head_dim);
+                l->idx.fz[i] = TAKE_F(b, 8ull * 2 * hp->idx_head_dim);
+            }
+        }
+    }
+}
+
+static void layout_scratch(ds4_gpu_session *s, bump *b) {
+    const ds4_hparams *hp = s->g->hp;
+    uint64_t n = s->g->chunk, E = hp->n_embd, hc = hp->hc, qdim = (uint64_t)hp->n_head * hp->head_dim;
+    uint64_t n_mix = (2 + hc) * hc, K = hp->n_expert_used, X = hp->n_expert;
+    s->X = TAKE_F(b, n * hc * E);
+    s->y = TAKE_F(b, n * E);
+    s->o = TAKE_F(b, n * E);
+    s->pre = TAKE_F(b, n * hc);
+    s->post = TAKE_F(b, n * hc);
+    s->comb = TAKE_F(b, n * hc * hc);
+    s->mix = TAKE_F(b, n * n_mix);
+    s->rinv = TAKE_F(b, n);
+    s->qa = TAKE_F(b, n * hp->q_lora);
+    s->q = TAKE_F(b, n * qdim);
+    s->kv = TAKE_F(b, n * hp->head_dim);
+    s->att = TAKE_F(b, n * qdim);
+    s->low = TAKE_F(b, n * hp->o_groups * hp->o_lora);
+    s->ck = TAKE_F(b, n * 2 * hp->head_dim);
+    s->cz = TAKE_F(b, n * 2 * hp->head_dim);
+    s->ik = TAKE_F(b, n * 2 * hp->idx_head_dim);
+    s->iz = TAKE_F(b, n * 2 * hp->idx_head_dim);
+    s->iq = TAKE_F(b, n * hp->idx_n_head * hp->idx_head_dim);
+    s->iw = TAKE_F(b, n * hp->idx_n_head);
+    s->score_stride = s->max_ctx / 4 + 1;
+    s->scores = TAKE_F(b, n * s->score_stride);
+    s->sel = TAKE_I(b, n * (hp->idx_topk ? hp->idx_topk : 1));
+    s->lg = TAKE_F(b, n * X);
+    s->ids = TAKE_I(b, n * K);
+    s->wts = TAKE_F(b, n * K);
+    s->grp = TAKE_I(b, k_group_ints((uint32_t)X, (uint32_t)(n * K)));
+    s->h = TAKE_F(b, n * K * hp->n_ff_exp);
+    s->hs = TAKE_F(b, n * hp->n_ff_exp);
+    s->dx = TAKE_F(b, n * K * E);
+    s->sh = TAKE_F(b, n * E);
+    s->logits = TAKE_F(b, n * hp->n_vocab);
+    s->tok = TAKE_I(b, n);
+    s->wtab = (const uint8_t **)take(b, 3 * (uint64_t)X * sizeof(void *));
+    /* Quantized activations: at most 292/256 bytes per value, for the widest
+     * input of any product (routed down projections have n*K rows). */
+    uint64_t wide = E * hc;
+    uint64_t ins[] = {hp->q_lora, qdim, (uint64_t)hp->o_groups * hp->o_lora, hp->n_ff_exp};
+    for (size_t i = 0; i < sizeof ins / sizeof *ins; i++)
+        if (ins[i] > wide) wide = ins[i];
+    uint64_t act_values = n * wide > n * K * hp->n_ff_exp ? n * wide : n * K * hp->n_ff_exp;
+    s->act = take(b, act_values / 256 * 292 + 4096);
+}
+
+extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, ds4_error *err) {
+    ds4_gpu_session *s = (ds4_gpu_session *)calloc(1, sizeof *s);
+    if (!s) {
+        ds4_fail(err, "out of memory");
+        return NULL;
+    }
+    s->g = g;
+    s->max_ctx = max_ctx;
+    s->layers = (gpu_layer *)calloc(g->hp->n_layer, sizeof *s->layers);
+    cudaError_t e = cudaSuccess;
+    bump sb = {NULL, 0}, xb = {NULL, 0};
+    if (!s->layers) {
+        ds4_fail(err, "out of memory");
+        goto fail;
+    }
+    layout_state(s, &sb);
+    layout_scratch(s, &xb);
+    s->state_size = sb.off;
+    if ((e = cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaMalloc((void **)&s->state, sb.off)) != cudaSuccess ||
+        (e = cudaMalloc((void **)&s->scratch, xb.off)) != cudaSuccess) {
+        ds4_fail(err, "CUDA: allocating %.2f GB of decode state and %.2f GB of scratch for a %u-token session: %s",
+                 sb.off / 1e9, xb.off / 1e9, max_ctx, cudaGetErrorString(e));
+        goto fail;
+    }
+    sb.base = s->state, sb.off = 0;
+    xb.base = s->scratch, xb.off = 0;
+    layout_state(s, &sb);
+    layout_scratch(s, &xb);
+    prof_init(s);
+    {
+        const char *ge = getenv("DS4_CUDA_GRAPH");
+        /* the slot bank decides on the host between layers: no capture */
+        s->graphs = !s->prof && !g->bank && !(ge && *ge == '0');
+    }
+    if (g->bank && ((e = cudaMallocHost((void **)&s->grp_pinned, (1 + (size_t)g->hp->n_expert) * sizeof(int32_t))) !=
+                        cudaSuccess ||
+                    (e = cudaMallocHost((void **)&s->wtab_pinned, 3 * (size_t)g->hp->n_expert * sizeof(void *))) !=
+                        cudaSuccess)) {
+        ds4_fail(err, "CUDA: page-locked buffers: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    if ((e = cudaMallocHost((void **)&s->tok_pinned, sizeof(int32_t))) != cudaSuccess ||
+        (e = cudaMallocHost((void **)&s->logits_pinned, (size_t)g->hp->n_vocab * sizeof(float))) != cudaSuccess) {
+        ds4_fail(err, "CUDA: page-locked buffers: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    return s;
+fail:
+    ds4_gpu_session_free(s);
+    return NULL;
+}
+
+extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
+    if (!s) return;
+    prof_free(s);
+    for (int i = 0; i < s->n_gcache; i++) cudaGraphExecDestroy(s->gcache[i].exec);
+    cudaFreeHost(s->tok_pinned);
+    cudaFreeHost(s->logits_pinned);
+    cudaFreeHost(s->grp_pinned);
+    cudaFreeHost(s->wtab_pinned);
+    if (s->st) cudaStreamDestroy(s->st);
+    cudaFree(s->state);
+    cudaFree(s->scratch);
+    free(s->layers);
+    free(s);
+}
+
+/* Nothing to clear: no kernel reads state of positions that were not
+ * written since the last reset (the frontier of position < 0 is synthesised
+ * as empty, raw rows are read only for positions < pos). */
+extern "C" void ds4_gpu_session_reset(ds4_gpu_session *s) {
+    s->pos = 0;
+    s->fr = 0;
+}
+
+extern "C" uint32_t ds4_gpu_session_pos(const ds4_gpu_session *s) { return s->pos; }
+
+extern "C" uint64_t ds4_gpu_session_state_bytes(const ds4_gpu_session *s) {
+    const ds4_hparams *hp = s->g->hp;
+    uint64_t b = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        uint32_t r = hp->compress_ratio[il];
+        b += (uint64_t)hp->window * hp->head_dim * 4;
+        if (r) b += (uint64_t)(s->pos / r) * hp->head_dim * 4;
+        if (r == 4) b += (uint64_t)(s->pos / 4) * hp->idx_head_dim * 4;
+    }
+    return b;
+}
+
+extern "C" int ds4_gpu_session_copy(ds4_gpu_session *dst, const ds4_gpu_session *src, ds4_error *err) {
+    if (dst->g != src->g) return ds4_fail(err, "state copy between sessions of different models");
+    if (src->pos > dst->max_ctx)
+        return ds4_fail(err, "state of %u tokens does not fit a session of %u", src->pos, dst->max_ctx);
+    const ds4_hparams *hp = src->g->hp;
+    cudaStream_t st = dst->st;
+    CU(cudaStreamSynchronize(src->st));
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const gpu_layer *a = &src->layers[il];
+        gpu_layer *b = &dst->layers[il];
+        uint32_t r = hp->compress_ratio[il];
+        CU(cudaMemcpyAsync(b->ring, a->ring, (size_t)hp->window * hp->head_dim * 4, cudaMemcpyDeviceToDevice, st));
+        for (int c = 0; c < 2 && r; c++) {
+            const gpu_comp *ca = c ? &a->idx : &a->comp;
+            gpu_comp *cb = c ? &b->idx : &b->comp;
+            if (c && r != 4) break;
+            uint32_t width = c ? hp->idx_head_dim : hp->head_dim, halves = c || r == 4 ? 2 : 1;
+            uint32_t slots = halves == 2 ? 2 * r : r;
+            size_t fb = (size_t)slots * halves * width * 4;
+            CU(cudaMemcpyAsync(cb->rows, ca->rows, (size_t)(src->pos / r) * width * 4, cudaMemcpyDeviceToDevice, st));
+            CU(cudaMemcpyAsync(cb->fk[0], ca->fk[src->fr], fb, cudaMemcpyDeviceToDevice, st));
+            CU(cudaMemcpyAsync(cb->fz[0], ca->fz[src->fr], fb, cudaMemcpyDeviceToDevice, st));
+        }
+    }
+    CU(cudaStreamSynchronize(st));
+    dst->pos = src->pos;
+    dst->fr = 0;
+    return 0;
+}
+
+/* ---- profiling -------------------------------------------------------------------
+ * With DS4_CUDA_PROFILE=1 an event is recorded on the stream before every
+ * operation; after each chunk's synchronisation the gaps between events are
+ * added to per-operation totals, printed when the session is freed
+ * (DS4_CUDA_PROFILE=2 counts single-token chunks, i.e. decode, only). The
+ * events cost a few microseconds per operation, so only for diagnosis. */
+#define PROF_EVENTS 1024
+#define PROF_OPS 48
+typedef struct prof {
+    cudaEvent_t ev[PROF_EVENTS];
+    const char *name[PROF_EVENTS];
+    int n;
+    struct {
+        const char *name;
+        double ms;
+        long calls;
+    } tot[PROF_OPS];
+    int n_ops;
+    long tokens;
+    int decode_only; /* DS4_CUDA_PROFILE=2: single-token chunks only */
+} prof;
+
+static void prof_mark(ds4_gpu_session *s, const char *name) {
+    prof *p = s->prof;
+    if (!p || p->n >= PROF_EVENTS) return;
+    if (cudaEventRecord(p->ev[p->n], s->st) != cudaSuccess) return;
+    p->name[p->n++] = name;
+}
+
+static void prof_collect(ds4_gpu_session *s, uint32_t n_tok) {
+    prof *p = s->prof;
+    if (!p || p->n < 2) return;
+    cudaEventSynchronize(p->ev[p->n - 1]);
+    if (p->decode_only && n_tok != 1) {
+        p->n = 0;
+        return;
+    }
+    for (int i = 0; i + 1 < p->n; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[i + 1]) != cudaSuccess) continue;
+        int k = 0;
+        while (k < p->n_ops && strcmp(p->tot[k].name, p->name[i])) k++;
+        if (k == p->n_ops) {
+            if (k == PROF_OPS) continue;
+            p->tot[p->n_ops++].name = p->name[i];
+        }
+        p->tot[k].ms += ms;
+        p->tot[k].calls++;
+    }
+    p->tokens += n_tok;
+    p->n = 0;
+}
+
+static void prof_print(ds4_gpu_session *s) {
+    prof *p = s->prof;
+    double all = 0;
+    for (int k = 0; k < p->n_ops; k++) all += p->tot[k].ms;
+    fprintf(stderr, "ds4 CUDA profile: %ld tokens, %.3f ms of GPU time\n%-16s %10s %8s %12s\n", p->tokens, all, "operation",
+            "ms", "share", "calls");
+    for (int k = 0; k < p->n_ops; k++)
+        fprintf(stderr, "%-16s %10.3f %7.1f%% %12ld\n", p->tot[k].name, p->tot[k].ms, all > 0 ? 100 * p->tot[k].ms / all : 0,
+                p->tot[k].calls);
+}
+
+static void prof_init(ds4_gpu_session *s) {
+    const char *e = getenv("DS4_CUDA_PROFILE");
+    if (!e || (*e != '1' && *e != '2')) return;
+    prof *p = (prof *)calloc(1, sizeof *p);
+    if (!p) return;
+    p->decode_only = *e == '2';
+    for (int i = 0; i < PROF_EVENTS; i++)
+        if (cudaEventCreate(&p->ev[i]) != cudaSuccess) {
+            for (int j = 0; j < i; j++) cudaEventDestroy(p->ev[j]);
+            free(p);
+            return;
+        }
+    s->prof = p;
+}
+
+static void prof_free(ds4_gpu_session *s) {
+    if (!s->prof) return;
+    prof_print(s);
+    for (int i = 0; i < PROF_EVENTS; i++) cudaEventDestroy(s->prof->ev[i]);
+    free(s->prof);
+    s->prof = NULL;
+}
+
+/* ---- the forward pass ----------------------------------------------------------- */
+
+typedef struct fwd {
+    ds4_gpu_session *s;
+    const ds4_hparams *hp;
+    const ds4_weights *w;
+    bool official;
+    uint32_t n;
+    uint64_t pos0;
+    ds4_error *err;
+} fwd;
+
+static const float *rope_table(const fwd *f, bool compressed) {
+    return f->s->g->rope + ((f->official ? 0 : 1) * 2 + (compressed ? 1 : 0)) * 128;
+}
+
+static const float *vec(const ds4_tensor *t) { return (const float *)t->data; }
+
+/* k_linear or, for quantized weights, k_qlinear with the session's
+ * activation scratch. */
+static cudaError_t lin(const fwd *f, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups, uint64_t x_group,
+                       const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y, uint64_t y_stride) {
+    if (k_quant_type(w->type))
+        return k_qlinear(f->s->st, w, r0, n_rows, groups, x_group, x, x_stride, xscale, n_tok, y, y_stride, f->s->act);
+    return k_linear(f->s->st, w, r0, n_rows, groups, x_group, x, x_stride, xscale, n_tok, y, y_stride);
+}
+
+static cudaError_t ffn_up(const fwd *f, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
+                          uint32_t n, uint32_t j0, uint32_t slots, const uint8_t *const *wtab, const float *x, float limit,
+                          float *h) {
+    if (k_quant_type(gate->type))
+        return k_qffn_up(f->s->st, gate, up, grp, k, n, j0, slots, wtab, x, limit, h, f->s->act);
+    return k_ffn_up(f->s->st, gate, up, grp, k, n, j0, slots, wtab, x, limit, h);
+}
+
+static cudaError_t ffn_down(const fwd *f, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n,
+                            uint32_t j0, uint32_t slots, const uint8_t *const *wtab, const float *h, float *out) {
+    if (k_quant_type(down->type)) return k_qffn_down(f->s->st, down, grp, k, n, j0, slots, wtab, h, out, f->s->act);
+    return k_ffn_down(f->s->st, down, grp, n, j0, slots, wtab, h, out);
+}
+
+/* The routed experts through the slot bank: the only host round trip of a
+ * chunk besides tokens and logits. The used experts (already grouped on
+ * the device) are read back; in groups that fit the bank, missing experts
+ * are copied into least-recently-used slots on the copy stream (after the
+ * previous group's kernels are done with those slots), the slot addresses
+ * go to the device, and the expert kernels wait for the copies. */
+static int bank_experts(fwd *f, uint32_t il, float limit) {
+    ds4_gpu_session *s = f->s;
+    bank *b = s->g->bank;
+    const ds4_hparams *hp = f->hp;
+    const ds4_layer_weights *lw = &f->w->layers[il];
+    ds4_error *err = f->err;
+    cudaStream_t st = s->st;
+    uint32_t X = hp->n_expert, K = hp->n_expert_used, n = f->n;
+    CU(cudaMemcpyAsync(s->grp_pinned, s->grp, (1 + (size_t)X) * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
+    CU(cudaStreamSynchronize(st));
+    uint32_t n_used = (uint32_t)s->grp_pinned[0], cap = b->n_slots < X ? b->n_slots : X;
+    const int32_t *used = s->grp_pinned + 1;
+    for (uint32_t g0 = 0; g0 < n_used; g0 += cap) {
+        uint32_t gn = n_used - g0 < cap ? n_used - g0 : cap;
+        bool copies = false;
+        b->tick++;
+        /* hits first, so that no expert of this group is chosen as a victim */
+        for (uint32_t j = g0; j < g0 + gn; j++) {
+            int32_t slot = b->slot_of[(uint64_t)il * X + used[j]];
+            if (slot < 0) continue;
+            b->stamp[slot] = b->tick;
+            bank_touch(b, slot);
+            b->hits++;
+        }
+        for (uint32_t j = g0; j < g0 + gn; j++) {
+            uint64_t key = (uint64_t)il * X + used[j];
+            if (b->slot_of[key] >= 0) continue;
+            int32_t slot = b->tail; /* never stamped this group: gn <= n_slots */
+            if (b->key[slot] != UINT64_MAX) b->slot_of[b->key[slot]] = -1;
+            b->key[slot] = key;
+            b->slot_of[key] = slot;
+            b->stamp[slot] = b->tick;
+            bank_touch(b, slot);
+            if (!copies) CU(cudaStreamWaitEvent(b->copy, b->consumed, 0));
+            copies = true;
+            CU(cudaMemcpyAsync(b->dev + (uint64_t)slot * b->slot_bytes, b->host + b->layer_off[il] + used[j] * b->stride[il],
+                               b->rec_bytes[il], cudaMemcpyHostToDevice, b->copy));
+            b->misses++;
+            b->bytes += b->rec_bytes[il];
+        }
+        for (uint32_t j = g0; j < g0 + gn; j++) {
+            const uint8_t *base = b->dev + (uint64_t)b->slot_of[(uint64_t)il * X + used[j]] * b->slot_bytes;
+            s->wtab_pinned[3 * j] = base;
+            s->wtab_pinned[3 * j + 1] = base + b->off_up[il];
+            s->wtab_pinned[3 * j + 2] = base + b->off_down[il];
+        }
+        CU(cudaMemcpyAsync(s->wtab + 3 * g0, s->wtab_pinned + 3 * g0, 3 * (size_t)gn * sizeof(uint8_t *),
+                           cudaMemcpyHostToDevice, st));
+        if (copies) {
+            CU(cudaEventRecord(b->copied, b->copy));
+            CU(cudaStreamWaitEvent(st, b->copied, 0));
+        }
+        const uint8_t *const *wt = (const uint8_t *const *)(s->wtab + 3 * g0);
+        CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, g0, gn, wt, s->y, limit, s->h));
+        CU(ffn_down(f, &lw->down_exps, s->grp, K, n, g0, gn, wt, s->h, s->dx));
+        CU(cudaEventRecord(b->consumed, st));
+    }
+    return 0;
+}
+
+/* y = collapse of the streams with the mixing weights of w (ds4_mhc_pre or,
+ * for head, ds4_mhc_head) over n token rows of X. */
+static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, int head) {
+    ds4_gpu_session *s = f->s;
+    const ds4_hparams *hp = f->hp;
+    ds4_error *err = f->err;
+    uint32_t hc = hp->hc, E = hp->n_embd, n_mix = head ? hc : (2 + hc) * hc;
+    prof_mark(f->s, head ? "head_mhc" : "mhc_pre");
+    CU(k_rms_inv(s->st, X, n, hc * E, hp->rms_eps, s->rinv));
+    CU(lin(f, &w->fn, 0, n_mix, 1, 0, X, (uint64_t)hc * E, s->rinv, n, s->mix, n_mix));
+    CU(k_mhc_coeffs(s->st, s->mix, n, hc, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters, head, s->pre,
+                    s->post, s->comb));
+    CU(k_mhc_collapse(s->st, X, s->pre, n, hc, E, s->y));
+    return 0;
+}
+
+static int rows(fwd *f, float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm, const float *w,
+                const float *rope, int qat) {
+    ds4_error *err = f->err;
+    row_op op = {x, n_rows, n, n, rows_per_tok, norm, w, f->hp->rms_eps, rope, rope ? f->hp->n_rot / 2 : 0, f->pos0, 0,
+                 qat, f->hp->n_rot};
+    if (op.n_pairs > 128) op.n_pairs = 128;
+    CU(k_rows(f->s->st, &op));
+    return 0;
+}
+
+static int compressor(fwd *f, const ds4_compressor_weights *cw, gpu_comp *c, uint32_t ratio, uint32_t width,
+                      const float *ck, const float *cz, bool indexer) {
+    ds4_gpu_session *s = f->s;
+    ds4_error *err = f->err;
+    comp_op op;
+    memset(&op, 0, sizeof op);
+    op.ratio = ratio;
+    op.width = width;
+    op.halves = ratio == 4 ? 2 : 1;
+    op.ck = ck;
+    op.cz = cz;
+    op.ape = cw->ape.data;
+    op.ape_type = cw->ape.type;
+    op.ape_row_bytes = cw->ape.row_bytes;
+    op.fk_old = c->fk[s->fr];
+    op.fz_old = c->fz[s->fr];
+    op.fk_new = c->fk[s->fr ^ 1];
+    op.fz_new = c->fz[s->fr ^ 1];
+    op.pos0 = f->pos0;
+    op.n = f->n;
+    op.norm_w = vec(&cw->norm);
+    op.eps = f->hp->rms_eps;
+    op.inv_freq = rope_table(f, true);
+    op.n_pairs = f->hp->n_rot / 2 > 128 ? 128 : f->hp->n_rot / 2;
+    op.qat = f->official ? (indexer ? 2 : 1) : 0;
+    op.n_rot = f->hp->n_rot;
+    op.rows = c->rows;
+    CU(k_comp_emit(s->st, &op));
+    CU(k_comp_frontier(s->st, &op));
+    return 0;
+}
+
+/* ds4_attention: x = s->y (n x E) -> s->o. */
+static int attention(fwd *f, uint32_t il) {
+    ds4_gpu_session *s = f->s;
+    const ds4_hparams *hp = f->hp;
+    const ds4_layer_weights *lw = &f->w->layers[il];
+    gpu_layer *ls = &s->layers[il];
+    ds4_error *err = f->err;
+    cudaStream_t st = s->st;
+    uint32_t n = f->n, E = hp->n_embd, H = hp->n_head, hd = hp->head_dim, ratio = hp->compress_ratio[il];
+    uint64_t qdim = (uint64_t)H * hd;
+    const float *x = s->y, *lrope = rope_table(f, ratio != 0);
+
+    prof_mark(f->s, "q_proj");
+    CU(lin(f, &lw->q_a, 0, hp->q_lora, 1, 0, x, E, NULL, n, s->qa, hp->q_lora));
+    if (rows(f, s->qa, n, hp->q_lora, 1, 1, vec(&lw->q_a_norm), NULL, 0)) return -1;
+    CU(lin(f, &lw->q_b, 0, qdim, 1, 0, s->qa, hp->q_lora, NULL, n, s->q, qdim));
+    if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
+    prof_mark(f->s, "kv_proj");
+    CU(lin(f, &lw->kv, 0, hd, 1, 0, x, E, NULL, n, s->kv, hd));
+    if (rows(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0)) return -1;
+
+    if (ratio) {
+        uint32_t cw = (ratio == 4 ? 2 : 1) * hd;
+        prof_mark(f->s, "compressor");
+        CU(lin(f, &lw->comp.kv, 0, cw, 1, 0, x, E, NULL, n, s->ck, cw));
+        CU(lin(f, &lw->comp.gate, 0, cw, 1, 0, x, E, NULL, n, s->cz, cw));
+        if (compressor(f, &lw->comp, &ls->comp, ratio, hd, s->ck, s->cz, false)) return -1;
+    }
+    if (ratio == 4) {
+        uint32_t d = hp->idx_head_dim, IH = hp->idx_n_head, iwd = 2 * d;
+        prof_mark(f->s, "indexer_proj");
+        CU(lin(f, &lw->idx_comp.kv, 0, iwd, 1, 0, x, E, NULL, n, s->ik, iwd));
+        CU(lin(f, &lw->idx_comp.gate, 0, iwd, 1, 0, x, E, NULL, n, s->iz, iwd));
+        CU(lin(f, &lw->idx_q_b, 0, (uint64_t)IH * d, 1, 0, s->qa, hp->q_lora, NULL, n, s->iq, (uint64_t)IH * d));
+        CU(lin(f, &lw->idx_proj, 0, IH, 1, 0, x, E, NULL, n, s->iw, IH));
+        if (rows(f, s->iq, n * IH, d, IH, 0, NULL, rope_table(f, true), f->official ? 2 : 0)) return -1;
+        prof_mark(s, "indexer_comp");
+        if (compressor(f, &lw->idx_comp, &ls->idx, 4, d, s->ik, s->iz, true)) return -1;
+        prof_mark(f->s, "indexer_topk");
+        CU(k_idx_scores(st, s->iq, s->iw, n, IH, d, ls->idx.rows, f->pos0, hp->idx_topk, s->scores, s->score_stride));
+        CU(k_idx_topk(st, s->scores, s->score_stride, n, f->pos0, hp->idx_topk, s->sel));
+    }
+
+    attn_op op;
+    memset(&op, 0, sizeof op);
+    op.q = s->q;
+    op.kv = s->kv;
+    op.ring = ls->ring;
+    op.comp = ratio ? ls->comp.rows : NULL;
+    op.sel = s->sel;
+    op.sinks = vec(&lw->sinks);
+    op.n = n;
+    op.H = H;
+    op.hd = hd;
+    op.W = hp->window;
+    op.ratio = ratio;
+    op.topk = hp->idx_topk;
+    op.pos0 = f->pos0;
+    op.inv_freq = lrope;
+    op.n_pairs = hp->n_rot / 2 > 128 ? 128 : hp->n_rot / 2;
+    op.out = s->att;
+    prof_mark(f->s, "attention");
+    CU(k_attention(st, &op));
+    prof_mark(s, "ring_write");
+    CU(k_ring_write(st, s->kv, n, f->pos0, hp->window, hd, ls->ring));
+
+    /* grouped output projection: group g's heads through its o_lora rows of out_a */
+    uint64_t gin = qdim / hp->o_groups, glow = (uint64_t)hp->o_groups * hp->o_lora;
+    prof_mark(f->s, "out_proj");
+    CU(lin(f, &lw->out_a, 0, hp->o_lora, hp->o_groups, gin, s->att, qdim, NULL, n, s->low, glow));
+    CU(lin(f, &lw->out_b, 0, E, 1, 0, s->low, glow, NULL, n, s->o, E));
+    return 0;
+}
+
+/* ds4_moe: x = s->y -> s->o. */
+static int moe(fwd *f, uint32_t il) {
+    ds4_gpu_session *s = f->s;
+    const ds4_hparams *hp = f->hp;
+    const ds4_layer_weights *lw = &f->w->layers[il];
+    ds4_error *err = f->err;
+    cudaStream_t st = s->st;
+    uint32_t n = f->n, E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used;
+    float limit = hp->swiglu_clamp[il];
+    uint32_t slots = n * K < X ? n * K : X;
+    prof_mark(f->s, "router");
+    CU(lin(f, &lw->gate_inp, 0, X, 1, 0, s->y, E, NULL, n, s->lg, X));
+    bool hash = ds4_layer_is_hash(hp, il);
+    CU(k_route(st, s->lg, n, X, K, s->tok, hash ? (const int32_t *)lw->tid2eid.data : NULL,
+               hash ? NULL : vec(&lw->probs_bias), hp->expert_scale, s->ids, s->wts));
+    prof_mark(f->s, "shared_expert");
+    CU(ffn_up(f, &lw->gate_shexp, &lw->up_shexp, NULL, K, n, 0, 1, NULL, s->y, limit, s->hs));
+    CU(ffn_down(f, &lw->down_shexp, NULL, K, n, 0, 1, NULL, s->hs, s->sh));
+    prof_mark(f->s, "experts");
+    CU(k_moe_group(st, s->ids, n * K, X, s->grp));
+    if (s->g->bank) {
+        if (bank_experts(f, il, limit)) return -1;
+    } else {
+        CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, 0, slots, NULL, s->y, limit, s->h));
+        CU(ffn_down(f, &lw->down_exps, s->grp, K, n, 0, slots, NULL, s->h, s->dx));
+    }
+    prof_mark(f->s, "moe_combine");
+    CU(k_moe_combine(st, s->sh, s->dx, s->ids, s->wts, s->grp, n, K, X, E, s->o));
+    return 0;
+}
+
+/* Enqueues one internal chunk on the session's stream and advances the
+ * host-side position; logits of rows [first, n) go to out (host). */
+static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
+                   ds4_error *err) {
+    const ds4_hparams *hp = s->g->hp;
+    const ds4_weights *w = &s->g->w;
+    fwd f = {s, hp, w, official, n, s->pos, err};
+    cudaStream_t st = s->st;
+    uint32_t E = hp->n_embd, hc = hp->hc;
+    CU(cudaMemcpyAsync(s->tok, tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+    prof_mark(s, "embed");
+    CU(k_embed(st, &w->tok_embd, s->tok, n, hc, s->X));
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const ds4_layer_weights *lw = &w->layers[il];
+        if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0)) return -1;
+        prof_mark(s, "norm");
+        if (rows(&f, s->y, n, E, 1, 1, vec(&lw->attn_norm), NULL, 0)) return -1;
+        if (attention(&f, il)) return ds4_fail_prefix(err, "layer %u attention", il);
+        prof_mark(s, "mhc_post");
+        CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
+        if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0)) return -1;
+        prof_mark(s, "norm");
+        if (rows(&f, s->y, n, E, 1, 1, vec(&lw->ffn_norm), NULL, 0)) return -1;
+        if (moe(&f, il)) return ds4_fail_prefix(err, "layer %u MoE", il);
+        prof_mark(s, "mhc_post");
+        CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
+    }
+    s->pos += n;
+    s->fr ^= 1;
+    if (first < n && out) {
+        uint32_t m = n - first;
+        if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)first * hc * E, m, 1)) return -1;
+        if (rows(&f, s->y, m, E, 1, 1, vec(&w->output_norm), NULL, 0)) return -1;
+        prof_mark(s, "output");
+        CU(lin(&f, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
+        prof_mark(s, "logits_d2h");
+        CU(cudaMemcpyAsync(out, s->logits, (size_t)m * hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st));
+    }
+    prof_mark(s, "end");
+    return 0;
+}
+
+/* Which optional kernels a single-token step at position p launches: the
+ * compressor emissions (one bit per layer ratio in use) and the indexer. */
+static uint64_t step_key(const ds4_gpu_session *s, uint64_t p, bool logits) {
+    const ds4_hparams *hp = s->g->hp;
+    uint64_t key = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        uint32_t r = hp->compress_ratio[il];
+        if (r && (p + 1) % r == 0) key |= 1ull << (__builtin_ctz(r) & 31);
+    }
+    if ((p + 1) / 4 > hp->idx_topk) key |= 1ull << 40;
+    if (logits) key |= 1ull << 41;
+    return key;
+}
+
+/* A single-token step through a captured graph. Returns 1 (nothing done,
+ * graphs now off) when capture is not possible, so the caller launches
+ * directly. */
+static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, ds4_error *err) {
+    cudaStream_t st = s->st;
+    uint64_t key = step_key(s, s->pos, out != NULL);
+    uint32_t pos0 = s->pos;
+    int fr0 = s->fr;
+    cudaGraph_t graph = NULL;
+    *s->tok_pinned = token;
+    if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        cudaGetLastError();
+        s->graphs = false;
+        return 1;
+    }
+    ds4_error cap_err = {{0}};
+    int rc = enqueue(s, official, s->tok_pinned, 1, 0, out ? s->logits_pinned : NULL, &cap_err);
+    cudaError_t e = cudaStreamEndCapture(st, &graph);
+    if (rc || e != cudaSuccess || !graph) {
+        /* Not capturable here: undo the host-side step and launch directly. */
+        cudaGetLastError();
+        if (graph) cudaGraphDestroy(graph);
+        s->pos = pos0;
+        s->fr = fr0;
+        s->graphs = false;
+        return 1;
+    }
+    int slot = -1;
+    for (int i = 0; i < s->n_gcache; i++)
+        if (s->gcache[i].key == key) slot = i;
+    if (slot >= 0) {
+        cudaGraphExecUpdateResultInfo info;
+        if (cudaGraphExecUpdate(s->gcache[slot].exec, graph, &info) != cudaSuccess) {
+            cudaGetLastError();
+            cudaGraphExecDestroy(s->gcache[slot].exec);
+            s->gcache[slot].exec = NULL;
+        }
+    } else {
+        slot = s->n_gcache < 16 ? s->n_gcache++ : (int)(key % 16);
+        if (s->gcache[slot].exec) cudaGraphExecDestroy(s->gcache[slot].exec);
+        s->gcache[slot].exec = NULL;
+        s->gcache[slot].key = key;
+    }
+    if (!s->gcache[slot].exec && (e = cudaGraphInstantiate(&s->gcache[slot].exec, graph, 0)) != cudaSuccess) {
+        cudaGraphDestroy(graph);
+        s->gcache[slot].exec = NULL;
+        return ds4_fail(err, "CUDA: instantiating the decode graph: %s", cudaGetErrorString(e));
+    }
+    cudaGraphDestroy(graph);
+    CU(cudaGraphLaunch(s->gcache[slot].exec, st));
+    CU(cudaStreamSynchronize(st));
+    if (out) memcpy(out, s->logits_pinned, (size_t)s->g->hp->n_vocab * sizeof(float));
+    return 0;
+}
+
+static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
+                 ds4_error *err) {
+    if (n == 1 && s->graphs) {
+        int rc = step_graph(s, official, tokens[0], first < n ? out : NULL, err);
+        if (rc <= 0) return rc;
+    }
+    if (enqueue(s, official, tokens, n, first, out, err)) return -1;
+    CU(cudaStreamSynchronize(s->st));
+    prof_collect(s, n);
+    return 0;
+}
+
+extern "C" int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits,
+                               bool all_logits, ds4_error *err) {
+    const ds4_hparams *hp = s->g->hp;
+    if (n == 0) return 0;
+    if ((uint64_t)s->pos + n > s->max_ctx)
+        return ds4_fail(err, "context full: %u tokens held, %u more would exceed the session's %u", s->pos, n, s->max_ctx);
+    for (uint32_t t = 0; t < n; t++)
+        if (tokens[t] < 0 || (uint32_t)tokens[t] >= hp->n_vocab)
+            return ds4_fail(err, "token id %d at input position %u is outside the vocabulary (0..%u)", tokens[t], t,
+                            hp->n_vocab - 1);
+    for (uint32_t done = 0; done < n;) {
+        uint32_t len = n - done < s->g->chunk ? n - done : s->g->chunk;
+        bool last = done + len == n;
+        float *out = all_logits ? logits + (size_t)done * hp->n_vocab : (last ? logits : NULL);
+        uint32_t first = all_logits ? 0 : len - 1;
+        if (chunk(s, official, tokens + done, len, first, out, err)) {
+            /* The device state is no longer consistent with pos: start over. */
+            ds4_gpu_session_reset(s);
+            return -1;
+        }
+        done += len;
+    }
+    return 0;
+}

@@ -1,0 +1,157 @@
+/* MoE routing, grouping of tokens by expert, and the weighted sum of the
+ * expert outputs (compute/moe.c). The expert matrices themselves run in
+ * k_linear.cu (k_ffn_up / k_ffn_down). */
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/kernels.cuh"
+
+/* ---- routing ------------------------------------------------------------------ */
+
+__device__ __forceinline__ float softplus_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+/* Better of two (value, index) candidates: larger value, then lower index
+ * (select_topk keeps the first maximum in ascending expert order). */
+__device__ __forceinline__ void better(float *v, int *i, float v2, int i2) {
+    if (i2 >= 0 && (*i < 0 || v2 > *v || (v2 == *v && i2 < *i))) {
+        *v = v2;
+        *i = i2;
+    }
+}
+
+/* One block (256 threads) per token. */
+__global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const int32_t *tokens, const int32_t *tid2eid,
+                             const float *bias, float scale, int32_t *ids, float *wts) {
+    __shared__ float s[K_MAX_EXPERTS];
+    __shared__ unsigned char taken[K_MAX_EXPERTS];
+    __shared__ float wv[8];
+    __shared__ int wi[8];
+    __shared__ int sel[K_MAX_USED];
+    uint32_t t = blockIdx.x, tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+    const float *l = logits + (uint64_t)t * X;
+    for (uint32_t e = tid; e < X; e += blockDim.x) {
+        s[e] = sqrtf(softplus_(l[e]));
+        taken[e] = 0;
+    }
+    __syncthreads();
+    if (tid2eid) {
+        if (tid < K) sel[tid] = tid2eid[(uint64_t)tokens[t] * K + tid];
+    } else {
+        for (uint32_t k = 0; k < K; k++) {
+            float bv = 0;
+            int bi = -1;
+            for (uint32_t e = tid; e < X; e += blockDim.x)
+                if (!taken[e]) better(&bv, &bi, s[e] + (bias ? bias[e] : 0.0f), (int)e);
+            for (int o = 16; o > 0; o >>= 1) {
+                float v2 = __shfl_xor_sync(0xffffffffu, bv, o);
+                int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+                better(&bv, &bi, v2, i2);
+            }
+            if (lane == 0) wv[wid] = bv, wi[wid] = bi;
+            __syncthreads();
+            if (tid == 0) {
+                float v = wv[0];
+                int i = wi[0];
+                for (uint32_t w = 1; w < blockDim.x / 32; w++) better(&v, &i, wv[w], wi[w]);
+                sel[k] = i;
+                taken[i] = 1;
+            }
+            __syncthreads();
+        }
+    }
+    __syncthreads();
+    if (tid == 0) {
+        /* weights from the unbiased scores */
+        float sum = 0;
+        for (uint32_t k = 0; k < K; k++) sum += s[sel[k]];
+        for (uint32_t k = 0; k < K; k++) {
+            ids[(uint64_t)t * K + k] = sel[k];
+            wts[(uint64_t)t * K + k] = s[sel[k]] / (sum + 1e-20f) * scale;
+        }
+    }
+}
+
+cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n_expert, uint32_t k,
+                    const int32_t *tokens, const int32_t *tid2eid, const float *bias, float scale, int32_t *ids,
+                    float *wts) {
+    if (n == 0) return cudaSuccess;
+    if (n_expert > K_MAX_EXPERTS || k > K_MAX_USED || k > n_expert) return cudaErrorInvalidValue;
+    route_kernel<<<n, 256, 0, st>>>(logits, n_expert, k, tokens, tid2eid, bias, scale, ids, wts);
+    return LAUNCH_STATUS();
+}
+
+/* ---- grouping ------------------------------------------------------------------- */
+
+/* One block. Entries of each expert keep their ascending entry order, so an
+ * expert sees its tokens in chunk order. */
+__global__ void moe_group_kernel(const int32_t *ids, uint32_t nE, uint32_t X, int32_t *grp) {
+    __shared__ int32_t sid[K_MAX_GROUP_ENTRIES];
+    __shared__ int32_t cnt[K_MAX_EXPERTS], off[K_MAX_EXPERTS], slot[K_MAX_EXPERTS];
+    int32_t *used = grp + 1, *goff = used + X, *gcnt = goff + X, *members = gcnt + X, *pos = members + nE;
+    for (uint32_t i = threadIdx.x; i < nE; i += blockDim.x) sid[i] = ids[i];
+    for (uint32_t e = threadIdx.x; e < X; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (uint32_t i = threadIdx.x; i < nE; i += blockDim.x) atomicAdd(&cnt[sid[i]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t o = 0, j = 0;
+        for (uint32_t e = 0; e < X; e++) {
+            off[e] = o;
+            slot[e] = -1;
+            if (cnt[e]) {
+                used[j] = (int32_t)e;
+                goff[j] = o;
+                gcnt[j] = cnt[e];
+                slot[e] = j++;
+            }
+            o += cnt[e];
+        }
+        grp[0] = j;
+    }
+    __syncthreads();
+    for (uint32_t e = threadIdx.x; e < X; e += blockDim.x) {
+        if (slot[e] < 0) continue;
+        int32_t o = off[e];
+        for (uint32_t i = 0; i < nE; i++)
+            if (sid[i] == (int32_t)e) {
+                members[o] = (int32_t)i;
+                pos[i] = o++;
+            }
+    }
+}
+
+cudaError_t k_moe_group(cudaStream_t st, const int32_t *ids, uint32_t n_entries, uint32_t n_expert, int32_t *grp) {
+    if (n_entries > K_MAX_GROUP_ENTRIES || n_expert > K_MAX_EXPERTS) return cudaErrorInvalidValue;
+    moe_group_kernel<<<1, 1024, 0, st>>>(ids, n_entries, n_expert, grp);
+    return LAUNCH_STATUS();
+}
+
+/* ---- combination -------------------------------------------------------------------- */
+
+__global__ void moe_combine_kernel(const float *shared, const float *dx, const int32_t *ids, const float *wts,
+                                   const int32_t *pos, uint32_t K, uint32_t E, float *out) {
+    uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= E) return;
+    /* the token's experts in ascending id (stable: ties keep slot order) */
+    int order[K_MAX_USED];
+    for (uint32_t k = 0; k < K; k++) {
+        int j = (int)k;
+        while (j > 0 && ids[(uint64_t)t * K + order[j - 1]] > ids[(uint64_t)t * K + k]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = (int)k;
+    }
+    float acc = shared[(uint64_t)t * E + d];
+    for (uint32_t k = 0; k < K; k++) {
+        uint64_t entry = (uint64_t)t * K + order[k];
+        acc += wts[entry] * dx[(uint64_t)pos[entry] * E + d];
+    }
+    out[(uint64_t)t * E + d] = acc;
+}
+
+cudaError_t k_moe_combine(cudaStream_t st, const float *shared, const float *d, const int32_t *ids, const float *wts,
+                          const int32_t *grp, uint32_t n, uint32_t k, uint32_t n_expert, uint32_t E, float *out) {
+    if (n == 0) return cudaSuccess;
+    const int32_t *pos = grp + 1 + 3 * (uint64_t)n_expert + (uint64_t)n * k;
+    moe_combine_kernel<<<dim3(div_up(E, 256), n), 256, 0, st>>>(shared, d, ids, wts, pos, k, E, out);
+    return LAUNCH_STATUS();
+}

@@ -1,0 +1,489 @@
+/* Matrix products against quantized weights (Q8_0, Q2_K, Q4_K, IQ2_XXS,
+ * MXFP4), computed like the CPU path (compute/linear.c, formats/quant/):
+ * each token's activations are first quantized to the weight type's
+ * activation format (Q8_0 blocks of 32 for Q8_0 and MXFP4, Q8_K blocks of
+ * 256 for the K-quants and IQ2_XXS) with the CPU quantizers' exact
+ * arithmetic, then every block contributes an exact integer inner product
+ * scaled in float as in the scalar reference kernels. Only the order in
+ * which block results are added differs (lane-strided, then a butterfly).
+ *
+ * Layout: one warp per output row, lanes over blocks; the block formats are
+ * the ggml layouts of formats/quant/blocks.h. */
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/kernels.cuh"
+
+/* blocks.h is C11; its layout checks are C++'s static_assert. */
+#define _Static_assert static_assert
+extern "C" {
+#include "formats/quant/blocks.h"
+}
+#undef _Static_assert
+
+#define ROWS_PER_BLOCK 8
+
+/* IQ2_XXS tables (formats/quant/iq2_tables.c), copied once by k_quant_init. */
+__device__ __align__(16) uint8_t d_iq2_grid[256 * 8];
+__device__ uint8_t d_iq2_signs[128];
+
+cudaError_t k_quant_init(void) {
+    static bool done = false;
+    if (done) return cudaSuccess;
+    cudaError_t e = cudaMemcpyToSymbol(d_iq2_grid, ds4_iq2xxs_grid, sizeof d_iq2_grid);
+    if (e == cudaSuccess) e = cudaMemcpyToSymbol(d_iq2_signs, ds4_iq2_signs, sizeof d_iq2_signs);
+    done = e == cudaSuccess;
+    return e;
+}
+
+bool k_quant_type(uint32_t type) {
+    return type == GGML_TYPE_Q8_0 || type == GGML_TYPE_Q2_K || type == GGML_TYPE_Q4_K || type == GGML_TYPE_IQ2_XXS ||
+           type == GGML_TYPE_MXFP4;
+}
+
+/* Activation format of a weight type: true = Q8_K (256), false = Q8_0 (32). */
+static bool act_is_q8k(uint32_t type) { return type != GGML_TYPE_Q8_0 && type != GGML_TYPE_MXFP4; }
+
+uint64_t k_act_row_bytes(uint32_t type, uint64_t K) {
+    return act_is_q8k(type) ? K / DS4_QK_K * sizeof(ds4_block_q8_K) : K / DS4_QK8_0 * sizeof(ds4_block_q8_0);
+}
+
+__device__ __forceinline__ float half_f(uint16_t h) { return f16_to_f32(h); }
+__device__ __forceinline__ uint16_t ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* ---- activation quantizers (ds4_q8_0_quantize, ds4_q8_K_quantize) ------------- */
+
+/* One warp per Q8_0 block of 32 values: lane j holds value j. */
+__global__ void quant_q8_0_kernel(const float *x, uint64_t x_stride, uint64_t x_group, const float *xscale, uint32_t K,
+                                  uint32_t groups, uint32_t n_rows, uint8_t *act, uint64_t act_row) {
+    uint32_t nb = K / DS4_QK8_0;
+    uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    uint32_t lane = threadIdx.x & 31;
+    uint64_t total = (uint64_t)n_rows * groups * nb;
+    if (warp >= total) return;
+    uint32_t b = (uint32_t)(warp % nb);
+    uint64_t rg = warp / nb;
+    uint32_t g = (uint32_t)(rg % groups), t = (uint32_t)(rg / groups);
+    float v = x[t * x_stride + g * x_group + (uint64_t)b * DS4_QK8_0 + lane];
+    if (xscale) v = v * xscale[t];
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.0f;
+    uint16_t h = __half_as_ushort(__float2half_rn(d));
+    if (h == 0 && d > 0.0f) h = 1;
+    if (h > 0x7bffu) h = 0x7bffu;
+    float dh = half_f(h);
+    float id = dh > 0.0f ? 1.0f / dh : 0.0f;
+    float q = fminf(fmaxf(v * id, -127.0f), 127.0f);
+    ds4_block_q8_0 *blk = (ds4_block_q8_0 *)(act + (t * groups + g) * act_row) + b;
+    blk->qs[lane] = (int8_t)__float2int_rn(q);
+    if (lane == 0) blk->d = h;
+}
+
+/* One warp per Q8_K block of 256 values: lane l holds values 8l..8l+7. */
+__global__ void quant_q8_K_kernel(const float *x, uint64_t x_stride, uint64_t x_group, const float *xscale, uint32_t K,
+                                  uint32_t groups, uint32_t n_rows, uint8_t *act, uint64_t act_row) {
+    uint32_t nb = K / DS4_QK_K;
+    uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    uint32_t lane = threadIdx.x & 31;
+    uint64_t total = (uint64_t)n_rows * groups * nb;
+    if (warp >= total) return;
+    uint32_t b = (uint32_t)(warp % nb);
+    uint64_t rg = warp / nb;
+    uint32_t g = (uint32_t)(rg % groups), t = (uint32_t)(rg / groups);
+    const float *src = x + t * x_stride + g * x_group + (uint64_t)b * DS4_QK_K + 8 * lane;
+    float v[8], amax = 0.0f;
+    for (int i = 0; i < 8; i++) {
+        v[i] = xscale ? src[i] * xscale[t] : src[i];
+        amax = fmaxf(fabsf(v[i]), amax);
+    }
+    amax = warp_max(amax);
+    float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    ds4_block_q8_K *blk = (ds4_block_q8_K *)(act + (t * groups + g) * act_row) + b;
+    int s = 0;
+    for (int i = 0; i < 8; i++) {
+        int q = __float2int_rn(fminf(fmaxf(v[i] * id, -127.0f), 127.0f));
+        blk->qs[8 * lane + i] = (int8_t)q;
+        s += q;
+    }
+    /* bsums[k] covers values 16k..16k+15: lanes 2k and 2k+1 */
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    if ((lane & 1) == 0) blk->bsums[lane >> 1] = (int16_t)s;
+    if (lane == 0) blk->d = amax / 127.0f;
+}
+
+cudaError_t k_quantize_act(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
+                           const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act) {
+    if (n_rows == 0) return cudaSuccess;
+    uint64_t row = k_act_row_bytes(wtype, K);
+    bool q8k = act_is_q8k(wtype);
+    uint64_t warps = (uint64_t)n_rows * groups * (K / (q8k ? DS4_QK_K : DS4_QK8_0));
+    unsigned blocks = div_up(warps, 8);
+    if (q8k) quant_q8_K_kernel<<<blocks, 256, 0, st>>>(x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row);
+    else quant_q8_0_kernel<<<blocks, 256, 0, st>>>(x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row);
+    return LAUNCH_STATUS();
+}
+
+/* ---- block dot products (the scalar reference kernels) -------------------------- */
+
+/* The float contribution of weight block b of a row against activation
+ * block b: Q8_0 and MXFP4 use Q8_0 activations (34-byte blocks), the others
+ * Q8_K (292-byte blocks). */
+template <uint32_t TYPE> struct qb;
+
+/* Four int8 values as one word from 2-byte aligned memory (Q8_0 blocks are
+ * 34 bytes, so their values are only 2-byte aligned). */
+__device__ __forceinline__ int ld_i8x4_a2(const uint8_t *p) {
+    const uint16_t *h = (const uint16_t *)p;
+    return (int)((uint32_t)h[0] | ((uint32_t)h[1] << 16));
+}
+__device__ __forceinline__ int ld_i8x4_a4(const uint8_t *p) { return *(const int *)p; }
+
+/* Byte masks 0x00/0xff from four sign bits (bit t -> byte t). */
+__device__ __forceinline__ uint32_t sign_mask4(uint32_t bits) {
+    return ((bits * 0x00204081u) & 0x01010101u) * 0xffu;
+}
+
+/* The integer sums below use __dp4a (four exact int8 products added to an
+ * int32): the same integers as the scalar loops of formats/quant/. */
+template <> struct qb<GGML_TYPE_Q8_0> {
+    static constexpr uint32_t QK = DS4_QK8_0, BYTES = 34;
+    __device__ static float dot(const uint8_t *w, const uint8_t *a) {
+        int isum = 0;
+#pragma unroll
+        for (int j = 0; j < 32; j += 4) isum = __dp4a(ld_i8x4_a2(w + 2 + j), ld_i8x4_a2(a + 2 + j), isum);
+        return (float)isum * (half_f(ld16(w)) * half_f(ld16(a)));
+    }
+};
+
+template <> struct qb<GGML_TYPE_MXFP4> {
+    static constexpr uint32_t QK = DS4_QK_MXFP4, BYTES = 17;
+    /* ds4_e2m1_x2: code -> twice the E2M1 value (packed nibble table) */
+    __device__ static int e2m1_x2(int c) {
+        int m = c & 7; /* magnitudes 0, 1, 2, 3, 4, 6, 8, 12 without a table */
+        int v = m < 4 ? m : (m < 6 ? 2 * m - 4 : (m == 6 ? 8 : 12));
+        return c & 8 ? -v : v;
+    }
+    __device__ static float e8m0_half(uint8_t e) {
+        uint32_t bits = e < 2 ? (uint32_t)0x00200000u << e : (uint32_t)(e - 1) << 23;
+        return __uint_as_float(bits);
+    }
+    __device__ static float dot(const uint8_t *w, const uint8_t *a) {
+        const int8_t *aq = (const int8_t *)(a + 2);
+        int isum = 0;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            isum += e2m1_x2(w[1 + j] & 15) * aq[j];
+            isum += e2m1_x2(w[1 + j] >> 4) * aq[j + 16];
+        }
+        return (float)isum * (e8m0_half(w[0]) * half_f(ld16(a)));
+    }
+};
+
+/* The 256-value formats are split over 8 lanes: part() gives one lane's
+ * share (sub = 0..7, 32 values) of the block's integer sums, which the lanes
+ * add exactly; finish() applies the block's float scales once, as the
+ * scalar reference does after its whole-block integer sums. */
+template <> struct qb<GGML_TYPE_Q2_K> {
+    static constexpr uint32_t QK = DS4_QK_K, BYTES = 84;
+    /* 84-byte blocks: qs (offset 16) is 4-byte aligned; Q8_K values too.
+     * Lane sub takes sub-blocks 2 sub and 2 sub + 1 (16 values each). */
+    __device__ static void part(const uint8_t *w, const uint8_t *a, int sub, int *isum, int *msum) {
+        const ds4_block_q2_K *x = (const ds4_block_q2_K *)w;
+        const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
+        int is = 0, ms = 0;
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++) {
+            const int k = 2 * sub + kk, h = k >> 3, sh = (k >> 1) & 3, off = (k & 1) * 16;
+            const uint8_t *qs = x->qs + 32 * h + off;
+            const uint8_t *q8 = (const uint8_t *)(y->qs + 16 * k);
+            int s = 0;
+#pragma unroll
+            for (int l = 0; l < 16; l += 4)
+                s = __dp4a((int)(((uint32_t)ld_i8x4_a4(qs + l) >> (2 * sh)) & 0x03030303u), ld_i8x4_a4(q8 + l), s);
+            is += (x->scales[k] & 15) * s;
+            ms += (x->scales[k] >> 4) * y->bsums[k];
+        }
+        *isum = is, *msum = ms;
+    }
+    __device__ static float finish(const uint8_t *w, const uint8_t *a, int isum, int msum) {
+        const ds4_block_q2_K *x = (const ds4_block_q2_K *)w;
+        const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
+        const float dall = y->d * half_f(ld16((const uint8_t *)&x->d)), dmin = y->d * half_f(ld16((const uint8_t *)&x->dmin));
+        return dall * (float)isum - dmin * (float)msum;
+    }
+};
+
+template <> struct qb<GGML_TYPE_Q4_K> {
+    static constexpr uint32_t QK = DS4_QK_K, BYTES = 144;
+    /* lane sub takes sub-block j = sub (32 values) */
+    __device__ static void part(const uint8_t *w, const uint8_t *a, int j, int *isum, int *msum) {
+        const ds4_block_q4_K *x = (const ds4_block_q4_K *)w;
+        const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
+        int sc, m;
+        if (j < 4) {
+            sc = x->scales[j] & 63;
+            m = x->scales[j + 4] & 63;
+        } else {
+            sc = (x->scales[j + 4] & 15) | ((x->scales[j - 4] >> 6) << 4);
+            m = (x->scales[j + 4] >> 4) | ((x->scales[j] >> 6) << 4);
+        }
+        /* 144-byte blocks: qs (offset 16) is 16-byte aligned */
+        const uint8_t *qs = x->qs + 32 * (j >> 1);
+        const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * j);
+        const int shift = (j & 1) * 4;
+        int s = 0;
+#pragma unroll
+        for (int l = 0; l < 32; l += 4)
+            s = __dp4a((int)(((uint32_t)ld_i8x4_a4(qs + l) >> shift) & 0x0f0f0f0fu), ld_i8x4_a4(q8 + l), s);
+        *isum = sc * s;
+        *msum = m * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
+    }
+    __device__ static float finish(const uint8_t *w, const uint8_t *a, int isum, int msum) {
+        const ds4_block_q4_K *x = (const ds4_block_q4_K *)w;
+        const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
+        const float dall = y->d * half_f(x->d), dmin = y->d * half_f(x->dmin);
+        return dall * (float)isum - dmin * (float)msum;
+    }
+};
+
+template <> struct qb<GGML_TYPE_IQ2_XXS> {
+    static constexpr uint32_t QK = DS4_QK_K, BYTES = 66;
+    /* lane sub takes group ib = sub (32 values) */
+    __device__ static void part(const uint8_t *w, const uint8_t *a, int ib, int *isum, int *msum) {
+        const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
+        const uint8_t *qs = w + 2 + 8 * ib; /* 2-byte aligned only (66-byte blocks) */
+        uint32_t aux = (uint32_t)ld16(qs + 4) | ((uint32_t)ld16(qs + 6) << 16);
+        int s = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            /* grid magnitudes (< 128) times the activations with the signs
+             * applied bytewise: (a ^ m) - m negates where m = 0xff
+             * (activations are in [-127, 127], so nothing overflows) */
+            const uint32_t *g = (const uint32_t *)(d_iq2_grid + 8 * qs[k]);
+            const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * ib + 8 * k);
+            uint32_t sg = d_iq2_signs[(aux >> (7 * k)) & 127];
+            uint32_t m0 = sign_mask4(sg & 15), m1 = sign_mask4(sg >> 4);
+            uint32_t a0 = (uint32_t)ld_i8x4_a4(q8), a1 = (uint32_t)ld_i8x4_a4(q8 + 4);
+            s = __dp4a((int)__ldg(g), (int)__vsub4(a0 ^ m0, m0), s);
+            s = __dp4a((int)__ldg(g + 1), (int)__vsub4(a1 ^ m1, m1), s);
+        }
+        *isum = (int)(2 * (aux >> 28) + 1) * s;
+        *msum = 0;
+    }
+    __device__ static float finish(const uint8_t *w, const uint8_t *a, int isum, int) {
+        const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
+        return 0.125f * (half_f(ld16(w)) * y->d) * (float)isum;
+    }
+};
+
+template <uint32_t TYPE> struct act_of {
+    static constexpr uint32_t BYTES = TYPE == GGML_TYPE_Q8_0 || TYPE == GGML_TYPE_MXFP4 ? 34 : 292;
+};
+
+/* acc[tt] = row . act row tt, on every lane. 32-value formats: a block
+ * per lane; 256-value formats: a block per 8 lanes (qb::part/finish). */
+template <uint32_t TYPE, int TT>
+__device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float *acc) {
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int tt = 0; tt < TT; tt++) acc[tt] = 0.0f;
+    if constexpr (qb<TYPE>::QK == DS4_QK_K) {
+        int sub = lane & 7;
+        for (uint32_t b0 = 0; b0 < nb; b0 += 4) {
+            uint32_t b = b0 + (lane >> 3);
+            bool valid = b < nb;
+            const uint8_t *wb = wrow + (uint64_t)b * qb<TYPE>::BYTES;
+#pragma unroll
+            for (int tt = 0; tt < TT; tt++) {
+                if (tt >= nt) continue; /* uniform over the warp */
+                const uint8_t *ab = ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES;
+                int is = 0, ms = 0;
+                if (valid) qb<TYPE>::part(wb, ab, sub, &is, &ms);
+                for (int o = 1; o < 8; o <<= 1) {
+                    is += __shfl_xor_sync(0xffffffffu, is, o);
+                    ms += __shfl_xor_sync(0xffffffffu, ms, o);
+                }
+                if (valid && sub == 0) acc[tt] += qb<TYPE>::finish(wb, ab, is, ms);
+            }
+        }
+    } else {
+        for (uint32_t b = lane; b < nb; b += 32) {
+            const uint8_t *wb = wrow + (uint64_t)b * qb<TYPE>::BYTES;
+#pragma unroll
+            for (int tt = 0; tt < TT; tt++)
+                if (tt < nt) acc[tt] += qb<TYPE>::dot(wb, ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES);
+        }
+    }
+#pragma unroll
+    for (int tt = 0; tt < TT; tt++) acc[tt] = warp_sum(acc[tt]);
+}
+
+/* ---- dense rows ------------------------------------------------------------------------ */
+
+typedef struct qlin_args {
+    const uint8_t *w;
+    uint64_t row_bytes, r0, n_rows;
+    uint32_t nb, groups, n_tok;
+    const uint8_t *act;
+    uint64_t act_row; /* bytes of one (token, group) activation row */
+    float *y;
+    uint64_t y_stride;
+} qlin_args;
+
+template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
+    uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (r >= a.n_rows) return;
+    uint32_t g = blockIdx.y;
+    const uint8_t *wrow = a.w + (a.r0 + g * a.n_rows + r) * a.row_bytes;
+    float *y = a.y + g * a.n_rows + r;
+    int lane = threadIdx.x & 31;
+    for (uint32_t t0 = 0; t0 < a.n_tok; t0 += TT) {
+        int nt = a.n_tok - t0 < TT ? (int)(a.n_tok - t0) : TT;
+        const uint8_t *ar[TT];
+        float acc[TT];
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) ar[tt] = a.act + ((uint64_t)(t0 + (tt < nt ? tt : 0)) * a.groups + g) * a.act_row;
+        qdot_tile<TYPE, TT>(wrow, a.nb, ar, nt, acc);
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++)
+            if (tt < nt && lane == tt) y[(uint64_t)(t0 + tt) * a.y_stride] = acc[tt];
+    }
+}
+
+template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStream_t st) {
+    dim3 grid(div_up(a.n_rows, ROWS_PER_BLOCK), a.groups);
+    if (a.n_tok == 1) qlinear_kernel<TYPE, 1><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+    else qlinear_kernel<TYPE, 4><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+}
+
+#define QTYPE_SWITCH(type, CALL)                                 \
+    switch (type) {                                              \
+    case GGML_TYPE_Q8_0: CALL(GGML_TYPE_Q8_0); break;            \
+    case GGML_TYPE_Q2_K: CALL(GGML_TYPE_Q2_K); break;            \
+    case GGML_TYPE_Q4_K: CALL(GGML_TYPE_Q4_K); break;            \
+    case GGML_TYPE_IQ2_XXS: CALL(GGML_TYPE_IQ2_XXS); break;      \
+    case GGML_TYPE_MXFP4: CALL(GGML_TYPE_MXFP4); break;          \
+    default: return cudaErrorInvalidValue;                       \
+    }
+
+cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
+                      uint64_t x_group, const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y,
+                      uint64_t y_stride, void *act) {
+    if (n_tok == 0 || n_rows == 0) return cudaSuccess;
+    uint32_t K = (uint32_t)w->ne[0];
+    cudaError_t e = k_quantize_act(st, w->type, x, x_stride, x_group, xscale, K, groups, n_tok, act);
+    if (e != cudaSuccess) return e;
+    uint32_t qk = act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0;
+    qlin_args a = {w->data, w->row_bytes, r0, n_rows, K / qk, groups, n_tok, (const uint8_t *)act,
+                   k_act_row_bytes(w->type, K), y, y_stride};
+#define QL(T) launch_qlinear<T>(a, st)
+    QTYPE_SWITCH(w->type, QL)
+#undef QL
+    return LAUNCH_STATUS();
+}
+
+/* ---- experts ------------------------------------------------------------------------------ */
+
+typedef struct qffn_args {
+    const uint8_t *w0, *w1;
+    uint64_t row_bytes, rows;
+    uint32_t nb, n_expert, k, n;
+    const int32_t *grp;
+    const uint8_t *act; /* up: one row per token; down: one row per h row */
+    uint64_t act_row;
+    float limit;
+    float *y;
+    uint32_t j0;
+    const uint8_t *const *wtab;
+} qffn_args;
+
+template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args a) {
+    uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (r >= a.rows) return;
+    uint32_t e = 0, m0 = 0, cnt = a.n;
+    const int32_t *members = nullptr;
+    if (a.grp) {
+        uint32_t j = a.j0 + blockIdx.y;
+        if ((int32_t)j >= a.grp[0]) return;
+        const int32_t *used = a.grp + 1, *off = used + a.n_expert, *count = off + a.n_expert;
+        e = (uint32_t)used[j];
+        m0 = (uint32_t)off[j];
+        cnt = (uint32_t)count[j];
+        members = count + a.n_expert;
+    }
+    const uint8_t *w0, *w1 = nullptr;
+    if (a.wtab) {
+        w0 = a.wtab[3 * blockIdx.y + (UP ? 0 : 2)] + r * a.row_bytes;
+        if (UP) w1 = a.wtab[3 * blockIdx.y + 1] + r * a.row_bytes;
+    } else {
+        uint64_t row = (uint64_t)e * a.rows + r;
+        w0 = a.w0 + row * a.row_bytes;
+        if (UP) w1 = a.w1 + row * a.row_bytes;
+    }
+    int lane = threadIdx.x & 31;
+    for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
+        int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
+        const uint8_t *ar[TT];
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) {
+            uint32_t i = m0 + i0 + (tt < nt ? tt : 0);
+            uint32_t src = members && UP ? (uint32_t)members[i] / a.k : i;
+            ar[tt] = a.act + (uint64_t)src * a.act_row;
+        }
+        float g[TT], u[TT];
+        qdot_tile<TYPE, TT>(w0, a.nb, ar, nt, g);
+        if (UP) qdot_tile<TYPE, TT>(w1, a.nb, ar, nt, u);
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) {
+            if (tt < nt && lane == tt) {
+                float v = g[tt];
+                if (UP) {
+                    float lim = a.limit;
+                    float ga = v < lim ? v : lim;
+                    float ub = u[tt] < -lim ? -lim : (u[tt] > lim ? lim : u[tt]);
+                    v = ga / (1.0f + expf(-ga)) * ub;
+                }
+                a.y[(uint64_t)(m0 + i0 + tt) * a.rows + r] = v;
+            }
+        }
+    }
+}
+
+template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, uint32_t slots, cudaStream_t st) {
+    dim3 grid(div_up(a.rows, ROWS_PER_BLOCK), slots);
+    if (a.n == 1) qffn_kernel<TYPE, 1, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+    else qffn_kernel<TYPE, 4, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+}
+
+cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
+                      uint32_t n, uint32_t j0, uint32_t max_slots, const uint8_t *const *wtab, const float *x, float limit,
+                      float *h, void *act) {
+    if (n == 0 || max_slots == 0) return cudaSuccess;
+    if (gate->type != up->type || gate->row_bytes != up->row_bytes) return cudaErrorInvalidValue;
+    uint32_t K = (uint32_t)gate->ne[0];
+    cudaError_t e = k_quantize_act(st, gate->type, x, K, 0, NULL, K, 1, n, act);
+    if (e != cudaSuccess) return e;
+    uint32_t qk = act_is_q8k(gate->type) ? DS4_QK_K : DS4_QK8_0;
+    qffn_args a = {gate->data, up->data, gate->row_bytes, gate->ne[1], K / qk, (uint32_t)gate->ne[2], k, n, grp,
+                   (const uint8_t *)act, k_act_row_bytes(gate->type, K), limit, h, j0, wtab};
+    uint32_t slots = grp ? max_slots : 1;
+#define QU(T) launch_qffn<T, true>(a, slots, st)
+    QTYPE_SWITCH(gate->type, QU)
+#undef QU
+    return LAUNCH_STATUS();
+}
+
+cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n, uint32_t j0,
+                        uint32_t max_slots, const uint8_t *const *wtab, const float *h, float *out, void *act) {
+    if (n == 0 || max_slots == 0) return cudaSuccess;
+    uint32_t K = (uint32_t)down->ne[0];
+    uint32_t rows_h = grp ? n * k : n; /* h rows: one per member (routed) or per token */
+    cudaError_t e = k_quantize_act(st, down->type, h, K, 0, NULL, K, 1, rows_h, act);
+    if (e != cudaSuccess) return e;
+    uint32_t qk = act_is_q8k(down->type) ? DS4_QK_K : DS4_QK8_0;
+    qffn_args a = {down->data, nullptr, down->row_bytes, down->ne[1], K / qk, (uint32_t)down->ne[2], k, n, grp,
+                   (const uint8_t *)act, k_act_row_bytes(down->type, K), 0.0f, out, j0, wtab};
+    uint32_t slots = grp ? max_slots : 1;
+#define QD(T) launch_qffn<T, false>(a, slots, st)
+    QTYPE_SWITCH(down->type, QD)
+#undef QD
+    return LAUNCH_STATUS();
+}

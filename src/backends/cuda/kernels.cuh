@@ -1,0 +1,182 @@
+/* Launchers of the CUDA kernels, one per operation of the forward pass
+ * (src/compute/ holds the CPU reference of each). Every launcher returns
+ * the launch status; device pointers everywhere, host structs by pointer.
+ * Weight tensors are ds4_tensor values whose `data` points to device
+ * memory. */
+#ifndef DS4_BACKENDS_CUDA_KERNELS_CUH
+#define DS4_BACKENDS_CUDA_KERNELS_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "model/weights.h"
+}
+
+/* Largest values the kernels are written for (checked at model load). */
+#define K_MAX_HC 16
+#define K_MAX_EXPERTS 1024
+#define K_MAX_USED 16
+#define K_MAX_HEAD_DIM 1024
+#define K_MAX_GROUP_ENTRIES 8192 /* tokens x experts_used per MoE grouping */
+
+/* ---- matrix products ------------------------------------------------------
+ * Y[t][g*n_rows + r] = W[r0 + g*n_rows + r] . (X[t] + g*x_group) (* xscale[t])
+ * for r < n_rows, t < n_tok, g < groups. Each output is one warp's fixed-order
+ * dot product whatever n_tok is, so a token's result never depends on the
+ * chunk it was computed in. */
+cudaError_t k_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups, uint64_t x_group,
+                     const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y, uint64_t y_stride);
+
+/* Quantized weights (k_quant.cu): the same products for Q8_0, Q2_K, Q4_K,
+ * IQ2_XXS and MXFP4, with activations quantized first into `act` (device
+ * scratch of n_tok * groups * k_act_row_bytes(type, K) bytes) like the CPU
+ * does. k_quant_init uploads the IQ2_XXS tables (once per process). */
+cudaError_t k_quant_init(void);
+bool k_quant_type(uint32_t type);
+uint64_t k_act_row_bytes(uint32_t type, uint64_t K);
+cudaError_t k_quantize_act(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
+                           const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act);
+cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
+                      uint64_t x_group, const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y,
+                      uint64_t y_stride, void *act);
+/* k_ffn_up / k_ffn_down for quantized expert (or shared expert) weights;
+ * act holds n rows (up) or the h rows (down: n*k routed, n shared). */
+cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
+                      uint32_t n, uint32_t j0, uint32_t max_slots, const uint8_t *const *wtab, const float *x, float limit,
+                      float *h, void *act);
+cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n, uint32_t j0,
+                        uint32_t max_slots, const uint8_t *const *wtab, const float *h, float *out, void *act);
+
+/* ---- row transforms --------------------------------------------------------
+ * Per row, in place and in this order: RMSNorm (weighted when norm_w),
+ * RoPE on the last 2*n_pairs entries at position pos0 + row / rows_per_tok
+ * (conjugate when inverse), then a QAT simulation: 1 = FP8 on the first
+ * n - n_rot entries (blocks of 64), 2 = Hadamard then FP4 (blocks of 32). */
+typedef struct row_op {
+    float *x;
+    uint32_t n_rows, n;
+    uint64_t stride;
+    uint32_t rows_per_tok;
+    int norm;
+    const float *norm_w;
+    float eps;
+    const float *inv_freq; /* device, n_pairs entries; NULL = no RoPE */
+    uint32_t n_pairs;
+    uint64_t pos0;
+    int inverse;
+    int qat;
+    uint32_t n_rot;
+} row_op;
+cudaError_t k_rows(cudaStream_t st, const row_op *op);
+
+/* ---- mHC ------------------------------------------------------------------ */
+/* X[t][i] = embedding row tokens[t] for each of the hc streams. */
+cudaError_t k_embed(cudaStream_t st, const ds4_tensor *emb, const int32_t *tokens, uint32_t n, uint32_t hc, float *X);
+/* rinv[r] = 1 / sqrt(mean(x_r^2) + eps) over rows of n floats. */
+cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t n, float eps, float *rinv);
+/* pre/post/comb from the mixing logits (ds4_mhc_pre); head: pre only. */
+cudaError_t k_mhc_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint32_t hc, const float *base,
+                         const float *scale, float eps, uint32_t iters, int head, float *pre, float *post, float *comb);
+/* y[t] = sum_i pre[t][i] * X[t][i] */
+cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, uint32_t n_tok, uint32_t hc, uint32_t E,
+                           float *y);
+/* X[t][j] = post[t][j] * o[t] + sum_i comb[t][i][j] * X[t][i] */
+cudaError_t k_mhc_post(cudaStream_t st, float *X, const float *o, const float *post, const float *comb, uint32_t n_tok,
+                       uint32_t hc, uint32_t E);
+
+/* ---- compressors ------------------------------------------------------------
+ * A chunk of n tokens at pos0 with projections ck, cz (n x halves*width).
+ * The frontier (slots of halves*width floats, the CPU ds4_comp_state
+ * layout) describes the tokens before pos0; k_comp_emit pools every window
+ * that completes inside the chunk, finishes the row (norm, RoPE at the
+ * window start, QAT) and stores it at rows + window * width;
+ * k_comp_frontier writes the frontier after the chunk into fk_new/fz_new. */
+typedef struct comp_op {
+    uint32_t ratio, width, halves;
+    const float *ck, *cz;
+    const uint8_t *ape; /* ratio rows of halves*width (device; F32, F16 or BF16) */
+    uint32_t ape_type;
+    uint64_t ape_row_bytes;
+    const float *fk_old, *fz_old;
+    float *fk_new, *fz_new;
+    uint64_t pos0;
+    uint32_t n;
+    const float *norm_w;
+    float eps;
+    const float *inv_freq;
+    uint32_t n_pairs;
+    int qat;
+    uint32_t n_rot;
+    float *rows;
+} comp_op;
+cudaError_t k_comp_emit(cudaStream_t st, const comp_op *op);
+cudaError_t k_comp_frontier(cudaStream_t st, const comp_op *op);
+
+/* ---- indexer ---------------------------------------------------------------
+ * For token t (position pos0 + t) with n_vis = (pos0 + t + 1) / 4 keys, only
+ * when n_vis > topk: scores[t][w] = sum_h wscale * iw[t][h] * scale *
+ * relu(iq[t][h] . keys[w]), then sel[t] = the topk best key indices
+ * (ties: lower index), in ascending index order. */
+/* Raises the scoring kernel's shared memory limit for n_head x d queries
+ * (once, before any k_idx_scores). */
+cudaError_t k_idx_prepare(uint32_t n_head, uint32_t d);
+cudaError_t k_idx_scores(cudaStream_t st, const float *iq, const float *iw, uint32_t n, uint32_t n_head, uint32_t d,
+                         const float *keys, uint64_t pos0, uint32_t topk, float *scores, uint64_t score_stride);
+cudaError_t k_idx_topk(cudaStream_t st, const float *scores, uint64_t score_stride, uint32_t n, uint64_t pos0,
+                       uint32_t topk, int32_t *sel);
+
+/* ---- attention ---------------------------------------------------------------
+ * Token t at p = pos0 + t attends with every head to the raw rows of
+ * positions max(0, p-W+1)..p (from kv when >= pos0, else from the ring) and
+ * to compressed rows: all (p+1)/ratio of them, or sel[t] when ratio == 4 and
+ * there are more than topk; sinks; then inverse RoPE on the output. */
+typedef struct attn_op {
+    const float *q;    /* n x H x hd */
+    const float *kv;   /* n x hd (this chunk's raw rows) */
+    const float *ring; /* W x hd */
+    const float *comp; /* compressed rows */
+    const int32_t *sel;
+    const float *sinks;
+    uint32_t n, H, hd, W, ratio, topk;
+    uint64_t pos0;
+    const float *inv_freq;
+    uint32_t n_pairs;
+    float *out; /* n x H x hd */
+} attn_op;
+cudaError_t k_attention(cudaStream_t st, const attn_op *op);
+/* ring[p % W] = kv[p - pos0] for the last min(n, W) positions of the chunk. */
+cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t pos0, uint32_t W, uint32_t hd, float *ring);
+
+/* ---- MoE ----------------------------------------------------------------------
+ * Routing: sqrt(softplus) scores, hash (tid2eid) or biased top-k, weights
+ * normalised over the selection times scale. */
+cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n_expert, uint32_t k,
+                    const int32_t *tokens, const int32_t *tid2eid, const float *bias, float scale, int32_t *ids,
+                    float *wts);
+/* Groups the n*k (token, slot) entries by expert. grp layout (int32):
+ * [0] n_used, then used[X], off[X], cnt[X] (per used-expert slot j),
+ * members[n*k] (entries t*k+slot sorted by expert, then entry), pos[n*k]
+ * (where each entry landed in members). */
+static inline uint64_t k_group_ints(uint32_t n_expert, uint32_t n_entries) {
+    return 1 + 3 * (uint64_t)n_expert + 2 * (uint64_t)n_entries;
+}
+cudaError_t k_moe_group(cudaStream_t st, const int32_t *ids, uint32_t n_entries, uint32_t n_expert, int32_t *grp);
+/* h = swiglu_clamped(gate x, up x). Routed (grp != NULL): the weights are
+ * 3-D expert tensors, grid slot i runs used-expert j = j0 + i of grp over
+ * its members, rows of h indexed by member position; max_slots bounds the
+ * grid. With wtab (the slot bank), the expert's gate, up and down matrices
+ * are at wtab[3i], wtab[3i+1], wtab[3i+2] instead of inside the tensors
+ * (which then only give types and shapes). Shared (grp == NULL): 2-D
+ * weights over all n tokens, rows of h per token. */
+cudaError_t k_ffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
+                     uint32_t n, uint32_t j0, uint32_t max_slots, const uint8_t *const *wtab, const float *x, float limit,
+                     float *h);
+/* out rows = down . h rows, same indexing as k_ffn_up. */
+cudaError_t k_ffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t n, uint32_t j0,
+                       uint32_t max_slots, const uint8_t *const *wtab, const float *h, float *out);
+/* out[t] = shared[t] + sum over t's experts in ascending id of w * d[pos]. */
+cudaError_t k_moe_combine(cudaStream_t st, const float *shared, const float *d, const int32_t *ids, const float *wts,
+                          const int32_t *grp, uint32_t n, uint32_t k, uint32_t n_expert, uint32_t E, float *out);
+
+#endif

@@ -1,0 +1,82 @@
+/* Block-wide transforms of one row held in shared memory: RMSNorm, tail
+ * RoPE, and the QAT simulations, with the operations of compute/ops.c in
+ * the same order (see common.cuh on --fmad=false). Every thread of the
+ * block must call them. */
+#ifndef DS4_BACKENDS_CUDA_ROWFN_CUH
+#define DS4_BACKENDS_CUDA_ROWFN_CUH
+
+#include "backends/cuda/common.cuh"
+
+/* cos/sin of the RoPE angle of pair j at position pos, as ds4_rope_angles:
+ * an fp32 product, then double-precision cos/sin rounded to float. */
+__device__ __forceinline__ void rope_cs(const float *inv_freq, uint32_t j, uint64_t pos, float *c, float *s) {
+    float a = inv_freq[j] * (float)pos;
+    *c = (float)cos((double)a);
+    *s = (float)sin((double)a);
+}
+
+__device__ __forceinline__ void rope_pair(float *t, float c, float s, int inverse) {
+    if (inverse) s = -s;
+    float e = t[0], o = t[1];
+    t[0] = e * c - o * s;
+    t[1] = o * c + e * s;
+}
+
+/* v: n floats in shared memory; red: 32 doubles of shared memory. */
+static __device__ void row_transform(float *v, uint32_t n, int norm, const float *norm_w, float eps, const float *inv_freq,
+                              uint32_t n_pairs, uint64_t pos, int inverse, int qat, uint32_t n_rot, double *red) {
+    uint32_t tid = threadIdx.x, bd = blockDim.x;
+    if (norm) {
+        double ss = 0;
+        for (uint32_t i = tid; i < n; i += bd) ss += (double)v[i] * v[i];
+        ss = block_sum_d(ss, red);
+        float r = (float)(1.0 / sqrt(ss / n + eps));
+        for (uint32_t i = tid; i < n; i += bd) v[i] = norm_w ? v[i] * r * norm_w[i] : v[i] * r;
+        __syncthreads();
+    }
+    if (inv_freq && n_pairs) {
+        float *t = v + n - 2 * n_pairs;
+        for (uint32_t j = tid; j < n_pairs; j += bd) {
+            float c, s;
+            rope_cs(inv_freq, j, pos, &c, &s);
+            rope_pair(t + 2 * j, c, s, inverse);
+        }
+        __syncthreads();
+    }
+    if (qat == 1) {
+        /* ds4_fp8_sim over the non-RoPE entries, one thread per block of 64 */
+        uint32_t len = n - n_rot;
+        for (uint32_t b = tid * 64; b < len; b += bd * 64) {
+            uint32_t m = len - b < 64 ? len - b : 64;
+            float amax = 1e-4f;
+            for (uint32_t i = 0; i < m; i++) amax = fmaxf(amax, fabsf(v[b + i]));
+            float s = pow2_ceil(amax / 448.0f);
+            for (uint32_t i = 0; i < m; i++) v[b + i] = e4m3_round(v[b + i] / s) * s;
+        }
+        __syncthreads();
+    } else if (qat == 2) {
+        /* ds4_hadamard (n a power of two), then ds4_fp4_sim in blocks of 32 */
+        for (uint32_t h = 1; h < n; h *= 2) {
+            for (uint32_t p = tid; p < n / 2; p += bd) {
+                uint32_t i = (p / h) * 2 * h + p % h;
+                float a = v[i], b = v[i + h];
+                v[i] = a + b;
+                v[i + h] = a - b;
+            }
+            __syncthreads();
+        }
+        float sc = (float)(1.0 / sqrt((double)n));
+        for (uint32_t i = tid; i < n; i += bd) v[i] *= sc;
+        __syncthreads();
+        for (uint32_t b = tid * 32; b < n; b += bd * 32) {
+            uint32_t m = n - b < 32 ? n - b : 32;
+            float amax = 6.0f * 0x1p-126f;
+            for (uint32_t i = 0; i < m; i++) amax = fmaxf(amax, fabsf(v[b + i]));
+            float s = pow2_ceil(amax / 6.0f);
+            for (uint32_t i = 0; i < m; i++) v[b + i] = e2m1_round(v[b + i] / s) * s;
+        }
+        __syncthreads();
+    }
+}
+
+#endif

@@ -1,0 +1,359 @@
+/* Host-array wrappers around single kernels (backends/gpu_testops.h). */
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backends/gpu_testops.h"
+}
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/kernels.cuh"
+
+/* Device buffers of one call, freed together. */
+typedef struct pool {
+    void *p[32];
+    int n;
+} pool;
+
+static void pool_free(pool *pl) {
+    for (int i = 0; i < pl->n; i++) cudaFree(pl->p[i]);
+    pl->n = 0;
+}
+
+/* A device copy of host bytes (or uninitialised when src is NULL). */
+static int dev(pool *pl, void **out, const void *src, size_t bytes, ds4_error *err) {
+    *out = NULL;
+    if (pl->n == 32) return ds4_fail(err, "testops: too many buffers");
+    if (bytes == 0) bytes = 4;
+    CU(cudaMalloc(out, bytes));
+    pl->p[pl->n++] = *out;
+    if (src) CU(cudaMemcpy(*out, src, bytes, cudaMemcpyHostToDevice));
+    else CU(cudaMemset(*out, 0xff, bytes)); /* NaN poison: unwritten outputs show */
+    return 0;
+}
+#define DEV(ptr, src, bytes)                                            \
+    do {                                                                \
+        void *d_;                                                       \
+        if (dev(&pl, &d_, (src), (bytes), err)) goto fail;              \
+        *(void **)&(ptr) = d_;                                          \
+    } while (0)
+#define RUN(call)                                                                                       \
+    do {                                                                                                \
+        cudaError_t e_ = (call);                                                                        \
+        if (e_ == cudaSuccess) e_ = cudaDeviceSynchronize();                                            \
+        if (e_ != cudaSuccess) {                                                                        \
+            ds4_fail(err, "CUDA: %s (%s:%d: %s)", cudaGetErrorString(e_), __FILE__, __LINE__, #call); \
+            goto fail;                                                                                  \
+        }                                                                                               \
+    } while (0)
+#define BACK(dst, src, bytes) RUN(cudaMemcpy((dst), (src), (bytes), cudaMemcpyDeviceToHost))
+
+static uint64_t row_bytes_of(uint32_t type, uint64_t K) {
+    uint64_t b = 0;
+    ggml_nbytes(type, K, &b);
+    return b;
+}
+
+static ds4_tensor tensor(uint32_t type, const void *data, uint64_t ne0, uint64_t ne1, uint64_t ne2) {
+    ds4_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = "test";
+    t.type = type;
+    t.ne[0] = ne0, t.ne[1] = ne1, t.ne[2] = ne2, t.ne[3] = 1;
+    t.data = (const uint8_t *)data;
+    t.row_bytes = row_bytes_of(type, ne0);
+    return t;
+}
+
+extern "C" int ds4_gpu_test_linear(uint32_t type, const void *w, uint32_t K, uint32_t rows, uint32_t groups,
+                                   uint64_t x_group, const float *x, uint64_t x_stride, const float *xscale,
+                                   uint32_t n_tok, float *y, uint64_t y_stride, ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *dw, *dx, *ds = NULL, *dy, *dact = NULL;
+    uint64_t x_floats = (n_tok - 1) * x_stride + (groups - 1) * x_group + K;
+    size_t ybytes = (size_t)n_tok * y_stride * 4;
+    bool quant = k_quant_type(type);
+    RUN(k_quant_init());
+    DEV(dw, w, row_bytes_of(type, K) * rows * groups);
+    DEV(dx, x, x_floats * 4);
+    if (xscale) DEV(ds, xscale, n_tok * 4);
+    DEV(dy, NULL, ybytes);
+    if (quant) DEV(dact, NULL, (size_t)n_tok * groups * k_act_row_bytes(type, K));
+    {
+        ds4_tensor t = tensor(type, dw, K, (uint64_t)rows * groups, 1);
+        if (quant)
+            RUN(k_qlinear(0, &t, 0, rows, groups, x_group, (const float *)dx, x_stride, (const float *)ds, n_tok,
+                          (float *)dy, y_stride, dact));
+        else
+            RUN(k_linear(0, &t, 0, rows, groups, x_group, (const float *)dx, x_stride, (const float *)ds, n_tok,
+                         (float *)dy, y_stride));
+    }
+    BACK(y, dy, ybytes);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
+extern "C" int ds4_gpu_test_rows(float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm,
+                                 const float *norm_w, float eps, const float *inv_freq, uint32_t n_pairs, uint64_t pos0,
+                                 int inverse, int qat, uint32_t n_rot, ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *dx, *dw = NULL, *df = NULL;
+    DEV(dx, x, (size_t)n_rows * n * 4);
+    if (norm_w) DEV(dw, norm_w, n * 4);
+    if (inv_freq) DEV(df, inv_freq, n_pairs * 4 + 4);
+    {
+        row_op op = {(float *)dx, n_rows, n, n, rows_per_tok, norm, (const float *)dw, eps, (const float *)df, n_pairs,
+                     pos0, inverse, qat, n_rot};
+        RUN(k_rows(0, &op));
+    }
+    BACK(x, dx, (size_t)n_rows * n * 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
+extern "C" int ds4_gpu_test_mhc_pre(uint32_t hc, uint32_t E, uint32_t n_tok, float rms_eps, float hc_eps, uint32_t iters,
+                                    int head, const float *fn, const float *base, const float *scale, const float *X,
+                                    float *y, float *post, float *comb, ds4_error *err) {
+    pool pl = {{0}, 0};
+    uint32_t n_mix = head ? hc : (2 + hc) * hc, n_scale = head ? 1 : 3;
+    void *dfn, *db, *ds, *dX, *dy, *dpre, *dpost, *dcomb, *dmix, *drinv;
+    DEV(dfn, fn, (size_t)n_mix * hc * E * 4);
+    DEV(db, base, n_mix * 4);
+    DEV(ds, scale, n_scale * 4);
+    DEV(dX, X, (size_t)n_tok * hc * E * 4);
+    DEV(dy, NULL, (size_t)n_tok * E * 4);
+    DEV(dpre, NULL, (size_t)n_tok * hc * 4);
+    DEV(dpost, NULL, (size_t)n_tok * hc * 4);
+    DEV(dcomb, NULL, (size_t)n_tok * hc * hc * 4);
+    DEV(dmix, NULL, (size_t)n_tok * n_mix * 4);
+    DEV(drinv, NULL, (size_t)n_tok * 4);
+    {
+        ds4_tensor t = tensor(GGML_TYPE_F32, dfn, (uint64_t)hc * E, n_mix, 1);
+        RUN(k_rms_inv(0, (const float *)dX, n_tok, hc * E, rms_eps, (float *)drinv));
+        RUN(k_linear(0, &t, 0, n_mix, 1, 0, (const float *)dX, (uint64_t)hc * E, (const float *)drinv, n_tok,
+                     (float *)dmix, n_mix));
+        RUN(k_mhc_coeffs(0, (const float *)dmix, n_tok, hc, (const float *)db, (const float *)ds, hc_eps, iters, head,
+                         (float *)dpre, (float *)dpost, (float *)dcomb));
+        RUN(k_mhc_collapse(0, (const float *)dX, (const float *)dpre, n_tok, hc, E, (float *)dy));
+    }
+    BACK(y, dy, (size_t)n_tok * E * 4);
+    if (!head) {
+        BACK(post, dpost, (size_t)n_tok * hc * 4);
+        BACK(comb, dcomb, (size_t)n_tok * hc * hc * 4);
+    }
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
+extern "C" int ds4_gpu_test_mhc_post(uint32_t hc, uint32_t E, uint32_t n_tok, float *X, const float *o, const float *post,
+                                     const float *comb, ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *dX, *dO, *dp, *dc;
+    DEV(dX, X, (size_t)n_tok * hc * E * 4);
+    DEV(dO, o, (size_t)n_tok * E * 4);
+    DEV(dp, post, (size_t)n_tok * hc * 4);
+    DEV(dc, comb, (size_t)n_tok * hc * hc * 4);
+    RUN(k_mhc_post(0, (float *)dX, (const float *)dO, (const float *)dp, (const float *)dc, n_tok, hc, E));
+    BACK(X, dX, (size_t)n_tok * hc * E * 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
+extern "C" int ds4_gpu_test_compressor(uint32_t ratio, uint32_t width, uint32_t n_rot, const float *ape,
+                                       const float *norm_w, float eps, const float *inv_freq, int qat, uint32_t T,
+                                       const float *ck, const float *cz, const uint32_t *chunks, uint32_t n_chunks,
+                                       float *rows, ds4_error *err) {
+    pool pl = {{0}, 0};
+    uint32_t halves = ratio == 4 ? 2 : 1, hw = halves * width, slots = halves == 2 ? 2 * ratio : ratio;
+    void *dape, *dnorm, *dfreq, *dck, *dcz, *dfk[2], *dfz[2], *drows;
+    DEV(dape, ape, (size_t)ratio * hw * 4);
+    DEV(dnorm, norm_w, width * 4);
+    DEV(dfreq, inv_freq, 128 * 4);
+    DEV(dck, ck, (size_t)T * hw * 4);
+    DEV(dcz, cz, (size_t)T * hw * 4);
+    for (int i = 0; i < 2; i++) {
+        DEV(dfk[i], NULL, (size_t)slots * hw * 4);
+        DEV(dfz[i], NULL, (size_t)slots * hw * 4);
+    }
+    DEV(drows, NULL, (size_t)(T / ratio) * width * 4 + 4);
+    {
+        uint64_t pos = 0;
+        int fr = 0;
+        for (uint32_t c = 0; c < n_chunks && pos < T; c++) {
+            uint32_t n = chunks[c] < T - pos ? chunks[c] : (uint32_t)(T - pos);
+            comp_op op;
+            memset(&op, 0, sizeof op);
+            op.ratio = ratio, op.width = width, op.halves = halves;
+            op.ck = (const float *)dck + pos * hw;
+            op.cz = (const float *)dcz + pos * hw;
+            op.ape = (const uint8_t *)dape, op.ape_type = GGML_TYPE_F32, op.ape_row_bytes = (uint64_t)hw * 4;
+            op.fk_old = (const float *)dfk[fr], op.fz_old = (const float *)dfz[fr];
+            op.fk_new = (float *)dfk[fr ^ 1], op.fz_new = (float *)dfz[fr ^ 1];
+            op.pos0 = pos, op.n = n;
+            op.norm_w = (const float *)dnorm, op.eps = eps;
+            op.inv_freq = (const float *)dfreq, op.n_pairs = n_rot / 2;
+            op.qat = qat, op.n_rot = n_rot;
+            op.rows = (float *)drows;
+            RUN(k_comp_emit(0, &op));
+            RUN(k_comp_frontier(0, &op));
+            fr ^= 1;
+            pos += n;
+        }
+        if (pos != T) {
+            ds4_fail(err, "testops: chunks cover %llu of %u tokens", (unsigned long long)pos, T);
+            goto fail;
+        }
+    }
+    BACK(rows, drows, (size_t)(T / ratio) * width * 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
+extern "C" int ds4_gpu_test_indexer(const float *iq, const float *iw, uint32_t n, uint32_t n_head, uint32_t d,
+                                    const float *keys, uint64_t pos0, uint32_t topk, float *scores, uint64_t stride,
+                                    int32_t *sel, ds4_error *err) {
+    pool pl = {{0}, 0};
+    uint64_t n_keys = (pos0 + n) / 4;
+    void *dq, *dw, *dk, *ds, *dsel;
+    DEV(dq, iq, (size_t)n * n_head * d * 4);
+    DEV(dw, iw, (size_t)n * n_head * 4);
+    DEV(dk, keys, n_keys * d * 4);
+    DEV(ds, scores, (size_t)n * stride * 4);
+    DEV(dsel, sel, (size_t)n * topk * 4);
+    RUN(k_idx_prepare(n_head, d));
+    RUN(k_idx_scores(0, (const float *)dq, (const float *)dw, n, n_head, d, (const float *)dk, pos0, topk, (float *)ds,
+                     stride));
+    RUN(k_idx_topk(0, (const float *)ds, stride, n, pos0, topk, (int32_t *)dsel));
+    BACK(scores, ds, (size_t)n * stride * 4);
+    BACK(sel, dsel, (size_t)n * topk * 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
+extern "C" int ds4_gpu_test_attention(const float *q, const float *kv, const float *ring, const float *comp,
+                                      uint64_t n_comp_rows, const int32_t *sel, const float *sinks, uint32_t n,
+                                      uint32_t H, uint32_t hd, uint32_t W, uint32_t ratio, uint32_t topk, uint64_t pos0,
+                                      const float *inv_freq, uint32_t n_pairs, float *out, ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *dq, *dkv, *dring, *dcomp = NULL, *dsel = NULL, *dsinks, *dfreq, *dout;
+    DEV(dq, q, (size_t)n * H * hd * 4);
+    DEV(dkv, kv, (size_t)n * hd * 4);
+    DEV(dring, ring, (size_t)W * hd * 4);
+    if (comp) DEV(dcomp, comp, n_comp_rows * hd * 4);
+    if (sel) DEV(dsel, sel, (size_t)n * topk * 4);
+    DEV(dsinks, sinks, H * 4);
+    DEV(dfreq, inv_freq, 128 * 4);
+    DEV(dout, NULL, (size_t)n * H * hd * 4);
+    {
+        attn_op op;
+        memset(&op, 0, sizeof op);
+        op.q = (const float *)dq, op.kv = (const float *)dkv, op.ring = (const float *)dring;
+        op.comp = (const float *)dcomp, op.sel = (const int32_t *)dsel, op.sinks = (const float *)dsinks;
+        op.n = n, op.H = H, op.hd = hd, op.W = W, op.ratio = ratio, op.topk = topk, op.pos0 = pos0;
+        op.inv_freq = (const float *)dfreq, op.n_pairs = n_pairs, op.out = (float *)dout;
+        RUN(k_attention(0, &op));
+    }
+    BACK(out, dout, (size_t)n * H * hd * 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
+extern "C" int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_expert, uint32_t k, const int32_t *tokens,
+                                  const int32_t *tid2eid, uint32_t n_vocab, const float *bias, float scale,
+                                  int32_t *ids, float *wts, ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *dl, *dt, *dtab = NULL, *db = NULL, *dids, *dw;
+    DEV(dl, logits, (size_t)n * n_expert * 4);
+    DEV(dt, tokens, n * 4);
+    if (tid2eid) DEV(dtab, tid2eid, (size_t)n_vocab * k * 4);
+    if (bias) DEV(db, bias, n_expert * 4);
+    DEV(dids, NULL, (size_t)n * k * 4);
+    DEV(dw, NULL, (size_t)n * k * 4);
+    RUN(k_route(0, (const float *)dl, n, n_expert, k, (const int32_t *)dt, (const int32_t *)dtab, (const float *)db, scale,
+                (int32_t *)dids, (float *)dw));
+    BACK(ids, dids, (size_t)n * k * 4);
+    BACK(wts, dw, (size_t)n * k * 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
+extern "C" int ds4_gpu_test_moe(uint32_t type, uint32_t type_down, uint32_t n, uint32_t E, uint32_t F, uint32_t X, uint32_t k, float limit,
+                                const void *gate, const void *up, const void *down, const void *sgate, const void *sup,
+                                const void *sdown, const float *x, const int32_t *ids, const float *wts, float *out,
+                                ds4_error *err) {
+    pool pl = {{0}, 0};
+    size_t eb = row_bytes_of(type, E) * F, fb = row_bytes_of(type_down, F) * E; /* one expert's up/gate and down */
+    void *dg, *du, *dd, *dsg, *dsu, *dsd, *dx, *dids, *dw, *dgrp, *dh, *dhs, *ddx, *dsh, *dout, *dact = NULL;
+    uint32_t slots = n * k < X ? n * k : X;
+    bool quant = k_quant_type(type);
+    RUN(k_quant_init());
+    if (quant != k_quant_type(type_down)) {
+        ds4_fail(err, "testops: mixed float and quantized expert types");
+        goto fail;
+    }
+    DEV(dg, gate, eb * X);
+    DEV(du, up, eb * X);
+    DEV(dd, down, fb * X);
+    DEV(dsg, sgate, eb);
+    DEV(dsu, sup, eb);
+    DEV(dsd, sdown, fb);
+    DEV(dx, x, (size_t)n * E * 4);
+    DEV(dids, ids, (size_t)n * k * 4);
+    DEV(dw, wts, (size_t)n * k * 4);
+    DEV(dgrp, NULL, k_group_ints(X, n * k) * 4);
+    DEV(dh, NULL, (size_t)n * k * F * 4);
+    DEV(dhs, NULL, (size_t)n * F * 4);
+    DEV(ddx, NULL, (size_t)n * k * E * 4);
+    DEV(dsh, NULL, (size_t)n * E * 4);
+    DEV(dout, NULL, (size_t)n * E * 4);
+    if (quant) DEV(dact, NULL, (size_t)n * k * (E > F ? E : F) * 2 + 4096);
+    {
+        ds4_tensor tg = tensor(type, dg, E, F, X), tu = tensor(type, du, E, F, X), td = tensor(type_down, dd, F, E, X);
+        ds4_tensor sg = tensor(type, dsg, E, F, 1), su = tensor(type, dsu, E, F, 1), sd = tensor(type_down, dsd, F, E, 1);
+        const float *fx = (const float *)dx;
+        const int32_t *grp = (const int32_t *)dgrp;
+        RUN(k_moe_group(0, (const int32_t *)dids, n * k, X, (int32_t *)dgrp));
+        if (quant) {
+            RUN(k_qffn_up(0, &sg, &su, NULL, k, n, 0, 1, NULL, fx, limit, (float *)dhs, dact));
+            RUN(k_qffn_down(0, &sd, NULL, k, n, 0, 1, NULL, (const float *)dhs, (float *)dsh, dact));
+            RUN(k_qffn_up(0, &tg, &tu, grp, k, n, 0, slots, NULL, fx, limit, (float *)dh, dact));
+            RUN(k_qffn_down(0, &td, grp, k, n, 0, slots, NULL, (const float *)dh, (float *)ddx, dact));
+        } else {
+            RUN(k_ffn_up(0, &sg, &su, NULL, k, n, 0, 1, NULL, fx, limit, (float *)dhs));
+            RUN(k_ffn_down(0, &sd, NULL, n, 0, 1, NULL, (const float *)dhs, (float *)dsh));
+            RUN(k_ffn_up(0, &tg, &tu, grp, k, n, 0, slots, NULL, fx, limit, (float *)dh));
+            RUN(k_ffn_down(0, &td, grp, n, 0, slots, NULL, (const float *)dh, (float *)ddx));
+        }
+        RUN(k_moe_combine(0, (const float *)dsh, (const float *)ddx, (const int32_t *)dids, (const float *)dw,
+                          (const int32_t *)dgrp, n, k, X, E, (float *)dout));
+    }
+    BACK(out, dout, (size_t)n * E * 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}

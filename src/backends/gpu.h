@@ -1,0 +1,60 @@
+/* The GPU backend as the engine sees it. The CUDA implementation lives in
+ * src/backends/cuda/ (*.cu, built only by `make cuda`, which also defines
+ * DS4_WITH_CUDA); a plain build links gpu_stub.c instead, whose functions
+ * fail with a message saying that the build has no CUDA.
+ *
+ * A gpu model holds device copies of the weights a ds4_net points to; a gpu
+ * session holds one sequence's decode state on the device and runs
+ * ds4_forward's exact algorithm there (src/compute/ is the reference). */
+#ifndef DS4_BACKENDS_GPU_H
+#define DS4_BACKENDS_GPU_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "compute/net.h"
+#include "util/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ds4_gpu_model ds4_gpu_model;
+typedef struct ds4_gpu_session ds4_gpu_session;
+
+/* True when the build has CUDA and a device answers; otherwise false with
+ * the reason in why (when non-NULL). */
+bool ds4_gpu_probe(ds4_error *why);
+/* Best read bandwidth (bytes/s) of a few passes over a large buffer. */
+int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err);
+
+typedef struct ds4_gpu_model_opts {
+    bool verbose;
+    uint64_t expert_cache; /* see ds4_model_opts.gpu_expert_cache */
+} ds4_gpu_model_opts;
+
+/* Uploads every tensor the forward pass reads. `net` must outlive the
+ * model. */
+ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_model_opts *opts, ds4_error *err);
+void ds4_gpu_model_free(ds4_gpu_model *g);
+/* Slot bank counters (all zero without a bank). */
+void ds4_gpu_expert_stats(const ds4_gpu_model *g, uint32_t *slots, uint64_t *slot_bytes, uint64_t *hits,
+                          uint64_t *misses, uint64_t *bytes_copied);
+
+ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, ds4_error *err);
+void ds4_gpu_session_free(ds4_gpu_session *s);
+void ds4_gpu_session_reset(ds4_gpu_session *s);
+uint32_t ds4_gpu_session_pos(const ds4_gpu_session *s);
+uint64_t ds4_gpu_session_state_bytes(const ds4_gpu_session *s);
+int ds4_gpu_session_copy(ds4_gpu_session *dst, const ds4_gpu_session *src, ds4_error *err);
+
+/* ds4_forward on the device: tokens[0..n) at the session's position;
+ * logits (host memory) receive n x n_vocab floats when all_logits, else
+ * the last token's n_vocab. */
+int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
+                    ds4_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,66 @@
+/* The GPU backend of a build without CUDA: every entry point says so.
+ * `make cuda` compiles the sources with DS4_WITH_CUDA and links the real
+ * implementation from src/backends/cuda/ instead. */
+#include "backends/gpu.h"
+
+#ifndef DS4_WITH_CUDA
+
+#define NO_CUDA "this build has no CUDA support (build the CUDA binaries with `make cuda`)"
+
+bool ds4_gpu_probe(ds4_error *why) {
+    ds4_fail(why, NO_CUDA);
+    return false;
+}
+
+int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err) {
+    *bytes_per_s = 0;
+    return ds4_fail(err, NO_CUDA);
+}
+
+ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_model_opts *opts, ds4_error *err) {
+    (void)net, (void)opts;
+    ds4_fail(err, NO_CUDA);
+    return NULL;
+}
+
+void ds4_gpu_model_free(ds4_gpu_model *g) { (void)g; }
+
+void ds4_gpu_expert_stats(const ds4_gpu_model *g, uint32_t *slots, uint64_t *slot_bytes, uint64_t *hits,
+                          uint64_t *misses, uint64_t *bytes_copied) {
+    (void)g;
+    *slots = 0;
+    *slot_bytes = *hits = *misses = *bytes_copied = 0;
+}
+
+ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, ds4_error *err) {
+    (void)g, (void)max_ctx;
+    ds4_fail(err, NO_CUDA);
+    return NULL;
+}
+
+/* Nothing below can be reached without a session, which the stub never
+ * creates. */
+void ds4_gpu_session_free(ds4_gpu_session *s) { (void)s; }
+void ds4_gpu_session_reset(ds4_gpu_session *s) { (void)s; }
+uint32_t ds4_gpu_session_pos(const ds4_gpu_session *s) {
+    (void)s;
+    return 0;
+}
+uint64_t ds4_gpu_session_state_bytes(const ds4_gpu_session *s) {
+    (void)s;
+    return 0;
+}
+int ds4_gpu_session_copy(ds4_gpu_session *dst, const ds4_gpu_session *src, ds4_error *err) {
+    (void)dst, (void)src;
+    return ds4_fail(err, NO_CUDA);
+}
+int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
+                    ds4_error *err) {
+    (void)s, (void)official, (void)tokens, (void)n, (void)logits, (void)all_logits;
+    return ds4_fail(err, NO_CUDA);
+}
+
+#else
+/* The CUDA build links src/backends/cuda/ instead; keep the unit non-empty. */
+typedef int ds4_gpu_stub_unused;
+#endif

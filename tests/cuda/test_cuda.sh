@@ -1,0 +1,79 @@
+#!/bin/sh
+# The CUDA backend end to end on the transformers fixtures: logits of every
+# position against the reference (--numerics hf, relative L2 <= 1e-3) and
+# against the CPU backend, 48 greedy tokens identical to the reference,
+# chunked prefill and token-by-token decode identical to one prefill (both
+# numerics), official numerics close to the CPU's, bf16/f16 weights, and the
+# expert slot bank (experts fed from host memory into 3 slots) giving the
+# same bits as resident experts.
+# Skipped (exit 77) when the binaries have no CUDA or there is no GPU,
+# unless DS4_REQUIRE_GPU=1 (make cuda-test).
+set -eu
+BIN=${DS4_BIN:?}
+DATA=${DS4_TEST_DATA:?}/fixtures
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+cmp="python3 $(dirname "$0")/../e2e/compare_logits.py"
+ids() { python3 -c "import json,sys; t=json.load(open(sys.argv[1]))[sys.argv[2]]; n=int(sys.argv[3]) if len(sys.argv)>3 else len(t); print(','.join(map(str,t[:n])))" "$@"; }
+
+fx=tiny-a-nosel
+"$BIN/ds4-convert" "$DATA/$fx" "$TMP/$fx.f32.gguf" --type f32 2>/dev/null
+if ! "$BIN/ds4" -m "$TMP/$fx.f32.gguf" --cuda --tokens 1 -n 1 --temp 0 >/dev/null 2>"$TMP/err"; then
+    why=$(tail -n 1 "$TMP/err")
+    if [ "${DS4_REQUIRE_GPU:-0}" = 1 ]; then echo "DS4_REQUIRE_GPU=1 but: $why"; exit 1; fi
+    echo "skipped: $why"
+    exit 77
+fi
+
+for fx in tiny-a-nosel tiny-a; do
+    echo "== $fx"
+    ref=$DATA/$fx/reference.json
+    V=$(python3 -c "import json; print(json.load(open('$DATA/$fx/config.json'))['vocab_size'])")
+    m=$TMP/$fx.f32.gguf
+    [ -f "$m" ] || "$BIN/ds4-convert" "$DATA/$fx" "$m" --type f32 2>/dev/null
+    ids "$ref" tokens > "$TMP/tokens.txt"
+    "$BIN/ds4" -m "$m" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/gpu.f32"
+    "$BIN/ds4" -m "$m" --cpu --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/cpu.f32"
+    echo -n "cuda vs reference: "; $cmp "$TMP/gpu.f32" "$DATA/$fx/logits.f32" "$V" 1e-3
+    echo -n "cuda vs cpu:       "; $cmp "$TMP/gpu.f32" "$TMP/cpu.f32" "$V" 1e-4
+
+    gen=$("$BIN/ds4" -m "$m" --cuda --tokens "$(ids "$ref" tokens 160)" --numerics hf -n 48 --temp 0)
+    want=$(ids "$ref" generated)
+    [ "$gen" = "$want" ] || { echo "generation differs:"; echo " got  $gen"; echo " want $want"; exit 1; }
+    echo "generation: 48 tokens exact"
+
+    for num in hf official; do
+        "$BIN/ds4" -m "$m" --cuda --tokens @"$TMP/tokens.txt" --numerics $num --dump-logits "$TMP/c0.f32"
+        for c in 1 7 64; do
+            "$BIN/ds4" -m "$m" --cuda --tokens @"$TMP/tokens.txt" --numerics $num --prefill-chunk $c --dump-logits "$TMP/c$c.f32"
+            echo -n "$num chunk $c vs full (bit for bit): "; $cmp "$TMP/c$c.f32" "$TMP/c0.f32" "$V" 0
+        done
+    done
+    # Official numerics: FP8/FP4 roundings of slightly different inputs can
+    # flip, so only closeness to the CPU is asked for.
+    "$BIN/ds4" -m "$m" --cpu --tokens @"$TMP/tokens.txt" --numerics official --dump-logits "$TMP/cpu_off.f32"
+    echo -n "official cuda vs cpu: "; $cmp "$TMP/c0.f32" "$TMP/cpu_off.f32" "$V" 5e-2 --finite
+done
+
+# Slot bank: 3 slots of ~100 KB for 5 layers x 8 experts, so every prefill
+# group evicts; the same kernels read the same values, so the same bits.
+fx=tiny-a
+m=$TMP/$fx.f32.gguf
+ids "$DATA/$fx/reference.json" tokens > "$TMP/tokens.txt"
+"$BIN/ds4" -m "$m" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/res.f32"
+"$BIN/ds4" -m "$m" --cuda --gpu-expert-cache 300K -v --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/bank.f32" 2>"$TMP/bank.err"
+grep "expert" "$TMP/bank.err" || true
+echo -n "slot bank vs resident (bit for bit): "; $cmp "$TMP/bank.f32" "$TMP/res.f32" 1024 0
+"$BIN/ds4" -m "$m" --cuda --gpu-expert-cache 300K --tokens @"$TMP/tokens.txt" --numerics hf --prefill-chunk 7 --dump-logits "$TMP/bank7.f32"
+echo -n "slot bank, chunks of 7: "; $cmp "$TMP/bank7.f32" "$TMP/res.f32" 1024 0
+gen=$("$BIN/ds4" -m "$m" --cuda --gpu-expert-cache 300K --tokens "$(ids "$DATA/$fx/reference.json" tokens 160)" --numerics hf -n 48 --temp 0)
+[ "$gen" = "$(ids "$DATA/$fx/reference.json" generated)" ] || { echo "slot bank generation differs: $gen"; exit 1; }
+echo "slot bank generation: 48 tokens exact"
+
+fx=tiny-a-nosel
+for ty in bf16 f16; do
+    "$BIN/ds4-convert" "$DATA/$fx" "$TMP/$fx.$ty.gguf" --type $ty 2>/dev/null
+    ids "$DATA/$fx/reference.json" tokens > "$TMP/tokens.txt"
+    "$BIN/ds4" -m "$TMP/$fx.$ty.gguf" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/$ty.f32"
+    echo -n "$ty cuda vs reference: "; $cmp "$TMP/$ty.f32" "$DATA/$fx/logits.f32" 1024 1e-2
+done

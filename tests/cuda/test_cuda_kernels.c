@@ -1,0 +1,680 @@
+/* Every CUDA kernel against its CPU reference (src/compute/) on random data.
+ * Built by every build, run only by `make cuda` builds on a machine with a
+ * GPU: otherwise it exits 77 (skipped) saying why, or fails when
+ * DS4_REQUIRE_GPU=1 (make cuda-test) so a GPU run cannot skip silently. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+#ifndef DS4_WITH_CUDA
+
+int main(void) {
+    const char *req = getenv("DS4_REQUIRE_GPU");
+    if (req && *req == '1') {
+        fprintf(stderr, "DS4_REQUIRE_GPU=1 but this build has no CUDA (make cuda)\n");
+        return 1;
+    }
+    printf("skipped: this build has no CUDA (build and run with make cuda-test)\n");
+    return 77;
+}
+
+#else
+
+#include "backends/gpu.h"
+#include "backends/gpu_testops.h"
+#include "compute/compressor.h"
+#include "compute/linear.h"
+#include "formats/quant.h"
+#include "compute/mhc.h"
+#include "compute/ops.h"
+#include "formats/ggml_types.h"
+#include "util/half.h"
+
+static uint64_t rng = 0x243f6a8885a308d3ull;
+static float uniform(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((rng >> 11) * 0x1p-53);
+}
+static float gauss(void) {
+    float u = uniform() + 1e-7f, v = uniform();
+    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
+}
+static float *randv(size_t n, float scale) {
+    float *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = gauss() * scale;
+    return v;
+}
+
+/* Relative L2 error of a against reference b. */
+static double rel_err(const float *a, const double *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        if (!(a[i] == a[i])) return INFINITY;
+        num += d * d;
+        den += b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+static double rel_err_f(const float *a, const float *b, size_t n) {
+    double *bd = malloc(n * sizeof *bd);
+    for (size_t i = 0; i < n; i++) bd[i] = b[i];
+    double e = rel_err(a, bd, n);
+    free(bd);
+    return e;
+}
+
+#define GPU(call)                                                   \
+    do {                                                            \
+        ds4_error err_ = {{0}};                                     \
+        int rc_ = (call);                                           \
+        CHECKF(rc_ == 0, "%s: %s", #call, err_.msg);                \
+        if (rc_) return;                                            \
+    } while (0)
+#define E_ (&err_)
+
+/* Weights of a float type: bytes for the GPU and the exact values. */
+static void *to_type(uint32_t type, float *v, size_t n) {
+    if (type == GGML_TYPE_F32) {
+        float *o = malloc(n * 4);
+        memcpy(o, v, n * 4);
+        return o;
+    }
+    uint16_t *h = malloc(n * 2);
+    for (size_t i = 0; i < n; i++) {
+        h[i] = type == GGML_TYPE_F16 ? ds4_f32_to_f16(v[i]) : ds4_f32_to_bf16(v[i]);
+        v[i] = type == GGML_TYPE_F16 ? ds4_f16_to_f32(h[i]) : ds4_bf16_to_f32(h[i]);
+    }
+    return h;
+}
+
+/* ---- matrix products ------------------------------------------------------------ */
+
+static void test_linear(void) {
+    const uint32_t types[3] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16};
+    const struct {
+        uint32_t K, rows, groups, n_tok, scaled;
+    } cases[] = {{64, 37, 1, 1, 0}, {256, 100, 1, 9, 0}, {36, 20, 1, 5, 0}, {128, 16, 2, 17, 0}, {512, 24, 1, 3, 1},
+                 {4096, 8, 1, 2, 0}, {8192, 24, 1, 3, 1}};
+    for (int ti = 0; ti < 3; ti++)
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            uint32_t type = types[ti], K = cases[c].K, R = cases[c].rows, G = cases[c].groups, n = cases[c].n_tok;
+            uint64_t xs = (uint64_t)K * G, xg = K, ys = (uint64_t)R * G + 3;
+            float *wf = randv((size_t)K * R * G, 1.0f / sqrtf((float)K));
+            void *w = to_type(type, wf, (size_t)K * R * G);
+            float *x = randv(n * xs, 1.0f), *sc = NULL;
+            if (cases[c].scaled) {
+                sc = malloc(n * 4);
+                for (uint32_t t = 0; t < n; t++) sc[t] = 0.5f + uniform();
+            }
+            float *y = malloc(n * ys * 4), *y1 = malloc(ys * 4);
+            double *ref = malloc(n * (size_t)R * G * sizeof *ref);
+            float *got = malloc(n * (size_t)R * G * 4);
+            GPU(ds4_gpu_test_linear(type, w, K, R, G, xg, x, xs, sc, n, y, ys, E_));
+            for (uint32_t t = 0; t < n; t++)
+                for (uint32_t g = 0; g < G; g++)
+                    for (uint32_t r = 0; r < R; r++) {
+                        double s = 0;
+                        for (uint32_t k = 0; k < K; k++) {
+                            float xv = x[t * xs + g * xg + k];
+                            if (sc) xv = xv * sc[t];
+                            s += (double)wf[((size_t)g * R + r) * K + k] * xv;
+                        }
+                        ref[((size_t)t * G + g) * R + r] = s;
+                        got[((size_t)t * G + g) * R + r] = y[t * ys + g * R + r];
+                    }
+            double e = rel_err(got, ref, (size_t)n * R * G);
+            CHECKF(e < 2e-6, "linear %s K=%u rows=%u groups=%u n=%u: rel err %.3g", ggml_type_name(type), K, R, G, n, e);
+            /* a token alone gives the same bits as in a batch */
+            int same = 1;
+            for (uint32_t t = 0; t < n; t++) {
+                GPU(ds4_gpu_test_linear(type, w, K, R, G, xg, x + t * xs, xs, sc ? sc + t : NULL, 1, y1, ys, E_));
+                for (uint32_t i = 0; i < R * G; i++) same &= y1[i] == y[t * ys + i];
+            }
+            CHECKF(same, "linear %s K=%u: one token differs from the batched result", ggml_type_name(type), K);
+            free(wf), free(w), free(x), free(sc), free(y), free(y1), free(ref), free(got);
+        }
+}
+
+/* Quantized weights: the GPU quantizes activations like the CPU and sums
+ * exact integer block products, so only the order of block sums differs. */
+static ds4_tensor qtensor(uint32_t type, const void *data, uint64_t ne0, uint64_t ne1, uint64_t ne2) {
+    ds4_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = "test";
+    t.type = type;
+    t.ne[0] = ne0, t.ne[1] = ne1, t.ne[2] = ne2, t.ne[3] = 1;
+    t.data = (const uint8_t *)data;
+    t.row_bytes = ds4_quant_row_bytes(type, (int64_t)ne0);
+    return t;
+}
+
+static void *quantized(uint32_t type, uint64_t K, uint64_t rows, float scale) {
+    float *src = randv(K * rows, scale);
+    size_t rb = ds4_quant_row_bytes(type, (int64_t)K);
+    uint8_t *q = malloc(rb * rows);
+    for (uint64_t r = 0; r < rows; r++) ds4_quantize_row(type, src + r * K, q + r * rb, (int64_t)K, NULL);
+    free(src);
+    return q;
+}
+
+static void test_linear_quant(void) {
+    const struct {
+        uint32_t type, K, rows, groups, n_tok;
+    } cases[] = {{GGML_TYPE_Q8_0, 96, 40, 1, 1},     {GGML_TYPE_Q8_0, 256, 33, 2, 5},   {GGML_TYPE_MXFP4, 64, 40, 1, 3},
+                 {GGML_TYPE_Q2_K, 512, 24, 1, 1},    {GGML_TYPE_Q2_K, 256, 17, 1, 6},   {GGML_TYPE_Q4_K, 256, 40, 2, 4},
+                 {GGML_TYPE_Q4_K, 1024, 9, 1, 1},    {GGML_TYPE_IQ2_XXS, 256, 40, 1, 5}, {GGML_TYPE_IQ2_XXS, 512, 8, 1, 1}};
+    ds4_pool *pool = ds4_pool_create(1);
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        uint32_t type = cases[c].type, K = cases[c].K, R = cases[c].rows, G = cases[c].groups, n = cases[c].n_tok;
+        uint64_t xs = (uint64_t)K * G, ys = (uint64_t)R * G;
+        void *w = quantized(type, K, (uint64_t)R * G, 1.0f / sqrtf((float)K));
+        float *x = randv(n * xs, 1.0f), *y = malloc(n * ys * 4), *ref = malloc(n * ys * 4), *y1 = malloc(ys * 4);
+        ds4_tensor t = qtensor(type, w, K, (uint64_t)R * G, 1);
+        for (uint32_t g = 0; g < G; g++) ds4_linear_rows(pool, &t, (uint64_t)g * R, R, x + g * K, xs, n, ref + g * R, ys);
+        GPU(ds4_gpu_test_linear(type, w, K, R, G, K, x, xs, NULL, n, y, ys, E_));
+        double e = rel_err_f(y, ref, n * ys);
+        CHECKF(e < 1e-6, "linear %s K=%u rows=%u groups=%u n=%u: rel err vs CPU %.3g", ggml_type_name(type), K, R, G, n, e);
+        int same = 1;
+        for (uint32_t tk = 0; tk < n; tk++) {
+            GPU(ds4_gpu_test_linear(type, w, K, R, G, K, x + tk * xs, xs, NULL, 1, y1, ys, E_));
+            for (uint32_t i = 0; i < ys; i++) same &= y1[i] == y[tk * ys + i];
+        }
+        CHECKF(same, "linear %s: one token differs from the batched result", ggml_type_name(type));
+        free(w), free(x), free(y), free(ref), free(y1);
+    }
+    ds4_pool_free(pool);
+}
+
+/* ---- row transforms ------------------------------------------------------------- */
+
+static void test_rows(void) {
+    ds4_rope rope;
+    ds4_rope_init(&rope, 64, 160000.0f, 16.0f, 65536, 32.0f, 1.0f);
+    /* weighted RMSNorm */
+    {
+        uint32_t n = 512, R = 7;
+        float *x = randv(n * R, 3.0f), *w = randv(n, 1.0f), *ref = malloc(n * R * 4);
+        for (uint32_t r = 0; r < R; r++) ds4_rmsnorm(ref + r * n, x + r * n, w, n, 1e-6f);
+        GPU(ds4_gpu_test_rows(x, R, n, 1, 1, w, 1e-6f, NULL, 0, 0, 0, 0, 0, E_));
+        double e = rel_err_f(x, ref, n * R);
+        CHECKF(e < 1e-6, "rmsnorm: rel err %.3g", e);
+        free(x), free(w), free(ref);
+    }
+    /* RoPE and its inverse, 4 rows per position: same operations, same bits */
+    for (int inv = 0; inv < 2; inv++) {
+        uint32_t n = 64, R = 12, np = 32;
+        float *x = randv(n * R, 1.0f), *ref = malloc(n * R * 4);
+        memcpy(ref, x, n * R * 4);
+        for (uint32_t r = 0; r < R; r++) {
+            float cs[128], sn[128];
+            ds4_rope_angles(&rope, 1000 + r / 4, cs, sn);
+            ds4_rope_apply(ref + r * n, n, np, cs, sn, inv);
+        }
+        GPU(ds4_gpu_test_rows(x, R, n, 4, 0, NULL, 0, rope.inv_freq, np, 1000, inv, 0, 0, E_));
+        int same = 0;
+        for (uint32_t i = 0; i < n * R; i++) same += x[i] == ref[i];
+        CHECKF(same >= (int)(n * R) - 2, "rope (inverse %d): %d of %u values identical", inv, same, n * R);
+        double e = rel_err_f(x, ref, n * R);
+        CHECKF(e < 1e-6, "rope: rel err %.3g", e);
+        free(x), free(ref);
+    }
+    /* FP8 on the non-RoPE entries; Hadamard + FP4: identical to the CPU */
+    for (int qat = 1; qat <= 2; qat++) {
+        uint32_t n = qat == 1 ? 512 : 128, R = 9, n_rot = 64;
+        float *x = randv(n * R, 2.0f), *ref = malloc(n * R * 4);
+        memcpy(ref, x, n * R * 4);
+        for (uint32_t r = 0; r < R; r++) {
+            if (qat == 1) {
+                ds4_fp8_sim(ref + r * n, n - n_rot, 64);
+            } else {
+                ds4_hadamard(ref + r * n, n);
+                ds4_fp4_sim(ref + r * n, n, 32);
+            }
+        }
+        GPU(ds4_gpu_test_rows(x, R, n, 1, 0, NULL, 0, NULL, 0, 0, 0, qat, n_rot, E_));
+        int same = 0;
+        for (uint32_t i = 0; i < n * R; i++) same += x[i] == ref[i];
+        CHECKF(same == (int)(n * R), "qat %d: %d of %u values identical", qat, same, n * R);
+        free(x), free(ref);
+    }
+    /* the KV treatment: weighted norm, RoPE, FP8 */
+    {
+        uint32_t n = 512, R = 5, n_rot = 64;
+        float *x = randv(n * R, 1.0f), *w = randv(n, 1.0f), *ref = malloc(n * R * 4);
+        for (uint32_t r = 0; r < R; r++) {
+            float cs[128], sn[128];
+            ds4_rmsnorm(ref + r * n, x + r * n, w, n, 1e-6f);
+            ds4_rope_angles(&rope, 77 + r, cs, sn);
+            ds4_rope_apply(ref + r * n, n, 32, cs, sn, 0);
+            ds4_fp8_sim(ref + r * n, n - n_rot, 64);
+        }
+        GPU(ds4_gpu_test_rows(x, R, n, 1, 1, w, 1e-6f, rope.inv_freq, 32, 77, 0, 1, n_rot, E_));
+        double e = rel_err_f(x, ref, n * R);
+        CHECKF(e < 1e-2, "norm+rope+fp8: rel err %.3g", e);
+        free(x), free(w), free(ref);
+    }
+}
+
+/* ---- mHC ---------------------------------------------------------------------- */
+
+static ds4_tensor f32_tensor(const float *data, uint64_t ne0, uint64_t ne1) {
+    ds4_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = "test";
+    t.type = GGML_TYPE_F32;
+    t.ne[0] = ne0, t.ne[1] = ne1, t.ne[2] = t.ne[3] = 1;
+    t.data = (const uint8_t *)data;
+    t.row_bytes = ne0 * 4;
+    return t;
+}
+
+static void test_mhc(void) {
+    ds4_hparams hp;
+    memset(&hp, 0, sizeof hp);
+    hp.hc = 4, hp.n_embd = 64, hp.rms_eps = 1e-6f, hp.hc_eps = 1e-6f, hp.sinkhorn_iters = 20;
+    ds4_net net;
+    memset(&net, 0, sizeof net);
+    net.hp = &hp;
+    net.pool = ds4_pool_create(1);
+    uint32_t hc = 4, E = 64, n = 5, flat = hc * E;
+    for (int head = 0; head < 2; head++) {
+        uint32_t n_mix = head ? hc : (2 + hc) * hc;
+        float *fn = randv((size_t)n_mix * flat, 1.0f / sqrtf((float)flat)), *base = randv(n_mix, 0.5f);
+        float scale[3] = {0.7f, 1.3f, 0.9f};
+        float *X = randv((size_t)n * flat, 1.0f);
+        ds4_hc_weights w = {f32_tensor(fn, flat, n_mix), f32_tensor(base, n_mix, 1), f32_tensor(scale, head ? 1 : 3, 1)};
+        float *y = malloc(n * E * 4), *post = malloc(n * hc * 4), *comb = malloc(n * hc * hc * 4);
+        float *ry = malloc(n * E * 4), *rpost = malloc(n * hc * 4), *rcomb = malloc(n * hc * hc * 4);
+        float *scratch = malloc((size_t)n * (flat + n_mix) * 4);
+        if (head) ds4_mhc_head(&net, &w, X, n, ry, scratch);
+        else ds4_mhc_pre(&net, &w, X, n, ry, rpost, rcomb, scratch);
+        GPU(ds4_gpu_test_mhc_pre(hc, E, n, hp.rms_eps, hp.hc_eps, hp.sinkhorn_iters, head, fn, base, scale, X, y, post,
+                                 comb, E_));
+        double e = rel_err_f(y, ry, n * E);
+        CHECKF(e < 1e-5, "mhc %s: y rel err %.3g", head ? "head" : "pre", e);
+        if (!head) {
+            double ep = rel_err_f(post, rpost, n * hc), ec = rel_err_f(comb, rcomb, n * hc * hc);
+            CHECKF(ep < 1e-5 && ec < 1e-5, "mhc pre: post rel err %.3g, comb rel err %.3g", ep, ec);
+            /* post: the same arithmetic as the CPU */
+            float *o = randv(n * E, 1.0f), *X2 = malloc((size_t)n * flat * 4);
+            memcpy(X2, X, (size_t)n * flat * 4);
+            ds4_mhc_post(&net, X2, o, rpost, rcomb, n);
+            GPU(ds4_gpu_test_mhc_post(hc, E, n, X, o, rpost, rcomb, E_));
+            CHECKF(!memcmp(X, X2, (size_t)n * flat * 4), "mhc post differs from the CPU");
+            free(o), free(X2);
+        }
+        free(fn), free(base), free(X), free(y), free(post), free(comb), free(ry), free(rpost), free(rcomb), free(scratch);
+    }
+    ds4_pool_free(net.pool);
+}
+
+/* ---- compressors ---------------------------------------------------------------- */
+
+static void test_compressor(void) {
+    ds4_rope rope;
+    ds4_rope_init(&rope, 16, 160000.0f, 16.0f, 65536, 32.0f, 1.0f);
+    const struct {
+        uint32_t ratio, width;
+        int qat;
+    } cases[] = {{4, 64, 0}, {4, 32, 2}, {16, 64, 0}, {16, 64, 1}, {4, 64, 1}};
+    const uint32_t T = 70, chunks[] = {5, 1, 7, 3, 16, 2, 9, 30}, whole[] = {70};
+    uint32_t ones[70];
+    for (uint32_t i = 0; i < T; i++) ones[i] = 1;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        uint32_t r = cases[ci].ratio, width = cases[ci].width, halves = r == 4 ? 2 : 1, hw = halves * width;
+        uint32_t n_rot = 16, slots = halves == 2 ? 2 * r : r;
+        int qat = cases[ci].qat;
+        float *ape = randv((size_t)r * hw, 0.5f), *norm = randv(width, 1.0f);
+        for (uint32_t i = 0; i < width; i++) norm[i] += 1.0f;
+        float *ck = randv((size_t)T * hw, 1.0f), *cz = randv((size_t)T * hw, 1.0f);
+        /* CPU: token by token */
+        ds4_comp_state c;
+        memset(&c, 0, sizeof c);
+        c.ratio = r, c.width = width, c.halves = halves, c.n_slots = slots;
+        c.k = malloc((size_t)slots * hw * 4);
+        c.z = malloc((size_t)slots * hw * 4);
+        for (size_t i = 0; i < (size_t)slots * hw; i++) c.k[i] = 0, c.z[i] = -INFINITY;
+        c.cap_rows = T / r + 1;
+        c.rows = malloc(c.cap_rows * width * 4);
+        ds4_tensor ape_t = f32_tensor(ape, hw, r);
+        float pooled[256];
+        for (uint32_t p = 0; p < T; p++) {
+            if (!ds4_comp_push(&c, &ape_t, p, ck + (size_t)p * hw, cz + (size_t)p * hw, pooled)) continue;
+            float cs[128], sn[128];
+            ds4_rmsnorm(pooled, pooled, norm, width, 1e-6f);
+            ds4_rope_angles(&rope, p + 1 - r, cs, sn);
+            ds4_rope_apply(pooled, width, rope.n_pairs, cs, sn, 0);
+            if (qat == 1) ds4_fp8_sim(pooled, width - n_rot, 64);
+            if (qat == 2) {
+                ds4_hadamard(pooled, width);
+                ds4_fp4_sim(pooled, width, 32);
+            }
+            ds4_error err = {{0}};
+            CHECK(ds4_comp_append(&c, pooled, &err) == 0);
+        }
+        uint32_t n_rows = T / r;
+        CHECK(c.n_rows == n_rows);
+        float *rows = malloc((size_t)n_rows * width * 4), *rows1 = malloc((size_t)n_rows * width * 4),
+              *rowsw = malloc((size_t)n_rows * width * 4);
+        GPU(ds4_gpu_test_compressor(r, width, n_rot, ape, norm, 1e-6f, rope.inv_freq, qat, T, ck, cz, chunks,
+                                    sizeof chunks / sizeof *chunks, rows, E_));
+        GPU(ds4_gpu_test_compressor(r, width, n_rot, ape, norm, 1e-6f, rope.inv_freq, qat, T, ck, cz, ones, T, rows1, E_));
+        GPU(ds4_gpu_test_compressor(r, width, n_rot, ape, norm, 1e-6f, rope.inv_freq, qat, T, ck, cz, whole, 1, rowsw, E_));
+        double worst = 0;
+        for (uint32_t i = 0; i < n_rows; i++) {
+            double e = rel_err_f(rows + (size_t)i * width, c.rows + (size_t)i * width, width);
+            if (e > worst) worst = e;
+        }
+        CHECKF(worst < (qat ? 2e-2 : 1e-5), "compressor ratio %u width %u qat %d: worst row rel err %.3g", r, width, qat,
+               worst);
+        CHECKF(!memcmp(rows, rows1, (size_t)n_rows * width * 4) && !memcmp(rows, rowsw, (size_t)n_rows * width * 4),
+               "compressor ratio %u: rows depend on the chunking", r);
+        free(ape), free(norm), free(ck), free(cz), free(c.k), free(c.z), free(c.rows), free(rows), free(rows1),
+            free(rowsw);
+    }
+}
+
+/* ---- indexer -------------------------------------------------------------------- */
+
+typedef struct {
+    float s;
+    int32_t i;
+} scored;
+static int cmp_scored(const void *a, const void *b) {
+    const scored *x = a, *y = b;
+    if (x->s != y->s) return x->s > y->s ? -1 : 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void test_indexer(void) {
+    uint32_t n = 4, IH = 16, d = 64, topk = 64;
+    uint64_t pos0 = 3990;
+    uint64_t n_keys = (pos0 + n) / 4, stride = n_keys + 5;
+    float *iq = randv((size_t)n * IH * d, 1.0f), *iw = randv((size_t)n * IH, 1.0f), *keys = randv(n_keys * d, 1.0f);
+    /* exact ties: key 3's copies must lose to key 3 only by index */
+    for (uint64_t w = 10; w < n_keys; w += 7) memcpy(keys + w * d, keys + 3 * d, d * 4);
+    float *scores = malloc(n * stride * 4);
+    int32_t *sel = malloc(n * topk * 4);
+    GPU(ds4_gpu_test_indexer(iq, iw, n, IH, d, keys, pos0, topk, scores, stride, sel, E_));
+    scored *tmp = malloc(n_keys * sizeof *tmp);
+    int32_t *want = malloc(topk * 4);
+    for (uint32_t t = 0; t < n; t++) {
+        uint64_t n_vis = (pos0 + t + 1) / 4;
+        float scale = 1.0f / sqrtf((float)d), wscale = 1.0f / sqrtf((float)IH);
+        double num = 0, den = 0;
+        for (uint64_t w = 0; w < n_vis; w++) {
+            float s = 0;
+            for (uint32_t h = 0; h < IH; h++) {
+                float dot = ds4_dot_f32(iq + ((size_t)t * IH + h) * d, keys + w * d, d);
+                if (dot > 0) s += dot * scale * (iw[(size_t)t * IH + h] * wscale);
+            }
+            double g = scores[t * stride + w];
+            num += (g - s) * (g - s);
+            den += (double)s * s;
+            tmp[w].s = scores[t * stride + w];
+            tmp[w].i = (int32_t)w;
+        }
+        CHECKF(sqrt(num / den) < 1e-5, "indexer scores t=%u: rel err %.3g", t, sqrt(num / den));
+        /* the selection must be exactly the top of the GPU's own scores */
+        qsort(tmp, n_vis, sizeof *tmp, cmp_scored);
+        for (uint32_t i = 0; i < topk; i++) want[i] = tmp[i].i;
+        qsort(want, topk, 4, cmp_i32);
+        CHECKF(!memcmp(want, sel + (size_t)t * topk, topk * 4), "indexer top-k t=%u differs", t);
+    }
+    free(iq), free(iw), free(keys), free(scores), free(sel), free(tmp), free(want);
+}
+
+/* ---- attention -------------------------------------------------------------------- */
+
+static void test_attention(void) {
+    ds4_rope rope;
+    ds4_rope_init(&rope, 16, 10000.0f, 1.0f, 65536, 32.0f, 1.0f);
+    const uint32_t ratios[] = {0, 4, 16};
+    uint32_t n = 5, H = 4, hd = 64, W = 16, topk = 3, np = 8;
+    for (int ri = 0; ri < 3; ri++)
+        for (int early = 0; early < 2; early++) {
+            uint32_t ratio = ratios[ri];
+            uint64_t pos0 = early ? 3 : 40; /* early: fewer than W raw rows */
+            uint64_t n_comp = ratio ? (pos0 + n) / ratio : 0;
+            float *q = randv((size_t)n * H * hd, 1.0f), *kv = randv((size_t)n * hd, 1.0f), *ring = randv(W * hd, 1.0f);
+            float *comp = n_comp ? randv(n_comp * hd, 1.0f) : NULL, *sinks = randv(H, 1.0f);
+            int32_t *sel = malloc(n * topk * 4);
+            for (uint32_t t = 0; t < n; t++) {
+                uint64_t n_vis = ratio ? (pos0 + t + 1) / ratio : 0;
+                for (uint32_t i = 0; i < topk; i++) sel[t * topk + i] = n_vis > topk ? (int32_t)((t + 3 * i) % n_vis) : 0;
+            }
+            float *out = malloc((size_t)n * H * hd * 4);
+            GPU(ds4_gpu_test_attention(q, kv, ring, comp, n_comp, sel, sinks, n, H, hd, W, ratio, topk, pos0,
+                                       rope.inv_freq, np, out, E_));
+            double worst = 0;
+            for (uint32_t t = 0; t < n; t++) {
+                uint64_t p = pos0 + t;
+                const float *rows[64];
+                uint32_t nr = 0;
+                for (uint64_t pr = p + 1 > W ? p + 1 - W : 0; pr <= p; pr++)
+                    rows[nr++] = pr >= pos0 ? kv + (pr - pos0) * hd : ring + (pr % W) * hd;
+                if (ratio) {
+                    uint64_t n_vis = (p + 1) / ratio;
+                    if (ratio == 4 && n_vis > topk)
+                        for (uint32_t i = 0; i < topk; i++) rows[nr++] = comp + (size_t)sel[t * topk + i] * hd;
+                    else
+                        for (uint64_t i = 0; i < n_vis; i++) rows[nr++] = comp + i * hd;
+                }
+                for (uint32_t h = 0; h < H; h++) {
+                    const float *qh = q + ((size_t)t * H + h) * hd;
+                    double sc[64], m = sinks[h], den;
+                    for (uint32_t i = 0; i < nr; i++) {
+                        double s = 0;
+                        for (uint32_t c = 0; c < hd; c++) s += (double)qh[c] * rows[i][c];
+                        sc[i] = s / sqrt((double)hd);
+                        if (sc[i] > m) m = sc[i];
+                    }
+                    den = exp(sinks[h] - m);
+                    for (uint32_t i = 0; i < nr; i++) den += (sc[i] = exp(sc[i] - m));
+                    float o[64];
+                    double od[64];
+                    for (uint32_t c = 0; c < hd; c++) {
+                        double s = 0;
+                        for (uint32_t i = 0; i < nr; i++) s += sc[i] / den * rows[i][c];
+                        o[c] = (float)s;
+                    }
+                    float cs[128], sn[128];
+                    ds4_rope_angles(&rope, p, cs, sn);
+                    ds4_rope_apply(o, hd, np, cs, sn, 1);
+                    for (uint32_t c = 0; c < hd; c++) od[c] = o[c];
+                    double e = rel_err(out + ((size_t)t * H + h) * hd, od, hd);
+                    if (e > worst) worst = e;
+                }
+            }
+            CHECKF(worst < 1e-5, "attention ratio %u pos0 %llu: worst rel err %.3g", ratio, (unsigned long long)pos0, worst);
+            free(q), free(kv), free(ring), free(comp), free(sinks), free(sel), free(out);
+        }
+}
+
+/* ---- MoE -------------------------------------------------------------------------- */
+
+static void cpu_route(const float *logits, uint32_t X, uint32_t K, const int32_t *hash_row, const float *bias,
+                      float scale, int32_t *ids, float *wts) {
+    float s[64];
+    for (uint32_t e = 0; e < X; e++) s[e] = sqrtf(ds4_softplus(logits[e]));
+    if (hash_row) {
+        memcpy(ids, hash_row, K * 4);
+    } else {
+        for (uint32_t i = 0; i < K; i++) {
+            int32_t best = -1;
+            float bv = -INFINITY;
+            for (uint32_t e = 0; e < X; e++) {
+                int taken = 0;
+                for (uint32_t j = 0; j < i; j++) taken |= ids[j] == (int32_t)e;
+                if (taken) continue;
+                float v = s[e] + (bias ? bias[e] : 0.0f);
+                if (best < 0 || v > bv) best = (int32_t)e, bv = v;
+            }
+            ids[i] = best;
+        }
+    }
+    float sum = 0;
+    for (uint32_t k = 0; k < K; k++) sum += s[ids[k]];
+    for (uint32_t k = 0; k < K; k++) wts[k] = s[ids[k]] / (sum + 1e-20f) * scale;
+}
+
+static void test_route(void) {
+    uint32_t n = 7, X = 16, K = 3, V = 11;
+    float *logits = randv(n * X, 2.0f), *bias = randv(X, 0.3f);
+    /* exact ties between experts 2, 5, 9 of token 0 */
+    logits[2] = logits[5] = logits[9] = 4.0f;
+    int32_t tokens[7] = {0, 3, 10, 5, 5, 1, 7}, *tab = malloc(V * K * 4);
+    for (uint32_t v = 0; v < V; v++)
+        for (uint32_t k = 0; k < K; k++) tab[v * K + k] = (int32_t)((v * 5 + k * 3) % X);
+    for (int mode = 0; mode < 3; mode++) {
+        const int32_t *hash = mode == 2 ? tab : NULL;
+        const float *b = mode == 1 ? bias : NULL;
+        int32_t ids[21], rids[21];
+        float wts[21], rwts[21];
+        GPU(ds4_gpu_test_route(logits, n, X, K, tokens, hash, V, b, 1.5f, ids, wts, E_));
+        for (uint32_t t = 0; t < n; t++)
+            cpu_route(logits + t * X, X, K, hash ? tab + tokens[t] * K : NULL, b, 1.5f, rids + t * K, rwts + t * K);
+        CHECKF(!memcmp(ids, rids, sizeof ids), "routing mode %d: experts differ", mode);
+        CHECKF(rel_err_f(wts, rwts, n * K) < 1e-6, "routing mode %d: weights differ", mode);
+    }
+    free(logits), free(bias), free(tab);
+}
+
+static float dotd(const float *a, const float *b, uint32_t n) {
+    double s = 0;
+    for (uint32_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return (float)s;
+}
+
+/* down(swiglu(gate x, up x)) in double-accumulated dots. */
+static void cpu_ffn(const float *g, const float *u, const float *d, uint32_t E, uint32_t F, float limit, const float *x,
+                    float *out) {
+    float h[256];
+    for (uint32_t f = 0; f < F; f++) {
+        h[f] = dotd(g + (size_t)f * E, x, E);
+        float uu = dotd(u + (size_t)f * E, x, E);
+        ds4_swiglu_clamped(h + f, &uu, 1, limit);
+    }
+    for (uint32_t e = 0; e < E; e++) out[e] = dotd(d + (size_t)e * F, h, F);
+}
+
+static void test_moe(void) {
+    uint32_t n = 6, E = 64, F = 32, X = 8, K = 2;
+    float limit = 10.0f;
+    for (int ti = 0; ti < 2; ti++) {
+        uint32_t type = ti ? GGML_TYPE_BF16 : GGML_TYPE_F32;
+        float *g = randv((size_t)X * F * E, 3.0f / sqrtf((float)E)), *u = randv((size_t)X * F * E, 3.0f / sqrtf((float)E));
+        float *d = randv((size_t)X * E * F, 1.0f / sqrtf((float)F));
+        float *sg = randv((size_t)F * E, 1.0f / sqrtf((float)E)), *su = randv((size_t)F * E, 1.0f / sqrtf((float)E));
+        float *sd = randv((size_t)E * F, 1.0f / sqrtf((float)F));
+        void *G = to_type(type, g, (size_t)X * F * E), *U = to_type(type, u, (size_t)X * F * E);
+        void *D = to_type(type, d, (size_t)X * E * F), *SG = to_type(type, sg, (size_t)F * E);
+        void *SU = to_type(type, su, (size_t)F * E), *SD = to_type(type, sd, (size_t)E * F);
+        float *x = randv((size_t)n * E, 1.0f), wts[12], *out = malloc((size_t)n * E * 4);
+        int32_t ids[12] = {3, 1, 0, 7, 3, 5, 6, 2, 1, 3, 7, 0};
+        for (int i = 0; i < 12; i++) wts[i] = 0.2f + uniform();
+        GPU(ds4_gpu_test_moe(type, type, n, E, F, X, K, limit, G, U, D, SG, SU, SD, x, ids, wts, out, E_));
+        double worst = 0;
+        for (uint32_t t = 0; t < n; t++) {
+            float acc[64], tmp[64];
+            double ref[64];
+            cpu_ffn(sg, su, sd, E, F, limit, x + t * E, acc);
+            uint32_t order[2] = {0, 1};
+            if (ids[t * K] > ids[t * K + 1]) order[0] = 1, order[1] = 0;
+            for (uint32_t k = 0; k < K; k++) {
+                int32_t e = ids[t * K + order[k]];
+                cpu_ffn(g + (size_t)e * F * E, u + (size_t)e * F * E, d + (size_t)e * E * F, E, F, limit, x + t * E, tmp);
+                ds4_axpy(acc, wts[t * K + order[k]], tmp, E);
+            }
+            for (uint32_t i = 0; i < E; i++) ref[i] = acc[i];
+            double e = rel_err(out + t * E, ref, E);
+            if (e > worst) worst = e;
+        }
+        CHECKF(worst < 1e-5, "moe %s: worst token rel err %.3g", ggml_type_name(type), worst);
+        free(g), free(u), free(d), free(sg), free(su), free(sd), free(G), free(U), free(D), free(SG), free(SU), free(SD);
+        free(x), free(out);
+    }
+}
+
+/* Quantized experts against the CPU's linear products (n = 1 token rows). */
+static void test_moe_quant(void) {
+    uint32_t n = 5, E = 256, F = 256, X = 6, K = 2;
+    float limit = 10.0f;
+    const uint32_t types[][2] = {{GGML_TYPE_Q4_K, GGML_TYPE_Q4_K}, {GGML_TYPE_IQ2_XXS, GGML_TYPE_Q2_K},
+                                 {GGML_TYPE_Q8_0, GGML_TYPE_Q8_0}};
+    ds4_pool *pool = ds4_pool_create(1);
+    for (int ti = 0; ti < 3; ti++) {
+        uint32_t tu = types[ti][0], td = types[ti][1];
+        void *G = quantized(tu, E, (uint64_t)X * F, 3.0f / sqrtf((float)E)), *U = quantized(tu, E, (uint64_t)X * F, 3.0f / sqrtf((float)E));
+        void *D = quantized(td, F, (uint64_t)X * E, 1.0f / sqrtf((float)F));
+        void *SG = quantized(tu, E, F, 1.0f / sqrtf((float)E)), *SU = quantized(tu, E, F, 1.0f / sqrtf((float)E));
+        void *SD = quantized(td, F, E, 1.0f / sqrtf((float)F));
+        ds4_tensor tg = qtensor(tu, G, E, F, X), tup = qtensor(tu, U, E, F, X), tdn = qtensor(td, D, F, E, X);
+        ds4_tensor sg = qtensor(tu, SG, E, F, 1), su = qtensor(tu, SU, E, F, 1), sd = qtensor(td, SD, F, E, 1);
+        float *x = randv((size_t)n * E, 1.0f), wts[10], *out = malloc((size_t)n * E * 4);
+        int32_t ids[10] = {3, 1, 0, 5, 3, 4, 2, 1, 5, 0};
+        for (int i = 0; i < 10; i++) wts[i] = 0.2f + uniform();
+        GPU(ds4_gpu_test_moe(tu, td, n, E, F, X, K, limit, G, U, D, SG, SU, SD, x, ids, wts, out, E_));
+        double worst = 0;
+        for (uint32_t t = 0; t < n; t++) {
+            float acc[256], g[256], u[256], tmp[256];
+            double ref[256];
+            ds4_linear(pool, &sg, x + t * E, 1, g);
+            ds4_linear(pool, &su, x + t * E, 1, u);
+            ds4_swiglu_clamped(g, u, F, limit);
+            ds4_linear(pool, &sd, g, 1, acc);
+            uint32_t order[2] = {0, 1};
+            if (ids[t * K] > ids[t * K + 1]) order[0] = 1, order[1] = 0;
+            for (uint32_t k = 0; k < K; k++) {
+                uint32_t e = (uint32_t)ids[t * K + order[k]];
+                ds4_tensor eg = ds4_expert_slice(&tg, e), eu = ds4_expert_slice(&tup, e), ed = ds4_expert_slice(&tdn, e);
+                ds4_linear(pool, &eg, x + t * E, 1, g);
+                ds4_linear(pool, &eu, x + t * E, 1, u);
+                ds4_swiglu_clamped(g, u, F, limit);
+                ds4_linear(pool, &ed, g, 1, tmp);
+                ds4_axpy(acc, wts[t * K + order[k]], tmp, E);
+            }
+            for (uint32_t i = 0; i < E; i++) ref[i] = acc[i];
+            double e = rel_err(out + t * E, ref, E);
+            if (e > worst) worst = e;
+        }
+        CHECKF(worst < 1e-5, "moe %s/%s: worst token rel err vs CPU %.3g", ggml_type_name(tu), ggml_type_name(td), worst);
+        free(G), free(U), free(D), free(SG), free(SU), free(SD), free(x), free(out);
+    }
+    ds4_pool_free(pool);
+}
+
+int main(void) {
+    ds4_error why = {{0}};
+    if (!ds4_gpu_probe(&why)) {
+        const char *req = getenv("DS4_REQUIRE_GPU");
+        if (req && *req == '1') {
+            fprintf(stderr, "DS4_REQUIRE_GPU=1 but %s\n", why.msg);
+            return 1;
+        }
+        printf("skipped: %s\n", why.msg);
+        return 77;
+    }
+    test_linear();
+    test_linear_quant();
+    test_rows();
+    test_mhc();
+    test_compressor();
+    test_indexer();
+    test_attention();
+    test_route();
+    test_moe();
+    test_moe_quant();
+    if (!test_failures) printf("all CUDA kernels match the CPU references\n");
+    return test_finish();
+}
+
+#endif

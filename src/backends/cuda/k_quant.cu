@@ -409,15 +409,7 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args 
         cnt = (uint32_t)count[j];
         members = count + a.n_expert;
     }
-    const uint8_t *w0, *w1 = nullptr;
-    if (a.wtab) {
-        w0 = a.wtab[3 * blockIdx.y + (UP ? 0 : 2)] + r * a.row_bytes;
-        if (UP) w1 = a.wtab[3 * blockIdx.y + 1] + r * a.row_bytes;
-    } else {
-        uint64_t row = (uint64_t)e * a.rows + r;
-        w0 = a.w0 + row * a.row_bytes;
-        if (UP) w1 = a.w1 + row * a.row_bytes;
-    }
+    const uint8_t *w1 = nullptr, *w0 = expert_row<UP>(a, e, r, &w1);
     int lane = threadIdx.x & 31;
     for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
         int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;

@@ -179,4 +179,19 @@ cudaError_t k_ffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *g
 cudaError_t k_moe_combine(cudaStream_t st, const float *shared, const float *d, const int32_t *ids, const float *wts,
                           const int32_t *grp, uint32_t n, uint32_t k, uint32_t n_expert, uint32_t E, float *out);
 
+/* Row r of expert e's matrices for an expert-FFN kernel (float or
+ * quantized arguments alike): gate (UP, with *up set) or down. Weights come
+ * from the per-slot table of the VRAM slot bank when there is one, else
+ * from the resident 3-D tensors. */
+template <bool UP, class Args>
+__device__ __forceinline__ const uint8_t *expert_row(const Args &a, uint32_t e, uint32_t r, const uint8_t **up) {
+    if (a.wtab) {
+        if (UP) *up = a.wtab[3 * blockIdx.y + 1] + r * a.row_bytes;
+        return a.wtab[3 * blockIdx.y + (UP ? 0 : 2)] + r * a.row_bytes;
+    }
+    uint64_t row = (uint64_t)e * a.rows + r;
+    if (UP) *up = a.w1 + row * a.row_bytes;
+    return a.w0 + row * a.row_bytes;
+}
+
 #endif

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "model/weights.h"
 #include "util/error.h"
@@ -63,7 +64,7 @@ static inline void ds4_experts_prefetch(ds4_expert_source *s, uint32_t il, const
 /* False when prefetch hints are ignored: callers can skip computing them. */
 static inline bool ds4_experts_can_prefetch(const ds4_expert_source *s) { return s->ops->prefetch != NULL; }
 static inline void ds4_experts_get_stats(const ds4_expert_source *s, ds4_expert_stats *out) {
-    *out = (ds4_expert_stats){0};
+    memset(out, 0, sizeof *out); /* not a compound literal: the header is also read as C++ (CUDA) */
     if (s->ops->stats) s->ops->stats(s, out);
 }
 static inline uint32_t ds4_experts_capacity(const ds4_expert_source *s) { return s->ops->capacity(s); }

@@ -5,6 +5,8 @@
 # slot banks from the minimum (experts per token) to all experts, with
 # token-by-token and whole-prompt prefill, O_DIRECT and buffered reads,
 # prefetch on and off; greedy generations equal too.
+# Sidecar packages run on the CPU: every ds4 run here says --cpu, so the
+# bit-for-bit comparisons with the plain GGUF hold in CUDA builds too.
 set -eu
 BIN=${DS4_BIN:?}
 DATA=${DS4_TEST_DATA:?}/fixtures
@@ -37,7 +39,7 @@ grep -q "already exists" "$TMP/err" || { echo "FAIL: unclear message: $(cat "$TM
 
 run() { # run NAME ARGS... : dump logits to $TMP/NAME.f32
     name=$1; shift
-    "$BIN/ds4" --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/$name.f32" "$@" 2>"$TMP/$name.log" ||
+    "$BIN/ds4" --cpu --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/$name.f32" "$@" 2>"$TMP/$name.log" ||
         { cat "$TMP/$name.log"; exit 1; }
 }
 same() { # same NAME: bit-identical to the resident GGUF
@@ -85,13 +87,13 @@ grep -q -- "--ssd-cache 2.0 MiB resolved Flash-MoE slot bank: slots=4 " "$TMP/bu
 same budget
 
 # official numerics too, and greedy generation
-"$BIN/ds4" -m "$TMP/m.gguf" --tokens @"$TMP/tokens.txt" --dump-logits "$TMP/off_ref.f32"
-"$BIN/ds4" -m "$TMP/pkg" --moe-slot-bank "$K" --tokens @"$TMP/tokens.txt" --dump-logits "$TMP/off_s.f32" 2>/dev/null
+"$BIN/ds4" --cpu -m "$TMP/m.gguf" --tokens @"$TMP/tokens.txt" --dump-logits "$TMP/off_ref.f32"
+"$BIN/ds4" --cpu -m "$TMP/pkg" --moe-slot-bank "$K" --tokens @"$TMP/tokens.txt" --dump-logits "$TMP/off_s.f32" 2>/dev/null
 cmp "$TMP/off_ref.f32" "$TMP/off_s.f32" && echo "bit-identical: official numerics, $K slots"
-want=$("$BIN/ds4" -m "$TMP/m.gguf" --tokens "$prompt" --numerics hf -n 48 --temp 0)
+want=$("$BIN/ds4" --cpu -m "$TMP/m.gguf" --tokens "$prompt" --numerics hf -n 48 --temp 0)
 for args in "--resident" "--moe-slot-bank $K" "--moe-slot-bank $((K + 1)) --ssd-io direct"; do
     # shellcheck disable=SC2086
-    got=$("$BIN/ds4" -m "$TMP/pkg" $args --tokens "$prompt" --numerics hf -n 48 --temp 0 2>/dev/null)
+    got=$("$BIN/ds4" --cpu -m "$TMP/pkg" $args --tokens "$prompt" --numerics hf -n 48 --temp 0 2>/dev/null)
     [ "$got" = "$want" ] || { echo "FAIL: generation with $args differs"; echo " got  $got"; echo " want $want"; exit 1; }
     echo "generation equal: $args"
 done

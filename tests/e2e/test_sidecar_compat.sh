@@ -6,6 +6,8 @@
 # fall back to buffered ones), 16 KiB-aligned records without an
 # expert_stride field, the legacy family-major layout, and the
 # llama.cpp-fork layout (model-dense.gguf + sidecar/manifest.json).
+# Sidecar packages run on the CPU: every ds4 run here says --cpu, so the
+# bit-for-bit comparisons with the plain GGUF hold in CUDA builds too.
 set -eu
 BIN=${DS4_BIN:?}
 DATA=${DS4_TEST_DATA:?}/fixtures
@@ -16,11 +18,11 @@ fx=tiny-a
 V=$(python3 -c "import json; print(json.load(open('$DATA/$fx/config.json'))['vocab_size'])")
 python3 -c "import json; print(','.join(map(str, json.load(open('$DATA/$fx/reference.json'))['tokens'])))" > "$TMP/tokens.txt"
 "$BIN/ds4-convert" "$DATA/$fx" "$TMP/m.gguf" --type f32 2>/dev/null
-"$BIN/ds4" -m "$TMP/m.gguf" --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/ref.f32"
+"$BIN/ds4" --cpu -m "$TMP/m.gguf" --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/ref.f32"
 
 check() { # check PKG ARGS...
     pkg=$1; shift
-    "$BIN/ds4" -m "$pkg" --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/out.f32" "$@" 2>"$TMP/log" ||
+    "$BIN/ds4" --cpu -m "$pkg" --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/out.f32" "$@" 2>"$TMP/log" ||
         { cat "$TMP/log"; exit 1; }
     cmp -s "$TMP/out.f32" "$TMP/ref.f32" ||
         { echo "FAIL: $(basename "$pkg") $* differs"; python3 "$(dirname "$0")/compare_logits.py" "$TMP/out.f32" "$TMP/ref.f32" "$V" 0; exit 1; }
@@ -43,7 +45,7 @@ done
 # records that are not 4 KiB aligned were read buffered (but expert 0's,
 # at offset 0), aligned ones all O_DIRECT
 io_counts() {
-    "$BIN/ds4" -m "$1" --moe-slot-bank 2 --ssd-io direct --tokens 1,2,3,4,5,6,7,8 --moe-stats 2>&1 |
+    "$BIN/ds4" --cpu -m "$1" --moe-slot-bank 2 --ssd-io direct --tokens 1,2,3,4,5,6,7,8 --moe-stats 2>&1 |
         sed -n 's/.*(direct \([0-9]*\), buffered \([0-9]*\)).*/\1 \2/p'
 }
 set -- $(io_counts "$TMP/unaligned")

@@ -335,6 +335,13 @@ static int check_model(const ds4_hparams *hp, const ds4_weights *w, ds4_error *e
                         hp->hc, hp->n_expert_used, hp->n_expert, hp->head_dim);
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         ds4_layer_weights *l = &w->layers[il];
+        /* Sidecar packages keep routed experts outside the GGUF; the CUDA
+         * backend reads them from the model file only (resident or through
+         * its own slot bank). */
+        if (!l->gate_exps.data || !l->up_exps.data || !l->down_exps.data)
+            return ds4_fail(err, "CUDA backend: the routed experts of layer %u are not in the GGUF (a sidecar package?); "
+                                 "the CUDA backend reads experts from the model file (use --cpu for packages)",
+                            il);
         const ds4_tensor *mats[] = {&l->q_a, &l->q_b, &l->kv, &l->out_a, &l->out_b, &l->comp.kv, &l->comp.gate,
                                     &l->idx_comp.kv, &l->idx_comp.gate, &l->idx_q_b, &l->idx_proj, &l->gate_inp,
                                     &l->gate_exps, &l->up_exps, &l->down_exps, &l->gate_shexp, &l->up_shexp,

@@ -180,3 +180,44 @@ int ds4_hparams_write(gguf_writer *w, const ds4_hparams *hp, uint32_t n_nextn, c
     rc |= gguf_writer_set_arr(w, KEY_SWIGLU_CLAMP, GGUF_VT_F32, clamps, n);
     return rc ? -1 : 0;
 }
+
+void ds4_hparams_flash(ds4_hparams *hp) {
+    memset(hp, 0, sizeof *hp);
+    hp->n_layer = 43;
+    hp->n_embd = 4096;
+    hp->n_vocab = 129280;
+    hp->n_ctx_train = 1048576;
+    hp->n_head = 64;
+    hp->n_head_kv = 1;
+    hp->head_dim = 512;
+    hp->n_rot = 64;
+    hp->q_lora = 1024;
+    hp->o_lora = 1024;
+    hp->o_groups = 8;
+    hp->n_expert = 256;
+    hp->n_expert_used = 6;
+    hp->n_ff_exp = 2048;
+    hp->n_shared = 1;
+    hp->n_hash_layers = 3;
+    hp->window = 128;
+    hp->idx_n_head = 64;
+    hp->idx_head_dim = 128;
+    hp->idx_topk = 512;
+    hp->hc = 4;
+    hp->sinkhorn_iters = 20;
+    hp->hc_eps = 1e-6f;
+    hp->rms_eps = 1e-6f;
+    hp->rope_base = 10000;
+    hp->compress_rope_base = 160000;
+    hp->rope_factor = 16;
+    hp->yarn_beta_fast = 32;
+    hp->yarn_beta_slow = 1;
+    hp->rope_orig_ctx = 65536;
+    hp->expert_scale = 1.5f;
+    hp->expert_norm = true;
+    /* layers 0-1 sliding only, then CSA (ratio 4) on even and HCA (128) on odd layers */
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        hp->compress_ratio[il] = il < 2 ? 0 : il % 2 ? 128 : 4;
+        hp->swiglu_clamp[il] = 10.0f;
+    }
+}

@@ -74,6 +74,10 @@ typedef struct ds4_hparams {
     float swiglu_clamp[DS4_MAX_LAYERS];
 } ds4_hparams;
 
+/* The published DeepSeek V4 Flash values (spec/MODEL.md §1 and §8.2), for
+ * synthetic models and tests; real models always read their metadata. */
+void ds4_hparams_flash(ds4_hparams *hp);
+
 /* Reads and validates every key; the message names the file and the key. */
 int ds4_hparams_load(ds4_hparams *hp, const gguf_file *f, ds4_error *err);
 /* Records every key of the ds4 layout (spec/MODEL.md §8.2) with the types

@@ -10,29 +10,6 @@
 #include "model/layout.h"
 #include "model/quant_mix.h"
 
-static void flash(ds4_hparams *hp) {
-    memset(hp, 0, sizeof *hp);
-    hp->n_layer = 43;
-    hp->n_embd = 4096;
-    hp->n_vocab = 129280;
-    hp->n_head = 64;
-    hp->n_head_kv = 1;
-    hp->head_dim = 512;
-    hp->n_rot = 64;
-    hp->q_lora = 1024;
-    hp->o_lora = 1024;
-    hp->o_groups = 8;
-    hp->n_expert = 256;
-    hp->n_expert_used = 6;
-    hp->n_ff_exp = 2048;
-    hp->n_shared = 1;
-    hp->n_hash_layers = 3;
-    hp->idx_n_head = 64;
-    hp->idx_head_dim = 128;
-    hp->hc = 4;
-    for (uint32_t il = 0; il < 43; il++) hp->compress_ratio[il] = il < 2 ? 0 : il % 2 ? 128 : 4;
-}
-
 /* §8.3, by name suffix (after "blk.N."), for the q2 / q4 files. */
 typedef struct want {
     const char *suffix;
@@ -125,7 +102,7 @@ static void check_published(const ds4_layout *l, const char *mix, int q4) {
 
 static void test_flash_layout(void) {
     ds4_hparams hp;
-    flash(&hp);
+    ds4_hparams_flash(&hp);
     ds4_layout l;
     ds4_error err = {{0}};
     CHECK(ds4_layout_build(&l, &hp, &err) == 0);
@@ -162,7 +139,7 @@ static uint32_t type_of(const ds4_layout *l, const uint32_t *types, const char *
 
 static void test_overrides_and_fallbacks(void) {
     ds4_hparams hp;
-    flash(&hp);
+    ds4_hparams_flash(&hp);
     hp.n_layer = 4;
     hp.n_embd = 4096;
     ds4_layout l;

@@ -25,43 +25,6 @@
 #define MAX_OVERRIDES 64
 #define CHUNK_BYTES (64u << 20)
 
-/* DeepSeek V4 Flash as published (spec/MODEL.md §1 and §8.2). */
-static void flash_hparams(ds4_hparams *hp) {
-    memset(hp, 0, sizeof *hp);
-    hp->n_layer = 43;
-    hp->n_embd = 4096;
-    hp->n_vocab = 129280;
-    hp->n_ctx_train = 1048576;
-    hp->n_head = 64;
-    hp->n_head_kv = 1;
-    hp->head_dim = 512;
-    hp->n_rot = 64;
-    hp->q_lora = 1024;
-    hp->o_lora = 1024;
-    hp->o_groups = 8;
-    hp->n_expert = 256;
-    hp->n_expert_used = 6;
-    hp->n_ff_exp = 2048;
-    hp->n_shared = 1;
-    hp->n_hash_layers = 3;
-    hp->window = 128;
-    hp->idx_n_head = 64;
-    hp->idx_head_dim = 128;
-    hp->idx_topk = 512;
-    hp->hc = 4;
-    hp->sinkhorn_iters = 20;
-    hp->hc_eps = 1e-6f;
-    hp->rms_eps = 1e-6f;
-    hp->rope_base = 10000;
-    hp->compress_rope_base = 160000;
-    hp->rope_factor = 16;
-    hp->yarn_beta_fast = 32;
-    hp->yarn_beta_slow = 1;
-    hp->rope_orig_ctx = 65536;
-    hp->expert_scale = 1.5f;
-    hp->expert_norm = true;
-}
-
 /* Flash's layer schedule (§1.1): layers 0 and 1 sliding only, then CSA
  * (ratio 4) on even and HCA on odd layers. */
 static void schedule(ds4_hparams *hp, uint32_t hca_ratio) {
@@ -126,7 +89,7 @@ static int check_geometry(const ds4_hparams *hp, uint32_t hca_ratio, ds4_error *
 
 int main(int argc, char **argv) {
     ds4_hparams hp;
-    flash_hparams(&hp);
+    ds4_hparams_flash(&hp);
     uint32_t hca_ratio = 128, experts_used = 0, hash_layers = 0;
     const char *out = NULL, *type_name = "q2", *tok_path = NULL;
     const char *overrides[MAX_OVERRIDES];

@@ -414,6 +414,13 @@ static void put(buf *b, const void *d, size_t n) {
 }
 static void put_u32(buf *b, uint32_t v) { put(b, &v, 4); }
 static void put_u64(buf *b, uint64_t v) { put(b, &v, 8); }
+/* A GGUF v3 header: magic, version, tensor count, key/value count. */
+static void put_header(buf *b, uint64_t n_tensors, uint64_t n_kv) {
+    put_u32(b, GGUF_MAGIC);
+    put_u32(b, 3);
+    put_u64(b, n_tensors);
+    put_u64(b, n_kv);
+}
 static void put_str(buf *b, const char *s) {
     put_u64(b, strlen(s));
     put(b, s, strlen(s));
@@ -510,19 +517,13 @@ static void test_hand_built(void) {
 
     /* Header-level corruptions, built by hand. */
     buf b = {0};
-    put_u32(&b, GGUF_MAGIC);
-    put_u32(&b, 3);
-    put_u64(&b, 0);
-    put_u64(&b, 1);
+    put_header(&b, 0, 1);
     put_u64(&b, 1ull << 62); /* key length */
     put(&b, "abcdefgh", 8);
     bad_file("huge-key-len", b, "key length", "past end of file");
 
     b = (buf){0};
-    put_u32(&b, GGUF_MAGIC);
-    put_u32(&b, 3);
-    put_u64(&b, 0);
-    put_u64(&b, 1);
+    put_header(&b, 0, 1);
     put_str(&b, "general.name");
     put_u32(&b, GGUF_VT_STRING);
     put_u64(&b, 0xffffffffffffull); /* string length */
@@ -530,10 +531,7 @@ static void test_hand_built(void) {
     bad_file("huge-str-len", b, "key 'general.name'", "past end of file");
 
     b = (buf){0};
-    put_u32(&b, GGUF_MAGIC);
-    put_u32(&b, 3);
-    put_u64(&b, 0);
-    put_u64(&b, 1);
+    put_header(&b, 0, 1);
     put_str(&b, "tokens");
     put_u32(&b, GGUF_VT_ARRAY);
     put_u32(&b, GGUF_VT_U32);
@@ -542,10 +540,7 @@ static void test_hand_built(void) {
     bad_file("huge-arr-count", b, "key 'tokens'", "array count 2305843009213693952");
 
     b = (buf){0};
-    put_u32(&b, GGUF_MAGIC);
-    put_u32(&b, 3);
-    put_u64(&b, 0);
-    put_u64(&b, 1);
+    put_header(&b, 0, 1);
     put_str(&b, "tokens");
     put_u32(&b, GGUF_VT_ARRAY);
     put_u32(&b, GGUF_VT_STRING);
@@ -554,24 +549,15 @@ static void test_hand_built(void) {
     bad_file("huge-str-arr-count", b, "key 'tokens'", "string array count");
 
     b = (buf){0};
-    put_u32(&b, GGUF_MAGIC);
-    put_u32(&b, 3);
-    put_u64(&b, 0);
-    put_u64(&b, 1ull << 50); /* kv count */
+    put_header(&b, 0, 1ull << 50); /* kv count */
     bad_file("huge-kv-count", b, "key/value count", NULL);
 
     b = (buf){0};
-    put_u32(&b, GGUF_MAGIC);
-    put_u32(&b, 3);
-    put_u64(&b, 1ull << 50); /* tensor count */
-    put_u64(&b, 0);
+    put_header(&b, 1ull << 50, 0); /* tensor count */
     bad_file("huge-tensor-count", b, "tensor count", NULL);
 
     b = (buf){0};
-    put_u32(&b, GGUF_MAGIC);
-    put_u32(&b, 3);
-    put_u64(&b, 0);
-    put_u64(&b, 2);
+    put_header(&b, 0, 2);
     put_str(&b, "k");
     put_u32(&b, GGUF_VT_U8);
     put(&b, "\x01", 1);
@@ -581,30 +567,21 @@ static void test_hand_built(void) {
     bad_file("dup-key", b, "key 'k'", "duplicate key");
 
     b = (buf){0};
-    put_u32(&b, GGUF_MAGIC);
-    put_u32(&b, 3);
-    put_u64(&b, 0);
-    put_u64(&b, 1);
+    put_header(&b, 0, 1);
     put_str(&b, "flag");
     put_u32(&b, GGUF_VT_BOOL);
     put(&b, "\x02", 1);
     bad_file("bool-2", b, "key 'flag'", "bool value is 2");
 
     b = (buf){0};
-    put_u32(&b, GGUF_MAGIC);
-    put_u32(&b, 3);
-    put_u64(&b, 0);
-    put_u64(&b, 1);
+    put_header(&b, 0, 1);
     put_str(&b, "weird");
     put_u32(&b, 13);
     put(&b, "\x02\x02\x02\x02", 4);
     bad_file("value-type-13", b, "key 'weird'", "unknown value type 13");
 
     b = (buf){0};
-    put_u32(&b, GGUF_MAGIC);
-    put_u32(&b, 3);
-    put_u64(&b, 0);
-    put_u64(&b, 1);
+    put_header(&b, 0, 1);
     put_str(&b, "nest");
     put_u32(&b, GGUF_VT_ARRAY);
     put_u32(&b, GGUF_VT_ARRAY);

@@ -166,7 +166,11 @@ static void test_linear_quant(void) {
         uint32_t type, K, rows, groups, n_tok;
     } cases[] = {{GGML_TYPE_Q8_0, 96, 40, 1, 1},     {GGML_TYPE_Q8_0, 256, 33, 2, 5},   {GGML_TYPE_MXFP4, 64, 40, 1, 3},
                  {GGML_TYPE_Q2_K, 512, 24, 1, 1},    {GGML_TYPE_Q2_K, 256, 17, 1, 6},   {GGML_TYPE_Q4_K, 256, 40, 2, 4},
-                 {GGML_TYPE_Q4_K, 1024, 9, 1, 1},    {GGML_TYPE_IQ2_XXS, 256, 40, 1, 5}, {GGML_TYPE_IQ2_XXS, 512, 8, 1, 1}};
+                 {GGML_TYPE_Q4_K, 1024, 9, 1, 1},    {GGML_TYPE_IQ2_XXS, 256, 40, 1, 5}, {GGML_TYPE_IQ2_XXS, 512, 8, 1, 1},
+                 /* rows and activation rows of whole 16-byte lines: the shared-memory path */
+                 {GGML_TYPE_Q8_0, 4096, 20, 2, 5},   {GGML_TYPE_Q8_0, 1024, 9, 1, 1},   {GGML_TYPE_MXFP4, 512, 33, 1, 5},
+                 {GGML_TYPE_IQ2_XXS, 2048, 12, 1, 6}, {GGML_TYPE_IQ2_XXS, 4096, 9, 1, 1}, {GGML_TYPE_Q2_K, 1024, 10, 1, 5},
+                 {GGML_TYPE_Q2_K, 2048, 8, 1, 1},    {GGML_TYPE_Q4_K, 2048, 12, 1, 7}};
     ds4_pool *pool = ds4_pool_create(1);
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         uint32_t type = cases[c].type, K = cases[c].K, R = cases[c].rows, G = cases[c].groups, n = cases[c].n_tok;
@@ -606,13 +610,16 @@ static void test_moe(void) {
 
 /* Quantized experts against the CPU's linear products (n = 1 token rows). */
 static void test_moe_quant(void) {
-    uint32_t n = 5, E = 256, F = 256, X = 6, K = 2;
+    uint32_t n = 5, X = 6, K = 2;
     float limit = 10.0f;
-    const uint32_t types[][2] = {{GGML_TYPE_Q4_K, GGML_TYPE_Q4_K}, {GGML_TYPE_IQ2_XXS, GGML_TYPE_Q2_K},
-                                 {GGML_TYPE_Q8_0, GGML_TYPE_Q8_0}};
+    /* 256 x 256 takes the direct path; 2048 x 1024 (rows of whole 16-byte
+     * lines) the shared-memory one */
+    const uint32_t types[][4] = {{GGML_TYPE_Q4_K, GGML_TYPE_Q4_K, 256, 256},    {GGML_TYPE_IQ2_XXS, GGML_TYPE_Q2_K, 256, 256},
+                                 {GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 256},    {GGML_TYPE_IQ2_XXS, GGML_TYPE_Q2_K, 2048, 1024},
+                                 {GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 2048, 1024}, {GGML_TYPE_Q4_K, GGML_TYPE_Q4_K, 1024, 2048}};
     ds4_pool *pool = ds4_pool_create(1);
-    for (int ti = 0; ti < 3; ti++) {
-        uint32_t tu = types[ti][0], td = types[ti][1];
+    for (int ti = 0; ti < 6; ti++) {
+        uint32_t tu = types[ti][0], td = types[ti][1], E = types[ti][2], F = types[ti][3];
         void *G = quantized(tu, E, (uint64_t)X * F, 3.0f / sqrtf((float)E)), *U = quantized(tu, E, (uint64_t)X * F, 3.0f / sqrtf((float)E));
         void *D = quantized(td, F, (uint64_t)X * E, 1.0f / sqrtf((float)F));
         void *SG = quantized(tu, E, F, 1.0f / sqrtf((float)E)), *SU = quantized(tu, E, F, 1.0f / sqrtf((float)E));
@@ -625,8 +632,8 @@ static void test_moe_quant(void) {
         GPU(ds4_gpu_test_moe(tu, td, n, E, F, X, K, limit, G, U, D, SG, SU, SD, x, ids, wts, out, E_));
         double worst = 0;
         for (uint32_t t = 0; t < n; t++) {
-            float acc[256], g[256], u[256], tmp[256];
-            double ref[256];
+            float acc[2048], g[2048], u[2048], tmp[2048];
+            double ref[2048];
             ds4_linear(pool, &sg, x + t * E, 1, g);
             ds4_linear(pool, &su, x + t * E, 1, u);
             ds4_swiglu_clamped(g, u, F, limit);

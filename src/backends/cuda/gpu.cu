@@ -5,6 +5,7 @@
  * on data (MoE routing, the indexer's top-k) is taken on the device, and
  * everything else depends only on positions, which the host knows. */
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,9 +96,20 @@ struct ds4_gpu_session {
     } gcache[16];
     int n_gcache;
     uint64_t score_stride;
+    /* DS4_CUDA_STEPTIME=1: host seconds of the decode steps' capture,
+     * graph update and launch-to-result, printed when the session ends */
+    bool steptime;
+    double t_capture, t_update, t_run;
+    uint64_t n_steps;
 };
 
 static void prof_free(ds4_gpu_session *s);
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 static void prof_init(ds4_gpu_session *s);
 
 /* ---- device and weights -------------------------------------------------------- */
@@ -588,6 +600,8 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
         const char *ge = getenv("DS4_CUDA_GRAPH");
         /* the slot bank decides on the host between layers: no capture */
         s->graphs = !s->prof && !g->bank && !(ge && *ge == '0');
+        const char *te = getenv("DS4_CUDA_STEPTIME");
+        s->steptime = te && *te == '1';
     }
     if (g->bank && ((e = cudaMallocHost((void **)&s->grp_pinned, (1 + (size_t)g->hp->n_expert) * sizeof(int32_t))) !=
                         cudaSuccess ||
@@ -609,6 +623,10 @@ fail:
 
 extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     if (!s) return;
+    if (s->steptime && s->n_steps)
+        fprintf(stderr, "ds4 CUDA decode steps: %llu, per step: capture %.1f us, graph update %.1f us, run %.1f us\n",
+                (unsigned long long)s->n_steps, 1e6 * s->t_capture / s->n_steps, 1e6 * s->t_update / s->n_steps,
+                1e6 * s->t_run / s->n_steps);
     prof_free(s);
     for (int i = 0; i < s->n_gcache; i++) cudaGraphExecDestroy(s->gcache[i].exec);
     cudaFreeHost(s->tok_pinned);
@@ -1097,6 +1115,7 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
     int fr0 = s->fr;
     cudaGraph_t graph = NULL;
     *s->tok_pinned = token;
+    double t0 = s->steptime ? now_s() : 0;
     if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
         cudaGetLastError();
         s->graphs = false;
@@ -1114,6 +1133,7 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
         s->graphs = false;
         return 1;
     }
+    double t1 = s->steptime ? now_s() : 0;
     int slot = -1;
     for (int i = 0; i < s->n_gcache; i++)
         if (s->gcache[i].key == key) slot = i;
@@ -1136,8 +1156,14 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
         return ds4_fail(err, "CUDA: instantiating the decode graph: %s", cudaGetErrorString(e));
     }
     cudaGraphDestroy(graph);
+    double t2 = s->steptime ? now_s() : 0;
     CU(cudaGraphLaunch(s->gcache[slot].exec, st));
     CU(cudaStreamSynchronize(st));
+    if (s->steptime) {
+        double t3 = now_s();
+        s->t_capture += t1 - t0, s->t_update += t2 - t1, s->t_run += t3 - t2;
+        s->n_steps++;
+    }
     if (out) memcpy(out, s->logits_pinned, (size_t)s->g->hp->n_vocab * sizeof(float));
     return 0;
 }

@@ -80,47 +80,59 @@ cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n
 
 /* ---- grouping ------------------------------------------------------------------- */
 
-/* One block. Entries of each expert keep their ascending entry order, so an
- * expert sees its tokens in chunk order. */
+/* Exclusive prefix sum of v over the block (blockDim.x a multiple of 32,
+ * at most 1024); *total gets the sum of all. */
+__device__ __forceinline__ int block_excl_scan(int v, int *wsum, int *total) {
+    uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int inc = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        int t = __shfl_up_sync(0xffffffffu, inc, o);
+        if ((int)lane >= o) inc += t;
+    }
+    __syncthreads(); /* wsum may still be read by a previous call */
+    if (lane == 31) wsum[wid] = inc;
+    __syncthreads();
+    int before = 0, all = 0;
+    for (uint32_t w = 0; w < nw; w++) {
+        if (w < wid) before += wsum[w];
+        all += wsum[w];
+    }
+    *total = all;
+    return before + inc - v;
+}
+
+/* One block of K_MAX_EXPERTS threads, a thread per expert. Entries of each
+ * expert keep their ascending entry order, so an expert sees its tokens in
+ * chunk order. */
 __global__ void moe_group_kernel(const int32_t *ids, uint32_t nE, uint32_t X, int32_t *grp) {
     __shared__ int32_t sid[K_MAX_GROUP_ENTRIES];
-    __shared__ int32_t cnt[K_MAX_EXPERTS], off[K_MAX_EXPERTS], slot[K_MAX_EXPERTS];
+    __shared__ int32_t cnt[K_MAX_EXPERTS];
+    __shared__ int wsum[32];
     int32_t *used = grp + 1, *goff = used + X, *gcnt = goff + X, *members = gcnt + X, *pos = members + nE;
     for (uint32_t i = threadIdx.x; i < nE; i += blockDim.x) sid[i] = ids[i];
     for (uint32_t e = threadIdx.x; e < X; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
     for (uint32_t i = threadIdx.x; i < nE; i += blockDim.x) atomicAdd(&cnt[sid[i]], 1);
     __syncthreads();
-    if (threadIdx.x == 0) {
-        int32_t o = 0, j = 0;
-        for (uint32_t e = 0; e < X; e++) {
-            off[e] = o;
-            slot[e] = -1;
-            if (cnt[e]) {
-                used[j] = (int32_t)e;
-                goff[j] = o;
-                gcnt[j] = cnt[e];
-                slot[e] = j++;
-            }
-            o += cnt[e];
+    uint32_t e = threadIdx.x;
+    int c = e < X ? cnt[e] : 0, total;
+    int o = block_excl_scan(c, wsum, &total);
+    int j = block_excl_scan(c > 0, wsum, &total);
+    if (threadIdx.x == 0) grp[0] = total;
+    if (c == 0) return;
+    used[j] = (int32_t)e;
+    goff[j] = o;
+    gcnt[j] = c;
+    for (uint32_t i = 0; i < nE; i++)
+        if (sid[i] == (int32_t)e) {
+            members[o] = (int32_t)i;
+            pos[i] = o++;
         }
-        grp[0] = j;
-    }
-    __syncthreads();
-    for (uint32_t e = threadIdx.x; e < X; e += blockDim.x) {
-        if (slot[e] < 0) continue;
-        int32_t o = off[e];
-        for (uint32_t i = 0; i < nE; i++)
-            if (sid[i] == (int32_t)e) {
-                members[o] = (int32_t)i;
-                pos[i] = o++;
-            }
-    }
 }
 
 cudaError_t k_moe_group(cudaStream_t st, const int32_t *ids, uint32_t n_entries, uint32_t n_expert, int32_t *grp) {
     if (n_entries > K_MAX_GROUP_ENTRIES || n_expert > K_MAX_EXPERTS) return cudaErrorInvalidValue;
-    moe_group_kernel<<<1, 1024, 0, st>>>(ids, n_entries, n_expert, grp);
+    moe_group_kernel<<<1, K_MAX_EXPERTS, 0, st>>>(ids, n_entries, n_expert, grp);
     return LAUNCH_STATUS();
 }
 

@@ -278,13 +278,15 @@ template <uint32_t TYPE> struct act_of {
     static constexpr uint32_t BYTES = TYPE == GGML_TYPE_Q8_0 || TYPE == GGML_TYPE_MXFP4 ? 34 : 292;
 };
 
-/* acc[tt] = row . act row tt, on every lane. 32-value formats: a block
- * per lane; 256-value formats: a block per 8 lanes (qb::part/finish). */
+/* Adds blocks [0, nb) of a row against act rows ar[tt] to each lane's
+ * partial sums acc[tt]: 32-value formats a block per lane, 256-value
+ * formats a block per 8 lanes (qb::part/finish). Lane l always takes the
+ * blocks it would take in one pass over the whole row, in the same order,
+ * so a row split into chunks of whole lane rounds (CB below) sums exactly
+ * like the row in one piece. */
 template <uint32_t TYPE, int TT>
-__device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float *acc) {
+__device__ __forceinline__ void qdot_range(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float *acc) {
     int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int tt = 0; tt < TT; tt++) acc[tt] = 0.0f;
     if constexpr (qb<TYPE>::QK == DS4_QK_K) {
         int sub = lane & 7;
         for (uint32_t b0 = 0; b0 < nb; b0 += 4) {
@@ -312,9 +314,88 @@ __device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, cons
                 if (tt < nt) acc[tt] += qb<TYPE>::dot(wb, ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES);
         }
     }
+}
+
+/* acc[tt] = row . act row tt, on every lane. */
+template <uint32_t TYPE, int TT>
+__device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float *acc) {
+#pragma unroll
+    for (int tt = 0; tt < TT; tt++) acc[tt] = 0.0f;
+    qdot_range<TYPE, TT>(wrow, nb, ar, nt, acc);
 #pragma unroll
     for (int tt = 0; tt < TT; tt++) acc[tt] = warp_sum(acc[tt]);
 }
+
+/* ---- staging through shared memory ----------------------------------------------
+ * The block formats are 17 to 292 bytes long and mostly 2-byte aligned, so a
+ * lane reading its own blocks issues many narrow loads that each touch a
+ * different 32-byte sector: the memory system then serves a fraction of the
+ * bandwidth. Where rows are 16-byte aligned, each warp instead copies a
+ * chunk of its weight row into shared memory with coalesced 16-byte loads
+ * (and the block copies the tokens' activation chunks once for all its
+ * warps); the dot products then read shared memory with the same lane
+ * assignment and order as the direct path, so results are bit-identical. */
+template <uint32_t TYPE> struct chunk_of {
+    /* blocks per chunk: whole lane rounds (32 or 4 blocks), whole 16-byte
+     * lines, and shared memory under 48 KiB for two matrices and 4 tokens */
+    static constexpr uint32_t CB = qb<TYPE>::QK == DS4_QK_K ? (TYPE == GGML_TYPE_Q4_K ? 8 : 16) : 64;
+    static constexpr uint32_t WB = CB * qb<TYPE>::BYTES;
+    static constexpr uint32_t AB = CB * act_of<TYPE>::BYTES;
+    static_assert(WB % 16 == 0 && AB % 16 == 0, "chunks must be whole 16-byte lines");
+};
+
+/* n16 16-byte lines from src to dst, lines i0, i0 + step, ... */
+__device__ __forceinline__ void copy_lines(uint8_t *dst, const uint8_t *src, uint32_t n16, uint32_t i0, uint32_t step) {
+#pragma unroll 4
+    for (uint32_t i = i0; i < n16; i += step) ((uint4 *)dst)[i] = __ldg((const uint4 *)src + i);
+}
+
+/* Whether rows of row_bytes at w (and activation rows) allow staging. */
+static bool stageable(const void *w, uint64_t row_bytes, uint64_t act_row) {
+    return (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && act_row % 16 == 0;
+}
+
+/* qdot_tile through shared memory for NM matrices that share the
+ * activations (gate and up): acc[m][tt] = wrows[m] . act row tt. Every
+ * thread of the block calls it (it has block barriers), with the same nt;
+ * warps without a row pass active = false and only help copy. */
+template <uint32_t TYPE, int TT, int NM>
+__device__ __forceinline__ void qdot_tile_staged(const uint8_t *const *wrows, uint32_t nb, const uint8_t *const *ar, int nt,
+                                                 bool active, uint8_t *sm, float (*acc)[TT]) {
+    using C = chunk_of<TYPE>;
+    constexpr uint32_t WBY = qb<TYPE>::BYTES, ABY = act_of<TYPE>::BYTES;
+    uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    uint8_t *sw = sm + TT * C::AB + warp * NM * C::WB;
+    const uint8_t *sar[TT];
+#pragma unroll
+    for (int tt = 0; tt < TT; tt++) sar[tt] = sm + tt * C::AB;
+#pragma unroll
+    for (int m = 0; m < NM; m++)
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) acc[m][tt] = 0.0f;
+    for (uint32_t b0 = 0; b0 < nb; b0 += C::CB) {
+        uint32_t nbc = nb - b0 < C::CB ? nb - b0 : C::CB;
+        __syncthreads(); /* the previous chunk is consumed */
+        for (int tt = 0; tt < nt; tt++)
+            copy_lines(sm + tt * C::AB, ar[tt] + (uint64_t)b0 * ABY, nbc * ABY / 16, threadIdx.x, blockDim.x);
+        if (active)
+#pragma unroll
+            for (int m = 0; m < NM; m++) copy_lines(sw + m * C::WB, wrows[m] + (uint64_t)b0 * WBY, nbc * WBY / 16, lane, 32);
+        __syncthreads();
+        if (active)
+#pragma unroll
+            for (int m = 0; m < NM; m++) qdot_range<TYPE, TT>(sw + m * C::WB, nbc, sar, nt, acc[m]);
+    }
+#pragma unroll
+    for (int m = 0; m < NM; m++)
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) acc[m][tt] = warp_sum(acc[m][tt]);
+}
+
+template <uint32_t TYPE, int TT, int NM> struct staged_smem {
+    static constexpr uint32_t BYTES = TT * chunk_of<TYPE>::AB + ROWS_PER_BLOCK * NM * chunk_of<TYPE>::WB;
+    static_assert(BYTES <= 48 * 1024, "static shared memory limit");
+};
 
 /* ---- dense rows ------------------------------------------------------------------------ */
 
@@ -348,8 +429,34 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
     }
 }
 
+template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args a) {
+    __shared__ __align__(16) uint8_t sm[staged_smem<TYPE, TT, 1>::BYTES];
+    uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    bool active = r < a.n_rows;
+    uint32_t g = blockIdx.y;
+    const uint8_t *wrow = a.w + (a.r0 + g * a.n_rows + (active ? r : 0)) * a.row_bytes;
+    float *y = a.y + g * a.n_rows + r;
+    int lane = threadIdx.x & 31;
+    for (uint32_t t0 = 0; t0 < a.n_tok; t0 += TT) {
+        int nt = a.n_tok - t0 < TT ? (int)(a.n_tok - t0) : TT;
+        const uint8_t *ar[TT];
+        float acc[1][TT];
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) ar[tt] = a.act + ((uint64_t)(t0 + (tt < nt ? tt : 0)) * a.groups + g) * a.act_row;
+        qdot_tile_staged<TYPE, TT, 1>(&wrow, a.nb, ar, nt, active, sm, acc);
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++)
+            if (active && tt < nt && lane == tt) y[(uint64_t)(t0 + tt) * a.y_stride] = acc[0][tt];
+    }
+}
+
 template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStream_t st) {
     dim3 grid(div_up(a.n_rows, ROWS_PER_BLOCK), a.groups);
+    if (stageable(a.w, a.row_bytes, a.act_row)) {
+        if (a.n_tok == 1) qlinear_staged_kernel<TYPE, 1><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+        else qlinear_staged_kernel<TYPE, 4><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+        return;
+    }
     if (a.n_tok == 1) qlinear_kernel<TYPE, 1><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
     else qlinear_kernel<TYPE, 4><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
 }
@@ -381,6 +488,13 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
 }
 
 /* ---- experts ------------------------------------------------------------------------------ */
+
+/* ds4_swiglu_clamped for one value */
+__device__ __forceinline__ float swiglu_clamped(float g, float u, float lim) {
+    float ga = g < lim ? g : lim;
+    float ub = u < -lim ? -lim : (u > lim ? lim : u);
+    return ga / (1.0f + expf(-ga)) * ub;
+}
 
 typedef struct qffn_args {
     const uint8_t *w0, *w1;
@@ -427,12 +541,47 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args 
         for (int tt = 0; tt < TT; tt++) {
             if (tt < nt && lane == tt) {
                 float v = g[tt];
-                if (UP) {
-                    float lim = a.limit;
-                    float ga = v < lim ? v : lim;
-                    float ub = u[tt] < -lim ? -lim : (u[tt] > lim ? lim : u[tt]);
-                    v = ga / (1.0f + expf(-ga)) * ub;
-                }
+                if (UP) v = swiglu_clamped(v, u[tt], a.limit);
+                a.y[(uint64_t)(m0 + i0 + tt) * a.rows + r] = v;
+            }
+        }
+    }
+}
+
+template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qffn_args a) {
+    __shared__ __align__(16) uint8_t sm[staged_smem<TYPE, TT, UP ? 2 : 1>::BYTES];
+    uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    bool active = r < a.rows;
+    uint32_t e = 0, m0 = 0, cnt = a.n;
+    const int32_t *members = nullptr;
+    if (a.grp) {
+        uint32_t j = a.j0 + blockIdx.y;
+        if ((int32_t)j >= a.grp[0]) return; /* the whole block */
+        const int32_t *used = a.grp + 1, *off = used + a.n_expert, *count = off + a.n_expert;
+        e = (uint32_t)used[j];
+        m0 = (uint32_t)off[j];
+        cnt = (uint32_t)count[j];
+        members = count + a.n_expert;
+    }
+    const uint8_t *w[2] = {nullptr, nullptr};
+    w[0] = expert_row<UP>(a, e, active ? (uint32_t)r : 0, &w[1]);
+    int lane = threadIdx.x & 31;
+    for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
+        int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
+        const uint8_t *ar[TT];
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) {
+            uint32_t i = m0 + i0 + (tt < nt ? tt : 0);
+            uint32_t src = members && UP ? (uint32_t)members[i] / a.k : i;
+            ar[tt] = a.act + (uint64_t)src * a.act_row;
+        }
+        float acc[UP ? 2 : 1][TT];
+        qdot_tile_staged<TYPE, TT, UP ? 2 : 1>(w, a.nb, ar, nt, active, sm, acc);
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) {
+            if (active && tt < nt && lane == tt) {
+                float v = acc[0][tt];
+                if (UP) v = swiglu_clamped(v, acc[UP ? 1 : 0][tt], a.limit);
                 a.y[(uint64_t)(m0 + i0 + tt) * a.rows + r] = v;
             }
         }
@@ -441,6 +590,14 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args 
 
 template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, uint32_t slots, cudaStream_t st) {
     dim3 grid(div_up(a.rows, ROWS_PER_BLOCK), slots);
+    /* bank slots and the offsets of up and down in them are 256-byte aligned */
+    bool staged = a.wtab ? stageable(nullptr, a.row_bytes, a.act_row)
+                         : stageable(a.w0, a.row_bytes, a.act_row) && (!UP || (uintptr_t)a.w1 % 16 == 0);
+    if (staged) {
+        if (a.n == 1) qffn_staged_kernel<TYPE, 1, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+        else qffn_staged_kernel<TYPE, 4, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+        return;
+    }
     if (a.n == 1) qffn_kernel<TYPE, 1, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
     else qffn_kernel<TYPE, 4, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
 }

@@ -10,7 +10,7 @@ __global__ void rows_kernel(row_op op) {
     __shared__ double red[32];
     uint32_t row = blockIdx.x;
     float *x = op.x + (uint64_t)row * op.stride;
-    for (uint32_t i = threadIdx.x; i < op.n; i += blockDim.x) v[i] = x[i];
+    load_row(v, x, op.n);
     __syncthreads();
     row_transform(v, op.n, op.norm, op.norm_w, op.eps, op.inv_freq, op.n_pairs, op.pos0 + row / op.rows_per_tok,
                   op.inverse, op.qat, op.n_rot, red);
@@ -21,7 +21,7 @@ cudaError_t k_rows(cudaStream_t st, const row_op *op) {
     if (op->n_rows == 0) return cudaSuccess;
     size_t smem = (size_t)op->n * sizeof(float);
     if (smem > 48 * 1024) return cudaErrorInvalidValue; /* rows are at most a few thousand floats */
-    unsigned threads = op->n >= 1024 ? 256 : 128;
+    unsigned threads = op->n >= 2048 ? 512 : (op->n >= 1024 ? 256 : 128);
     rows_kernel<<<op->n_rows, threads, smem, st>>>(*op);
     return LAUNCH_STATUS();
 }
@@ -45,18 +45,26 @@ cudaError_t k_embed(cudaStream_t st, const ds4_tensor *emb, const int32_t *token
 
 /* ---- mHC ------------------------------------------------------------------------ */
 
+/* One block per row; eight loads per thread in flight (see load_row). */
 __global__ void rms_inv_kernel(const float *x, uint32_t n, float eps, float *rinv) {
     __shared__ double red[32];
     const float *r = x + (uint64_t)blockIdx.x * n;
+    uint32_t bd = blockDim.x;
     double ss = 0;
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) ss += (double)r[i] * r[i];
+    for (uint32_t i0 = threadIdx.x; i0 < n; i0 += 8 * bd) {
+        float t[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) t[u] = i0 + u * bd < n ? r[i0 + u * bd] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < 8; u++) ss += (double)t[u] * t[u];
+    }
     ss = block_sum_d(ss, red);
     if (threadIdx.x == 0) rinv[blockIdx.x] = (float)(1.0 / sqrt(ss / n + eps));
 }
 
 cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t n, float eps, float *rinv) {
     if (n_rows == 0) return cudaSuccess;
-    rms_inv_kernel<<<n_rows, 256, 0, st>>>(x, n, eps, rinv);
+    rms_inv_kernel<<<n_rows, n >= 8192 ? 1024 : 256, 0, st>>>(x, n, eps, rinv);
     return LAUNCH_STATUS();
 }
 

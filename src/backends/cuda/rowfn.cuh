@@ -44,14 +44,18 @@ static __device__ void row_transform(float *v, uint32_t n, int norm, const float
         __syncthreads();
     }
     if (qat == 1) {
-        /* ds4_fp8_sim over the non-RoPE entries, one thread per block of 64 */
-        uint32_t len = n - n_rot;
-        for (uint32_t b = tid * 64; b < len; b += bd * 64) {
+        /* ds4_fp8_sim over the non-RoPE entries: a warp per block of 64,
+         * two entries per lane (the block maximum does not depend on the
+         * order it is taken in) */
+        uint32_t len = n - n_rot, lane = tid & 31;
+        for (uint32_t b = (tid >> 5) * 64; b < len; b += (bd >> 5) * 64) {
             uint32_t m = len - b < 64 ? len - b : 64;
-            float amax = 1e-4f;
-            for (uint32_t i = 0; i < m; i++) amax = fmaxf(amax, fabsf(v[b + i]));
-            float s = pow2_ceil(amax / 448.0f);
-            for (uint32_t i = 0; i < m; i++) v[b + i] = e4m3_round(v[b + i] / s) * s;
+            float a = 1e-4f;
+            if (lane < m) a = fmaxf(a, fabsf(v[b + lane]));
+            if (lane + 32 < m) a = fmaxf(a, fabsf(v[b + lane + 32]));
+            float s = pow2_ceil(warp_max(a) / 448.0f);
+            if (lane < m) v[b + lane] = e4m3_round(v[b + lane] / s) * s;
+            if (lane + 32 < m) v[b + lane + 32] = e4m3_round(v[b + lane + 32] / s) * s;
         }
         __syncthreads();
     } else if (qat == 2) {
@@ -68,14 +72,31 @@ static __device__ void row_transform(float *v, uint32_t n, int norm, const float
         float sc = (float)(1.0 / sqrt((double)n));
         for (uint32_t i = tid; i < n; i += bd) v[i] *= sc;
         __syncthreads();
-        for (uint32_t b = tid * 32; b < n; b += bd * 32) {
-            uint32_t m = n - b < 32 ? n - b : 32;
-            float amax = 6.0f * 0x1p-126f;
-            for (uint32_t i = 0; i < m; i++) amax = fmaxf(amax, fabsf(v[b + i]));
-            float s = pow2_ceil(amax / 6.0f);
-            for (uint32_t i = 0; i < m; i++) v[b + i] = e2m1_round(v[b + i] / s) * s;
+        /* a warp per block of 32, a lane per entry */
+        uint32_t lane = tid & 31;
+        for (uint32_t b = (tid >> 5) * 32; b < n; b += (bd >> 5) * 32) {
+            bool in = b + lane < n;
+            float a = 6.0f * 0x1p-126f;
+            if (in) a = fmaxf(a, fabsf(v[b + lane]));
+            float s = pow2_ceil(warp_max(a) / 6.0f);
+            if (in) v[b + lane] = e2m1_round(v[b + lane] / s) * s;
         }
         __syncthreads();
+    }
+}
+
+/* dst[i] = src[i] for i < n, every thread of the block taking part: eight
+ * loads per thread are issued before any is used, so a row costs about one
+ * memory latency instead of one per element the thread handles. */
+static __device__ __forceinline__ void load_row(float *dst, const float *src, uint32_t n) {
+    uint32_t bd = blockDim.x;
+    for (uint32_t i0 = threadIdx.x; i0 < n; i0 += 8 * bd) {
+        float t[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) t[u] = i0 + u * bd < n ? src[i0 + u * bd] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+            if (i0 + u * bd < n) dst[i0 + u * bd] = t[u];
     }
 }
 

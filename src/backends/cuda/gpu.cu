@@ -95,6 +95,13 @@ struct ds4_gpu_session {
         cudaGraphExec_t exec;
     } gcache[16];
     int n_gcache;
+    /* the next step's graph, captured ahead (step_graph); slot -1: none */
+    struct ready_step {
+        int slot;
+        uint32_t pos;
+        int fr;
+        bool official, logits;
+    } ready;
     uint64_t score_stride;
     /* DS4_CUDA_STEPTIME=1: host seconds of the decode steps' capture,
      * graph update and launch-to-result, printed when the session ends */
@@ -600,6 +607,7 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
         const char *ge = getenv("DS4_CUDA_GRAPH");
         /* the slot bank decides on the host between layers: no capture */
         s->graphs = !s->prof && !g->bank && !(ge && *ge == '0');
+        s->ready.slot = -1;
         const char *te = getenv("DS4_CUDA_STEPTIME");
         s->steptime = te && *te == '1';
     }
@@ -1105,24 +1113,26 @@ static uint64_t step_key(const ds4_gpu_session *s, uint64_t p, bool logits) {
     return key;
 }
 
-/* A single-token step through a captured graph. Returns 1 (nothing done,
- * graphs now off) when capture is not possible, so the caller launches
- * directly. */
-static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, ds4_error *err) {
+/* Captures the single-token step at the session's position into a cached
+ * executable graph and advances the host-side position like enqueue.
+ * Returns the cache slot, -2 when capture is not possible here (state
+ * restored, graphs now off) or -1 on error. The slot `busy` (a graph that
+ * may be running) is never destroyed or re-instantiated; updating it in
+ * place is allowed, since an update only affects later launches. */
+static int capture_step(ds4_gpu_session *s, bool official, bool logits, int busy, ds4_error *err) {
     cudaStream_t st = s->st;
-    uint64_t key = step_key(s, s->pos, out != NULL);
+    uint64_t key = step_key(s, s->pos, logits);
     uint32_t pos0 = s->pos;
     int fr0 = s->fr;
     cudaGraph_t graph = NULL;
-    *s->tok_pinned = token;
     double t0 = s->steptime ? now_s() : 0;
     if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
         cudaGetLastError();
         s->graphs = false;
-        return 1;
+        return -2;
     }
     ds4_error cap_err = {{0}};
-    int rc = enqueue(s, official, s->tok_pinned, 1, 0, out ? s->logits_pinned : NULL, &cap_err);
+    int rc = enqueue(s, official, s->tok_pinned, 1, 0, logits ? s->logits_pinned : NULL, &cap_err);
     cudaError_t e = cudaStreamEndCapture(st, &graph);
     if (rc || e != cudaSuccess || !graph) {
         /* Not capturable here: undo the host-side step and launch directly. */
@@ -1131,7 +1141,7 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
         s->pos = pos0;
         s->fr = fr0;
         s->graphs = false;
-        return 1;
+        return -2;
     }
     double t1 = s->steptime ? now_s() : 0;
     int slot = -1;
@@ -1141,11 +1151,18 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
         cudaGraphExecUpdateResultInfo info;
         if (cudaGraphExecUpdate(s->gcache[slot].exec, graph, &info) != cudaSuccess) {
             cudaGetLastError();
-            cudaGraphExecDestroy(s->gcache[slot].exec);
-            s->gcache[slot].exec = NULL;
+            if (slot == busy) {
+                s->gcache[slot].key = UINT64_MAX; /* retired; a fresh slot below */
+                slot = -1;
+            } else {
+                cudaGraphExecDestroy(s->gcache[slot].exec);
+                s->gcache[slot].exec = NULL;
+            }
         }
-    } else {
-        slot = s->n_gcache < 16 ? s->n_gcache++ : (int)(key % 16);
+    }
+    if (slot < 0) {
+        if (s->n_gcache < 16) slot = s->n_gcache++;
+        else slot = (int)(key % 16) == busy ? (busy + 1) % 16 : (int)(key % 16);
         if (s->gcache[slot].exec) cudaGraphExecDestroy(s->gcache[slot].exec);
         s->gcache[slot].exec = NULL;
         s->gcache[slot].key = key;
@@ -1153,15 +1170,54 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
     if (!s->gcache[slot].exec && (e = cudaGraphInstantiate(&s->gcache[slot].exec, graph, 0)) != cudaSuccess) {
         cudaGraphDestroy(graph);
         s->gcache[slot].exec = NULL;
-        return ds4_fail(err, "CUDA: instantiating the decode graph: %s", cudaGetErrorString(e));
+        s->gcache[slot].key = UINT64_MAX;
+        ds4_fail(err, "CUDA: instantiating the decode graph: %s", cudaGetErrorString(e));
+        return -1;
     }
     cudaGraphDestroy(graph);
+    if (s->steptime) {
+        double t2 = now_s();
+        s->t_capture += t1 - t0, s->t_update += t2 - t1;
+    }
+    return slot;
+}
+
+/* A single-token step through a captured graph. While the GPU runs it, the
+ * graph of the following step (same settings, next position) is captured
+ * and updated, so that the host work of a step overlaps the device work of
+ * the previous one. Returns 1 (nothing done, graphs now off) when capture
+ * is not possible, so the caller launches directly. */
+static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, ds4_error *err) {
+    cudaStream_t st = s->st;
+    bool logits = out != NULL;
+    int slot;
+    if (s->ready.slot >= 0 && s->ready.pos == s->pos && s->ready.fr == s->fr && s->ready.official == official &&
+        s->ready.logits == logits) {
+        slot = s->ready.slot;
+        s->pos += 1; /* what enqueue does to the host-side state */
+        s->fr ^= 1;
+    } else {
+        slot = capture_step(s, official, logits, -1, err);
+        if (slot == -2) return 1;
+        if (slot < 0) return -1;
+    }
+    s->ready.slot = -1;
+    *s->tok_pinned = token;
     double t2 = s->steptime ? now_s() : 0;
     CU(cudaGraphLaunch(s->gcache[slot].exec, st));
+    if (s->pos < s->max_ctx) {
+        uint32_t pos = s->pos;
+        int fr = s->fr;
+        ds4_error next_err = {{0}};
+        int next = capture_step(s, official, logits, slot, &next_err);
+        s->pos = pos; /* only prepared: the step is taken by the next call */
+        s->fr = fr;
+        if (next >= 0) s->ready = {next, pos, fr, official, logits};
+        s->graphs = true; /* a failed capture here only means no prepared step */
+    }
     CU(cudaStreamSynchronize(st));
     if (s->steptime) {
-        double t3 = now_s();
-        s->t_capture += t1 - t0, s->t_update += t2 - t1, s->t_run += t3 - t2;
+        s->t_run += now_s() - t2;
         s->n_steps++;
     }
     if (out) memcpy(out, s->logits_pinned, (size_t)s->g->hp->n_vocab * sizeof(float));

@@ -21,15 +21,17 @@ extern "C" {
 
 #define ROWS_PER_BLOCK 8
 
-/* IQ2_XXS tables (formats/quant/iq2_tables.c), copied once by k_quant_init. */
-__device__ __align__(16) uint8_t d_iq2_grid[256 * 8];
-__device__ uint8_t d_iq2_signs[128];
+/* IQ2_XXS tables (formats/quant/iq2_tables.c), copied once by k_quant_init:
+ * the grid (256 entries of 8 bytes) and then the 128 sign patterns. The
+ * lookups are random, so the staged kernels copy them to shared memory. */
+#define IQ2_TAB_BYTES (256 * 8 + 128)
+__device__ __align__(16) uint8_t d_iq2_tab[IQ2_TAB_BYTES];
 
 cudaError_t k_quant_init(void) {
     static bool done = false;
     if (done) return cudaSuccess;
-    cudaError_t e = cudaMemcpyToSymbol(d_iq2_grid, ds4_iq2xxs_grid, sizeof d_iq2_grid);
-    if (e == cudaSuccess) e = cudaMemcpyToSymbol(d_iq2_signs, ds4_iq2_signs, sizeof d_iq2_signs);
+    cudaError_t e = cudaMemcpyToSymbol(d_iq2_tab, ds4_iq2xxs_grid, 256 * 8);
+    if (e == cudaSuccess) e = cudaMemcpyToSymbol(d_iq2_tab, ds4_iq2_signs, 128, 256 * 8);
     done = e == cudaSuccess;
     return e;
 }
@@ -185,7 +187,7 @@ template <> struct qb<GGML_TYPE_Q2_K> {
     static constexpr uint32_t QK = DS4_QK_K, BYTES = 84;
     /* 84-byte blocks: qs (offset 16) is 4-byte aligned; Q8_K values too.
      * Lane sub takes sub-blocks 2 sub and 2 sub + 1 (16 values each). */
-    __device__ static void part(const uint8_t *w, const uint8_t *a, int sub, int *isum, int *msum) {
+    __device__ static void part(const uint8_t *w, const uint8_t *a, int sub, int *isum, int *msum, const uint8_t *) {
         const ds4_block_q2_K *x = (const ds4_block_q2_K *)w;
         const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
         int is = 0, ms = 0;
@@ -214,7 +216,7 @@ template <> struct qb<GGML_TYPE_Q2_K> {
 template <> struct qb<GGML_TYPE_Q4_K> {
     static constexpr uint32_t QK = DS4_QK_K, BYTES = 144;
     /* lane sub takes sub-block j = sub (32 values) */
-    __device__ static void part(const uint8_t *w, const uint8_t *a, int j, int *isum, int *msum) {
+    __device__ static void part(const uint8_t *w, const uint8_t *a, int j, int *isum, int *msum, const uint8_t *) {
         const ds4_block_q4_K *x = (const ds4_block_q4_K *)w;
         const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
         int sc, m;
@@ -247,7 +249,7 @@ template <> struct qb<GGML_TYPE_Q4_K> {
 template <> struct qb<GGML_TYPE_IQ2_XXS> {
     static constexpr uint32_t QK = DS4_QK_K, BYTES = 66;
     /* lane sub takes group ib = sub (32 values) */
-    __device__ static void part(const uint8_t *w, const uint8_t *a, int ib, int *isum, int *msum) {
+    __device__ static void part(const uint8_t *w, const uint8_t *a, int ib, int *isum, int *msum, const uint8_t *tab) {
         const ds4_block_q8_K *y = (const ds4_block_q8_K *)a;
         const uint8_t *qs = w + 2 + 8 * ib; /* 2-byte aligned only (66-byte blocks) */
         uint32_t aux = (uint32_t)ld16(qs + 4) | ((uint32_t)ld16(qs + 6) << 16);
@@ -257,13 +259,13 @@ template <> struct qb<GGML_TYPE_IQ2_XXS> {
             /* grid magnitudes (< 128) times the activations with the signs
              * applied bytewise: (a ^ m) - m negates where m = 0xff
              * (activations are in [-127, 127], so nothing overflows) */
-            const uint32_t *g = (const uint32_t *)(d_iq2_grid + 8 * qs[k]);
+            const uint32_t *g = (const uint32_t *)(tab + 8 * qs[k]);
             const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * ib + 8 * k);
-            uint32_t sg = d_iq2_signs[(aux >> (7 * k)) & 127];
+            uint32_t sg = tab[256 * 8 + ((aux >> (7 * k)) & 127)];
             uint32_t m0 = sign_mask4(sg & 15), m1 = sign_mask4(sg >> 4);
             uint32_t a0 = (uint32_t)ld_i8x4_a4(q8), a1 = (uint32_t)ld_i8x4_a4(q8 + 4);
-            s = __dp4a((int)__ldg(g), (int)__vsub4(a0 ^ m0, m0), s);
-            s = __dp4a((int)__ldg(g + 1), (int)__vsub4(a1 ^ m1, m1), s);
+            s = __dp4a((int)g[0], (int)__vsub4(a0 ^ m0, m0), s);
+            s = __dp4a((int)g[1], (int)__vsub4(a1 ^ m1, m1), s);
         }
         *isum = (int)(2 * (aux >> 28) + 1) * s;
         *msum = 0;
@@ -285,7 +287,8 @@ template <uint32_t TYPE> struct act_of {
  * so a row split into chunks of whole lane rounds (CB below) sums exactly
  * like the row in one piece. */
 template <uint32_t TYPE, int TT>
-__device__ __forceinline__ void qdot_range(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float *acc) {
+__device__ __forceinline__ void qdot_range(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float *acc,
+                                           const uint8_t *tab) {
     int lane = threadIdx.x & 31;
     if constexpr (qb<TYPE>::QK == DS4_QK_K) {
         int sub = lane & 7;
@@ -298,7 +301,7 @@ __device__ __forceinline__ void qdot_range(const uint8_t *wrow, uint32_t nb, con
                 if (tt >= nt) continue; /* uniform over the warp */
                 const uint8_t *ab = ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES;
                 int is = 0, ms = 0;
-                if (valid) qb<TYPE>::part(wb, ab, sub, &is, &ms);
+                if (valid) qb<TYPE>::part(wb, ab, sub, &is, &ms, tab);
                 for (int o = 1; o < 8; o <<= 1) {
                     is += __shfl_xor_sync(0xffffffffu, is, o);
                     ms += __shfl_xor_sync(0xffffffffu, ms, o);
@@ -321,7 +324,7 @@ template <uint32_t TYPE, int TT>
 __device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float *acc) {
 #pragma unroll
     for (int tt = 0; tt < TT; tt++) acc[tt] = 0.0f;
-    qdot_range<TYPE, TT>(wrow, nb, ar, nt, acc);
+    qdot_range<TYPE, TT>(wrow, nb, ar, nt, acc, d_iq2_tab);
 #pragma unroll
     for (int tt = 0; tt < TT; tt++) acc[tt] = warp_sum(acc[tt]);
 }
@@ -330,72 +333,122 @@ __device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, cons
  * The block formats are 17 to 292 bytes long and mostly 2-byte aligned, so a
  * lane reading its own blocks issues many narrow loads that each touch a
  * different 32-byte sector: the memory system then serves a fraction of the
- * bandwidth. Where rows are 16-byte aligned, each warp instead copies a
- * chunk of its weight row into shared memory with coalesced 16-byte loads
- * (and the block copies the tokens' activation chunks once for all its
- * warps); the dot products then read shared memory with the same lane
- * assignment and order as the direct path, so results are bit-identical. */
+ * bandwidth. Where rows are 16-byte aligned, the block instead copies the
+ * tokens' activation rows into shared memory once, and each warp streams
+ * its weight rows through two shared-memory buffers in chunks with
+ * asynchronous 16-byte copies: the copy of the next chunk (of this row or
+ * the warp's next row) is in flight while the current one is multiplied.
+ * The dot products read shared memory with the same lane assignment and
+ * order as the direct path, so results are bit-identical to it. */
 template <uint32_t TYPE> struct chunk_of {
-    /* blocks per chunk: whole lane rounds (32 or 4 blocks), whole 16-byte
-     * lines, and shared memory under 48 KiB for two matrices and 4 tokens */
-    static constexpr uint32_t CB = qb<TYPE>::QK == DS4_QK_K ? (TYPE == GGML_TYPE_Q4_K ? 8 : 16) : 64;
+    /* blocks per chunk: whole lane rounds (32 or 4 blocks) of whole 16-byte lines */
+    static constexpr uint32_t CB = qb<TYPE>::QK == DS4_QK_K ? (TYPE == GGML_TYPE_Q4_K ? 8 : 16) : 32;
     static constexpr uint32_t WB = CB * qb<TYPE>::BYTES;
-    static constexpr uint32_t AB = CB * act_of<TYPE>::BYTES;
-    static_assert(WB % 16 == 0 && AB % 16 == 0, "chunks must be whole 16-byte lines");
+    static_assert(WB % 16 == 0 && (CB * act_of<TYPE>::BYTES) % 16 == 0, "chunks must be whole 16-byte lines");
 };
 
-/* n16 16-byte lines from src to dst, lines i0, i0 + step, ... */
-__device__ __forceinline__ void copy_lines(uint8_t *dst, const uint8_t *src, uint32_t n16, uint32_t i0, uint32_t step) {
-#pragma unroll 4
-    for (uint32_t i = i0; i < n16; i += step) ((uint4 *)dst)[i] = __ldg((const uint4 *)src + i);
+/* Shared memory of a staged block: TT activation rows, then per warp two
+ * buffers of NM weight chunks. */
+template <uint32_t TYPE, int TT, int NM> static uint32_t staged_smem(uint64_t act_row) {
+    return (uint32_t)(TT * act_row) + ROWS_PER_BLOCK * 2 * NM * chunk_of<TYPE>::WB + (TYPE == GGML_TYPE_IQ2_XXS ? IQ2_TAB_BYTES : 0);
+}
+
+/* The IQ2_XXS tables in shared memory at tab (the block copies them; a
+ * barrier must follow before use); other types need none. */
+template <uint32_t TYPE> __device__ __forceinline__ void stage_tables(uint8_t *tab) {
+    if constexpr (TYPE == GGML_TYPE_IQ2_XXS)
+        for (uint32_t i = threadIdx.x; i < IQ2_TAB_BYTES / 8; i += blockDim.x) ((uint2 *)tab)[i] = ((const uint2 *)d_iq2_tab)[i];
 }
 
 /* Whether rows of row_bytes at w (and activation rows) allow staging. */
 static bool stageable(const void *w, uint64_t row_bytes, uint64_t act_row) {
-    return (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && act_row % 16 == 0;
+    return (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && act_row % 16 == 0 && 4 * act_row <= 64 * 1024;
 }
 
-/* qdot_tile through shared memory for NM matrices that share the
- * activations (gate and up): acc[m][tt] = wrows[m] . act row tt. Every
- * thread of the block calls it (it has block barriers), with the same nt;
- * warps without a row pass active = false and only help copy. */
-template <uint32_t TYPE, int TT, int NM>
-__device__ __forceinline__ void qdot_tile_staged(const uint8_t *const *wrows, uint32_t nb, const uint8_t *const *ar, int nt,
-                                                 bool active, uint8_t *sm, float (*acc)[TT]) {
+__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+#if __CUDA_ARCH__ >= 800
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+#else
+    *(uint4 *)dst = __ldg((const uint4 *)src);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+/* waits until at most one committed group of this thread is in flight */
+__device__ __forceinline__ void cp_async_wait_all_but_one() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;\n" ::);
+#endif
+}
+
+/* The block copies nt activation rows (act_row bytes each) into sact. */
+__device__ __forceinline__ void stage_act(uint8_t *sact, const uint8_t *const *ar, int nt, uint64_t act_row) {
+    uint32_t n16 = (uint32_t)(act_row / 16);
+    for (int tt = 0; tt < nt; tt++)
+        for (uint32_t i = threadIdx.x; i < n16; i += blockDim.x)
+            ((uint4 *)(sact + tt * act_row))[i] = __ldg((const uint4 *)ar[tt] + i);
+}
+
+/* One warp's rows w[m] + i * row_bytes (i < n_rows) against the staged
+ * activation rows: emit(i, acc) with acc[m][tt] = row i of matrix m . act
+ * row tt, on every lane, after each row. sbuf: the warp's two buffers. */
+template <uint32_t TYPE, int TT, int NM, class Emit>
+__device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_bytes, uint32_t n_rows, uint32_t nb,
+                                          const uint8_t *sact, uint64_t act_row, int nt, uint8_t *sbuf, const uint8_t *tab,
+                                          Emit emit) {
     using C = chunk_of<TYPE>;
     constexpr uint32_t WBY = qb<TYPE>::BYTES, ABY = act_of<TYPE>::BYTES;
-    uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    uint8_t *sw = sm + TT * C::AB + warp * NM * C::WB;
-    const uint8_t *sar[TT];
+    uint32_t lane = threadIdx.x & 31, nch = (nb + C::CB - 1) / C::CB, items = n_rows * nch;
+    auto issue = [&](uint32_t it) {
+        uint32_t i = it / nch, b0 = (it % nch) * C::CB, nbc = nb - b0 < C::CB ? nb - b0 : C::CB;
+        uint8_t *dst = sbuf + (it & 1) * NM * C::WB;
 #pragma unroll
-    for (int tt = 0; tt < TT; tt++) sar[tt] = sm + tt * C::AB;
+        for (int m = 0; m < NM; m++) {
+            const uint8_t *src = w[m] + i * row_bytes + (uint64_t)b0 * WBY;
+            for (uint32_t l = lane; l < nbc * WBY / 16; l += 32) cp_async16(dst + m * C::WB + 16 * l, src + 16 * l);
+        }
+        cp_async_commit();
+    };
+    float acc[NM][TT];
+    if (items) issue(0);
+    for (uint32_t it = 0; it < items; it++) {
+        if (it + 1 < items) issue(it + 1);
+        else cp_async_commit(); /* an empty group keeps "all but one" meaning item it */
+        cp_async_wait_all_but_one();
+        __syncwarp();
+        uint32_t i = it / nch, c = it % nch, b0 = c * C::CB, nbc = nb - b0 < C::CB ? nb - b0 : C::CB;
+        if (c == 0)
 #pragma unroll
-    for (int m = 0; m < NM; m++)
+            for (int m = 0; m < NM; m++)
 #pragma unroll
-        for (int tt = 0; tt < TT; tt++) acc[m][tt] = 0.0f;
-    for (uint32_t b0 = 0; b0 < nb; b0 += C::CB) {
-        uint32_t nbc = nb - b0 < C::CB ? nb - b0 : C::CB;
-        __syncthreads(); /* the previous chunk is consumed */
-        for (int tt = 0; tt < nt; tt++)
-            copy_lines(sm + tt * C::AB, ar[tt] + (uint64_t)b0 * ABY, nbc * ABY / 16, threadIdx.x, blockDim.x);
-        if (active)
+                for (int tt = 0; tt < TT; tt++) acc[m][tt] = 0.0f;
+        const uint8_t *sar[TT];
 #pragma unroll
-            for (int m = 0; m < NM; m++) copy_lines(sw + m * C::WB, wrows[m] + (uint64_t)b0 * WBY, nbc * WBY / 16, lane, 32);
-        __syncthreads();
-        if (active)
+        for (int tt = 0; tt < TT; tt++) sar[tt] = sact + tt * act_row + (uint64_t)b0 * ABY;
+        const uint8_t *cur = sbuf + (it & 1) * NM * C::WB;
 #pragma unroll
-            for (int m = 0; m < NM; m++) qdot_range<TYPE, TT>(sw + m * C::WB, nbc, sar, nt, acc[m]);
+        for (int m = 0; m < NM; m++) qdot_range<TYPE, TT>(cur + m * C::WB, nbc, sar, nt, acc[m], tab);
+        if (c == nch - 1) {
+#pragma unroll
+            for (int m = 0; m < NM; m++)
+#pragma unroll
+                for (int tt = 0; tt < TT; tt++) acc[m][tt] = warp_sum(acc[m][tt]);
+            emit(i, acc);
+        }
+        __syncwarp(); /* this buffer is refilled by the next iteration's copy */
     }
-#pragma unroll
-    for (int m = 0; m < NM; m++)
-#pragma unroll
-        for (int tt = 0; tt < TT; tt++) acc[m][tt] = warp_sum(acc[m][tt]);
 }
 
-template <uint32_t TYPE, int TT, int NM> struct staged_smem {
-    static constexpr uint32_t BYTES = TT * chunk_of<TYPE>::AB + ROWS_PER_BLOCK * NM * chunk_of<TYPE>::WB;
-    static_assert(BYTES <= 48 * 1024, "static shared memory limit");
-};
+/* Rows per warp for n_rows rows: enough blocks to fill the GPU several
+ * times over, and longer runs of rows per warp for the large matrices. */
+static uint32_t rows_per_warp(uint64_t n_rows, uint32_t grid_y) {
+    uint64_t per = n_rows * grid_y / (ROWS_PER_BLOCK * 132 * 8);
+    return per < 1 ? 1 : (per > 8 ? 8 : (uint32_t)per);
+}
 
 /* ---- dense rows ------------------------------------------------------------------------ */
 
@@ -429,32 +482,51 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
     }
 }
 
-template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args a) {
-    __shared__ __align__(16) uint8_t sm[staged_smem<TYPE, TT, 1>::BYTES];
-    uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    bool active = r < a.n_rows;
-    uint32_t g = blockIdx.y;
-    const uint8_t *wrow = a.w + (a.r0 + g * a.n_rows + (active ? r : 0)) * a.row_bytes;
-    float *y = a.y + g * a.n_rows + r;
-    int lane = threadIdx.x & 31;
+template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args a, uint32_t rpw) {
+    extern __shared__ __align__(16) uint8_t sm[];
+    uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = blockIdx.y;
+    uint64_t r0 = ((uint64_t)blockIdx.x * ROWS_PER_BLOCK + warp) * rpw;
+    uint32_t nr = r0 >= a.n_rows ? 0 : (uint32_t)(a.n_rows - r0 < rpw ? a.n_rows - r0 : rpw);
+    const uint8_t *w = a.w + (a.r0 + g * a.n_rows + r0) * a.row_bytes;
+    uint8_t *sbuf = sm + TT * a.act_row + warp * 2 * chunk_of<TYPE>::WB;
+    uint8_t *tab = sm + TT * a.act_row + ROWS_PER_BLOCK * 2 * chunk_of<TYPE>::WB;
+    stage_tables<TYPE>(tab);
     for (uint32_t t0 = 0; t0 < a.n_tok; t0 += TT) {
         int nt = a.n_tok - t0 < TT ? (int)(a.n_tok - t0) : TT;
         const uint8_t *ar[TT];
-        float acc[1][TT];
 #pragma unroll
         for (int tt = 0; tt < TT; tt++) ar[tt] = a.act + ((uint64_t)(t0 + (tt < nt ? tt : 0)) * a.groups + g) * a.act_row;
-        qdot_tile_staged<TYPE, TT, 1>(&wrow, a.nb, ar, nt, active, sm, acc);
+        __syncthreads(); /* the previous tile's activations are consumed */
+        stage_act(sm, ar, nt, a.act_row);
+        __syncthreads();
+        warp_rows<TYPE, TT, 1>(&w, a.row_bytes, nr, a.nb, sm, a.act_row, nt, sbuf, tab, [&](uint32_t i, float (*acc)[TT]) {
 #pragma unroll
-        for (int tt = 0; tt < TT; tt++)
-            if (active && tt < nt && lane == tt) y[(uint64_t)(t0 + tt) * a.y_stride] = acc[0][tt];
+            for (int tt = 0; tt < TT; tt++)
+                if (tt < nt && lane == tt) a.y[(uint64_t)(t0 + tt) * a.y_stride + g * a.n_rows + r0 + i] = acc[0][tt];
+        });
     }
+}
+
+/* Dynamic shared memory beyond 48 KiB must be allowed per kernel (a host
+ * call, made only for the large prefill tiles). */
+template <class K> static void allow_smem(K kernel, uint32_t bytes) {
+    if (bytes > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
 }
 
 template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStream_t st) {
     dim3 grid(div_up(a.n_rows, ROWS_PER_BLOCK), a.groups);
     if (stageable(a.w, a.row_bytes, a.act_row)) {
-        if (a.n_tok == 1) qlinear_staged_kernel<TYPE, 1><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
-        else qlinear_staged_kernel<TYPE, 4><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+        uint32_t rpw = rows_per_warp(a.n_rows, a.groups);
+        dim3 sgrid(div_up(a.n_rows, (uint64_t)ROWS_PER_BLOCK * rpw), a.groups);
+        if (a.n_tok == 1) {
+            uint32_t sb = staged_smem<TYPE, 1, 1>(a.act_row);
+            allow_smem(qlinear_staged_kernel<TYPE, 1>, sb);
+            qlinear_staged_kernel<TYPE, 1><<<sgrid, 32 * ROWS_PER_BLOCK, sb, st>>>(a, rpw);
+        } else {
+            uint32_t sb = staged_smem<TYPE, 4, 1>(a.act_row);
+            allow_smem(qlinear_staged_kernel<TYPE, 4>, sb);
+            qlinear_staged_kernel<TYPE, 4><<<sgrid, 32 * ROWS_PER_BLOCK, sb, st>>>(a, rpw);
+        }
         return;
     }
     if (a.n_tok == 1) qlinear_kernel<TYPE, 1><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
@@ -548,10 +620,12 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args 
     }
 }
 
-template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qffn_args a) {
-    __shared__ __align__(16) uint8_t sm[staged_smem<TYPE, TT, UP ? 2 : 1>::BYTES];
-    uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    bool active = r < a.rows;
+template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qffn_args a, uint32_t rpw) {
+    extern __shared__ __align__(16) uint8_t sm[];
+    constexpr int NM = UP ? 2 : 1;
+    uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    uint64_t r0 = ((uint64_t)blockIdx.x * ROWS_PER_BLOCK + warp) * rpw;
+    uint32_t nr = r0 >= a.rows ? 0 : (uint32_t)(a.rows - r0 < rpw ? a.rows - r0 : rpw);
     uint32_t e = 0, m0 = 0, cnt = a.n;
     const int32_t *members = nullptr;
     if (a.grp) {
@@ -564,8 +638,10 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qff
         members = count + a.n_expert;
     }
     const uint8_t *w[2] = {nullptr, nullptr};
-    w[0] = expert_row<UP>(a, e, active ? (uint32_t)r : 0, &w[1]);
-    int lane = threadIdx.x & 31;
+    w[0] = expert_row<UP>(a, e, nr ? (uint32_t)r0 : 0, &w[1]);
+    uint8_t *sbuf = sm + TT * a.act_row + warp * 2 * NM * chunk_of<TYPE>::WB;
+    uint8_t *tab = sm + TT * a.act_row + ROWS_PER_BLOCK * 2 * NM * chunk_of<TYPE>::WB;
+    stage_tables<TYPE>(tab);
     for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
         int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
         const uint8_t *ar[TT];
@@ -575,16 +651,19 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qff
             uint32_t src = members && UP ? (uint32_t)members[i] / a.k : i;
             ar[tt] = a.act + (uint64_t)src * a.act_row;
         }
-        float acc[UP ? 2 : 1][TT];
-        qdot_tile_staged<TYPE, TT, UP ? 2 : 1>(w, a.nb, ar, nt, active, sm, acc);
+        __syncthreads();
+        stage_act(sm, ar, nt, a.act_row);
+        __syncthreads();
+        warp_rows<TYPE, TT, NM>(w, a.row_bytes, nr, a.nb, sm, a.act_row, nt, sbuf, tab, [&](uint32_t i, float (*acc)[TT]) {
 #pragma unroll
-        for (int tt = 0; tt < TT; tt++) {
-            if (active && tt < nt && lane == tt) {
-                float v = acc[0][tt];
-                if (UP) v = swiglu_clamped(v, acc[UP ? 1 : 0][tt], a.limit);
-                a.y[(uint64_t)(m0 + i0 + tt) * a.rows + r] = v;
+            for (int tt = 0; tt < TT; tt++) {
+                if (tt < nt && lane == tt) {
+                    float v = acc[0][tt];
+                    if (UP) v = swiglu_clamped(v, acc[NM - 1][tt], a.limit);
+                    a.y[(uint64_t)(m0 + i0 + tt) * a.rows + r0 + i] = v;
+                }
             }
-        }
+        });
     }
 }
 
@@ -594,8 +673,17 @@ template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, ui
     bool staged = a.wtab ? stageable(nullptr, a.row_bytes, a.act_row)
                          : stageable(a.w0, a.row_bytes, a.act_row) && (!UP || (uintptr_t)a.w1 % 16 == 0);
     if (staged) {
-        if (a.n == 1) qffn_staged_kernel<TYPE, 1, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
-        else qffn_staged_kernel<TYPE, 4, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+        uint32_t rpw = rows_per_warp(a.rows, slots);
+        dim3 sgrid(div_up(a.rows, (uint64_t)ROWS_PER_BLOCK * rpw), slots);
+        if (a.n == 1) {
+            uint32_t sb = staged_smem<TYPE, 1, UP ? 2 : 1>(a.act_row);
+            allow_smem(qffn_staged_kernel<TYPE, 1, UP>, sb);
+            qffn_staged_kernel<TYPE, 1, UP><<<sgrid, 32 * ROWS_PER_BLOCK, sb, st>>>(a, rpw);
+        } else {
+            uint32_t sb = staged_smem<TYPE, 4, UP ? 2 : 1>(a.act_row);
+            allow_smem(qffn_staged_kernel<TYPE, 4, UP>, sb);
+            qffn_staged_kernel<TYPE, 4, UP><<<sgrid, 32 * ROWS_PER_BLOCK, sb, st>>>(a, rpw);
+        }
         return;
     }
     if (a.n == 1) qffn_kernel<TYPE, 1, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);

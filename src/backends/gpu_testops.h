@@ -25,10 +25,12 @@ int ds4_gpu_test_rows(float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_t
                       const float *inv_freq, uint32_t n_pairs, uint64_t pos0, int inverse, int qat, uint32_t n_rot,
                       ds4_error *err);
 
-/* mHC: pre (head = 0: y, post, comb) or head (head = 1: y only), and post. */
+/* mHC: pre (head = 0: y, post, comb) or head (head = 1: y only), and post.
+ * fused: the two-launch form (k_linear_rms + k_mhc_finish), which with
+ * norm_w also applies the weighted RMSNorm to y; else the four kernels. */
 int ds4_gpu_test_mhc_pre(uint32_t hc, uint32_t E, uint32_t n_tok, float rms_eps, float hc_eps, uint32_t iters, int head,
-                         const float *fn, const float *base, const float *scale, const float *X, float *y, float *post,
-                         float *comb, ds4_error *err);
+                         const float *fn, const float *base, const float *scale, const float *X, int fused,
+                         const float *norm_w, float *y, float *post, float *comb, ds4_error *err);
 int ds4_gpu_test_mhc_post(uint32_t hc, uint32_t E, uint32_t n_tok, float *X, const float *o, const float *post,
                           const float *comb, ds4_error *err);
 

@@ -279,39 +279,50 @@ static ds4_tensor f32_tensor(const float *data, uint64_t ne0, uint64_t ne1) {
 static void test_mhc(void) {
     ds4_hparams hp;
     memset(&hp, 0, sizeof hp);
-    hp.hc = 4, hp.n_embd = 64, hp.rms_eps = 1e-6f, hp.hc_eps = 1e-6f, hp.sinkhorn_iters = 20;
+    hp.hc = 4, hp.rms_eps = 1e-6f, hp.hc_eps = 1e-6f, hp.sinkhorn_iters = 20;
     ds4_net net;
     memset(&net, 0, sizeof net);
     net.hp = &hp;
     net.pool = ds4_pool_create(1);
-    uint32_t hc = 4, E = 64, n = 5, flat = hc * E;
-    for (int head = 0; head < 2; head++) {
-        uint32_t n_mix = head ? hc : (2 + hc) * hc;
-        float *fn = randv((size_t)n_mix * flat, 1.0f / sqrtf((float)flat)), *base = randv(n_mix, 0.5f);
-        float scale[3] = {0.7f, 1.3f, 0.9f};
-        float *X = randv((size_t)n * flat, 1.0f);
-        ds4_hc_weights w = {f32_tensor(fn, flat, n_mix), f32_tensor(base, n_mix, 1), f32_tensor(scale, head ? 1 : 3, 1)};
-        float *y = malloc(n * E * 4), *post = malloc(n * hc * 4), *comb = malloc(n * hc * hc * 4);
-        float *ry = malloc(n * E * 4), *rpost = malloc(n * hc * 4), *rcomb = malloc(n * hc * hc * 4);
-        float *scratch = malloc((size_t)n * (flat + n_mix) * 4);
-        if (head) ds4_mhc_head(&net, &w, X, n, ry, scratch);
-        else ds4_mhc_pre(&net, &w, X, n, ry, rpost, rcomb, scratch);
-        GPU(ds4_gpu_test_mhc_pre(hc, E, n, hp.rms_eps, hp.hc_eps, hp.sinkhorn_iters, head, fn, base, scale, X, y, post,
-                                 comb, E_));
-        double e = rel_err_f(y, ry, n * E);
-        CHECKF(e < 1e-5, "mhc %s: y rel err %.3g", head ? "head" : "pre", e);
-        if (!head) {
-            double ep = rel_err_f(post, rpost, n * hc), ec = rel_err_f(comb, rcomb, n * hc * hc);
-            CHECKF(ep < 1e-5 && ec < 1e-5, "mhc pre: post rel err %.3g, comb rel err %.3g", ep, ec);
-            /* post: the same arithmetic as the CPU */
-            float *o = randv(n * E, 1.0f), *X2 = malloc((size_t)n * flat * 4);
-            memcpy(X2, X, (size_t)n * flat * 4);
-            ds4_mhc_post(&net, X2, o, rpost, rcomb, n);
-            GPU(ds4_gpu_test_mhc_post(hc, E, n, X, o, rpost, rcomb, E_));
-            CHECKF(!memcmp(X, X2, (size_t)n * flat * 4), "mhc post differs from the CPU");
-            free(o), free(X2);
+    /* fused = 0: the four separate kernels; 1: two launches, plus the
+     * following RMSNorm when norm = 1 */
+    const uint32_t cases[][3] = {{64, 0, 0}, {64, 1, 0}, {64, 1, 1}, {1024, 1, 1}, {4096, 1, 1}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        uint32_t hc = 4, E = cases[ci][0], fused = cases[ci][1], norm = cases[ci][2], n = 5, flat = hc * E;
+        hp.n_embd = E;
+        for (int head = 0; head < 2; head++) {
+            uint32_t n_mix = head ? hc : (2 + hc) * hc;
+            float *fn = randv((size_t)n_mix * flat, 1.0f / sqrtf((float)flat)), *base = randv(n_mix, 0.5f);
+            float scale[3] = {0.7f, 1.3f, 0.9f};
+            float *X = randv((size_t)n * flat, 1.0f), *nw = norm ? randv(E, 1.0f) : NULL;
+            ds4_hc_weights w = {f32_tensor(fn, flat, n_mix), f32_tensor(base, n_mix, 1), f32_tensor(scale, head ? 1 : 3, 1)};
+            float *y = malloc(n * E * 4), *post = malloc(n * hc * 4), *comb = malloc(n * hc * hc * 4);
+            float *ry = malloc(n * E * 4), *rpost = malloc(n * hc * 4), *rcomb = malloc(n * hc * hc * 4);
+            float *scratch = malloc((size_t)n * (flat + n_mix) * 4);
+            if (head) ds4_mhc_head(&net, &w, X, n, ry, scratch);
+            else ds4_mhc_pre(&net, &w, X, n, ry, rpost, rcomb, scratch);
+            if (nw)
+                for (uint32_t t = 0; t < n; t++) ds4_rmsnorm(ry + t * E, ry + t * E, nw, E, hp.rms_eps);
+            GPU(ds4_gpu_test_mhc_pre(hc, E, n, hp.rms_eps, hp.hc_eps, hp.sinkhorn_iters, head, fn, base, scale, X, (int)fused,
+                                     nw, y, post, comb, E_));
+            double e = rel_err_f(y, ry, n * E);
+            CHECKF(e < 1e-5, "mhc %s E=%u fused=%u norm=%u: y rel err %.3g", head ? "head" : "pre", E, fused, norm, e);
+            if (!head) {
+                double ep = rel_err_f(post, rpost, n * hc), ec = rel_err_f(comb, rcomb, n * hc * hc);
+                CHECKF(ep < 1e-5 && ec < 1e-5, "mhc pre E=%u fused=%u: post rel err %.3g, comb rel err %.3g", E, fused, ep, ec);
+                /* comb: Sinkhorn with the CPU's operations in its order */
+                CHECKF(!memcmp(comb, rcomb, n * hc * hc * 4) || ec < 1e-6, "mhc pre: comb differs");
+                /* post: the same arithmetic as the CPU */
+                float *o = randv(n * E, 1.0f), *X2 = malloc((size_t)n * flat * 4);
+                memcpy(X2, X, (size_t)n * flat * 4);
+                ds4_mhc_post(&net, X2, o, rpost, rcomb, n);
+                GPU(ds4_gpu_test_mhc_post(hc, E, n, X, o, rpost, rcomb, E_));
+                CHECKF(!memcmp(X, X2, (size_t)n * flat * 4), "mhc post differs from the CPU");
+                free(o), free(X2);
+            }
+            free(fn), free(base), free(X), free(nw), free(y), free(post), free(comb), free(ry), free(rpost), free(rcomb);
+            free(scratch);
         }
-        free(fn), free(base), free(X), free(y), free(post), free(comb), free(ry), free(rpost), free(rcomb), free(scratch);
     }
     ds4_pool_free(net.pool);
 }

@@ -895,18 +895,22 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
 }
 
 /* y = collapse of the streams with the mixing weights of w (ds4_mhc_pre or,
- * for head, ds4_mhc_head) over n token rows of X. */
-static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, int head) {
+ * for head, ds4_mhc_head) over n token rows of X, then RMSNorm with norm_w:
+ * two launches for float mixing weights (the published files' F16). */
+static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, int head, const float *norm_w) {
     ds4_gpu_session *s = f->s;
     const ds4_hparams *hp = f->hp;
     ds4_error *err = f->err;
     uint32_t hc = hp->hc, E = hp->n_embd, n_mix = head ? hc : (2 + hc) * hc;
     prof_mark(f->s, head ? "head_mhc" : "mhc_pre");
-    CU(k_rms_inv(s->st, X, n, hc * E, hp->rms_eps, s->rinv));
-    CU(lin(f, &w->fn, 0, n_mix, 1, 0, X, (uint64_t)hc * E, s->rinv, n, s->mix, n_mix));
-    CU(k_mhc_coeffs(s->st, s->mix, n, hc, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters, head, s->pre,
-                    s->post, s->comb));
-    CU(k_mhc_collapse(s->st, X, s->pre, n, hc, E, s->y));
+    if (k_quant_type(w->fn.type)) {
+        CU(k_rms_inv(s->st, X, n, hc * E, hp->rms_eps, s->rinv));
+        CU(lin(f, &w->fn, 0, n_mix, 1, 0, X, (uint64_t)hc * E, s->rinv, n, s->mix, n_mix));
+    } else {
+        CU(k_linear_rms(s->st, &w->fn, X, (uint64_t)hc * E, n, hp->rms_eps, s->mix, n_mix));
+    }
+    CU(k_mhc_finish(s->st, s->mix, X, n, hc, E, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters, head,
+                    s->pre, s->post, s->comb, norm_w, hp->rms_eps, s->y));
     return 0;
 }
 
@@ -1071,15 +1075,11 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     CU(k_embed(st, &w->tok_embd, s->tok, n, hc, s->X));
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const ds4_layer_weights *lw = &w->layers[il];
-        if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0)) return -1;
-        prof_mark(s, "norm");
-        if (rows(&f, s->y, n, E, 1, 1, vec(&lw->attn_norm), NULL, 0)) return -1;
+        if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0, vec(&lw->attn_norm))) return -1;
         if (attention(&f, il)) return ds4_fail_prefix(err, "layer %u attention", il);
         prof_mark(s, "mhc_post");
         CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
-        if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0)) return -1;
-        prof_mark(s, "norm");
-        if (rows(&f, s->y, n, E, 1, 1, vec(&lw->ffn_norm), NULL, 0)) return -1;
+        if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0, vec(&lw->ffn_norm))) return -1;
         if (moe(&f, il)) return ds4_fail_prefix(err, "layer %u MoE", il);
         prof_mark(s, "mhc_post");
         CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
@@ -1088,8 +1088,7 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     s->fr ^= 1;
     if (first < n && out) {
         uint32_t m = n - first;
-        if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)first * hc * E, m, 1)) return -1;
-        if (rows(&f, s->y, m, E, 1, 1, vec(&w->output_norm), NULL, 0)) return -1;
+        if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)first * hc * E, m, 1, vec(&w->output_norm))) return -1;
         prof_mark(s, "output");
         CU(lin(&f, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
         prof_mark(s, "logits_d2h");

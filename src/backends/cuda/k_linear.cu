@@ -109,6 +109,7 @@ typedef struct lin_args {
     uint32_t n_tok;
     float *y;
     uint64_t y_stride;
+    float rms_eps; /* > 0: xscale[t] = 1/rms(x row t) is computed in the kernel (k_linear_rms) */
 } lin_args;
 
 template <int KIND, int TT> __global__ void linear_kernel(lin_args a) {
@@ -143,6 +144,7 @@ template <int KIND, int TT> __global__ void linear_kernel(lin_args a) {
 template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
     constexpr int V = wl<KIND>::V;
     __shared__ float part[ROWS_PER_BLOCK][TT];
+    __shared__ double red[32];
     uint64_t r = blockIdx.x;
     uint32_t g = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint8_t *wrow = a.w + (a.r0 + g * a.n_rows + r) * a.row_bytes;
@@ -160,7 +162,23 @@ template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
             xr[tt] = x + t * a.x_stride;
             xs[tt] = a.xscale ? a.xscale[t] : 1.0f;
         }
-        if (c0 < c1) dot_tile<KIND, TT>(wrow, a.type, a.K, xr, a.xscale ? xs : nullptr, nt, acc, c0, c1);
+        if (a.rms_eps > 0.0f) {
+            /* 1/rms of each token's row, as k_rms_inv computes it, by the block */
+            for (int tt = 0; tt < nt; tt++) {
+                double ss = 0;
+                for (uint32_t i0 = threadIdx.x; i0 < a.K; i0 += 8 * blockDim.x) {
+                    float v[8];
+#pragma unroll
+                    for (int u = 0; u < 8; u++) v[u] = i0 + u * blockDim.x < a.K ? xr[tt][i0 + u * blockDim.x] : 0.0f;
+#pragma unroll
+                    for (int u = 0; u < 8; u++) ss += (double)v[u] * v[u];
+                }
+                ss = block_sum_d(ss, red);
+                xs[tt] = (float)(1.0 / sqrt(ss / a.K + a.rms_eps));
+            }
+        }
+        bool scaled = a.xscale || a.rms_eps > 0.0f;
+        if (c0 < c1) dot_tile<KIND, TT>(wrow, a.type, a.K, xr, scaled ? xs : nullptr, nt, acc, c0, c1);
         else
             for (int tt = 0; tt < TT; tt++) acc[tt] = 0.0f;
         if (lane == 0)
@@ -200,7 +218,7 @@ template <int KIND> static void launch_linear(const lin_args &a, dim3 grid, cuda
 cudaError_t k_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups, uint64_t x_group,
                      const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y, uint64_t y_stride) {
     if (n_tok == 0 || n_rows == 0) return cudaSuccess;
-    lin_args a = {w->data, w->row_bytes, w->type, (uint32_t)w->ne[0], r0, n_rows, x_group, x, x_stride, xscale, n_tok, y, y_stride};
+    lin_args a = {w->data, w->row_bytes, w->type, (uint32_t)w->ne[0], r0, n_rows, x_group, x, x_stride, xscale, n_tok, y, y_stride, 0.0f};
     dim3 grid(div_up(n_rows, ROWS_PER_BLOCK), groups);
     switch (pick_kind(w->type, w->ne[0], w->row_bytes, w->data, x, x_stride, x_group)) {
     case 0: launch_linear<0>(a, grid, st); break;
@@ -322,4 +340,27 @@ cudaError_t k_ffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *g
     ffn_args a = {down->data, nullptr, down->row_bytes, down->ne[1], down->type, (uint32_t)down->ne[0], grp,
                   (uint32_t)down->ne[2], 1, n, h, 0.0f, out, j0, wtab};
     return launch_ffn<false>(st, a, h, grp ? max_slots : 1);
+}
+
+cudaError_t k_linear_rms(cudaStream_t st, const ds4_tensor *w, const float *x, uint64_t x_stride, uint32_t n_tok, float eps,
+                         float *y, uint64_t y_stride) {
+    if (n_tok == 0) return cudaSuccess;
+    if (!(eps > 0.0f)) return cudaErrorInvalidValue;
+    uint64_t n_rows = w->ne[1];
+    lin_args a = {w->data, w->row_bytes, w->type, (uint32_t)w->ne[0], 0, n_rows, 0, x, x_stride, NULL, n_tok, y, y_stride,
+                  eps};
+    dim3 g(n_rows, 1);
+#define RB(KD)                                                                              \
+    case KD:                                                                                \
+        if (n_tok == 1) linear_rowblock_kernel<KD, 1><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a); \
+        else linear_rowblock_kernel<KD, 8><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a);           \
+        break;
+    switch (pick_kind(w->type, w->ne[0], w->row_bytes, w->data, x, x_stride, 0)) {
+        RB(0)
+        RB(1)
+        RB(2)
+        RB(3)
+    }
+#undef RB
+    return LAUNCH_STATUS();
 }

@@ -174,3 +174,149 @@ cudaError_t k_mhc_post(cudaStream_t st, float *X, const float *o, const float *p
     mhc_post_kernel<<<dim3(div_up(E, 256), n_tok), 256, 0, st>>>(X, o, post, comb, hc, E);
     return LAUNCH_STATUS();
 }
+
+/* ---- fused mHC steps ------------------------------------------------------------ */
+
+/* mhc_coeffs_kernel's arithmetic by one warp for one token (m: its mixing
+ * logits; c: hc*hc floats of shared memory). Entries are spread over the
+ * lanes; every sum runs in the CPU's order. Only warp 0 calls it. */
+/* Sinkhorn for a compile-time HC (HC * HC <= 32): lane e < HC*HC holds
+ * entry (e / HC, e % HC) in a register; row and column sums gather their
+ * HC entries with shuffles and add them in the CPU's order. */
+template <int HC>
+__device__ __forceinline__ float sinkhorn_lanes(float v, uint32_t lane, float eps, uint32_t iters) {
+    const uint32_t i = (lane / HC) % HC, j = lane % HC;
+    float row[HC];
+#pragma unroll
+    for (int k = 0; k < HC; k++) row[k] = __shfl_sync(0xffffffffu, v, i * HC + k);
+    float mx = -INFINITY, sum = 0;
+#pragma unroll
+    for (int k = 0; k < HC; k++)
+        if (row[k] > mx) mx = row[k];
+#pragma unroll
+    for (int k = 0; k < HC; k++) sum += expf(row[k] - mx);
+    v = expf(row[j] - mx) / sum + eps;
+    for (uint32_t it = 0; it < iters; it++) {
+        if (it > 0) {
+            float t[HC], s = 0;
+#pragma unroll
+            for (int k = 0; k < HC; k++) t[k] = __shfl_sync(0xffffffffu, v, i * HC + k);
+#pragma unroll
+            for (int k = 0; k < HC; k++) s += t[k];
+            v = v / (s + eps);
+        }
+        float t[HC], s = 0;
+#pragma unroll
+        for (int k = 0; k < HC; k++) t[k] = __shfl_sync(0xffffffffu, v, k * HC + j);
+#pragma unroll
+        for (int k = 0; k < HC; k++) s += t[k];
+        v = v / (s + eps);
+    }
+    return v;
+}
+
+__device__ __forceinline__ void mhc_coeffs_warp(const float *m, uint32_t hc, const float *base, const float *scale, float eps,
+                                                uint32_t iters, int head, float *spre, float *post, float *comb, float *c) {
+    uint32_t lane = threadIdx.x & 31, nn = hc * hc;
+    for (uint32_t i = lane; i < hc; i += 32) spre[i] = sigmoidf_(m[i] * scale[0] + base[i]) + eps;
+    if (head) return;
+    for (uint32_t i = lane; i < hc; i += 32) post[i] = 2.0f * sigmoidf_(m[hc + i] * scale[1] + base[hc + i]);
+    if (hc == 4) { /* the published models' 4 streams: all in registers */
+        float v = lane < 16 ? m[8 + lane] * scale[2] + base[8 + lane] : 0.0f;
+        v = sinkhorn_lanes<4>(v, lane, eps, iters);
+        if (lane < 16) comb[lane] = v;
+        return;
+    }
+    for (uint32_t e = lane; e < nn; e += 32) c[e] = m[2 * hc + e] * scale[2] + base[2 * hc + e];
+    __syncwarp();
+    constexpr int EPL = K_MAX_HC * K_MAX_HC / 32; /* entries per lane at most */
+    float v[EPL];
+    /* row softmax plus eps */
+#pragma unroll
+    for (int q = 0; q < EPL; q++) {
+        uint32_t e = lane + 32 * q;
+        if (e >= nn) break;
+        const float *row = c + (e / hc) * hc;
+        float mx = -INFINITY, sum = 0;
+        for (uint32_t k = 0; k < hc; k++)
+            if (row[k] > mx) mx = row[k];
+        for (uint32_t k = 0; k < hc; k++) sum += expf(row[k] - mx);
+        v[q] = expf(row[e % hc] - mx) / sum + eps;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int q = 0; q < EPL; q++)
+        if (lane + 32 * q < nn) c[lane + 32 * q] = v[q];
+    __syncwarp();
+    for (uint32_t it = 0; it < iters; it++) {
+        /* rows (from the second iteration on), then columns */
+        for (int pass = it > 0 ? 0 : 1; pass < 2; pass++) {
+#pragma unroll
+            for (int q = 0; q < EPL; q++) {
+                uint32_t e = lane + 32 * q;
+                if (e >= nn) break;
+                uint32_t i = e / hc, j = e % hc;
+                float s = 0;
+                for (uint32_t k = 0; k < hc; k++) s += pass == 0 ? c[i * hc + k] : c[k * hc + j];
+                v[q] = c[e] / (s + eps);
+            }
+            __syncwarp();
+#pragma unroll
+            for (int q = 0; q < EPL; q++)
+                if (lane + 32 * q < nn) c[lane + 32 * q] = v[q];
+            __syncwarp();
+        }
+    }
+    for (uint32_t e = lane; e < nn; e += 32) comb[e] = c[e];
+}
+
+/* One block per token: the coefficients from the mixing logits (warp 0),
+ * y = sum_i pre[i] * X[i] (the collapse), then, with norm_w, y's weighted
+ * RMSNorm, all without leaving the block. */
+__global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, const float *X, uint32_t hc, uint32_t E, const float *base,
+                                  const float *scale, float eps, uint32_t iters, int head, float *pre, float *post,
+                                  float *comb, const float *norm_w, float norm_eps, float *y) {
+    extern __shared__ float yv[]; /* E floats */
+    __shared__ float spre[K_MAX_HC], c[K_MAX_HC * K_MAX_HC];
+    __shared__ double red[32];
+    uint32_t t = blockIdx.x, n_mix = head ? hc : (2 + hc) * hc;
+    if (threadIdx.x < 32)
+        mhc_coeffs_warp(mix + (uint64_t)t * n_mix, hc, base, scale, eps, iters, head, spre, post + (uint64_t)t * hc,
+                        comb + (uint64_t)t * hc * hc, c);
+    __syncthreads();
+    if (threadIdx.x < hc) pre[(uint64_t)t * hc + threadIdx.x] = spre[threadIdx.x];
+    const float *x = X + (uint64_t)t * hc * E;
+    uint32_t bd = blockDim.x;
+    for (uint32_t d0 = threadIdx.x; d0 < E; d0 += 2 * bd) {
+        float xs[2][K_MAX_HC];
+#pragma unroll
+        for (int u = 0; u < 2; u++)
+#pragma unroll
+            for (uint32_t i = 0; i < K_MAX_HC; i++)
+                if (i < hc && d0 + u * bd < E) xs[u][i] = x[(uint64_t)i * E + d0 + u * bd];
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            if (d0 + u * bd >= E) break;
+            float acc = 0.0f;
+#pragma unroll
+            for (uint32_t i = 0; i < K_MAX_HC; i++)
+                if (i < hc) acc += spre[i] * xs[u][i];
+            yv[d0 + u * bd] = acc;
+        }
+    }
+    __syncthreads();
+    if (norm_w) row_transform(yv, E, 1, norm_w, norm_eps, NULL, 0, 0, 0, 0, 0, red);
+    float *out = y + (uint64_t)t * E;
+    for (uint32_t d = threadIdx.x; d < E; d += bd) out[d] = yv[d];
+}
+
+cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint32_t n_tok, uint32_t hc, uint32_t E,
+                         const float *base, const float *scale, float eps, uint32_t iters, int head, float *pre,
+                         float *post, float *comb, const float *norm_w, float norm_eps, float *y) {
+    if (n_tok == 0) return cudaSuccess;
+    size_t smem = (size_t)E * sizeof(float);
+    if (hc > K_MAX_HC || smem > 48 * 1024) return cudaErrorInvalidValue;
+    mhc_finish_kernel<<<n_tok, E >= 4096 ? 1024 : (E >= 2048 ? 512 : 256), smem, st>>>(mix, X, hc, E, base, scale, eps, iters, head, pre,
+                                                                    post, comb, norm_w, norm_eps, y);
+    return LAUNCH_STATUS();
+}

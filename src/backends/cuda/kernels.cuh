@@ -28,6 +28,12 @@ extern "C" {
 cudaError_t k_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups, uint64_t x_group,
                      const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y, uint64_t y_stride);
 
+/* Y[t] = W . (X[t] / rms(X[t])) for float weights (the mHC mixing
+ * logits): the RMS of each row (eps added to the mean square) is taken in
+ * the kernel, one block per output row. */
+cudaError_t k_linear_rms(cudaStream_t st, const ds4_tensor *w, const float *x, uint64_t x_stride, uint32_t n_tok, float eps,
+                         float *y, uint64_t y_stride);
+
 /* Quantized weights (k_quant.cu): the same products for Q8_0, Q2_K, Q4_K,
  * IQ2_XXS and MXFP4, with activations quantized first into `act` (device
  * scratch of n_tok * groups * k_act_row_bytes(type, K) bytes) like the CPU
@@ -78,6 +84,11 @@ cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t
 /* pre/post/comb from the mixing logits (ds4_mhc_pre); head: pre only. */
 cudaError_t k_mhc_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint32_t hc, const float *base,
                          const float *scale, float eps, uint32_t iters, int head, float *pre, float *post, float *comb);
+/* k_mhc_coeffs then k_mhc_collapse, and with norm_w the weighted RMSNorm
+ * of y (eps norm_eps), in one launch (a block per token). */
+cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint32_t n_tok, uint32_t hc, uint32_t E,
+                         const float *base, const float *scale, float eps, uint32_t iters, int head, float *pre,
+                         float *post, float *comb, const float *norm_w, float norm_eps, float *y);
 /* y[t] = sum_i pre[t][i] * X[t][i] */
 cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, uint32_t n_tok, uint32_t hc, uint32_t E,
                            float *y);

@@ -118,10 +118,11 @@ fail:
 
 extern "C" int ds4_gpu_test_mhc_pre(uint32_t hc, uint32_t E, uint32_t n_tok, float rms_eps, float hc_eps, uint32_t iters,
                                     int head, const float *fn, const float *base, const float *scale, const float *X,
-                                    float *y, float *post, float *comb, ds4_error *err) {
+                                    int fused, const float *norm_w, float *y, float *post, float *comb, ds4_error *err) {
     pool pl = {{0}, 0};
     uint32_t n_mix = head ? hc : (2 + hc) * hc, n_scale = head ? 1 : 3;
-    void *dfn, *db, *ds, *dX, *dy, *dpre, *dpost, *dcomb, *dmix, *drinv;
+    void *dfn, *db, *ds, *dX, *dy, *dpre, *dpost, *dcomb, *dmix, *drinv, *dnw = NULL;
+    if (norm_w) DEV(dnw, norm_w, (size_t)E * 4);
     DEV(dfn, fn, (size_t)n_mix * hc * E * 4);
     DEV(db, base, n_mix * 4);
     DEV(ds, scale, n_scale * 4);
@@ -134,12 +135,19 @@ extern "C" int ds4_gpu_test_mhc_pre(uint32_t hc, uint32_t E, uint32_t n_tok, flo
     DEV(drinv, NULL, (size_t)n_tok * 4);
     {
         ds4_tensor t = tensor(GGML_TYPE_F32, dfn, (uint64_t)hc * E, n_mix, 1);
-        RUN(k_rms_inv(0, (const float *)dX, n_tok, hc * E, rms_eps, (float *)drinv));
-        RUN(k_linear(0, &t, 0, n_mix, 1, 0, (const float *)dX, (uint64_t)hc * E, (const float *)drinv, n_tok,
-                     (float *)dmix, n_mix));
-        RUN(k_mhc_coeffs(0, (const float *)dmix, n_tok, hc, (const float *)db, (const float *)ds, hc_eps, iters, head,
-                         (float *)dpre, (float *)dpost, (float *)dcomb));
-        RUN(k_mhc_collapse(0, (const float *)dX, (const float *)dpre, n_tok, hc, E, (float *)dy));
+        if (fused) {
+            RUN(k_linear_rms(0, &t, (const float *)dX, (uint64_t)hc * E, n_tok, rms_eps, (float *)dmix, n_mix));
+            RUN(k_mhc_finish(0, (const float *)dmix, (const float *)dX, n_tok, hc, E, (const float *)db,
+                             (const float *)ds, hc_eps, iters, head, (float *)dpre, (float *)dpost, (float *)dcomb,
+                             (const float *)dnw, rms_eps, (float *)dy));
+        } else {
+            RUN(k_rms_inv(0, (const float *)dX, n_tok, hc * E, rms_eps, (float *)drinv));
+            RUN(k_linear(0, &t, 0, n_mix, 1, 0, (const float *)dX, (uint64_t)hc * E, (const float *)drinv, n_tok,
+                         (float *)dmix, n_mix));
+            RUN(k_mhc_coeffs(0, (const float *)dmix, n_tok, hc, (const float *)db, (const float *)ds, hc_eps, iters,
+                             head, (float *)dpre, (float *)dpost, (float *)dcomb));
+            RUN(k_mhc_collapse(0, (const float *)dX, (const float *)dpre, n_tok, hc, E, (float *)dy));
+        }
     }
     BACK(y, dy, (size_t)n_tok * E * 4);
     if (!head) {

@@ -9,6 +9,8 @@
  *
  * Layout: one warp per output row, lanes over blocks; the block formats are
  * the ggml layouts of formats/quant/blocks.h. */
+#include <string.h>
+
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
 
@@ -21,17 +23,26 @@ extern "C" {
 
 #define ROWS_PER_BLOCK 8
 
-/* IQ2_XXS tables (formats/quant/iq2_tables.c), copied once by k_quant_init:
- * the grid (256 entries of 8 bytes) and then the 128 sign patterns. The
+/* IQ2_XXS tables, built once by k_quant_init from formats/quant/iq2_tables.c:
+ * the grid (256 entries of 8 magnitudes), then for each of the 128 sign
+ * patterns 16 bytes: the byte masks m (0xff where the value is negative)
+ * for values 0-3 and 4-7, and the bytes -m (0x01 there) likewise. The
  * lookups are random, so the staged kernels copy them to shared memory. */
-#define IQ2_TAB_BYTES (256 * 8 + 128)
+#define IQ2_TAB_BYTES (256 * 8 + 128 * 16)
 __device__ __align__(16) uint8_t d_iq2_tab[IQ2_TAB_BYTES];
 
 cudaError_t k_quant_init(void) {
     static bool done = false;
     if (done) return cudaSuccess;
-    cudaError_t e = cudaMemcpyToSymbol(d_iq2_tab, ds4_iq2xxs_grid, 256 * 8);
-    if (e == cudaSuccess) e = cudaMemcpyToSymbol(d_iq2_tab, ds4_iq2_signs, 128, 256 * 8);
+    uint8_t tab[IQ2_TAB_BYTES];
+    memcpy(tab, ds4_iq2xxs_grid, 256 * 8);
+    for (int p = 0; p < 128; p++)
+        for (int j = 0; j < 8; j++) {
+            bool neg = (ds4_iq2_signs[p] >> j) & 1;
+            tab[256 * 8 + 16 * p + j] = neg ? 0xff : 0x00;
+            tab[256 * 8 + 16 * p + 8 + j] = neg ? 0x01 : 0x00;
+        }
+    cudaError_t e = cudaMemcpyToSymbol(d_iq2_tab, tab, sizeof tab);
     done = e == cudaSuccess;
     return e;
 }
@@ -138,10 +149,6 @@ __device__ __forceinline__ int ld_i8x4_a2(const uint8_t *p) {
 }
 __device__ __forceinline__ int ld_i8x4_a4(const uint8_t *p) { return *(const int *)p; }
 
-/* Byte masks 0x00/0xff from four sign bits (bit t -> byte t). */
-__device__ __forceinline__ uint32_t sign_mask4(uint32_t bits) {
-    return ((bits * 0x00204081u) & 0x01010101u) * 0xffu;
-}
 
 /* The integer sums below use __dp4a (four exact int8 products added to an
  * int32): the same integers as the scalar loops of formats/quant/. */
@@ -257,15 +264,17 @@ template <> struct qb<GGML_TYPE_IQ2_XXS> {
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             /* grid magnitudes (< 128) times the activations with the signs
-             * applied bytewise: (a ^ m) - m negates where m = 0xff
+             * applied bytewise: (a ^ m) - m negates where m = 0xff, and
+             * g . ((a ^ m) - m) = g . (a ^ m) + g . (-m), two exact dp4a
              * (activations are in [-127, 127], so nothing overflows) */
-            const uint32_t *g = (const uint32_t *)(tab + 8 * qs[k]);
+            uint2 g = *(const uint2 *)(tab + 8 * qs[k]);
+            uint4 m = *(const uint4 *)(tab + 256 * 8 + 16 * ((aux >> (7 * k)) & 127));
             const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * ib + 8 * k);
-            uint32_t sg = tab[256 * 8 + ((aux >> (7 * k)) & 127)];
-            uint32_t m0 = sign_mask4(sg & 15), m1 = sign_mask4(sg >> 4);
             uint32_t a0 = (uint32_t)ld_i8x4_a4(q8), a1 = (uint32_t)ld_i8x4_a4(q8 + 4);
-            s = __dp4a((int)g[0], (int)__vsub4(a0 ^ m0, m0), s);
-            s = __dp4a((int)g[1], (int)__vsub4(a1 ^ m1, m1), s);
+            s = __dp4a((int)g.x, (int)(a0 ^ m.x), s);
+            s = __dp4a((int)g.x, (int)m.z, s);
+            s = __dp4a((int)g.y, (int)(a1 ^ m.y), s);
+            s = __dp4a((int)g.y, (int)m.w, s);
         }
         *isum = (int)(2 * (aux >> 28) + 1) * s;
         *msum = 0;
@@ -443,11 +452,19 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_
     }
 }
 
-/* Rows per warp for n_rows rows: enough blocks to fill the GPU several
- * times over, and longer runs of rows per warp for the large matrices. */
-static uint32_t rows_per_warp(uint64_t n_rows, uint32_t grid_y) {
-    uint64_t per = n_rows * grid_y / (ROWS_PER_BLOCK * 132 * 8);
-    return per < 1 ? 1 : (per > 8 ? 8 : (uint32_t)per);
+/* Rows per warp for n_rows rows (times grid_y): as few as keep the launch
+ * within one wave of resident blocks (a partial second wave would leave
+ * most of the GPU idle at the end), so the large matrices run as long
+ * pipelined streams per warp. */
+template <class K> static uint32_t rows_per_warp(K kernel, uint32_t smem, uint64_t n_rows, uint32_t grid_y) {
+    static int sms = 0;
+    if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * ROWS_PER_BLOCK, smem) != cudaSuccess || per_sm < 1)
+        per_sm = 1;
+    uint64_t wave = (uint64_t)sms * per_sm * ROWS_PER_BLOCK; /* warps */
+    uint64_t per = (n_rows * grid_y + wave - 1) / wave;
+    return per < 1 ? 1 : (per > 32 ? 32 : (uint32_t)per);
 }
 
 /* ---- dense rows ------------------------------------------------------------------------ */
@@ -513,20 +530,21 @@ template <class K> static void allow_smem(K kernel, uint32_t bytes) {
     if (bytes > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
 }
 
+/* A staged kernel over n_rows rows (times grid_y), its rows per warp
+ * chosen for one wave. */
+template <class K, class A>
+static void launch_staged(K kernel, uint32_t smem, uint64_t n_rows, uint32_t grid_y, const A &a, cudaStream_t st) {
+    allow_smem(kernel, smem);
+    uint32_t rpw = rows_per_warp(kernel, smem, n_rows, grid_y);
+    dim3 g(div_up(n_rows, (uint64_t)ROWS_PER_BLOCK * rpw), grid_y);
+    kernel<<<g, 32 * ROWS_PER_BLOCK, smem, st>>>(a, rpw);
+}
+
 template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStream_t st) {
     dim3 grid(div_up(a.n_rows, ROWS_PER_BLOCK), a.groups);
     if (stageable(a.w, a.row_bytes, a.act_row)) {
-        uint32_t rpw = rows_per_warp(a.n_rows, a.groups);
-        dim3 sgrid(div_up(a.n_rows, (uint64_t)ROWS_PER_BLOCK * rpw), a.groups);
-        if (a.n_tok == 1) {
-            uint32_t sb = staged_smem<TYPE, 1, 1>(a.act_row);
-            allow_smem(qlinear_staged_kernel<TYPE, 1>, sb);
-            qlinear_staged_kernel<TYPE, 1><<<sgrid, 32 * ROWS_PER_BLOCK, sb, st>>>(a, rpw);
-        } else {
-            uint32_t sb = staged_smem<TYPE, 4, 1>(a.act_row);
-            allow_smem(qlinear_staged_kernel<TYPE, 4>, sb);
-            qlinear_staged_kernel<TYPE, 4><<<sgrid, 32 * ROWS_PER_BLOCK, sb, st>>>(a, rpw);
-        }
+        if (a.n_tok == 1) launch_staged(qlinear_staged_kernel<TYPE, 1>, staged_smem<TYPE, 1, 1>(a.act_row), a.n_rows, a.groups, a, st);
+        else launch_staged(qlinear_staged_kernel<TYPE, 4>, staged_smem<TYPE, 4, 1>(a.act_row), a.n_rows, a.groups, a, st);
         return;
     }
     if (a.n_tok == 1) qlinear_kernel<TYPE, 1><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
@@ -673,17 +691,9 @@ template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, ui
     bool staged = a.wtab ? stageable(nullptr, a.row_bytes, a.act_row)
                          : stageable(a.w0, a.row_bytes, a.act_row) && (!UP || (uintptr_t)a.w1 % 16 == 0);
     if (staged) {
-        uint32_t rpw = rows_per_warp(a.rows, slots);
-        dim3 sgrid(div_up(a.rows, (uint64_t)ROWS_PER_BLOCK * rpw), slots);
-        if (a.n == 1) {
-            uint32_t sb = staged_smem<TYPE, 1, UP ? 2 : 1>(a.act_row);
-            allow_smem(qffn_staged_kernel<TYPE, 1, UP>, sb);
-            qffn_staged_kernel<TYPE, 1, UP><<<sgrid, 32 * ROWS_PER_BLOCK, sb, st>>>(a, rpw);
-        } else {
-            uint32_t sb = staged_smem<TYPE, 4, UP ? 2 : 1>(a.act_row);
-            allow_smem(qffn_staged_kernel<TYPE, 4, UP>, sb);
-            qffn_staged_kernel<TYPE, 4, UP><<<sgrid, 32 * ROWS_PER_BLOCK, sb, st>>>(a, rpw);
-        }
+        constexpr int NM = UP ? 2 : 1;
+        if (a.n == 1) launch_staged(qffn_staged_kernel<TYPE, 1, UP>, staged_smem<TYPE, 1, NM>(a.act_row), a.rows, slots, a, st);
+        else launch_staged(qffn_staged_kernel<TYPE, 4, UP>, staged_smem<TYPE, 4, NM>(a.act_row), a.rows, slots, a, st);
         return;
     }
     if (a.n == 1) qffn_kernel<TYPE, 1, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);

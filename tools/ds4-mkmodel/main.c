@@ -42,6 +42,8 @@ static void usage(FILE *f) {
             "  --type MIX              q2 (default), q4, mxfp4, q8_0, f16, bf16, f32\n"
             "  --override PATTERN=TYPE tensor-name glob -> type (repeatable, last wins)\n"
             "  --sparse                leave tensor data as holes (zeros): instant, no disk\n"
+            "  --sparse-experts        holes for the routed experts only; every other tensor random\n"
+            "                          (a full-size model for expert streaming runs on a small disk)\n"
             "                          space; for loader tests only (zero weights)\n"
             "  --tokenizer FILE        embed this tokenizer.json (tokenizer_config.json\n"
             "                          beside it supplies bos/eos)\n"
@@ -112,6 +114,10 @@ int main(int argc, char **argv) {
         }
         if (!strcmp(a, "--sparse")) {
             sparse = 1;
+            continue;
+        }
+        if (!strcmp(a, "--sparse-experts")) {
+            sparse = 2;
             continue;
         }
         if (a[0] != '-') {
@@ -216,9 +222,9 @@ int main(int argc, char **argv) {
     }
     fprintf(stderr, "ds4-mkmodel: %u layers, %u wide, %u experts (%u used), vocab %u, %s mix: %zu tensors, %.2f GB%s\n",
             hp.n_layer, hp.n_embd, hp.n_expert, hp.n_expert_used, hp.n_vocab, ds4_quant_mix_name(mix), lay.n, total / 1e9,
-            sparse ? " (sparse)" : "");
+            sparse == 1 ? " (sparse)" : (sparse ? " (routed experts sparse)" : ""));
     size_t buf_bytes = CHUNK_BYTES > max_row ? CHUNK_BYTES : (size_t)max_row;
-    if (!sparse) {
+    if (sparse != 1) {
         if (!(pool = ds4_pool_create((int)threads)) || !(syn = synth_new(seed, pool, hp.n_expert, &err)) ||
             !(buf = malloc(buf_bytes))) {
             if (!err.msg[0]) ds4_fail(&err, "out of memory or no threads");
@@ -229,7 +235,8 @@ int main(int argc, char **argv) {
     if (!(w = gguf_writer_create(tmp, GGUF_DEFAULT_ALIGNMENT, &err))) goto out;
     int meta = ds4_hparams_write(w, &hp, 1, "DeepSeek V4 Flash");
     char desc[160];
-    snprintf(desc, sizeof desc, "synthetic random weights: ds4-mkmodel --seed %llu%s", seed, sparse ? " --sparse" : "");
+    snprintf(desc, sizeof desc, "synthetic random weights: ds4-mkmodel --seed %llu%s", seed,
+             sparse == 1 ? " --sparse" : (sparse ? " --sparse-experts" : ""));
     meta |= gguf_writer_set_str(w, "general.description", desc);
     if (!tok) {
         meta |= gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 0);
@@ -252,7 +259,7 @@ int main(int argc, char **argv) {
         const ds4_layout_tensor *t = &lay.t[i];
         uint64_t rows = ds4_layout_rows(t), row_bytes = types[i] == GGML_TYPE_I32 ? t->ne[0] * 4 : 0;
         if (!row_bytes) ggml_nbytes(types[i], t->ne[0], &row_bytes);
-        if (sparse) {
+        if (sparse == 1 || (sparse == 2 && strstr(t->name, "_exps."))) {
             if (gguf_writer_skip(w, rows * row_bytes, &err)) goto out;
             done += rows * row_bytes;
             continue;
@@ -272,7 +279,7 @@ int main(int argc, char **argv) {
             }
         }
     }
-    if (tty && !sparse) fputc('\n', stderr);
+    if (tty && sparse != 1) fputc('\n', stderr);
     if (gguf_writer_finish(w, &err)) goto out;
     gguf_writer_free(w);
     w = NULL;

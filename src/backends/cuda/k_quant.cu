@@ -23,26 +23,17 @@ extern "C" {
 
 #define ROWS_PER_BLOCK 8
 
-/* IQ2_XXS tables, built once by k_quant_init from formats/quant/iq2_tables.c:
- * the grid (256 entries of 8 magnitudes), then for each of the 128 sign
- * patterns 16 bytes: the byte masks m (0xff where the value is negative)
- * for values 0-3 and 4-7, and the bytes -m (0x01 there) likewise. The
+/* IQ2_XXS tables (formats/quant/iq2_tables.c), copied once by k_quant_init:
+ * the grid (256 entries of 8 bytes) and then the 128 sign patterns. The
  * lookups are random, so the staged kernels copy them to shared memory. */
-#define IQ2_TAB_BYTES (256 * 8 + 128 * 16)
+#define IQ2_TAB_BYTES (256 * 8 + 128)
 __device__ __align__(16) uint8_t d_iq2_tab[IQ2_TAB_BYTES];
 
 cudaError_t k_quant_init(void) {
     static bool done = false;
     if (done) return cudaSuccess;
-    uint8_t tab[IQ2_TAB_BYTES];
-    memcpy(tab, ds4_iq2xxs_grid, 256 * 8);
-    for (int p = 0; p < 128; p++)
-        for (int j = 0; j < 8; j++) {
-            bool neg = (ds4_iq2_signs[p] >> j) & 1;
-            tab[256 * 8 + 16 * p + j] = neg ? 0xff : 0x00;
-            tab[256 * 8 + 16 * p + 8 + j] = neg ? 0x01 : 0x00;
-        }
-    cudaError_t e = cudaMemcpyToSymbol(d_iq2_tab, tab, sizeof tab);
+    cudaError_t e = cudaMemcpyToSymbol(d_iq2_tab, ds4_iq2xxs_grid, 256 * 8);
+    if (e == cudaSuccess) e = cudaMemcpyToSymbol(d_iq2_tab, ds4_iq2_signs, 128, 256 * 8);
     done = e == cudaSuccess;
     return e;
 }
@@ -148,6 +139,11 @@ __device__ __forceinline__ int ld_i8x4_a2(const uint8_t *p) {
     return (int)((uint32_t)h[0] | ((uint32_t)h[1] << 16));
 }
 __device__ __forceinline__ int ld_i8x4_a4(const uint8_t *p) { return *(const int *)p; }
+
+/* Byte masks 0x00/0xff from four sign bits (bit t -> byte t). */
+__device__ __forceinline__ uint32_t sign_mask4(uint32_t bits) {
+    return ((bits * 0x00204081u) & 0x01010101u) * 0xffu;
+}
 
 
 /* The integer sums below use __dp4a (four exact int8 products added to an
@@ -264,17 +260,15 @@ template <> struct qb<GGML_TYPE_IQ2_XXS> {
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             /* grid magnitudes (< 128) times the activations with the signs
-             * applied bytewise: (a ^ m) - m negates where m = 0xff, and
-             * g . ((a ^ m) - m) = g . (a ^ m) + g . (-m), two exact dp4a
+             * applied bytewise: (a ^ m) - m negates where m = 0xff
              * (activations are in [-127, 127], so nothing overflows) */
-            uint2 g = *(const uint2 *)(tab + 8 * qs[k]);
-            uint4 m = *(const uint4 *)(tab + 256 * 8 + 16 * ((aux >> (7 * k)) & 127));
+            const uint32_t *g = (const uint32_t *)(tab + 8 * qs[k]);
             const uint8_t *q8 = (const uint8_t *)(y->qs + 32 * ib + 8 * k);
+            uint32_t sg = tab[256 * 8 + ((aux >> (7 * k)) & 127)];
+            uint32_t m0 = sign_mask4(sg & 15), m1 = sign_mask4(sg >> 4);
             uint32_t a0 = (uint32_t)ld_i8x4_a4(q8), a1 = (uint32_t)ld_i8x4_a4(q8 + 4);
-            s = __dp4a((int)g.x, (int)(a0 ^ m.x), s);
-            s = __dp4a((int)g.x, (int)m.z, s);
-            s = __dp4a((int)g.y, (int)(a1 ^ m.y), s);
-            s = __dp4a((int)g.y, (int)m.w, s);
+            s = __dp4a((int)g[0], (int)__vsub4(a0 ^ m0, m0), s);
+            s = __dp4a((int)g[1], (int)__vsub4(a1 ^ m1, m1), s);
         }
         *isum = (int)(2 * (aux >> 28) + 1) * s;
         *msum = 0;
@@ -533,9 +527,13 @@ template <class K> static void allow_smem(K kernel, uint32_t bytes) {
 /* A staged kernel over n_rows rows (times grid_y), its rows per warp
  * chosen for one wave. */
 template <class K, class A>
-static void launch_staged(K kernel, uint32_t smem, uint64_t n_rows, uint32_t grid_y, const A &a, cudaStream_t st) {
+static void launch_staged(K kernel, uint32_t smem, uint64_t n_rows, uint32_t grid_y, bool one_token, const A &a,
+                          cudaStream_t st) {
     allow_smem(kernel, smem);
-    uint32_t rpw = rows_per_warp(kernel, smem, n_rows, grid_y);
+    /* Compute-heavy launches (token tiles, expert blocks) spread best as
+     * many blocks of one row per warp; a single token against a dense
+     * matrix streams long runs of rows per warp. */
+    uint32_t rpw = one_token ? rows_per_warp(kernel, smem, n_rows, grid_y) : 1;
     dim3 g(div_up(n_rows, (uint64_t)ROWS_PER_BLOCK * rpw), grid_y);
     kernel<<<g, 32 * ROWS_PER_BLOCK, smem, st>>>(a, rpw);
 }
@@ -543,8 +541,10 @@ static void launch_staged(K kernel, uint32_t smem, uint64_t n_rows, uint32_t gri
 template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStream_t st) {
     dim3 grid(div_up(a.n_rows, ROWS_PER_BLOCK), a.groups);
     if (stageable(a.w, a.row_bytes, a.act_row)) {
-        if (a.n_tok == 1) launch_staged(qlinear_staged_kernel<TYPE, 1>, staged_smem<TYPE, 1, 1>(a.act_row), a.n_rows, a.groups, a, st);
-        else launch_staged(qlinear_staged_kernel<TYPE, 4>, staged_smem<TYPE, 4, 1>(a.act_row), a.n_rows, a.groups, a, st);
+        if (a.n_tok == 1)
+            launch_staged(qlinear_staged_kernel<TYPE, 1>, staged_smem<TYPE, 1, 1>(a.act_row), a.n_rows, a.groups, true, a, st);
+        else
+            launch_staged(qlinear_staged_kernel<TYPE, 4>, staged_smem<TYPE, 4, 1>(a.act_row), a.n_rows, a.groups, false, a, st);
         return;
     }
     if (a.n_tok == 1) qlinear_kernel<TYPE, 1><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
@@ -692,8 +692,12 @@ template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, ui
                          : stageable(a.w0, a.row_bytes, a.act_row) && (!UP || (uintptr_t)a.w1 % 16 == 0);
     if (staged) {
         constexpr int NM = UP ? 2 : 1;
-        if (a.n == 1) launch_staged(qffn_staged_kernel<TYPE, 1, UP>, staged_smem<TYPE, 1, NM>(a.act_row), a.rows, slots, a, st);
-        else launch_staged(qffn_staged_kernel<TYPE, 4, UP>, staged_smem<TYPE, 4, NM>(a.act_row), a.rows, slots, a, st);
+        /* gate/up: one row per warp, since they are bound by the block
+         * arithmetic (IQ2_XXS grid lookups), which wants every warp slot */
+        if (a.n == 1)
+            launch_staged(qffn_staged_kernel<TYPE, 1, UP>, staged_smem<TYPE, 1, NM>(a.act_row), a.rows, slots, !UP, a, st);
+        else
+            launch_staged(qffn_staged_kernel<TYPE, 4, UP>, staged_smem<TYPE, 4, NM>(a.act_row), a.rows, slots, false, a, st);
         return;
     }
     if (a.n == 1) qffn_kernel<TYPE, 1, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);

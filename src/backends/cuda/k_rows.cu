@@ -276,7 +276,7 @@ __device__ __forceinline__ void mhc_coeffs_warp(const float *m, uint32_t hc, con
 __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, const float *X, uint32_t hc, uint32_t E, const float *base,
                                   const float *scale, float eps, uint32_t iters, int head, float *pre, float *post,
                                   float *comb, const float *norm_w, float norm_eps, float *y) {
-    extern __shared__ float yv[]; /* E floats */
+    extern __shared__ __align__(16) float yv[]; /* E floats */
     __shared__ float spre[K_MAX_HC], c[K_MAX_HC * K_MAX_HC];
     __shared__ double red[32];
     uint32_t t = blockIdx.x, n_mix = head ? hc : (2 + hc) * hc;
@@ -287,21 +287,40 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
     if (threadIdx.x < hc) pre[(uint64_t)t * hc + threadIdx.x] = spre[threadIdx.x];
     const float *x = X + (uint64_t)t * hc * E;
     uint32_t bd = blockDim.x;
-    for (uint32_t d0 = threadIdx.x; d0 < E; d0 += 2 * bd) {
-        float xs[2][K_MAX_HC];
+    if (hc == 4 && E % 4 == 0 && (uintptr_t)X % 16 == 0) {
+        /* the published 4 streams: four 16-byte loads per thread, all in
+         * flight at once (this collapse is bound by one SM's load latency) */
+        for (uint32_t c = threadIdx.x; c < E / 4; c += bd) {
+            float4 v[4];
 #pragma unroll
-        for (int u = 0; u < 2; u++)
+            for (int i = 0; i < 4; i++) v[i] = ((const float4 *)(x + (uint64_t)i * E))[c];
+            float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-            for (uint32_t i = 0; i < K_MAX_HC; i++)
-                if (i < hc && d0 + u * bd < E) xs[u][i] = x[(uint64_t)i * E + d0 + u * bd];
+            for (int i = 0; i < 4; i++) {
+                o.x += spre[i] * v[i].x;
+                o.y += spre[i] * v[i].y;
+                o.z += spre[i] * v[i].z;
+                o.w += spre[i] * v[i].w;
+            }
+            ((float4 *)yv)[c] = o;
+        }
+    } else {
+        for (uint32_t d0 = threadIdx.x; d0 < E; d0 += 2 * bd) {
+            float xs[2][K_MAX_HC];
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
-            if (d0 + u * bd >= E) break;
-            float acc = 0.0f;
+            for (int u = 0; u < 2; u++)
 #pragma unroll
-            for (uint32_t i = 0; i < K_MAX_HC; i++)
-                if (i < hc) acc += spre[i] * xs[u][i];
-            yv[d0 + u * bd] = acc;
+                for (uint32_t i = 0; i < K_MAX_HC; i++)
+                    if (i < hc && d0 + u * bd < E) xs[u][i] = x[(uint64_t)i * E + d0 + u * bd];
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                if (d0 + u * bd >= E) break;
+                float acc = 0.0f;
+#pragma unroll
+                for (uint32_t i = 0; i < K_MAX_HC; i++)
+                    if (i < hc) acc += spre[i] * xs[u][i];
+                yv[d0 + u * bd] = acc;
+            }
         }
     }
     __syncthreads();
@@ -316,7 +335,8 @@ cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint
     if (n_tok == 0) return cudaSuccess;
     size_t smem = (size_t)E * sizeof(float);
     if (hc > K_MAX_HC || smem > 48 * 1024) return cudaErrorInvalidValue;
-    mhc_finish_kernel<<<n_tok, E >= 4096 ? 1024 : (E >= 2048 ? 512 : 256), smem, st>>>(mix, X, hc, E, base, scale, eps, iters, head, pre,
-                                                                    post, comb, norm_w, norm_eps, y);
+    unsigned threads = E >= 4096 ? 1024 : (E >= 2048 ? 512 : 256);
+    mhc_finish_kernel<<<n_tok, threads, smem, st>>>(mix, X, hc, E, base, scale, eps, iters, head, pre, post, comb, norm_w,
+                                                    norm_eps, y);
     return LAUNCH_STATUS();
 }

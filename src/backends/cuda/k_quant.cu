@@ -289,45 +289,56 @@ template <uint32_t TYPE> struct act_of {
  * blocks it would take in one pass over the whole row, in the same order,
  * so a row split into chunks of whole lane rounds (CB below) sums exactly
  * like the row in one piece. */
-template <uint32_t TYPE, int TT>
-__device__ __forceinline__ void qdot_range(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float *acc,
-                                           const uint8_t *tab) {
+template <uint32_t TYPE, int TT, int NM = 1>
+__device__ __forceinline__ void qdot_range(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float (*acc)[TT],
+                                           const uint8_t *tab, uint64_t mstride = 0) {
+    /* NM matrices mstride bytes apart (gate and up) share each step, so
+     * their independent block sums and lane reductions overlap */
     int lane = threadIdx.x & 31;
     if constexpr (qb<TYPE>::QK == DS4_QK_K) {
         int sub = lane & 7;
         for (uint32_t b0 = 0; b0 < nb; b0 += 4) {
             uint32_t b = b0 + (lane >> 3);
             bool valid = b < nb;
-            const uint8_t *wb = wrow + (uint64_t)b * qb<TYPE>::BYTES;
 #pragma unroll
             for (int tt = 0; tt < TT; tt++) {
                 if (tt >= nt) continue; /* uniform over the warp */
                 const uint8_t *ab = ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES;
-                int is = 0, ms = 0;
-                if (valid) qb<TYPE>::part(wb, ab, sub, &is, &ms, tab);
-                for (int o = 1; o < 8; o <<= 1) {
-                    is += __shfl_xor_sync(0xffffffffu, is, o);
-                    ms += __shfl_xor_sync(0xffffffffu, ms, o);
+                int is[NM], ms[NM];
+#pragma unroll
+                for (int m = 0; m < NM; m++) {
+                    is[m] = 0, ms[m] = 0;
+                    if (valid) qb<TYPE>::part(wrow + m * mstride + (uint64_t)b * qb<TYPE>::BYTES, ab, sub, &is[m], &ms[m], tab);
                 }
-                if (valid && sub == 0) acc[tt] += qb<TYPE>::finish(wb, ab, is, ms);
+                for (int o = 1; o < 8; o <<= 1)
+#pragma unroll
+                    for (int m = 0; m < NM; m++) {
+                        is[m] += __shfl_xor_sync(0xffffffffu, is[m], o);
+                        if (TYPE != GGML_TYPE_IQ2_XXS) ms[m] += __shfl_xor_sync(0xffffffffu, ms[m], o); /* IQ2_XXS: 0 */
+                    }
+                if (valid && sub == 0)
+#pragma unroll
+                    for (int m = 0; m < NM; m++)
+                        acc[m][tt] += qb<TYPE>::finish(wrow + m * mstride + (uint64_t)b * qb<TYPE>::BYTES, ab, is[m], ms[m]);
             }
         }
     } else {
         for (uint32_t b = lane; b < nb; b += 32) {
-            const uint8_t *wb = wrow + (uint64_t)b * qb<TYPE>::BYTES;
 #pragma unroll
-            for (int tt = 0; tt < TT; tt++)
-                if (tt < nt) acc[tt] += qb<TYPE>::dot(wb, ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES);
+            for (int m = 0; m < NM; m++) {
+                const uint8_t *wb = wrow + m * mstride + (uint64_t)b * qb<TYPE>::BYTES;
+#pragma unroll
+                for (int tt = 0; tt < TT; tt++)
+                    if (tt < nt) acc[m][tt] += qb<TYPE>::dot(wb, ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES);
+            }
         }
     }
 }
-
-/* acc[tt] = row . act row tt, on every lane. */
 template <uint32_t TYPE, int TT>
 __device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float *acc) {
 #pragma unroll
     for (int tt = 0; tt < TT; tt++) acc[tt] = 0.0f;
-    qdot_range<TYPE, TT>(wrow, nb, ar, nt, acc, d_iq2_tab);
+    qdot_range<TYPE, TT>(wrow, nb, ar, nt, (float(*)[TT])acc, d_iq2_tab);
 #pragma unroll
     for (int tt = 0; tt < TT; tt++) acc[tt] = warp_sum(acc[tt]);
 }
@@ -433,8 +444,7 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_
 #pragma unroll
         for (int tt = 0; tt < TT; tt++) sar[tt] = sact + tt * act_row + (uint64_t)b0 * ABY;
         const uint8_t *cur = sbuf + (it & 1) * NM * C::WB;
-#pragma unroll
-        for (int m = 0; m < NM; m++) qdot_range<TYPE, TT>(cur + m * C::WB, nbc, sar, nt, acc[m], tab);
+        qdot_range<TYPE, TT, NM>(cur, nbc, sar, nt, acc, tab, C::WB);
         if (c == nch - 1) {
 #pragma unroll
             for (int m = 0; m < NM; m++)

@@ -153,8 +153,10 @@ static const float k_e2m1[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -0.5f, -1,
 
 /* The block-scale companion of "X.weight" is "X.scale". */
 static const st_tensor *find_scale(const ckpt_index *ix, const char *name, char *sname, size_t cap) {
-    snprintf(sname, cap, "%.*s.scale", (int)(strlen(name) - (strstr(name, ".weight") ? 7 : 0)), name);
-    return strstr(name, ".weight") ? ckpt_find(ix, sname) : NULL;
+    size_t n = strlen(name);
+    if (n < 7 || strcmp(name + n - 7, ".weight")) return NULL;
+    snprintf(sname, cap, "%.*s.scale", (int)(n - 7), name);
+    return ckpt_find(ix, sname);
 }
 
 int ckpt_fp4_planes(const ckpt_index *ix, const char *name, uint64_t rows, uint64_t cols, const uint8_t **codes,

@@ -2,7 +2,13 @@
  * records of a package, read exactly as the slot bank reads a miss (same
  * reader, O_DIRECT, record-sized requests at record offsets), at several
  * queue depths. Next to decode numbers it tells how close the engine gets
- * to what the SSD can deliver. */
+ * to what the SSD can deliver.
+ *
+ * Two shapes of load: a steady queue (a new read as soon as one finishes:
+ * what the disk can do with N requests always outstanding), and bursts
+ * (--burst: N reads at once, wait for all of them, again: what a decode
+ * step that misses N experts of a layer and waits for them sees, tail of
+ * the slowest read included). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -46,7 +52,7 @@ static uint64_t xorshift(uint64_t *s) {
     return *s;
 }
 
-static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool direct) {
+static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool direct, bool burst) {
     uint64_t slot = (sc->max_record + DS4_IO_ALIGN - 1) / DS4_IO_ALIGN * DS4_IO_ALIGN;
     probe_ctx c = {0};
     c.busy = calloc(qd, sizeof *c.busy);
@@ -88,6 +94,9 @@ static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool dir
         }
         ds4_expert_io_flush(io);
         ds4_expert_io_reap(io, true);
+        if (burst)
+            while (ds4_expert_io_reap(io, true)) {
+            }
     }
     while (ds4_expert_io_reap(io, true)) {
     }
@@ -98,9 +107,9 @@ static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool dir
     }
     ds4_io_stats st;
     ds4_expert_io_get_stats(io, &st);
-    printf("probe qd %-3u %7" PRIu64 " reads of %7" PRIu64 " B in %5.2f s: %8.1f MB/s %8.0f reads/s, mean latency %7.3f ms "
+    printf("probe %-5s %-3u %7" PRIu64 " reads of %7" PRIu64 " B in %5.2f s: %8.1f MB/s %8.0f reads/s, mean latency %7.3f ms "
            "(%s)\n",
-           qd, c.done, sc->max_record, dt, st.bytes / 1e6 / dt, c.done / dt, c.done ? c.lat_sum / c.done * 1e3 : 0.0,
+           burst ? "burst" : "qd", qd, c.done, sc->max_record, dt, st.bytes / 1e6 / dt, c.done / dt, c.done ? c.lat_sum / c.done * 1e3 : 0.0,
            st.direct && !st.buffered ? "O_DIRECT" : st.direct ? "partly O_DIRECT" : "buffered");
     fflush(stdout);
     rc = 0;
@@ -116,7 +125,7 @@ out:
 int cmd_probe(int argc, char **argv) {
     const char *dir = NULL, *qds = "1,4,16,64";
     double seconds = 2;
-    bool direct = true;
+    bool direct = true, burst = false;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
             char *end;
@@ -129,15 +138,17 @@ int cmd_probe(int argc, char **argv) {
             qds = argv[++i];
         } else if (!strcmp(argv[i], "--buffered")) {
             direct = false;
+        } else if (!strcmp(argv[i], "--burst")) {
+            burst = true;
         } else if (argv[i][0] == '-' || dir) {
-            fprintf(stderr, "usage: ds4-sidecar probe DIR [--seconds S] [--qd N[,N...]] [--buffered]\n");
+            fprintf(stderr, "usage: ds4-sidecar probe DIR [--seconds S] [--qd N[,N...]] [--buffered] [--burst]\n");
             return 2;
         } else {
             dir = argv[i];
         }
     }
     if (!dir) {
-        fprintf(stderr, "usage: ds4-sidecar probe DIR [--seconds S] [--qd N[,N...]] [--buffered]\n");
+        fprintf(stderr, "usage: ds4-sidecar probe DIR [--seconds S] [--qd N[,N...]] [--buffered] [--burst]\n");
         return 2;
     }
     package p;
@@ -157,7 +168,7 @@ int cmd_probe(int argc, char **argv) {
             rc = 2;
             break;
         }
-        rc = probe_qd(p.sc, (uint32_t)qd, seconds, direct);
+        rc = probe_qd(p.sc, (uint32_t)qd, seconds, direct, burst);
         s = *end ? end + 1 : end;
     }
     package_close(&p);

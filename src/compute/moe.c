@@ -103,11 +103,17 @@ int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *toke
     int rc = 0;
     for (uint32_t g0 = 0; g0 < n_used && rc == 0; g0 += cap) {
         uint32_t gn = n_used - g0 < cap ? n_used - g0 : cap;
-        if ((rc = ds4_experts_acquire(net->experts, il, used + g0, gn, views, err))) break;
-        /* Once this layer's first experts are in, start the next layer's
-         * likely ones: they load while these compute. */
-        if (g0 == 0) ds4_moe_prefetch_next(net, il, x, tokens, n);
-        for (uint32_t k = 0; k < gn; k++) {
+        /* Each expert computes as soon as its own bytes are in, while the
+         * group's other reads go on (the order, and so the sums, stay the
+         * same whatever arrives first). */
+        if ((rc = ds4_experts_acquire_start(net->experts, il, used + g0, gn, views, err))) break;
+        for (uint32_t k = 0; k < gn && rc == 0; k++) {
+            if ((rc = ds4_experts_wait(net->experts, k, err))) break;
+            /* Once this layer's first group is all in, start the next
+             * layer's likely experts: they load while the last of these
+             * and the next attention compute, without delaying this
+             * layer's own reads. */
+            if (g0 == 0 && k + 1 == gn) ds4_moe_prefetch_next(net, il, x, tokens, n);
             int32_t e = (int32_t)used[g0 + k];
             /* Each token at most once per expert; a row naming the expert in
              * several slots (possible in hash tables) adds each slot's weight

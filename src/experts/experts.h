@@ -48,6 +48,14 @@ typedef struct ds4_expert_source_ops {
     void (*stats)(const ds4_expert_source *s, ds4_expert_stats *out);
     /* Optional: how experts are served, for startup lines. */
     const char *(*describe)(const ds4_expert_source *s);
+    /* Optional pair: acquire_start is acquire without waiting for the
+     * reads (the views point where the bytes will land); wait(k) returns
+     * once expert k of that acquire is readable. The caller computes each
+     * expert as soon as its own read is in, while the others still arrive.
+     * Without them acquire_start waits for all and wait does nothing. */
+    int (*acquire_start)(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n, ds4_expert_view *views,
+                         ds4_error *err);
+    int (*wait)(ds4_expert_source *s, uint32_t k, ds4_error *err);
 } ds4_expert_source_ops;
 
 struct ds4_expert_source {
@@ -57,6 +65,14 @@ struct ds4_expert_source {
 static inline int ds4_experts_acquire(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n,
                                       ds4_expert_view *views, ds4_error *err) {
     return s->ops->acquire(s, il, ids, n, views, err);
+}
+static inline int ds4_experts_acquire_start(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n,
+                                            ds4_expert_view *views, ds4_error *err) {
+    return s->ops->acquire_start ? s->ops->acquire_start(s, il, ids, n, views, err)
+                                 : s->ops->acquire(s, il, ids, n, views, err);
+}
+static inline int ds4_experts_wait(ds4_expert_source *s, uint32_t k, ds4_error *err) {
+    return s->ops->wait ? s->ops->wait(s, k, err) : 0;
 }
 static inline void ds4_experts_prefetch(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n) {
     if (s->ops->prefetch) s->ops->prefetch(s, il, ids, n);

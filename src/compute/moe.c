@@ -107,13 +107,17 @@ int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *toke
          * group's other reads go on (the order, and so the sums, stay the
          * same whatever arrives first). */
         if ((rc = ds4_experts_acquire_start(net->experts, il, used + g0, gn, views, err))) break;
+        bool guessed = g0 > 0;
         for (uint32_t k = 0; k < gn && rc == 0; k++) {
             if ((rc = ds4_experts_wait(net->experts, k, err))) break;
-            /* Once this layer's first group is all in, start the next
-             * layer's likely experts: they load while the last of these
-             * and the next attention compute, without delaying this
-             * layer's own reads. */
-            if (g0 == 0 && k + 1 == gn) ds4_moe_prefetch_next(net, il, x, tokens, n);
+            /* As soon as the disk has nothing left to do for this layer
+             * (at once when all were hits), start the next layer's likely
+             * experts: they load while these and the next attention
+             * compute, without delaying this layer's own reads. */
+            if (!guessed && (k + 1 == gn || !ds4_experts_reading(net->experts))) {
+                ds4_moe_prefetch_next(net, il, x, tokens, n);
+                guessed = true;
+            }
             int32_t e = (int32_t)used[g0 + k];
             /* Each token at most once per expert; a row naming the expert in
              * several slots (possible in hash tables) adds each slot's weight

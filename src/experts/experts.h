@@ -56,6 +56,8 @@ typedef struct ds4_expert_source_ops {
     int (*acquire_start)(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n, ds4_expert_view *views,
                          ds4_error *err);
     int (*wait)(ds4_expert_source *s, uint32_t k, ds4_error *err);
+    /* Optional: whether reads are in flight (the disk has work). */
+    bool (*reading)(const ds4_expert_source *s);
 } ds4_expert_source_ops;
 
 struct ds4_expert_source {
@@ -74,6 +76,7 @@ static inline int ds4_experts_acquire_start(ds4_expert_source *s, uint32_t il, c
 static inline int ds4_experts_wait(ds4_expert_source *s, uint32_t k, ds4_error *err) {
     return s->ops->wait ? s->ops->wait(s, k, err) : 0;
 }
+static inline bool ds4_experts_reading(const ds4_expert_source *s) { return s->ops->reading && s->ops->reading(s); }
 static inline void ds4_experts_prefetch(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n) {
     if (s->ops->prefetch) s->ops->prefetch(s, il, ids, n);
 }

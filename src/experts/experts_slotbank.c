@@ -272,6 +272,10 @@ static void slot_prefetch(ds4_expert_source *src, uint32_t il, const uint32_t *i
     ds4_expert_io_flush(b->io);
 }
 
+static bool slot_reading(const ds4_expert_source *s) {
+    return ds4_expert_io_inflight(((const slot_source *)s)->io) > 0;
+}
+
 static uint32_t slot_capacity(const ds4_expert_source *s) { return ((const slot_source *)s)->n_slots; }
 
 static void slot_stats(const ds4_expert_source *s, ds4_expert_stats *out) {
@@ -303,12 +307,12 @@ static void slot_free(ds4_expert_source *s) {
     free(b);
 }
 
-static const ds4_expert_source_ops k_slot_ops = {slot_acquire, slot_prefetch, slot_capacity,    slot_free,
-                                                 slot_stats,   slot_describe, slot_acquire_start, slot_wait};
+static const ds4_expert_source_ops k_slot_ops = {slot_acquire, slot_prefetch,      slot_capacity, slot_free,   slot_stats,
+                                                 slot_describe, slot_acquire_start, slot_wait,     slot_reading};
 /* The same without overlap: no hints (callers then skip computing them)
  * and every acquire waits for all its reads before compute starts. */
 static const ds4_expert_source_ops k_slot_ops_noprefetch = {slot_acquire, NULL, slot_capacity, slot_free, slot_stats,
-                                                            slot_describe, NULL, NULL};
+                                                            slot_describe, NULL, NULL, slot_reading};
 
 ds4_expert_source *ds4_experts_slotbank_new(const ds4_sidecar *sc, const ds4_sidecar_source_opts *o, ds4_error *err) {
     uint32_t NL = sc->geom.n_layer, X = sc->geom.n_expert;

@@ -15,9 +15,12 @@
 #     from the page cache), in three modes: no overlap (--no-moe-prefetch),
 #     overlap of each layer's reads with its own compute (--no-moe-guess),
 #     and that plus reads of the experts guessed for the next layer (default)
-# Configs of one repetition run back to back, so slow and fast periods of a
-# shared machine hit every config. Prints a markdown table (also saved to
-# WORKDIR/results.md): medians over the repetitions, t/s with its range.
+# Configs of one repetition run back to back (the three modes of a bank size
+# next to each other, in reversed order every other repetition), so slow and
+# fast periods of a shared machine hit every config; "vs off" is the median
+# over repetitions of a mode's t/s over the same repetition's "off" t/s.
+# Prints a markdown table (also saved to WORKDIR/results.md): medians over
+# the repetitions, t/s with its range.
 # Knobs (environment): SLOTS ("6 12 24 64 128"), REPS (3), NPRED (24
 # generated tokens), PROMPT (4 tokens), THREADS (all cores), LAYERS (6),
 # HASH (1 hash-routed layer), RESIDENT (1: include the --resident ceiling),
@@ -85,6 +88,11 @@ row() { # row NAME LABEL
     f="$W/$1.runs"
     t=$(awk '{ print $1 }' "$f" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f (%.2f-%.2f)", v[int((NR + 1) / 2)], v[1], v[NR] }')
     printf "| %s | %s |" "$2" "$t"
+    off="$W/${1%_*}_off.runs"
+    if [ -f "$off" ] && [ "$f" != "$off" ]; then
+        paste -d ' ' "$f" "$off" | awk '{ print $1 / $10 }' | sort -g |
+            awk '{ v[NR] = $1 } END { printf " %.2f |", v[int((NR + 1) / 2)] }'
+    else printf " - |"; fi
     for c in 2 3 4; do printf " %s |" "$(med "$f" $c)"; done
     b=$(med "$f" 4)
     if [ "$b" != "-" ]; then awk -v b="$b" -v p="$P6" 'BEGIN { printf " %.0f%% |", 100 * b / p }'; else printf " - |"; fi
@@ -92,14 +100,20 @@ row() { # row NAME LABEL
     printf "\n"
 }
 
+mode() { # mode SLOTS off|own|on
+    case $2 in
+    off) one "s$1_off" -m "$W/pkg" --moe-slot-bank "$1" --ssd-io direct --no-moe-prefetch ;;
+    own) one "s$1_own" -m "$W/pkg" --moe-slot-bank "$1" --ssd-io direct --no-moe-guess ;;
+    on) one "s$1_on" -m "$W/pkg" --moe-slot-bank "$1" --ssd-io direct ;;
+    esac
+}
 for r in $(seq "$REPS"); do
     echo "rep $r/$REPS" >&2
     probe
     [ "$RESIDENT" = 1 ] && one resident -m "$W/pkg" --resident
+    order="off own on"; [ $((r % 2)) -eq 0 ] && order="on own off"
     for n in $SLOTS; do
-        one "s${n}_off" -m "$W/pkg" --moe-slot-bank "$n" --ssd-io direct --no-moe-prefetch
-        one "s${n}_own" -m "$W/pkg" --moe-slot-bank "$n" --ssd-io direct --no-moe-guess
-        one "s${n}_on" -m "$W/pkg" --moe-slot-bank "$n" --ssd-io direct
+        for m in $order; do mode "$n" "$m"; done
     done
 done
 probe
@@ -131,8 +145,8 @@ P6=$(med "$W/probe_qd6.runs" 1)
     echo "routing and each expert computes as soon as its record is in); on: that plus reads of the experts guessed"
     echo "for the next layer. busy = bytes / time with a read in flight; vs probe = busy / probe qd6 ($P6 MB/s)."
     echo
-    echo "| config | decode t/s | MB read / token | read MB/s (decode) | read MB/s (busy) | vs probe | hit % | prefetched % | miss % | stall s |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
+    echo "| config | decode t/s | vs off | MB read / token | read MB/s (decode) | read MB/s (busy) | busy vs probe | hit % | prefetched % | miss % | stall s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
     [ "$RESIDENT" = 1 ] && row resident "package --resident (no I/O)"
     for n in $SLOTS; do
         row "s${n}_off" "slot bank $n, off"

@@ -249,15 +249,17 @@ static void slot_prefetch(ds4_expert_source *src, uint32_t il, const uint32_t *i
     uint64_t pin = il == b->last_layer ? b->stamp : 0;
     uint32_t budget = b->n_slots;
     ds4_error err;
-    for (uint32_t i = 0; i < n && budget; i++) {
+    /* First mark every hinted expert already there, so that placing an
+     * earlier one cannot evict a later one of the same hint. */
+    for (uint32_t i = 0; i < n; i++) {
         if (ids[i] >= b->sc->geom.n_expert) continue;
         int32_t si = bk->where[ids[i]];
-        if (si >= 0) {
-            /* Already there: keep it from being chosen as a victim below. */
-            bk->slots[si].hint = hint;
-            bk->slots[si].age = ++b->clock;
-            continue;
-        }
+        if (si < 0) continue;
+        bk->slots[si].hint = hint;
+        bk->slots[si].age = ++b->clock;
+    }
+    for (uint32_t i = 0; i < n && budget; i++) {
+        if (ids[i] >= b->sc->geom.n_expert || bk->where[ids[i]] >= 0) continue;
         int v = pick_victim(bk, b->n_slots, pin, hint, false);
         if (v < 0) break;
         slot *s = &bk->slots[v];

@@ -21,16 +21,16 @@
 # over repetitions of a mode's t/s over the same repetition's "off" t/s.
 # Prints a markdown table (also saved to WORKDIR/results.md): medians over
 # the repetitions, t/s with its range.
-# Knobs (environment): SLOTS ("6 12 24 64 128"), REPS (3), NPRED (24
+# Knobs (environment): SLOTS ("6 24 64 128"), REPS (5), NPRED (32
 # generated tokens), PROMPT (4 tokens), THREADS (all cores), LAYERS (6),
 # HASH (1 hash-routed layer), RESIDENT (1: include the --resident ceiling),
 # PROBE_S (1.5 seconds per probe point).
 set -eu
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/ds4-sidecar-bench}
-SLOTS=${SLOTS:-"6 12 24 64 128"}
-REPS=${REPS:-3}
-NPRED=${NPRED:-24}
+SLOTS=${SLOTS:-"6 24 64 128"}
+REPS=${REPS:-5}
+NPRED=${NPRED:-32}
 PROMPT=${PROMPT:-4}
 THREADS=${THREADS:-}
 LAYERS=${LAYERS:-6}
@@ -62,7 +62,8 @@ probe() {
     tail -n 4 "$W/probe.log" | awk -v w="$W" '{ print $12 >> (w "/probe_" $2 $3 ".runs") }'
 }
 # one NAME ARGS...: a decode run; appends
-# "t/s MB/token MB/s(decode) MB/s(busy) hit% prefetched% miss% stall_s busy_s" to $W/NAME.runs
+# "t/s MB/token MB/s(decode) MB/s(busy) hit% prefetched% miss% stall_s busy_s decode_s decode_tokens"
+# to $W/NAME.runs
 one() {
     name=$1; shift
     ./ds4 ${THREADS:+-t "$THREADS"} --tokens @"$W/prompt.txt" -n "$NPRED" --temp 0 -v --moe-stats "$@" 2>"$W/last.log" >/dev/null
@@ -74,11 +75,12 @@ one() {
                 if ($i == "MB/token,") mbt = substr($(i-1), 2); if ($i == "MB/s),") mbs = $(i-1)
                 if ($i == "stall") st = $(i+1); if ($i == "io-busy") busy = $(i+1)
                 if ($i == "while") mbb = substr($(i-2), 2)
+                if ($i == "tokens" && $(i+1) == "in") { nt = $(i-1); ds = $(i+2) }
             }
         }
         function num(x) { gsub(/[^0-9.]/, "", x); return x == "" ? "-" : x }
-        END { printf "%s %s %s %s %s %s %s %s %s\n", num(tps), num(mbt), num(mbs), num(mbb), num(hit), num(pre), num(miss),
-              num(st), num(busy) }' \
+        END { printf "%s %s %s %s %s %s %s %s %s %s %s\n", num(tps), num(mbt), num(mbs), num(mbb), num(hit), num(pre),
+              num(miss), num(st), num(busy), num(ds), num(nt) }' \
         "$W/last.log" >> "$W/$name.runs"
 }
 med() { # med FILE COLUMN: median of a column
@@ -90,13 +92,18 @@ row() { # row NAME LABEL
     printf "| %s | %s |" "$2" "$t"
     off="$W/${1%_*}_off.runs"
     if [ -f "$off" ] && [ "$f" != "$off" ]; then
-        paste -d ' ' "$f" "$off" | awk '{ print $1 / $10 }' | sort -g |
+        paste -d ' ' "$f" "$off" | awk '{ print $1 / $(NF / 2 + 1) }' | sort -g |
             awk '{ v[NR] = $1 } END { printf " %.2f |", v[int((NR + 1) / 2)] }'
     else printf " - |"; fi
     for c in 2 3 4; do printf " %s |" "$(med "$f" $c)"; done
     b=$(med "$f" 4)
     if [ "$b" != "-" ]; then awk -v b="$b" -v p="$P6" 'BEGIN { printf " %.0f%% |", 100 * b / p }'; else printf " - |"; fi
-    for c in 5 6 7 8; do printf " %s |" "$(med "$f" $c)"; done
+    for c in 5 6 7; do printf " %s |" "$(med "$f" $c)"; done
+    # stall and the rest of decode (compute, and whatever else the CPU did), ms per token
+    if [ "$(med "$f" 8)" != "-" ]; then
+        awk '{ print 1000 * $8 / $11 }' "$f" | sort -g | awk '{ v[NR] = $1 } END { printf " %.1f |", v[int((NR + 1) / 2)] }'
+        awk '{ print 1000 * ($10 - $8) / $11 }' "$f" | sort -g | awk '{ v[NR] = $1 } END { printf " %.1f |", v[int((NR + 1) / 2)] }'
+    else printf " - | - |"; fi
     printf "\n"
 }
 
@@ -145,8 +152,10 @@ P6=$(med "$W/probe_qd6.runs" 1)
     echo "routing and each expert computes as soon as its record is in); on: that plus reads of the experts guessed"
     echo "for the next layer. busy = bytes / time with a read in flight; vs probe = busy / probe qd6 ($P6 MB/s)."
     echo
-    echo "| config | decode t/s | vs off | MB read / token | read MB/s (decode) | read MB/s (busy) | busy vs probe | hit % | prefetched % | miss % | stall s |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "stall = decode time spent waiting for reads, other = the rest of the decode time (compute), both per token."
+    echo
+    echo "| config | decode t/s | vs off | MB read / token | read MB/s (decode) | read MB/s (busy) | busy vs probe | hit % | prefetched % | miss % | stall ms/tok | other ms/tok |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     [ "$RESIDENT" = 1 ] && row resident "package --resident (no I/O)"
     for n in $SLOTS; do
         row "s${n}_off" "slot bank $n, off"

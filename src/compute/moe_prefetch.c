@@ -63,8 +63,14 @@ void ds4_moe_prefetch_next(const ds4_net *net, uint32_t il, const float *x, cons
         }
     }
     qsort(c, X, sizeof *c, by_votes);
+    /* Guesses must leave a bank room for the experts the next layer will
+     * really ask for: with fewer than 2K slots, wrong guesses still being
+     * read would be the only victims left, and the real misses would queue
+     * behind them. Hash layers are exact and may take every slot. */
+    uint32_t cap = ds4_experts_capacity(net->experts), room = X;
+    if (!hash) room = cap > K ? cap - K : 0;
     uint32_t m = 0;
-    while (m < X && c[m].votes) {
+    while (m < X && m < room && c[m].votes) {
         ids[m] = c[m].expert;
         m++;
     }

@@ -58,6 +58,9 @@ typedef struct ds4_expert_source_ops {
     int (*wait)(ds4_expert_source *s, uint32_t k, ds4_error *err);
     /* Optional: whether reads are in flight (the disk has work). */
     bool (*reading)(const ds4_expert_source *s);
+    /* Optional: whether wait(k) would return at once (expert k of the
+     * latest acquire_start is in, or its read failed). */
+    bool (*ready)(ds4_expert_source *s, uint32_t k);
 } ds4_expert_source_ops;
 
 struct ds4_expert_source {
@@ -77,6 +80,7 @@ static inline int ds4_experts_wait(ds4_expert_source *s, uint32_t k, ds4_error *
     return s->ops->wait ? s->ops->wait(s, k, err) : 0;
 }
 static inline bool ds4_experts_reading(const ds4_expert_source *s) { return s->ops->reading && s->ops->reading(s); }
+static inline bool ds4_experts_ready(ds4_expert_source *s, uint32_t k) { return !s->ops->ready || s->ops->ready(s, k); }
 static inline void ds4_experts_prefetch(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n) {
     if (s->ops->prefetch) s->ops->prefetch(s, il, ids, n);
 }

@@ -231,6 +231,15 @@ static int slot_wait(ds4_expert_source *src, uint32_t k, ds4_error *err) {
     return 0;
 }
 
+static bool slot_ready(ds4_expert_source *src, uint32_t k) {
+    slot_source *b = (slot_source *)src;
+    if (k >= b->last_n) return true; /* wait reports the error */
+    ds4_expert_io_reap(b->io, false);
+    const bank *bk = &b->banks[b->last_layer];
+    int32_t si = bk->where[b->last_ids[k]];
+    return b->failed || si < 0 || bk->slots[si].state != SLOT_LOADING;
+}
+
 static int slot_acquire(ds4_expert_source *src, uint32_t il, const uint32_t *ids, uint32_t n, ds4_expert_view *views,
                         ds4_error *err) {
     if (slot_acquire_start(src, il, ids, n, views, err)) return -1;
@@ -310,11 +319,12 @@ static void slot_free(ds4_expert_source *s) {
 }
 
 static const ds4_expert_source_ops k_slot_ops = {slot_acquire, slot_prefetch,      slot_capacity, slot_free,   slot_stats,
-                                                 slot_describe, slot_acquire_start, slot_wait,     slot_reading};
+                                                 slot_describe, slot_acquire_start, slot_wait,     slot_reading,
+                                                 slot_ready};
 /* The same without overlap: no hints (callers then skip computing them)
  * and every acquire waits for all its reads before compute starts. */
 static const ds4_expert_source_ops k_slot_ops_noprefetch = {slot_acquire, NULL, slot_capacity, slot_free, slot_stats,
-                                                            slot_describe, NULL, NULL, slot_reading};
+                                                            slot_describe, NULL, NULL, slot_reading, NULL};
 
 ds4_expert_source *ds4_experts_slotbank_new(const ds4_sidecar *sc, const ds4_sidecar_source_opts *o, ds4_error *err) {
     uint32_t NL = sc->geom.n_layer, X = sc->geom.n_expert;

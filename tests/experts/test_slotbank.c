@@ -287,9 +287,21 @@ static void test_overlap(const ds4_sidecar *sc, const char *what) {
         CHECK(!ds4_experts_reading(s));
     }
     CHECK(ds4_experts_wait(s, 3, &err) == -1 && strstr(err.msg, "3-expert acquire"));
+    /* ready() turns true for each expert once its read is in, without waiting. */
+    uint32_t other[3] = {0, 2, 5};
+    CHECK(ds4_experts_acquire_start(s, 1, other, 3, v, &err) == 0);
+    int spins = 0;
+    for (int k = 0; k < 3; k++)
+        while (!ds4_experts_ready(s, (uint32_t)k) && spins < 100000) {
+            usleep(100);
+            spins++;
+        }
+    CHECK(spins < 100000 && !ds4_experts_reading(s));
+    for (int k = 0; k < 3; k++) CHECK(check_view(&v[k], 1, (int)other[k]) == 0 && ds4_experts_wait(s, (uint32_t)k, &err) == 0);
+    CHECK(ds4_experts_ready(s, 3)); /* out of range: wait reports it */
     ds4_expert_stats st;
     ds4_experts_get_stats(s, &st);
-    CHECK(st.misses == 3 && st.hits == 3);
+    CHECK(st.misses == 6 && st.hits == 3);
     ds4_experts_free(s);
 
     /* A read that fails for good fails the waits (naming the file). */

@@ -69,7 +69,10 @@ typedef struct ds4_model_opts {
                                  left after dense weights and KV, leaving the rest to
                                  the page cache */
     ds4_ssd_io ssd_io;
-    bool no_moe_prefetch;     /* streaming: do not start next-layer reads early */
+    bool no_moe_prefetch;     /* streaming: no overlap of reads with compute (no early
+                                 reads, each layer waits for all its reads) */
+    bool no_moe_guess;        /* streaming: no reads of experts guessed for the next
+                                 layer (hash layers, known exactly, still are) */
     uint32_t ctx_hint;        /* context the sessions will use, for the auto budget (0 = 32768) */
     ds4_backend backend;
     /* CUDA: VRAM for routed experts. 0 = auto: all experts on the GPU when

@@ -39,6 +39,34 @@ static void run_expert(const ds4_net *net, const ds4_tensor *gate, const ds4_ten
     ds4_linear(net->pool, down, g, m, out);
 }
 
+/* The rows of x routed to expert e, packed into xs; members records each
+ * one's token and slot. Each token at most once per expert; a row naming
+ * the expert in several slots (possible in hash tables) adds each slot's
+ * weight in slot order (scatter). */
+static uint32_t gather(const int32_t *ids, const float *x, uint32_t n, uint32_t K, uint32_t E, int32_t e,
+                       uint32_t *members, float *xs) {
+    uint32_t m = 0;
+    for (uint32_t t = 0; t < n; t++)
+        for (uint32_t j = 0; j < K; j++)
+            if (ids[(size_t)t * K + j] == e) {
+                members[m] = t * K + j;
+                memcpy(xs + (size_t)m * E, x + (size_t)t * E, E * sizeof(float));
+                m++;
+                break;
+            }
+    return m;
+}
+
+/* out[token] += weight x d[row] for the m rows gather packed. */
+static void scatter(float *out, const int32_t *ids, const float *wts, uint32_t K, uint32_t E, int32_t e,
+                    const uint32_t *members, uint32_t m, const float *d) {
+    for (uint32_t i = 0; i < m; i++) {
+        uint32_t t = members[i] / K;
+        for (uint32_t j = members[i] % K; j < K; j++)
+            if (ids[(size_t)t * K + j] == e) ds4_axpy(out + (size_t)t * E, wts[(size_t)t * K + j], d + (size_t)i * E, E);
+    }
+}
+
 int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *tokens, uint32_t n, float *out, ds4_arena *ar,
             ds4_error *err) {
     const ds4_hparams *hp = net->hp;
@@ -103,31 +131,61 @@ int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *toke
     int rc = 0;
     for (uint32_t g0 = 0; g0 < n_used && rc == 0; g0 += cap) {
         uint32_t gn = n_used - g0 < cap ? n_used - g0 : cap;
-        if ((rc = ds4_experts_acquire(net->experts, il, used + g0, gn, views, err))) break;
-        /* Once this layer's first experts are in, start the next layer's
-         * likely ones: they load while these compute. */
-        if (g0 == 0) ds4_moe_prefetch_next(net, il, x, tokens, n);
-        for (uint32_t k = 0; k < gn; k++) {
-            int32_t e = (int32_t)used[g0 + k];
-            /* Each token at most once per expert; a row naming the expert in
-             * several slots (possible in hash tables) adds each slot's weight
-             * in slot order. */
-            uint32_t m = 0;
-            for (uint32_t t = 0; t < n; t++)
-                for (uint32_t j = 0; j < K; j++)
-                    if (ids[(size_t)t * K + j] == e) {
-                        members[m] = t * K + j;
-                        memcpy(xs + (size_t)m * E, x + (size_t)t * E, E * sizeof(float));
-                        m++;
-                        break;
-                    }
-            run_expert(net, &views[k].gate, &views[k].up, &views[k].down, xs, m, limit, g, u, d);
-            for (uint32_t i = 0; i < m; i++) {
-                uint32_t t = members[i] / K;
-                for (uint32_t j = members[i] % K; j < K; j++)
-                    if (ids[(size_t)t * K + j] == e) ds4_axpy(out + (size_t)t * E, wts[(size_t)t * K + j], d + (size_t)i * E, E);
-            }
+        /* Each expert computes as soon as its own bytes are in, while the
+         * group's other reads go on. Decode-sized groups take whichever
+         * expert is in (the hits at once, then reads as they land) instead
+         * of waiting in ascending order behind a miss, and keep its output
+         * until those before it are summed: the sums run in ascending
+         * expert order whatever arrives first, as without streaming.
+         * Larger groups (prefill) go in order. */
+        if ((rc = ds4_experts_acquire_start(net->experts, il, used + g0, gn, views, err))) break;
+        bool any_order = (size_t)gn * n <= 64;
+        float *dk = any_order ? malloc((size_t)gn * n * E * sizeof *dk) : NULL;
+        uint32_t *mk = any_order ? malloc(((size_t)gn * n + gn) * sizeof *mk) : NULL, *cnt = mk ? mk + (size_t)gn * n : NULL;
+        uint8_t *done = calloc(gn, 1);
+        if (!done) {
+            free(dk), free(mk);
+            rc = ds4_fail(err, "out of memory routing experts");
+            break;
         }
+        if (!dk || !mk) any_order = false; /* in order needs nothing more */
+        bool guessed = g0 > 0;
+        uint32_t next_sum = 0, n_done = 0;
+        while (n_done < gn) {
+            uint32_t k = gn;
+            if (any_order)
+                for (uint32_t j = next_sum; j < gn && k == gn; j++)
+                    if (!done[j] && ds4_experts_ready(net->experts, j)) k = j;
+            for (uint32_t j = next_sum; j < gn && k == gn; j++)
+                if (!done[j]) k = j;
+            if ((rc = ds4_experts_wait(net->experts, k, err))) break;
+            /* As soon as the disk has nothing left to do for this layer
+             * (at once when all were hits), start the next layer's likely
+             * experts: they load while these and the next attention
+             * compute, without delaying this layer's own reads. */
+            if (!guessed && (n_done + 1 == gn || !ds4_experts_reading(net->experts))) {
+                ds4_moe_prefetch_next(net, il, x, tokens, n);
+                guessed = true;
+            }
+            uint32_t *mem_k = any_order ? mk + (size_t)k * n : members;
+            float *d_k = any_order ? dk + (size_t)k * n * E : d;
+            uint32_t m = gather(ids, x, n, K, E, (int32_t)used[g0 + k], mem_k, xs);
+            run_expert(net, &views[k].gate, &views[k].up, &views[k].down, xs, m, limit, g, u, d_k);
+            done[k] = 1;
+            n_done++;
+            if (!any_order) {
+                scatter(out, ids, wts, K, E, (int32_t)used[g0 + k], mem_k, m, d_k);
+                next_sum = k + 1;
+                continue;
+            }
+            cnt[k] = m;
+            for (; next_sum < gn && done[next_sum]; next_sum++)
+                scatter(out, ids, wts, K, E, (int32_t)used[g0 + next_sum], mk + (size_t)next_sum * n, cnt[next_sum],
+                        dk + (size_t)next_sum * n * E);
+        }
+        free(dk);
+        free(mk);
+        free(done);
     }
     free(ids);
     free(members);

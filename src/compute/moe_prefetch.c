@@ -37,7 +37,9 @@ void ds4_moe_prefetch_next(const ds4_net *net, uint32_t il, const float *x, cons
     float *logits = NULL;
     if (!c || !ids) goto out; /* a hint: on failure just skip it */
     for (uint32_t e = 0; e < X; e++) c[e] = (cand){e, 0, -INFINITY};
-    if (ds4_layer_is_hash(hp, next)) {
+    bool hash = ds4_layer_is_hash(hp, next);
+    if (!hash && net->no_guess) goto out;
+    if (hash) {
         const int32_t *tab = (const int32_t *)lw->tid2eid.data;
         for (uint32_t t = 0; t < n; t++)
             for (uint32_t k = 0; k < K; k++) c[tab[(size_t)tokens[t] * K + k]].votes++;
@@ -61,8 +63,14 @@ void ds4_moe_prefetch_next(const ds4_net *net, uint32_t il, const float *x, cons
         }
     }
     qsort(c, X, sizeof *c, by_votes);
+    /* Guesses must leave a bank room for the experts the next layer will
+     * really ask for: with fewer than 2K slots, wrong guesses still being
+     * read would be the only victims left, and the real misses would queue
+     * behind them. Hash layers are exact and may take every slot. */
+    uint32_t cap = ds4_experts_capacity(net->experts), room = X;
+    if (!hash) room = cap > K ? cap - K : 0;
     uint32_t m = 0;
-    while (m < X && c[m].votes) {
+    while (m < X && m < room && c[m].votes) {
         ids[m] = c[m].expert;
         m++;
     }

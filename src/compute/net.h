@@ -16,6 +16,7 @@ typedef struct ds4_net {
     const ds4_weights *w;
     ds4_pool *pool;
     ds4_expert_source *experts; /* routed experts (mapped, resident or streamed) */
+    bool no_guess;              /* prefetch only experts known exactly (moe_prefetch.c) */
     /* RoPE frequency tables, [numerics][kind]: kind 0 for sliding-only
      * layers, 1 for compressed layers, their compressors and indexers
      * (YaRN). numerics 0 = official (fp32 frequencies), 1 = hf (the

@@ -146,6 +146,7 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
         m->eval_lock_init = true;
         if (ds4_sidecar_mode_open(m->sidecar, &m->hp, m->file->map_size, &o, &m->net.experts, &m->slots, err)) goto fail;
         m->resident = o.resident;
+        m->net.no_guess = o.no_moe_guess;
     } else if (!(m->net.experts = ds4_experts_from_weights(&m->w, m->hp.n_layer, m->hp.n_expert))) {
         ds4_fail(err, "out of memory creating the expert source");
         goto fail;

@@ -3,9 +3,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,6 +47,20 @@ struct ds4_expert_io {
     uint64_t fault_fail, fault_once, fault_short;
     ds4_io_stats stats;
     double busy_since;
+    /* Completion times. The caller reaps only between compute steps, so a
+     * read that lands during a matrix product would be seen milliseconds
+     * late and the busy time (hence the read rate) would include compute.
+     * A watcher thread wakes on the ring's eventfd and stamps each new
+     * completion queue entry with the time it appeared; reaping uses that
+     * stamp. Without the thread (eventfd or thread refused) the stamp is the
+     * reap time. */
+    int efd;
+    bool have_watcher;
+    pthread_t watcher;
+    double *cq_time;           /* by completion queue index & cq_mask */
+    unsigned cq_mask;
+    _Atomic unsigned stamped;  /* entries below this index carry a stamp */
+    atomic_bool stop;
 };
 
 static double now_s(void) {
@@ -59,6 +76,66 @@ static uint64_t env_u64(const char *name) {
 
 static uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
+static void *watch_completions(void *arg) {
+    ds4_expert_io *io = arg;
+    unsigned seen = atomic_load_explicit(&io->stamped, memory_order_relaxed);
+    for (;;) {
+        uint64_t v;
+        if (read(io->efd, &v, sizeof v) < 0 && errno != EINTR && errno != EAGAIN) break;
+        if (atomic_load_explicit(&io->stop, memory_order_acquire)) break;
+        double t = now_s();
+        unsigned tail = __atomic_load_n(io->ring.cq.ktail, __ATOMIC_ACQUIRE);
+        /* The kernel never posts more entries than the queue holds beyond
+         * the consumer's head, and a stamp is only overwritten a whole
+         * queue later: by then its entry has been consumed. */
+        for (; seen != tail; seen++) io->cq_time[seen & io->cq_mask] = t;
+        atomic_store_explicit(&io->stamped, seen, memory_order_release);
+    }
+    return NULL;
+}
+
+/* Starts the watcher; on any refusal completions are stamped when reaped. */
+static void start_watcher(ds4_expert_io *io) {
+    io->efd = eventfd(0, EFD_CLOEXEC);
+    if (io->efd < 0) return;
+    io->cq_mask = *io->ring.cq.kring_mask;
+    io->cq_time = calloc((size_t)io->cq_mask + 1, sizeof *io->cq_time);
+    atomic_store(&io->stamped, __atomic_load_n(io->ring.cq.ktail, __ATOMIC_ACQUIRE));
+    if (io->cq_time && io_uring_register_eventfd(&io->ring, io->efd) == 0) {
+        if (pthread_create(&io->watcher, NULL, watch_completions, io) == 0) {
+            io->have_watcher = true;
+            return;
+        }
+        io_uring_unregister_eventfd(&io->ring);
+    }
+    free(io->cq_time);
+    io->cq_time = NULL;
+    close(io->efd);
+    io->efd = -1;
+}
+
+static void stop_watcher(ds4_expert_io *io) {
+    if (!io->have_watcher) return;
+    atomic_store_explicit(&io->stop, true, memory_order_release);
+    uint64_t one = 1;
+    while (write(io->efd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+    pthread_join(io->watcher, NULL);
+    io_uring_unregister_eventfd(&io->ring);
+    io->have_watcher = false;
+}
+
+/* When the completion queue entry at the head appeared. */
+static double head_stamp(ds4_expert_io *io) {
+    if (!io->have_watcher) return now_s();
+    unsigned head = *io->ring.cq.khead;
+    unsigned upto = atomic_load_explicit(&io->stamped, memory_order_acquire);
+    /* Not stamped yet: the watcher has not woken since it was posted,
+     * which can only make it very recent. */
+    if ((int)(upto - head) <= 0) return now_s();
+    return io->cq_time[head & io->cq_mask];
+}
+
 ds4_expert_io *ds4_expert_io_open(const char *const *paths, uint32_t n_files, bool direct, uint32_t depth,
                                   ds4_io_done_fn done, void *ctx, ds4_error *err) {
     ds4_expert_io *io = calloc(1, sizeof *io);
@@ -70,6 +147,7 @@ ds4_expert_io *ds4_expert_io_open(const char *const *paths, uint32_t n_files, bo
     io->depth = depth;
     io->done = done;
     io->ctx = ctx;
+    io->efd = -1;
     io->files = calloc(n_files ? n_files : 1, sizeof *io->files);
     io->ops = calloc(depth, sizeof *io->ops);
     if (!io->files || !io->ops) {
@@ -96,6 +174,7 @@ ds4_expert_io *ds4_expert_io_open(const char *const *paths, uint32_t n_files, bo
     }
     int rc = io_uring_queue_init(depth, &io->ring, 0);
     io->have_ring = rc == 0;
+    if (io->have_ring) start_watcher(io);
     if (io->have_ring) snprintf(io->engine, sizeof io->engine, "io_uring (queue depth %u)", depth);
     else snprintf(io->engine, sizeof io->engine, "pread (io_uring unavailable: %s)", strerror(-rc));
     io->fault_fail = env_u64("DS4_FAULT_READ_FAIL");
@@ -109,6 +188,8 @@ bool ds4_expert_io_direct(const ds4_expert_io *io, uint32_t file) {
 }
 
 const char *ds4_expert_io_engine(const ds4_expert_io *io) { return io->engine; }
+
+bool ds4_expert_io_stamps_completions(const ds4_expert_io *io) { return io->have_watcher; }
 
 uint32_t ds4_expert_io_inflight(const ds4_expert_io *io) { return io->inflight; }
 
@@ -180,11 +261,12 @@ static int judge(ds4_expert_io *io, op *o, long long res, ds4_error *err) {
     return ATTEMPT_AGAIN;
 }
 
-static void finish(ds4_expert_io *io, op *o, const ds4_error *err) {
+/* `at`: when the request's last read completed. */
+static void finish(ds4_expert_io *io, op *o, const ds4_error *err, double at) {
     ds4_io_req r = o->r;
     o->in_use = false;
     io->inflight--;
-    if (io->inflight == 0) io->stats.busy_s += now_s() - io->busy_since;
+    if (io->inflight == 0 && at > io->busy_since) io->stats.busy_s += at - io->busy_since;
     if (err) io->stats.failures++;
     else io->stats.bytes += r.len;
     io->done(io->ctx, r.tag, err);
@@ -217,14 +299,20 @@ static void run_sync(ds4_expert_io *io, op *o) {
         plan_attempt(io, o, &fd, &dst, &off);
         ssize_t got = pread(fd, dst, (size_t)o->cur_len, (off_t)off);
         int v = judge(io, o, got < 0 ? -(long long)errno : (long long)got, &e);
-        if (v == ATTEMPT_DONE) return finish(io, o, NULL);
-        if (v == ATTEMPT_FAILED) return finish(io, o, &e);
+        if (v == ATTEMPT_DONE) return finish(io, o, NULL, now_s());
+        if (v == ATTEMPT_FAILED) return finish(io, o, &e, now_s());
     }
 }
+
+static void drain(ds4_expert_io *io, bool wait);
 
 int ds4_expert_io_submit(ds4_expert_io *io, const ds4_io_req *r, ds4_error *err) {
     if (r->file >= io->n_files) return ds4_fail(err, "expert reader: file index %u out of range", r->file);
     if (r->len == 0 || r->buf_cap < r->len) return ds4_fail(err, "%s: bad read request", io->files[r->file].path);
+    /* Completions that already arrived are taken first (no system call):
+     * were they left queued, the busy time would run on through the idle
+     * gap before this request. */
+    if (io->inflight && io->have_ring) drain(io, false);
     while (io->inflight == io->depth) ds4_expert_io_reap(io, true);
     op *o = NULL;
     for (uint32_t i = 0; i < io->depth && !o; i++)
@@ -248,9 +336,9 @@ void ds4_expert_io_flush(ds4_expert_io *io) {
     if (io_uring_submit(&io->ring) >= 0) io->queued = 0;
 }
 
-uint32_t ds4_expert_io_reap(ds4_expert_io *io, bool wait) {
-    if (!io->have_ring) return io->inflight;
-    ds4_expert_io_flush(io);
+/* Processes the completions that are there (and waits for one first when
+ * `wait`); retries it pushes stay queued for the next flush. */
+static void drain(ds4_expert_io *io, bool wait) {
     while (io->inflight) {
         struct io_uring_cqe *cqe = NULL;
         int rc = wait ? io_uring_wait_cqe(&io->ring, &cqe) : io_uring_peek_cqe(&io->ring, &cqe);
@@ -259,12 +347,19 @@ uint32_t ds4_expert_io_reap(ds4_expert_io *io, bool wait) {
         wait = false;              /* one completion was all we had to wait for */
         op *o = &io->ops[io_uring_cqe_get_data64(cqe)];
         long long res = cqe->res;
+        double at = head_stamp(io);
         io_uring_cqe_seen(&io->ring, cqe);
         ds4_error e;
         int v = judge(io, o, res, &e);
         if (v == ATTEMPT_AGAIN) push(io, o);
-        else finish(io, o, v == ATTEMPT_DONE ? NULL : &e);
+        else finish(io, o, v == ATTEMPT_DONE ? NULL : &e, at);
     }
+}
+
+uint32_t ds4_expert_io_reap(ds4_expert_io *io, bool wait) {
+    if (!io->have_ring) return io->inflight;
+    ds4_expert_io_flush(io);
+    drain(io, wait);
     ds4_expert_io_flush(io);
     return io->inflight;
 }
@@ -274,7 +369,10 @@ void ds4_expert_io_close(ds4_expert_io *io) {
     /* The kernel may still be writing into buffers the caller is about to
      * free: drain first. */
     while (io->inflight && io->have_ring) ds4_expert_io_reap(io, true);
+    stop_watcher(io);
     if (io->have_ring) io_uring_queue_exit(&io->ring);
+    if (io->efd >= 0) close(io->efd);
+    free(io->cq_time);
     for (uint32_t i = 0; i < io->n_files; i++) {
         if (io->files[i].fd >= 0) close(io->files[i].fd);
         if (io->files[i].fd_direct >= 0) close(io->files[i].fd_direct);

@@ -50,7 +50,12 @@ typedef struct ds4_io_req {
 
 typedef struct ds4_io_stats {
     uint64_t requests, bytes, direct, buffered, retries, failures;
-    double busy_s; /* wall time with at least one request in flight */
+    /* Wall time with at least one request in flight: from a submission
+     * that found the reader idle to the moment its last outstanding read
+     * completed (stamped when the kernel posted it, not when the caller
+     * got round to reaping it; see ds4_expert_io_stamps_completions).
+     * bytes / busy_s is the rate the disk delivered while it was asked. */
+    double busy_s;
 } ds4_io_stats;
 
 /* Opens every file for reading (and with O_DIRECT when `direct`); `depth`
@@ -73,6 +78,9 @@ uint32_t ds4_expert_io_inflight(const ds4_expert_io *io);
  * ("io_uring" or "pread"). */
 bool ds4_expert_io_direct(const ds4_expert_io *io, uint32_t file);
 const char *ds4_expert_io_engine(const ds4_expert_io *io);
+/* Whether completions are timed when they arrive (a watcher thread on the
+ * io_uring); otherwise busy time ends when they are reaped. */
+bool ds4_expert_io_stamps_completions(const ds4_expert_io *io);
 void ds4_expert_io_get_stats(const ds4_expert_io *io, ds4_io_stats *out);
 
 #endif

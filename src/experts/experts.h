@@ -48,6 +48,19 @@ typedef struct ds4_expert_source_ops {
     void (*stats)(const ds4_expert_source *s, ds4_expert_stats *out);
     /* Optional: how experts are served, for startup lines. */
     const char *(*describe)(const ds4_expert_source *s);
+    /* Optional pair: acquire_start is acquire without waiting for the
+     * reads (the views point where the bytes will land); wait(k) returns
+     * once expert k of that acquire is readable. The caller computes each
+     * expert as soon as its own read is in, while the others still arrive.
+     * Without them acquire_start waits for all and wait does nothing. */
+    int (*acquire_start)(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n, ds4_expert_view *views,
+                         ds4_error *err);
+    int (*wait)(ds4_expert_source *s, uint32_t k, ds4_error *err);
+    /* Optional: whether reads are in flight (the disk has work). */
+    bool (*reading)(const ds4_expert_source *s);
+    /* Optional: whether wait(k) would return at once (expert k of the
+     * latest acquire_start is in, or its read failed). */
+    bool (*ready)(ds4_expert_source *s, uint32_t k);
 } ds4_expert_source_ops;
 
 struct ds4_expert_source {
@@ -58,6 +71,16 @@ static inline int ds4_experts_acquire(ds4_expert_source *s, uint32_t il, const u
                                       ds4_expert_view *views, ds4_error *err) {
     return s->ops->acquire(s, il, ids, n, views, err);
 }
+static inline int ds4_experts_acquire_start(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n,
+                                            ds4_expert_view *views, ds4_error *err) {
+    return s->ops->acquire_start ? s->ops->acquire_start(s, il, ids, n, views, err)
+                                 : s->ops->acquire(s, il, ids, n, views, err);
+}
+static inline int ds4_experts_wait(ds4_expert_source *s, uint32_t k, ds4_error *err) {
+    return s->ops->wait ? s->ops->wait(s, k, err) : 0;
+}
+static inline bool ds4_experts_reading(const ds4_expert_source *s) { return s->ops->reading && s->ops->reading(s); }
+static inline bool ds4_experts_ready(ds4_expert_source *s, uint32_t k) { return !s->ops->ready || s->ops->ready(s, k); }
 static inline void ds4_experts_prefetch(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n) {
     if (s->ops->prefetch) s->ops->prefetch(s, il, ids, n);
 }

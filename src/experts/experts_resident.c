@@ -80,7 +80,7 @@ static void on_read(void *ctx, uint64_t tag, const ds4_error *err) {
 }
 
 static const ds4_expert_source_ops k_resident_ops = {resident_acquire, NULL, resident_capacity, resident_free,
-                                                     resident_stats, resident_describe};
+                                                     resident_stats, resident_describe, NULL, NULL, NULL, NULL};
 
 /* Queues reads of file range [off, off + len) into dst in chunks. */
 static int queue_range(ds4_expert_io *io, uint32_t il, uint64_t off, uint64_t len, uint8_t *dst, uint64_t cap,

@@ -51,6 +51,8 @@ typedef struct {
     bank *banks;
     uint64_t clock, stamp, hint_stamp;
     uint32_t last_layer; /* layer of the latest acquire: its pins protect views */
+    uint32_t *last_ids;  /* the latest acquire's experts, for wait */
+    uint32_t last_n;
     bool failed;
     ds4_error err;
     ds4_expert_stats st;
@@ -144,7 +146,7 @@ static int pick_victim(const bank *bk, uint32_t n_slots, uint64_t pin, uint64_t 
     return wait_loading ? loading : -1;
 }
 
-static int slot_acquire(ds4_expert_source *src, uint32_t il, const uint32_t *ids, uint32_t n, ds4_expert_view *views,
+static int slot_acquire_start(ds4_expert_source *src, uint32_t il, const uint32_t *ids, uint32_t n, ds4_expert_view *views,
                         ds4_error *err) {
     slot_source *b = (slot_source *)src;
     const ds4_sidecar *sc = b->sc;
@@ -191,30 +193,59 @@ static int slot_acquire(ds4_expert_source *src, uint32_t il, const uint32_t *ids
         if (load_slot(b, il, (uint32_t)v, ids[i], err)) return -1;
     }
     ds4_expert_io_flush(b->io);
-    for (;;) {
-        bool waiting = false;
-        for (uint32_t i = 0; i < n && !waiting; i++) {
-            int32_t si = bk->where[ids[i]];
-            waiting = si >= 0 && bk->slots[si].state == SLOT_LOADING;
-        }
-        if (b->failed) break;
-        if (!waiting) break;
-        ds4_expert_io_reap(b->io, true);
-    }
-    b->st.stall_s += now_s() - t0;
+    b->st.stall_s += now_s() - t0; /* waiting for a slot to free up */
     if (b->failed) goto failed;
+    /* Views point at the slots now; their bytes may still be arriving. */
     for (uint32_t i = 0; i < n; i++) {
         int32_t si = bk->where[ids[i]];
-        if (si < 0 || bk->slots[si].state != SLOT_READY)
-            return ds4_fail(err, "expert source: layer %u expert %u did not load (bug)", il, ids[i]);
+        if (si < 0) return ds4_fail(err, "expert source: layer %u expert %u has no slot (bug)", il, ids[i]);
         slot *s = &bk->slots[si];
         s->age = ++b->clock;
         ds4_sidecar_record_views(&sc->layers[il], bk->mem + (uint64_t)si * bk->slot_bytes, &views[i]);
+        b->last_ids[i] = ids[i];
     }
+    b->last_n = n;
     return 0;
 failed:
     *err = b->err;
     return -1;
+}
+
+static int slot_wait(ds4_expert_source *src, uint32_t k, ds4_error *err) {
+    slot_source *b = (slot_source *)src;
+    if (k >= b->last_n) return ds4_fail(err, "expert source: wait for expert %u of a %u-expert acquire", k, b->last_n);
+    bank *bk = &b->banks[b->last_layer];
+    double t0 = now_s();
+    int32_t si;
+    /* A failed read empties its slot (where = -1) and sets failed. */
+    while (!b->failed && (si = bk->where[b->last_ids[k]]) >= 0 && bk->slots[si].state == SLOT_LOADING)
+        ds4_expert_io_reap(b->io, true);
+    b->st.stall_s += now_s() - t0;
+    if (b->failed) {
+        *err = b->err;
+        return -1;
+    }
+    si = bk->where[b->last_ids[k]];
+    if (si < 0 || bk->slots[si].state != SLOT_READY)
+        return ds4_fail(err, "expert source: layer %u expert %u did not load (bug)", b->last_layer, b->last_ids[k]);
+    return 0;
+}
+
+static bool slot_ready(ds4_expert_source *src, uint32_t k) {
+    slot_source *b = (slot_source *)src;
+    if (k >= b->last_n) return true; /* wait reports the error */
+    ds4_expert_io_reap(b->io, false);
+    const bank *bk = &b->banks[b->last_layer];
+    int32_t si = bk->where[b->last_ids[k]];
+    return b->failed || si < 0 || bk->slots[si].state != SLOT_LOADING;
+}
+
+static int slot_acquire(ds4_expert_source *src, uint32_t il, const uint32_t *ids, uint32_t n, ds4_expert_view *views,
+                        ds4_error *err) {
+    if (slot_acquire_start(src, il, ids, n, views, err)) return -1;
+    for (uint32_t k = 0; k < n; k++)
+        if (slot_wait(src, k, err)) return -1;
+    return 0;
 }
 
 static void slot_prefetch(ds4_expert_source *src, uint32_t il, const uint32_t *ids, uint32_t n) {
@@ -227,15 +258,17 @@ static void slot_prefetch(ds4_expert_source *src, uint32_t il, const uint32_t *i
     uint64_t pin = il == b->last_layer ? b->stamp : 0;
     uint32_t budget = b->n_slots;
     ds4_error err;
-    for (uint32_t i = 0; i < n && budget; i++) {
+    /* First mark every hinted expert already there, so that placing an
+     * earlier one cannot evict a later one of the same hint. */
+    for (uint32_t i = 0; i < n; i++) {
         if (ids[i] >= b->sc->geom.n_expert) continue;
         int32_t si = bk->where[ids[i]];
-        if (si >= 0) {
-            /* Already there: keep it from being chosen as a victim below. */
-            bk->slots[si].hint = hint;
-            bk->slots[si].age = ++b->clock;
-            continue;
-        }
+        if (si < 0) continue;
+        bk->slots[si].hint = hint;
+        bk->slots[si].age = ++b->clock;
+    }
+    for (uint32_t i = 0; i < n && budget; i++) {
+        if (ids[i] >= b->sc->geom.n_expert || bk->where[ids[i]] >= 0) continue;
         int v = pick_victim(bk, b->n_slots, pin, hint, false);
         if (v < 0) break;
         slot *s = &bk->slots[v];
@@ -248,6 +281,10 @@ static void slot_prefetch(ds4_expert_source *src, uint32_t il, const uint32_t *i
         if (load_slot(b, il, (uint32_t)v, ids[i], &err)) break; /* malformed request: only a hint, drop it */
     }
     ds4_expert_io_flush(b->io);
+}
+
+static bool slot_reading(const ds4_expert_source *s) {
+    return ds4_expert_io_inflight(((const slot_source *)s)->io) > 0;
 }
 
 static uint32_t slot_capacity(const ds4_expert_source *s) { return ((const slot_source *)s)->n_slots; }
@@ -277,14 +314,17 @@ static void slot_free(ds4_expert_source *s) {
             free(b->banks[il].where);
         }
     free(b->banks);
+    free(b->last_ids);
     free(b);
 }
 
-static const ds4_expert_source_ops k_slot_ops = {slot_acquire, slot_prefetch, slot_capacity, slot_free, slot_stats,
-                                                 slot_describe};
-/* The same without prefetch: callers then skip computing hints. */
+static const ds4_expert_source_ops k_slot_ops = {slot_acquire, slot_prefetch,      slot_capacity, slot_free,   slot_stats,
+                                                 slot_describe, slot_acquire_start, slot_wait,     slot_reading,
+                                                 slot_ready};
+/* The same without overlap: no hints (callers then skip computing them)
+ * and every acquire waits for all its reads before compute starts. */
 static const ds4_expert_source_ops k_slot_ops_noprefetch = {slot_acquire, NULL, slot_capacity, slot_free, slot_stats,
-                                                            slot_describe};
+                                                            slot_describe, NULL, NULL, slot_reading, NULL};
 
 ds4_expert_source *ds4_experts_slotbank_new(const ds4_sidecar *sc, const ds4_sidecar_source_opts *o, ds4_error *err) {
     uint32_t NL = sc->geom.n_layer, X = sc->geom.n_expert;
@@ -303,7 +343,8 @@ ds4_expert_source *ds4_experts_slotbank_new(const ds4_sidecar *sc, const ds4_sid
     b->prefetch = o->prefetch;
     b->last_layer = UINT32_MAX;
     b->banks = calloc(NL, sizeof *b->banks);
-    if (!b->banks) goto oom;
+    b->last_ids = calloc(o->slots, sizeof *b->last_ids);
+    if (!b->banks || !b->last_ids) goto oom;
     for (uint32_t il = 0; il < NL; il++) {
         bank *bk = &b->banks[il];
         /* Whole 4 KiB blocks per slot: an O_DIRECT read of a record may

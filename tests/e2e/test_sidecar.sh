@@ -76,6 +76,9 @@ grep -E "Flash-MoE I/O: reads=$(( X * 5 )) " "$TMP/s${X}_c1.log" > /dev/null ||
 run noprefetch -m "$TMP/pkg" --moe-slot-bank "$K" --prefill-chunk 1 --no-moe-prefetch --moe-stats
 grep -q "prefetch issued=0 " "$TMP/noprefetch.log" || { echo "FAIL: --no-moe-prefetch still prefetched"; exit 1; }
 same noprefetch
+# overlap within a layer, no guessed reads: only the hash layers are read ahead
+run noguess -m "$TMP/pkg" --moe-slot-bank "$K" --prefill-chunk 1 --no-moe-guess --moe-stats --ssd-io direct
+same noguess
 run chunk7 -m "$TMP/pkg" --moe-slot-bank "$((K + 1))" --prefill-chunk 7
 same chunk7
 run auto -m "$TMP/pkg" --ssd-cache auto

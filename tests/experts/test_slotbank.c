@@ -1,8 +1,9 @@
 /* Expert sources over a sidecar package: the slot bank against a reference
  * LRU model (hits, misses, the bytes behind every view), prefetch hints that
  * must not evict the latest acquire's experts, bad requests, injected read
- * failures (permanent: an error naming the file; transient: retried), and
- * the resident source, for expert-major and family-major packages. */
+ * failures (permanent: an error naming the file; transient: retried),
+ * acquire_start/wait (experts readable one by one, in any order), and the
+ * resident source, for expert-major and family-major packages. */
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,6 +185,23 @@ static void test_prefetch(const ds4_sidecar *sc) {
     CHECK(st.prefetch_issued == 4);
     for (int i = 0; i < 3; i++) CHECK(check_view(&v[i], 1, (int)c[i]) == 0);
 
+    /* A hint never evicts an expert it names itself, even one named after
+     * an expert it has to place: layer 0 holds 2 (used last) and 0 and 1
+     * (older); a hint {3, 0} replaces 1, the least recent it does not name. */
+    uint32_t e0[1] = {0}, e01[2] = {0, 1}, e2[1] = {2};
+    CHECK(ds4_experts_acquire(s, 0, e01, 2, v, &err) == 0);
+    CHECK(ds4_experts_acquire(s, 0, e2, 1, v, &err) == 0);
+    CHECK(ds4_experts_acquire(s, 1, e2, 1, v, &err) == 0); /* layer 0's pins no longer apply */
+    uint32_t h30[2] = {3, 0};
+    ds4_experts_prefetch(s, 0, h30, 2);
+    ds4_experts_get_stats(s, &st);
+    uint64_t hits0 = st.hits, issued0 = st.prefetch_issued;
+    CHECK(ds4_experts_acquire(s, 0, e0, 1, v, &err) == 0 && check_view(&v[0], 0, 0) == 0);
+    ds4_experts_get_stats(s, &st);
+    CHECKF(st.hits == hits0 + 1 && st.prefetch_issued == issued0, "hits %llu -> %llu, issued %llu -> %llu",
+           (unsigned long long)hits0, (unsigned long long)st.hits, (unsigned long long)issued0,
+           (unsigned long long)st.prefetch_issued);
+
     /* Bad requests are errors, not crashes. */
     uint32_t four[4] = {0, 1, 2, 3}, big[1] = {NX};
     CHECK(ds4_experts_acquire(s, 0, four, 4, v, &err) == -1 && strstr(err.msg, "3-slot bank"));
@@ -252,6 +270,62 @@ static void test_faults(const ds4_sidecar *sc) {
     ds4_experts_free(s);
 }
 
+static void test_overlap(const ds4_sidecar *sc, const char *what) {
+    ds4_error err = {{0}};
+    ds4_sidecar_source_opts o = {.slots = 3, .direct = true, .prefetch = true};
+    ds4_expert_source *s = ds4_experts_slotbank_new(sc, &o, &err);
+    CHECKF(s != NULL, "%s: %s", what, err.msg);
+    if (!s) return;
+    ds4_expert_view v[3];
+    uint32_t ids[3] = {4, 1, 3};
+    for (int round = 0; round < 2; round++) { /* misses, then hits */
+        CHECK(ds4_experts_acquire_start(s, 1, ids, 3, v, &err) == 0);
+        for (int k = 2; k >= 0; k--) { /* any order */
+            CHECK(ds4_experts_wait(s, (uint32_t)k, &err) == 0);
+            CHECKF(check_view(&v[k], 1, (int)ids[k]) == 0, "%s: expert %u after its wait", what, ids[k]);
+        }
+        CHECK(!ds4_experts_reading(s));
+    }
+    CHECK(ds4_experts_wait(s, 3, &err) == -1 && strstr(err.msg, "3-expert acquire"));
+    /* ready() turns true for each expert once its read is in, without waiting. */
+    uint32_t other[3] = {0, 2, 5};
+    CHECK(ds4_experts_acquire_start(s, 1, other, 3, v, &err) == 0);
+    int spins = 0;
+    for (int k = 0; k < 3; k++)
+        while (!ds4_experts_ready(s, (uint32_t)k) && spins < 100000) {
+            usleep(100);
+            spins++;
+        }
+    CHECK(spins < 100000 && !ds4_experts_reading(s));
+    for (int k = 0; k < 3; k++) CHECK(check_view(&v[k], 1, (int)other[k]) == 0 && ds4_experts_wait(s, (uint32_t)k, &err) == 0);
+    CHECK(ds4_experts_ready(s, 3)); /* out of range: wait reports it */
+    ds4_expert_stats st;
+    ds4_experts_get_stats(s, &st);
+    CHECK(st.misses == 6 && st.hits == 3);
+    ds4_experts_free(s);
+
+    /* A read that fails for good fails the waits (naming the file). */
+    setenv("DS4_FAULT_READ_FAIL", sc->layers[0].family_major ? "4" : "2", 1);
+    s = ds4_experts_slotbank_new(sc, &o, &err);
+    unsetenv("DS4_FAULT_READ_FAIL");
+    if (s) {
+        uint32_t two[2] = {0, 5};
+        CHECK(ds4_experts_acquire_start(s, 0, two, 2, v, &err) == 0);
+        int r0 = ds4_experts_wait(s, 0, &err), r1 = ds4_experts_wait(s, 1, &err);
+        CHECKF(r1 == -1 && strstr(err.msg, "l0.bin"), "%s: %d %d %s", what, r0, r1, err.msg);
+        ds4_experts_free(s);
+    }
+    /* Without overlap, acquire_start waits for everything and wait is a no-op. */
+    o.prefetch = false;
+    s = ds4_experts_slotbank_new(sc, &o, &err);
+    if (s) {
+        CHECK(ds4_experts_acquire_start(s, 0, ids, 3, v, &err) == 0);
+        CHECK(!ds4_experts_reading(s));
+        for (int k = 0; k < 3; k++) CHECK(check_view(&v[k], 0, (int)ids[k]) == 0 && ds4_experts_wait(s, 0, &err) == 0);
+        ds4_experts_free(s);
+    }
+}
+
 static void test_resident(const ds4_sidecar *sc, const char *what) {
     ds4_error err = {{0}};
     for (int direct = 0; direct < 2; direct++) {
@@ -287,6 +361,7 @@ int main(void) {
         test_lru(sc, what, true);
         test_lru(sc, what, false);
         test_resident(sc, what);
+        test_overlap(sc, what);
         if (!fm) {
             test_prefetch(sc);
             test_faults(sc);

@@ -22,9 +22,11 @@ static void usage(FILE *f) {
             "  verify DIR [MODEL.gguf]    check the manifest, file sizes and checksums; with MODEL.gguf also\n"
             "                             that every expert and dense tensor equals the source byte for byte\n"
             "  info DIR                   summary of a package\n"
-            "  probe DIR [--seconds S] [--qd N[,N...]] [--buffered]\n"
+            "  probe DIR [--seconds S] [--qd N[,N...]] [--buffered] [--burst] [--experts N]\n"
             "                             random whole-record reads of the layer files (O_DIRECT unless\n"
-            "                             --buffered): the disk's MB/s at each queue depth\n");
+            "                             --buffered): the disk's MB/s at each queue depth, kept full or\n"
+            "                             (--burst) N reads at a time, each burst awaited like a decode step;\n"
+            "                             --experts N: only experts 0..N-1 of each layer (a small working set)\n");
 }
 
 bool is_routed_tensor(const char *name) {

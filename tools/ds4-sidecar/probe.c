@@ -2,7 +2,18 @@
  * records of a package, read exactly as the slot bank reads a miss (same
  * reader, O_DIRECT, record-sized requests at record offsets), at several
  * queue depths. Next to decode numbers it tells how close the engine gets
- * to what the SSD can deliver. */
+ * to what the SSD can deliver.
+ *
+ * Two shapes of load: a steady queue (a new read as soon as one finishes:
+ * what the disk can do with N requests always outstanding), and bursts
+ * (--burst: N reads at once, wait for all of them, again: what a decode
+ * step that misses N experts of a layer and waits for them sees, tail of
+ * the slowest read included).
+ *
+ * --experts N draws from experts 0..N-1 of each layer only: a working set
+ * as small as the one a decode keeps coming back to, for disks whose reads
+ * are served from a cache below the file system (a virtual disk cached by
+ * its host) and so get faster the smaller the set. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -11,6 +22,7 @@
 #include <time.h>
 
 #include "experts/expert_io.h"
+#include "util/bankmem.h"
 #include "sidecar_tool.h"
 
 typedef struct probe_ctx {
@@ -46,12 +58,16 @@ static uint64_t xorshift(uint64_t *s) {
     return *s;
 }
 
-static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool direct) {
+static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool direct, bool burst, uint32_t experts) {
     uint64_t slot = (sc->max_record + DS4_IO_ALIGN - 1) / DS4_IO_ALIGN * DS4_IO_ALIGN;
     probe_ctx c = {0};
     c.busy = calloc(qd, sizeof *c.busy);
     c.issued = calloc(qd, sizeof *c.issued);
-    uint8_t *mem = aligned_alloc(DS4_IO_ALIGN, slot * qd);
+    /* Buffers made like the slot bank's (huge pages, populated): an
+     * O_DIRECT read is split into a request per run of contiguous memory
+     * the device takes at once, so 4 KiB pages would make many more, smaller
+     * requests than decode issues, and slower ones. */
+    uint8_t *mem = ds4_bank_alloc(slot * qd);
     const char **paths = malloc(sc->geom.n_layer * sizeof *paths);
     ds4_error err;
     ds4_expert_io *io = NULL;
@@ -60,7 +76,6 @@ static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool dir
         fprintf(stderr, "ds4-sidecar probe: out of memory\n");
         goto out;
     }
-    memset(mem, 0, slot * qd);
     for (uint32_t il = 0; il < sc->geom.n_layer; il++) paths[il] = sc->layers[il].path;
     if (!(io = ds4_expert_io_open(paths, sc->geom.n_layer, direct, qd, on_done, &c, &err))) {
         fprintf(stderr, "ds4-sidecar probe: %s\n", err.msg);
@@ -72,7 +87,7 @@ static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool dir
         for (uint32_t b = 0; b < qd; b++) {
             if (c.busy[b]) continue;
             uint32_t il = (uint32_t)(xorshift(&seed) % sc->geom.n_layer);
-            uint32_t e = (uint32_t)(xorshift(&seed) % sc->geom.n_expert);
+            uint32_t e = (uint32_t)(xorshift(&seed) % experts);
             ds4_sidecar_read rd[DS4_FAM_COUNT];
             uint32_t n = ds4_sidecar_expert_reads(sc, il, e, rd);
             c.busy[b] = true;
@@ -88,6 +103,9 @@ static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool dir
         }
         ds4_expert_io_flush(io);
         ds4_expert_io_reap(io, true);
+        if (burst)
+            while (ds4_expert_io_reap(io, true)) {
+            }
     }
     while (ds4_expert_io_reap(io, true)) {
     }
@@ -98,16 +116,16 @@ static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool dir
     }
     ds4_io_stats st;
     ds4_expert_io_get_stats(io, &st);
-    printf("probe qd %-3u %7" PRIu64 " reads of %7" PRIu64 " B in %5.2f s: %8.1f MB/s %8.0f reads/s, mean latency %7.3f ms "
+    printf("probe %-5s %-3u %7" PRIu64 " reads of %7" PRIu64 " B in %5.2f s: %8.1f MB/s %8.0f reads/s, mean latency %7.3f ms "
            "(%s)\n",
-           qd, c.done, sc->max_record, dt, st.bytes / 1e6 / dt, c.done / dt, c.done ? c.lat_sum / c.done * 1e3 : 0.0,
+           burst ? "burst" : "qd", qd, c.done, sc->max_record, dt, st.bytes / 1e6 / dt, c.done / dt, c.done ? c.lat_sum / c.done * 1e3 : 0.0,
            st.direct && !st.buffered ? "O_DIRECT" : st.direct ? "partly O_DIRECT" : "buffered");
     fflush(stdout);
     rc = 0;
 out:
     ds4_expert_io_close(io);
     free(paths);
-    free(mem);
+    ds4_bank_free(mem, slot * qd);
     free(c.busy);
     free(c.issued);
     return rc;
@@ -116,7 +134,8 @@ out:
 int cmd_probe(int argc, char **argv) {
     const char *dir = NULL, *qds = "1,4,16,64";
     double seconds = 2;
-    bool direct = true;
+    bool direct = true, burst = false;
+    unsigned long experts = 0; /* 0: all */
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
             char *end;
@@ -129,15 +148,25 @@ int cmd_probe(int argc, char **argv) {
             qds = argv[++i];
         } else if (!strcmp(argv[i], "--buffered")) {
             direct = false;
+        } else if (!strcmp(argv[i], "--burst")) {
+            burst = true;
+        } else if (!strcmp(argv[i], "--experts") && i + 1 < argc) {
+            char *end;
+            errno = 0;
+            experts = strtoul(argv[++i], &end, 10);
+            if (*end || errno || experts < 1 || experts > 1u << 20) {
+                fprintf(stderr, "ds4-sidecar probe: --experts expects a positive number, got '%s'\n", argv[i]);
+                return 2;
+            }
         } else if (argv[i][0] == '-' || dir) {
-            fprintf(stderr, "usage: ds4-sidecar probe DIR [--seconds S] [--qd N[,N...]] [--buffered]\n");
+            fprintf(stderr, "usage: ds4-sidecar probe DIR [--seconds S] [--qd N[,N...]] [--buffered] [--burst] [--experts N]\n");
             return 2;
         } else {
             dir = argv[i];
         }
     }
     if (!dir) {
-        fprintf(stderr, "usage: ds4-sidecar probe DIR [--seconds S] [--qd N[,N...]] [--buffered]\n");
+        fprintf(stderr, "usage: ds4-sidecar probe DIR [--seconds S] [--qd N[,N...]] [--buffered] [--burst] [--experts N]\n");
         return 2;
     }
     package p;
@@ -148,6 +177,8 @@ int cmd_probe(int argc, char **argv) {
         return 1;
     }
     int rc = 0;
+    uint32_t X = p.sc->geom.n_expert;
+    uint32_t n_exp = experts && experts < X ? (uint32_t)experts : X;
     for (const char *s = qds; *s && !rc;) {
         char *end;
         errno = 0;
@@ -157,7 +188,7 @@ int cmd_probe(int argc, char **argv) {
             rc = 2;
             break;
         }
-        rc = probe_qd(p.sc, (uint32_t)qd, seconds, direct);
+        rc = probe_qd(p.sc, (uint32_t)qd, seconds, direct, burst, n_exp);
         s = *end ? end + 1 : end;
     }
     package_close(&p);

@@ -61,7 +61,8 @@ static void usage(FILE *f) {
             "  --ssd-cache auto|SIZE   size the slot banks by a byte budget (e.g. 8G, 512M);\n"
             "                          auto (default): 20%% of MemAvailable after dense + KV\n"
             "  --ssd-io MODE           expert reads: auto (default), direct (O_DIRECT) or buffered\n"
-            "  --no-moe-prefetch       do not start next-layer expert reads early\n"
+            "  --no-moe-prefetch       no overlap of expert reads with compute (for comparison)\n"
+            "  --no-moe-guess          do not read experts guessed for the next layer early\n"
             "  --moe-stats             print slot-bank hits, misses, bytes read, MB/s at exit\n");
 }
 
@@ -161,6 +162,7 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         else if (!strcmp(a, "--resident")) o->mo.resident = true;
         else if (!strcmp(a, "--moe-stats")) o->moe_stats = true;
         else if (!strcmp(a, "--no-moe-prefetch")) o->mo.no_moe_prefetch = true;
+        else if (!strcmp(a, "--no-moe-guess")) o->mo.no_moe_guess = true;
         else if (!strcmp(a, "--moe-slot-bank")) { NEED(); if (parse_long(a, v, 1, 1L << 20, &l)) return -1; o->mo.moe_slot_bank = (uint32_t)l; }
         else if (!strcmp(a, "--ssd-cache")) {
             NEED();

@@ -38,11 +38,17 @@ void cli_print_decode_moe_stats(const ds4_model *model, const ds4_moe_stats *at_
     uint64_t hits = st.hits - at_prefill->hits, pre = st.prefetch_used - at_prefill->prefetch_used,
              miss = st.misses - at_prefill->misses, refs = hits + pre + miss;
     double mb = (st.bytes_read - at_prefill->bytes_read) / 1e6;
+    double busy = st.io_busy_s - at_prefill->io_busy_s;
+    /* Two rates: over the decode wall time (what decode asked of the disk,
+     * low whenever compute dominates) and over the time reads were in
+     * flight (what the disk delivered while asked: the one to hold
+     * against `ds4-sidecar probe`). */
     fprintf(stderr,
             "ds4: Flash-MoE decode: %ld tokens in %.2fs: hit %.1f%% prefetched %.1f%% miss %.1f%%, read %.1f MB "
-            "(%.1f MB/token, %.1f MB/s), stall %.3fs\n",
+            "(%.1f MB/token, %.1f MB/s), stall %.3fs, io-busy %.3fs (%.1f MB/s while reading)\n",
             tokens, seconds, refs ? 100.0 * hits / refs : 0.0, refs ? 100.0 * pre / refs : 0.0,
-            refs ? 100.0 * miss / refs : 0.0, mb, mb / tokens, mb / seconds, st.stall_s - at_prefill->stall_s);
+            refs ? 100.0 * miss / refs : 0.0, mb, mb / tokens, mb / seconds, st.stall_s - at_prefill->stall_s, busy,
+            busy > 0 ? mb / busy : 0.0);
 }
 
 void cli_print_moe_stats(const ds4_model *model) {

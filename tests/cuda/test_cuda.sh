@@ -4,8 +4,8 @@
 # against the CPU backend, 48 greedy tokens identical to the reference,
 # chunked prefill and token-by-token decode identical to one prefill (both
 # numerics), official numerics close to the CPU's, bf16/f16 weights, and the
-# expert slot bank (experts fed from host memory into 3 slots) giving the
-# same bits as resident experts.
+# expert slot bank (experts fed from host memory into 3 slots, or from a
+# sidecar package's expert source) giving the same bits as resident experts.
 # Skipped (exit 77) when the binaries have no CUDA or there is no GPU,
 # unless DS4_REQUIRE_GPU=1 (make cuda-test).
 set -eu
@@ -69,6 +69,19 @@ echo -n "slot bank, chunks of 7: "; $cmp "$TMP/bank7.f32" "$TMP/res.f32" 1024 0
 gen=$("$BIN/ds4" -m "$m" --cuda --gpu-expert-cache 300K --tokens "$(ids "$DATA/$fx/reference.json" tokens 160)" --numerics hf -n 48 --temp 0)
 [ "$gen" = "$(ids "$DATA/$fx/reference.json" generated)" ] || { echo "slot bank generation differs: $gen"; exit 1; }
 echo "slot bank generation: 48 tokens exact"
+
+# A sidecar package on the GPU: the bank is fed from the package's expert
+# source (records read into RAM, or its SSD slot bank's io_uring reads);
+# the same bytes reach the same kernels, so the same bits.
+"$BIN/ds4-sidecar" export "$m" "$TMP/pkg" 2>/dev/null
+for mode in "" "--resident" "--moe-slot-bank 2"; do
+    "$BIN/ds4" -m "$TMP/pkg" --cuda $mode --gpu-expert-cache 300K --tokens @"$TMP/tokens.txt" --numerics hf \
+        --dump-logits "$TMP/pkg.f32"
+    echo -n "package ${mode:-streamed} through the GPU bank vs resident (bit for bit): "
+    $cmp "$TMP/pkg.f32" "$TMP/res.f32" 1024 0
+done
+"$BIN/ds4" -m "$TMP/pkg" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/pkg.f32"
+echo -n "package, automatic bank: "; $cmp "$TMP/pkg.f32" "$TMP/res.f32" 1024 0
 
 fx=tiny-a-nosel
 for ty in bf16 f16; do

@@ -11,6 +11,8 @@
 
 extern "C" {
 #include "backends/gpu.h"
+#include "compute/net.h"
+#include "experts/experts.h"
 }
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
@@ -22,7 +24,10 @@ extern "C" {
 /* The expert slot bank: routed experts live in page-locked host memory
  * (one contiguous gate|up|down record per expert) and are copied on demand,
  * on a stream of their own, into n_slots device slots replaced in
- * least-recently-used order. Sessions of one model must not run
+ * least-recently-used order. For a sidecar package (no experts in the
+ * GGUF) there is no host copy: missing experts come from the model's
+ * expert source (its RAM-resident records or its SSD slot bank, read with
+ * io_uring), a batch at a time. Sessions of one model must not run
  * concurrently while it is in use (they share the slots). */
 typedef struct bank {
     uint32_t n_slots;
@@ -39,6 +44,11 @@ typedef struct bank {
     cudaStream_t copy;
     cudaEvent_t copied, consumed;
     uint64_t hits, misses, bytes;
+    /* source-fed bank (host == NULL): the misses of a group, then views */
+    ds4_expert_source *src;
+    int32_t *pend_slot;
+    uint32_t *pend_id;
+    ds4_expert_view *views;
 } bank;
 
 struct ds4_gpu_model {
@@ -250,6 +260,7 @@ static void bank_free(bank *b) {
     cudaFreeHost(b->host);
     free(b->layer_off), free(b->stride), free(b->rec_bytes), free(b->off_up), free(b->off_down);
     free(b->slot_of), free(b->key), free(b->stamp), free(b->prev), free(b->next);
+    free(b->pend_slot), free(b->pend_id), free(b->views);
     free(b);
 }
 
@@ -285,8 +296,18 @@ static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
         return ds4_fail(err, "CUDA expert cache of %.2f GB holds %llu experts of %.1f MB; a token needs %u", cache_bytes / 1e9,
                         (unsigned long long)n, b->slot_bytes / 1e6, hp->n_expert_used);
     b->n_slots = (uint32_t)n;
-    CU(cudaMallocHost((void **)&b->host, b->host_bytes));
-    for (uint32_t il = 0; il < L; il++) {
+    if (!hw->layers[0].gate_exps.data) {
+        /* a sidecar package: experts come from the model's expert source */
+        b->src = g->net->experts;
+        b->pend_slot = (int32_t *)malloc(X * sizeof(int32_t));
+        b->pend_id = (uint32_t *)malloc(X * sizeof(uint32_t));
+        b->views = (ds4_expert_view *)malloc(X * sizeof(ds4_expert_view));
+        if (!b->src || !b->pend_slot || !b->pend_id || !b->views) return ds4_fail(err, "out of memory (expert bank)");
+        b->host_bytes = 0;
+    } else {
+        CU(cudaMallocHost((void **)&b->host, b->host_bytes));
+    }
+    for (uint32_t il = 0; il < L && b->host; il++) {
         const ds4_layer_weights *l = &hw->layers[il];
         uint64_t gb = l->gate_exps.row_bytes * l->gate_exps.ne[1], ub = l->up_exps.row_bytes * l->up_exps.ne[1];
         uint64_t db = l->down_exps.row_bytes * l->down_exps.ne[1];
@@ -354,19 +375,18 @@ static int check_model(const ds4_hparams *hp, const ds4_weights *w, ds4_error *e
                         hp->hc, hp->n_expert_used, hp->n_expert, hp->head_dim);
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         ds4_layer_weights *l = &w->layers[il];
-        /* Sidecar packages keep routed experts outside the GGUF; the CUDA
-         * backend reads them from the model file only (resident or through
-         * its own slot bank). */
-        if (!l->gate_exps.data || !l->up_exps.data || !l->down_exps.data)
-            return ds4_fail(err, "CUDA backend: the routed experts of layer %u are not in the GGUF (a sidecar package?); "
-                                 "the CUDA backend reads experts from the model file (use --cpu for packages)",
-                            il);
+        /* Sidecar packages keep every routed expert outside the GGUF (the
+         * slot bank then fetches them from the package's expert source). */
+        bool in_file = l->gate_exps.data && l->up_exps.data && l->down_exps.data;
+        bool outside = !l->gate_exps.data && !l->up_exps.data && !l->down_exps.data;
+        if (!(il == 0 ? in_file || outside : in_file == (w->layers[0].gate_exps.data != NULL) && (in_file || outside)))
+            return ds4_fail(err, "CUDA backend: layer %u has only some of its routed expert matrices in the model file", il);
         const ds4_tensor *mats[] = {&l->q_a, &l->q_b, &l->kv, &l->out_a, &l->out_b, &l->comp.kv, &l->comp.gate,
                                     &l->idx_comp.kv, &l->idx_comp.gate, &l->idx_q_b, &l->idx_proj, &l->gate_inp,
                                     &l->gate_exps, &l->up_exps, &l->down_exps, &l->gate_shexp, &l->up_shexp,
                                     &l->down_shexp};
         for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
-            if (mats[i]->data && !matrix_type_ok(mats[i]->type))
+            if ((mats[i]->data || mats[i]->ne[0]) && !matrix_type_ok(mats[i]->type))
                 return ds4_fail(err, "CUDA backend: tensor '%s' has type %s, which the CUDA kernels cannot multiply yet",
                                 mats[i]->name, ggml_type_name(mats[i]->type));
         /* read elementwise or with an activation scale: float types only */
@@ -424,8 +444,17 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
     {
         /* Room left for sessions (decode state, scratch) besides the weights. */
         uint64_t reserve = (2ull << 30) > free_b / 10 ? (2ull << 30) : free_b / 10;
-        if (cache == 0 && total + reserve > free_b && dense + reserve < free_b) cache = free_b - dense - reserve;
+        /* experts outside the model file (a sidecar package) always go
+         * through the bank */
+        bool from_source = hp->n_layer && !g->w.layers[0].gate_exps.data;
+        if (cache == 0 && (from_source || total + reserve > free_b) && dense + reserve < free_b)
+            cache = free_b - dense - reserve;
         use_bank = cache != 0;
+        if (from_source && !use_bank) {
+            ds4_fail(err, "CUDA backend: no room for an expert slot bank next to %.2f GB of dense weights (%.2f GB free)",
+                     dense / 1e9, free_b / 1e9);
+            goto fail;
+        }
         if (!use_bank && total + reserve > free_b) {
             ds4_fail(err, "CUDA backend: the weights need %.2f GB on the GPU, %.2f GB of %.2f GB are free", total / 1e9,
                      free_b / 1e9, total_b / 1e9);
@@ -463,10 +492,13 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
         if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
             fprintf(stderr, "ds4: CUDA device %s (%d SMs, %.1f GB), %.2f GB of weights uploaded\n", prop.name,
                     prop.multiProcessorCount, prop.totalGlobalMem / 1e9, g->dev_bytes / 1e9);
-        if (g->bank)
+        if (g->bank && g->bank->host)
             fprintf(stderr, "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB) for %.2f GB of routed experts in host memory\n",
                     g->bank->n_slots, g->bank->slot_bytes / 1e6, g->bank->n_slots * (double)g->bank->slot_bytes / 1e9,
                     g->bank->host_bytes / 1e9);
+        else if (g->bank)
+            fprintf(stderr, "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB), filled from the package's expert source\n",
+                    g->bank->n_slots, g->bank->slot_bytes / 1e6, g->bank->n_slots * (double)g->bank->slot_bytes / 1e9);
     }
     return g;
 fail:
@@ -828,6 +860,31 @@ static cudaError_t ffn_down(const fwd *f, const ds4_tensor *down, const int32_t 
     return k_ffn_down(f->s->st, down, grp, n, j0, slots, wtab, h, out);
 }
 
+/* Copies the pending misses of layer il from the model's expert source into
+ * their slots: the source makes a batch readable (from RAM, or reading the
+ * package's layer files), the three matrices of each expert go to the
+ * device, and the batch's copies finish before the next acquire, which may
+ * reuse the host memory behind the views. */
+static int bank_fetch(bank *b, uint32_t il, uint32_t n_pend, ds4_error *err) {
+    uint32_t cap = ds4_experts_capacity(b->src);
+    if (cap == 0) return ds4_fail(err, "CUDA expert bank: the expert source takes no experts at a time");
+    for (uint32_t p0 = 0; p0 < n_pend; p0 += cap) {
+        uint32_t pn = n_pend - p0 < cap ? n_pend - p0 : cap;
+        if (ds4_experts_acquire(b->src, il, b->pend_id + p0, pn, b->views, err))
+            return ds4_fail_prefix(err, "layer %u experts for the GPU", il);
+        for (uint32_t k = 0; k < pn; k++) {
+            uint8_t *dst = b->dev + (uint64_t)b->pend_slot[p0 + k] * b->slot_bytes;
+            const ds4_tensor *m[3] = {&b->views[k].gate, &b->views[k].up, &b->views[k].down};
+            const uint64_t off[3] = {0, b->off_up[il], b->off_down[il]};
+            for (int i = 0; i < 3; i++)
+                CU(cudaMemcpyAsync(dst + off[i], m[i]->data, m[i]->row_bytes * m[i]->ne[1], cudaMemcpyHostToDevice,
+                                   b->copy));
+        }
+        CU(cudaStreamSynchronize(b->copy));
+    }
+    return 0;
+}
+
 /* The routed experts through the slot bank: the only host round trip of a
  * chunk besides tokens and logits. The used experts (already grouped on
  * the device) are read back; in groups that fit the bank, missing experts
@@ -858,6 +915,7 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
             bank_touch(b, slot);
             b->hits++;
         }
+        uint32_t n_pend = 0;
         for (uint32_t j = g0; j < g0 + gn; j++) {
             uint64_t key = (uint64_t)il * X + used[j];
             if (b->slot_of[key] >= 0) continue;
@@ -869,11 +927,18 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
             bank_touch(b, slot);
             if (!copies) CU(cudaStreamWaitEvent(b->copy, b->consumed, 0));
             copies = true;
-            CU(cudaMemcpyAsync(b->dev + (uint64_t)slot * b->slot_bytes, b->host + b->layer_off[il] + used[j] * b->stride[il],
-                               b->rec_bytes[il], cudaMemcpyHostToDevice, b->copy));
+            if (b->host) {
+                CU(cudaMemcpyAsync(b->dev + (uint64_t)slot * b->slot_bytes,
+                                   b->host + b->layer_off[il] + used[j] * b->stride[il], b->rec_bytes[il],
+                                   cudaMemcpyHostToDevice, b->copy));
+            } else {
+                b->pend_slot[n_pend] = slot;
+                b->pend_id[n_pend++] = (uint32_t)used[j];
+            }
             b->misses++;
             b->bytes += b->rec_bytes[il];
         }
+        if (n_pend && bank_fetch(b, il, n_pend, err)) return -1;
         for (uint32_t j = g0; j < g0 + gn; j++) {
             const uint8_t *base = b->dev + (uint64_t)b->slot_of[(uint64_t)il * X + used[j]] * b->slot_bytes;
             s->wtab_pinned[3 * j] = base;

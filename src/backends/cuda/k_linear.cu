@@ -244,30 +244,12 @@ typedef struct ffn_args {
     const uint8_t *const *wtab;
 } ffn_args;
 
-/* Which expert slot j of the grid runs, and over which rows. Returns false
- * for slots past the number of experts in use. */
-__device__ __forceinline__ bool ffn_slot(const ffn_args &a, uint32_t j, uint32_t *e, uint32_t *m0, uint32_t *cnt,
-                                         const int32_t **members) {
-    if (!a.grp) {
-        *e = 0, *m0 = 0, *cnt = a.n, *members = nullptr;
-        return true;
-    }
-    j += a.j0;
-    if ((int32_t)j >= a.grp[0]) return false;
-    const int32_t *used = a.grp + 1, *off = used + a.n_expert, *count = off + a.n_expert;
-    *e = (uint32_t)used[j];
-    *m0 = (uint32_t)off[j];
-    *cnt = (uint32_t)count[j];
-    *members = count + a.n_expert;
-    return true;
-}
-
 template <int KIND, int TT, bool UP> __global__ void ffn_kernel(ffn_args a) {
     uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (r >= a.rows) return;
     uint32_t e, m0, cnt;
     const int32_t *members;
-    if (!ffn_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return;
+    if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return;
     const uint8_t *w1 = nullptr, *w0 = expert_row<UP>(a, e, r, &w1);
     int lane = threadIdx.x & 31;
     for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {

@@ -609,31 +609,31 @@ typedef struct qffn_args {
     const uint8_t *const *wtab;
 } qffn_args;
 
+/* Activation rows of entries m..m+nt of an expert's group: up reads its
+ * token's row (member / k), down the entry's own h row. */
+template <int TT, bool UP>
+__device__ __forceinline__ void expert_act_rows(const qffn_args &a, const int32_t *members, uint32_t m, int nt,
+                                                const uint8_t **ar) {
+#pragma unroll
+    for (int tt = 0; tt < TT; tt++) {
+        uint32_t i = m + (tt < nt ? tt : 0);
+        uint32_t src = members && UP ? (uint32_t)members[i] / a.k : i;
+        ar[tt] = a.act + (uint64_t)src * a.act_row;
+    }
+}
+
 template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args a) {
     uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (r >= a.rows) return;
-    uint32_t e = 0, m0 = 0, cnt = a.n;
-    const int32_t *members = nullptr;
-    if (a.grp) {
-        uint32_t j = a.j0 + blockIdx.y;
-        if ((int32_t)j >= a.grp[0]) return;
-        const int32_t *used = a.grp + 1, *off = used + a.n_expert, *count = off + a.n_expert;
-        e = (uint32_t)used[j];
-        m0 = (uint32_t)off[j];
-        cnt = (uint32_t)count[j];
-        members = count + a.n_expert;
-    }
+    uint32_t e, m0, cnt;
+    const int32_t *members;
+    if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return;
     const uint8_t *w1 = nullptr, *w0 = expert_row<UP>(a, e, r, &w1);
     int lane = threadIdx.x & 31;
     for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
         int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
         const uint8_t *ar[TT];
-#pragma unroll
-        for (int tt = 0; tt < TT; tt++) {
-            uint32_t i = m0 + i0 + (tt < nt ? tt : 0);
-            uint32_t src = members && UP ? (uint32_t)members[i] / a.k : i;
-            ar[tt] = a.act + (uint64_t)src * a.act_row;
-        }
+        expert_act_rows<TT, UP>(a, members, m0 + i0, nt, ar);
         float g[TT], u[TT];
         qdot_tile<TYPE, TT>(w0, a.nb, ar, nt, g);
         if (UP) qdot_tile<TYPE, TT>(w1, a.nb, ar, nt, u);
@@ -654,17 +654,9 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qff
     uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     uint64_t r0 = ((uint64_t)blockIdx.x * ROWS_PER_BLOCK + warp) * rpw;
     uint32_t nr = r0 >= a.rows ? 0 : (uint32_t)(a.rows - r0 < rpw ? a.rows - r0 : rpw);
-    uint32_t e = 0, m0 = 0, cnt = a.n;
-    const int32_t *members = nullptr;
-    if (a.grp) {
-        uint32_t j = a.j0 + blockIdx.y;
-        if ((int32_t)j >= a.grp[0]) return; /* the whole block */
-        const int32_t *used = a.grp + 1, *off = used + a.n_expert, *count = off + a.n_expert;
-        e = (uint32_t)used[j];
-        m0 = (uint32_t)off[j];
-        cnt = (uint32_t)count[j];
-        members = count + a.n_expert;
-    }
+    uint32_t e, m0, cnt;
+    const int32_t *members;
+    if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return; /* the whole block */
     const uint8_t *w[2] = {nullptr, nullptr};
     w[0] = expert_row<UP>(a, e, nr ? (uint32_t)r0 : 0, &w[1]);
     uint8_t *sbuf = sm + TT * a.act_row + warp * 2 * NM * chunk_of<TYPE>::WB;
@@ -673,12 +665,7 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qff
     for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
         int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
         const uint8_t *ar[TT];
-#pragma unroll
-        for (int tt = 0; tt < TT; tt++) {
-            uint32_t i = m0 + i0 + (tt < nt ? tt : 0);
-            uint32_t src = members && UP ? (uint32_t)members[i] / a.k : i;
-            ar[tt] = a.act + (uint64_t)src * a.act_row;
-        }
+        expert_act_rows<TT, UP>(a, members, m0 + i0, nt, ar);
         __syncthreads();
         stage_act(sm, ar, nt, a.act_row);
         __syncthreads();

@@ -180,6 +180,17 @@ cudaError_t k_mhc_post(cudaStream_t st, float *X, const float *o, const float *p
 /* mhc_coeffs_kernel's arithmetic by one warp for one token (m: its mixing
  * logits; c: hc*hc floats of shared memory). Entries are spread over the
  * lanes; every sum runs in the CPU's order. Only warp 0 calls it. */
+/* v / (sum of the HC entries in lanes first, first + step, ... + eps), the
+ * sum gathered by shuffles and added in the CPU's order. */
+template <int HC> __device__ __forceinline__ float sinkhorn_div(float v, uint32_t first, uint32_t step, float eps) {
+    float t[HC], s = 0;
+#pragma unroll
+    for (int k = 0; k < HC; k++) t[k] = __shfl_sync(0xffffffffu, v, first + k * step);
+#pragma unroll
+    for (int k = 0; k < HC; k++) s += t[k];
+    return v / (s + eps);
+}
+
 /* Sinkhorn for a compile-time HC (HC * HC <= 32): lane e < HC*HC holds
  * entry (e / HC, e % HC) in a register; row and column sums gather their
  * HC entries with shuffles and add them in the CPU's order. */
@@ -197,20 +208,8 @@ __device__ __forceinline__ float sinkhorn_lanes(float v, uint32_t lane, float ep
     for (int k = 0; k < HC; k++) sum += expf(row[k] - mx);
     v = expf(row[j] - mx) / sum + eps;
     for (uint32_t it = 0; it < iters; it++) {
-        if (it > 0) {
-            float t[HC], s = 0;
-#pragma unroll
-            for (int k = 0; k < HC; k++) t[k] = __shfl_sync(0xffffffffu, v, i * HC + k);
-#pragma unroll
-            for (int k = 0; k < HC; k++) s += t[k];
-            v = v / (s + eps);
-        }
-        float t[HC], s = 0;
-#pragma unroll
-        for (int k = 0; k < HC; k++) t[k] = __shfl_sync(0xffffffffu, v, k * HC + j);
-#pragma unroll
-        for (int k = 0; k < HC; k++) s += t[k];
-        v = v / (s + eps);
+        if (it > 0) v = sinkhorn_div<HC>(v, i * HC, 1, eps); /* rows */
+        v = sinkhorn_div<HC>(v, j, HC, eps);                  /* columns */
     }
     return v;
 }

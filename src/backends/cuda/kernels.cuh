@@ -190,6 +190,28 @@ cudaError_t k_ffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *g
 cudaError_t k_moe_combine(cudaStream_t st, const float *shared, const float *d, const int32_t *ids, const float *wts,
                           const int32_t *grp, uint32_t n, uint32_t k, uint32_t n_expert, uint32_t E, float *out);
 
+/* Which expert slot j of an expert-FFN grid runs (float or quantized
+ * arguments alike): its expert e, its first grouped entry m0, and cnt
+ * entries whose token indices are members (NULL without grouping: the
+ * shared expert over all n tokens). False for slots past the number of
+ * experts in use. */
+template <class Args>
+__device__ __forceinline__ bool expert_slot(const Args &a, uint32_t j, uint32_t *e, uint32_t *m0, uint32_t *cnt,
+                                            const int32_t **members) {
+    if (!a.grp) {
+        *e = 0, *m0 = 0, *cnt = a.n, *members = nullptr;
+        return true;
+    }
+    j += a.j0;
+    if ((int32_t)j >= a.grp[0]) return false;
+    const int32_t *used = a.grp + 1, *off = used + a.n_expert, *count = off + a.n_expert;
+    *e = (uint32_t)used[j];
+    *m0 = (uint32_t)off[j];
+    *cnt = (uint32_t)count[j];
+    *members = count + a.n_expert;
+    return true;
+}
+
 /* Row r of expert e's matrices for an expert-FFN kernel (float or
  * quantized arguments alike): gate (UP, with *up set) or down. Weights come
  * from the per-slot table of the VRAM slot bank when there is one, else

@@ -864,15 +864,19 @@ static cudaError_t ffn_down(const fwd *f, const ds4_tensor *down, const int32_t 
  * their slots: the source makes a batch readable (from RAM, or reading the
  * package's layer files), the three matrices of each expert go to the
  * device, and the batch's copies finish before the next acquire, which may
- * reuse the host memory behind the views. */
+ * reuse the host memory behind the views. (The views are pageable memory:
+ * registering the source's buffers for DMA is a next step.) */
 static int bank_fetch(bank *b, uint32_t il, uint32_t n_pend, ds4_error *err) {
     uint32_t cap = ds4_experts_capacity(b->src);
     if (cap == 0) return ds4_fail(err, "CUDA expert bank: the expert source takes no experts at a time");
     for (uint32_t p0 = 0; p0 < n_pend; p0 += cap) {
         uint32_t pn = n_pend - p0 < cap ? n_pend - p0 : cap;
-        if (ds4_experts_acquire(b->src, il, b->pend_id + p0, pn, b->views, err))
+        /* the reads start together; each expert's copy starts as soon as
+         * its own record is in, while the others still arrive */
+        if (ds4_experts_acquire_start(b->src, il, b->pend_id + p0, pn, b->views, err))
             return ds4_fail_prefix(err, "layer %u experts for the GPU", il);
         for (uint32_t k = 0; k < pn; k++) {
+            if (ds4_experts_wait(b->src, k, err)) return ds4_fail_prefix(err, "layer %u experts for the GPU", il);
             uint8_t *dst = b->dev + (uint64_t)b->pend_slot[p0 + k] * b->slot_bytes;
             const ds4_tensor *m[3] = {&b->views[k].gate, &b->views[k].up, &b->views[k].down};
             const uint64_t off[3] = {0, b->off_up[il], b->off_down[il]};

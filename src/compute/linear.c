@@ -25,6 +25,9 @@ void ds4_tensor_row_f32(const ds4_tensor *w, uint64_t r, float *out) {
  * weight rows is applied to each of them, so every weight row is read from
  * memory once per call however many tokens there are. */
 #define TOKEN_BLOCK 32
+/* Below this many tokens the row-by-row kernels are as fast: the tile
+ * kernels work on groups of four tokens. */
+#define TILE_MIN_TOKENS 3
 
 typedef struct {
     const ds4_tensor *w;
@@ -40,14 +43,24 @@ typedef struct {
     size_t act_bytes;
     ds4_dot_f32_fn dot_f32;
     ds4_vec_dot_fn vec_dot;
+    /* tile kernel and per-thread scratch for it (NULL: row by row) */
+    ds4_vec_dot_tile_fn tile;
+    uint8_t *tile_scratch;
+    size_t tile_scratch_bytes;
 } linear_job;
 
 static void linear_task(void *ctx, uint64_t begin, uint64_t end, int thread) {
-    (void)thread;
     const linear_job *j = ctx;
     int64_t n_in = (int64_t)j->w->ne[0];
     for (uint32_t t0 = 0; t0 < j->n_tok; t0 += TOKEN_BLOCK) {
         uint32_t t1 = t0 + TOKEN_BLOCK < j->n_tok ? t0 + TOKEN_BLOCK : j->n_tok;
+        if (j->tile) {
+            /* bit-identical to the row-by-row path below */
+            j->tile(n_in, j->w->data + (j->r0 + begin) * j->w->row_bytes, j->w->row_bytes, (uint32_t)(end - begin),
+                    j->act + t0 * j->act_bytes, j->act_bytes, t1 - t0, j->y + t0 * j->y_stride + begin, j->y_stride,
+                    j->tile_scratch + (size_t)thread * j->tile_scratch_bytes);
+            continue;
+        }
         for (uint64_t i = begin; i < end; i++) {
             const uint8_t *row = j->w->data + (j->r0 + i) * j->w->row_bytes;
             if (j->dot_f32)
@@ -76,15 +89,27 @@ static void act_task(void *ctx, uint64_t begin, uint64_t end, int thread) {
 void ds4_linear_rows(ds4_pool *pool, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, const float *x,
                      uint64_t x_stride, uint32_t n_tok, float *y, uint64_t y_stride) {
     linear_job j = {.w = w, .r0 = r0, .n_tok = n_tok, .y = y, .y_stride = y_stride, .x = x, .x_stride = x_stride};
-    uint8_t *act = NULL;
+    uint8_t *act = NULL, *owned = NULL;
     if (is_float_type(w->type)) {
         j.dot_f32 = ds4_dot_f32_get(w->type);
     } else {
         /* Quantize each token's activations once for all rows. */
         j.vec_dot = ds4_vec_dot_get(w->type);
         j.act_bytes = ds4_act_row_bytes(w->type, (int64_t)w->ne[0]);
-        act = malloc(j.act_bytes * n_tok);
+        size_t act_total = (j.act_bytes * n_tok + 63) & ~(size_t)63;
+        /* Several tokens per row: the tile kernel decodes each row once
+         * for all of them (its results equal vec_dot's bit for bit, so the
+         * choice never changes a logit). */
+        j.tile = n_tok >= TILE_MIN_TOKENS ? ds4_vec_dot_tile_get(w->type) : NULL;
+        if (j.tile) {
+            uint32_t tb = n_tok < TOKEN_BLOCK ? n_tok : TOKEN_BLOCK;
+            j.tile_scratch_bytes = (ds4_vec_dot_tile_scratch((int64_t)w->ne[0], tb) + 63) & ~(size_t)63;
+        }
+        size_t total = act_total + (size_t)ds4_pool_size(pool) * j.tile_scratch_bytes;
+        act = ds4_pool_scratch(pool, total);
+        if (!act) act = owned = aligned_alloc(64, total);
         if (!act) abort();
+        j.tile_scratch = act + act_total;
         act_job a = {w->type, (int64_t)w->ne[0], x, x_stride, act, j.act_bytes};
         ds4_pool_run(pool, n_tok, 4, act_task, &a);
         j.act = act;
@@ -93,7 +118,7 @@ void ds4_linear_rows(ds4_pool *pool, const ds4_tensor *w, uint64_t r0, uint64_t 
      * that every thread gets several. */
     uint64_t grain = w->row_bytes >= 8192 ? 4 : 16;
     ds4_pool_run(pool, n_rows, grain, linear_task, &j);
-    free(act);
+    free(owned);
 }
 
 void ds4_linear(ds4_pool *pool, const ds4_tensor *w, const float *x, uint32_t n_tok, float *y) {

@@ -19,6 +19,8 @@ struct ds4_pool {
     void *ctx;
     uint64_t n, chunk;
     atomic_uint_fast64_t next;
+    void *scratch;
+    size_t scratch_bytes;
 };
 
 /* Items are claimed chunk by chunk from a shared counter, so uneven rows
@@ -116,7 +118,21 @@ void ds4_pool_free(ds4_pool *p) {
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
     free(p->threads);
+    free(p->scratch);
     free(p);
+}
+
+void *ds4_pool_scratch(ds4_pool *p, size_t bytes) {
+    if (!p) return NULL;
+    if (bytes > p->scratch_bytes) {
+        free(p->scratch);
+        /* grow geometrically so alternating sizes settle quickly */
+        size_t want = bytes + bytes / 2;
+        want = (want + 63) & ~(size_t)63;
+        p->scratch = aligned_alloc(64, want);
+        p->scratch_bytes = p->scratch ? want : 0;
+    }
+    return p->scratch;
 }
 
 int ds4_pool_size(const ds4_pool *p) { return p ? p->n_threads : 1; }

@@ -474,3 +474,147 @@ DS4_TARGET_AVX512 float ds4_iq2_xxs_dot_avx512(int64_t n, const void *w, const v
 }
 
 #endif
+
+#if DS4_QUANT_X86
+
+/* ======================================================================
+ * Tile kernel (AVX-512): many tokens against the same rows
+ *
+ * The per-row kernel spends most of its time rebuilding each group's
+ * grid and sign rows; with several tokens per row that work is repeated
+ * for every token. Here each row is decoded once into signed bytes
+ * (grid * sign, |v| <= 43) and the tokens' activations are offset into
+ * unsigned bytes (a + 128, 1..255), so maddubs(a + 128, v) then dpwssd with
+ * the group's 2l+1 gives, per int32 lane, the same four-value sums as the
+ * per-row kernel plus 128 * (2l+1) * sum(v), which is precomputed per row
+ * and subtracted up front. The integer lanes are thus identical to
+ * ds4_iq2_xxs_dot_avx512's, and the float steps (scale, fma into 16 lanes,
+ * final hsum) are the same operations in the same order: the results agree
+ * bit for bit.
+ * Pair sums: 2 * 255 * 43 < 2^15, no saturation.
+ * ====================================================================== */
+
+typedef struct {
+    _Alignas(64) int8_t v[DS4_QK_K];   /* grid * sign, element order */
+    int16_t ls[4][32];                 /* per 64 values: 2l+1 of its two groups, per int16 lane */
+    int32_t corr[16];                  /* -128 * sum over the block of (2l+1) * v, per lane */
+    float d;                           /* super-block scale */
+} iq2_tile_row;
+
+DS4_TARGET_AVX512 static void iq2_tile_decode(const ds4_block_iq2_xxs *x, int64_t nb, iq2_tile_row *out) {
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    for (int64_t i = 0; i < nb; i++) {
+        __m512i corr = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            __m256i half[2];
+            int16_t l2[2];
+            for (int h = 0; h < 2; h++) {
+                const int ib = 2 * c + h;
+                const uint8_t *q = x[i].qs + 8 * ib;
+                const uint32_t aux = ds4_iq2xxs_aux(&x[i], ib);
+                const __m256i gv = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q[0], q[1])), iq2_rows2(q[2], q[3]), 1);
+                const __m256i sv = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(iq2_signs2(aux & 127, (aux >> 7) & 127)),
+                    iq2_signs2((aux >> 14) & 127, (aux >> 21) & 127), 1);
+                half[h] = _mm256_sign_epi8(gv, sv);
+                l2[h] = (int16_t)(2 * (aux >> 28) + 1);
+            }
+            const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(half[0]), half[1], 1);
+            const __m512i ls = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(l2[0])), _mm256_set1_epi16(l2[1]), 1);
+            _mm512_store_si512((void *)(out[i].v + 64 * c), v);
+            _mm512_store_si512((void *)out[i].ls[c], ls);
+            corr = _mm512_dpwssd_epi32(corr, _mm512_maddubs_epi16(k128, v), ls);
+        }
+        _mm512_store_si512((void *)out[i].corr, _mm512_sub_epi32(_mm512_setzero_si512(), corr));
+        out[i].d = ds4_half_f16c(x[i].d);
+    }
+}
+
+/* Two decoded rows times four tokens. au[t]: token t's offset bytes; ya[t]:
+ * its Q8_K blocks (for the scales). */
+DS4_TARGET_AVX512 static void iq2_tile_2x4(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4],
+                                           const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    const iq2_tile_row *wr[2] = {w0, w1};
+    __m512 acc[2][4];
+    DS4_UNROLL
+    for (int r = 0; r < 2; r++)
+        DS4_UNROLL
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+    const __m512 eighth = _mm512_set1_ps(0.125f);
+    for (int64_t i = 0; i < nb; i++) {
+        __m512i s[2][4];
+        DS4_UNROLL
+        for (int r = 0; r < 2; r++) {
+            const __m512i c0 = _mm512_load_si512((const void *)wr[r][i].corr);
+            DS4_UNROLL
+            for (int t = 0; t < 4; t++) s[r][t] = c0;
+        }
+        DS4_UNROLL
+        for (int c = 0; c < 4; c++) {
+            __m512i a[4];
+            DS4_UNROLL
+            for (int t = 0; t < 4; t++) a[t] = _mm512_loadu_si512((const void *)(au[t] + DS4_QK_K * i + 64 * c));
+            DS4_UNROLL
+            for (int r = 0; r < 2; r++) {
+                const __m512i v = _mm512_load_si512((const void *)(wr[r][i].v + 64 * c));
+                const __m512i ls = _mm512_load_si512((const void *)wr[r][i].ls[c]);
+                DS4_UNROLL
+                for (int t = 0; t < 4; t++) s[r][t] = _mm512_dpwssd_epi32(s[r][t], _mm512_maddubs_epi16(a[t], v), ls);
+            }
+        }
+        DS4_UNROLL
+        for (int r = 0; r < 2; r++) {
+            const __m512 dw = _mm512_set1_ps(wr[r][i].d);
+            DS4_UNROLL
+            for (int t = 0; t < 4; t++) {
+                const __m512 sc = _mm512_mul_ps(eighth, _mm512_mul_ps(dw, _mm512_set1_ps(ya[t][i].d)));
+                acc[r][t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s[r][t]), acc[r][t]);
+            }
+        }
+    }
+    DS4_UNROLL
+    for (int r = 0; r < 2; r++)
+        DS4_UNROLL
+        for (int t = 0; t < 4; t++) out[r][t] = ds4_hsum512(acc[r][t]);
+}
+
+DS4_TARGET_AVX512 void ds4_iq2_xxs_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows,
+                                               const void *act, size_t act_stride, uint32_t n_tok, float *y,
+                                               size_t y_stride, void *scratch) {
+    const int64_t nb = n / DS4_QK_K;
+    /* tokens' activations as unsigned bytes, then two decoded rows */
+    uint8_t *au = scratch;
+    iq2_tile_row *dec = (iq2_tile_row *)(au + (((size_t)n_tok * (size_t)n + 63) & ~(size_t)63));
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    for (uint32_t t = 0; t < n_tok; t++) {
+        const ds4_block_q8_K *ya = (const ds4_block_q8_K *)((const uint8_t *)act + t * act_stride);
+        for (int64_t i = 0; i < nb; i++)
+            for (int c = 0; c < 4; c++)
+                _mm512_storeu_si512((void *)(au + (size_t)t * n + DS4_QK_K * i + 64 * c),
+                                    _mm512_xor_si512(_mm512_loadu_si512((const void *)(ya[i].qs + 64 * c)), k128));
+    }
+    for (uint32_t r0 = 0; r0 < n_rows; r0 += 2) {
+        const uint32_t nr = n_rows - r0 < 2 ? n_rows - r0 : 2;
+        for (uint32_t r = 0; r < nr; r++)
+            iq2_tile_decode((const ds4_block_iq2_xxs *)((const uint8_t *)w + (r0 + r) * w_stride), nb, dec + r * nb);
+        /* a lone last row is paired with itself; a short last group of
+         * tokens repeats its first token (the duplicates are discarded) */
+        const iq2_tile_row *w1 = dec + (nr - 1) * nb;
+        for (uint32_t t0 = 0; t0 < n_tok; t0 += 4) {
+            const uint32_t nt = n_tok - t0 < 4 ? n_tok - t0 : 4;
+            const uint8_t *au4[4];
+            const ds4_block_q8_K *ya4[4];
+            for (uint32_t t = 0; t < 4; t++) {
+                const uint32_t tt = t0 + (t < nt ? t : 0);
+                au4[t] = au + (size_t)tt * n;
+                ya4[t] = (const ds4_block_q8_K *)((const uint8_t *)act + tt * act_stride);
+            }
+            float out[2][4];
+            iq2_tile_2x4(dec, w1, au4, ya4, nb, out);
+            for (uint32_t r = 0; r < nr; r++)
+                for (uint32_t t = 0; t < nt; t++) y[(t0 + t) * y_stride + r0 + r] = out[r][t];
+        }
+    }
+}
+
+#endif

@@ -647,3 +647,119 @@ DS4_TARGET_AVX512 float ds4_q4_K_dot_avx512(int64_t n, const void *w, const void
 }
 
 #endif
+
+#if DS4_QUANT_X86
+
+/* ======================================================================
+ * Q2_K tile kernel (AVX-512): many tokens against the same rows
+ *
+ * Each row is decoded once: its 2-bit values into bytes in element order
+ * and its scale codes into the int16 lane patterns dpwssd takes, so per
+ * (row, token) only maddubs + dpwssd remain. Integer lanes, float steps
+ * and their order are those of ds4_q2_K_dot_avx512, so the results agree
+ * bit for bit.
+ * ====================================================================== */
+
+typedef struct {
+    _Alignas(64) uint8_t q[DS4_QK_K]; /* values 0..3, element order */
+    int16_t sc[4][32];                /* per 64 values: the sub-block scale code of each int16 lane */
+    int16_t m[16];                    /* min codes */
+    float d, dmin;
+} q2k_tile_row;
+
+DS4_TARGET_AVX512 static void q2k_tile_decode(const ds4_block_q2_K *x, int64_t nb, q2k_tile_row *out) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    const __m512i quad_base = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
+                                               1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i shift01 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+    for (int64_t i = 0; i < nb; i++) {
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m512i sc16 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, _mm_set1_epi8(15))));
+        _mm256_store_si256((__m256i *)out[i].m, _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(15))));
+        for (int h = 0; h < 2; h++) {
+            const __m256i q256 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h));
+            const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q256), q256, 1);
+            for (int s = 0; s < 4; s += 2) {
+                const __m512i cnt = _mm512_add_epi16(shift01, _mm512_set1_epi16((short)(2 * s)));
+                _mm512_store_si512((void *)(out[i].q + 128 * h + 32 * s), _mm512_and_si512(_mm512_srlv_epi16(q, cnt), m3));
+                _mm512_store_si512((void *)out[i].sc[2 * h + s / 2],
+                                   _mm512_permutexvar_epi16(_mm512_add_epi16(quad_base, _mm512_set1_epi16((short)(8 * h + 2 * s))), sc16));
+            }
+        }
+        out[i].d = ds4_half_f16c(x[i].d);
+        out[i].dmin = ds4_half_f16c(x[i].dmin);
+    }
+}
+
+DS4_TARGET_AVX512 static void q2k_tile_2x4(const q2k_tile_row *w0, const q2k_tile_row *w1,
+                                           const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    const q2k_tile_row *wr[2] = {w0, w1};
+    __m512 acc[2][4];
+    float accm[2][4];
+    DS4_UNROLL
+    for (int r = 0; r < 2; r++)
+        DS4_UNROLL
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        __m512i s[2][4];
+        DS4_UNROLL
+        for (int r = 0; r < 2; r++)
+            DS4_UNROLL
+            for (int t = 0; t < 4; t++) s[r][t] = _mm512_setzero_si512();
+        DS4_UNROLL
+        for (int c = 0; c < 4; c++) {
+            __m512i a[4];
+            DS4_UNROLL
+            for (int t = 0; t < 4; t++) a[t] = _mm512_loadu_si512((const void *)(ya[t][i].qs + 64 * c));
+            DS4_UNROLL
+            for (int r = 0; r < 2; r++) {
+                const __m512i q = _mm512_load_si512((const void *)(wr[r][i].q + 64 * c));
+                const __m512i sc = _mm512_load_si512((const void *)wr[r][i].sc[c]);
+                DS4_UNROLL
+                for (int t = 0; t < 4; t++) s[r][t] = _mm512_dpwssd_epi32(s[r][t], _mm512_maddubs_epi16(q, a[t]), sc);
+            }
+        }
+        DS4_UNROLL
+        for (int r = 0; r < 2; r++) {
+            const __m256i m = _mm256_load_si256((const __m256i *)wr[r][i].m);
+            DS4_UNROLL
+            for (int t = 0; t < 4; t++) {
+                const float ad = ya[t][i].d;
+                const __m256i bs = _mm256_loadu_si256((const __m256i *)ya[t][i].bsums);
+                const int msum = ds4_hsum256_i32(_mm256_madd_epi16(bs, m));
+                acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(ad * wr[r][i].d), _mm512_cvtepi32_ps(s[r][t]), acc[r][t]);
+                accm[r][t] += ad * wr[r][i].dmin * (float)msum;
+            }
+        }
+    }
+    DS4_UNROLL
+    for (int r = 0; r < 2; r++)
+        DS4_UNROLL
+        for (int t = 0; t < 4; t++) out[r][t] = ds4_hsum512(acc[r][t]) - accm[r][t];
+}
+
+DS4_TARGET_AVX512 void ds4_q2_K_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
+                                            size_t act_stride, uint32_t n_tok, float *y, size_t y_stride, void *scratch) {
+    const int64_t nb = n / DS4_QK_K;
+    q2k_tile_row *dec = scratch;
+    for (uint32_t r0 = 0; r0 < n_rows; r0 += 2) {
+        const uint32_t nr = n_rows - r0 < 2 ? n_rows - r0 : 2;
+        for (uint32_t r = 0; r < nr; r++)
+            q2k_tile_decode((const ds4_block_q2_K *)((const uint8_t *)w + (r0 + r) * w_stride), nb, dec + r * nb);
+        /* a lone last row is paired with itself; a short last group of
+         * tokens repeats its first token (the duplicates are discarded) */
+        const q2k_tile_row *w1 = dec + (nr - 1) * nb;
+        for (uint32_t t0 = 0; t0 < n_tok; t0 += 4) {
+            const uint32_t nt = n_tok - t0 < 4 ? n_tok - t0 : 4;
+            const ds4_block_q8_K *ya4[4];
+            for (uint32_t t = 0; t < 4; t++)
+                ya4[t] = (const ds4_block_q8_K *)((const uint8_t *)act + (t0 + (t < nt ? t : 0)) * act_stride);
+            float out[2][4];
+            q2k_tile_2x4(dec, w1, ya4, nb, out);
+            for (uint32_t r = 0; r < nr; r++)
+                for (uint32_t t = 0; t < nt; t++) y[(t0 + t) * y_stride + r0 + r] = out[r][t];
+        }
+    }
+}
+
+#endif

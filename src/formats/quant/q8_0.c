@@ -125,3 +125,129 @@ DS4_TARGET_AVX512 float ds4_q8_0_dot_avx512(int64_t n, const void *w, const void
 }
 
 #endif
+
+#if DS4_QUANT_X86
+
+/* ======================================================================
+ * Tile kernel (AVX-512): many tokens against the same rows
+ *
+ * The per-row kernel moves each weight's sign onto the activation for
+ * every (row, token) pair. Here the activations are offset once into
+ * unsigned bytes (a + 128) so dpbusd can take the signed weights as they
+ * are; the offset's contribution, 128 * (sum of the lane's four weights),
+ * is precomputed per row and starts each lane's sum, which leaves exactly
+ * the per-row kernel's integer lanes. The float steps (the same two
+ * accumulators over pairs of blocks, scale products dw * da, final sums)
+ * are ds4_q8_0_dot_avx512's, so the results agree bit for bit. Rows whose
+ * block count is not a multiple of 4 (the per-row kernel's AVX2 tail) go
+ * through the per-row kernel.
+ * ====================================================================== */
+
+typedef struct {
+    _Alignas(64) int8_t w[64]; /* two blocks' values */
+    int32_t negcorr[16];       /* -128 * sum of each lane's four values */
+    float dw[16];              /* the two blocks' scales, eight lanes each */
+} q8_tile_step;
+
+typedef struct {
+    _Alignas(64) uint8_t au[64]; /* two blocks' activations + 128 */
+    float da[16];
+} q8_tile_act;
+
+DS4_TARGET_AVX512 static inline __m512 q8_pair_scale(uint16_t d0, uint16_t d1) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(ds4_half_f16c(d0)))),
+                                               _mm256_castps_pd(_mm256_set1_ps(ds4_half_f16c(d1))), 1));
+}
+
+DS4_TARGET_AVX512 static inline __m512i q8_pair_qs(const ds4_block_q8_0 *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b[0].qs)),
+                              _mm256_loadu_si256((const __m256i *)b[1].qs), 1);
+}
+
+DS4_TARGET_AVX512 static void q8_tile_2x4(const q8_tile_step *w0, const q8_tile_step *w1, const q8_tile_act *const a4[4],
+                                          int64_t nsteps, float out[2][4]) {
+    const q8_tile_step *wr[2] = {w0, w1};
+    __m512 acc[2][2][4];
+    DS4_UNROLL
+    for (int k = 0; k < 2; k++)
+        DS4_UNROLL
+        for (int r = 0; r < 2; r++)
+            DS4_UNROLL
+            for (int t = 0; t < 4; t++) acc[k][r][t] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nsteps; j += 2) {
+        DS4_UNROLL
+        for (int k = 0; k < 2; k++) {
+            DS4_UNROLL
+            for (int r = 0; r < 2; r++) {
+                const q8_tile_step *st = wr[r] + j + k;
+                const __m512i w = _mm512_load_si512((const void *)st->w);
+                const __m512i nc = _mm512_load_si512((const void *)st->negcorr);
+                const __m512 dw = _mm512_load_ps(st->dw);
+                DS4_UNROLL
+                for (int t = 0; t < 4; t++) {
+                    const q8_tile_act *at = a4[t] + j + k;
+                    const __m512i p = _mm512_dpbusd_epi32(nc, _mm512_load_si512((const void *)at->au), w);
+                    const __m512 s = _mm512_mul_ps(dw, _mm512_load_ps(at->da));
+                    acc[k][r][t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), acc[k][r][t]);
+                }
+            }
+        }
+    }
+    /* + 0.0f: the per-row kernel adds its (empty) tail sum, which turns a
+     * -0 total into +0 */
+    DS4_UNROLL
+    for (int r = 0; r < 2; r++)
+        DS4_UNROLL
+        for (int t = 0; t < 4; t++) out[r][t] = ds4_hsum512(_mm512_add_ps(acc[0][r][t], acc[1][r][t])) + 0.0f;
+}
+
+DS4_TARGET_AVX512 void ds4_q8_0_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
+                                            size_t act_stride, uint32_t n_tok, float *y, size_t y_stride, void *scratch) {
+    const int64_t nb = n / DS4_QK8_0, nsteps = nb / 2;
+    if (nb % 4) {
+        for (uint32_t t = 0; t < n_tok; t++)
+            for (uint32_t r = 0; r < n_rows; r++)
+                y[t * y_stride + r] = ds4_q8_0_dot_avx512(n, (const uint8_t *)w + r * w_stride,
+                                                          (const uint8_t *)act + t * act_stride);
+        return;
+    }
+    q8_tile_act *acts = scratch;
+    q8_tile_step *dec = (q8_tile_step *)(acts + (size_t)n_tok * nsteps);
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    for (uint32_t t = 0; t < n_tok; t++) {
+        const ds4_block_q8_0 *ya = (const ds4_block_q8_0 *)((const uint8_t *)act + t * act_stride);
+        for (int64_t j = 0; j < nsteps; j++) {
+            q8_tile_act *o = acts + (size_t)t * nsteps + j;
+            _mm512_store_si512((void *)o->au, _mm512_xor_si512(q8_pair_qs(ya + 2 * j), k128));
+            _mm512_store_ps(o->da, q8_pair_scale(ya[2 * j].d, ya[2 * j + 1].d));
+        }
+    }
+    for (uint32_t r0 = 0; r0 < n_rows; r0 += 2) {
+        const uint32_t nr = n_rows - r0 < 2 ? n_rows - r0 : 2;
+        for (uint32_t r = 0; r < nr; r++) {
+            const ds4_block_q8_0 *x = (const ds4_block_q8_0 *)((const uint8_t *)w + (r0 + r) * w_stride);
+            for (int64_t j = 0; j < nsteps; j++) {
+                q8_tile_step *o = dec + r * nsteps + j;
+                const __m512i v = q8_pair_qs(x + 2 * j);
+                _mm512_store_si512((void *)o->w, v);
+                _mm512_store_si512((void *)o->negcorr,
+                                   _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), k128, v)));
+                _mm512_store_ps(o->dw, q8_pair_scale(x[2 * j].d, x[2 * j + 1].d));
+            }
+        }
+        /* a lone last row is paired with itself; a short last group of
+         * tokens repeats its first token (the duplicates are discarded) */
+        const q8_tile_step *w1 = dec + (nr - 1) * nsteps;
+        for (uint32_t t0 = 0; t0 < n_tok; t0 += 4) {
+            const uint32_t nt = n_tok - t0 < 4 ? n_tok - t0 : 4;
+            const q8_tile_act *a4[4];
+            for (uint32_t t = 0; t < 4; t++) a4[t] = acts + (size_t)(t0 + (t < nt ? t : 0)) * nsteps;
+            float out[2][4];
+            q8_tile_2x4(dec, w1, a4, nsteps, out);
+            for (uint32_t r = 0; r < nr; r++)
+                for (uint32_t t = 0; t < nt; t++) y[(t0 + t) * y_stride + r0 + r] = out[r][t];
+        }
+    }
+}
+
+#endif

@@ -49,18 +49,38 @@ typedef struct {
     size_t tile_scratch_bytes;
 } linear_job;
 
+/* Tile path: rows outer, in groups small enough to stay in L2 while every
+ * token block passes over them, so a matrix larger than the caches is read
+ * from memory once per call rather than once per token block; each tile
+ * call re-encodes its token block's activations, which the group's rows
+ * amortise. */
+#define TILE_GROUP_BYTES (128u << 10)
+
+static void linear_tile_task(const linear_job *j, uint64_t begin, uint64_t end, int thread) {
+    int64_t n_in = (int64_t)j->w->ne[0];
+    uint64_t rb = TILE_GROUP_BYTES / j->w->row_bytes;
+    rb = rb < 2 ? 2 : rb & ~(uint64_t)1;
+    for (uint64_t r0 = begin; r0 < end; r0 += rb) {
+        uint64_t r1 = r0 + rb < end ? r0 + rb : end;
+        for (uint32_t t0 = 0; t0 < j->n_tok; t0 += TOKEN_BLOCK) {
+            uint32_t t1 = t0 + TOKEN_BLOCK < j->n_tok ? t0 + TOKEN_BLOCK : j->n_tok;
+            j->tile(n_in, j->w->data + (j->r0 + r0) * j->w->row_bytes, j->w->row_bytes, (uint32_t)(r1 - r0),
+                    j->act + t0 * j->act_bytes, j->act_bytes, t1 - t0, j->y + t0 * j->y_stride + r0, j->y_stride,
+                    j->tile_scratch + (size_t)thread * j->tile_scratch_bytes);
+        }
+    }
+}
+
 static void linear_task(void *ctx, uint64_t begin, uint64_t end, int thread) {
     const linear_job *j = ctx;
+    if (j->tile) {
+        /* bit-identical to the row-by-row path below */
+        linear_tile_task(j, begin, end, thread);
+        return;
+    }
     int64_t n_in = (int64_t)j->w->ne[0];
     for (uint32_t t0 = 0; t0 < j->n_tok; t0 += TOKEN_BLOCK) {
         uint32_t t1 = t0 + TOKEN_BLOCK < j->n_tok ? t0 + TOKEN_BLOCK : j->n_tok;
-        if (j->tile) {
-            /* bit-identical to the row-by-row path below */
-            j->tile(n_in, j->w->data + (j->r0 + begin) * j->w->row_bytes, j->w->row_bytes, (uint32_t)(end - begin),
-                    j->act + t0 * j->act_bytes, j->act_bytes, t1 - t0, j->y + t0 * j->y_stride + begin, j->y_stride,
-                    j->tile_scratch + (size_t)thread * j->tile_scratch_bytes);
-            continue;
-        }
         for (uint64_t i = begin; i < end; i++) {
             const uint8_t *row = j->w->data + (j->r0 + i) * j->w->row_bytes;
             if (j->dot_f32)

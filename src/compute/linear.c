@@ -27,7 +27,7 @@ void ds4_tensor_row_f32(const ds4_tensor *w, uint64_t r, float *out) {
 #define TOKEN_BLOCK 32
 /* Below this many tokens the row-by-row kernels are as fast: the tile
  * kernels work on groups of four tokens. */
-#define TILE_MIN_TOKENS 3
+#define TILE_MIN_TOKENS 2
 
 typedef struct {
     const ds4_tensor *w;

@@ -769,6 +769,37 @@ static void bench(void) {
                 fprintf(stderr, "  %s %6.1f GB/s", ds4_simd_name((ds4_simd)l), best);
             }
             fprintf(stderr, "\n");
+            /* tile kernels: weight bytes per second per token, for
+             * several tokens sharing each row */
+            if (t->vec_dot_tile[DS4_SIMD_AVX512] && ds4_simd_available(DS4_SIMD_AVX512) && si == 0) {
+                const uint32_t toks[] = {2, 4, 12, 32};
+                const size_t ab = ds4_act_row_bytes(types[k], n);
+                uint8_t *acts = malloc(ab * 32);
+                for (int q = 0; q < 32; q++) memcpy(acts + q * ab, act, ab);
+                float *y = malloc(sizeof(float) * rows * 32);
+                void *scratch = aligned_alloc(64, (ds4_vec_dot_tile_scratch(n, 32) + 63) & ~(size_t)63);
+                fprintf(stderr, "bench %-7s tile (GB/s x tokens):", t->name);
+                for (size_t q = 0; q < COUNT(toks); q++) {
+                    double best = 0;
+                    for (int trial = 0; trial < 3; trial++) {
+                        int64_t passes = 0;
+                        const double t0 = now_s();
+                        double el;
+                        do {
+                            t->vec_dot_tile[DS4_SIMD_AVX512](n, w, rb, (uint32_t)rows, acts, ab, toks[q], y, (size_t)rows, scratch);
+                            passes++;
+                            el = now_s() - t0;
+                        } while (el < 0.2);
+                        const double gbs = (double)passes * rows * rb * toks[q] / el / 1e9;
+                        if (gbs > best) best = gbs;
+                    }
+                    fprintf(stderr, "  %u tok %6.1f", toks[q], best);
+                }
+                fprintf(stderr, "\n");
+                free(acts);
+                free(y);
+                free(scratch);
+            }
             free(w);
             free(act);
             free(row);

@@ -532,14 +532,14 @@ DS4_TARGET_AVX512 static void iq2_tile_decode(const ds4_block_iq2_xxs *x, int64_
 
 /* Two decoded rows times four tokens. au[t]: token t's offset bytes; ya[t]:
  * its Q8_K blocks (for the scales). */
-DS4_TARGET_AVX512 static void iq2_tile_2x4(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4],
-                                           const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) void iq2_tile_2xT(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4],
+                                           const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4], const int T) {
     const iq2_tile_row *wr[2] = {w0, w1};
     __m512 acc[2][4];
     DS4_UNROLL
     for (int r = 0; r < 2; r++)
         DS4_UNROLL
-        for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
     const __m512 eighth = _mm512_set1_ps(0.125f);
     for (int64_t i = 0; i < nb; i++) {
         __m512i s[2][4];
@@ -547,26 +547,26 @@ DS4_TARGET_AVX512 static void iq2_tile_2x4(const iq2_tile_row *w0, const iq2_til
         for (int r = 0; r < 2; r++) {
             const __m512i c0 = _mm512_load_si512((const void *)wr[r][i].corr);
             DS4_UNROLL
-            for (int t = 0; t < 4; t++) s[r][t] = c0;
+            for (int t = 0; t < T; t++) s[r][t] = c0;
         }
         DS4_UNROLL
         for (int c = 0; c < 4; c++) {
             __m512i a[4];
             DS4_UNROLL
-            for (int t = 0; t < 4; t++) a[t] = _mm512_loadu_si512((const void *)(au[t] + DS4_QK_K * i + 64 * c));
+            for (int t = 0; t < T; t++) a[t] = _mm512_loadu_si512((const void *)(au[t] + DS4_QK_K * i + 64 * c));
             DS4_UNROLL
             for (int r = 0; r < 2; r++) {
                 const __m512i v = _mm512_load_si512((const void *)(wr[r][i].v + 64 * c));
                 const __m512i ls = _mm512_load_si512((const void *)wr[r][i].ls[c]);
                 DS4_UNROLL
-                for (int t = 0; t < 4; t++) s[r][t] = _mm512_dpwssd_epi32(s[r][t], _mm512_maddubs_epi16(a[t], v), ls);
+                for (int t = 0; t < T; t++) s[r][t] = _mm512_dpwssd_epi32(s[r][t], _mm512_maddubs_epi16(a[t], v), ls);
             }
         }
         DS4_UNROLL
         for (int r = 0; r < 2; r++) {
             const __m512 dw = _mm512_set1_ps(wr[r][i].d);
             DS4_UNROLL
-            for (int t = 0; t < 4; t++) {
+            for (int t = 0; t < T; t++) {
                 const __m512 sc = _mm512_mul_ps(eighth, _mm512_mul_ps(dw, _mm512_set1_ps(ya[t][i].d)));
                 acc[r][t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s[r][t]), acc[r][t]);
             }
@@ -575,7 +575,21 @@ DS4_TARGET_AVX512 static void iq2_tile_2x4(const iq2_tile_row *w0, const iq2_til
     DS4_UNROLL
     for (int r = 0; r < 2; r++)
         DS4_UNROLL
-        for (int t = 0; t < 4; t++) out[r][t] = ds4_hsum512(acc[r][t]);
+        for (int t = 0; t < T; t++) out[r][t] = ds4_hsum512(acc[r][t]);
+}
+
+/* One instance per token count, so the loops unroll with constant bounds. */
+DS4_TARGET_AVX512 static void iq2_tile_2x1(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4], const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    iq2_tile_2xT(w0, w1, au, ya, nb, out, 1);
+}
+DS4_TARGET_AVX512 static void iq2_tile_2x2(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4], const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    iq2_tile_2xT(w0, w1, au, ya, nb, out, 2);
+}
+DS4_TARGET_AVX512 static void iq2_tile_2x3(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4], const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    iq2_tile_2xT(w0, w1, au, ya, nb, out, 3);
+}
+DS4_TARGET_AVX512 static void iq2_tile_2x4(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4], const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    iq2_tile_2xT(w0, w1, au, ya, nb, out, 4);
 }
 
 DS4_TARGET_AVX512 void ds4_iq2_xxs_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows,
@@ -598,7 +612,7 @@ DS4_TARGET_AVX512 void ds4_iq2_xxs_tile_avx512(int64_t n, const void *w, size_t 
         for (uint32_t r = 0; r < nr; r++)
             iq2_tile_decode((const ds4_block_iq2_xxs *)((const uint8_t *)w + (r0 + r) * w_stride), nb, dec + r * nb);
         /* a lone last row is paired with itself; a short last group of
-         * tokens repeats its first token (the duplicates are discarded) */
+         * tokens takes the kernel for its count */
         const iq2_tile_row *w1 = dec + (nr - 1) * nb;
         for (uint32_t t0 = 0; t0 < n_tok; t0 += 4) {
             const uint32_t nt = n_tok - t0 < 4 ? n_tok - t0 : 4;
@@ -610,7 +624,12 @@ DS4_TARGET_AVX512 void ds4_iq2_xxs_tile_avx512(int64_t n, const void *w, size_t 
                 ya4[t] = (const ds4_block_q8_K *)((const uint8_t *)act + tt * act_stride);
             }
             float out[2][4];
-            iq2_tile_2x4(dec, w1, au4, ya4, nb, out);
+            switch (nt) {
+            case 1: iq2_tile_2x1(dec, w1, au4, ya4, nb, out); break;
+            case 2: iq2_tile_2x2(dec, w1, au4, ya4, nb, out); break;
+            case 3: iq2_tile_2x3(dec, w1, au4, ya4, nb, out); break;
+            default: iq2_tile_2x4(dec, w1, au4, ya4, nb, out); break;
+            }
             for (uint32_t r = 0; r < nr; r++)
                 for (uint32_t t = 0; t < nt; t++) y[(t0 + t) * y_stride + r0 + r] = out[r][t];
         }

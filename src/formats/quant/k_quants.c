@@ -691,39 +691,39 @@ DS4_TARGET_AVX512 static void q2k_tile_decode(const ds4_block_q2_K *x, int64_t n
     }
 }
 
-DS4_TARGET_AVX512 static void q2k_tile_2x4(const q2k_tile_row *w0, const q2k_tile_row *w1,
-                                           const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) void q2k_tile_2xT(const q2k_tile_row *w0, const q2k_tile_row *w1,
+                                           const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4], const int T) {
     const q2k_tile_row *wr[2] = {w0, w1};
     __m512 acc[2][4];
     float accm[2][4];
     DS4_UNROLL
     for (int r = 0; r < 2; r++)
         DS4_UNROLL
-        for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = 0.0f;
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = 0.0f;
     for (int64_t i = 0; i < nb; i++) {
         __m512i s[2][4];
         DS4_UNROLL
         for (int r = 0; r < 2; r++)
             DS4_UNROLL
-            for (int t = 0; t < 4; t++) s[r][t] = _mm512_setzero_si512();
+            for (int t = 0; t < T; t++) s[r][t] = _mm512_setzero_si512();
         DS4_UNROLL
         for (int c = 0; c < 4; c++) {
             __m512i a[4];
             DS4_UNROLL
-            for (int t = 0; t < 4; t++) a[t] = _mm512_loadu_si512((const void *)(ya[t][i].qs + 64 * c));
+            for (int t = 0; t < T; t++) a[t] = _mm512_loadu_si512((const void *)(ya[t][i].qs + 64 * c));
             DS4_UNROLL
             for (int r = 0; r < 2; r++) {
                 const __m512i q = _mm512_load_si512((const void *)(wr[r][i].q + 64 * c));
                 const __m512i sc = _mm512_load_si512((const void *)wr[r][i].sc[c]);
                 DS4_UNROLL
-                for (int t = 0; t < 4; t++) s[r][t] = _mm512_dpwssd_epi32(s[r][t], _mm512_maddubs_epi16(q, a[t]), sc);
+                for (int t = 0; t < T; t++) s[r][t] = _mm512_dpwssd_epi32(s[r][t], _mm512_maddubs_epi16(q, a[t]), sc);
             }
         }
         DS4_UNROLL
         for (int r = 0; r < 2; r++) {
             const __m256i m = _mm256_load_si256((const __m256i *)wr[r][i].m);
             DS4_UNROLL
-            for (int t = 0; t < 4; t++) {
+            for (int t = 0; t < T; t++) {
                 const float ad = ya[t][i].d;
                 const __m256i bs = _mm256_loadu_si256((const __m256i *)ya[t][i].bsums);
                 const int msum = ds4_hsum256_i32(_mm256_madd_epi16(bs, m));
@@ -735,7 +735,21 @@ DS4_TARGET_AVX512 static void q2k_tile_2x4(const q2k_tile_row *w0, const q2k_til
     DS4_UNROLL
     for (int r = 0; r < 2; r++)
         DS4_UNROLL
-        for (int t = 0; t < 4; t++) out[r][t] = ds4_hsum512(acc[r][t]) - accm[r][t];
+        for (int t = 0; t < T; t++) out[r][t] = ds4_hsum512(acc[r][t]) - accm[r][t];
+}
+
+/* One instance per token count, so the loops unroll with constant bounds. */
+DS4_TARGET_AVX512 static void q2k_tile_2x1(const q2k_tile_row *w0, const q2k_tile_row *w1, const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    q2k_tile_2xT(w0, w1, ya, nb, out, 1);
+}
+DS4_TARGET_AVX512 static void q2k_tile_2x2(const q2k_tile_row *w0, const q2k_tile_row *w1, const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    q2k_tile_2xT(w0, w1, ya, nb, out, 2);
+}
+DS4_TARGET_AVX512 static void q2k_tile_2x3(const q2k_tile_row *w0, const q2k_tile_row *w1, const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    q2k_tile_2xT(w0, w1, ya, nb, out, 3);
+}
+DS4_TARGET_AVX512 static void q2k_tile_2x4(const q2k_tile_row *w0, const q2k_tile_row *w1, const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    q2k_tile_2xT(w0, w1, ya, nb, out, 4);
 }
 
 DS4_TARGET_AVX512 void ds4_q2_K_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
@@ -747,7 +761,7 @@ DS4_TARGET_AVX512 void ds4_q2_K_tile_avx512(int64_t n, const void *w, size_t w_s
         for (uint32_t r = 0; r < nr; r++)
             q2k_tile_decode((const ds4_block_q2_K *)((const uint8_t *)w + (r0 + r) * w_stride), nb, dec + r * nb);
         /* a lone last row is paired with itself; a short last group of
-         * tokens repeats its first token (the duplicates are discarded) */
+         * tokens takes the kernel for its count */
         const q2k_tile_row *w1 = dec + (nr - 1) * nb;
         for (uint32_t t0 = 0; t0 < n_tok; t0 += 4) {
             const uint32_t nt = n_tok - t0 < 4 ? n_tok - t0 : 4;
@@ -755,7 +769,12 @@ DS4_TARGET_AVX512 void ds4_q2_K_tile_avx512(int64_t n, const void *w, size_t w_s
             for (uint32_t t = 0; t < 4; t++)
                 ya4[t] = (const ds4_block_q8_K *)((const uint8_t *)act + (t0 + (t < nt ? t : 0)) * act_stride);
             float out[2][4];
-            q2k_tile_2x4(dec, w1, ya4, nb, out);
+            switch (nt) {
+            case 1: q2k_tile_2x1(dec, w1, ya4, nb, out); break;
+            case 2: q2k_tile_2x2(dec, w1, ya4, nb, out); break;
+            case 3: q2k_tile_2x3(dec, w1, ya4, nb, out); break;
+            default: q2k_tile_2x4(dec, w1, ya4, nb, out); break;
+            }
             for (uint32_t r = 0; r < nr; r++)
                 for (uint32_t t = 0; t < nt; t++) y[(t0 + t) * y_stride + r0 + r] = out[r][t];
         }

@@ -164,8 +164,8 @@ DS4_TARGET_AVX512 static inline __m512i q8_pair_qs(const ds4_block_q8_0 *b) {
                               _mm256_loadu_si256((const __m256i *)b[1].qs), 1);
 }
 
-DS4_TARGET_AVX512 static void q8_tile_2x4(const q8_tile_step *w0, const q8_tile_step *w1, const q8_tile_act *const a4[4],
-                                          int64_t nsteps, float out[2][4]) {
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) void q8_tile_2xT(const q8_tile_step *w0, const q8_tile_step *w1, const q8_tile_act *const a4[4],
+                                          int64_t nsteps, float out[2][4], const int T) {
     const q8_tile_step *wr[2] = {w0, w1};
     __m512 acc[2][2][4];
     DS4_UNROLL
@@ -173,7 +173,7 @@ DS4_TARGET_AVX512 static void q8_tile_2x4(const q8_tile_step *w0, const q8_tile_
         DS4_UNROLL
         for (int r = 0; r < 2; r++)
             DS4_UNROLL
-            for (int t = 0; t < 4; t++) acc[k][r][t] = _mm512_setzero_ps();
+            for (int t = 0; t < T; t++) acc[k][r][t] = _mm512_setzero_ps();
     for (int64_t j = 0; j < nsteps; j += 2) {
         DS4_UNROLL
         for (int k = 0; k < 2; k++) {
@@ -184,7 +184,7 @@ DS4_TARGET_AVX512 static void q8_tile_2x4(const q8_tile_step *w0, const q8_tile_
                 const __m512i nc = _mm512_load_si512((const void *)st->negcorr);
                 const __m512 dw = _mm512_load_ps(st->dw);
                 DS4_UNROLL
-                for (int t = 0; t < 4; t++) {
+                for (int t = 0; t < T; t++) {
                     const q8_tile_act *at = a4[t] + j + k;
                     const __m512i p = _mm512_dpbusd_epi32(nc, _mm512_load_si512((const void *)at->au), w);
                     const __m512 s = _mm512_mul_ps(dw, _mm512_load_ps(at->da));
@@ -198,7 +198,21 @@ DS4_TARGET_AVX512 static void q8_tile_2x4(const q8_tile_step *w0, const q8_tile_
     DS4_UNROLL
     for (int r = 0; r < 2; r++)
         DS4_UNROLL
-        for (int t = 0; t < 4; t++) out[r][t] = ds4_hsum512(_mm512_add_ps(acc[0][r][t], acc[1][r][t])) + 0.0f;
+        for (int t = 0; t < T; t++) out[r][t] = ds4_hsum512(_mm512_add_ps(acc[0][r][t], acc[1][r][t])) + 0.0f;
+}
+
+/* One instance per token count, so the loops unroll with constant bounds. */
+DS4_TARGET_AVX512 static void q8_tile_2x1(const q8_tile_step *w0, const q8_tile_step *w1, const q8_tile_act *const a4[4], int64_t nsteps, float out[2][4]) {
+    q8_tile_2xT(w0, w1, a4, nsteps, out, 1);
+}
+DS4_TARGET_AVX512 static void q8_tile_2x2(const q8_tile_step *w0, const q8_tile_step *w1, const q8_tile_act *const a4[4], int64_t nsteps, float out[2][4]) {
+    q8_tile_2xT(w0, w1, a4, nsteps, out, 2);
+}
+DS4_TARGET_AVX512 static void q8_tile_2x3(const q8_tile_step *w0, const q8_tile_step *w1, const q8_tile_act *const a4[4], int64_t nsteps, float out[2][4]) {
+    q8_tile_2xT(w0, w1, a4, nsteps, out, 3);
+}
+DS4_TARGET_AVX512 static void q8_tile_2x4(const q8_tile_step *w0, const q8_tile_step *w1, const q8_tile_act *const a4[4], int64_t nsteps, float out[2][4]) {
+    q8_tile_2xT(w0, w1, a4, nsteps, out, 4);
 }
 
 DS4_TARGET_AVX512 void ds4_q8_0_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
@@ -236,14 +250,19 @@ DS4_TARGET_AVX512 void ds4_q8_0_tile_avx512(int64_t n, const void *w, size_t w_s
             }
         }
         /* a lone last row is paired with itself; a short last group of
-         * tokens repeats its first token (the duplicates are discarded) */
+         * tokens takes the kernel for its count */
         const q8_tile_step *w1 = dec + (nr - 1) * nsteps;
         for (uint32_t t0 = 0; t0 < n_tok; t0 += 4) {
             const uint32_t nt = n_tok - t0 < 4 ? n_tok - t0 : 4;
             const q8_tile_act *a4[4];
             for (uint32_t t = 0; t < 4; t++) a4[t] = acts + (size_t)(t0 + (t < nt ? t : 0)) * nsteps;
             float out[2][4];
-            q8_tile_2x4(dec, w1, a4, nsteps, out);
+            switch (nt) {
+            case 1: q8_tile_2x1(dec, w1, a4, nsteps, out); break;
+            case 2: q8_tile_2x2(dec, w1, a4, nsteps, out); break;
+            case 3: q8_tile_2x3(dec, w1, a4, nsteps, out); break;
+            default: q8_tile_2x4(dec, w1, a4, nsteps, out); break;
+            }
             for (uint32_t r = 0; r < nr; r++)
                 for (uint32_t t = 0; t < nt; t++) y[(t0 + t) * y_stride + r0 + r] = out[r][t];
         }

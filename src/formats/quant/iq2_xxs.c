@@ -443,9 +443,37 @@ DS4_TARGET_AVX2 float ds4_iq2_xxs_dot_avx2(int64_t n, const void *w, const void 
     return ds4_hsum256(acc);
 }
 
-/* AVX-512: two groups of 32 per register; the signs become a 64-bit mask
- * under which the activations are negated (AVX-512 has no byte sign
- * instruction). */
+/* Sign bits of two groups (64 values) as a mask, bit k = value k: BMI2's
+ * pdep spreads the eight 7-bit sign fields of the two aux words into eight
+ * bytes, and bit 7 of each byte is the parity of its other seven (every
+ * group of 8 has an even number of negatives). Scalar work on the integer
+ * units instead of sixteen table loads and shuffles on the vector ones. */
+DS4_TARGET_AVX512 static inline __mmask64 iq2_sign_mask2(uint32_t a0, uint32_t a1) {
+    const uint64_t packed = (uint64_t)(a0 & 0x0fffffffu) | ((uint64_t)(a1 & 0x0fffffffu) << 28);
+    uint64_t s = _pdep_u64(packed, 0x7f7f7f7f7f7f7f7full);
+    uint64_t p = s ^ (s >> 4);
+    p ^= p >> 2;
+    p ^= p >> 1;
+    s |= (p & 0x0101010101010101ull) << 7;
+    return _cvtu64_mask64(s);
+}
+
+/* Grid magnitudes of two groups (64 values) in one register. */
+DS4_TARGET_AVX512 static inline __m512i iq2_grid2(const uint8_t *q0, const uint8_t *q1) {
+    const __m256i g0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q0[0], q0[1])), iq2_rows2(q0[2], q0[3]), 1);
+    const __m256i g1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q1[0], q1[1])), iq2_rows2(q1[2], q1[3]), 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1);
+}
+
+/* Group scales 2l+1 of two groups as int16 lanes: the first 16 for the
+ * first group's 32 values (as int16 pairs), the next 16 for the second. */
+DS4_TARGET_AVX512 static inline __m512i iq2_scales2(uint32_t a0, uint32_t a1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * (a0 >> 28) + 1))),
+                              _mm256_set1_epi16((short)(2 * (a1 >> 28) + 1)), 1);
+}
+
+/* AVX-512: two groups of 32 per register; the activations are negated
+ * under the sign mask (AVX-512 has no byte sign instruction). */
 DS4_TARGET_AVX512 float ds4_iq2_xxs_dot_avx512(int64_t n, const void *w, const void *act) {
     const ds4_block_iq2_xxs *x = w;
     const ds4_block_q8_K *y = act;
@@ -455,17 +483,9 @@ DS4_TARGET_AVX512 float ds4_iq2_xxs_dot_avx512(int64_t n, const void *w, const v
         for (int ib = 0; ib < 8; ib += 2) {
             const uint8_t *q0 = x[i].qs + 8 * ib, *q1 = q0 + 8;
             const uint32_t a0 = ds4_iq2xxs_aux(&x[i], ib), a1 = ds4_iq2xxs_aux(&x[i], ib + 1);
-            const __m256i g0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q0[0], q0[1])), iq2_rows2(q0[2], q0[3]), 1);
-            const __m256i g1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q1[0], q1[1])), iq2_rows2(q1[2], q1[3]), 1);
-            const __m512i gv = _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1);
-            const __m256i s0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_signs2(a0 & 127, (a0 >> 7) & 127)), iq2_signs2((a0 >> 14) & 127, (a0 >> 21) & 127), 1);
-            const __m256i s1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_signs2(a1 & 127, (a1 >> 7) & 127)), iq2_signs2((a1 >> 14) & 127, (a1 >> 21) & 127), 1);
-            const __mmask64 neg = _mm512_movepi8_mask(_mm512_inserti64x4(_mm512_castsi256_si512(s0), s1, 1));
             const __m512i a = _mm512_loadu_si512((const void *)(y[i].qs + 32 * ib));
-            const __m512i sa = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
-            const __m512i ls = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * (a0 >> 28) + 1))),
-                                                  _mm256_set1_epi16((short)(2 * (a1 >> 28) + 1)), 1);
-            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(gv, sa), ls);
+            const __m512i sa = _mm512_mask_sub_epi8(a, iq2_sign_mask2(a0, a1), _mm512_setzero_si512(), a);
+            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(iq2_grid2(q0, q1), sa), iq2_scales2(a0, a1));
         }
         const float s = 0.125f * (ds4_half_f16c(x[i].d) * y[i].d);
         acc = _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_cvtepi32_ps(sumi), acc);
@@ -506,21 +526,11 @@ DS4_TARGET_AVX512 static void iq2_tile_decode(const ds4_block_iq2_xxs *x, int64_
     for (int64_t i = 0; i < nb; i++) {
         __m512i corr = _mm512_setzero_si512();
         for (int c = 0; c < 4; c++) {
-            __m256i half[2];
-            int16_t l2[2];
-            for (int h = 0; h < 2; h++) {
-                const int ib = 2 * c + h;
-                const uint8_t *q = x[i].qs + 8 * ib;
-                const uint32_t aux = ds4_iq2xxs_aux(&x[i], ib);
-                const __m256i gv = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q[0], q[1])), iq2_rows2(q[2], q[3]), 1);
-                const __m256i sv = _mm256_inserti128_si256(
-                    _mm256_castsi128_si256(iq2_signs2(aux & 127, (aux >> 7) & 127)),
-                    iq2_signs2((aux >> 14) & 127, (aux >> 21) & 127), 1);
-                half[h] = _mm256_sign_epi8(gv, sv);
-                l2[h] = (int16_t)(2 * (aux >> 28) + 1);
-            }
-            const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(half[0]), half[1], 1);
-            const __m512i ls = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(l2[0])), _mm256_set1_epi16(l2[1]), 1);
+            const uint8_t *q0 = x[i].qs + 16 * c, *q1 = q0 + 8;
+            const uint32_t a0 = ds4_iq2xxs_aux(&x[i], 2 * c), a1 = ds4_iq2xxs_aux(&x[i], 2 * c + 1);
+            const __m512i g = iq2_grid2(q0, q1);
+            const __m512i v = _mm512_mask_sub_epi8(g, iq2_sign_mask2(a0, a1), _mm512_setzero_si512(), g);
+            const __m512i ls = iq2_scales2(a0, a1);
             _mm512_store_si512((void *)(out[i].v + 64 * c), v);
             _mm512_store_si512((void *)out[i].ls[c], ls);
             corr = _mm512_dpwssd_epi32(corr, _mm512_maddubs_epi16(k128, v), ls);

@@ -691,15 +691,18 @@ DS4_TARGET_AVX512 static void q2k_tile_decode(const ds4_block_q2_K *x, int64_t n
     }
 }
 
+/* The per-block scalar work (min sums, scale products) is done for the
+ * group's tokens at once, one token per lane; every lane performs the
+ * per-row kernel's operations for its token, in the same order. */
 DS4_TARGET_AVX512 static inline __attribute__((always_inline)) void q2k_tile_2xT(const q2k_tile_row *w0, const q2k_tile_row *w1,
                                            const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4], const int T) {
     const q2k_tile_row *wr[2] = {w0, w1};
     __m512 acc[2][4];
-    float accm[2][4];
+    __m128 accm[2] = {_mm_setzero_ps(), _mm_setzero_ps()}; /* lane t: token t */
     DS4_UNROLL
     for (int r = 0; r < 2; r++)
         DS4_UNROLL
-        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = 0.0f;
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         __m512i s[2][4];
         DS4_UNROLL
@@ -719,23 +722,36 @@ DS4_TARGET_AVX512 static inline __attribute__((always_inline)) void q2k_tile_2xT
                 for (int t = 0; t < T; t++) s[r][t] = _mm512_dpwssd_epi32(s[r][t], _mm512_maddubs_epi16(q, a[t]), sc);
             }
         }
+        const __m128 ad = _mm_setr_ps(ya[0][i].d, T > 1 ? ya[1][i].d : 0.0f, T > 2 ? ya[2][i].d : 0.0f,
+                                      T > 3 ? ya[3][i].d : 0.0f);
+        __m256i bs[4];
+        DS4_UNROLL
+        for (int t = 0; t < 4; t++)
+            bs[t] = t < T ? _mm256_loadu_si256((const __m256i *)ya[t][i].bsums) : _mm256_setzero_si256();
         DS4_UNROLL
         for (int r = 0; r < 2; r++) {
             const __m256i m = _mm256_load_si256((const __m256i *)wr[r][i].m);
+            /* four tokens' sum_k m_k * bsum_k: madd, then a reduction tree
+             * that leaves token t's total in lane t */
+            const __m256i h01 = _mm256_hadd_epi32(_mm256_madd_epi16(bs[0], m), _mm256_madd_epi16(bs[1], m));
+            const __m256i h23 = _mm256_hadd_epi32(_mm256_madd_epi16(bs[2], m), _mm256_madd_epi16(bs[3], m));
+            const __m256i h = _mm256_hadd_epi32(h01, h23);
+            const __m128i msum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            accm[r] = _mm_add_ps(accm[r], _mm_mul_ps(_mm_mul_ps(ad, _mm_set1_ps(wr[r][i].dmin)), _mm_cvtepi32_ps(msum)));
+            const __m512 sd = _mm512_castps128_ps512(_mm_mul_ps(ad, _mm_set1_ps(wr[r][i].d)));
             DS4_UNROLL
-            for (int t = 0; t < T; t++) {
-                const float ad = ya[t][i].d;
-                const __m256i bs = _mm256_loadu_si256((const __m256i *)ya[t][i].bsums);
-                const int msum = ds4_hsum256_i32(_mm256_madd_epi16(bs, m));
-                acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(ad * wr[r][i].d), _mm512_cvtepi32_ps(s[r][t]), acc[r][t]);
-                accm[r][t] += ad * wr[r][i].dmin * (float)msum;
-            }
+            for (int t = 0; t < T; t++)
+                acc[r][t] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_set1_epi32(t), sd), _mm512_cvtepi32_ps(s[r][t]),
+                                            acc[r][t]);
         }
     }
     DS4_UNROLL
-    for (int r = 0; r < 2; r++)
+    for (int r = 0; r < 2; r++) {
+        float m4[4];
+        _mm_storeu_ps(m4, accm[r]);
         DS4_UNROLL
-        for (int t = 0; t < T; t++) out[r][t] = ds4_hsum512(acc[r][t]) - accm[r][t];
+        for (int t = 0; t < T; t++) out[r][t] = ds4_hsum512(acc[r][t]) - m4[t];
+    }
 }
 
 /* One instance per token count, so the loops unroll with constant bounds. */

@@ -772,7 +772,7 @@ static void bench(void) {
             /* tile kernels: weight bytes per second per token, for
              * several tokens sharing each row */
             if (t->vec_dot_tile[DS4_SIMD_AVX512] && ds4_simd_available(DS4_SIMD_AVX512) && si == 0) {
-                const uint32_t toks[] = {2, 4, 12, 32};
+                const uint32_t toks[] = {1, 2, 4, 12, 32};
                 const size_t ab = ds4_act_row_bytes(types[k], n);
                 uint8_t *acts = malloc(ab * 32);
                 for (int q = 0; q < 32; q++) memcpy(acts + q * ab, act, ab);

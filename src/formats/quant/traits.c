@@ -116,10 +116,11 @@ ds4_vec_dot_tile_fn ds4_vec_dot_tile_get(uint32_t type) {
 }
 
 /* Every tile kernel keeps at most: the tokens' activations re-encoded (at
- * most two bytes per value) and two decoded weight rows (at most 3 bytes
- * per value each), plus alignment slack. */
+ * most two bytes per value, plus up to 640 bytes of padding each, Q8_0's
+ * last group of 16 blocks) and two decoded weight rows (at most 3 bytes
+ * per value each, plus the same padding), plus alignment slack. */
 size_t ds4_vec_dot_tile_scratch(int64_t n, uint32_t n_tok) {
-    return (size_t)n_tok * 2 * (size_t)n + 6 * (size_t)n + 4096;
+    return (size_t)n_tok * (2 * (size_t)n + 640) + 6 * (size_t)n + 2 * 640 + 4096;
 }
 
 ds4_dot_f32_fn ds4_dot_f32_get(uint32_t type) {

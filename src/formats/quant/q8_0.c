@@ -114,25 +114,20 @@ DS4_TARGET_AVX512 static inline __m512i q8_fold(__m512i a, __m512i b) {
     return _mm512_add_epi32(_mm512_permutex2var_epi32(a, e, b), _mm512_permutex2var_epi32(a, o, b));
 }
 
-/* The fp16 scales of blocks [0, cnt) (zero beyond) as floats: one gather
- * of the 16 words at the blocks' 34-byte stride. */
-DS4_TARGET_AVX512 static inline __m512 q8_scales_of(const ds4_block_q8_0 *b, int cnt) {
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32((int)sizeof(ds4_block_q8_0)));
-    const __mmask16 k = (__mmask16)((1u << cnt) - 1);
-    const __m512i dd = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, idx, (const void *)b, 1);
-    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
-}
-
-/* Products dw_j * da_j of blocks [0, cnt) of the two rows, zero beyond. */
-DS4_TARGET_AVX512 static inline __m512 q8_scales16(const ds4_block_q8_0 *x, const ds4_block_q8_0 *y, int cnt) {
-    return _mm512_mul_ps(q8_scales_of(x, cnt), q8_scales_of(y, cnt));
-}
-
 DS4_TARGET_AVX512 static inline __m512i q8_load_pair(const ds4_block_q8_0 *b, int two) {
     const __m256i lo = _mm256_loadu_si256((const __m256i *)b[0].qs);
     return two ? _mm512_inserti64x4(_mm512_castsi256_si512(lo), _mm256_loadu_si256((const __m256i *)b[1].qs), 1)
                : _mm512_zextsi256_si512(lo);
+}
+
+/* Adds block pair k's fp16 scale words (block b2[0] at word 0 of its
+ * 64-byte load, b2[1] at word 17: blocks are 34 bytes) to word lanes 2k,
+ * 2k+1 of d; a lone last block takes its word directly (a 64-byte load
+ * could run past the row). */
+DS4_TARGET_AVX512 static inline __m512i q8_collect_d(__m512i d, const ds4_block_q8_0 *b2, int k, int two) {
+    if (!two) return _mm512_mask_set1_epi16(d, (__mmask32)(1u << (2 * k)), (short)b2[0].d);
+    const __m512i idx = _mm512_set1_epi32(17 << 16); /* even word lanes: word 0; odd: word 17 */
+    return _mm512_mask_permutexvar_epi16(d, (__mmask32)(3u << (2 * k)), idx, _mm512_loadu_si512((const void *)b2));
 }
 
 DS4_TARGET_AVX512 float ds4_q8_0_dot_avx512(int64_t n, const void *w, const void *act) {
@@ -141,7 +136,7 @@ DS4_TARGET_AVX512 float ds4_q8_0_dot_avx512(int64_t n, const void *w, const void
     __m512 acc = _mm512_setzero_ps();
     for (int64_t g = 0; g < nb; g += 16) {
         const int cnt = nb - g < 16 ? (int)(nb - g) : 16;
-        __m512i p[8];
+        __m512i p[8], dw = _mm512_setzero_si512(), da = _mm512_setzero_si512();
         for (int k = 0; k < 8; k++) {
             const int have = cnt - 2 * k;
             if (have <= 0) {
@@ -150,6 +145,8 @@ DS4_TARGET_AVX512 float ds4_q8_0_dot_avx512(int64_t n, const void *w, const void
             }
             const __m512i qw = q8_load_pair(x + g + 2 * k, have > 1);
             const __m512i qa = q8_load_pair(y + g + 2 * k, have > 1);
+            dw = q8_collect_d(dw, x + g + 2 * k, k, have > 1);
+            da = q8_collect_d(da, y + g + 2 * k, k, have > 1);
             const __mmask64 neg = _mm512_movepi8_mask(qw);
             const __m512i sa = _mm512_mask_sub_epi8(qa, neg, _mm512_setzero_si512(), qa);
             p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(qw), sa);
@@ -157,7 +154,8 @@ DS4_TARGET_AVX512 float ds4_q8_0_dot_avx512(int64_t n, const void *w, const void
         const __m512i q0 = q8_fold(p[0], p[1]), q1 = q8_fold(p[2], p[3]);
         const __m512i q2 = q8_fold(p[4], p[5]), q3 = q8_fold(p[6], p[7]);
         const __m512i isum = q8_fold(q8_fold(q0, q1), q8_fold(q2, q3));
-        acc = _mm512_fmadd_ps(q8_scales16(x + g, y + g, cnt), _mm512_cvtepi32_ps(isum), acc);
+        const __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(dw)), _mm512_cvtph_ps(_mm512_castsi512_si256(da)));
+        acc = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(isum), acc);
     }
     return ds4_hsum512(acc);
 }

@@ -25,9 +25,10 @@ void ds4_tensor_row_f32(const ds4_tensor *w, uint64_t r, float *out) {
  * weight rows is applied to each of them, so every weight row is read from
  * memory once per call however many tokens there are. */
 #define TOKEN_BLOCK 32
-/* Below this many tokens the row-by-row kernels are as fast: the tile
- * kernels work on groups of four tokens. */
-#define TILE_MIN_TOKENS 2
+/* Tile kernels from one token on: for a single token they pick their
+ * type's best single-token path (Q8_0 prepares the activation once per
+ * call rather than once per row). */
+#define TILE_MIN_TOKENS 1
 
 typedef struct {
     const ds4_tensor *w;

@@ -605,6 +605,11 @@ DS4_TARGET_AVX512 static void iq2_tile_2x4(const iq2_tile_row *w0, const iq2_til
 DS4_TARGET_AVX512 void ds4_iq2_xxs_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows,
                                                const void *act, size_t act_stride, uint32_t n_tok, float *y,
                                                size_t y_stride, void *scratch) {
+    if (n_tok == 1) {
+        /* one token: decoding the row first would not pay */
+        for (uint32_t r = 0; r < n_rows; r++) y[r] = ds4_iq2_xxs_dot_avx512(n, (const uint8_t *)w + r * w_stride, act);
+        return;
+    }
     const int64_t nb = n / DS4_QK_K;
     /* tokens' activations as unsigned bytes, then two decoded rows */
     uint8_t *au = scratch;

@@ -770,6 +770,11 @@ DS4_TARGET_AVX512 static void q2k_tile_2x4(const q2k_tile_row *w0, const q2k_til
 
 DS4_TARGET_AVX512 void ds4_q2_K_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
                                             size_t act_stride, uint32_t n_tok, float *y, size_t y_stride, void *scratch) {
+    if (n_tok == 1) {
+        /* one token: decoding the row first would not pay */
+        for (uint32_t r = 0; r < n_rows; r++) y[r] = ds4_q2_K_dot_avx512(n, (const uint8_t *)w + r * w_stride, act);
+        return;
+    }
     const int64_t nb = n / DS4_QK_K;
     q2k_tile_row *dec = scratch;
     for (uint32_t r0 = 0; r0 < n_rows; r0 += 2) {

@@ -310,9 +310,69 @@ Q8_TILE_INSTANCE(2)
 Q8_TILE_INSTANCE(3)
 Q8_TILE_INSTANCE(4)
 
+/* A single token (decode): its activations are prepared once per call in
+ * block order, offset to unsigned bytes (a + 128) and with the 16-block
+ * scale vectors ready, so each row costs one dpbusd for the products and
+ * one for the offset's correction (128 * sum of w) per block pair, and
+ * only its own scales to gather. Same integer lanes after the folds, same
+ * float steps: equal to ds4_q8_0_dot_avx512 bit for bit. */
+typedef struct {
+    _Alignas(64) uint8_t au[16][32]; /* zero for blocks past the row's end */
+    float d[16];
+} q8_row_act;
+
+DS4_TARGET_AVX512 static void q8_prep_act1(const ds4_block_q8_0 *y, int64_t nb, q8_row_act *out) {
+    const __m256i k128 = _mm256_set1_epi8((char)0x80);
+    for (int64_t g = 0; g < nb; g += 16) {
+        const int cnt = nb - g < 16 ? (int)(nb - g) : 16;
+        q8_row_act *o = out + g / 16;
+        for (int j = 0; j < 16; j++) {
+            const __m256i v = j < cnt ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)y[g + j].qs), k128)
+                                      : _mm256_setzero_si256();
+            _mm256_store_si256((__m256i *)o->au[j], v);
+            o->d[j] = j < cnt ? ds4_half_f16c(y[g + j].d) : 0.0f;
+        }
+    }
+}
+
+DS4_TARGET_AVX512 static float q8_dot_prepped(const ds4_block_q8_0 *x, const q8_row_act *a, int64_t nb) {
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t g = 0; g < nb; g += 16) {
+        const int cnt = nb - g < 16 ? (int)(nb - g) : 16;
+        const q8_row_act *ag = a + g / 16;
+        __m512i p[8], dw = _mm512_setzero_si512();
+        for (int k = 0; k < 8; k++) {
+            const int have = cnt - 2 * k;
+            if (have <= 0) {
+                p[k] = _mm512_setzero_si512();
+                continue;
+            }
+            const __m512i qw = q8_load_pair(x + g + 2 * k, have > 1);
+            dw = q8_collect_d(dw, x + g + 2 * k, k, have > 1);
+            const __m512i corr = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k128, qw);
+            const __m512i prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_load_si512((const void *)ag->au[2 * k]), qw);
+            p[k] = _mm512_sub_epi32(prod, corr);
+        }
+        const __m512i q0 = q8_fold(p[0], p[1]), q1 = q8_fold(p[2], p[3]);
+        const __m512i q2 = q8_fold(p[4], p[5]), q3 = q8_fold(p[6], p[7]);
+        const __m512i isum = q8_fold(q8_fold(q0, q1), q8_fold(q2, q3));
+        const __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(dw)), _mm512_load_ps(ag->d));
+        acc = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(isum), acc);
+    }
+    return ds4_hsum512(acc);
+}
+
 DS4_TARGET_AVX512 void ds4_q8_0_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
                                             size_t act_stride, uint32_t n_tok, float *y, size_t y_stride, void *scratch) {
     const int64_t nb = n / DS4_QK8_0, ng = (nb + 15) / 16;
+    if (n_tok == 1) {
+        q8_row_act *a1 = scratch;
+        q8_prep_act1(act, nb, a1);
+        for (uint32_t r = 0; r < n_rows; r++)
+            y[r] = q8_dot_prepped((const ds4_block_q8_0 *)((const uint8_t *)w + r * w_stride), a1, nb);
+        return;
+    }
     /* tokens' activations, then two rows (640 bytes per 512 values each) */
     q8_tile_group *acts = scratch;
     q8_tile_group *dec = acts + (size_t)n_tok * ng;

@@ -25,10 +25,6 @@ void ds4_tensor_row_f32(const ds4_tensor *w, uint64_t r, float *out) {
  * weight rows is applied to each of them, so every weight row is read from
  * memory once per call however many tokens there are. */
 #define TOKEN_BLOCK 32
-/* Tile kernels from one token on: for a single token they pick their
- * type's best single-token path (Q8_0 prepares the activation once per
- * call rather than once per row). */
-#define TILE_MIN_TOKENS 1
 
 typedef struct {
     const ds4_tensor *w;
@@ -118,10 +114,12 @@ void ds4_linear_rows(ds4_pool *pool, const ds4_tensor *w, uint64_t r0, uint64_t 
         j.vec_dot = ds4_vec_dot_get(w->type);
         j.act_bytes = ds4_act_row_bytes(w->type, (int64_t)w->ne[0]);
         size_t act_total = (j.act_bytes * n_tok + 63) & ~(size_t)63;
-        /* Several tokens per row: the tile kernel decodes each row once
-         * for all of them (its results equal vec_dot's bit for bit, so the
-         * choice never changes a logit). */
-        j.tile = n_tok >= TILE_MIN_TOKENS ? ds4_vec_dot_tile_get(w->type) : NULL;
+        /* Where the type has one, the tile kernel: with several tokens it
+         * decodes each row once for all of them, with one it takes the
+         * type's best single-token path (Q8_0 prepares the activation once
+         * per call rather than once per row). Its results equal vec_dot's
+         * bit for bit, so the choice never changes a logit. */
+        j.tile = ds4_vec_dot_tile_get(w->type);
         if (j.tile) {
             uint32_t tb = n_tok < TOKEN_BLOCK ? n_tok : TOKEN_BLOCK;
             j.tile_scratch_bytes = (ds4_vec_dot_tile_scratch((int64_t)w->ne[0], tb) + 63) & ~(size_t)63;

@@ -46,12 +46,13 @@ typedef struct {
     size_t tile_scratch_bytes;
 } linear_job;
 
-/* Tile path: rows outer, in groups small enough to stay in L2 while every
- * token block passes over them, so a matrix larger than the caches is read
- * from memory once per call rather than once per token block; each tile
- * call re-encodes its token block's activations, which the group's rows
- * amortise. */
-#define TILE_GROUP_BYTES (128u << 10)
+/* Tile path: rows outer, in groups that stay in L2 (1 MiB per core here)
+ * next to the token block's re-encoded activations while every token
+ * block passes over them, so a matrix larger than the caches is read from
+ * memory once per call rather than once per token block. Each tile call
+ * re-encodes its token block's activations (Q8_0: a transpose), which the
+ * group's rows amortise: 384 KB measured ~3% faster prefill than 128 KB. */
+#define TILE_GROUP_BYTES (384u << 10)
 
 static void linear_tile_task(const linear_job *j, uint64_t begin, uint64_t end, int thread) {
     int64_t n_in = (int64_t)j->w->ne[0];

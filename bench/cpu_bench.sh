@@ -18,7 +18,7 @@ NPROC=$(nproc)
     echo "# $(date -u +%F) $(uname -m) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) nproc=$NPROC"
     for t in 1 "$NPROC"; do
         echo "## flash4 q2, $t thread(s), prefill chunk 512"
-        ./ds4-bench -m "$MODEL" --roofline --prefill-chunk 512 --gen-tokens 16 -t "$t"
+        ./ds4-bench -m "$MODEL" --roofline --prefill-chunk 512 --gen-tokens 64 -t "$t"
     done
 } | tee "$OUT/roofline.txt"
 ./ds4-bench -m "$MODEL" --ctx-start 2048 --ctx-max 32768 --step-mul 2 --gen-tokens 16 --csv "$OUT/ctx_flash4.csv"

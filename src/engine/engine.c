@@ -314,10 +314,12 @@ int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *a
     for (uint32_t done = 0; done < n && rc == 0;) {
         uint32_t len = n - done < chunk ? n - done : chunk;
         float *dst = all_logits ? all_logits + (size_t)done * V : s->logits;
+        /* errors leave through the unlock below: a sidecar model's lock
+         * must not stay held for the next evaluation */
         if (s->gpu) {
-            if (ds4_gpu_forward(s->gpu, official, tokens + done, len, dst, all_logits != NULL, err)) return -1;
+            if (ds4_gpu_forward(s->gpu, official, tokens + done, len, dst, all_logits != NULL, err)) rc = -1;
         } else if (ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err)) {
-            return -1;
+            rc = -1;
         }
         done += len;
     }

@@ -30,7 +30,7 @@
 typedef enum ds4_simd {
     DS4_SIMD_SCALAR = 0,
     DS4_SIMD_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    DS4_SIMD_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI */
+    DS4_SIMD_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI, and BMI2 */
     DS4_SIMD_COUNT
 } ds4_simd;
 
@@ -40,6 +40,14 @@ typedef float (*ds4_vec_dot_fn)(int64_t n, const void *w_row, const void *act);
 /* Dot product of a float-type weight row with an f32 vector, accumulating in
  * fp32. */
 typedef float (*ds4_dot_f32_fn)(int64_t n, const void *w_row, const float *x);
+/* The same dot product for a tile of weight rows times a tile of activation
+ * rows: y[t * y_stride + r] = vec_dot(n, w + r * w_stride, act + t *
+ * act_stride) for r < n_rows, t < n_tok, bit for bit equal to the same
+ * ISA's vec_dot (so prefill and decode agree exactly), but each weight row
+ * is decoded once for all tokens. scratch: ds4_vec_dot_tile_scratch bytes,
+ * 64-byte aligned. */
+typedef void (*ds4_vec_dot_tile_fn)(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
+                                    size_t act_stride, uint32_t n_tok, float *y, size_t y_stride, void *scratch);
 
 typedef struct ds4_quant_traits {
     uint32_t type;        /* enum ggml_type */
@@ -58,6 +66,8 @@ typedef struct ds4_quant_traits {
      * float types vec_dot takes an f32 activation row (same as dot_f32). */
     ds4_vec_dot_fn vec_dot[DS4_SIMD_COUNT];
     ds4_dot_f32_fn dot_f32[DS4_SIMD_COUNT];
+    /* Optional tile kernels; entry l matches vec_dot[l] bit for bit. */
+    ds4_vec_dot_tile_fn vec_dot_tile[DS4_SIMD_COUNT];
 } ds4_quant_traits;
 
 /* NULL for types this module does not handle. */
@@ -79,6 +89,11 @@ void ds4_quantize_act(uint32_t w_type, const float *x, void *act, int64_t n);
  * the kernel once so loops over rows skip the per-call lookup. */
 float ds4_vec_dot(uint32_t type, int64_t n, const void *w_row, const void *act);
 ds4_vec_dot_fn ds4_vec_dot_get(uint32_t type);
+/* The tile kernel matching ds4_vec_dot_get(type), or NULL when that ISA has
+ * none for the type (then loop over vec_dot). */
+ds4_vec_dot_tile_fn ds4_vec_dot_tile_get(uint32_t type);
+/* Scratch a tile call of up to n_tok activation rows of n values needs. */
+size_t ds4_vec_dot_tile_scratch(int64_t n, uint32_t n_tok);
 /* Float weight types only (F32, F16, BF16). */
 float ds4_dot_f32_row(uint32_t type, int64_t n, const void *w_row, const float *x);
 ds4_dot_f32_fn ds4_dot_f32_get(uint32_t type);

@@ -633,6 +633,84 @@ static void test_dispatch(ds4_simd best) {
     free(x);
 }
 
+/* ---------------------------------------------------------- tile kernels */
+
+/* A tile kernel must reproduce its ISA's vec_dot bit for bit for every
+ * (row, token) of the tile (prefill and decode logits are compared
+ * exactly): odd row and token counts exercise the padded tails. */
+static long g_tile_checked;
+
+static void test_tile_kernels(uint32_t type) {
+    const ds4_quant_traits *t = tr(type);
+    static const int blocks[] = {1, 2, 3, 4, 5, 8, 12, 16};
+    static const uint32_t rows_list[] = {1, 2, 3, 5}, toks_list[] = {1, 2, 3, 4, 5, 7, 9};
+    const uint32_t max_rows = 5, max_tok = 9;
+    for (int l = 0; l < DS4_SIMD_COUNT; l++) {
+        if (!ds4_simd_available((ds4_simd)l) || !t->vec_dot_tile[l]) continue;
+        for (size_t bi = 0; bi < COUNT(blocks); bi++) {
+            const int64_t n = (int64_t)blocks[bi] * t->block_elems;
+            const size_t rb = ds4_quant_row_bytes(type, n), ab = ds4_act_row_bytes(type, n);
+            uint8_t *w = malloc(rb * max_rows), *act = malloc(ab * max_tok);
+            float *x = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * max_rows * max_tok * 2);
+            void *scratch = aligned_alloc(64, (ds4_vec_dot_tile_scratch(n, max_tok) + 63) & ~(size_t)63);
+            for (int kind = 0; kind < 3; kind++) {
+                for (uint32_t r = 0; r < max_rows; r++) {
+                    if (kind == 0) {
+                        fill_gauss(x, n, 0.02f);
+                        ds4_quantize_row(type, x, w + r * rb, n, NULL);
+                    } else if (kind == 1) {
+                        random_weight_blocks(type, w + r * rb, n);
+                    } else {
+                        max_weight_blocks(type, w + r * rb, n);
+                    }
+                }
+                for (uint32_t k = 0; k < max_tok; k++) {
+                    if (kind == 0) {
+                        fill_gauss(x, n, 1.0f);
+                        ds4_quantize_act(type, x, act + k * ab, n);
+                    } else if (kind == 1 || k % 2) {
+                        random_act_blocks(type, act + k * ab, n);
+                    } else {
+                        max_act_blocks(type, act + k * ab, n);
+                    }
+                }
+                for (size_t ri = 0; ri < COUNT(rows_list); ri++)
+                    for (size_t ti = 0; ti < COUNT(toks_list); ti++) {
+                        const uint32_t nr = rows_list[ri], nt = toks_list[ti];
+                        /* y_stride wider than the row count, like a slice of a bigger output */
+                        const size_t ys = nr + 3;
+                        for (size_t i = 0; i < (size_t)ys * nt; i++) y[i] = -1.0f;
+                        t->vec_dot_tile[l](n, w, rb, nr, act, ab, nt, y, ys, scratch);
+                        int bad = 0;
+                        for (uint32_t k = 0; k < nt; k++) {
+                            for (uint32_t r = 0; r < nr; r++) {
+                                const float ref = t->vec_dot[l](n, w + r * rb, act + k * ab);
+                                g_tile_checked++;
+                                if (memcmp(&ref, &y[k * ys + r], 4) != 0 && bad++ < 3)
+                                    fprintf(stderr, "%s %s tile n=%lld kind %d rows %u toks %u: [%u,%u] %.9g vs vec_dot %.9g\n",
+                                            t->name, ds4_simd_name((ds4_simd)l), (long long)n, kind, nr, nt, r, k,
+                                            y[k * ys + r], ref);
+                            }
+                            for (size_t r = nr; r < ys; r++) bad += y[k * ys + r] != -1.0f; /* untouched */
+                        }
+                        CHECKF(bad == 0, "%s %s tile n=%lld kind %d rows %u toks %u: %d mismatches", t->name,
+                               ds4_simd_name((ds4_simd)l), (long long)n, kind, nr, nt, bad);
+                    }
+            }
+            free(w);
+            free(act);
+            free(x);
+            free(y);
+            free(scratch);
+        }
+    }
+    /* the dispatcher hands out the tile kernel of the level vec_dot uses */
+    const ds4_vec_dot_tile_fn f = ds4_vec_dot_tile_get(type);
+    int lv = ds4_simd_active();
+    while (lv > 0 && !t->vec_dot[lv]) lv--;
+    CHECK(f == t->vec_dot_tile[lv]);
+}
+
 /* ------------------------------------------------------- benchmark */
 
 static double now_s(void) {
@@ -691,6 +769,37 @@ static void bench(void) {
                 fprintf(stderr, "  %s %6.1f GB/s", ds4_simd_name((ds4_simd)l), best);
             }
             fprintf(stderr, "\n");
+            /* tile kernels: weight bytes per second per token, for
+             * several tokens sharing each row */
+            if (t->vec_dot_tile[DS4_SIMD_AVX512] && ds4_simd_available(DS4_SIMD_AVX512) && si == 0) {
+                const uint32_t toks[] = {1, 2, 4, 12, 32};
+                const size_t ab = ds4_act_row_bytes(types[k], n);
+                uint8_t *acts = malloc(ab * 32);
+                for (int q = 0; q < 32; q++) memcpy(acts + q * ab, act, ab);
+                float *y = malloc(sizeof(float) * rows * 32);
+                void *scratch = aligned_alloc(64, (ds4_vec_dot_tile_scratch(n, 32) + 63) & ~(size_t)63);
+                fprintf(stderr, "bench %-7s tile (GB/s x tokens):", t->name);
+                for (size_t q = 0; q < COUNT(toks); q++) {
+                    double best = 0;
+                    for (int trial = 0; trial < 3; trial++) {
+                        int64_t passes = 0;
+                        const double t0 = now_s();
+                        double el;
+                        do {
+                            t->vec_dot_tile[DS4_SIMD_AVX512](n, w, rb, (uint32_t)rows, acts, ab, toks[q], y, (size_t)rows, scratch);
+                            passes++;
+                            el = now_s() - t0;
+                        } while (el < 0.2);
+                        const double gbs = (double)passes * rows * rb * toks[q] / el / 1e9;
+                        if (gbs > best) best = gbs;
+                    }
+                    fprintf(stderr, "  %u tok %6.1f", toks[q], best);
+                }
+                fprintf(stderr, "\n");
+                free(acts);
+                free(y);
+                free(scratch);
+            }
             free(w);
             free(act);
             free(row);
@@ -711,6 +820,8 @@ int main(void) {
     test_dispatch(best);
     for (size_t k = 0; k < COUNT(k_quant_types); k++) test_quant_kernels(k_quant_types[k]);
     for (size_t k = 0; k < COUNT(k_float_types); k++) test_float_kernels(k_float_types[k]);
+    for (size_t k = 0; k < COUNT(k_quant_types); k++) test_tile_kernels(k_quant_types[k]);
+    fprintf(stderr, "tile kernels: %ld (row, token) results equal to vec_dot bit for bit\n", g_tile_checked);
     for (int l = 1; l < DS4_SIMD_COUNT; l++)
         if (ds4_simd_available((ds4_simd)l))
             fprintf(stderr, "worst |%s - scalar| / M: %.3g\n", ds4_simd_name((ds4_simd)l), g_worst_rel[l]);

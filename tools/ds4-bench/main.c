@@ -82,7 +82,7 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
                         uint32_t gen) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int nt = threads > 0 ? threads : (int)(cores > 0 ? cores : 1);
-    double secs, bw, peak = 0;
+    double secs, bw, peak = 0, peak8 = 0;
     ds4_error err = {{0}};
     bool gpu = ds4_model_backend(m) == DS4_BACKEND_CUDA;
     if (gpu) {
@@ -94,6 +94,7 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
     } else {
         bw = roofline_read_bandwidth(nt, &secs);
         peak = roofline_peak_flops(nt);
+        peak8 = roofline_peak_int8(nt);
     }
     ds4_session_opts so = {.numerics = numerics, .max_ctx = chunk + gen + 8, .prefill_chunk = chunk};
     ds4_session *s = ds4_session_new(m, &so, &err);
@@ -119,7 +120,11 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
     }
     double prefill_tps = chunk / (t1 - t0), decode_tps = gen / (t2 - t1);
     double decode_ceiling = bw / (double)info->token_bytes;
-    double prefill_flops = prefill_tps * 2.0 * (double)info->token_params;
+    /* A prefill computes the LM head (n_vocab x n_embd) for its last token
+     * only, so its work per token is the decoded token's less all but
+     * 1/chunk of the head. */
+    double head = (double)info->n_vocab * info->n_embd;
+    double prefill_flops = prefill_tps * 2.0 * ((double)info->token_params - head + head / chunk);
     if (gpu) {
         printf("backend                 cuda\n");
         printf("GPU read bandwidth      %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
@@ -127,14 +132,19 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
         printf("threads                 %d\n", nt);
         printf("memory read bandwidth   %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
         printf("peak fp32 FMA rate      %.1f GFLOP/s\n", peak / 1e9);
+        if (peak8 > 0) printf("peak int8 dot rate      %.1f GOP/s (AVX-512 VNNI)\n", peak8 / 1e9);
     }
     printf("bytes per decoded token %.3f MB (dense + %u/%u routed experts)\n", info->token_bytes / 1e6,
            info->n_expert_used, info->n_expert);
-    printf("flops per token         %.3f MFLOP\n", 2.0 * info->token_params / 1e6);
+    printf("flops per token         %.3f MFLOP decoded, %.3f MFLOP in a prefill of %u (LM head on its last token only)\n",
+           2.0 * info->token_params / 1e6, 2.0 * ((double)info->token_params - head + head / chunk) / 1e6, chunk);
     printf("decode                  %.2f t/s; bandwidth ceiling %.2f t/s; ratio %.1f%%\n", decode_tps, decode_ceiling,
            100.0 * decode_tps / decode_ceiling);
-    printf("prefill (chunk %u)     %.2f t/s = %.2f GFLOP/s = %.1f%% of peak; %.1fx decode\n", chunk, prefill_tps,
-           prefill_flops / 1e9, peak > 0 ? 100.0 * prefill_flops / peak : 0.0, prefill_tps / decode_tps);
+    printf("prefill (chunk %u)     %.2f t/s = %.2f GFLOP/s = %.1f%% of fp32 peak", chunk, prefill_tps, prefill_flops / 1e9,
+           peak > 0 ? 100.0 * prefill_flops / peak : 0.0);
+    /* quantized weights multiply on the int8 units: their ceiling */
+    if (peak8 > 0) printf(", %.1f%% of int8 peak", 100.0 * prefill_flops / peak8);
+    printf("; %.1fx decode\n", prefill_tps / decode_tps);
     ds4_expert_cache_stats cs;
     ds4_model_expert_cache_stats(m, &cs);
     if (cs.slots)

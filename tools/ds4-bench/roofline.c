@@ -101,7 +101,53 @@ __attribute__((target("avx512f"))) static float fma_avx512(long iters) {
     return s;
 }
 
+/* Twelve independent dpbusd chains (64 byte products each). */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static float vnni_avx512(long iters) {
+    __m512i acc[12];
+    const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2);
+    for (int k = 0; k < 12; k++) acc[k] = _mm512_set1_epi32(k);
+    for (long i = 0; i < iters; i++)
+        for (int k = 0; k < 12; k++) acc[k] = _mm512_dpbusd_epi32(acc[k], a, b);
+    int s = 0;
+    for (int k = 0; k < 12; k++) s += _mm_cvtsi128_si32(_mm512_castsi512_si128(acc[k]));
+    return (float)s;
+}
+
 #endif
+
+static void *int8_thread(void *v) {
+    flop_arg *a = v;
+    long iters = 20000000;
+    double t0 = now();
+#if defined(__x86_64__)
+    a->out = vnni_avx512(iters);
+#else
+    a->out = 0;
+#endif
+    a->secs = now() - t0;
+    a->flops = (double)iters * 12 * 64 * 2;
+    return NULL;
+}
+
+double roofline_peak_int8(int n_threads) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512vnni") || !__builtin_cpu_supports("avx512bw")) return 0;
+#else
+    return 0;
+#endif
+    pthread_t *th = calloc((size_t)n_threads, sizeof *th);
+    flop_arg *args = calloc((size_t)n_threads, sizeof *args);
+    for (int t = 0; t < n_threads; t++) pthread_create(&th[t], NULL, int8_thread, &args[t]);
+    double total = 0;
+    for (int t = 0; t < n_threads; t++) {
+        pthread_join(th[t], NULL);
+        total += args[t].flops / args[t].secs;
+    }
+    free(th);
+    free(args);
+    return total;
+}
 
 static void *flop_thread(void *v) {
     flop_arg *a = v;

@@ -24,7 +24,12 @@
 #include <immintrin.h>
 #define DS4_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define DS4_TARGET_AVX512 \
-    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+    __attribute__((target("avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+/* Full unrolling of the small fixed loops of the tile kernels, so their
+ * arrays of accumulators live in registers (GCC at -O2 would keep them in
+ * memory). */
+#define DS4_UNROLL _Pragma("GCC unroll 8")
 
 /* fp16 -> f32 with the F16C instruction (exact, like ds4_f16_to_f32). */
 DS4_TARGET_AVX2 static inline float ds4_half_f16c(uint16_t h) {
@@ -101,6 +106,8 @@ void ds4_q8_0_quantize(const float *src, void *dst, int64_t n, const float *imp)
 float ds4_q8_0_dot_scalar(int64_t n, const void *w, const void *act);
 float ds4_q8_0_dot_avx2(int64_t n, const void *w, const void *act);
 float ds4_q8_0_dot_avx512(int64_t n, const void *w, const void *act);
+void ds4_q8_0_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
+                          size_t act_stride, uint32_t n_tok, float *y, size_t y_stride, void *scratch);
 
 /* K-quants; Q8_K is the activation format for Q2_K, Q4_K and IQ2_XXS */
 void ds4_q8_K_dequantize(const void *src, float *dst, int64_t n);
@@ -110,6 +117,8 @@ void ds4_q2_K_quantize(const float *src, void *dst, int64_t n, const float *imp)
 float ds4_q2_K_dot_scalar(int64_t n, const void *w, const void *act);
 float ds4_q2_K_dot_avx2(int64_t n, const void *w, const void *act);
 float ds4_q2_K_dot_avx512(int64_t n, const void *w, const void *act);
+void ds4_q2_K_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
+                          size_t act_stride, uint32_t n_tok, float *y, size_t y_stride, void *scratch);
 void ds4_q4_K_dequantize(const void *src, float *dst, int64_t n);
 void ds4_q4_K_quantize(const float *src, void *dst, int64_t n, const float *imp);
 float ds4_q4_K_dot_scalar(int64_t n, const void *w, const void *act);
@@ -122,6 +131,8 @@ void ds4_iq2_xxs_quantize(const float *src, void *dst, int64_t n, const float *i
 float ds4_iq2_xxs_dot_scalar(int64_t n, const void *w, const void *act);
 float ds4_iq2_xxs_dot_avx2(int64_t n, const void *w, const void *act);
 float ds4_iq2_xxs_dot_avx512(int64_t n, const void *w, const void *act);
+void ds4_iq2_xxs_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
+                             size_t act_stride, uint32_t n_tok, float *y, size_t y_stride, void *scratch);
 
 /* MXFP4 (ggml block layout) */
 void ds4_mxfp4_dequantize(const void *src, float *dst, int64_t n);

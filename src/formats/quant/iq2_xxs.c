@@ -443,9 +443,37 @@ DS4_TARGET_AVX2 float ds4_iq2_xxs_dot_avx2(int64_t n, const void *w, const void 
     return ds4_hsum256(acc);
 }
 
-/* AVX-512: two groups of 32 per register; the signs become a 64-bit mask
- * under which the activations are negated (AVX-512 has no byte sign
- * instruction). */
+/* Sign bits of two groups (64 values) as a mask, bit k = value k: BMI2's
+ * pdep spreads the eight 7-bit sign fields of the two aux words into eight
+ * bytes, and bit 7 of each byte is the parity of its other seven (every
+ * group of 8 has an even number of negatives). Scalar work on the integer
+ * units instead of sixteen table loads and shuffles on the vector ones. */
+DS4_TARGET_AVX512 static inline __mmask64 iq2_sign_mask2(uint32_t a0, uint32_t a1) {
+    const uint64_t packed = (uint64_t)(a0 & 0x0fffffffu) | ((uint64_t)(a1 & 0x0fffffffu) << 28);
+    uint64_t s = _pdep_u64(packed, 0x7f7f7f7f7f7f7f7full);
+    uint64_t p = s ^ (s >> 4);
+    p ^= p >> 2;
+    p ^= p >> 1;
+    s |= (p & 0x0101010101010101ull) << 7;
+    return _cvtu64_mask64(s);
+}
+
+/* Grid magnitudes of two groups (64 values) in one register. */
+DS4_TARGET_AVX512 static inline __m512i iq2_grid2(const uint8_t *q0, const uint8_t *q1) {
+    const __m256i g0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q0[0], q0[1])), iq2_rows2(q0[2], q0[3]), 1);
+    const __m256i g1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q1[0], q1[1])), iq2_rows2(q1[2], q1[3]), 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1);
+}
+
+/* Group scales 2l+1 of two groups as int16 lanes: the first 16 for the
+ * first group's 32 values (as int16 pairs), the next 16 for the second. */
+DS4_TARGET_AVX512 static inline __m512i iq2_scales2(uint32_t a0, uint32_t a1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * (a0 >> 28) + 1))),
+                              _mm256_set1_epi16((short)(2 * (a1 >> 28) + 1)), 1);
+}
+
+/* AVX-512: two groups of 32 per register; the activations are negated
+ * under the sign mask (AVX-512 has no byte sign instruction). */
 DS4_TARGET_AVX512 float ds4_iq2_xxs_dot_avx512(int64_t n, const void *w, const void *act) {
     const ds4_block_iq2_xxs *x = w;
     const ds4_block_q8_K *y = act;
@@ -455,22 +483,172 @@ DS4_TARGET_AVX512 float ds4_iq2_xxs_dot_avx512(int64_t n, const void *w, const v
         for (int ib = 0; ib < 8; ib += 2) {
             const uint8_t *q0 = x[i].qs + 8 * ib, *q1 = q0 + 8;
             const uint32_t a0 = ds4_iq2xxs_aux(&x[i], ib), a1 = ds4_iq2xxs_aux(&x[i], ib + 1);
-            const __m256i g0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q0[0], q0[1])), iq2_rows2(q0[2], q0[3]), 1);
-            const __m256i g1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q1[0], q1[1])), iq2_rows2(q1[2], q1[3]), 1);
-            const __m512i gv = _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1);
-            const __m256i s0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_signs2(a0 & 127, (a0 >> 7) & 127)), iq2_signs2((a0 >> 14) & 127, (a0 >> 21) & 127), 1);
-            const __m256i s1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_signs2(a1 & 127, (a1 >> 7) & 127)), iq2_signs2((a1 >> 14) & 127, (a1 >> 21) & 127), 1);
-            const __mmask64 neg = _mm512_movepi8_mask(_mm512_inserti64x4(_mm512_castsi256_si512(s0), s1, 1));
             const __m512i a = _mm512_loadu_si512((const void *)(y[i].qs + 32 * ib));
-            const __m512i sa = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
-            const __m512i ls = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * (a0 >> 28) + 1))),
-                                                  _mm256_set1_epi16((short)(2 * (a1 >> 28) + 1)), 1);
-            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(gv, sa), ls);
+            const __m512i sa = _mm512_mask_sub_epi8(a, iq2_sign_mask2(a0, a1), _mm512_setzero_si512(), a);
+            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(iq2_grid2(q0, q1), sa), iq2_scales2(a0, a1));
         }
         const float s = 0.125f * (ds4_half_f16c(x[i].d) * y[i].d);
         acc = _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_cvtepi32_ps(sumi), acc);
     }
     return ds4_hsum512(acc);
+}
+
+#endif
+
+#if DS4_QUANT_X86
+
+/* ======================================================================
+ * Tile kernel (AVX-512): many tokens against the same rows
+ *
+ * The per-row kernel spends most of its time rebuilding each group's
+ * grid and sign rows; with several tokens per row that work is repeated
+ * for every token. Here each row is decoded once into signed bytes
+ * (grid * sign, |v| <= 43) and the tokens' activations are offset into
+ * unsigned bytes (a + 128, 1..255), so maddubs(a + 128, v) then dpwssd with
+ * the group's 2l+1 gives, per int32 lane, the same four-value sums as the
+ * per-row kernel plus 128 * (2l+1) * sum(v), which is precomputed per row
+ * and subtracted up front. The integer lanes are thus identical to
+ * ds4_iq2_xxs_dot_avx512's, and the float steps (scale, fma into 16 lanes,
+ * final hsum) are the same operations in the same order: the results agree
+ * bit for bit.
+ * Pair sums: 2 * 255 * 43 < 2^15, no saturation.
+ * ====================================================================== */
+
+typedef struct {
+    _Alignas(64) int8_t v[DS4_QK_K];   /* grid * sign, element order */
+    int16_t ls[4][32];                 /* per 64 values: 2l+1 of its two groups, per int16 lane */
+    int32_t corr[16];                  /* -128 * sum over the block of (2l+1) * v, per lane */
+    float d;                           /* super-block scale */
+} iq2_tile_row;
+
+DS4_TARGET_AVX512 static void iq2_tile_decode(const ds4_block_iq2_xxs *x, int64_t nb, iq2_tile_row *out) {
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    for (int64_t i = 0; i < nb; i++) {
+        __m512i corr = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            const uint8_t *q0 = x[i].qs + 16 * c, *q1 = q0 + 8;
+            const uint32_t a0 = ds4_iq2xxs_aux(&x[i], 2 * c), a1 = ds4_iq2xxs_aux(&x[i], 2 * c + 1);
+            const __m512i g = iq2_grid2(q0, q1);
+            const __m512i v = _mm512_mask_sub_epi8(g, iq2_sign_mask2(a0, a1), _mm512_setzero_si512(), g);
+            const __m512i ls = iq2_scales2(a0, a1);
+            _mm512_store_si512((void *)(out[i].v + 64 * c), v);
+            _mm512_store_si512((void *)out[i].ls[c], ls);
+            corr = _mm512_dpwssd_epi32(corr, _mm512_maddubs_epi16(k128, v), ls);
+        }
+        _mm512_store_si512((void *)out[i].corr, _mm512_sub_epi32(_mm512_setzero_si512(), corr));
+        out[i].d = ds4_half_f16c(x[i].d);
+    }
+}
+
+/* Two decoded rows times four tokens. au[t]: token t's offset bytes; ya[t]:
+ * its Q8_K blocks (for the scales). */
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) void iq2_tile_2xT(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4],
+                                           const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4], const int T) {
+    const iq2_tile_row *wr[2] = {w0, w1};
+    __m512 acc[2][4];
+    DS4_UNROLL
+    for (int r = 0; r < 2; r++)
+        DS4_UNROLL
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    const __m512 eighth = _mm512_set1_ps(0.125f);
+    for (int64_t i = 0; i < nb; i++) {
+        __m512i s[2][4];
+        DS4_UNROLL
+        for (int r = 0; r < 2; r++) {
+            const __m512i c0 = _mm512_load_si512((const void *)wr[r][i].corr);
+            DS4_UNROLL
+            for (int t = 0; t < T; t++) s[r][t] = c0;
+        }
+        DS4_UNROLL
+        for (int c = 0; c < 4; c++) {
+            __m512i a[4];
+            DS4_UNROLL
+            for (int t = 0; t < T; t++) a[t] = _mm512_loadu_si512((const void *)(au[t] + DS4_QK_K * i + 64 * c));
+            DS4_UNROLL
+            for (int r = 0; r < 2; r++) {
+                const __m512i v = _mm512_load_si512((const void *)(wr[r][i].v + 64 * c));
+                const __m512i ls = _mm512_load_si512((const void *)wr[r][i].ls[c]);
+                DS4_UNROLL
+                for (int t = 0; t < T; t++) s[r][t] = _mm512_dpwssd_epi32(s[r][t], _mm512_maddubs_epi16(a[t], v), ls);
+            }
+        }
+        DS4_UNROLL
+        for (int r = 0; r < 2; r++) {
+            const __m512 dw = _mm512_set1_ps(wr[r][i].d);
+            DS4_UNROLL
+            for (int t = 0; t < T; t++) {
+                const __m512 sc = _mm512_mul_ps(eighth, _mm512_mul_ps(dw, _mm512_set1_ps(ya[t][i].d)));
+                acc[r][t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s[r][t]), acc[r][t]);
+            }
+        }
+    }
+    DS4_UNROLL
+    for (int r = 0; r < 2; r++)
+        DS4_UNROLL
+        for (int t = 0; t < T; t++) out[r][t] = ds4_hsum512(acc[r][t]);
+}
+
+/* One instance per token count, so the loops unroll with constant bounds. */
+DS4_TARGET_AVX512 static void iq2_tile_2x1(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4], const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    iq2_tile_2xT(w0, w1, au, ya, nb, out, 1);
+}
+DS4_TARGET_AVX512 static void iq2_tile_2x2(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4], const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    iq2_tile_2xT(w0, w1, au, ya, nb, out, 2);
+}
+DS4_TARGET_AVX512 static void iq2_tile_2x3(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4], const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    iq2_tile_2xT(w0, w1, au, ya, nb, out, 3);
+}
+DS4_TARGET_AVX512 static void iq2_tile_2x4(const iq2_tile_row *w0, const iq2_tile_row *w1, const uint8_t *const au[4], const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    iq2_tile_2xT(w0, w1, au, ya, nb, out, 4);
+}
+
+DS4_TARGET_AVX512 void ds4_iq2_xxs_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows,
+                                               const void *act, size_t act_stride, uint32_t n_tok, float *y,
+                                               size_t y_stride, void *scratch) {
+    if (n_tok == 1) {
+        /* one token: decoding the row first would not pay */
+        for (uint32_t r = 0; r < n_rows; r++) y[r] = ds4_iq2_xxs_dot_avx512(n, (const uint8_t *)w + r * w_stride, act);
+        return;
+    }
+    const int64_t nb = n / DS4_QK_K;
+    /* tokens' activations as unsigned bytes, then two decoded rows */
+    uint8_t *au = scratch;
+    iq2_tile_row *dec = (iq2_tile_row *)(au + (((size_t)n_tok * (size_t)n + 63) & ~(size_t)63));
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    for (uint32_t t = 0; t < n_tok; t++) {
+        const ds4_block_q8_K *ya = (const ds4_block_q8_K *)((const uint8_t *)act + t * act_stride);
+        for (int64_t i = 0; i < nb; i++)
+            for (int c = 0; c < 4; c++)
+                _mm512_storeu_si512((void *)(au + (size_t)t * n + DS4_QK_K * i + 64 * c),
+                                    _mm512_xor_si512(_mm512_loadu_si512((const void *)(ya[i].qs + 64 * c)), k128));
+    }
+    for (uint32_t r0 = 0; r0 < n_rows; r0 += 2) {
+        const uint32_t nr = n_rows - r0 < 2 ? n_rows - r0 : 2;
+        for (uint32_t r = 0; r < nr; r++)
+            iq2_tile_decode((const ds4_block_iq2_xxs *)((const uint8_t *)w + (r0 + r) * w_stride), nb, dec + r * nb);
+        /* a lone last row is paired with itself; a short last group of
+         * tokens takes the kernel for its count */
+        const iq2_tile_row *w1 = dec + (nr - 1) * nb;
+        for (uint32_t t0 = 0; t0 < n_tok; t0 += 4) {
+            const uint32_t nt = n_tok - t0 < 4 ? n_tok - t0 : 4;
+            const uint8_t *au4[4];
+            const ds4_block_q8_K *ya4[4];
+            for (uint32_t t = 0; t < 4; t++) {
+                const uint32_t tt = t0 + (t < nt ? t : 0);
+                au4[t] = au + (size_t)tt * n;
+                ya4[t] = (const ds4_block_q8_K *)((const uint8_t *)act + tt * act_stride);
+            }
+            float out[2][4];
+            switch (nt) {
+            case 1: iq2_tile_2x1(dec, w1, au4, ya4, nb, out); break;
+            case 2: iq2_tile_2x2(dec, w1, au4, ya4, nb, out); break;
+            case 3: iq2_tile_2x3(dec, w1, au4, ya4, nb, out); break;
+            default: iq2_tile_2x4(dec, w1, au4, ya4, nb, out); break;
+            }
+            for (uint32_t r = 0; r < nr; r++)
+                for (uint32_t t = 0; t < nt; t++) y[(t0 + t) * y_stride + r0 + r] = out[r][t];
+        }
+    }
 }
 
 #endif

@@ -647,3 +647,159 @@ DS4_TARGET_AVX512 float ds4_q4_K_dot_avx512(int64_t n, const void *w, const void
 }
 
 #endif
+
+#if DS4_QUANT_X86
+
+/* ======================================================================
+ * Q2_K tile kernel (AVX-512): many tokens against the same rows
+ *
+ * Each row is decoded once: its 2-bit values into bytes in element order
+ * and its scale codes into the int16 lane patterns dpwssd takes, so per
+ * (row, token) only maddubs + dpwssd remain. Integer lanes, float steps
+ * and their order are those of ds4_q2_K_dot_avx512, so the results agree
+ * bit for bit.
+ * ====================================================================== */
+
+typedef struct {
+    _Alignas(64) uint8_t q[DS4_QK_K]; /* values 0..3, element order */
+    int16_t sc[4][32];                /* per 64 values: the sub-block scale code of each int16 lane */
+    int16_t m[16];                    /* min codes */
+    float d, dmin;
+} q2k_tile_row;
+
+DS4_TARGET_AVX512 static void q2k_tile_decode(const ds4_block_q2_K *x, int64_t nb, q2k_tile_row *out) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    const __m512i quad_base = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
+                                               1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i shift01 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+    for (int64_t i = 0; i < nb; i++) {
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m512i sc16 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, _mm_set1_epi8(15))));
+        _mm256_store_si256((__m256i *)out[i].m, _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(15))));
+        for (int h = 0; h < 2; h++) {
+            const __m256i q256 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h));
+            const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q256), q256, 1);
+            for (int s = 0; s < 4; s += 2) {
+                const __m512i cnt = _mm512_add_epi16(shift01, _mm512_set1_epi16((short)(2 * s)));
+                _mm512_store_si512((void *)(out[i].q + 128 * h + 32 * s), _mm512_and_si512(_mm512_srlv_epi16(q, cnt), m3));
+                _mm512_store_si512((void *)out[i].sc[2 * h + s / 2],
+                                   _mm512_permutexvar_epi16(_mm512_add_epi16(quad_base, _mm512_set1_epi16((short)(8 * h + 2 * s))), sc16));
+            }
+        }
+        out[i].d = ds4_half_f16c(x[i].d);
+        out[i].dmin = ds4_half_f16c(x[i].dmin);
+    }
+}
+
+/* The per-block scalar work (min sums, scale products) is done for the
+ * group's tokens at once, one token per lane; every lane performs the
+ * per-row kernel's operations for its token, in the same order. */
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) void q2k_tile_2xT(const q2k_tile_row *w0, const q2k_tile_row *w1,
+                                           const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4], const int T) {
+    const q2k_tile_row *wr[2] = {w0, w1};
+    __m512 acc[2][4];
+    __m128 accm[2] = {_mm_setzero_ps(), _mm_setzero_ps()}; /* lane t: token t */
+    DS4_UNROLL
+    for (int r = 0; r < 2; r++)
+        DS4_UNROLL
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        __m512i s[2][4];
+        DS4_UNROLL
+        for (int r = 0; r < 2; r++)
+            DS4_UNROLL
+            for (int t = 0; t < T; t++) s[r][t] = _mm512_setzero_si512();
+        DS4_UNROLL
+        for (int c = 0; c < 4; c++) {
+            __m512i a[4];
+            DS4_UNROLL
+            for (int t = 0; t < T; t++) a[t] = _mm512_loadu_si512((const void *)(ya[t][i].qs + 64 * c));
+            DS4_UNROLL
+            for (int r = 0; r < 2; r++) {
+                const __m512i q = _mm512_load_si512((const void *)(wr[r][i].q + 64 * c));
+                const __m512i sc = _mm512_load_si512((const void *)wr[r][i].sc[c]);
+                DS4_UNROLL
+                for (int t = 0; t < T; t++) s[r][t] = _mm512_dpwssd_epi32(s[r][t], _mm512_maddubs_epi16(q, a[t]), sc);
+            }
+        }
+        const __m128 ad = _mm_setr_ps(ya[0][i].d, T > 1 ? ya[1][i].d : 0.0f, T > 2 ? ya[2][i].d : 0.0f,
+                                      T > 3 ? ya[3][i].d : 0.0f);
+        __m256i bs[4];
+        DS4_UNROLL
+        for (int t = 0; t < 4; t++)
+            bs[t] = t < T ? _mm256_loadu_si256((const __m256i *)ya[t][i].bsums) : _mm256_setzero_si256();
+        DS4_UNROLL
+        for (int r = 0; r < 2; r++) {
+            const __m256i m = _mm256_load_si256((const __m256i *)wr[r][i].m);
+            /* four tokens' sum_k m_k * bsum_k: madd, then a reduction tree
+             * that leaves token t's total in lane t */
+            const __m256i h01 = _mm256_hadd_epi32(_mm256_madd_epi16(bs[0], m), _mm256_madd_epi16(bs[1], m));
+            const __m256i h23 = _mm256_hadd_epi32(_mm256_madd_epi16(bs[2], m), _mm256_madd_epi16(bs[3], m));
+            const __m256i h = _mm256_hadd_epi32(h01, h23);
+            const __m128i msum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            accm[r] = _mm_add_ps(accm[r], _mm_mul_ps(_mm_mul_ps(ad, _mm_set1_ps(wr[r][i].dmin)), _mm_cvtepi32_ps(msum)));
+            const __m512 sd = _mm512_castps128_ps512(_mm_mul_ps(ad, _mm_set1_ps(wr[r][i].d)));
+            DS4_UNROLL
+            for (int t = 0; t < T; t++)
+                acc[r][t] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_set1_epi32(t), sd), _mm512_cvtepi32_ps(s[r][t]),
+                                            acc[r][t]);
+        }
+    }
+    DS4_UNROLL
+    for (int r = 0; r < 2; r++) {
+        float m4[4];
+        _mm_storeu_ps(m4, accm[r]);
+        DS4_UNROLL
+        for (int t = 0; t < T; t++) out[r][t] = ds4_hsum512(acc[r][t]) - m4[t];
+    }
+}
+
+/* One instance per token count, so the loops unroll with constant bounds. */
+DS4_TARGET_AVX512 static void q2k_tile_2x1(const q2k_tile_row *w0, const q2k_tile_row *w1, const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    q2k_tile_2xT(w0, w1, ya, nb, out, 1);
+}
+DS4_TARGET_AVX512 static void q2k_tile_2x2(const q2k_tile_row *w0, const q2k_tile_row *w1, const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    q2k_tile_2xT(w0, w1, ya, nb, out, 2);
+}
+DS4_TARGET_AVX512 static void q2k_tile_2x3(const q2k_tile_row *w0, const q2k_tile_row *w1, const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    q2k_tile_2xT(w0, w1, ya, nb, out, 3);
+}
+DS4_TARGET_AVX512 static void q2k_tile_2x4(const q2k_tile_row *w0, const q2k_tile_row *w1, const ds4_block_q8_K *const ya[4], int64_t nb, float out[2][4]) {
+    q2k_tile_2xT(w0, w1, ya, nb, out, 4);
+}
+
+DS4_TARGET_AVX512 void ds4_q2_K_tile_avx512(int64_t n, const void *w, size_t w_stride, uint32_t n_rows, const void *act,
+                                            size_t act_stride, uint32_t n_tok, float *y, size_t y_stride, void *scratch) {
+    if (n_tok == 1) {
+        /* one token: decoding the row first would not pay */
+        for (uint32_t r = 0; r < n_rows; r++) y[r] = ds4_q2_K_dot_avx512(n, (const uint8_t *)w + r * w_stride, act);
+        return;
+    }
+    const int64_t nb = n / DS4_QK_K;
+    q2k_tile_row *dec = scratch;
+    for (uint32_t r0 = 0; r0 < n_rows; r0 += 2) {
+        const uint32_t nr = n_rows - r0 < 2 ? n_rows - r0 : 2;
+        for (uint32_t r = 0; r < nr; r++)
+            q2k_tile_decode((const ds4_block_q2_K *)((const uint8_t *)w + (r0 + r) * w_stride), nb, dec + r * nb);
+        /* a lone last row is paired with itself; a short last group of
+         * tokens takes the kernel for its count */
+        const q2k_tile_row *w1 = dec + (nr - 1) * nb;
+        for (uint32_t t0 = 0; t0 < n_tok; t0 += 4) {
+            const uint32_t nt = n_tok - t0 < 4 ? n_tok - t0 : 4;
+            const ds4_block_q8_K *ya4[4];
+            for (uint32_t t = 0; t < 4; t++)
+                ya4[t] = (const ds4_block_q8_K *)((const uint8_t *)act + (t0 + (t < nt ? t : 0)) * act_stride);
+            float out[2][4];
+            switch (nt) {
+            case 1: q2k_tile_2x1(dec, w1, ya4, nb, out); break;
+            case 2: q2k_tile_2x2(dec, w1, ya4, nb, out); break;
+            case 3: q2k_tile_2x3(dec, w1, ya4, nb, out); break;
+            default: q2k_tile_2x4(dec, w1, ya4, nb, out); break;
+            }
+            for (uint32_t r = 0; r < nr; r++)
+                for (uint32_t t = 0; t < nt; t++) y[(t0 + t) * y_stride + r0 + r] = out[r][t];
+        }
+    }
+}
+
+#endif

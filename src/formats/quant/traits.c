@@ -11,6 +11,9 @@
 #endif
 
 #define DOTS(prefix) {prefix##_dot_scalar, X86(prefix##_dot_avx2), X86(prefix##_dot_avx512)}
+/* Tile kernels exist for AVX-512 only; other levels loop over vec_dot. */
+#define TILE512(prefix) {NULL, NULL, X86(prefix##_tile_avx512)}
+#define NO_DOTS {NULL, NULL, NULL}
 
 /* Float rows take an f32 activation, so their vec_dot is the f32 dot seen
  * through the generic signature. */
@@ -36,23 +39,23 @@ FLOAT_TYPE_DOTS(ds4_bf16)
 
 static const ds4_quant_traits k_traits[] = {
     {GGML_TYPE_F32, "F32", 1, 4, GGML_TYPE_F32, ds4_f32_dequantize, ds4_f32_quantize,
-     FLOAT_VDOTS(ds4_f32), DOTS(ds4_f32)},
+     FLOAT_VDOTS(ds4_f32), DOTS(ds4_f32), NO_DOTS},
     {GGML_TYPE_F16, "F16", 1, 2, GGML_TYPE_F32, ds4_f16_dequantize, ds4_f16_quantize,
-     FLOAT_VDOTS(ds4_f16), DOTS(ds4_f16)},
+     FLOAT_VDOTS(ds4_f16), DOTS(ds4_f16), NO_DOTS},
     {GGML_TYPE_BF16, "BF16", 1, 2, GGML_TYPE_F32, ds4_bf16_dequantize, ds4_bf16_quantize,
-     FLOAT_VDOTS(ds4_bf16), DOTS(ds4_bf16)},
+     FLOAT_VDOTS(ds4_bf16), DOTS(ds4_bf16), NO_DOTS},
     {GGML_TYPE_Q8_0, "Q8_0", DS4_QK8_0, sizeof(ds4_block_q8_0), GGML_TYPE_Q8_0,
-     ds4_q8_0_dequantize, ds4_q8_0_quantize, DOTS(ds4_q8_0), {NULL, NULL, NULL}},
+     ds4_q8_0_dequantize, ds4_q8_0_quantize, DOTS(ds4_q8_0), NO_DOTS, TILE512(ds4_q8_0)},
     {GGML_TYPE_Q2_K, "Q2_K", DS4_QK_K, sizeof(ds4_block_q2_K), GGML_TYPE_Q8_K,
-     ds4_q2_K_dequantize, ds4_q2_K_quantize, DOTS(ds4_q2_K), {NULL, NULL, NULL}},
+     ds4_q2_K_dequantize, ds4_q2_K_quantize, DOTS(ds4_q2_K), NO_DOTS, TILE512(ds4_q2_K)},
     {GGML_TYPE_Q4_K, "Q4_K", DS4_QK_K, sizeof(ds4_block_q4_K), GGML_TYPE_Q8_K,
-     ds4_q4_K_dequantize, ds4_q4_K_quantize, DOTS(ds4_q4_K), {NULL, NULL, NULL}},
+     ds4_q4_K_dequantize, ds4_q4_K_quantize, DOTS(ds4_q4_K), NO_DOTS, NO_DOTS},
     {GGML_TYPE_Q8_K, "Q8_K", DS4_QK_K, sizeof(ds4_block_q8_K), GGML_TYPE_Q8_K,
-     ds4_q8_K_dequantize, ds4_q8_K_quantize, {NULL, NULL, NULL}, {NULL, NULL, NULL}},
+     ds4_q8_K_dequantize, ds4_q8_K_quantize, NO_DOTS, NO_DOTS, NO_DOTS},
     {GGML_TYPE_IQ2_XXS, "IQ2_XXS", DS4_QK_K, sizeof(ds4_block_iq2_xxs), GGML_TYPE_Q8_K,
-     ds4_iq2_xxs_dequantize, ds4_iq2_xxs_quantize, DOTS(ds4_iq2_xxs), {NULL, NULL, NULL}},
+     ds4_iq2_xxs_dequantize, ds4_iq2_xxs_quantize, DOTS(ds4_iq2_xxs), NO_DOTS, TILE512(ds4_iq2_xxs)},
     {GGML_TYPE_MXFP4, "MXFP4", DS4_QK_MXFP4, sizeof(ds4_block_mxfp4), GGML_TYPE_Q8_0,
-     ds4_mxfp4_dequantize, ds4_mxfp4_quantize, DOTS(ds4_mxfp4), {NULL, NULL, NULL}},
+     ds4_mxfp4_dequantize, ds4_mxfp4_quantize, DOTS(ds4_mxfp4), NO_DOTS, NO_DOTS},
 };
 
 const ds4_quant_traits *ds4_quant_traits_get(uint32_t type) {
@@ -103,6 +106,21 @@ ds4_vec_dot_fn ds4_vec_dot_get(uint32_t type) {
     for (int l = ds4_simd_active(); l >= 0; l--)
         if (t->vec_dot[l]) return t->vec_dot[l];
     return NULL;
+}
+
+ds4_vec_dot_tile_fn ds4_vec_dot_tile_get(uint32_t type) {
+    const ds4_quant_traits *t = need(type, 0);
+    for (int l = ds4_simd_active(); l >= 0; l--)
+        if (t->vec_dot[l]) return t->vec_dot_tile[l];
+    return NULL;
+}
+
+/* Every tile kernel keeps at most: the tokens' activations re-encoded (at
+ * most two bytes per value, plus up to 640 bytes of padding each, Q8_0's
+ * last group of 16 blocks) and two decoded weight rows (at most 3 bytes
+ * per value each, plus the same padding), plus alignment slack. */
+size_t ds4_vec_dot_tile_scratch(int64_t n, uint32_t n_tok) {
+    return (size_t)n_tok * (2 * (size_t)n + 640) + 6 * (size_t)n + 2 * 640 + 4096;
 }
 
 ds4_dot_f32_fn ds4_dot_f32_get(uint32_t type) {

@@ -129,16 +129,16 @@ static void *int8_thread(void *v) {
     return NULL;
 }
 
-double roofline_peak_int8(int n_threads) {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512vnni") || !__builtin_cpu_supports("avx512bw")) return 0;
-#else
-    return 0;
-#endif
+/* Runs fn on n_threads threads at once and adds up their operation rates. */
+static double run_rate_threads(int n_threads, void *(*fn)(void *)) {
     pthread_t *th = calloc((size_t)n_threads, sizeof *th);
     flop_arg *args = calloc((size_t)n_threads, sizeof *args);
-    for (int t = 0; t < n_threads; t++) pthread_create(&th[t], NULL, int8_thread, &args[t]);
+    if (!th || !args) {
+        free(th);
+        free(args);
+        return 0;
+    }
+    for (int t = 0; t < n_threads; t++) pthread_create(&th[t], NULL, fn, &args[t]);
     double total = 0;
     for (int t = 0; t < n_threads; t++) {
         pthread_join(th[t], NULL);
@@ -147,6 +147,16 @@ double roofline_peak_int8(int n_threads) {
     free(th);
     free(args);
     return total;
+}
+
+double roofline_peak_int8(int n_threads) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512vnni") || !__builtin_cpu_supports("avx512bw")) return 0;
+#else
+    return 0;
+#endif
+    return run_rate_threads(n_threads, int8_thread);
 }
 
 static void *flop_thread(void *v) {
@@ -173,15 +183,5 @@ double roofline_peak_flops(int n_threads) {
 #else
     return 0; /* only measured on x86-64 so far */
 #endif
-    pthread_t *th = calloc((size_t)n_threads, sizeof *th);
-    flop_arg *args = calloc((size_t)n_threads, sizeof *args);
-    for (int t = 0; t < n_threads; t++) pthread_create(&th[t], NULL, flop_thread, &args[t]);
-    double total = 0;
-    for (int t = 0; t < n_threads; t++) {
-        pthread_join(th[t], NULL);
-        total += args[t].flops / args[t].secs;
-    }
-    free(th);
-    free(args);
-    return total;
+    return run_rate_threads(n_threads, flop_thread);
 }

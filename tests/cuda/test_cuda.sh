@@ -82,6 +82,20 @@ for mode in "" "--resident" "--moe-slot-bank 2"; do
 done
 "$BIN/ds4" -m "$TMP/pkg" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/pkg.f32"
 echo -n "package, automatic bank: "; $cmp "$TMP/pkg.f32" "$TMP/res.f32" 1024 0
+# A read that keeps failing while the GPU bank fetches: an error exit with
+# the reader's message, and only correct tokens before it.
+ref=$("$BIN/ds4" -m "$m" --cuda --tokens 5,17,300,42 -n 24 --temp 0)
+set +e
+got=$(DS4_FAULT_READ_FAIL=60 "$BIN/ds4" -m "$TMP/pkg" --cuda --moe-slot-bank 2 --gpu-expert-cache 300K \
+    --tokens 5,17,300,42 -n 24 --temp 0 2>"$TMP/err")
+rc=$?
+set -e
+if [ $rc -eq 0 ] || [ $rc -ge 128 ] || ! grep -q "failed after" "$TMP/err"; then
+    echo "read failure through the GPU bank: exit $rc: $(cat "$TMP/err")"
+    exit 1
+fi
+case "$ref" in "$got"*) ;; *) echo "tokens before the read failure differ: got $got, want a prefix of $ref"; exit 1 ;; esac
+echo "read failure through the GPU bank: exit $rc after $(echo "$got" | tr ',' '\n' | grep -c .) correct tokens"
 
 fx=tiny-a-nosel
 for ty in bf16 f16; do

@@ -942,7 +942,16 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
             b->misses++;
             b->bytes += b->rec_bytes[il];
         }
-        if (n_pend && bank_fetch(b, il, n_pend, err)) return -1;
+        if (n_pend && bank_fetch(b, il, n_pend, err)) {
+            /* the pending slots hold nothing valid: forget them, so a
+             * failed read can never be computed with as if it had landed */
+            for (uint32_t p = 0; p < n_pend; p++) {
+                int32_t slot = b->pend_slot[p];
+                if (b->key[slot] != UINT64_MAX) b->slot_of[b->key[slot]] = -1;
+                b->key[slot] = UINT64_MAX;
+            }
+            return -1;
+        }
         for (uint32_t j = g0; j < g0 + gn; j++) {
             const uint8_t *base = b->dev + (uint64_t)b->slot_of[(uint64_t)il * X + used[j]] * b->slot_bytes;
             s->wtab_pinned[3 * j] = base;

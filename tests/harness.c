@@ -51,3 +51,13 @@ int test_finish(void) {
     }
     return 0;
 }
+
+int test_gpu_unavailable(const char *why) {
+    const char *req = getenv("DS4_REQUIRE_GPU");
+    if (req && *req == '1') {
+        fprintf(stderr, "DS4_REQUIRE_GPU=1 but %s\n", why);
+        return 1;
+    }
+    printf("skipped: %s\n", why);
+    return 77;
+}

@@ -32,5 +32,9 @@ const char *test_tmp_dir(void);
 /* snprintf into a static rotating buffer: handy for building paths. */
 const char *test_path(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int test_finish(void);
+/* A GPU test that cannot run (why: the reason): exit status 77 (skipped),
+ * or 1 with DS4_REQUIRE_GPU=1 (make cuda-test), so a GPU run cannot skip
+ * silently. */
+int test_gpu_unavailable(const char *why);
 
 #endif

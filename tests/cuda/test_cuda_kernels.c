@@ -11,15 +11,7 @@
 
 #ifndef DS4_WITH_CUDA
 
-int main(void) {
-    const char *req = getenv("DS4_REQUIRE_GPU");
-    if (req && *req == '1') {
-        fprintf(stderr, "DS4_REQUIRE_GPU=1 but this build has no CUDA (make cuda)\n");
-        return 1;
-    }
-    printf("skipped: this build has no CUDA (build and run with make cuda-test)\n");
-    return 77;
-}
+int main(void) { return test_gpu_unavailable("this build has no CUDA (build and run with make cuda-test)"); }
 
 #else
 
@@ -672,15 +664,7 @@ static void test_moe_quant(void) {
 
 int main(void) {
     ds4_error why = {{0}};
-    if (!ds4_gpu_probe(&why)) {
-        const char *req = getenv("DS4_REQUIRE_GPU");
-        if (req && *req == '1') {
-            fprintf(stderr, "DS4_REQUIRE_GPU=1 but %s\n", why.msg);
-            return 1;
-        }
-        printf("skipped: %s\n", why.msg);
-        return 77;
-    }
+    if (!ds4_gpu_probe(&why)) return test_gpu_unavailable(why.msg);
     test_linear();
     test_linear_quant();
     test_rows();

@@ -22,15 +22,7 @@
 
 #ifndef DS4_WITH_CUDA
 
-int main(void) {
-    const char *req = getenv("DS4_REQUIRE_GPU");
-    if (req && *req == '1') {
-        fprintf(stderr, "DS4_REQUIRE_GPU=1 but this build has no CUDA (make cuda)\n");
-        return 1;
-    }
-    printf("skipped: this build has no CUDA (build and run with make cuda-test)\n");
-    return 77;
-}
+int main(void) { return test_gpu_unavailable("this build has no CUDA (build and run with make cuda-test)"); }
 
 #else
 
@@ -52,39 +44,6 @@ static int is_matrix(const char *name) {
     return 0;
 }
 
-static int copy_kv(gguf_writer *w, const gguf_file *f, const gguf_kv *kv) {
-    switch (kv->type) {
-    case GGUF_VT_U8: case GGUF_VT_U16: case GGUF_VT_U32: return gguf_writer_set_u32(w, kv->key, (uint32_t)kv->v.u64);
-    case GGUF_VT_I8: case GGUF_VT_I16: case GGUF_VT_I32: return gguf_writer_set_i32(w, kv->key, (int32_t)kv->v.i64);
-    case GGUF_VT_U64: return gguf_writer_set_u64(w, kv->key, kv->v.u64);
-    case GGUF_VT_F32: return gguf_writer_set_f32(w, kv->key, (float)kv->v.f64);
-    case GGUF_VT_F64: return gguf_writer_set_f64(w, kv->key, kv->v.f64);
-    case GGUF_VT_BOOL: return gguf_writer_set_bool(w, kv->key, kv->v.u64 != 0);
-    case GGUF_VT_STRING: {
-        char *s = strndup(kv->v.str.ptr, kv->v.str.len);
-        int rc = gguf_writer_set_str(w, kv->key, s);
-        free(s);
-        return rc;
-    }
-    case GGUF_VT_ARRAY:
-        if (kv->arr_type == GGUF_VT_STRING) {
-            char **strs = calloc(kv->arr_count + 1, sizeof *strs);
-            for (uint64_t i = 0; i < kv->arr_count; i++) {
-                gguf_str s = gguf_arr_str(kv, i);
-                strs[i] = strndup(s.ptr, s.len);
-            }
-            int rc = gguf_writer_set_arr_str(w, kv->key, (const char *const *)strs, kv->arr_count);
-            for (uint64_t i = 0; i < kv->arr_count; i++) free(strs[i]);
-            free(strs);
-            return rc;
-        }
-        return gguf_writer_set_arr(w, kv->key, kv->arr_type, kv->arr_data, kv->arr_count);
-    default:
-        (void)f;
-        return -1;
-    }
-}
-
 /* src (an f32 GGUF) -> dst with every matrix in `type`. */
 static int requantize(const char *src, const char *dst, uint32_t type) {
     ds4_error err = {{0}};
@@ -95,7 +54,7 @@ static int requantize(const char *src, const char *dst, uint32_t type) {
     }
     gguf_writer *w = gguf_writer_create(dst, f->alignment, &err);
     int rc = w ? 0 : -1;
-    for (uint64_t i = 0; rc == 0 && i < f->n_kv; i++) rc = copy_kv(w, f, &f->kv[i]);
+    for (uint64_t i = 0; rc == 0 && i < f->n_kv; i++) rc = gguf_writer_copy_kv(w, &f->kv[i]);
     uint32_t *types = calloc(f->n_tensors, sizeof *types);
     for (uint64_t i = 0; rc == 0 && i < f->n_tensors; i++) {
         const gguf_tensor *t = &f->tensors[i];
@@ -150,16 +109,9 @@ static int read_tokens(const char *path, int32_t *out, int max) {
 }
 
 int main(void) {
-    const char *req = getenv("DS4_REQUIRE_GPU"), *bin = getenv("DS4_BIN");
+    const char *bin = getenv("DS4_BIN");
     ds4_error err = {{0}};
-    if (!ds4_cuda_available(&err)) {
-        if (req && *req == '1') {
-            fprintf(stderr, "DS4_REQUIRE_GPU=1 but %s\n", err.msg);
-            return 1;
-        }
-        printf("skipped: %s\n", err.msg);
-        return 77;
-    }
+    if (!ds4_cuda_available(&err)) return test_gpu_unavailable(err.msg);
     const char *f32 = test_path("%s/a.f32.gguf", test_tmp_dir());
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "'%s/ds4-convert' '%s/fixtures/tiny-a' '%s' --type f32 2>/dev/null", bin ? bin : ".",

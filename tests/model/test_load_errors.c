@@ -18,39 +18,6 @@ typedef struct edit {
     uint32_t u32_value;        /* ... with this value */
 } edit;
 
-/* Copies one metadata entry (any type) into the writer. */
-static int copy_kv(gguf_writer *w, const gguf_file *f, const gguf_kv *kv) {
-    switch (kv->type) {
-    case GGUF_VT_U8: case GGUF_VT_U16: case GGUF_VT_U32:
-        return gguf_writer_set_u32(w, kv->key, (uint32_t)kv->v.u64);
-    case GGUF_VT_I8: case GGUF_VT_I16: case GGUF_VT_I32:
-        return gguf_writer_set_i32(w, kv->key, (int32_t)kv->v.i64);
-    case GGUF_VT_U64: return gguf_writer_set_u64(w, kv->key, kv->v.u64);
-    case GGUF_VT_I64: return gguf_writer_set_u64(w, kv->key, (uint64_t)kv->v.i64);
-    case GGUF_VT_F32: return gguf_writer_set_f32(w, kv->key, (float)kv->v.f64);
-    case GGUF_VT_F64: return gguf_writer_set_f64(w, kv->key, kv->v.f64);
-    case GGUF_VT_BOOL: return gguf_writer_set_bool(w, kv->key, kv->v.u64 != 0);
-    case GGUF_VT_STRING: {
-        char *s = strndup(kv->v.str.ptr, kv->v.str.len);
-        int rc = gguf_writer_set_str(w, kv->key, s);
-        free(s);
-        return rc;
-    }
-    case GGUF_VT_ARRAY:
-        if (kv->arr_type == GGUF_VT_STRING) {
-            const char **strs = calloc(kv->arr_count + 1, sizeof *strs);
-            for (uint64_t i = 0; i < kv->arr_count; i++) strs[i] = strndup(kv->arr_strs[i].ptr, kv->arr_strs[i].len);
-            int rc = gguf_writer_set_arr_str(w, kv->key, strs, kv->arr_count);
-            for (uint64_t i = 0; i < kv->arr_count; i++) free((char *)strs[i]);
-            free(strs);
-            return rc;
-        }
-        return gguf_writer_set_arr(w, kv->key, kv->arr_type, kv->arr_data, kv->arr_count);
-    }
-    (void)f;
-    return -1;
-}
-
 static int rewrite(const char *src, const char *dst, const edit *e) {
     ds4_error err;
     gguf_file *f = gguf_open(src, &err);
@@ -63,7 +30,7 @@ static int rewrite(const char *src, const char *dst, const edit *e) {
             gguf_writer_set_u32(w, kv->key, e->u32_value);
             continue;
         }
-        if (copy_kv(w, f, kv)) return -1;
+        if (gguf_writer_copy_kv(w, kv)) return -1;
     }
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const gguf_tensor *t = &f->tensors[i];

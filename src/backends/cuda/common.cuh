@@ -44,6 +44,13 @@ __device__ __forceinline__ float load_elem(uint32_t type, const uint8_t *row, ui
     return bf16_to_f32(((const uint16_t *)row)[i]);
 }
 
+/* ds4_swiglu_clamped for one value (the same operations, see the top). */
+__device__ __forceinline__ float swiglu_clamped(float g, float u, float lim) {
+    float ga = g < lim ? g : lim;
+    float ub = u < -lim ? -lim : (u > lim ? lim : u);
+    return ga / (1.0f + expf(-ga)) * ub;
+}
+
 /* ---- reductions ----------------------------------------------------------- */
 
 /* Butterfly sums: a fixed order, so results never depend on timing. */

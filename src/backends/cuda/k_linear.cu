@@ -269,13 +269,7 @@ template <int KIND, int TT, bool UP> __global__ void ffn_kernel(ffn_args a) {
         for (int tt = 0; tt < TT; tt++) {
             if (tt < nt && lane == tt) {
                 float v = g[tt];
-                if (UP) {
-                    /* ds4_swiglu_clamped */
-                    float lim = a.limit;
-                    float ga = v < lim ? v : lim;
-                    float ub = u[tt] < -lim ? -lim : (u[tt] > lim ? lim : u[tt]);
-                    v = ga / (1.0f + expf(-ga)) * ub;
-                }
+                if (UP) v = swiglu_clamped(v, u[tt], a.limit);
                 a.y[(uint64_t)(m0 + i0 + tt) * a.rows + r] = v;
             }
         }

@@ -589,13 +589,6 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
 
 /* ---- experts ------------------------------------------------------------------------------ */
 
-/* ds4_swiglu_clamped for one value */
-__device__ __forceinline__ float swiglu_clamped(float g, float u, float lim) {
-    float ga = g < lim ? g : lim;
-    float ub = u < -lim ? -lim : (u > lim ? lim : u);
-    return ga / (1.0f + expf(-ga)) * ub;
-}
-
 typedef struct qffn_args {
     const uint8_t *w0, *w1;
     uint64_t row_bytes, rows;

@@ -162,7 +162,10 @@ static void test_linear_quant(void) {
                  /* rows and activation rows of whole 16-byte lines: the shared-memory path */
                  {GGML_TYPE_Q8_0, 4096, 20, 2, 5},   {GGML_TYPE_Q8_0, 1024, 9, 1, 1},   {GGML_TYPE_MXFP4, 512, 33, 1, 5},
                  {GGML_TYPE_IQ2_XXS, 2048, 12, 1, 6}, {GGML_TYPE_IQ2_XXS, 4096, 9, 1, 1}, {GGML_TYPE_Q2_K, 1024, 10, 1, 5},
-                 {GGML_TYPE_Q2_K, 2048, 8, 1, 1},    {GGML_TYPE_Q4_K, 2048, 12, 1, 7}};
+                 {GGML_TYPE_Q2_K, 2048, 8, 1, 1},    {GGML_TYPE_Q4_K, 2048, 12, 1, 7},
+                 /* several row and token tiles of the tensor-core path (k_mmq.cu), partial ones too */
+                 {GGML_TYPE_Q8_0, 1024, 130, 2, 37}, {GGML_TYPE_IQ2_XXS, 2048, 70, 1, 40}, {GGML_TYPE_Q2_K, 1024, 65, 1, 33},
+                 {GGML_TYPE_Q8_0, 256, 256, 1, 5},   {GGML_TYPE_Q8_0, 2048, 64, 1, 5},  {GGML_TYPE_Q8_0, 1024, 70, 1, 10}};
     ds4_pool *pool = ds4_pool_create(1);
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         uint32_t type = cases[c].type, K = cases[c].K, R = cases[c].rows, G = cases[c].groups, n = cases[c].n_tok;
@@ -183,6 +186,33 @@ static void test_linear_quant(void) {
         free(w), free(x), free(y), free(ref), free(y1);
     }
     ds4_pool_free(pool);
+}
+
+/* Launches of many blocks (the real widths, a full prefill chunk): the
+ * tensor-core path must give the same bits on every run and, token by
+ * token, the bits of the single-token kernels (both add block results in
+ * the same order). Compared on the GPU only: a CPU reference of this size
+ * would be slow, and the small cases above cover it. */
+static void test_linear_quant_large(void) {
+    const struct {
+        uint32_t type, K, rows, n_tok;
+    } cases[] = {{GGML_TYPE_Q8_0, 1024, 8192, 300}, {GGML_TYPE_IQ2_XXS, 4096, 2048, 300}, {GGML_TYPE_Q2_K, 2048, 4096, 300}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        uint32_t type = cases[c].type, K = cases[c].K, R = cases[c].rows, n = cases[c].n_tok;
+        void *w = quantized(type, K, R, 1.0f / sqrtf((float)K));
+        float *x = randv((size_t)n * K, 1.0f), *y = malloc((size_t)n * R * 4), *y2 = malloc((size_t)n * R * 4),
+              *y1 = malloc((size_t)R * 4);
+        GPU(ds4_gpu_test_linear(type, w, K, R, 1, K, x, K, NULL, n, y, R, E_));
+        GPU(ds4_gpu_test_linear(type, w, K, R, 1, K, x, K, NULL, n, y2, R, E_));
+        CHECKF(!memcmp(y, y2, (size_t)n * R * 4), "linear %s K=%u rows=%u n=%u: two runs differ", ggml_type_name(type), K, R, n);
+        int same = 1;
+        for (uint32_t tk = 0; tk < n; tk += 37) {
+            GPU(ds4_gpu_test_linear(type, w, K, R, 1, K, x + (size_t)tk * K, K, NULL, 1, y1, R, E_));
+            same &= !memcmp(y1, y + (size_t)tk * R, (size_t)R * 4);
+        }
+        CHECKF(same, "linear %s K=%u rows=%u n=%u: a token differs from its single-token result", ggml_type_name(type), K, R, n);
+        free(w), free(x), free(y), free(y2), free(y1);
+    }
 }
 
 /* ---- row transforms ------------------------------------------------------------- */
@@ -667,6 +697,7 @@ int main(void) {
     if (!ds4_gpu_probe(&why)) return test_gpu_unavailable(why.msg);
     test_linear();
     test_linear_quant();
+    test_linear_quant_large();
     test_rows();
     test_mhc();
     test_compressor();

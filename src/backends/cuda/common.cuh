@@ -31,6 +31,7 @@ extern "C" {
 #define LAUNCH_STATUS() cudaGetLastError()
 
 static inline unsigned div_up(uint64_t a, uint64_t b) { return (unsigned)((a + b - 1) / b); }
+static inline uint64_t align256(uint64_t x) { return (x + 255) & ~(uint64_t)255; }
 
 /* ---- weight elements ---------------------------------------------------- */
 
@@ -49,6 +50,28 @@ __device__ __forceinline__ float swiglu_clamped(float g, float u, float lim) {
     float ga = g < lim ? g : lim;
     float ub = u < -lim ? -lim : (u > lim ? lim : u);
     return ga / (1.0f + expf(-ga)) * ub;
+}
+
+/* ---- asynchronous copies to shared memory (sm_80+; plain loads before) ---- */
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+#if __CUDA_ARCH__ >= 800
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+#else
+    *(uint4 *)dst = __ldg((const uint4 *)src);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+/* waits until at most one committed group of this thread is in flight */
+__device__ __forceinline__ void cp_async_wait_all_but_one() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+#endif
 }
 
 /* ---- reductions ----------------------------------------------------------- */

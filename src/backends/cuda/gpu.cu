@@ -210,7 +210,6 @@ done:
         &(l)->down_exps, &(l)->gate_shexp, &(l)->up_shexp, &(l)->down_shexp
 
 static uint64_t tensor_bytes(const ds4_tensor *t) { return t->row_bytes * t->ne[1] * t->ne[2] * t->ne[3]; }
-static uint64_t align256(uint64_t x) { return (x + 255) & ~(uint64_t)255; }
 
 /* Walks every tensor of w: with dev == NULL only sums the sizes; otherwise
  * copies each into dev and points the tensor there. */

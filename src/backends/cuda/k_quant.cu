@@ -38,6 +38,13 @@ cudaError_t k_quant_init(void) {
     return e;
 }
 
+/* The tables' device address, for the tensor-core kernels (k_mmq.cu). */
+static const uint8_t *iq2_table(void) {
+    static void *p = nullptr;
+    if (!p && cudaGetSymbolAddress(&p, d_iq2_tab) != cudaSuccess) p = nullptr;
+    return (const uint8_t *)p;
+}
+
 bool k_quant_type(uint32_t type) {
     return type == GGML_TYPE_Q8_0 || type == GGML_TYPE_Q2_K || type == GGML_TYPE_Q4_K || type == GGML_TYPE_IQ2_XXS ||
            type == GGML_TYPE_MXFP4;
@@ -57,7 +64,7 @@ __device__ __forceinline__ uint16_t ld16(const uint8_t *p) { return (uint16_t)(p
 
 /* One warp per Q8_0 block of 32 values: lane j holds value j. */
 __global__ void quant_q8_0_kernel(const float *x, uint64_t x_stride, uint64_t x_group, const float *xscale, uint32_t K,
-                                  uint32_t groups, uint32_t n_rows, uint8_t *act, uint64_t act_row) {
+                                  uint32_t groups, uint32_t n_rows, uint8_t *act, uint64_t act_row, act_split sp) {
     uint32_t nb = K / DS4_QK8_0;
     uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     uint32_t lane = threadIdx.x & 31;
@@ -76,14 +83,21 @@ __global__ void quant_q8_0_kernel(const float *x, uint64_t x_stride, uint64_t x_
     float dh = half_f(h);
     float id = dh > 0.0f ? 1.0f / dh : 0.0f;
     float q = fminf(fmaxf(v * id, -127.0f), 127.0f);
-    ds4_block_q8_0 *blk = (ds4_block_q8_0 *)(act + (t * groups + g) * act_row) + b;
-    blk->qs[lane] = (int8_t)__float2int_rn(q);
+    int8_t qv = (int8_t)__float2int_rn(q);
+    uint64_t row = (uint64_t)t * groups + g;
+    if (sp.qs) {
+        sp.qs[row * K + (uint64_t)b * DS4_QK8_0 + lane] = qv;
+        if (lane == 0) sp.d[row * nb + b] = dh;
+        return;
+    }
+    ds4_block_q8_0 *blk = (ds4_block_q8_0 *)(act + row * act_row) + b;
+    blk->qs[lane] = qv;
     if (lane == 0) blk->d = h;
 }
 
 /* One warp per Q8_K block of 256 values: lane l holds values 8l..8l+7. */
 __global__ void quant_q8_K_kernel(const float *x, uint64_t x_stride, uint64_t x_group, const float *xscale, uint32_t K,
-                                  uint32_t groups, uint32_t n_rows, uint8_t *act, uint64_t act_row) {
+                                  uint32_t groups, uint32_t n_rows, uint8_t *act, uint64_t act_row, act_split sp) {
     uint32_t nb = K / DS4_QK_K;
     uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     uint32_t lane = threadIdx.x & 31;
@@ -100,29 +114,63 @@ __global__ void quant_q8_K_kernel(const float *x, uint64_t x_stride, uint64_t x_
     }
     amax = warp_max(amax);
     float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-    ds4_block_q8_K *blk = (ds4_block_q8_K *)(act + (t * groups + g) * act_row) + b;
+    uint64_t row = (uint64_t)t * groups + g;
+    ds4_block_q8_K *blk = (ds4_block_q8_K *)(act + row * act_row) + b;
+    int8_t *qs = sp.qs ? sp.qs + row * K + (uint64_t)b * DS4_QK_K : blk->qs;
     int s = 0;
     for (int i = 0; i < 8; i++) {
         int q = __float2int_rn(fminf(fmaxf(v[i] * id, -127.0f), 127.0f));
-        blk->qs[8 * lane + i] = (int8_t)q;
+        qs[8 * lane + i] = (int8_t)q;
         s += q;
     }
     /* bsums[k] covers values 16k..16k+15: lanes 2k and 2k+1 */
     s += __shfl_xor_sync(0xffffffffu, s, 1);
-    if ((lane & 1) == 0) blk->bsums[lane >> 1] = (int16_t)s;
-    if (lane == 0) blk->d = amax / 127.0f;
+    int16_t *bsums = sp.qs ? sp.bs + row * (K / 16) + (uint64_t)b * 16 : blk->bsums;
+    if ((lane & 1) == 0) bsums[lane >> 1] = (int16_t)s;
+    if (lane == 0) {
+        if (sp.qs) sp.d[row * nb + b] = amax / 127.0f;
+        else blk->d = amax / 127.0f;
+    }
 }
 
-cudaError_t k_quantize_act(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
-                           const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act) {
+
+act_split k_act_split(uint32_t wtype, void *act, uint64_t rows, uint64_t K) {
+    uint8_t *p = (uint8_t *)act;
+    uint64_t nd = rows * (K / (act_is_q8k(wtype) ? DS4_QK_K : DS4_QK8_0));
+    act_split sp = {(int8_t *)p, (float *)(p + align256(rows * K)), nullptr};
+    sp.bs = (int16_t *)((uint8_t *)sp.d + align256(nd * sizeof(float)));
+    return sp;
+}
+
+uint64_t k_act_bytes(uint32_t wtype, uint64_t K, uint64_t rows) {
+    uint64_t blocks = rows * k_act_row_bytes(wtype, K);
+    uint64_t split = align256(rows * K) + align256(rows * (K / (act_is_q8k(wtype) ? DS4_QK_K : DS4_QK8_0)) * 4) +
+                     (act_is_q8k(wtype) ? rows * (K / 16) * 2 : 0);
+    return blocks > split ? blocks : split;
+}
+
+static cudaError_t quantize(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
+                            const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act, act_split sp) {
     if (n_rows == 0) return cudaSuccess;
     uint64_t row = k_act_row_bytes(wtype, K);
     bool q8k = act_is_q8k(wtype);
     uint64_t warps = (uint64_t)n_rows * groups * (K / (q8k ? DS4_QK_K : DS4_QK8_0));
     unsigned blocks = div_up(warps, 8);
-    if (q8k) quant_q8_K_kernel<<<blocks, 256, 0, st>>>(x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row);
-    else quant_q8_0_kernel<<<blocks, 256, 0, st>>>(x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row);
+    if (q8k) quant_q8_K_kernel<<<blocks, 256, 0, st>>>(x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row, sp);
+    else quant_q8_0_kernel<<<blocks, 256, 0, st>>>(x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row, sp);
     return LAUNCH_STATUS();
+}
+
+cudaError_t k_quantize_act(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
+                           const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act) {
+    act_split none = {nullptr, nullptr, nullptr};
+    return quantize(st, wtype, x, x_stride, x_group, xscale, K, groups, n_rows, act, none);
+}
+
+cudaError_t k_quantize_split(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
+                             const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act) {
+    act_split sp = k_act_split(wtype, act, (uint64_t)n_rows * groups, K);
+    return quantize(st, wtype, x, x_stride, x_group, xscale, K, groups, n_rows, act, sp);
 }
 
 /* ---- block dot products (the scalar reference kernels) -------------------------- */
@@ -283,12 +331,15 @@ template <uint32_t TYPE> struct act_of {
     static constexpr uint32_t BYTES = TYPE == GGML_TYPE_Q8_0 || TYPE == GGML_TYPE_MXFP4 ? 34 : 292;
 };
 
-/* Adds blocks [0, nb) of a row against act rows ar[tt] to each lane's
- * partial sums acc[tt]: 32-value formats a block per lane, 256-value
- * formats a block per 8 lanes (qb::part/finish). Lane l always takes the
- * blocks it would take in one pass over the whole row, in the same order,
- * so a row split into chunks of whole lane rounds (CB below) sums exactly
- * like the row in one piece. */
+/* Adds blocks [0, nb) of a row against act rows ar[tt] to acc[m][tt], in
+ * the order every quantized product of this backend uses (k_mmq.cu too,
+ * docs/NUMERICS.md): 256-value steps in ascending order, a Q8_0 step being
+ * the tree ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7)) of its eight
+ * block results. 32-value formats take a block per lane (the tree is the
+ * butterfly over 8 lanes), 256-value formats a block per 8 lanes
+ * (qb::part/finish); acc ends the same on every lane. nb must start at a
+ * multiple of 32 (Q8_0) or 4 blocks (the others), so a row split into
+ * chunks sums exactly like the row in one piece. */
 template <uint32_t TYPE, int TT, int NM = 1>
 __device__ __forceinline__ void qdot_range(const uint8_t *wrow, uint32_t nb, const uint8_t *const *ar, int nt, float (*acc)[TT],
                                            const uint8_t *tab, uint64_t mstride = 0) {
@@ -316,20 +367,36 @@ __device__ __forceinline__ void qdot_range(const uint8_t *wrow, uint32_t nb, con
                         is[m] += __shfl_xor_sync(0xffffffffu, is[m], o);
                         if (TYPE != GGML_TYPE_IQ2_XXS) ms[m] += __shfl_xor_sync(0xffffffffu, ms[m], o); /* IQ2_XXS: 0 */
                     }
-                if (valid && sub == 0)
 #pragma unroll
-                    for (int m = 0; m < NM; m++)
-                        acc[m][tt] += qb<TYPE>::finish(wrow + m * mstride + (uint64_t)b * qb<TYPE>::BYTES, ab, is[m], ms[m]);
+                for (int m = 0; m < NM; m++) {
+                    float t = valid ? qb<TYPE>::finish(wrow + m * mstride + (uint64_t)b * qb<TYPE>::BYTES, ab, is[m], ms[m]) : 0.0f;
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        float v = __shfl_sync(0xffffffffu, t, 8 * q);
+                        if (b0 + q < nb) acc[m][tt] += v;
+                    }
+                }
             }
         }
     } else {
-        for (uint32_t b = lane; b < nb; b += 32) {
+        for (uint32_t b0 = 0; b0 < nb; b0 += 32) {
+            uint32_t b = b0 + lane;
 #pragma unroll
             for (int m = 0; m < NM; m++) {
                 const uint8_t *wb = wrow + m * mstride + (uint64_t)b * qb<TYPE>::BYTES;
 #pragma unroll
-                for (int tt = 0; tt < TT; tt++)
-                    if (tt < nt) acc[m][tt] += qb<TYPE>::dot(wb, ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES);
+                for (int tt = 0; tt < TT; tt++) {
+                    if (tt >= nt) continue;
+                    float t = b < nb ? qb<TYPE>::dot(wb, ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES) : 0.0f;
+                    t += __shfl_xor_sync(0xffffffffu, t, 1);
+                    t += __shfl_xor_sync(0xffffffffu, t, 2);
+                    t += __shfl_xor_sync(0xffffffffu, t, 4);
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        float v = __shfl_sync(0xffffffffu, t, 8 * q);
+                        if (b0 + 8 * q < nb) acc[m][tt] += v;
+                    }
+                }
             }
         }
     }
@@ -339,8 +406,6 @@ __device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, cons
 #pragma unroll
     for (int tt = 0; tt < TT; tt++) acc[tt] = 0.0f;
     qdot_range<TYPE, TT>(wrow, nb, ar, nt, (float(*)[TT])acc, d_iq2_tab);
-#pragma unroll
-    for (int tt = 0; tt < TT; tt++) acc[tt] = warp_sum(acc[tt]);
 }
 
 /* ---- staging through shared memory ----------------------------------------------
@@ -377,26 +442,6 @@ template <uint32_t TYPE> __device__ __forceinline__ void stage_tables(uint8_t *t
 /* Whether rows of row_bytes at w (and activation rows) allow staging. */
 static bool stageable(const void *w, uint64_t row_bytes, uint64_t act_row) {
     return (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && act_row % 16 == 0 && 4 * act_row <= 64 * 1024;
-}
-
-__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
-#if __CUDA_ARCH__ >= 800
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
-#else
-    *(uint4 *)dst = __ldg((const uint4 *)src);
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-/* waits until at most one committed group of this thread is in flight */
-__device__ __forceinline__ void cp_async_wait_all_but_one() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 1;\n" ::);
-#endif
 }
 
 /* The block copies nt activation rows (act_row bytes each) into sact. */
@@ -445,13 +490,7 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_
         for (int tt = 0; tt < TT; tt++) sar[tt] = sact + tt * act_row + (uint64_t)b0 * ABY;
         const uint8_t *cur = sbuf + (it & 1) * NM * C::WB;
         qdot_range<TYPE, TT, NM>(cur, nbc, sar, nt, acc, tab, C::WB);
-        if (c == nch - 1) {
-#pragma unroll
-            for (int m = 0; m < NM; m++)
-#pragma unroll
-                for (int tt = 0; tt < TT; tt++) acc[m][tt] = warp_sum(acc[m][tt]);
-            emit(i, acc);
-        }
+        if (c == nch - 1) emit(i, acc);
         __syncwarp(); /* this buffer is refilled by the next iteration's copy */
     }
 }
@@ -576,7 +615,13 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
                       uint64_t y_stride, void *act) {
     if (n_tok == 0 || n_rows == 0) return cudaSuccess;
     uint32_t K = (uint32_t)w->ne[0];
-    cudaError_t e = k_quantize_act(st, w->type, x, x_stride, x_group, xscale, K, groups, n_tok, act);
+    cudaError_t e;
+    if (n_tok >= 2 && k_mmq_usable(w->type, w->data, w->row_bytes, K)) {
+        e = k_quantize_split(st, w->type, x, x_stride, x_group, xscale, K, groups, n_tok, act);
+        if (e != cudaSuccess) return e;
+        return k_mmq_linear(st, w, r0, n_rows, groups, act, n_tok, y, y_stride, iq2_table());
+    }
+    e = k_quantize_act(st, w->type, x, x_stride, x_group, xscale, K, groups, n_tok, act);
     if (e != cudaSuccess) return e;
     uint32_t qk = act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0;
     qlin_args a = {w->data, w->row_bytes, r0, n_rows, K / qk, groups, n_tok, (const uint8_t *)act,
@@ -700,7 +745,14 @@ cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor 
     if (n == 0 || max_slots == 0) return cudaSuccess;
     if (gate->type != up->type || gate->row_bytes != up->row_bytes) return cudaErrorInvalidValue;
     uint32_t K = (uint32_t)gate->ne[0];
-    cudaError_t e = k_quantize_act(st, gate->type, x, K, 0, NULL, K, 1, n, act);
+    cudaError_t e;
+    if (n >= 2 && k_mmq_usable(gate->type, wtab ? nullptr : gate->data, gate->row_bytes, K) &&
+        (wtab || (uintptr_t)up->data % 16 == 0)) {
+        e = k_quantize_split(st, gate->type, x, K, 0, NULL, K, 1, n, act);
+        if (e != cudaSuccess) return e;
+        return k_mmq_ffn(st, true, gate, up, grp, k, n, j0, max_slots, wtab, act, n, limit, h, iq2_table());
+    }
+    e = k_quantize_act(st, gate->type, x, K, 0, NULL, K, 1, n, act);
     if (e != cudaSuccess) return e;
     uint32_t qk = act_is_q8k(gate->type) ? DS4_QK_K : DS4_QK8_0;
     qffn_args a = {gate->data, up->data, gate->row_bytes, gate->ne[1], K / qk, (uint32_t)gate->ne[2], k, n, grp,
@@ -717,7 +769,13 @@ cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *
     if (n == 0 || max_slots == 0) return cudaSuccess;
     uint32_t K = (uint32_t)down->ne[0];
     uint32_t rows_h = grp ? n * k : n; /* h rows: one per member (routed) or per token */
-    cudaError_t e = k_quantize_act(st, down->type, h, K, 0, NULL, K, 1, rows_h, act);
+    cudaError_t e;
+    if (n >= 2 && k_mmq_usable(down->type, wtab ? nullptr : down->data, down->row_bytes, K)) {
+        e = k_quantize_split(st, down->type, h, K, 0, NULL, K, 1, rows_h, act);
+        if (e != cudaSuccess) return e;
+        return k_mmq_ffn(st, false, down, NULL, grp, k, n, j0, max_slots, wtab, act, rows_h, 0.0f, out, iq2_table());
+    }
+    e = k_quantize_act(st, down->type, h, K, 0, NULL, K, 1, rows_h, act);
     if (e != cudaSuccess) return e;
     uint32_t qk = act_is_q8k(down->type) ? DS4_QK_K : DS4_QK8_0;
     qffn_args a = {down->data, nullptr, down->row_bytes, down->ne[1], K / qk, (uint32_t)down->ne[2], k, n, grp,

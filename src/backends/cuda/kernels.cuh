@@ -43,9 +43,34 @@ bool k_quant_type(uint32_t type);
 uint64_t k_act_row_bytes(uint32_t type, uint64_t K);
 cudaError_t k_quantize_act(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
                            const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act);
+/* The tensor-core layout of quantized activations (k_quantize_split, for
+ * the prefill products of k_mmq.cu): the int8 values of all rows
+ * [rows][K], then the block scales as floats [rows][K / 32 or K / 256],
+ * then, for Q8_K, the sums of 16 values [rows][K / 16]. */
+typedef struct act_split {
+    int8_t *qs;
+    float *d;
+    int16_t *bs;
+} act_split;
+act_split k_act_split(uint32_t wtype, void *act, uint64_t rows, uint64_t K);
+/* Scratch bytes for rows activation rows in either layout. */
+uint64_t k_act_bytes(uint32_t wtype, uint64_t K, uint64_t rows);
+cudaError_t k_quantize_split(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
+                             const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act);
 cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
                       uint64_t x_group, const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y,
                       uint64_t y_stride, void *act);
+/* Tensor-core versions (k_mmq.cu) that k_qlinear, k_qffn_up and
+ * k_qffn_down use for two or more tokens where k_mmq_usable (Q8_0, Q2_K,
+ * IQ2_XXS; K a multiple of 256; rows of whole 16-byte lines; sm_80 or
+ * newer; not with DS4_CUDA_NO_MMA set): act in the split layout, tab the
+ * IQ2_XXS tables on the device. */
+bool k_mmq_usable(uint32_t type, const void *w, uint64_t row_bytes, uint64_t K);
+cudaError_t k_mmq_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
+                         const void *act, uint32_t n_tok, float *y, uint64_t y_stride, const uint8_t *tab);
+cudaError_t k_mmq_ffn(cudaStream_t st, bool up, const ds4_tensor *w0, const ds4_tensor *w1, const int32_t *grp, uint32_t k,
+                      uint32_t n, uint32_t j0, uint32_t slots, const uint8_t *const *wtab, const void *act,
+                      uint64_t act_rows, float limit, float *y, const uint8_t *tab);
 /* k_ffn_up / k_ffn_down for quantized expert (or shared expert) weights;
  * act holds n rows (up) or the h rows (down: n*k routed, n shared). */
 cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,

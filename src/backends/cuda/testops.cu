@@ -77,7 +77,7 @@ extern "C" int ds4_gpu_test_linear(uint32_t type, const void *w, uint32_t K, uin
     DEV(dx, x, x_floats * 4);
     if (xscale) DEV(ds, xscale, n_tok * 4);
     DEV(dy, NULL, ybytes);
-    if (quant) DEV(dact, NULL, (size_t)n_tok * groups * k_act_row_bytes(type, K));
+    if (quant) DEV(dact, NULL, k_act_bytes(type, K, (uint64_t)n_tok * groups));
     {
         ds4_tensor t = tensor(type, dw, K, (uint64_t)rows * groups, 1);
         if (quant)

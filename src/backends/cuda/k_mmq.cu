@@ -1,0 +1,412 @@
+/* Tensor-core products for prefill: Q8_0, Q2_K and IQ2_XXS weights against
+ * activations quantized like the CPU's (Q8_0 or Q8_K values, in the split
+ * layout of k_quantize_split), with mma.sync m16n8k32 (int8 x int8 into
+ * exact int32 sums), for every product of two or more tokens.
+ *
+ * The integer sums are the ones of the dp4a kernels and of the scalar
+ * reference: mma adds exact int8 products into int32, so a 32-value block
+ * (Q8_0, IQ2_XXS) or a 256-value block with its sub-block scales folded into
+ * the weights (Q2_K: scale * q <= 45 still fits int8) gives the same integer
+ * as the reference. Scales then apply in the reference's float expressions,
+ * and results add in the fixed order of docs/NUMERICS.md (a tree over the
+ * eight Q8_0 blocks of every 256 values, then 256-value steps in ascending
+ * order), which the single-token kernels of k_quant.cu follow too: a token's
+ * result never depends on how many tokens shared its launch.
+ *
+ * A block of 4 warps takes 64 weight rows (16 per warp) and a tile of BN
+ * tokens, and walks K in steps of 256 values: the weight rows' bytes of the
+ * next step and the tokens' int8 values are copied to shared memory with
+ * cp.async while the current step is multiplied; IQ2_XXS and Q2_K rows are
+ * first decoded to int8 in shared memory, once per step for all the
+ * tile's tokens. Needs sm_80 (k_mmq_usable checks). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/kernels.cuh"
+
+#define _Static_assert static_assert
+extern "C" {
+#include "formats/quant/blocks.h"
+}
+#undef _Static_assert
+
+#define MM_ROWS 64
+#define MM_THREADS 128
+#define MM_XS (256 + 16) /* bytes per staged row of 256 int8 (the pad makes fragment loads conflict-free) */
+
+/* Bytes per 256 values (SB) and the 16-byte lines that can cover them at
+ * any 16-byte phase (RL); QKA: the activation block (scale granule). */
+template <uint32_t TYPE> struct mw;
+template <> struct mw<GGML_TYPE_Q8_0> {
+    static constexpr uint32_t SB = 8 * 34, RL = 17, QKA = 32;
+    static constexpr bool DECODE = true;
+};
+template <> struct mw<GGML_TYPE_Q2_K> {
+    static constexpr uint32_t SB = 84, RL = 7, QKA = 256;
+    static constexpr bool DECODE = true;
+};
+template <> struct mw<GGML_TYPE_IQ2_XXS> {
+    static constexpr uint32_t SB = 66, RL = 6, QKA = 256;
+    static constexpr bool DECODE = true;
+};
+
+typedef struct mmq_args {
+    const uint8_t *w0, *w1; /* dense: the matrix; experts: gate (or down) and up tensors */
+    uint64_t row_bytes, rows; /* rows: per group (dense) or per expert */
+    uint64_t r0;              /* dense: first row of group 0 */
+    uint32_t K, groups, n_tok;
+    act_split x; /* activation rows: dense t * groups + g; up: the token; down: the h row */
+    float *y;
+    uint64_t y_stride;
+    /* experts (expert_slot / expert_row) */
+    const int32_t *grp;
+    uint32_t n_expert, k, n, j0;
+    const uint8_t *const *wtab;
+    float limit;
+    const uint8_t *tab; /* IQ2_XXS grid and signs (device) */
+} mmq_args;
+
+__device__ __forceinline__ uint16_t mm_ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+__device__ __forceinline__ int mm_i8x4_a2(const uint8_t *p) {
+    const uint16_t *h = (const uint16_t *)p;
+    return (int)((uint32_t)h[0] | ((uint32_t)h[1] << 16));
+}
+__device__ __forceinline__ uint32_t mm_sign_mask4(uint32_t bits) { return ((bits * 0x00204081u) & 0x01010101u) * 0xffu; }
+
+/* c += A (16x32, rows g / g+8, k 4t.. / 16+4t..) . B (32x8) */
+__device__ __forceinline__ void mma_s8(int *c, const int *a, const int *b) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    (void)c, (void)a, (void)b;
+    __trap(); /* never launched below sm_80 */
+#endif
+}
+
+/* Shared memory of a block (see the layout in mmq_kernel). */
+template <uint32_t TYPE> static constexpr uint32_t mmq_smem(int BN, int NM) {
+    return 2 * NM * MM_ROWS * mw<TYPE>::RL * 16 + 2 * BN * MM_XS + 2 * BN * 8 * 4 + 2 * BN * 16 * 2 + BN * 4 +
+           (mw<TYPE>::DECODE ? NM * MM_ROWS * MM_XS : 0) + NM * MM_ROWS * 16 * 4 + NM * MM_ROWS * 2 * 4 +
+           (TYPE == GGML_TYPE_IQ2_XXS ? 256 * 8 + 128 : 0);
+}
+
+/* One step's weight bytes (raw, at 16-byte phase off) of NM x 64 rows
+ * decoded to int8 rows of sw, with per-row scales: IQ2_XXS: 2 ls + 1 per
+ * 32 values in sc, d in wd; Q2_K: scale * q in sw, the 16 mins in sc, d and
+ * dmin in wd. */
+template <uint32_t TYPE, int NM>
+__device__ __forceinline__ void decode_step(const uint8_t *raw, uint32_t off, uint8_t *sw, int *sc, float *wd,
+                                            const uint8_t *tab) {
+    constexpr uint32_t RB = mw<TYPE>::RL * 16;
+    for (uint32_t it = threadIdx.x; it < NM * MM_ROWS * 32; it += MM_THREADS) {
+        uint32_t mr = it >> 5, q = it & 31; /* (matrix, row), 8-value group */
+        const uint8_t *blk = raw + mr * RB + off;
+        uint8_t *dst = sw + mr * MM_XS + 8 * q;
+        if constexpr (TYPE == GGML_TYPE_Q8_0) { /* block q >> 2, values 8 (q & 3).. (2-byte aligned) */
+            const uint8_t *qs = blk + 34 * (q >> 2) + 2 + 8 * (q & 3);
+            *(uint2 *)dst = make_uint2((uint32_t)mm_i8x4_a2(qs), (uint32_t)mm_i8x4_a2(qs + 4));
+            if ((q & 3) == 0) ((float *)sc)[mr * 16 + (q >> 2)] = f16_to_f32(mm_ld16(blk + 34 * (q >> 2)));
+        } else if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
+            uint32_t ib = q >> 2, k = q & 3;
+            const uint8_t *qs = blk + 2 + 8 * ib;
+            uint32_t aux = (uint32_t)mm_ld16(qs + 4) | ((uint32_t)mm_ld16(qs + 6) << 16);
+            uint32_t sg = tab[256 * 8 + ((aux >> (7 * k)) & 127)];
+            const uint32_t *gv = (const uint32_t *)(tab + 8 * qs[k]);
+            uint32_t m0 = mm_sign_mask4(sg & 15), m1 = mm_sign_mask4(sg >> 4);
+            *(uint2 *)dst = make_uint2(__vsub4(gv[0] ^ m0, m0), __vsub4(gv[1] ^ m1, m1));
+            if (k == 0) sc[mr * 16 + ib] = (int)(2 * (aux >> 28) + 1);
+            if (q == 0) wd[mr * 2] = f16_to_f32(mm_ld16(blk));
+        } else { /* Q2_K: value i = 8q.. is (qs[32 (i / 128) + i % 32] >> 2 ((i / 32) % 4)) & 3 */
+            uint32_t i0 = 8 * q, sh = 2 * ((i0 >> 5) & 3), kk = i0 >> 4;
+            const uint8_t *qs = blk + 16 + 32 * (i0 >> 7) + (i0 & 31); /* 4-byte aligned: off is */
+            uint32_t s = blk[kk] & 15;
+            uint32_t v0 = ((*(const uint32_t *)qs >> sh) & 0x03030303u) * s; /* bytes <= 45: no carries */
+            uint32_t v1 = ((*(const uint32_t *)(qs + 4) >> sh) & 0x03030303u) * s;
+            *(uint2 *)dst = make_uint2(v0, v1);
+            if ((q & 1) == 0) sc[mr * 16 + kk] = blk[kk] >> 4;
+            if (q == 0) {
+                wd[mr * 2] = f16_to_f32(mm_ld16(blk + 80));
+                wd[mr * 2 + 1] = f16_to_f32(mm_ld16(blk + 82));
+            }
+        }
+    }
+}
+
+/* MODE 0: dense rows (groups, token tiles in grid z); 1: expert gate and up
+ * with SwiGLU (NM = 2); 2: expert down. */
+template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_bounds__(MM_THREADS) mmq_kernel(mmq_args a) {
+    using F = mw<TYPE>;
+    constexpr int NT = BN / 8;
+    constexpr uint32_t RB = F::RL * 16, ND = F::QKA == 32 ? 8 : 1;
+    extern __shared__ __align__(16) uint8_t sm[];
+    uint8_t *sraw = sm;                                             /* [2][NM][64][RB] */
+    uint8_t *sx = sraw + 2 * NM * MM_ROWS * RB;                     /* [2][BN][MM_XS] */
+    float *sxd = (float *)(sx + 2 * BN * MM_XS);                    /* [2][BN][8] */
+    int16_t *sbs = (int16_t *)(sxd + 2 * BN * 8);                   /* [2][BN][16] */
+    int *srow = (int *)(sbs + 2 * BN * 16);                         /* [BN] */
+    uint8_t *sw = (uint8_t *)(srow + BN);                           /* [NM][64][MM_XS] */
+    int *ssc = (int *)(sw + (F::DECODE ? NM * MM_ROWS * MM_XS : 0)); /* [NM][64][16] */
+    float *swd = (float *)(ssc + NM * MM_ROWS * 16);                /* [NM][64][2] */
+    uint8_t *tab = (uint8_t *)(swd + NM * MM_ROWS * 2);
+
+    uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
+    uint64_t rt = (uint64_t)blockIdx.x * MM_ROWS;
+    if (rt >= a.rows) return;
+    uint32_t nr = a.rows - rt < MM_ROWS ? (uint32_t)(a.rows - rt) : MM_ROWS;
+    const uint8_t *wb[NM];
+    uint32_t m0 = 0, cnt = a.n_tok, gi = 0, t_first = 0, t_step = BN;
+    const int32_t *members = nullptr;
+    if constexpr (MODE == 0) {
+        gi = blockIdx.y;
+        wb[0] = a.w0 + (a.r0 + (uint64_t)gi * a.rows + rt) * a.row_bytes;
+        t_first = blockIdx.z * BN;
+        t_step = cnt; /* one tile */
+    } else {
+        uint32_t e;
+        if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return;
+        const uint8_t *up = nullptr;
+        wb[0] = expert_row<MODE == 1>(a, e, (uint32_t)rt, &up);
+        if constexpr (NM == 2) wb[1] = up;
+    }
+    if constexpr (TYPE == GGML_TYPE_IQ2_XXS)
+        for (uint32_t i = threadIdx.x; i < (256 * 8 + 128) / 4; i += MM_THREADS) ((uint32_t *)tab)[i] = ((const uint32_t *)a.tab)[i];
+    const uint32_t S = a.K / 256;
+
+    for (uint32_t t0 = t_first; t0 < cnt; t0 += t_step) {
+        uint32_t nt = cnt - t0 < BN ? cnt - t0 : BN;
+        __syncthreads(); /* the previous tile is done with srow and the buffers */
+        if (threadIdx.x < BN) {
+            uint32_t i = t0 + (threadIdx.x < nt ? threadIdx.x : nt - 1);
+            srow[threadIdx.x] = MODE == 0 ? (int)(i * a.groups + gi)
+                                          : (int)(MODE == 1 && members ? (uint32_t)members[m0 + i] / a.k : m0 + i);
+        }
+        __syncthreads();
+        auto issue = [&](uint32_t s) {
+            uint32_t buf = s & 1, o = s * F::SB, l0 = o / 16, nl = (o % 16 + F::SB + 15) / 16;
+            for (uint32_t i = threadIdx.x; i < NM * MM_ROWS * F::RL; i += MM_THREADS) {
+                uint32_t mr = i / F::RL, l = i % F::RL, m = mr / MM_ROWS, r = mr % MM_ROWS;
+                if (r < nr && l < nl)
+                    cp_async16(sraw + ((buf * NM + m) * MM_ROWS + r) * RB + 16 * l, wb[m] + r * a.row_bytes + 16 * (l0 + l));
+            }
+            for (uint32_t i = threadIdx.x; i < BN * 16; i += MM_THREADS) {
+                uint32_t t = i >> 4, l = i & 15;
+                if (t < nt) cp_async16(sx + (buf * BN + t) * MM_XS + 16 * l, a.x.qs + (uint64_t)srow[t] * a.K + s * 256 + 16 * l);
+            }
+            /* Scales by plain loads from L2: with 4-byte cp.async (only
+             * the .ca form, through L1, exists at that size) the kernels
+             * read stale scales now and then (logits changed from run to
+             * run), the activation scratch being rewritten by the
+             * quantizer before every product. */
+            for (uint32_t i = threadIdx.x; i < BN * ND; i += MM_THREADS) {
+                uint32_t t = i / ND, j = i % ND;
+                if (t < nt) sxd[(buf * BN + t) * 8 + j] = __ldcg(a.x.d + (uint64_t)srow[t] * (a.K / F::QKA) + s * ND + j);
+            }
+            if constexpr (TYPE == GGML_TYPE_Q2_K)
+                for (uint32_t i = threadIdx.x; i < BN * 2; i += MM_THREADS) {
+                    uint32_t t = i >> 1, h = i & 1;
+                    if (t < nt) cp_async16(sbs + (buf * BN + t) * 16 + 8 * h, a.x.bs + (uint64_t)srow[t] * (a.K / 16) + s * 16 + 8 * h);
+                }
+            cp_async_commit();
+        };
+
+        float acc[NM][NT][4];
+#pragma unroll
+        for (int m = 0; m < NM; m++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[m][j][i] = 0.0f;
+
+        issue(0);
+        for (uint32_t s = 0; s < S; s++) {
+            if (s + 1 < S) issue(s + 1);
+            else cp_async_commit();
+            cp_async_wait_all_but_one();
+            __syncthreads();
+            uint32_t buf = s & 1, off = (s * F::SB) % 16;
+            const uint8_t *raw = sraw + buf * NM * MM_ROWS * RB;
+            if constexpr (F::DECODE) {
+                decode_step<TYPE, NM>(raw, off, sw, ssc, swd, tab);
+                __syncthreads();
+            }
+            const uint8_t *xs = sx + buf * BN * MM_XS;
+            const float *xd = sxd + buf * BN * 8;
+            uint32_t r_lo = 16 * warp + g; /* this thread's rows: r_lo and r_lo + 8 */
+            /* per-output integer sums (Q2_K: of the whole step; IQ2_XXS: scaled per block) */
+            int isum[NM][NT][4];
+            float q0[NM][NT][4], q1[NM][NT][4], q2[NM][NT][4]; /* Q8_0: the tree's pending sums */
+#pragma unroll
+            for (int m = 0; m < NM; m++)
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) isum[m][j][i] = 0;
+#pragma unroll
+            for (int sub = 0; sub < 8; sub++) {
+                int A[NM][4];
+#pragma unroll
+                for (int m = 0; m < NM; m++) {
+                    if constexpr (F::DECODE) {
+                        const uint8_t *p = sw + (m * MM_ROWS + r_lo) * MM_XS + 32 * sub + 4 * tg;
+                        A[m][0] = *(const int *)p;
+                        A[m][1] = *(const int *)(p + 8 * MM_XS);
+                        A[m][2] = *(const int *)(p + 16);
+                        A[m][3] = *(const int *)(p + 8 * MM_XS + 16);
+                    } else {
+                        const uint8_t *p = raw + (m * MM_ROWS + r_lo) * RB + 34 * sub + 2 + 4 * tg;
+                        A[m][0] = mm_i8x4_a2(p);
+                        A[m][1] = mm_i8x4_a2(p + 8 * RB);
+                        A[m][2] = mm_i8x4_a2(p + 16);
+                        A[m][3] = mm_i8x4_a2(p + 8 * RB + 16);
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < NT; j++) {
+                    const uint8_t *p = xs + (8 * j + g) * MM_XS + 32 * sub + 4 * tg;
+                    int B[2] = {*(const int *)p, *(const int *)(p + 16)};
+#pragma unroll
+                    for (int m = 0; m < NM; m++) {
+                        if constexpr (TYPE == GGML_TYPE_Q2_K) {
+                            mma_s8(isum[m][j], A[m], B);
+                        } else {
+                            int c[4] = {0, 0, 0, 0};
+                            mma_s8(c, A[m], B);
+#pragma unroll
+                            for (int i = 0; i < 4; i++) {
+                                uint32_t r = r_lo + 8 * (i >> 1), col = 8 * j + 2 * tg + (i & 1);
+                                if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
+                                    isum[m][j][i] += c[i] * ssc[(m * MM_ROWS + r) * 16 + sub];
+                                } else {
+                                    float dw = ((const float *)ssc)[(m * MM_ROWS + r) * 16 + sub];
+                                    float t = (float)c[i] * (dw * xd[col * 8 + sub]);
+                                    /* ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7)) */
+                                    if (sub == 0 || sub == 2 || sub == 4) (sub == 0 ? q0 : q1)[m][j][i] = t;
+                                    else if (sub == 6) q2[m][j][i] = t;
+                                    else if (sub == 1) q0[m][j][i] = q0[m][j][i] + t;
+                                    else if (sub == 3) {
+                                        q1[m][j][i] = q1[m][j][i] + t;
+                                        q0[m][j][i] = q0[m][j][i] + q1[m][j][i];
+                                    } else if (sub == 5) q1[m][j][i] = q1[m][j][i] + t;
+                                    else {
+                                        q2[m][j][i] = q2[m][j][i] + t;
+                                        q1[m][j][i] = q1[m][j][i] + q2[m][j][i];
+                                        acc[m][j][i] += q0[m][j][i] + q1[m][j][i];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if constexpr (TYPE != GGML_TYPE_Q8_0) {
+#pragma unroll
+                for (int m = 0; m < NM; m++)
+#pragma unroll
+                    for (int j = 0; j < NT; j++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            uint32_t r = m * MM_ROWS + r_lo + 8 * (i >> 1), col = 8 * j + 2 * tg + (i & 1);
+                            float dx = xd[col * 8];
+                            if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
+                                acc[m][j][i] += 0.125f * (swd[2 * r] * dx) * (float)isum[m][j][i];
+                            } else {
+                                const int16_t *bs = sbs + (buf * BN + col) * 16;
+                                int ms = 0;
+#pragma unroll
+                                for (int kk = 0; kk < 16; kk++) ms += ssc[r * 16 + kk] * bs[kk];
+                                float dall = dx * swd[2 * r], dmin = dx * swd[2 * r + 1];
+                                acc[m][j][i] += dall * (float)isum[m][j][i] - dmin * (float)ms;
+                            }
+                        }
+            }
+            __syncthreads(); /* buffer s & 1 and sw are refilled next */
+        }
+
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                uint32_t r = 16 * warp + g + 8 * (i >> 1), col = 8 * j + 2 * tg + (i & 1);
+                if (r >= nr || col >= nt) continue;
+                if constexpr (MODE == 0) {
+                    a.y[(uint64_t)(t0 + col) * a.y_stride + (uint64_t)gi * a.rows + rt + r] = acc[0][j][i];
+                } else {
+                    float v = acc[0][j][i];
+                    if constexpr (MODE == 1) v = swiglu_clamped(v, acc[NM - 1][j][i], a.limit);
+                    a.y[(uint64_t)(m0 + t0 + col) * a.rows + rt + r] = v;
+                }
+            }
+    }
+}
+
+static bool mmq_type(uint32_t type) {
+    return type == GGML_TYPE_Q8_0 || type == GGML_TYPE_Q2_K || type == GGML_TYPE_IQ2_XXS;
+}
+
+bool k_mmq_usable(uint32_t type, const void *w, uint64_t row_bytes, uint64_t K) {
+    static int major = -1;
+    if (major < 0) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+            major = 0;
+    }
+    if (getenv("DS4_CUDA_NO_MMA")) return false;
+    return major >= 8 && mmq_type(type) && K % 256 == 0 && row_bytes % 16 == 0 && (uintptr_t)w % 16 == 0;
+}
+
+template <class Kern> static void mmq_launch(Kern kernel, uint32_t smem, dim3 grid, const mmq_args &a, cudaStream_t st) {
+    if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    kernel<<<grid, MM_THREADS, smem, st>>>(a);
+}
+
+#define MMQ_SWITCH(type, CALL)                            \
+    switch (type) {                                       \
+    case GGML_TYPE_Q8_0: CALL(GGML_TYPE_Q8_0); break;     \
+    case GGML_TYPE_Q2_K: CALL(GGML_TYPE_Q2_K); break;     \
+    case GGML_TYPE_IQ2_XXS: CALL(GGML_TYPE_IQ2_XXS); break; \
+    default: return cudaErrorInvalidValue;                \
+    }
+
+#define MM_DENSE_BN 32
+#define MM_EXPERT_BN 16
+
+cudaError_t k_mmq_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
+                         const void *act, uint32_t n_tok, float *y, uint64_t y_stride, const uint8_t *tab) {
+    mmq_args a;
+    memset(&a, 0, sizeof a);
+    a.w0 = w->data, a.row_bytes = w->row_bytes, a.rows = n_rows, a.r0 = r0;
+    a.K = (uint32_t)w->ne[0], a.groups = groups, a.n_tok = n_tok;
+    a.x = k_act_split(w->type, (void *)act, (uint64_t)n_tok * groups, a.K);
+    a.y = y, a.y_stride = y_stride, a.tab = tab;
+    dim3 grid(div_up(n_rows, MM_ROWS), groups, div_up(n_tok, MM_DENSE_BN));
+#define ML(T) mmq_launch(mmq_kernel<T, MM_DENSE_BN, 1, 0>, mmq_smem<T>(MM_DENSE_BN, 1), grid, a, st)
+    MMQ_SWITCH(w->type, ML)
+#undef ML
+    return LAUNCH_STATUS();
+}
+
+cudaError_t k_mmq_ffn(cudaStream_t st, bool up, const ds4_tensor *w0, const ds4_tensor *w1, const int32_t *grp, uint32_t k,
+                      uint32_t n, uint32_t j0, uint32_t slots, const uint8_t *const *wtab, const void *act,
+                      uint64_t act_rows, float limit, float *y, const uint8_t *tab) {
+    mmq_args a;
+    memset(&a, 0, sizeof a);
+    a.w0 = w0->data, a.w1 = w1 ? w1->data : nullptr, a.row_bytes = w0->row_bytes, a.rows = w0->ne[1];
+    a.K = (uint32_t)w0->ne[0], a.groups = 1, a.n_tok = n;
+    a.x = k_act_split(w0->type, (void *)act, act_rows, a.K);
+    a.y = y, a.grp = grp, a.n_expert = (uint32_t)w0->ne[2], a.k = k, a.n = n, a.j0 = j0, a.wtab = wtab, a.limit = limit;
+    a.tab = tab;
+    dim3 grid(div_up(a.rows, MM_ROWS), grp ? slots : 1);
+    if (up) {
+#define MU(T) mmq_launch(mmq_kernel<T, MM_EXPERT_BN, 2, 1>, mmq_smem<T>(MM_EXPERT_BN, 2), grid, a, st)
+        MMQ_SWITCH(w0->type, MU)
+#undef MU
+    } else {
+#define MD(T) mmq_launch(mmq_kernel<T, MM_EXPERT_BN, 1, 2>, mmq_smem<T>(MM_EXPERT_BN, 1), grid, a, st)
+        MMQ_SWITCH(w0->type, MD)
+#undef MD
+    }
+    return LAUNCH_STATUS();
+}

@@ -120,7 +120,9 @@ template <int KIND, int TT> __global__ void linear_kernel(lin_args a) {
     const float *x = a.x + g * a.x_group;
     float *y = a.y + g * a.n_rows + r;
     int lane = threadIdx.x & 31;
-    for (uint32_t t0 = 0; t0 < a.n_tok; t0 += TT) {
+    /* grid z: token tiles (token_tiles), so a prefill chunk spreads over
+     * the GPU; a token's operations are the same whichever block takes it */
+    for (uint32_t t0 = blockIdx.z * TT; t0 < a.n_tok; t0 += TT * gridDim.z) {
         int nt = a.n_tok - t0 < TT ? (int)(a.n_tok - t0) : TT;
         const float *xr[TT];
         float xs[TT], acc[TT];
@@ -152,7 +154,9 @@ template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
     float *y = a.y + g * a.n_rows + r;
     uint32_t nch = a.K / V, per = (nch + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
     uint32_t c0 = warp * per < nch ? warp * per : nch, c1 = c0 + per < nch ? c0 + per : nch;
-    for (uint32_t t0 = 0; t0 < a.n_tok; t0 += TT) {
+    /* grid z: token tiles (token_tiles), so a prefill chunk spreads over
+     * the GPU; a token's operations are the same whichever block takes it */
+    for (uint32_t t0 = blockIdx.z * TT; t0 < a.n_tok; t0 += TT * gridDim.z) {
         int nt = a.n_tok - t0 < TT ? (int)(a.n_tok - t0) : TT;
         const float *xr[TT];
         float xs[TT], acc[TT];
@@ -204,9 +208,17 @@ static int pick_kind(uint32_t type, uint64_t K, uint64_t row_bytes, const void *
     return type == GGML_TYPE_F32 ? 0 : (type == GGML_TYPE_F16 ? 1 : 2);
 }
 
+/* Grid z of the float products: tiles of 8 tokens (the TT of the
+ * multi-token kernels), capped; 1 for a single token. */
+static unsigned token_tiles(uint32_t n_tok) {
+    unsigned t = div_up(n_tok, 8);
+    return n_tok == 1 ? 1 : (t < 4096 ? t : 4096);
+}
+
 template <int KIND> static void launch_linear(const lin_args &a, dim3 grid, cudaStream_t st) {
+    grid.z = token_tiles(a.n_tok);
     if (a.n_rows <= 512 && a.K >= 4096) {
-        dim3 g(a.n_rows, grid.y);
+        dim3 g(a.n_rows, grid.y, grid.z);
         if (a.n_tok == 1) linear_rowblock_kernel<KIND, 1><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
         else linear_rowblock_kernel<KIND, 8><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
         return;
@@ -325,7 +337,7 @@ cudaError_t k_linear_rms(cudaStream_t st, const ds4_tensor *w, const float *x, u
     uint64_t n_rows = w->ne[1];
     lin_args a = {w->data, w->row_bytes, w->type, (uint32_t)w->ne[0], 0, n_rows, 0, x, x_stride, NULL, n_tok, y, y_stride,
                   eps};
-    dim3 g(n_rows, 1);
+    dim3 g(n_rows, 1, token_tiles(n_tok));
 #define RB(KD)                                                                              \
     case KD:                                                                                \
         if (n_tok == 1) linear_rowblock_kernel<KD, 1><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a); \

@@ -167,6 +167,10 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
     } else {
         uint32_t e;
         if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return;
+        if (!a.grp) { /* the shared expert: token tiles in grid z, like dense rows */
+            t_first = blockIdx.z * BN;
+            t_step = cnt;
+        }
         const uint8_t *up = nullptr;
         wb[0] = expert_row<MODE == 1>(a, e, (uint32_t)rt, &up);
         if constexpr (NM == 2) wb[1] = up;
@@ -398,7 +402,7 @@ cudaError_t k_mmq_ffn(cudaStream_t st, bool up, const ds4_tensor *w0, const ds4_
     a.x = k_act_split(w0->type, (void *)act, act_rows, a.K);
     a.y = y, a.grp = grp, a.n_expert = (uint32_t)w0->ne[2], a.k = k, a.n = n, a.j0 = j0, a.wtab = wtab, a.limit = limit;
     a.tab = tab;
-    dim3 grid(div_up(a.rows, MM_ROWS), grp ? slots : 1);
+    dim3 grid(div_up(a.rows, MM_ROWS), grp ? slots : 1, grp ? 1 : div_up(n, MM_EXPERT_BN));
     if (up) {
 #define MU(T) mmq_launch(mmq_kernel<T, MM_EXPERT_BN, 2, 1>, mmq_smem<T>(MM_EXPERT_BN, 2), grid, a, st)
         MMQ_SWITCH(w0->type, MU)

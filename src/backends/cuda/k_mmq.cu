@@ -40,7 +40,7 @@ extern "C" {
 template <uint32_t TYPE> struct mw;
 template <> struct mw<GGML_TYPE_Q8_0> {
     static constexpr uint32_t SB = 8 * 34, RL = 17, QKA = 32;
-    static constexpr bool DECODE = true;
+    static constexpr bool DECODE = false; /* the MMA reads the staged blocks */
 };
 template <> struct mw<GGML_TYPE_Q2_K> {
     static constexpr uint32_t SB = 84, RL = 7, QKA = 256;
@@ -87,29 +87,25 @@ __device__ __forceinline__ void mma_s8(int *c, const int *a, const int *b) {
 }
 
 /* Shared memory of a block (see the layout in mmq_kernel). */
-template <uint32_t TYPE> static constexpr uint32_t mmq_smem(int BN, int NM) {
-    return 2 * NM * MM_ROWS * mw<TYPE>::RL * 16 + 2 * BN * MM_XS + 2 * BN * 8 * 4 + 2 * BN * 16 * 2 + BN * 4 +
-           (mw<TYPE>::DECODE ? NM * MM_ROWS * MM_XS : 0) + NM * MM_ROWS * 16 * 4 + NM * MM_ROWS * 2 * 4 +
+template <uint32_t TYPE> static constexpr uint32_t mmq_smem(int BN) {
+    return 2 * MM_ROWS * mw<TYPE>::RL * 16 + 2 * BN * MM_XS + 2 * BN * 8 * 4 + 2 * BN * 16 * 2 + BN * 4 +
+           (mw<TYPE>::DECODE ? MM_ROWS * MM_XS : 0) + MM_ROWS * 16 * 4 + MM_ROWS * 2 * 4 +
            (TYPE == GGML_TYPE_IQ2_XXS ? 256 * 8 + 128 : 0);
 }
 
-/* One step's weight bytes (raw, at 16-byte phase off) of NM x 64 rows
+/* One step's weight bytes (raw, at 16-byte phase off) of 64 rows
  * decoded to int8 rows of sw, with per-row scales: IQ2_XXS: 2 ls + 1 per
  * 32 values in sc, d in wd; Q2_K: scale * q in sw, the 16 mins in sc, d and
  * dmin in wd. */
-template <uint32_t TYPE, int NM>
+template <uint32_t TYPE>
 __device__ __forceinline__ void decode_step(const uint8_t *raw, uint32_t off, uint8_t *sw, int *sc, float *wd,
                                             const uint8_t *tab) {
     constexpr uint32_t RB = mw<TYPE>::RL * 16;
-    for (uint32_t it = threadIdx.x; it < NM * MM_ROWS * 32; it += MM_THREADS) {
-        uint32_t mr = it >> 5, q = it & 31; /* (matrix, row), 8-value group */
+    for (uint32_t it = threadIdx.x; it < MM_ROWS * 32; it += MM_THREADS) {
+        uint32_t mr = it >> 5, q = it & 31; /* row, 8-value group */
         const uint8_t *blk = raw + mr * RB + off;
         uint8_t *dst = sw + mr * MM_XS + 8 * q;
-        if constexpr (TYPE == GGML_TYPE_Q8_0) { /* block q >> 2, values 8 (q & 3).. (2-byte aligned) */
-            const uint8_t *qs = blk + 34 * (q >> 2) + 2 + 8 * (q & 3);
-            *(uint2 *)dst = make_uint2((uint32_t)mm_i8x4_a2(qs), (uint32_t)mm_i8x4_a2(qs + 4));
-            if ((q & 3) == 0) ((float *)sc)[mr * 16 + (q >> 2)] = f16_to_f32(mm_ld16(blk + 34 * (q >> 2)));
-        } else if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
+        if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
             uint32_t ib = q >> 2, k = q & 3;
             const uint8_t *qs = blk + 2 + 8 * ib;
             uint32_t aux = (uint32_t)mm_ld16(qs + 4) | ((uint32_t)mm_ld16(qs + 6) << 16);
@@ -136,21 +132,23 @@ __device__ __forceinline__ void decode_step(const uint8_t *raw, uint32_t off, ui
 }
 
 /* MODE 0: dense rows (groups, token tiles in grid z); 1: expert gate and up
- * with SwiGLU (NM = 2); 2: expert down. */
+ * with SwiGLU (NM = 2); 2: expert down. The NM matrices of MODE 1 pass over
+ * K one after the other (their results stay in registers), so shared
+ * memory holds one matrix's rows and more blocks fit an SM. */
 template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_bounds__(MM_THREADS) mmq_kernel(mmq_args a) {
     using F = mw<TYPE>;
     constexpr int NT = BN / 8;
     constexpr uint32_t RB = F::RL * 16, ND = F::QKA == 32 ? 8 : 1;
     extern __shared__ __align__(16) uint8_t sm[];
-    uint8_t *sraw = sm;                                             /* [2][NM][64][RB] */
-    uint8_t *sx = sraw + 2 * NM * MM_ROWS * RB;                     /* [2][BN][MM_XS] */
-    float *sxd = (float *)(sx + 2 * BN * MM_XS);                    /* [2][BN][8] */
-    int16_t *sbs = (int16_t *)(sxd + 2 * BN * 8);                   /* [2][BN][16] */
-    int *srow = (int *)(sbs + 2 * BN * 16);                         /* [BN] */
-    uint8_t *sw = (uint8_t *)(srow + BN);                           /* [NM][64][MM_XS] */
-    int *ssc = (int *)(sw + (F::DECODE ? NM * MM_ROWS * MM_XS : 0)); /* [NM][64][16] */
-    float *swd = (float *)(ssc + NM * MM_ROWS * 16);                /* [NM][64][2] */
-    uint8_t *tab = (uint8_t *)(swd + NM * MM_ROWS * 2);
+    uint8_t *sraw = sm;                                          /* [2][64][RB] */
+    uint8_t *sx = sraw + 2 * MM_ROWS * RB;                       /* [2][BN][MM_XS] */
+    float *sxd = (float *)(sx + 2 * BN * MM_XS);                 /* [2][BN][8] */
+    int16_t *sbs = (int16_t *)(sxd + 2 * BN * 8);                /* [2][BN][16] */
+    int *srow = (int *)(sbs + 2 * BN * 16);                      /* [BN] */
+    uint8_t *sw = (uint8_t *)(srow + BN);                        /* [64][MM_XS] */
+    int *ssc = (int *)(sw + (F::DECODE ? MM_ROWS * MM_XS : 0));  /* [64][16] */
+    float *swd = (float *)(ssc + MM_ROWS * 16);                  /* [64][2] */
+    uint8_t *tab = (uint8_t *)(swd + MM_ROWS * 2);
 
     uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
     uint64_t rt = (uint64_t)blockIdx.x * MM_ROWS;
@@ -178,6 +176,7 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
     if constexpr (TYPE == GGML_TYPE_IQ2_XXS)
         for (uint32_t i = threadIdx.x; i < (256 * 8 + 128) / 4; i += MM_THREADS) ((uint32_t *)tab)[i] = ((const uint32_t *)a.tab)[i];
     const uint32_t S = a.K / 256;
+    const uint32_t r_lo = 16 * warp + g; /* this thread's rows: r_lo and r_lo + 8 */
 
     for (uint32_t t0 = t_first; t0 < cnt; t0 += t_step) {
         uint32_t nt = cnt - t0 < BN ? cnt - t0 : BN;
@@ -188,152 +187,145 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                                           : (int)(MODE == 1 && members ? (uint32_t)members[m0 + i] / a.k : m0 + i);
         }
         __syncthreads();
-        auto issue = [&](uint32_t s) {
-            uint32_t buf = s & 1, o = s * F::SB, l0 = o / 16, nl = (o % 16 + F::SB + 15) / 16;
-            for (uint32_t i = threadIdx.x; i < NM * MM_ROWS * F::RL; i += MM_THREADS) {
-                uint32_t mr = i / F::RL, l = i % F::RL, m = mr / MM_ROWS, r = mr % MM_ROWS;
-                if (r < nr && l < nl)
-                    cp_async16(sraw + ((buf * NM + m) * MM_ROWS + r) * RB + 16 * l, wb[m] + r * a.row_bytes + 16 * (l0 + l));
-            }
-            for (uint32_t i = threadIdx.x; i < BN * 16; i += MM_THREADS) {
-                uint32_t t = i >> 4, l = i & 15;
-                if (t < nt) cp_async16(sx + (buf * BN + t) * MM_XS + 16 * l, a.x.qs + (uint64_t)srow[t] * a.K + s * 256 + 16 * l);
-            }
-            /* Scales by plain loads from L2: with 4-byte cp.async (only
-             * the .ca form, through L1, exists at that size) the kernels
-             * read stale scales now and then (logits changed from run to
-             * run), the activation scratch being rewritten by the
-             * quantizer before every product. */
-            for (uint32_t i = threadIdx.x; i < BN * ND; i += MM_THREADS) {
-                uint32_t t = i / ND, j = i % ND;
-                if (t < nt) sxd[(buf * BN + t) * 8 + j] = __ldcg(a.x.d + (uint64_t)srow[t] * (a.K / F::QKA) + s * ND + j);
-            }
-            if constexpr (TYPE == GGML_TYPE_Q2_K)
-                for (uint32_t i = threadIdx.x; i < BN * 2; i += MM_THREADS) {
-                    uint32_t t = i >> 1, h = i & 1;
-                    if (t < nt) cp_async16(sbs + (buf * BN + t) * 16 + 8 * h, a.x.bs + (uint64_t)srow[t] * (a.K / 16) + s * 16 + 8 * h);
-                }
-            cp_async_commit();
-        };
-
         float acc[NM][NT][4];
 #pragma unroll
-        for (int m = 0; m < NM; m++)
+        for (int m = 0; m < NM; m++) {
 #pragma unroll
             for (int j = 0; j < NT; j++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) acc[m][j][i] = 0.0f;
+            /* step s of matrix m into buffer s & 1: its rows' bytes (16-byte
+             * lines covering them), the tokens' int8 values and scales */
+            auto issue = [&](uint32_t s) {
+                uint32_t buf = s & 1, o = s * F::SB, l0 = o / 16, nl = (o % 16 + F::SB + 15) / 16;
+                for (uint32_t i = threadIdx.x; i < MM_ROWS * F::RL; i += MM_THREADS) {
+                    uint32_t r = i / F::RL, l = i % F::RL;
+                    if (r < nr && l < nl) cp_async16(sraw + (buf * MM_ROWS + r) * RB + 16 * l, wb[m] + r * a.row_bytes + 16 * (l0 + l));
+                }
+                for (uint32_t i = threadIdx.x; i < BN * 16; i += MM_THREADS) {
+                    uint32_t t = i >> 4, l = i & 15;
+                    if (t < nt) cp_async16(sx + (buf * BN + t) * MM_XS + 16 * l, a.x.qs + (uint64_t)srow[t] * a.K + s * 256 + 16 * l);
+                }
+                /* Scales by plain loads from L2: with 4-byte cp.async (only
+                 * the .ca form, through L1, exists at that size) the kernels
+                 * read stale scales now and then (logits changed from run to
+                 * run), the activation scratch being rewritten by the
+                 * quantizer before every product. */
+                for (uint32_t i = threadIdx.x; i < BN * ND; i += MM_THREADS) {
+                    uint32_t t = i / ND, j = i % ND;
+                    if (t < nt) sxd[(buf * BN + t) * 8 + j] = __ldcg(a.x.d + (uint64_t)srow[t] * (a.K / F::QKA) + s * ND + j);
+                }
+                if constexpr (TYPE == GGML_TYPE_Q2_K)
+                    for (uint32_t i = threadIdx.x; i < BN * 2; i += MM_THREADS) {
+                        uint32_t t = i >> 1, h = i & 1;
+                        if (t < nt) cp_async16(sbs + (buf * BN + t) * 16 + 8 * h, a.x.bs + (uint64_t)srow[t] * (a.K / 16) + s * 16 + 8 * h);
+                    }
+                cp_async_commit();
+            };
 
-        issue(0);
-        for (uint32_t s = 0; s < S; s++) {
-            if (s + 1 < S) issue(s + 1);
-            else cp_async_commit();
-            cp_async_wait_all_but_one();
-            __syncthreads();
-            uint32_t buf = s & 1, off = (s * F::SB) % 16;
-            const uint8_t *raw = sraw + buf * NM * MM_ROWS * RB;
-            if constexpr (F::DECODE) {
-                decode_step<TYPE, NM>(raw, off, sw, ssc, swd, tab);
+            issue(0);
+            for (uint32_t s = 0; s < S; s++) {
+                if (s + 1 < S) issue(s + 1);
+                else cp_async_commit();
+                cp_async_wait_all_but_one();
                 __syncthreads();
-            }
-            const uint8_t *xs = sx + buf * BN * MM_XS;
-            const float *xd = sxd + buf * BN * 8;
-            uint32_t r_lo = 16 * warp + g; /* this thread's rows: r_lo and r_lo + 8 */
-            /* per-output integer sums (Q2_K: of the whole step; IQ2_XXS: scaled per block) */
-            int isum[NM][NT][4];
-            float q0[NM][NT][4], q1[NM][NT][4], q2[NM][NT][4]; /* Q8_0: the tree's pending sums */
-#pragma unroll
-            for (int m = 0; m < NM; m++)
+                uint32_t buf = s & 1, off = (s * F::SB) % 16;
+                const uint8_t *raw = sraw + buf * MM_ROWS * RB;
+                if constexpr (F::DECODE) {
+                    decode_step<TYPE>(raw, off, sw, ssc, swd, tab);
+                    __syncthreads();
+                }
+                const uint8_t *xs = sx + buf * BN * MM_XS;
+                const float *xd = sxd + buf * BN * 8;
+                /* per-output integer sums (Q2_K: of the whole step; IQ2_XXS: scaled per block) */
+                int isum[NT][4];
+                float q0[NT][4], q1[NT][4], q2[NT][4]; /* Q8_0: the tree's pending sums */
 #pragma unroll
                 for (int j = 0; j < NT; j++)
 #pragma unroll
-                    for (int i = 0; i < 4; i++) isum[m][j][i] = 0;
+                    for (int i = 0; i < 4; i++) isum[j][i] = 0;
+                float dw[2]; /* Q8_0: the block scales of rows r_lo, r_lo + 8 */
 #pragma unroll
-            for (int sub = 0; sub < 8; sub++) {
-                int A[NM][4];
-#pragma unroll
-                for (int m = 0; m < NM; m++) {
+                for (int sub = 0; sub < 8; sub++) {
+                    int A[4];
                     if constexpr (F::DECODE) {
-                        const uint8_t *p = sw + (m * MM_ROWS + r_lo) * MM_XS + 32 * sub + 4 * tg;
-                        A[m][0] = *(const int *)p;
-                        A[m][1] = *(const int *)(p + 8 * MM_XS);
-                        A[m][2] = *(const int *)(p + 16);
-                        A[m][3] = *(const int *)(p + 8 * MM_XS + 16);
-                    } else {
-                        const uint8_t *p = raw + (m * MM_ROWS + r_lo) * RB + 34 * sub + 2 + 4 * tg;
-                        A[m][0] = mm_i8x4_a2(p);
-                        A[m][1] = mm_i8x4_a2(p + 8 * RB);
-                        A[m][2] = mm_i8x4_a2(p + 16);
-                        A[m][3] = mm_i8x4_a2(p + 8 * RB + 16);
+                        const uint8_t *p = sw + r_lo * MM_XS + 32 * sub + 4 * tg;
+                        A[0] = *(const int *)p;
+                        A[1] = *(const int *)(p + 8 * MM_XS);
+                        A[2] = *(const int *)(p + 16);
+                        A[3] = *(const int *)(p + 8 * MM_XS + 16);
+                    } else { /* Q8_0 blocks straight from the staged bytes (2-byte aligned) */
+                        const uint8_t *p = raw + r_lo * RB + 34 * sub;
+                        A[0] = mm_i8x4_a2(p + 2 + 4 * tg);
+                        A[1] = mm_i8x4_a2(p + 8 * RB + 2 + 4 * tg);
+                        A[2] = mm_i8x4_a2(p + 18 + 4 * tg);
+                        A[3] = mm_i8x4_a2(p + 8 * RB + 18 + 4 * tg);
+                        dw[0] = f16_to_f32(mm_ld16(p));
+                        dw[1] = f16_to_f32(mm_ld16(p + 8 * RB));
                     }
-                }
 #pragma unroll
-                for (int j = 0; j < NT; j++) {
-                    const uint8_t *p = xs + (8 * j + g) * MM_XS + 32 * sub + 4 * tg;
-                    int B[2] = {*(const int *)p, *(const int *)(p + 16)};
-#pragma unroll
-                    for (int m = 0; m < NM; m++) {
+                    for (int j = 0; j < NT; j++) {
+                        const uint8_t *p = xs + (8 * j + g) * MM_XS + 32 * sub + 4 * tg;
+                        int B[2] = {*(const int *)p, *(const int *)(p + 16)};
                         if constexpr (TYPE == GGML_TYPE_Q2_K) {
-                            mma_s8(isum[m][j], A[m], B);
+                            mma_s8(isum[j], A, B);
                         } else {
                             int c[4] = {0, 0, 0, 0};
-                            mma_s8(c, A[m], B);
+                            mma_s8(c, A, B);
 #pragma unroll
                             for (int i = 0; i < 4; i++) {
                                 uint32_t r = r_lo + 8 * (i >> 1), col = 8 * j + 2 * tg + (i & 1);
                                 if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
-                                    isum[m][j][i] += c[i] * ssc[(m * MM_ROWS + r) * 16 + sub];
+                                    isum[j][i] += c[i] * ssc[r * 16 + sub];
                                 } else {
-                                    float dw = ((const float *)ssc)[(m * MM_ROWS + r) * 16 + sub];
-                                    float t = (float)c[i] * (dw * xd[col * 8 + sub]);
+                                    float t = (float)c[i] * (dw[i >> 1] * xd[col * 8 + sub]);
                                     /* ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7)) */
-                                    if (sub == 0 || sub == 2 || sub == 4) (sub == 0 ? q0 : q1)[m][j][i] = t;
-                                    else if (sub == 6) q2[m][j][i] = t;
-                                    else if (sub == 1) q0[m][j][i] = q0[m][j][i] + t;
+                                    if (sub == 0) q0[j][i] = t;
+                                    else if (sub == 2 || sub == 4) q1[j][i] = t;
+                                    else if (sub == 6) q2[j][i] = t;
+                                    else if (sub == 1) q0[j][i] = q0[j][i] + t;
                                     else if (sub == 3) {
-                                        q1[m][j][i] = q1[m][j][i] + t;
-                                        q0[m][j][i] = q0[m][j][i] + q1[m][j][i];
-                                    } else if (sub == 5) q1[m][j][i] = q1[m][j][i] + t;
+                                        q1[j][i] = q1[j][i] + t;
+                                        q0[j][i] = q0[j][i] + q1[j][i];
+                                    } else if (sub == 5) q1[j][i] = q1[j][i] + t;
                                     else {
-                                        q2[m][j][i] = q2[m][j][i] + t;
-                                        q1[m][j][i] = q1[m][j][i] + q2[m][j][i];
-                                        acc[m][j][i] += q0[m][j][i] + q1[m][j][i];
+                                        q2[j][i] = q2[j][i] + t;
+                                        q1[j][i] = q1[j][i] + q2[j][i];
+                                        acc[m][j][i] += q0[j][i] + q1[j][i];
                                     }
                                 }
                             }
                         }
                     }
                 }
-            }
-            if constexpr (TYPE != GGML_TYPE_Q8_0) {
-#pragma unroll
-                for (int m = 0; m < NM; m++)
+                if constexpr (TYPE != GGML_TYPE_Q8_0) {
 #pragma unroll
                     for (int j = 0; j < NT; j++)
 #pragma unroll
                         for (int i = 0; i < 4; i++) {
-                            uint32_t r = m * MM_ROWS + r_lo + 8 * (i >> 1), col = 8 * j + 2 * tg + (i & 1);
+                            uint32_t r = r_lo + 8 * (i >> 1), col = 8 * j + 2 * tg + (i & 1);
                             float dx = xd[col * 8];
                             if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
-                                acc[m][j][i] += 0.125f * (swd[2 * r] * dx) * (float)isum[m][j][i];
+                                acc[m][j][i] += 0.125f * (swd[2 * r] * dx) * (float)isum[j][i];
                             } else {
                                 const int16_t *bs = sbs + (buf * BN + col) * 16;
                                 int ms = 0;
 #pragma unroll
                                 for (int kk = 0; kk < 16; kk++) ms += ssc[r * 16 + kk] * bs[kk];
                                 float dall = dx * swd[2 * r], dmin = dx * swd[2 * r + 1];
-                                acc[m][j][i] += dall * (float)isum[m][j][i] - dmin * (float)ms;
+                                acc[m][j][i] += dall * (float)isum[j][i] - dmin * (float)ms;
                             }
                         }
+                }
+                __syncthreads(); /* buffer s & 1 and sw are refilled next */
             }
-            __syncthreads(); /* buffer s & 1 and sw are refilled next */
         }
 
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                uint32_t r = 16 * warp + g + 8 * (i >> 1), col = 8 * j + 2 * tg + (i & 1);
+                uint32_t r = r_lo + 8 * (i >> 1), col = 8 * j + 2 * tg + (i & 1);
                 if (r >= nr || col >= nt) continue;
                 if constexpr (MODE == 0) {
                     a.y[(uint64_t)(t0 + col) * a.y_stride + (uint64_t)gi * a.rows + rt + r] = acc[0][j][i];
@@ -386,7 +378,7 @@ cudaError_t k_mmq_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint
     a.x = k_act_split(w->type, (void *)act, (uint64_t)n_tok * groups, a.K);
     a.y = y, a.y_stride = y_stride, a.tab = tab;
     dim3 grid(div_up(n_rows, MM_ROWS), groups, div_up(n_tok, MM_DENSE_BN));
-#define ML(T) mmq_launch(mmq_kernel<T, MM_DENSE_BN, 1, 0>, mmq_smem<T>(MM_DENSE_BN, 1), grid, a, st)
+#define ML(T) mmq_launch(mmq_kernel<T, MM_DENSE_BN, 1, 0>, mmq_smem<T>(MM_DENSE_BN), grid, a, st)
     MMQ_SWITCH(w->type, ML)
 #undef ML
     return LAUNCH_STATUS();
@@ -404,11 +396,11 @@ cudaError_t k_mmq_ffn(cudaStream_t st, bool up, const ds4_tensor *w0, const ds4_
     a.tab = tab;
     dim3 grid(div_up(a.rows, MM_ROWS), grp ? slots : 1, grp ? 1 : div_up(n, MM_EXPERT_BN));
     if (up) {
-#define MU(T) mmq_launch(mmq_kernel<T, MM_EXPERT_BN, 2, 1>, mmq_smem<T>(MM_EXPERT_BN, 2), grid, a, st)
+#define MU(T) mmq_launch(mmq_kernel<T, MM_EXPERT_BN, 2, 1>, mmq_smem<T>(MM_EXPERT_BN), grid, a, st)
         MMQ_SWITCH(w0->type, MU)
 #undef MU
     } else {
-#define MD(T) mmq_launch(mmq_kernel<T, MM_EXPERT_BN, 1, 2>, mmq_smem<T>(MM_EXPERT_BN, 1), grid, a, st)
+#define MD(T) mmq_launch(mmq_kernel<T, MM_EXPERT_BN, 1, 2>, mmq_smem<T>(MM_EXPERT_BN), grid, a, st)
         MMQ_SWITCH(w0->type, MD)
 #undef MD
     }

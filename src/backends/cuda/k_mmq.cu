@@ -208,12 +208,13 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                     uint32_t t = i / ND, j = i % ND;
                     if (t < nt) sxd[(buf * BN + t) * 8 + j] = __ldcg(a.x.d + (uint64_t)srow[t] * (a.K / F::QKA) + s * ND + j);
                 }
-                if constexpr (TYPE == GGML_TYPE_Q2_K)
+                if constexpr (TYPE == GGML_TYPE_Q2_K) {
                     for (uint32_t i = threadIdx.x; i < BN * 2; i += MM_THREADS) {
                         uint32_t t = i >> 1, h = i & 1;
                         if (t < nt) cp_async16(sbs + (buf * BN + t) * 16 + 8 * h, a.x.bs + (uint64_t)srow[t] * (a.K / 16) + s * 16 + 8 * h);
                     }
-                cp_async_commit();
+                }
+                cp_async_commit(); /* braces above: unbraced, nvcc dropped this commit for Q8_0 and IQ2_XXS */
             };
 
             /* The copies of step s + 1 start once every thread has seen

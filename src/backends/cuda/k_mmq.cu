@@ -223,12 +223,15 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                 cp_async_commit();
             };
 
+            /* The copies of step s + 1 start once every thread has seen
+             * step s land (wait for all, then the barrier) and run while
+             * step s is multiplied; the barrier that ends a step keeps them
+             * off the buffer the step before was reading. */
             issue(0);
             for (uint32_t s = 0; s < S; s++) {
-                if (s + 1 < S) issue(s + 1);
-                else cp_async_commit();
-                cp_async_wait_all_but_one();
+                cp_async_wait_all();
                 __syncthreads();
+                if (s + 1 < S) issue(s + 1);
                 uint32_t buf = s & 1, off = (s * F::SB) % 16;
                 const uint8_t *raw = sraw + buf * MM_ROWS * RB;
                 if constexpr (F::DECODE) {

@@ -5,7 +5,10 @@
  * 256 for the K-quants and IQ2_XXS) with the CPU quantizers' exact
  * arithmetic, then every block contributes an exact integer inner product
  * scaled in float as in the scalar reference kernels. Only the order in
- * which block results are added differs (lane-strided, then a butterfly).
+ * which block results are added differs from the CPU's: every quantized
+ * product of this backend (these kernels and the tensor-core ones of
+ * k_mmq.cu) uses one fixed order (qdot_range, docs/NUMERICS.md), so a
+ * token's result is the same bits whatever the chunk it is computed in.
  *
  * Layout: one warp per output row, lanes over blocks; the block formats are
  * the ggml layouts of formats/quant/blocks.h. */

@@ -206,20 +206,22 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                     uint32_t t = i >> 4, l = i & 15;
                     if (t < nt) cp_async16(sx + (buf * BN + t) * MM_XS + 16 * l, a.x.qs + (uint64_t)srow[t] * a.K + s * 256 + 16 * l);
                 }
-                /* Scales by plain loads from L2: with 4-byte cp.async (only
-                 * the .ca form, through L1, exists at that size) the kernels
-                 * read stale scales now and then (logits changed from run to
-                 * run), the activation scratch being rewritten by the
-                 * quantizer before every product. */
+                /* scales: a few words per token, plain loads from L2 */
                 for (uint32_t i = threadIdx.x; i < BN * ND; i += MM_THREADS) {
                     uint32_t t = i / ND, j = i % ND;
                     if (t < nt) sxd[(buf * BN + t) * 8 + j] = __ldcg(a.x.d + (uint64_t)srow[t] * (a.K / F::QKA) + s * ND + j);
                 }
-                if constexpr (TYPE == GGML_TYPE_Q2_K)
+                if constexpr (TYPE == GGML_TYPE_Q2_K) {
                     for (uint32_t i = threadIdx.x; i < BN * 2; i += MM_THREADS) {
                         uint32_t t = i >> 1, h = i & 1;
                         if (t < nt) cp_async16(sbs + (buf * BN + t) * 16 + 8 * h, a.x.bs + (uint64_t)srow[t] * (a.K / 16) + s * 16 + 8 * h);
                     }
+                }
+                /* (the braces above matter: with that discarded statement
+                 * unbraced, nvcc 13 left this commit out of the Q8_0 and
+                 * IQ2_XXS kernels (no commit_group in their PTX), so the
+                 * waits did not cover the step's copies and results changed
+                 * from run to run) */
                 cp_async_commit();
             };
 

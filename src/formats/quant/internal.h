@@ -24,7 +24,7 @@
 #include <immintrin.h>
 #define DS4_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define DS4_TARGET_AVX512 \
-    __attribute__((target("avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx512bitalg")))
 
 /* Full unrolling of the small fixed loops of the tile kernels, so their
  * arrays of accumulators live in registers (GCC at -O2 would keep them in

@@ -771,15 +771,17 @@ static void bench(void) {
             fprintf(stderr, "\n");
             /* tile kernels: weight bytes per second per token, for
              * several tokens sharing each row */
-            if (t->vec_dot_tile[DS4_SIMD_AVX512] && ds4_simd_available(DS4_SIMD_AVX512) && si == 0) {
+            if (t->vec_dot_tile[DS4_SIMD_AVX512] && ds4_simd_available(DS4_SIMD_AVX512)) {
+                /* from memory only the decode case: one token */
                 const uint32_t toks[] = {1, 2, 4, 12, 32};
+                const size_t n_toks = si == 0 ? COUNT(toks) : 1;
                 const size_t ab = ds4_act_row_bytes(types[k], n);
                 uint8_t *acts = malloc(ab * 32);
                 for (int q = 0; q < 32; q++) memcpy(acts + q * ab, act, ab);
                 float *y = malloc(sizeof(float) * rows * 32);
                 void *scratch = aligned_alloc(64, (ds4_vec_dot_tile_scratch(n, 32) + 63) & ~(size_t)63);
-                fprintf(stderr, "bench %-7s tile (GB/s x tokens):", t->name);
-                for (size_t q = 0; q < COUNT(toks); q++) {
+                fprintf(stderr, "bench %-7s %s tile (GB/s x tokens):", t->name, si == 0 ? "L2  " : "DRAM");
+                for (size_t q = 0; q < n_toks; q++) {
                     double best = 0;
                     for (int trial = 0; trial < 3; trial++) {
                         int64_t passes = 0;

@@ -479,29 +479,22 @@ static const uint8_t k_iq2_level_mag[64] __attribute__((aligned(64))) = {
     8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0,
     8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0};
 
-/* Chunk 0's sign byte of value j, 8 (j / 32) + (j / 8) % 4 (chunk c adds
- * 16c), and the bit of that byte that is value j's, 1 << (j % 8). */
-static const uint8_t k_iq2_sign_spread[64] __attribute__((aligned(64))) = {
-    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
-    8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11};
-
 typedef struct {
     __m512i codes[8]; /* grid level codes, entries 32j .. 32j+31 in codes[j] */
-    __m512i idx_ctrl, level_mag, sign_spread, sign_bit;
+    __m512i idx_ctrl, level_mag;
 } iq2_vbmi_tabs;
 
 DS4_TARGET_AVX512 static inline __attribute__((always_inline)) void iq2_vbmi_init(iq2_vbmi_tabs *t) {
     for (int j = 0; j < 8; j++) t->codes[j] = _mm512_loadu_si512((const void *)(ds4_iq2xxs_codes + 32 * j));
     t->idx_ctrl = _mm512_load_si512((const void *)k_iq2_idx_ctrl);
     t->level_mag = _mm512_load_si512((const void *)k_iq2_level_mag);
-    t->sign_spread = _mm512_load_si512((const void *)k_iq2_sign_spread);
-    t->sign_bit = _mm512_set1_epi64(0x8040201008040201ll);
 }
 
 /* One block's qs, decoded as far as the chunks share: the level codes, the
  * sign bytes and the scales (layouts above). */
 typedef struct {
-    __m512i codes, signs, scales;
+    __m512i codes, scales;
+    uint64_t signs[4]; /* chunk c's 64-bit negation mask */
 } iq2_vbmi_block;
 
 DS4_TARGET_AVX512 static inline __attribute__((always_inline)) iq2_vbmi_block iq2_vbmi_block_decode(const iq2_vbmi_tabs *t,
@@ -523,7 +516,13 @@ DS4_TARGET_AVX512 static inline __attribute__((always_inline)) iq2_vbmi_block iq
     const __m512i s7 = _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x352e2720), q),
                                         _mm512_set1_epi8(0x7f));
     const __m512i par = _mm512_slli_epi16(_mm512_popcnt_epi8(s7), 7);
-    b.signs = _mm512_ternarylogic_epi32(s7, par, _mm512_set1_epi8((char)0x80), 0xf8); /* s7 | (par & 0x80) */
+    const __m512i sb = _mm512_ternarylogic_epi32(s7, par, _mm512_set1_epi8((char)0x80), 0xf8); /* s7 | (par & 0x80) */
+    /* The four sign bytes of each group are its qword's low dword; packed
+     * together they are, in entry order, chunk c's mask bits in the c-th
+     * 64-bit word (bit 8e + t = value t of the chunk's entry e). Through
+     * memory they reach the mask registers by plain loads, off the vector
+     * units. */
+    _mm256_storeu_si256((__m256i *)b.signs, _mm512_cvtepi64_epi32(sb));
     b.scales = _mm512_or_si512(_mm512_srli_epi64(q, 59), _mm512_set1_epi64(1));
     return b;
 }
@@ -535,14 +534,9 @@ DS4_TARGET_AVX512 static inline __attribute__((always_inline)) __m512i iq2_vbmi_
     return _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(shift, b->codes), t->level_mag);
 }
 
-/* Chunk c: bit k set where value 64c + k is negative. A byte permute
- * spreads each group's sign byte over its eight values and a test against
- * each value's own bit makes the mask. */
-DS4_TARGET_AVX512 static inline __attribute__((always_inline)) __mmask64 iq2_vbmi_signs(const iq2_vbmi_tabs *t, const iq2_vbmi_block *b,
-                                                                                        int c) {
-    /* value j: sign byte (j / 8) % 4 of group 2c + j / 32 */
-    const __m512i spread = _mm512_add_epi8(t->sign_spread, _mm512_set1_epi8((char)(16 * c)));
-    return _mm512_test_epi8_mask(_mm512_permutexvar_epi8(spread, b->signs), t->sign_bit);
+/* Chunk c: bit k set where value 64c + k is negative. */
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) __mmask64 iq2_vbmi_signs(const iq2_vbmi_block *b, int c) {
+    return _cvtu64_mask64(b->signs[c]);
 }
 
 /* Chunk c: 2l+1 of group 2c in word lanes 0..15, of group 2c+1 in 16..31
@@ -566,7 +560,7 @@ DS4_TARGET_AVX512 static inline __attribute__((always_inline)) __m512i iq2_vbmi_
     DS4_UNROLL
     for (int c = 0; c < 4; c++) {
         const __m512i a = _mm512_loadu_si512((const void *)(y->qs + 64 * c));
-        const __m512i sa = _mm512_mask_sub_epi8(a, iq2_vbmi_signs(t, &b, c), _mm512_setzero_si512(), a);
+        const __m512i sa = _mm512_mask_sub_epi8(a, iq2_vbmi_signs(&b, c), _mm512_setzero_si512(), a);
         sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(iq2_vbmi_mags(t, &b, c), sa), iq2_vbmi_scales(&b, c));
     }
     return sumi;
@@ -636,7 +630,7 @@ DS4_TARGET_AVX512 static void iq2_tile_decode(const ds4_block_iq2_xxs *x, int64_
         DS4_UNROLL
         for (int c = 0; c < 4; c++) {
             const __m512i g = iq2_vbmi_mags(&t, &b, c);
-            const __m512i v = _mm512_mask_sub_epi8(g, iq2_vbmi_signs(&t, &b, c), _mm512_setzero_si512(), g);
+            const __m512i v = _mm512_mask_sub_epi8(g, iq2_vbmi_signs(&b, c), _mm512_setzero_si512(), g);
             const __m512i ls = iq2_vbmi_scales(&b, c);
             _mm512_store_si512((void *)(out[i].v + 64 * c), v);
             _mm512_store_si512((void *)out[i].ls[c], ls);

@@ -116,6 +116,7 @@ float ds4_bf16_dot_avx512(int64_t n, const void *w, const float *x);
 /* Q8_0 (also the activation format for Q8_0 and MXFP4 weights) */
 void ds4_q8_0_dequantize(const void *src, float *dst, int64_t n);
 void ds4_q8_0_quantize(const float *src, void *dst, int64_t n, const float *imp);
+void ds4_q8_0_quantize_avx512(const float *src, void *dst, int64_t n); /* activations: the same bytes */
 float ds4_q8_0_dot_scalar(int64_t n, const void *w, const void *act);
 float ds4_q8_0_dot_avx2(int64_t n, const void *w, const void *act);
 float ds4_q8_0_dot_avx512(int64_t n, const void *w, const void *act);

@@ -719,6 +719,56 @@ static double now_s(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
+/* Passes of run(ctx) per second: the best of 3 trials of at least 0.2 s. */
+static double passes_per_s(void (*run)(void *), void *ctx) {
+    double best = 0;
+    for (int trial = 0; trial < 3; trial++) {
+        int64_t passes = 0;
+        const double t0 = now_s();
+        double el;
+        do {
+            run(ctx);
+            passes++;
+            el = now_s() - t0;
+        } while (el < 0.2);
+        if (passes / el > best) best = passes / el;
+    }
+    return best;
+}
+
+/* One pass of a single-token kernel over every row. */
+typedef struct rows_pass {
+    ds4_vec_dot_fn dot;
+    int64_t n;
+    const uint8_t *w;
+    size_t rb;
+    int64_t rows;
+    const void *act;
+    volatile float sink;
+} rows_pass;
+static void rows_run(void *p) {
+    rows_pass *c = p;
+    for (int64_t r = 0; r < c->rows; r++) c->sink += c->dot(c->n, c->w + r * c->rb, c->act);
+}
+
+/* One pass of a tile kernel: every row against n_tok activation rows. */
+typedef struct tile_pass {
+    ds4_vec_dot_tile_fn tile;
+    int64_t n;
+    const uint8_t *w;
+    size_t rb;
+    int64_t rows;
+    const uint8_t *acts;
+    size_t ab;
+    uint32_t n_tok;
+    float *y;
+    void *scratch;
+} tile_pass;
+static void tile_run(void *p) {
+    tile_pass *c = p;
+    c->tile(c->n, c->w, c->rb, (uint32_t)c->rows, c->acts, c->ab, c->n_tok, c->y, (size_t)c->rows, c->scratch);
+}
+
 /* Weight bytes streamed per second by one thread, for a matrix that fits
  * in L2 (kernel-bound) and one far larger than the caches. */
 static void bench(void) {
@@ -751,21 +801,8 @@ static void bench(void) {
             fprintf(stderr, "bench %-7s %s:", t->name, si == 0 ? "L2  " : "DRAM");
             for (int l = 0; l < DS4_SIMD_COUNT; l++) {
                 if (!ds4_simd_available((ds4_simd)l) || !t->vec_dot[l]) continue;
-                volatile float sink = 0;
-                double best = 0;
-                for (int trial = 0; trial < 3; trial++) {
-                    int64_t passes = 0;
-                    const double t0 = now_s();
-                    double el;
-                    do {
-                        for (int64_t r = 0; r < rows; r++) sink += t->vec_dot[l](n, w + r * rb, act);
-                        passes++;
-                        el = now_s() - t0;
-                    } while (el < 0.2);
-                    const double gbs = (double)passes * rows * rb / el / 1e9;
-                    if (gbs > best) best = gbs;
-                }
-                (void)sink;
+                rows_pass c = {t->vec_dot[l], n, w, rb, rows, act, 0.0f};
+                const double best = passes_per_s(rows_run, &c) * rows * rb / 1e9;
                 fprintf(stderr, "  %s %6.1f GB/s", ds4_simd_name((ds4_simd)l), best);
             }
             fprintf(stderr, "\n");
@@ -782,19 +819,8 @@ static void bench(void) {
                 void *scratch = aligned_alloc(64, (ds4_vec_dot_tile_scratch(n, 32) + 63) & ~(size_t)63);
                 fprintf(stderr, "bench %-7s %s tile (GB/s x tokens):", t->name, si == 0 ? "L2  " : "DRAM");
                 for (size_t q = 0; q < n_toks; q++) {
-                    double best = 0;
-                    for (int trial = 0; trial < 3; trial++) {
-                        int64_t passes = 0;
-                        const double t0 = now_s();
-                        double el;
-                        do {
-                            t->vec_dot_tile[DS4_SIMD_AVX512](n, w, rb, (uint32_t)rows, acts, ab, toks[q], y, (size_t)rows, scratch);
-                            passes++;
-                            el = now_s() - t0;
-                        } while (el < 0.2);
-                        const double gbs = (double)passes * rows * rb * toks[q] / el / 1e9;
-                        if (gbs > best) best = gbs;
-                    }
+                    tile_pass c = {t->vec_dot_tile[DS4_SIMD_AVX512], n, w, rb, rows, acts, ab, toks[q], y, scratch};
+                    const double best = passes_per_s(tile_run, &c) * rows * rb * toks[q] / 1e9;
                     fprintf(stderr, "  %u tok %6.1f", toks[q], best);
                 }
                 fprintf(stderr, "\n");

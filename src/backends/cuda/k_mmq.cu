@@ -67,13 +67,6 @@ typedef struct mmq_args {
     const uint8_t *tab; /* IQ2_XXS grid and signs (device) */
 } mmq_args;
 
-__device__ __forceinline__ uint16_t mm_ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-__device__ __forceinline__ int mm_i8x4_a2(const uint8_t *p) {
-    const uint16_t *h = (const uint16_t *)p;
-    return (int)((uint32_t)h[0] | ((uint32_t)h[1] << 16));
-}
-__device__ __forceinline__ uint32_t mm_sign_mask4(uint32_t bits) { return ((bits * 0x00204081u) & 0x01010101u) * 0xffu; }
-
 /* c += A (16x32, rows g / g+8, k 4t.. / 16+4t..) . B (32x8) */
 __device__ __forceinline__ void mma_s8(int *c, const int *a, const int *b) {
 #if __CUDA_ARCH__ >= 800
@@ -108,13 +101,13 @@ __device__ __forceinline__ void decode_step(const uint8_t *raw, uint32_t off, ui
         if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
             uint32_t ib = q >> 2, k = q & 3;
             const uint8_t *qs = blk + 2 + 8 * ib;
-            uint32_t aux = (uint32_t)mm_ld16(qs + 4) | ((uint32_t)mm_ld16(qs + 6) << 16);
+            uint32_t aux = (uint32_t)ld16(qs + 4) | ((uint32_t)ld16(qs + 6) << 16);
             uint32_t sg = tab[256 * 8 + ((aux >> (7 * k)) & 127)];
             const uint32_t *gv = (const uint32_t *)(tab + 8 * qs[k]);
-            uint32_t m0 = mm_sign_mask4(sg & 15), m1 = mm_sign_mask4(sg >> 4);
+            uint32_t m0 = sign_mask4(sg & 15), m1 = sign_mask4(sg >> 4);
             *(uint2 *)dst = make_uint2(__vsub4(gv[0] ^ m0, m0), __vsub4(gv[1] ^ m1, m1));
             if (k == 0) sc[mr * 16 + ib] = (int)(2 * (aux >> 28) + 1);
-            if (q == 0) wd[mr * 2] = f16_to_f32(mm_ld16(blk));
+            if (q == 0) wd[mr * 2] = f16_to_f32(ld16(blk));
         } else { /* Q2_K: value i = 8q.. is (qs[32 (i / 128) + i % 32] >> 2 ((i / 32) % 4)) & 3 */
             uint32_t i0 = 8 * q, sh = 2 * ((i0 >> 5) & 3), kk = i0 >> 4;
             const uint8_t *qs = blk + 16 + 32 * (i0 >> 7) + (i0 & 31); /* 4-byte aligned: off is */
@@ -124,8 +117,8 @@ __device__ __forceinline__ void decode_step(const uint8_t *raw, uint32_t off, ui
             *(uint2 *)dst = make_uint2(v0, v1);
             if ((q & 1) == 0) sc[mr * 16 + kk] = blk[kk] >> 4;
             if (q == 0) {
-                wd[mr * 2] = f16_to_f32(mm_ld16(blk + 80));
-                wd[mr * 2 + 1] = f16_to_f32(mm_ld16(blk + 82));
+                wd[mr * 2] = f16_to_f32(ld16(blk + 80));
+                wd[mr * 2 + 1] = f16_to_f32(ld16(blk + 82));
             }
         }
     }
@@ -261,12 +254,12 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                         A[3] = *(const int *)(p + 8 * MM_XS + 16);
                     } else { /* Q8_0 blocks straight from the staged bytes (2-byte aligned) */
                         const uint8_t *p = raw + r_lo * RB + 34 * sub;
-                        A[0] = mm_i8x4_a2(p + 2 + 4 * tg);
-                        A[1] = mm_i8x4_a2(p + 8 * RB + 2 + 4 * tg);
-                        A[2] = mm_i8x4_a2(p + 18 + 4 * tg);
-                        A[3] = mm_i8x4_a2(p + 8 * RB + 18 + 4 * tg);
-                        dw[0] = f16_to_f32(mm_ld16(p));
-                        dw[1] = f16_to_f32(mm_ld16(p + 8 * RB));
+                        A[0] = ld_i8x4_a2(p + 2 + 4 * tg);
+                        A[1] = ld_i8x4_a2(p + 8 * RB + 2 + 4 * tg);
+                        A[2] = ld_i8x4_a2(p + 18 + 4 * tg);
+                        A[3] = ld_i8x4_a2(p + 8 * RB + 18 + 4 * tg);
+                        dw[0] = f16_to_f32(ld16(p));
+                        dw[1] = f16_to_f32(ld16(p + 8 * RB));
                     }
 #pragma unroll
                     for (int j = 0; j < NT; j++) {

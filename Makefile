@@ -90,6 +90,7 @@ CUDA_BIN   ?= $(CUDA_BUILD)/bin
 cuda:
 	$(MAKE) all test-bins WITH_CUDA=1 BUILD=$(CUDA_BUILD) BINDIR=$(CUDA_BIN)
 cuda-test: cuda
+	./scripts/check-cuda-ptx.sh $(NVCC)
 	DS4_BIN=$(abspath $(CUDA_BIN)) DS4_BUILD=$(abspath $(CUDA_BUILD)) DS4_REQUIRE_GPU=1 ./tests/run.sh \
 	    $(shell find tests -name 'test_*.c' | sort | sed 's|^|$(CUDA_BUILD)/|; s|\.c$$||')
 

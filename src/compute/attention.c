@@ -124,12 +124,51 @@ int ds4_attention(const ds4_net *net, ds4_state *st, uint32_t il, bool official,
     float *low = ds4_arena_get(ar, (size_t)n * hp->o_groups * hp->o_lora);
     float *cs = ds4_arena_get(ar, (size_t)n * 2 * np);
     if (!qa || !q || !kv || !att || !low || !cs) return ds4_fail(err, "attention workspace too small");
-    ds4_linear(net->pool, &lw->q_a, x, n, qa);
+    /* Compressor and indexer buffers. */
+    float *ck = NULL, *cz = NULL, *ik = NULL, *iz = NULL, *iq = NULL, *iw = NULL, *pooled = NULL;
+    uint32_t cw = 0, iwd = 0;
+    if (ratio) {
+        cw = ls->comp.halves * hd;
+        ck = ds4_arena_get(ar, (size_t)n * cw);
+        cz = ds4_arena_get(ar, (size_t)n * cw);
+        pooled = ds4_arena_get(ar, hd > hp->idx_head_dim ? hd : hp->idx_head_dim);
+        if (!ck || !cz || !pooled) return ds4_fail(err, "attention workspace too small");
+    }
+    if (ratio == 4) {
+        uint32_t d = hp->idx_head_dim, IH = hp->idx_n_head;
+        iwd = 2 * d;
+        ik = ds4_arena_get(ar, (size_t)n * iwd);
+        iz = ds4_arena_get(ar, (size_t)n * iwd);
+        iq = ds4_arena_get(ar, (size_t)n * IH * d);
+        iw = ds4_arena_get(ar, (size_t)n * IH);
+        if (!ik || !iz || !iq || !iw) return ds4_fail(err, "attention workspace too small");
+    }
+
+    /* Every projection of x in one parallel pass (one wait instead of up
+     * to seven), then those of the normalised q_a. */
+    ds4_linear_seg xs[7];
+    uint32_t nx = 0;
+#define XSEG(T, Y) xs[nx++] = (ds4_linear_seg){&(T), 0, (T).ne[1], x, (T).ne[0], n, (Y), (T).ne[1]}
+    XSEG(lw->q_a, qa);
+    XSEG(lw->kv, kv);
+    if (ratio) {
+        XSEG(lw->comp.kv, ck);
+        XSEG(lw->comp.gate, cz);
+    }
+    if (ratio == 4) {
+        XSEG(lw->idx_comp.kv, ik);
+        XSEG(lw->idx_comp.gate, iz);
+        XSEG(lw->idx_proj, iw);
+    }
+    ds4_linear_multi(net->pool, xs, nx);
     for (uint32_t t = 0; t < n; t++)
         ds4_rmsnorm(qa + (size_t)t * hp->q_lora, qa + (size_t)t * hp->q_lora, (const float *)lw->q_a_norm.data, hp->q_lora,
                     hp->rms_eps);
-    ds4_linear(net->pool, &lw->q_b, qa, n, q);
-    ds4_linear(net->pool, &lw->kv, x, n, kv);
+    nx = 0;
+    xs[nx++] = (ds4_linear_seg){&lw->q_b, 0, lw->q_b.ne[1], qa, lw->q_b.ne[0], n, q, lw->q_b.ne[1]};
+    if (ratio == 4) xs[nx++] = (ds4_linear_seg){&lw->idx_q_b, 0, lw->idx_q_b.ne[1], qa, lw->idx_q_b.ne[0], n, iq, lw->idx_q_b.ne[1]};
+#undef XSEG
+    ds4_linear_multi(net->pool, xs, nx);
     for (uint32_t t = 0; t < n; t++) {
         float *c = cs + (size_t)t * 2 * np;
         ds4_rope_angles(rope, pos0 + t, c, c + np);
@@ -143,31 +182,8 @@ int ds4_attention(const ds4_net *net, ds4_state *st, uint32_t il, bool official,
         ds4_rope_apply(k, hd, np, c, c + np, 0);
         if (official) kv_qat(k, hd, hp->n_rot);
     }
-
-    /* Compressor and indexer projections. */
-    float *ck = NULL, *cz = NULL, *ik = NULL, *iz = NULL, *iq = NULL, *iw = NULL, *pooled = NULL;
-    uint32_t cw = 0, iwd = 0;
-    if (ratio) {
-        cw = ls->comp.halves * hd;
-        ck = ds4_arena_get(ar, (size_t)n * cw);
-        cz = ds4_arena_get(ar, (size_t)n * cw);
-        pooled = ds4_arena_get(ar, hd > hp->idx_head_dim ? hd : hp->idx_head_dim);
-        if (!ck || !cz || !pooled) return ds4_fail(err, "attention workspace too small");
-        ds4_linear(net->pool, &lw->comp.kv, x, n, ck);
-        ds4_linear(net->pool, &lw->comp.gate, x, n, cz);
-    }
     if (ratio == 4) {
         uint32_t d = hp->idx_head_dim, IH = hp->idx_n_head;
-        iwd = 2 * d;
-        ik = ds4_arena_get(ar, (size_t)n * iwd);
-        iz = ds4_arena_get(ar, (size_t)n * iwd);
-        iq = ds4_arena_get(ar, (size_t)n * IH * d);
-        iw = ds4_arena_get(ar, (size_t)n * IH);
-        if (!ik || !iz || !iq || !iw) return ds4_fail(err, "attention workspace too small");
-        ds4_linear(net->pool, &lw->idx_comp.kv, x, n, ik);
-        ds4_linear(net->pool, &lw->idx_comp.gate, x, n, iz);
-        ds4_linear(net->pool, &lw->idx_q_b, qa, n, iq);
-        ds4_linear(net->pool, &lw->idx_proj, x, n, iw);
         float wscale = 1.0f / sqrtf((float)IH);
         for (uint32_t t = 0; t < n; t++) {
             float c[256];
@@ -238,9 +254,14 @@ int ds4_attention(const ds4_net *net, ds4_state *st, uint32_t il, bool official,
     /* Grouped output projection: group g's heads go through rows
      * [g*o_lora, (g+1)*o_lora) of out_a, then out_b mixes all groups. */
     uint64_t gin = qdim / hp->o_groups, glow = (uint64_t)hp->o_groups * hp->o_lora;
-    for (uint32_t g = 0; g < hp->o_groups; g++)
-        ds4_linear_rows(net->pool, &lw->out_a, (uint64_t)g * hp->o_lora, hp->o_lora, att + g * gin, qdim, n,
-                        low + (size_t)g * hp->o_lora, glow);
+    ds4_linear_seg og[DS4_LINEAR_MAX_SEGS];
+    for (uint32_t g0 = 0; g0 < hp->o_groups; g0 += DS4_LINEAR_MAX_SEGS) {
+        uint32_t ng = hp->o_groups - g0 < DS4_LINEAR_MAX_SEGS ? hp->o_groups - g0 : DS4_LINEAR_MAX_SEGS;
+        for (uint32_t g = g0; g < g0 + ng; g++)
+            og[g - g0] = (ds4_linear_seg){&lw->out_a, (uint64_t)g * hp->o_lora, hp->o_lora, att + g * gin, qdim, n,
+                                          low + (size_t)g * hp->o_lora, glow};
+        ds4_linear_multi(net->pool, og, ng);
+    }
     ds4_linear(net->pool, &lw->out_b, low, n, out);
 done:
     free(rows);

@@ -31,7 +31,9 @@ static size_t arena_need(const ds4_hparams *hp, uint32_t n) {
                        + 4 * (size_t)hp->head_dim + 4 * (size_t)hp->idx_head_dim +
                        (size_t)hp->idx_n_head * (hp->idx_head_dim + 1)) +
                   hp->head_dim + hp->idx_head_dim;
-    size_t moe = n * (hp->n_expert + hp->n_expert_used + 2 * E + 2 * (size_t)hp->n_ff_exp);
+    size_t moe = n * (hp->n_expert + hp->n_expert_used + 2 * E + 2 * (size_t)hp->n_ff_exp) +
+                 /* one-token decode: every expert's gate, up and down outputs at once */
+                 (hp->n_expert_used + 1) * 2 * (size_t)hp->n_ff_exp + hp->n_expert_used * E;
     size_t head = n * (E + hc * E + hc);
     size_t sub = attn > moe ? attn : moe;
     if (head > sub) sub = head;

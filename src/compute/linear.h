@@ -21,6 +21,28 @@ uint64_t ds4_linear_types(void);
 void ds4_linear_rows(ds4_pool *pool, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, const float *x,
                      uint64_t x_stride, uint32_t n_tok, float *y, uint64_t y_stride);
 
+/* One product of a batch run by ds4_linear_multi: rows [r0, r0 + n_rows)
+ * of w times n_tok activation rows (x_stride floats apart) into Y (rows
+ * y_stride floats apart), as ds4_linear_rows would compute it. */
+typedef struct {
+    const ds4_tensor *w;
+    uint64_t r0, n_rows;
+    const float *x;
+    uint64_t x_stride;
+    uint32_t n_tok;
+    float *y;
+    uint64_t y_stride;
+} ds4_linear_seg;
+
+/* Several independent products in one parallel pass over all their rows:
+ * one wait for the slowest thread instead of one per product, which is
+ * what decode's many small products (a few hundred KB to a few MB each)
+ * lose most time to with several threads. Results equal those of separate
+ * ds4_linear_rows calls bit for bit. No product's X may be another's Y.
+ * At most DS4_LINEAR_MAX_SEGS products. */
+#define DS4_LINEAR_MAX_SEGS 16
+void ds4_linear_multi(ds4_pool *pool, const ds4_linear_seg *segs, uint32_t n_segs);
+
 /* The whole matrix: X is n_tok x ne[0], Y is n_tok x ne[1]. */
 void ds4_linear(ds4_pool *pool, const ds4_tensor *w, const float *x, uint32_t n_tok, float *y);
 

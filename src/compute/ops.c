@@ -32,8 +32,19 @@ void ds4_axpy(float *restrict y, float a, const float *restrict x, uint32_t n) {
 }
 
 void ds4_rmsnorm(float *y, const float *x, const float *w, uint32_t n, float eps) {
-    double ss = 0;
-    for (uint32_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    /* Eight interleaved double sums, added pairwise at the end: one chain
+     * of dependent double adds over n values cost ~4 cycles a value on the
+     * decode path's one thread (64 heads x 512 per layer); the compiler
+     * keeps these in vector registers. Reordering a double sum moves it by
+     * ~1e-16 relative, far below the float result's resolution; and every
+     * path (prefill, decode) uses this one function, so they still agree
+     * bit for bit. */
+    double acc[8] = {0};
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += (double)x[i + k] * x[i + k];
+    double ss = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    for (; i < n; i++) ss += (double)x[i] * x[i];
     float r = (float)(1.0 / sqrt(ss / n + eps));
     if (w)
         for (uint32_t i = 0; i < n; i++) y[i] = x[i] * r * w[i];

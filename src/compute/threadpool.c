@@ -36,13 +36,23 @@ struct ds4_pool {
 static inline uint64_t st_gen(uint64_t s) { return s >> 32; }
 
 /* Items are claimed chunk by chunk from a shared counter, so uneven rows
- * (or a thread descheduled by a noisy neighbour) balance themselves. */
+ * (or a thread descheduled by a noisy neighbour) balance themselves.
+ * Chunks shrink as the job drains (each takes a 1/(2 x threads) share of
+ * what is left, never less than p->chunk): large ones while there is
+ * plenty, small ones at the end, so the last thread to finish overshoots
+ * the others by little. That wait is paid at every job, ~50 per decoded
+ * token. */
 static void work(ds4_pool *p, int thread) {
+    const uint64_t div = 2 * (uint64_t)p->n_threads;
+    uint64_t b = atomic_load(&p->next);
     for (;;) {
-        uint64_t b = atomic_fetch_add(&p->next, p->chunk);
         if (b >= p->n) break;
-        uint64_t e = b + p->chunk < p->n ? b + p->chunk : p->n;
+        uint64_t size = (p->n - b) / div;
+        if (size < p->chunk) size = p->chunk;
+        uint64_t e = b + size < p->n ? b + size : p->n;
+        if (!atomic_compare_exchange_weak(&p->next, &b, e)) continue; /* b reloaded */
         p->fn(p->ctx, b, e, thread);
+        b = atomic_load(&p->next);
     }
 }
 
@@ -177,9 +187,8 @@ void ds4_pool_run(ds4_pool *p, uint64_t n, uint64_t grain, ds4_pool_fn fn, void 
         fn(ctx, 0, n, 0);
         return;
     }
-    /* Aim for a few chunks per thread for balance, never below the grain. */
-    uint64_t chunk = n / ((uint64_t)p->n_threads * 4);
-    if (chunk < grain) chunk = grain;
+    /* the smallest chunk: the grain */
+    uint64_t chunk = grain;
     p->fn = fn;
     p->ctx = ctx;
     p->n = n;

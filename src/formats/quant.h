@@ -30,7 +30,7 @@
 typedef enum ds4_simd {
     DS4_SIMD_SCALAR = 0,
     DS4_SIMD_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    DS4_SIMD_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI, and BMI2 */
+    DS4_SIMD_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI, VBMI, BITALG (Ice Lake, Zen 4 on) */
     DS4_SIMD_COUNT
 } ds4_simd;
 

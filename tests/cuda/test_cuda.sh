@@ -5,7 +5,9 @@
 # chunked prefill and token-by-token decode identical to one prefill (both
 # numerics), official numerics close to the CPU's, bf16/f16 weights, and the
 # expert slot bank (experts fed from host memory into 3 slots, or from a
-# sidecar package's expert source) giving the same bits as resident experts.
+# sidecar package's expert source) giving the same bits as resident experts,
+# and on a small q2 model the tensor-core prefill products giving the bits
+# of the single-token kernels.
 # Skipped (exit 77) when the binaries have no CUDA or there is no GPU,
 # unless DS4_REQUIRE_GPU=1 (make cuda-test).
 set -eu
@@ -104,3 +106,23 @@ for ty in bf16 f16; do
     "$BIN/ds4" -m "$TMP/$fx.$ty.gguf" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/$ty.f32"
     echo -n "$ty cuda vs reference: "; $cmp "$TMP/$ty.f32" "$DATA/$fx/logits.f32" 1024 1e-2
 done
+
+# Tensor-core prefill products (k_mmq.cu): a small random model with the q2
+# types at widths they take (IQ2_XXS rows of 2048 values, Q2_K rows of
+# 1024, Q8_0 rows of multiples of 256; the fixtures are narrower). Its
+# prefill logits must be the same bits with and without the tensor cores,
+# in chunks of 37, in single tokens, and from one run to the next.
+q2=$TMP/q2small.gguf
+"$BIN/ds4-mkmodel" "$q2" --layers 3 --embd 2048 --vocab 2048 --experts 16 --experts-used 4 --ff 1024 --heads 4 \
+    --head-dim 256 --q-lora 256 --o-lora 256 --o-groups 2 --idx-heads 4 --idx-topk 16 --hash-layers 1 --hca-ratio 8 \
+    --window 16 >/dev/null 2>&1
+python3 -c "print(','.join(str((i * 7919) % 2000 + 5) for i in range(300)))" > "$TMP/q2tok.txt"
+"$BIN/ds4" -m "$q2" --cuda --tokens @"$TMP/q2tok.txt" --dump-logits "$TMP/mma.f32"
+DS4_CUDA_NO_MMA=1 "$BIN/ds4" -m "$q2" --cuda --tokens @"$TMP/q2tok.txt" --dump-logits "$TMP/nomma.f32"
+echo -n "q2 tensor cores vs dp4a kernels (bit for bit): "; $cmp "$TMP/mma.f32" "$TMP/nomma.f32" 2048 0
+for c in 37 1; do
+    "$BIN/ds4" -m "$q2" --cuda --tokens @"$TMP/q2tok.txt" --prefill-chunk $c --dump-logits "$TMP/mma$c.f32"
+    echo -n "q2 chunks of $c vs one prefill (bit for bit): "; $cmp "$TMP/mma$c.f32" "$TMP/mma.f32" 2048 0
+done
+"$BIN/ds4" -m "$q2" --cuda --tokens @"$TMP/q2tok.txt" --dump-logits "$TMP/mma2.f32"
+echo -n "q2 second run (bit for bit): "; $cmp "$TMP/mma2.f32" "$TMP/mma.f32" 2048 0

@@ -719,6 +719,56 @@ static double now_s(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
+/* Passes of run(ctx) per second: the best of 3 trials of at least 0.2 s. */
+static double passes_per_s(void (*run)(void *), void *ctx) {
+    double best = 0;
+    for (int trial = 0; trial < 3; trial++) {
+        int64_t passes = 0;
+        const double t0 = now_s();
+        double el;
+        do {
+            run(ctx);
+            passes++;
+            el = now_s() - t0;
+        } while (el < 0.2);
+        if (passes / el > best) best = passes / el;
+    }
+    return best;
+}
+
+/* One pass of a single-token kernel over every row. */
+typedef struct rows_pass {
+    ds4_vec_dot_fn dot;
+    int64_t n;
+    const uint8_t *w;
+    size_t rb;
+    int64_t rows;
+    const void *act;
+    volatile float sink;
+} rows_pass;
+static void rows_run(void *p) {
+    rows_pass *c = p;
+    for (int64_t r = 0; r < c->rows; r++) c->sink += c->dot(c->n, c->w + r * c->rb, c->act);
+}
+
+/* One pass of a tile kernel: every row against n_tok activation rows. */
+typedef struct tile_pass {
+    ds4_vec_dot_tile_fn tile;
+    int64_t n;
+    const uint8_t *w;
+    size_t rb;
+    int64_t rows;
+    const uint8_t *acts;
+    size_t ab;
+    uint32_t n_tok;
+    float *y;
+    void *scratch;
+} tile_pass;
+static void tile_run(void *p) {
+    tile_pass *c = p;
+    c->tile(c->n, c->w, c->rb, (uint32_t)c->rows, c->acts, c->ab, c->n_tok, c->y, (size_t)c->rows, c->scratch);
+}
+
 /* Weight bytes streamed per second by one thread, for a matrix that fits
  * in L2 (kernel-bound) and one far larger than the caches. */
 static void bench(void) {
@@ -751,48 +801,26 @@ static void bench(void) {
             fprintf(stderr, "bench %-7s %s:", t->name, si == 0 ? "L2  " : "DRAM");
             for (int l = 0; l < DS4_SIMD_COUNT; l++) {
                 if (!ds4_simd_available((ds4_simd)l) || !t->vec_dot[l]) continue;
-                volatile float sink = 0;
-                double best = 0;
-                for (int trial = 0; trial < 3; trial++) {
-                    int64_t passes = 0;
-                    const double t0 = now_s();
-                    double el;
-                    do {
-                        for (int64_t r = 0; r < rows; r++) sink += t->vec_dot[l](n, w + r * rb, act);
-                        passes++;
-                        el = now_s() - t0;
-                    } while (el < 0.2);
-                    const double gbs = (double)passes * rows * rb / el / 1e9;
-                    if (gbs > best) best = gbs;
-                }
-                (void)sink;
+                rows_pass c = {t->vec_dot[l], n, w, rb, rows, act, 0.0f};
+                const double best = passes_per_s(rows_run, &c) * rows * rb / 1e9;
                 fprintf(stderr, "  %s %6.1f GB/s", ds4_simd_name((ds4_simd)l), best);
             }
             fprintf(stderr, "\n");
             /* tile kernels: weight bytes per second per token, for
              * several tokens sharing each row */
-            if (t->vec_dot_tile[DS4_SIMD_AVX512] && ds4_simd_available(DS4_SIMD_AVX512) && si == 0) {
+            if (t->vec_dot_tile[DS4_SIMD_AVX512] && ds4_simd_available(DS4_SIMD_AVX512)) {
+                /* from memory only the decode case: one token */
                 const uint32_t toks[] = {1, 2, 4, 12, 32};
+                const size_t n_toks = si == 0 ? COUNT(toks) : 1;
                 const size_t ab = ds4_act_row_bytes(types[k], n);
                 uint8_t *acts = malloc(ab * 32);
                 for (int q = 0; q < 32; q++) memcpy(acts + q * ab, act, ab);
                 float *y = malloc(sizeof(float) * rows * 32);
                 void *scratch = aligned_alloc(64, (ds4_vec_dot_tile_scratch(n, 32) + 63) & ~(size_t)63);
-                fprintf(stderr, "bench %-7s tile (GB/s x tokens):", t->name);
-                for (size_t q = 0; q < COUNT(toks); q++) {
-                    double best = 0;
-                    for (int trial = 0; trial < 3; trial++) {
-                        int64_t passes = 0;
-                        const double t0 = now_s();
-                        double el;
-                        do {
-                            t->vec_dot_tile[DS4_SIMD_AVX512](n, w, rb, (uint32_t)rows, acts, ab, toks[q], y, (size_t)rows, scratch);
-                            passes++;
-                            el = now_s() - t0;
-                        } while (el < 0.2);
-                        const double gbs = (double)passes * rows * rb * toks[q] / el / 1e9;
-                        if (gbs > best) best = gbs;
-                    }
+                fprintf(stderr, "bench %-7s %s tile (GB/s x tokens):", t->name, si == 0 ? "L2  " : "DRAM");
+                for (size_t q = 0; q < n_toks; q++) {
+                    tile_pass c = {t->vec_dot_tile[DS4_SIMD_AVX512], n, w, rb, rows, acts, ab, toks[q], y, scratch};
+                    const double best = passes_per_s(tile_run, &c) * rows * rb * toks[q] / 1e9;
                     fprintf(stderr, "  %u tok %6.1f", toks[q], best);
                 }
                 fprintf(stderr, "\n");
@@ -806,6 +834,35 @@ static void bench(void) {
         }
     }
     free(x);
+}
+
+/* The vectorised Q8_0 activation quantizer writes the scalar one's bytes,
+ * on gaussian rows at several scales, zeros, huge and tiny values, NaN
+ * and infinities. */
+static void test_q8_0_act_quantize(void) {
+#if defined(__x86_64__)
+    if (!ds4_simd_available(DS4_SIMD_AVX512)) return;
+    const int64_t n = 4096;
+    float *x = malloc(sizeof(float) * n);
+    uint8_t *a = malloc(ds4_quant_row_bytes(GGML_TYPE_Q8_0, n)), *b = malloc(ds4_quant_row_bytes(GGML_TYPE_Q8_0, n));
+    const float scales[] = {1.0f, 1e-3f, 1e3f, 1e-30f, 1e30f, 6e4f};
+    for (int kind = 0; kind < (int)COUNT(scales) + 2; kind++) {
+        if (kind < (int)COUNT(scales)) {
+            fill_gauss(x, n, scales[kind]);
+        } else {
+            fill_gauss(x, n, 1.0f);
+            for (int64_t i = 0; i < n; i += 37) x[i] = kind == (int)COUNT(scales) ? 0.0f : NAN;
+            for (int64_t i = 5; i < n; i += 101) x[i] = INFINITY;
+            for (int64_t i = 0; i < 64; i++) x[i] = 0.0f; /* all-zero blocks */
+        }
+        ds4_quantize_row(GGML_TYPE_Q8_0, x, a, n, NULL); /* the scalar reference */
+        ds4_quantize_act(GGML_TYPE_Q8_0, x, b, n);
+        CHECKF(memcmp(a, b, ds4_quant_row_bytes(GGML_TYPE_Q8_0, n)) == 0, "Q8_0 activation quantizer kind %d differs", kind);
+    }
+    free(x);
+    free(a);
+    free(b);
+#endif
 }
 
 int main(void) {
@@ -826,6 +883,7 @@ int main(void) {
         if (ds4_simd_available((ds4_simd)l))
             fprintf(stderr, "worst |%s - scalar| / M: %.3g\n", ds4_simd_name((ds4_simd)l), g_worst_rel[l]);
     for (size_t k = 0; k < COUNT(k_quant_types); k++) test_activation_error(k_quant_types[k]);
+    test_q8_0_act_quantize();
     test_round_trip_rmse();
     test_round_trip_edges();
     test_q8k_layout();

@@ -52,6 +52,21 @@ __device__ __forceinline__ float swiglu_clamped(float g, float u, float lim) {
     return ga / (1.0f + expf(-ga)) * ub;
 }
 
+/* ---- quantized block bytes ------------------------------------------------ */
+
+/* A little-endian 16-bit field at any byte address (block scales). */
+__device__ __forceinline__ uint16_t ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+/* Four int8 values as one word from 2-byte aligned memory (Q8_0 blocks are
+ * 34 bytes, so their values are only 2-byte aligned). */
+__device__ __forceinline__ int ld_i8x4_a2(const uint8_t *p) {
+    const uint16_t *h = (const uint16_t *)p;
+    return (int)((uint32_t)h[0] | ((uint32_t)h[1] << 16));
+}
+/* Byte masks 0x00/0xff from four sign bits (bit t -> byte t). */
+__device__ __forceinline__ uint32_t sign_mask4(uint32_t bits) {
+    return ((bits * 0x00204081u) & 0x01010101u) * 0xffu;
+}
+
 /* ---- asynchronous copies to shared memory (sm_80+; plain loads before) ---- */
 
 __device__ __forceinline__ void cp_async16(void *dst, const void *src) {

@@ -64,13 +64,6 @@ typedef struct mmq_args {
     const uint8_t *tab; /* IQ2_XXS grid and signs (device) */
 } mmq_args;
 
-__device__ __forceinline__ uint16_t mm_ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-__device__ __forceinline__ int mm_i8x4_a2(const uint8_t *p) {
-    const uint16_t *h = (const uint16_t *)p;
-    return (int)((uint32_t)h[0] | ((uint32_t)h[1] << 16));
-}
-__device__ __forceinline__ uint32_t mm_sign_mask4(uint32_t bits) { return ((bits * 0x00204081u) & 0x01010101u) * 0xffu; }
-
 /* c += A (16x32, rows g / g+8, k 4t.. / 16+4t..) . B (32x8) */
 __device__ __forceinline__ void mma_s8(int *c, const int *a, const int *b) {
 #if __CUDA_ARCH__ >= 800
@@ -103,8 +96,8 @@ __device__ __forceinline__ void frag_a(const uint8_t *p0, const uint8_t *p1, int
     for (int h = 0; h < 2; h++) {
         const uint8_t *p = pr[h];
         if constexpr (TYPE == GGML_TYPE_Q8_0) {
-            A[h] = mm_i8x4_a2(p + 34 * sub + 2 + 4 * t);
-            A[2 + h] = mm_i8x4_a2(p + 34 * sub + 18 + 4 * t);
+            A[h] = ld_i8x4_a2(p + 34 * sub + 2 + 4 * t);
+            A[2 + h] = ld_i8x4_a2(p + 34 * sub + 18 + 4 * t);
         } else if constexpr (TYPE == GGML_TYPE_Q2_K) {
             /* value i = 32 sub + v: (qs[32 (sub / 4) + v % 32] >> 2 (sub % 4)) & 3, sub-block i / 16 */
             const uint8_t *qs = p + 16 + 32 * (sub >> 2) + 4 * t; /* 4-byte aligned: the phase is */
@@ -113,12 +106,12 @@ __device__ __forceinline__ void frag_a(const uint8_t *p0, const uint8_t *p1, int
             A[2 + h] = (int)(((*(const uint32_t *)(qs + 16) >> sh) & 0x03030303u) * (uint32_t)(p[2 * sub + 1] & 15));
         } else { /* IQ2_XXS: 8-value groups k = t / 2 and 2 + t / 2, half t % 2 */
             const uint8_t *qs = p + 2 + 8 * sub;
-            uint32_t aux = (uint32_t)mm_ld16(qs + 4) | ((uint32_t)mm_ld16(qs + 6) << 16), half = t & 1;
+            uint32_t aux = (uint32_t)ld16(qs + 4) | ((uint32_t)ld16(qs + 6) << 16), half = t & 1;
 #pragma unroll
             for (int q = 0; q < 2; q++) {
                 uint32_t k = 2 * q + (t >> 1);
                 uint32_t sg = tab[256 * 8 + ((aux >> (7 * k)) & 127)];
-                uint32_t m = mm_sign_mask4((sg >> (4 * half)) & 15);
+                uint32_t m = sign_mask4((sg >> (4 * half)) & 15);
                 uint32_t gv = *(const uint32_t *)(tab + 8 * qs[k] + 4 * half);
                 A[2 * q + h] = (int)__vsub4(gv ^ m, m);
             }
@@ -199,11 +192,7 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                     uint32_t t = i >> 4, l = i & 15;
                     if (t < nt) cp_async16(sx + (buf * BN + t) * MM_XS + 16 * l, a.x.qs + (uint64_t)srow[t] * a.K + s * 256 + 16 * l);
                 }
-                /* Scales by plain loads from L2: with 4-byte cp.async (only
-                 * the .ca form, through L1, exists at that size) the kernels
-                 * read stale scales now and then (logits changed from run to
-                 * run), the activation scratch being rewritten by the
-                 * quantizer before every product. */
+                /* scales: a few words per token, plain loads from L2 */
                 for (uint32_t i = threadIdx.x; i < BN * ND; i += MM_THREADS) {
                     uint32_t t = i / ND, j = i % ND;
                     if (t < nt) sxd[(buf * BN + t) * 8 + j] = __ldcg(a.x.d + (uint64_t)srow[t] * (a.K / F::QKA) + s * ND + j);
@@ -244,8 +233,8 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                     frag_a<TYPE>(p0, p1, sub, tg, tab, A, sc);
                     float dw[2]; /* Q8_0: the block scales of the rows */
                     if constexpr (TYPE == GGML_TYPE_Q8_0) {
-                        dw[0] = f16_to_f32(mm_ld16(p0 + 34 * sub));
-                        dw[1] = f16_to_f32(mm_ld16(p1 + 34 * sub));
+                        dw[0] = f16_to_f32(ld16(p0 + 34 * sub));
+                        dw[1] = f16_to_f32(ld16(p1 + 34 * sub));
                     }
 #pragma unroll
                     for (int j = 0; j < NT; j++) {
@@ -291,13 +280,13 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                             const uint8_t *p = (i >> 1) ? p1 : p0;
                             float dx = xd[col * 8];
                             if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
-                                acc[m][j][i] += 0.125f * (f16_to_f32(mm_ld16(p)) * dx) * (float)isum[j][i];
+                                acc[m][j][i] += 0.125f * (f16_to_f32(ld16(p)) * dx) * (float)isum[j][i];
                             } else {
                                 const int16_t *bs = sbs + (buf * BN + col) * 16;
                                 int ms = 0;
 #pragma unroll
                                 for (int kk = 0; kk < 16; kk++) ms += (p[kk] >> 4) * bs[kk];
-                                float dall = dx * f16_to_f32(mm_ld16(p + 80)), dmin = dx * f16_to_f32(mm_ld16(p + 82));
+                                float dall = dx * f16_to_f32(ld16(p + 80)), dmin = dx * f16_to_f32(ld16(p + 82));
                                 acc[m][j][i] += dall * (float)isum[j][i] - dmin * (float)ms;
                             }
                         }
@@ -328,13 +317,13 @@ static bool mmq_type(uint32_t type) {
 }
 
 bool k_mmq_usable(uint32_t type, const void *w, uint64_t row_bytes, uint64_t K) {
-    static int major = -1;
+    static int major = -1; /* 0: no tensor-core path (older GPU, or DS4_CUDA_NO_MMA set) */
     if (major < 0) {
         int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+        if (getenv("DS4_CUDA_NO_MMA") || cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
             major = 0;
     }
-    if (getenv("DS4_CUDA_NO_MMA")) return false;
     return major >= 8 && mmq_type(type) && K % 256 == 0 && row_bytes % 16 == 0 && (uintptr_t)w % 16 == 0;
 }
 

@@ -5,7 +5,10 @@
  * 256 for the K-quants and IQ2_XXS) with the CPU quantizers' exact
  * arithmetic, then every block contributes an exact integer inner product
  * scaled in float as in the scalar reference kernels. Only the order in
- * which block results are added differs (lane-strided, then a butterfly).
+ * which block results are added differs from the CPU's: every quantized
+ * product of this backend (these kernels and the tensor-core ones of
+ * k_mmq.cu) uses one fixed order (qdot_range, docs/NUMERICS.md), so a
+ * token's result is the same bits whatever the chunk it is computed in.
  *
  * Layout: one warp per output row, lanes over blocks; the block formats are
  * the ggml layouts of formats/quant/blocks.h. */
@@ -58,7 +61,6 @@ uint64_t k_act_row_bytes(uint32_t type, uint64_t K) {
 }
 
 __device__ __forceinline__ float half_f(uint16_t h) { return f16_to_f32(h); }
-__device__ __forceinline__ uint16_t ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
 /* ---- activation quantizers (ds4_q8_0_quantize, ds4_q8_K_quantize) ------------- */
 
@@ -180,18 +182,8 @@ cudaError_t k_quantize_split(cudaStream_t st, uint32_t wtype, const float *x, ui
  * Q8_K (292-byte blocks). */
 template <uint32_t TYPE> struct qb;
 
-/* Four int8 values as one word from 2-byte aligned memory (Q8_0 blocks are
- * 34 bytes, so their values are only 2-byte aligned). */
-__device__ __forceinline__ int ld_i8x4_a2(const uint8_t *p) {
-    const uint16_t *h = (const uint16_t *)p;
-    return (int)((uint32_t)h[0] | ((uint32_t)h[1] << 16));
-}
 __device__ __forceinline__ int ld_i8x4_a4(const uint8_t *p) { return *(const int *)p; }
 
-/* Byte masks 0x00/0xff from four sign bits (bit t -> byte t). */
-__device__ __forceinline__ uint32_t sign_mask4(uint32_t bits) {
-    return ((bits * 0x00204081u) & 0x01010101u) * 0xffu;
-}
 
 
 /* The integer sums below use __dp4a (four exact int8 products added to an

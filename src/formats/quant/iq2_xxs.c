@@ -443,52 +443,151 @@ DS4_TARGET_AVX2 float ds4_iq2_xxs_dot_avx2(int64_t n, const void *w, const void 
     return ds4_hsum256(acc);
 }
 
-/* Sign bits of two groups (64 values) as a mask, bit k = value k: BMI2's
- * pdep spreads the eight 7-bit sign fields of the two aux words into eight
- * bytes, and bit 7 of each byte is the parity of its other seven (every
- * group of 8 has an even number of negatives). Scalar work on the integer
- * units instead of sixteen table loads and shuffles on the vector ones. */
-DS4_TARGET_AVX512 static inline __mmask64 iq2_sign_mask2(uint32_t a0, uint32_t a1) {
-    const uint64_t packed = (uint64_t)(a0 & 0x0fffffffu) | ((uint64_t)(a1 & 0x0fffffffu) << 28);
-    uint64_t s = _pdep_u64(packed, 0x7f7f7f7f7f7f7f7full);
-    uint64_t p = s ^ (s >> 4);
-    p ^= p >> 2;
-    p ^= p >> 1;
-    s |= (p & 0x0101010101010101ull) << 7;
-    return _cvtu64_mask64(s);
+/* ---- AVX-512 VBMI: a whole super-block decoded in registers ----
+ *
+ * The 64 bytes of a block's qs are eight qwords, one per group of 32: four
+ * grid indices, then the sign/scale word. The block is processed in four
+ * chunks of 64 values (groups 2c and 2c+1), each one zmm of bytes.
+ *
+ * Magnitudes: the 32 grid indices become 16-bit lanes, ordered so that
+ * qword q of the result holds the entries q, 8+q, 16+q, 24+q (one per
+ * chunk), and are looked up in the grid's 2-bit level codes
+ * (ds4_iq2xxs_codes, 256 x 16 bits = eight zmm tables, four two-table word
+ * permutes). Chunk c's value t of entry q is then level bits 16c+2t.. of
+ * qword q: one multishift per chunk moves them into byte lanes, and a byte
+ * permute maps level -> 8/25/43. Eight scattered 8-byte loads and seven
+ * inserts per chunk become two shuffles.
+ *
+ * Signs: one multishift pulls the four 7-bit sign fields of every group
+ * into bytes, popcnt adds the parity bit (even number of negatives per 8),
+ * and per chunk a qword permute plus a bit shuffle turn the eight sign
+ * bytes into the 64-bit mask that negates the activations.
+ *
+ * Scales: (aux >> 28) sits in bits 60..63 of each qword; >> 59 | 1 gives
+ * 2l+1 in its low word, which a word permute spreads over the chunk's
+ * lanes. */
+
+/* Source byte of word lane w = 4q + c: grid index k = q & 3 of group
+ * 2c + (q >> 2), at qs byte 16c + 8(q >> 2) + (q & 3). Odd bytes are
+ * zeroed by the permute's mask. */
+static const uint8_t k_iq2_idx_ctrl[64] __attribute__((aligned(64))) = {
+    0, 0, 16, 0, 32, 0, 48, 0, 1, 0, 17, 0, 33, 0, 49, 0, 2, 0, 18, 0, 34, 0, 50, 0, 3, 0, 19, 0, 35, 0, 51, 0,
+    8, 0, 24, 0, 40, 0, 56, 0, 9, 0, 25, 0, 41, 0, 57, 0, 10, 0, 26, 0, 42, 0, 58, 0, 11, 0, 27, 0, 43, 0, 59, 0};
+
+/* Level (low two bits of the byte; the permute reads six) -> magnitude. */
+static const uint8_t k_iq2_level_mag[64] __attribute__((aligned(64))) = {
+    8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0,
+    8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0, 8, 25, 43, 0};
+
+typedef struct {
+    __m512i codes[8]; /* grid level codes, entries 32j .. 32j+31 in codes[j] */
+    __m512i idx_ctrl, level_mag;
+} iq2_vbmi_tabs;
+
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) void iq2_vbmi_init(iq2_vbmi_tabs *t) {
+    for (int j = 0; j < 8; j++) t->codes[j] = _mm512_loadu_si512((const void *)(ds4_iq2xxs_codes + 32 * j));
+    t->idx_ctrl = _mm512_load_si512((const void *)k_iq2_idx_ctrl);
+    t->level_mag = _mm512_load_si512((const void *)k_iq2_level_mag);
 }
 
-/* Grid magnitudes of two groups (64 values) in one register. */
-DS4_TARGET_AVX512 static inline __m512i iq2_grid2(const uint8_t *q0, const uint8_t *q1) {
-    const __m256i g0 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q0[0], q0[1])), iq2_rows2(q0[2], q0[3]), 1);
-    const __m256i g1 = _mm256_inserti128_si256(_mm256_castsi128_si256(iq2_rows2(q1[0], q1[1])), iq2_rows2(q1[2], q1[3]), 1);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1);
+/* One block's qs, decoded as far as the chunks share: the level codes, the
+ * sign bytes and the scales (layouts above). */
+typedef struct {
+    __m512i codes, scales;
+    uint64_t signs[4]; /* chunk c's 64-bit negation mask */
+} iq2_vbmi_block;
+
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) iq2_vbmi_block iq2_vbmi_block_decode(const iq2_vbmi_tabs *t,
+                                                                                                     const uint8_t *qs) {
+    const __m512i q = _mm512_loadu_si512((const void *)qs);
+    const __m512i idx = _mm512_maskz_permutexvar_epi8(0x5555555555555555ull, t->idx_ctrl, q);
+    /* 256-entry word lookup: four 64-entry permutes, chosen by bits 6, 7 */
+    __m512i r0 = _mm512_permutex2var_epi16(t->codes[0], idx, t->codes[1]);
+    __m512i r1 = _mm512_permutex2var_epi16(t->codes[2], idx, t->codes[3]);
+    __m512i r2 = _mm512_permutex2var_epi16(t->codes[4], idx, t->codes[5]);
+    __m512i r3 = _mm512_permutex2var_epi16(t->codes[6], idx, t->codes[7]);
+    const __mmask32 b6 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64));
+    const __mmask32 b7 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(128));
+    r0 = _mm512_mask_blend_epi16(b6, r0, r1);
+    r2 = _mm512_mask_blend_epi16(b6, r2, r3);
+    iq2_vbmi_block b;
+    b.codes = _mm512_mask_blend_epi16(b7, r0, r2);
+    /* sign fields at aux bits 7k: qword bits 32 + 7k */
+    const __m512i s7 = _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x352e2720), q),
+                                        _mm512_set1_epi8(0x7f));
+    const __m512i par = _mm512_slli_epi16(_mm512_popcnt_epi8(s7), 7);
+    const __m512i sb = _mm512_ternarylogic_epi32(s7, par, _mm512_set1_epi8((char)0x80), 0xf8); /* s7 | (par & 0x80) */
+    /* The four sign bytes of each group are its qword's low dword; packed
+     * together they are, in entry order, chunk c's mask bits in the c-th
+     * 64-bit word (bit 8e + t = value t of the chunk's entry e). Through
+     * memory they reach the mask registers by plain loads, off the vector
+     * units. */
+    _mm256_storeu_si256((__m256i *)b.signs, _mm512_cvtepi64_epi32(sb));
+    b.scales = _mm512_or_si512(_mm512_srli_epi64(q, 59), _mm512_set1_epi64(1));
+    return b;
 }
 
-/* Group scales 2l+1 of two groups as int16 lanes: the first 16 for the
- * first group's 32 values (as int16 pairs), the next 16 for the second. */
-DS4_TARGET_AVX512 static inline __m512i iq2_scales2(uint32_t a0, uint32_t a1) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * (a0 >> 28) + 1))),
-                              _mm256_set1_epi16((short)(2 * (a1 >> 28) + 1)), 1);
+/* Chunk c (values 64c .. 64c+63): magnitudes as bytes. */
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) __m512i iq2_vbmi_mags(const iq2_vbmi_tabs *t, const iq2_vbmi_block *b,
+                                                                                     int c) {
+    const __m512i shift = _mm512_set1_epi64((long long)(0x0e0c0a0806040200ull + 0x1010101010101010ull * (uint64_t)c));
+    return _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(shift, b->codes), t->level_mag);
+}
+
+/* Chunk c: bit k set where value 64c + k is negative. */
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) __mmask64 iq2_vbmi_signs(const iq2_vbmi_block *b, int c) {
+    return _cvtu64_mask64(b->signs[c]);
+}
+
+/* Chunk c: 2l+1 of group 2c in word lanes 0..15, of group 2c+1 in 16..31
+ * (the lanes dpwssd pairs with the maddubs sums). */
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) __m512i iq2_vbmi_scales(const iq2_vbmi_block *b, int c) {
+    const __m512i sel = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(8 * c))),
+                                           _mm256_set1_epi16((short)(8 * c + 4)), 1);
+    return _mm512_permutexvar_epi16(sel, b->scales);
 }
 
 /* AVX-512: two groups of 32 per register; the activations are negated
- * under the sign mask (AVX-512 has no byte sign instruction). */
+ * under the sign mask (AVX-512 has no byte sign instruction). The integer
+ * lanes (four values each, times their group's 2l+1) are those of the
+ * tile kernel below, which relies on it for bit-exact agreement. */
+/* One block's integer lanes. */
+DS4_TARGET_AVX512 static inline __attribute__((always_inline)) __m512i iq2_vbmi_block_dot(const iq2_vbmi_tabs *t,
+                                                                                         const ds4_block_iq2_xxs *x,
+                                                                                         const ds4_block_q8_K *y) {
+    const iq2_vbmi_block b = iq2_vbmi_block_decode(t, x->qs);
+    __m512i sumi = _mm512_setzero_si512();
+    DS4_UNROLL
+    for (int c = 0; c < 4; c++) {
+        const __m512i a = _mm512_loadu_si512((const void *)(y->qs + 64 * c));
+        const __m512i sa = _mm512_mask_sub_epi8(a, iq2_vbmi_signs(&b, c), _mm512_setzero_si512(), a);
+        sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(iq2_vbmi_mags(t, &b, c), sa), iq2_vbmi_scales(&b, c));
+    }
+    return sumi;
+}
+
 DS4_TARGET_AVX512 float ds4_iq2_xxs_dot_avx512(int64_t n, const void *w, const void *act) {
     const ds4_block_iq2_xxs *x = w;
     const ds4_block_q8_K *y = act;
+    iq2_vbmi_tabs t;
+    iq2_vbmi_init(&t);
     __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n / DS4_QK_K; i++) {
-        __m512i sumi = _mm512_setzero_si512();
-        for (int ib = 0; ib < 8; ib += 2) {
-            const uint8_t *q0 = x[i].qs + 8 * ib, *q1 = q0 + 8;
-            const uint32_t a0 = ds4_iq2xxs_aux(&x[i], ib), a1 = ds4_iq2xxs_aux(&x[i], ib + 1);
-            const __m512i a = _mm512_loadu_si512((const void *)(y[i].qs + 32 * ib));
-            const __m512i sa = _mm512_mask_sub_epi8(a, iq2_sign_mask2(a0, a1), _mm512_setzero_si512(), a);
-            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(iq2_grid2(q0, q1), sa), iq2_scales2(a0, a1));
-        }
-        const float s = 0.125f * (ds4_half_f16c(x[i].d) * y[i].d);
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_cvtepi32_ps(sumi), acc);
+    const int64_t nb = n / DS4_QK_K;
+    int64_t i = 0;
+    /* two blocks per step: their decodes are independent chains the core
+     * can overlap; the float sums stay in block order */
+    for (; i + 2 <= nb; i += 2) {
+        const __m512i s0 = iq2_vbmi_block_dot(&t, x + i, y + i);
+        const __m512i s1 = iq2_vbmi_block_dot(&t, x + i + 1, y + i + 1);
+        const float d0 = 0.125f * (ds4_half_f16c(x[i].d) * y[i].d);
+        const float d1 = 0.125f * (ds4_half_f16c(x[i + 1].d) * y[i + 1].d);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d0), _mm512_cvtepi32_ps(s0), acc);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d1), _mm512_cvtepi32_ps(s1), acc);
+    }
+    for (; i < nb; i++) {
+        const __m512i s0 = iq2_vbmi_block_dot(&t, x + i, y + i);
+        const float d0 = 0.125f * (ds4_half_f16c(x[i].d) * y[i].d);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d0), _mm512_cvtepi32_ps(s0), acc);
     }
     return ds4_hsum512(acc);
 }
@@ -523,14 +622,16 @@ typedef struct {
 
 DS4_TARGET_AVX512 static void iq2_tile_decode(const ds4_block_iq2_xxs *x, int64_t nb, iq2_tile_row *out) {
     const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    iq2_vbmi_tabs t;
+    iq2_vbmi_init(&t);
     for (int64_t i = 0; i < nb; i++) {
         __m512i corr = _mm512_setzero_si512();
+        const iq2_vbmi_block b = iq2_vbmi_block_decode(&t, x[i].qs);
+        DS4_UNROLL
         for (int c = 0; c < 4; c++) {
-            const uint8_t *q0 = x[i].qs + 16 * c, *q1 = q0 + 8;
-            const uint32_t a0 = ds4_iq2xxs_aux(&x[i], 2 * c), a1 = ds4_iq2xxs_aux(&x[i], 2 * c + 1);
-            const __m512i g = iq2_grid2(q0, q1);
-            const __m512i v = _mm512_mask_sub_epi8(g, iq2_sign_mask2(a0, a1), _mm512_setzero_si512(), g);
-            const __m512i ls = iq2_scales2(a0, a1);
+            const __m512i g = iq2_vbmi_mags(&t, &b, c);
+            const __m512i v = _mm512_mask_sub_epi8(g, iq2_vbmi_signs(&b, c), _mm512_setzero_si512(), g);
+            const __m512i ls = iq2_vbmi_scales(&b, c);
             _mm512_store_si512((void *)(out[i].v + 64 * c), v);
             _mm512_store_si512((void *)out[i].ls[c], ls);
             corr = _mm512_dpwssd_epi32(corr, _mm512_maddubs_epi16(k128, v), ls);

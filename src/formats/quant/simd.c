@@ -36,7 +36,9 @@ static void detect(void) {
                               __builtin_cpu_supports("avx512bw") &&
                               __builtin_cpu_supports("avx512vl") &&
                               __builtin_cpu_supports("avx512dq") &&
-                              __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("bmi2");
+                              __builtin_cpu_supports("avx512vnni") &&
+                              __builtin_cpu_supports("avx512vbmi") &&
+                              __builtin_cpu_supports("avx512bitalg");
 #endif
     ds4_simd best = DS4_SIMD_SCALAR;
     for (int l = 0; l < DS4_SIMD_COUNT; l++)

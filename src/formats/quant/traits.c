@@ -96,6 +96,12 @@ size_t ds4_act_row_bytes(uint32_t w_type, int64_t n) {
 }
 
 void ds4_quantize_act(uint32_t w_type, const float *x, void *act, int64_t n) {
+#if DS4_QUANT_X86
+    if (ds4_act_type(w_type) == GGML_TYPE_Q8_0 && ds4_simd_active() >= DS4_SIMD_AVX512) {
+        ds4_q8_0_quantize_avx512(x, act, n);
+        return;
+    }
+#endif
     ds4_quantize_row(ds4_act_type(w_type), x, act, n, NULL);
 }
 

@@ -40,15 +40,12 @@ extern "C" {
 template <uint32_t TYPE> struct mw;
 template <> struct mw<GGML_TYPE_Q8_0> {
     static constexpr uint32_t SB = 8 * 34, RL = 17, QKA = 32;
-    static constexpr bool DECODE = false; /* the MMA reads the staged blocks */
 };
 template <> struct mw<GGML_TYPE_Q2_K> {
     static constexpr uint32_t SB = 84, RL = 7, QKA = 256;
-    static constexpr bool DECODE = true;
 };
 template <> struct mw<GGML_TYPE_IQ2_XXS> {
     static constexpr uint32_t SB = 66, RL = 6, QKA = 256;
-    static constexpr bool DECODE = true;
 };
 
 typedef struct mmq_args {
@@ -82,44 +79,43 @@ __device__ __forceinline__ void mma_s8(int *c, const int *a, const int *b) {
 /* Shared memory of a block (see the layout in mmq_kernel). */
 template <uint32_t TYPE> static constexpr uint32_t mmq_smem(int BN) {
     return 2 * MM_ROWS * mw<TYPE>::RL * 16 + 2 * BN * MM_XS + 2 * BN * 8 * 4 + 2 * BN * 16 * 2 + BN * 4 +
-           (mw<TYPE>::DECODE ? MM_ROWS * MM_XS : 0) + MM_ROWS * 16 * 4 + MM_ROWS * 2 * 4 +
-           (TYPE == GGML_TYPE_IQ2_XXS ? 256 * 8 + 128 : 0);
+                      (TYPE == GGML_TYPE_IQ2_XXS ? 256 * 8 + 128 : 0);
 }
 
-/* One step's weight bytes (raw, at 16-byte phase off) of 64 rows
- * decoded to int8 rows of sw, with per-row scales: IQ2_XXS: 2 ls + 1 per
- * 32 values in sc, d in wd; Q2_K: scale * q in sw, the 16 mins in sc, d and
- * dmin in wd. */
+/* The A fragment (rows r, r + 8; values 4 t.. and 16 + 4 t.. of 32-value
+ * block sub) decoded from the staged bytes p0 (row r) and p1 (row r + 8)
+ * of a step, into registers: Q8_0 copies, Q2_K scale * q (the sub-block
+ * scales folded in: at most 45), IQ2_XXS signed grid values (the block's
+ * 2 ls + 1 goes to sc[0], sc[1]). Each thread decodes only what its own
+ * fragment holds, so there is no decoded copy in shared memory. */
 template <uint32_t TYPE>
-__device__ __forceinline__ void decode_step(const uint8_t *raw, uint32_t off, uint8_t *sw, int *sc, float *wd,
-                                            const uint8_t *tab) {
-    constexpr uint32_t RB = mw<TYPE>::RL * 16;
-    for (uint32_t it = threadIdx.x; it < MM_ROWS * 32; it += MM_THREADS) {
-        uint32_t mr = it >> 5, q = it & 31; /* row, 8-value group */
-        const uint8_t *blk = raw + mr * RB + off;
-        uint8_t *dst = sw + mr * MM_XS + 8 * q;
-        if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
-            uint32_t ib = q >> 2, k = q & 3;
-            const uint8_t *qs = blk + 2 + 8 * ib;
-            uint32_t aux = (uint32_t)ld16(qs + 4) | ((uint32_t)ld16(qs + 6) << 16);
-            uint32_t sg = tab[256 * 8 + ((aux >> (7 * k)) & 127)];
-            const uint32_t *gv = (const uint32_t *)(tab + 8 * qs[k]);
-            uint32_t m0 = sign_mask4(sg & 15), m1 = sign_mask4(sg >> 4);
-            *(uint2 *)dst = make_uint2(__vsub4(gv[0] ^ m0, m0), __vsub4(gv[1] ^ m1, m1));
-            if (k == 0) sc[mr * 16 + ib] = (int)(2 * (aux >> 28) + 1);
-            if (q == 0) wd[mr * 2] = f16_to_f32(ld16(blk));
-        } else { /* Q2_K: value i = 8q.. is (qs[32 (i / 128) + i % 32] >> 2 ((i / 32) % 4)) & 3 */
-            uint32_t i0 = 8 * q, sh = 2 * ((i0 >> 5) & 3), kk = i0 >> 4;
-            const uint8_t *qs = blk + 16 + 32 * (i0 >> 7) + (i0 & 31); /* 4-byte aligned: off is */
-            uint32_t s = blk[kk] & 15;
-            uint32_t v0 = ((*(const uint32_t *)qs >> sh) & 0x03030303u) * s; /* bytes <= 45: no carries */
-            uint32_t v1 = ((*(const uint32_t *)(qs + 4) >> sh) & 0x03030303u) * s;
-            *(uint2 *)dst = make_uint2(v0, v1);
-            if ((q & 1) == 0) sc[mr * 16 + kk] = blk[kk] >> 4;
-            if (q == 0) {
-                wd[mr * 2] = f16_to_f32(ld16(blk + 80));
-                wd[mr * 2 + 1] = f16_to_f32(ld16(blk + 82));
+__device__ __forceinline__ void frag_a(const uint8_t *p0, const uint8_t *p1, int sub, uint32_t t, const uint8_t *tab, int *A,
+                                       int *sc) {
+    const uint8_t *pr[2] = {p0, p1};
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *p = pr[h];
+        if constexpr (TYPE == GGML_TYPE_Q8_0) {
+            A[h] = ld_i8x4_a2(p + 34 * sub + 2 + 4 * t);
+            A[2 + h] = ld_i8x4_a2(p + 34 * sub + 18 + 4 * t);
+        } else if constexpr (TYPE == GGML_TYPE_Q2_K) {
+            /* value i = 32 sub + v: (qs[32 (sub / 4) + v % 32] >> 2 (sub % 4)) & 3, sub-block i / 16 */
+            const uint8_t *qs = p + 16 + 32 * (sub >> 2) + 4 * t; /* 4-byte aligned: the phase is */
+            uint32_t sh = 2 * (sub & 3);
+            A[h] = (int)(((*(const uint32_t *)qs >> sh) & 0x03030303u) * (uint32_t)(p[2 * sub] & 15));
+            A[2 + h] = (int)(((*(const uint32_t *)(qs + 16) >> sh) & 0x03030303u) * (uint32_t)(p[2 * sub + 1] & 15));
+        } else { /* IQ2_XXS: 8-value groups k = t / 2 and 2 + t / 2, half t % 2 */
+            const uint8_t *qs = p + 2 + 8 * sub;
+            uint32_t aux = (uint32_t)ld16(qs + 4) | ((uint32_t)ld16(qs + 6) << 16), half = t & 1;
+#pragma unroll
+            for (int q = 0; q < 2; q++) {
+                uint32_t k = 2 * q + (t >> 1);
+                uint32_t sg = tab[256 * 8 + ((aux >> (7 * k)) & 127)];
+                uint32_t m = sign_mask4((sg >> (4 * half)) & 15);
+                uint32_t gv = *(const uint32_t *)(tab + 8 * qs[k] + 4 * half);
+                A[2 * q + h] = (int)__vsub4(gv ^ m, m);
             }
+            sc[h] = (int)(2 * (aux >> 28) + 1);
         }
     }
 }
@@ -138,10 +134,7 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
     float *sxd = (float *)(sx + 2 * BN * MM_XS);                 /* [2][BN][8] */
     int16_t *sbs = (int16_t *)(sxd + 2 * BN * 8);                /* [2][BN][16] */
     int *srow = (int *)(sbs + 2 * BN * 16);                      /* [BN] */
-    uint8_t *sw = (uint8_t *)(srow + BN);                        /* [64][MM_XS] */
-    int *ssc = (int *)(sw + (F::DECODE ? MM_ROWS * MM_XS : 0));  /* [64][16] */
-    float *swd = (float *)(ssc + MM_ROWS * 16);                  /* [64][2] */
-    uint8_t *tab = (uint8_t *)(swd + MM_ROWS * 2);
+    uint8_t *tab = (uint8_t *)(srow + BN);                       /* IQ2_XXS tables */
 
     uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
     uint64_t rt = (uint64_t)blockIdx.x * MM_ROWS;
@@ -210,18 +203,13 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                         if (t < nt) cp_async16(sbs + (buf * BN + t) * 16 + 8 * h, a.x.bs + (uint64_t)srow[t] * (a.K / 16) + s * 16 + 8 * h);
                     }
                 }
-                /* (the braces above matter: with that discarded statement
-                 * unbraced, nvcc 13 left this commit out of the Q8_0 and
-                 * IQ2_XXS kernels (no commit_group in their PTX), so the
-                 * waits did not cover the step's copies and results changed
-                 * from run to run) */
-                cp_async_commit();
+                cp_async_commit(); /* braces above: unbraced, nvcc dropped this commit for Q8_0 and IQ2_XXS */
             };
 
             /* The copies of step s + 1 start once every thread has seen
-             * step s land (wait for all, then the barrier) and run while
-             * step s is multiplied; the barrier that ends a step keeps them
-             * off the buffer the step before was reading. */
+             * step s land (wait for all, then the barrier), and run while
+             * step s is multiplied; the barrier at the end of a step keeps
+             * them off the buffer the step before was reading. */
             issue(0);
             for (uint32_t s = 0; s < S; s++) {
                 cp_async_wait_all();
@@ -229,10 +217,6 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                 if (s + 1 < S) issue(s + 1);
                 uint32_t buf = s & 1, off = (s * F::SB) % 16;
                 const uint8_t *raw = sraw + buf * MM_ROWS * RB;
-                if constexpr (F::DECODE) {
-                    decode_step<TYPE>(raw, off, sw, ssc, swd, tab);
-                    __syncthreads();
-                }
                 const uint8_t *xs = sx + buf * BN * MM_XS;
                 const float *xd = sxd + buf * BN * 8;
                 /* per-output integer sums (Q2_K: of the whole step; IQ2_XXS: scaled per block) */
@@ -242,24 +226,15 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                 for (int j = 0; j < NT; j++)
 #pragma unroll
                     for (int i = 0; i < 4; i++) isum[j][i] = 0;
-                float dw[2]; /* Q8_0: the block scales of rows r_lo, r_lo + 8 */
+                const uint8_t *p0 = raw + r_lo * RB + off, *p1 = p0 + 8 * RB; /* this step's block(s) of the rows */
 #pragma unroll
                 for (int sub = 0; sub < 8; sub++) {
-                    int A[4];
-                    if constexpr (F::DECODE) {
-                        const uint8_t *p = sw + r_lo * MM_XS + 32 * sub + 4 * tg;
-                        A[0] = *(const int *)p;
-                        A[1] = *(const int *)(p + 8 * MM_XS);
-                        A[2] = *(const int *)(p + 16);
-                        A[3] = *(const int *)(p + 8 * MM_XS + 16);
-                    } else { /* Q8_0 blocks straight from the staged bytes (2-byte aligned) */
-                        const uint8_t *p = raw + r_lo * RB + 34 * sub;
-                        A[0] = ld_i8x4_a2(p + 2 + 4 * tg);
-                        A[1] = ld_i8x4_a2(p + 8 * RB + 2 + 4 * tg);
-                        A[2] = ld_i8x4_a2(p + 18 + 4 * tg);
-                        A[3] = ld_i8x4_a2(p + 8 * RB + 18 + 4 * tg);
-                        dw[0] = f16_to_f32(ld16(p));
-                        dw[1] = f16_to_f32(ld16(p + 8 * RB));
+                    int A[4], sc[2] = {1, 1};
+                    frag_a<TYPE>(p0, p1, sub, tg, tab, A, sc);
+                    float dw[2]; /* Q8_0: the block scales of the rows */
+                    if constexpr (TYPE == GGML_TYPE_Q8_0) {
+                        dw[0] = f16_to_f32(ld16(p0 + 34 * sub));
+                        dw[1] = f16_to_f32(ld16(p1 + 34 * sub));
                     }
 #pragma unroll
                     for (int j = 0; j < NT; j++) {
@@ -272,9 +247,9 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                             mma_s8(c, A, B);
 #pragma unroll
                             for (int i = 0; i < 4; i++) {
-                                uint32_t r = r_lo + 8 * (i >> 1), col = 8 * j + 2 * tg + (i & 1);
+                                uint32_t col = 8 * j + 2 * tg + (i & 1);
                                 if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
-                                    isum[j][i] += c[i] * ssc[r * 16 + sub];
+                                    isum[j][i] += c[i] * sc[i >> 1];
                                 } else {
                                     float t = (float)c[i] * (dw[i >> 1] * xd[col * 8 + sub]);
                                     /* ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7)) */
@@ -301,21 +276,22 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                     for (int j = 0; j < NT; j++)
 #pragma unroll
                         for (int i = 0; i < 4; i++) {
-                            uint32_t r = r_lo + 8 * (i >> 1), col = 8 * j + 2 * tg + (i & 1);
+                            uint32_t col = 8 * j + 2 * tg + (i & 1);
+                            const uint8_t *p = (i >> 1) ? p1 : p0;
                             float dx = xd[col * 8];
                             if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
-                                acc[m][j][i] += 0.125f * (swd[2 * r] * dx) * (float)isum[j][i];
+                                acc[m][j][i] += 0.125f * (f16_to_f32(ld16(p)) * dx) * (float)isum[j][i];
                             } else {
                                 const int16_t *bs = sbs + (buf * BN + col) * 16;
                                 int ms = 0;
 #pragma unroll
-                                for (int kk = 0; kk < 16; kk++) ms += ssc[r * 16 + kk] * bs[kk];
-                                float dall = dx * swd[2 * r], dmin = dx * swd[2 * r + 1];
+                                for (int kk = 0; kk < 16; kk++) ms += (p[kk] >> 4) * bs[kk];
+                                float dall = dx * f16_to_f32(ld16(p + 80)), dmin = dx * f16_to_f32(ld16(p + 82));
                                 acc[m][j][i] += dall * (float)isum[j][i] - dmin * (float)ms;
                             }
                         }
                 }
-                __syncthreads(); /* buffer s & 1 and sw are refilled next */
+                __syncthreads(); /* buffer s & 1 is refilled next */
             }
         }
 

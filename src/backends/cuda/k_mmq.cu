@@ -16,9 +16,12 @@
  * A block of 4 warps takes 64 weight rows (16 per warp) and a tile of BN
  * tokens, and walks K in steps of 256 values: the weight rows' bytes of the
  * next step and the tokens' int8 values are copied to shared memory with
- * cp.async while the current step is multiplied; IQ2_XXS and Q2_K rows are
- * first decoded to int8 in shared memory, once per step for all the
- * tile's tokens. Needs sm_80 (k_mmq_usable checks). */
+ * cp.async while the current step is multiplied. Each thread decodes the
+ * IQ2_XXS or Q2_K bytes of its own A fragment straight into registers (no
+ * decoded copy in shared memory: less shared memory per block, more blocks
+ * per SM). Every step's copies are waited for by all threads before the
+ * barrier that precedes the next step's copies. Needs sm_80 (k_mmq_usable
+ * checks). */
 #include <stdlib.h>
 #include <string.h>
 

@@ -1047,12 +1047,16 @@ static int attention(fwd *f, uint32_t il) {
 
     prof_mark(f->s, "q_proj");
     CU(lin(f, &lw->q_a, 0, hp->q_lora, 1, 0, x, E, NULL, n, s->qa, hp->q_lora));
+    /* kv right after q_a: when both are quantized alike, kv reuses q_a's
+     * quantized x (before q_b's activations take the scratch) */
+    prof_mark(f->s, "kv_proj");
+    bool same_act = k_quant_type(lw->q_a.type) && lw->kv.type == lw->q_a.type;
+    CU(lin(f, &lw->kv, 0, hd, 1, 0, same_act ? NULL : x, E, NULL, n, s->kv, hd));
+    if (rows(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0)) return -1;
+    prof_mark(f->s, "q_proj");
     if (rows(f, s->qa, n, hp->q_lora, 1, 1, vec(&lw->q_a_norm), NULL, 0)) return -1;
     CU(lin(f, &lw->q_b, 0, qdim, 1, 0, s->qa, hp->q_lora, NULL, n, s->q, qdim));
     if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
-    prof_mark(f->s, "kv_proj");
-    CU(lin(f, &lw->kv, 0, hd, 1, 0, x, E, NULL, n, s->kv, hd));
-    if (rows(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0)) return -1;
 
     if (ratio) {
         uint32_t cw = (ratio == 4 ? 2 : 1) * hd;
@@ -1107,7 +1111,8 @@ static int attention(fwd *f, uint32_t il) {
     return 0;
 }
 
-/* ds4_moe: x = s->y -> s->o. */
+/* ds4_moe, then the mHC post step: x = s->y, the layer's streams s->X
+ * updated. */
 static int moe(fwd *f, uint32_t il) {
     ds4_gpu_session *s = f->s;
     const ds4_hparams *hp = f->hp;
@@ -1121,20 +1126,21 @@ static int moe(fwd *f, uint32_t il) {
     CU(lin(f, &lw->gate_inp, 0, X, 1, 0, s->y, E, NULL, n, s->lg, X));
     bool hash = ds4_layer_is_hash(hp, il);
     CU(k_route(st, s->lg, n, X, K, s->tok, hash ? (const int32_t *)lw->tid2eid.data : NULL,
-               hash ? NULL : vec(&lw->probs_bias), hp->expert_scale, s->ids, s->wts));
+               hash ? NULL : vec(&lw->probs_bias), hp->expert_scale, s->ids, s->wts, n == 1 ? s->grp : NULL));
     prof_mark(f->s, "shared_expert");
     CU(ffn_up(f, &lw->gate_shexp, &lw->up_shexp, NULL, K, n, 0, 1, NULL, s->y, limit, s->hs));
     CU(ffn_down(f, &lw->down_shexp, NULL, K, n, 0, 1, NULL, s->hs, s->sh));
     prof_mark(f->s, "experts");
-    CU(k_moe_group(st, s->ids, n * K, X, s->grp));
+    if (n > 1) CU(k_moe_group(st, s->ids, n * K, X, s->grp)); /* a single token's came with its routing */
     if (s->g->bank) {
         if (bank_experts(f, il, limit)) return -1;
     } else {
         CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, 0, slots, NULL, s->y, limit, s->h));
         CU(ffn_down(f, &lw->down_exps, s->grp, K, n, 0, slots, NULL, s->h, s->dx));
     }
+    /* the weighted sum of the experts goes straight into the mHC post step */
     prof_mark(f->s, "moe_combine");
-    CU(k_moe_combine(st, s->sh, s->dx, s->ids, s->wts, s->grp, n, K, X, E, s->o));
+    CU(k_mhc_post_moe(st, s->X, s->sh, s->dx, s->ids, s->wts, s->grp, X, K, s->post, s->comb, n, hp->hc, E));
     return 0;
 }
 
@@ -1158,8 +1164,6 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
         CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
         if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0, vec(&lw->ffn_norm))) return -1;
         if (moe(&f, il)) return ds4_fail_prefix(err, "layer %u MoE", il);
-        prof_mark(s, "mhc_post");
-        CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
     }
     s->pos += n;
     s->fr ^= 1;

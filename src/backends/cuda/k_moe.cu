@@ -3,6 +3,7 @@
  * k_linear.cu (k_ffn_up / k_ffn_down). */
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
+#include "backends/cuda/moefn.cuh"
 
 /* ---- routing ------------------------------------------------------------------ */
 
@@ -17,9 +18,11 @@ __device__ __forceinline__ void better(float *v, int *i, float v2, int i2) {
     }
 }
 
-/* One block (256 threads) per token. */
+/* One block (256 threads) per token. With grp (a single token), the
+ * block also writes k_moe_group's grouping of its K entries, which saves
+ * decode a launch. */
 __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const int32_t *tokens, const int32_t *tid2eid,
-                             const float *bias, float scale, int32_t *ids, float *wts) {
+                             const float *bias, float scale, int32_t *ids, float *wts, int32_t *grp) {
     __shared__ float s[K_MAX_EXPERTS];
     __shared__ unsigned char taken[K_MAX_EXPERTS];
     __shared__ float wv[8];
@@ -66,15 +69,37 @@ __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const 
             ids[(uint64_t)t * K + k] = sel[k];
             wts[(uint64_t)t * K + k] = s[sel[k]] / (sum + 1e-20f) * scale;
         }
+        if (grp) {
+            /* distinct experts ascending; an expert's entries in entry order */
+            int32_t *used = grp + 1, *goff = used + X, *gcnt = goff + X, *members = gcnt + X, *pos = members + K;
+            int n_used = 0, o = 0, prev = -1;
+            for (;;) {
+                int e = -1; /* the smallest expert above prev */
+                for (uint32_t k = 0; k < K; k++)
+                    if (sel[k] > prev && (e < 0 || sel[k] < e)) e = sel[k];
+                if (e < 0) break;
+                used[n_used] = e;
+                goff[n_used] = o;
+                for (uint32_t k = 0; k < K; k++)
+                    if (sel[k] == e) {
+                        members[o] = (int32_t)k;
+                        pos[k] = o++;
+                    }
+                gcnt[n_used] = o - goff[n_used];
+                n_used++;
+                prev = e;
+            }
+            grp[0] = n_used;
+        }
     }
 }
 
 cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n_expert, uint32_t k,
                     const int32_t *tokens, const int32_t *tid2eid, const float *bias, float scale, int32_t *ids,
-                    float *wts) {
+                    float *wts, int32_t *grp) {
     if (n == 0) return cudaSuccess;
-    if (n_expert > K_MAX_EXPERTS || k > K_MAX_USED || k > n_expert) return cudaErrorInvalidValue;
-    route_kernel<<<n, 256, 0, st>>>(logits, n_expert, k, tokens, tid2eid, bias, scale, ids, wts);
+    if (n_expert > K_MAX_EXPERTS || k > K_MAX_USED || k > n_expert || (grp && n != 1)) return cudaErrorInvalidValue;
+    route_kernel<<<n, 256, 0, st>>>(logits, n_expert, k, tokens, tid2eid, bias, scale, ids, wts, grp);
     return LAUNCH_STATUS();
 }
 
@@ -142,28 +167,13 @@ __global__ void moe_combine_kernel(const float *shared, const float *dx, const i
                                    const int32_t *pos, uint32_t K, uint32_t E, float *out) {
     uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= E) return;
-    /* the token's experts in ascending id (stable: ties keep slot order) */
-    int order[K_MAX_USED];
-    for (uint32_t k = 0; k < K; k++) {
-        int j = (int)k;
-        while (j > 0 && ids[(uint64_t)t * K + order[j - 1]] > ids[(uint64_t)t * K + k]) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = (int)k;
-    }
-    float acc = shared[(uint64_t)t * E + d];
-    for (uint32_t k = 0; k < K; k++) {
-        uint64_t entry = (uint64_t)t * K + order[k];
-        acc += wts[entry] * dx[(uint64_t)pos[entry] * E + d];
-    }
-    out[(uint64_t)t * E + d] = acc;
+    out[(uint64_t)t * E + d] = moe_combine_at(shared, dx, ids, wts, pos, K, E, t, d);
 }
 
 cudaError_t k_moe_combine(cudaStream_t st, const float *shared, const float *d, const int32_t *ids, const float *wts,
                           const int32_t *grp, uint32_t n, uint32_t k, uint32_t n_expert, uint32_t E, float *out) {
     if (n == 0) return cudaSuccess;
-    const int32_t *pos = grp + 1 + 3 * (uint64_t)n_expert + (uint64_t)n * k;
+    const int32_t *pos = moe_group_pos(grp, n_expert, n, k);
     moe_combine_kernel<<<dim3(div_up(E, 256), n), 256, 0, st>>>(shared, d, ids, wts, pos, k, E, out);
     return LAUNCH_STATUS();
 }

@@ -609,12 +609,16 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
     uint32_t K = (uint32_t)w->ne[0];
     cudaError_t e;
     if (n_tok >= 2 && k_mmq_usable(w->type, w->data, w->row_bytes, K)) {
-        e = k_quantize_split(st, w->type, x, x_stride, x_group, xscale, K, groups, n_tok, act);
-        if (e != cudaSuccess) return e;
+        if (x) {
+            e = k_quantize_split(st, w->type, x, x_stride, x_group, xscale, K, groups, n_tok, act);
+            if (e != cudaSuccess) return e;
+        }
         return k_mmq_linear(st, w, r0, n_rows, groups, act, n_tok, y, y_stride, iq2_table());
     }
-    e = k_quantize_act(st, w->type, x, x_stride, x_group, xscale, K, groups, n_tok, act);
-    if (e != cudaSuccess) return e;
+    if (x) {
+        e = k_quantize_act(st, w->type, x, x_stride, x_group, xscale, K, groups, n_tok, act);
+        if (e != cudaSuccess) return e;
+    }
     uint32_t qk = act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0;
     qlin_args a = {w->data, w->row_bytes, r0, n_rows, K / qk, groups, n_tok, (const uint8_t *)act,
                    k_act_row_bytes(w->type, K), y, y_stride};

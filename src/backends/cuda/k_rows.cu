@@ -1,6 +1,7 @@
 /* Row transforms and the mHC kernels (compute/mhc.c, compute/ops.c). */
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
+#include "backends/cuda/moefn.cuh"
 #include "backends/cuda/rowfn.cuh"
 
 /* ---- row transforms ------------------------------------------------------- */
@@ -143,12 +144,11 @@ cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, ui
     return LAUNCH_STATUS();
 }
 
-__global__ void mhc_post_kernel(float *X, const float *o, const float *post, const float *comb, uint32_t hc, uint32_t E) {
-    uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
-    if (d >= E) return;
+/* Column d of token t of the mHC post step, with ot the block's output. */
+__device__ __forceinline__ void mhc_post_at(float *X, float ot, const float *post, const float *comb, uint32_t hc,
+                                            uint32_t E, uint32_t t, uint32_t d) {
     float *x = X + (uint64_t)t * hc * E + d;
     const float *c = comb + (uint64_t)t * hc * hc, *p = post + (uint64_t)t * hc;
-    float ot = o[(uint64_t)t * E + d];
     float in[K_MAX_HC], out[K_MAX_HC];
 #pragma unroll
     for (uint32_t i = 0; i < K_MAX_HC; i++)
@@ -168,6 +168,12 @@ __global__ void mhc_post_kernel(float *X, const float *o, const float *post, con
         if (j < hc) x[(uint64_t)j * E] = out[j];
 }
 
+__global__ void mhc_post_kernel(float *X, const float *o, const float *post, const float *comb, uint32_t hc, uint32_t E) {
+    uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= E) return;
+    mhc_post_at(X, o[(uint64_t)t * E + d], post, comb, hc, E, t, d);
+}
+
 cudaError_t k_mhc_post(cudaStream_t st, float *X, const float *o, const float *post, const float *comb, uint32_t n_tok,
                        uint32_t hc, uint32_t E) {
     if (n_tok == 0) return cudaSuccess;
@@ -175,11 +181,31 @@ cudaError_t k_mhc_post(cudaStream_t st, float *X, const float *o, const float *p
     return LAUNCH_STATUS();
 }
 
+/* k_moe_combine and k_mhc_post in one launch: the MoE output of a column
+ * goes straight into the post step, the same bits as through memory. */
+__global__ void mhc_post_moe_kernel(float *X, const float *shared, const float *dx, const int32_t *ids, const float *wts,
+                                    const int32_t *pos, uint32_t K, const float *post, const float *comb, uint32_t hc,
+                                    uint32_t E) {
+    uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= E) return;
+    mhc_post_at(X, moe_combine_at(shared, dx, ids, wts, pos, K, E, t, d), post, comb, hc, E, t, d);
+}
+
+cudaError_t k_mhc_post_moe(cudaStream_t st, float *X, const float *shared, const float *d, const int32_t *ids,
+                           const float *wts, const int32_t *grp, uint32_t n_expert, uint32_t k, const float *post,
+                           const float *comb, uint32_t n_tok, uint32_t hc, uint32_t E) {
+    if (n_tok == 0) return cudaSuccess;
+    mhc_post_moe_kernel<<<dim3(div_up(E, 256), n_tok), 256, 0, st>>>(
+        X, shared, d, ids, wts, moe_group_pos(grp, n_expert, n_tok, k), k, post, comb, hc, E);
+    return LAUNCH_STATUS();
+}
+
 /* ---- fused mHC steps ------------------------------------------------------------ */
 
-/* mhc_coeffs_kernel's arithmetic by one warp for one token (m: its mixing
- * logits; c: hc*hc floats of shared memory). Entries are spread over the
- * lanes; every sum runs in the CPU's order. Only warp 0 calls it. */
+/* The post and comb part of mhc_coeffs_kernel's arithmetic, by one warp
+ * for one token (m: its mixing logits; c: hc*hc floats of shared memory).
+ * Entries are spread over the lanes; every sum runs in the CPU's order.
+ * Only warp 0 calls it. */
 /* v / (sum of the HC entries in lanes first, first + step, ... + eps), the
  * sum gathered by shuffles and added in the CPU's order. */
 template <int HC> __device__ __forceinline__ float sinkhorn_div(float v, uint32_t first, uint32_t step, float eps) {
@@ -215,10 +241,8 @@ __device__ __forceinline__ float sinkhorn_lanes(float v, uint32_t lane, float ep
 }
 
 __device__ __forceinline__ void mhc_coeffs_warp(const float *m, uint32_t hc, const float *base, const float *scale, float eps,
-                                                uint32_t iters, int head, float *spre, float *post, float *comb, float *c) {
+                                                uint32_t iters, float *post, float *comb, float *c) {
     uint32_t lane = threadIdx.x & 31, nn = hc * hc;
-    for (uint32_t i = lane; i < hc; i += 32) spre[i] = sigmoidf_(m[i] * scale[0] + base[i]) + eps;
-    if (head) return;
     for (uint32_t i = lane; i < hc; i += 32) post[i] = 2.0f * sigmoidf_(m[hc + i] * scale[1] + base[hc + i]);
     if (hc == 4) { /* the published models' 4 streams: all in registers */
         float v = lane < 16 ? m[8 + lane] * scale[2] + base[8 + lane] : 0.0f;
@@ -269,9 +293,15 @@ __device__ __forceinline__ void mhc_coeffs_warp(const float *m, uint32_t hc, con
     for (uint32_t e = lane; e < nn; e += 32) comb[e] = c[e];
 }
 
-/* One block per token: the coefficients from the mixing logits (warp 0),
- * y = sum_i pre[i] * X[i] (the collapse), then, with norm_w, y's weighted
- * RMSNorm, all without leaving the block. */
+/* Barrier for the n threads of warps 1, 2, ... of a block (hardware
+ * barrier 1; n a multiple of 32): warp 0 does not wait at it. */
+__device__ __forceinline__ void bar_rest(uint32_t n) { asm volatile("bar.sync 1, %0;" ::"r"(n) : "memory"); }
+
+/* One block per token. Warp 0 runs the Sinkhorn iterations of the mixing
+ * matrix (post and comb, needed only by the later mhc_post) while the other
+ * warps, which need only pre, do the collapse y = sum_i pre[i] * X[i] and,
+ * with norm_w, y's weighted RMSNorm: the serial Sinkhorn chain no longer
+ * holds up the rest of the block at a barrier. */
 __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, const float *X, uint32_t hc, uint32_t E, const float *base,
                                   const float *scale, float eps, uint32_t iters, int head, float *pre, float *post,
                                   float *comb, const float *norm_w, float norm_eps, float *y) {
@@ -279,20 +309,26 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
     __shared__ float spre[K_MAX_HC], c[K_MAX_HC * K_MAX_HC];
     __shared__ double red[32];
     uint32_t t = blockIdx.x, n_mix = head ? hc : (2 + hc) * hc;
-    if (threadIdx.x < 32)
-        mhc_coeffs_warp(mix + (uint64_t)t * n_mix, hc, base, scale, eps, iters, head, spre, post + (uint64_t)t * hc,
-                        comb + (uint64_t)t * hc * hc, c);
-    __syncthreads();
-    if (threadIdx.x < hc) pre[(uint64_t)t * hc + threadIdx.x] = spre[threadIdx.x];
+    const float *m = mix + (uint64_t)t * n_mix;
+    if (threadIdx.x < 32) {
+        if (!head) mhc_coeffs_warp(m, hc, base, scale, eps, iters, post + (uint64_t)t * hc, comb + (uint64_t)t * hc * hc, c);
+        return;
+    }
+    uint32_t tid = threadIdx.x - 32, bd = blockDim.x - 32; /* the collapse threads */
+    if (tid < hc) {
+        float v = sigmoidf_(m[tid] * scale[0] + base[tid]) + eps;
+        spre[tid] = v;
+        pre[(uint64_t)t * hc + tid] = v;
+    }
+    bar_rest(bd);
     const float *x = X + (uint64_t)t * hc * E;
-    uint32_t bd = blockDim.x;
     if (hc == 4 && E % 4 == 0 && (uintptr_t)X % 16 == 0) {
         /* the published 4 streams: four 16-byte loads per thread, all in
          * flight at once (this collapse is bound by one SM's load latency) */
-        for (uint32_t c = threadIdx.x; c < E / 4; c += bd) {
+        for (uint32_t c4 = tid; c4 < E / 4; c4 += bd) {
             float4 v[4];
 #pragma unroll
-            for (int i = 0; i < 4; i++) v[i] = ((const float4 *)(x + (uint64_t)i * E))[c];
+            for (int i = 0; i < 4; i++) v[i] = ((const float4 *)(x + (uint64_t)i * E))[c4];
             float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
             for (int i = 0; i < 4; i++) {
@@ -301,10 +337,10 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
                 o.z += spre[i] * v[i].z;
                 o.w += spre[i] * v[i].w;
             }
-            ((float4 *)yv)[c] = o;
+            ((float4 *)yv)[c4] = o;
         }
     } else {
-        for (uint32_t d0 = threadIdx.x; d0 < E; d0 += 2 * bd) {
+        for (uint32_t d0 = tid; d0 < E; d0 += 2 * bd) {
             float xs[2][K_MAX_HC];
 #pragma unroll
             for (int u = 0; u < 2; u++)
@@ -322,10 +358,23 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
             }
         }
     }
-    __syncthreads();
-    if (norm_w) row_transform(yv, E, 1, norm_w, norm_eps, NULL, 0, 0, 0, 0, 0, red);
+    bar_rest(bd);
+    float r = 1.0f;
+    if (norm_w) {
+        /* RMSNorm as row_transform does it, over the collapse threads: a
+         * double sum of squares per thread, per warp, then the warps' sums
+         * in warp order */
+        double ss = 0;
+        for (uint32_t i = tid; i < E; i += bd) ss += (double)yv[i] * yv[i];
+        ss = warp_sum_d(ss);
+        if ((tid & 31) == 0) red[tid >> 5] = ss;
+        bar_rest(bd);
+        ss = 0;
+        for (uint32_t w = 0; w < bd / 32; w++) ss += red[w];
+        r = (float)(1.0 / sqrt(ss / E + norm_eps));
+    }
     float *out = y + (uint64_t)t * E;
-    for (uint32_t d = threadIdx.x; d < E; d += bd) out[d] = yv[d];
+    for (uint32_t d = tid; d < E; d += bd) out[d] = norm_w ? yv[d] * r * norm_w[d] : yv[d];
 }
 
 cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint32_t n_tok, uint32_t hc, uint32_t E,
@@ -334,7 +383,7 @@ cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint
     if (n_tok == 0) return cudaSuccess;
     size_t smem = (size_t)E * sizeof(float);
     if (hc > K_MAX_HC || smem > 48 * 1024) return cudaErrorInvalidValue;
-    unsigned threads = E >= 4096 ? 1024 : (E >= 2048 ? 512 : 256);
+    unsigned threads = E >= 4096 ? 1024 : (E >= 2048 ? 512 : 256); /* warp 0 + the collapse threads */
     mhc_finish_kernel<<<n_tok, threads, smem, st>>>(mix, X, hc, E, base, scale, eps, iters, head, pre, post, comb, norm_w,
                                                     norm_eps, y);
     return LAUNCH_STATUS();

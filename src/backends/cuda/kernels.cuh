@@ -57,6 +57,9 @@ act_split k_act_split(uint32_t wtype, void *act, uint64_t rows, uint64_t K);
 uint64_t k_act_bytes(uint32_t wtype, uint64_t K, uint64_t rows);
 cudaError_t k_quantize_split(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
                              const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act);
+/* x == NULL: act already holds the activations quantized as this call
+ * would quantize them (same weight type, K, groups and tokens: a previous
+ * k_qlinear on the same x), so they are not quantized again. */
 cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
                       uint64_t x_group, const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y,
                       uint64_t y_stride, void *act);
@@ -120,6 +123,10 @@ cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, ui
 /* X[t][j] = post[t][j] * o[t] + sum_i comb[t][i][j] * X[t][i] */
 cudaError_t k_mhc_post(cudaStream_t st, float *X, const float *o, const float *post, const float *comb, uint32_t n_tok,
                        uint32_t hc, uint32_t E);
+/* k_moe_combine (into o) then k_mhc_post, in one launch */
+cudaError_t k_mhc_post_moe(cudaStream_t st, float *X, const float *shared, const float *d, const int32_t *ids,
+                           const float *wts, const int32_t *grp, uint32_t n_expert, uint32_t k, const float *post,
+                           const float *comb, uint32_t n_tok, uint32_t hc, uint32_t E);
 
 /* ---- compressors ------------------------------------------------------------
  * A chunk of n tokens at pos0 with projections ck, cz (n x halves*width).
@@ -186,10 +193,11 @@ cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t 
 
 /* ---- MoE ----------------------------------------------------------------------
  * Routing: sqrt(softplus) scores, hash (tid2eid) or biased top-k, weights
- * normalised over the selection times scale. */
+ * normalised over the selection times scale. grp (only for n == 1, else
+ * NULL): also write the grouping k_moe_group would make of the ids. */
 cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n_expert, uint32_t k,
                     const int32_t *tokens, const int32_t *tid2eid, const float *bias, float scale, int32_t *ids,
-                    float *wts);
+                    float *wts, int32_t *grp);
 /* Groups the n*k (token, slot) entries by expert. grp layout (int32):
  * [0] n_used, then used[X], off[X], cnt[X] (per used-expert slot j),
  * members[n*k] (entries t*k+slot sorted by expert, then entry), pos[n*k]

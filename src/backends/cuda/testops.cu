@@ -298,9 +298,37 @@ extern "C" int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_ex
     DEV(dids, NULL, (size_t)n * k * 4);
     DEV(dw, NULL, (size_t)n * k * 4);
     RUN(k_route(0, (const float *)dl, n, n_expert, k, (const int32_t *)dt, (const int32_t *)dtab, (const float *)db, scale,
-                (int32_t *)dids, (float *)dw));
+                (int32_t *)dids, (float *)dw, NULL));
     BACK(ids, dids, (size_t)n * k * 4);
     BACK(wts, dw, (size_t)n * k * 4);
+    /* each token alone, with the grouping made in the routing kernel: the
+     * same ids and weights, and the grouping k_moe_group makes of them */
+    {
+        uint64_t gi = k_group_ints(n_expert, k);
+        void *dg1, *dg2;
+        DEV(dg1, NULL, gi * 4);
+        DEV(dg2, NULL, gi * 4);
+        int32_t *g1 = (int32_t *)calloc(gi, 4), *g2 = (int32_t *)calloc(gi, 4), id1[K_MAX_USED];
+        float w1[K_MAX_USED];
+        for (uint32_t t = 0; t < n; t++) {
+            cudaMemset(dg1, 0, gi * 4), cudaMemset(dg2, 0, gi * 4);
+            RUN(k_route(0, (const float *)dl + (uint64_t)t * n_expert, 1, n_expert, k, (const int32_t *)dt + t,
+                        (const int32_t *)dtab, (const float *)db, scale, (int32_t *)dids, (float *)dw, (int32_t *)dg1));
+            RUN(k_moe_group(0, (const int32_t *)dids, k, n_expert, (int32_t *)dg2));
+            BACK(id1, dids, k * 4);
+            BACK(w1, dw, k * 4);
+            BACK(g1, dg1, gi * 4);
+            BACK(g2, dg2, gi * 4);
+            if (memcmp(id1, ids + (uint64_t)t * k, k * 4) || memcmp(w1, wts + (uint64_t)t * k, k * 4) ||
+                memcmp(g1, g2, gi * 4)) {
+                ds4_fail(err, "k_route of token %u alone: %s differ", t,
+                         memcmp(g1, g2, gi * 4) ? "grouping and k_moe_group's" : "ids or weights and the batch's");
+                free(g1), free(g2);
+                goto fail;
+            }
+        }
+        free(g1), free(g2);
+    }
     pool_free(&pl);
     return 0;
 fail:

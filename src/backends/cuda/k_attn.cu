@@ -41,35 +41,54 @@ __device__ __forceinline__ void comp_kz(const comp_op &op, int64_t p, uint32_t c
     *z = op.fz_old[(uint64_t)slot * hw + col];
 }
 
-/* One block per window completing in the chunk. */
+/* The position and column of candidate slot s of the window starting at
+ * start, channel ch (ds4_comp_push's slot order: overlapping windows pool
+ * the previous window's first halves, then the current window's second
+ * halves). */
+__device__ __forceinline__ void comp_slot(const comp_op &op, int64_t start, uint32_t s, uint32_t ch, int64_t *p,
+                                          uint32_t *col) {
+    uint32_t r = op.ratio;
+    *p = op.halves == 2 ? (s < r ? start - r + s : start + (s - r)) : start + s;
+    *col = op.halves == 2 && s >= r ? op.width + ch : ch;
+}
+
+#define COMP_BATCH 8 /* slots whose k and z are loaded together */
+
+/* One block per window completing in the chunk, a thread per channel (or
+ * a few). A channel's softmax over its slots runs in slot order; the
+ * slots' k and z are loaded COMP_BATCH at a time, all in flight together
+ * (an HCA window has 128 slots, and one load after another made a single
+ * emission cost tens of microseconds). */
 __global__ void comp_emit_kernel(comp_op op, uint64_t w_first) {
     extern __shared__ float pooled[];
     __shared__ double red[32];
     uint64_t w = w_first + blockIdx.x;
-    uint32_t r = op.ratio, width = op.width;
+    uint32_t r = op.ratio, width = op.width, n_slots = op.halves == 2 ? 2 * r : r;
     int64_t start = (int64_t)(w * r);
     for (uint32_t ch = threadIdx.x; ch < width; ch += blockDim.x) {
-        /* ds4_comp_push: softmax over the candidate slots, in slot order:
-         * overlapping windows pool the previous window's first halves, then
-         * the current window's second halves. */
-        uint32_t n_slots = op.halves == 2 ? 2 * r : r;
-        float m = -INFINITY;
-        for (uint32_t s = 0; s < n_slots; s++) {
-            int64_t p = op.halves == 2 ? (s < r ? start - r + s : start + (s - r)) : start + s;
-            uint32_t col = op.halves == 2 && s >= r ? width + ch : ch;
-            float k, z;
-            comp_kz(op, p, col, &k, &z);
-            if (z > m) m = z;
-        }
-        float den = 0, num = 0;
-        for (uint32_t s = 0; s < n_slots; s++) {
-            int64_t p = op.halves == 2 ? (s < r ? start - r + s : start + (s - r)) : start + s;
-            uint32_t col = op.halves == 2 && s >= r ? width + ch : ch;
-            float k, z;
-            comp_kz(op, p, col, &k, &z);
-            float e = expf(z - m);
-            den += e;
-            num += e * k;
+        float m = -INFINITY, den = 0, num = 0;
+        for (int pass = 0; pass < 2; pass++) { /* the maximum, then the sums */
+            for (uint32_t s0 = 0; s0 < n_slots; s0 += COMP_BATCH) {
+                float k[COMP_BATCH], z[COMP_BATCH];
+#pragma unroll
+                for (int b = 0; b < COMP_BATCH; b++) {
+                    int64_t p;
+                    uint32_t col;
+                    comp_slot(op, start, s0 + b < n_slots ? s0 + b : s0, ch, &p, &col);
+                    comp_kz(op, p, col, &k[b], &z[b]);
+                }
+#pragma unroll
+                for (int b = 0; b < COMP_BATCH; b++) {
+                    if (s0 + b >= n_slots) break;
+                    if (pass == 0) {
+                        if (z[b] > m) m = z[b];
+                    } else {
+                        float e = expf(z[b] - m);
+                        den += e;
+                        num += e * k[b];
+                    }
+                }
+            }
         }
         pooled[ch] = num / den;
     }
@@ -85,7 +104,8 @@ cudaError_t k_comp_emit(cudaStream_t st, const comp_op *op) {
     if (w_end <= w_first) return cudaSuccess;
     size_t smem = (size_t)op->width * sizeof(float);
     if (smem > 48 * 1024) return cudaErrorInvalidValue;
-    comp_emit_kernel<<<(unsigned)(w_end - w_first), 128, smem, st>>>(*op, w_first);
+    unsigned threads = op->width >= 512 ? 512 : (op->width >= 256 ? 256 : 128);
+    comp_emit_kernel<<<(unsigned)(w_end - w_first), threads, smem, st>>>(*op, w_first);
     return LAUNCH_STATUS();
 }
 

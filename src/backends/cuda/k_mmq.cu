@@ -123,10 +123,14 @@ __device__ __forceinline__ void frag_a(const uint8_t *p0, const uint8_t *p1, int
     }
 }
 
-/* MODE 0: dense rows (groups, token tiles in grid z); 1: expert gate and up
- * with SwiGLU (NM = 2); 2: expert down. The NM matrices of MODE 1 pass over
- * K one after the other (their results stay in registers), so shared
- * memory holds one matrix's rows and more blocks fit an SM. */
+/* MODE 0: dense rows (groups in grid y); 1: expert gate and up with SwiGLU
+ * (NM = 2); 2: expert down. The NM matrices of MODE 1 pass over K one after
+ * the other (their results stay in registers), so shared memory holds one
+ * matrix's rows and more blocks fit an SM. Dense rows and the shared expert
+ * take token tiles in grid x and row blocks in grid z: the blocks of one
+ * row block over all the tiles are launched together and read its weights
+ * from L2 (with row blocks in x, every tile read them from memory again).
+ * Routed experts: row blocks in grid x, experts in grid y. */
 template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_bounds__(MM_THREADS) mmq_kernel(mmq_args a) {
     using F = mw<TYPE>;
     constexpr int NT = BN / 8;
@@ -140,7 +144,8 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
     uint8_t *tab = (uint8_t *)(srow + BN);                       /* IQ2_XXS tables */
 
     uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
-    uint64_t rt = (uint64_t)blockIdx.x * MM_ROWS;
+    const bool tiled = MODE == 0 || !a.grp;
+    uint64_t rt = (uint64_t)(tiled ? blockIdx.z : blockIdx.x) * MM_ROWS;
     if (rt >= a.rows) return;
     uint32_t nr = a.rows - rt < MM_ROWS ? (uint32_t)(a.rows - rt) : MM_ROWS;
     const uint8_t *wb[NM];
@@ -149,13 +154,13 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
     if constexpr (MODE == 0) {
         gi = blockIdx.y;
         wb[0] = a.w0 + (a.r0 + (uint64_t)gi * a.rows + rt) * a.row_bytes;
-        t_first = blockIdx.z * BN;
+        t_first = blockIdx.x * BN;
         t_step = cnt; /* one tile */
     } else {
         uint32_t e;
         if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return;
-        if (!a.grp) { /* the shared expert: token tiles in grid z, like dense rows */
-            t_first = blockIdx.z * BN;
+        if (!a.grp) { /* the shared expert: token tiles like dense rows */
+            t_first = blockIdx.x * BN;
             t_step = cnt;
         }
         const uint8_t *up = nullptr;
@@ -354,7 +359,7 @@ cudaError_t k_mmq_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint
     a.K = (uint32_t)w->ne[0], a.groups = groups, a.n_tok = n_tok;
     a.x = k_act_split(w->type, (void *)act, (uint64_t)n_tok * groups, a.K);
     a.y = y, a.y_stride = y_stride, a.tab = tab;
-    dim3 grid(div_up(n_rows, MM_ROWS), groups, div_up(n_tok, MM_DENSE_BN));
+    dim3 grid(div_up(n_tok, MM_DENSE_BN), groups, div_up(n_rows, MM_ROWS));
 #define ML(T) mmq_launch(mmq_kernel<T, MM_DENSE_BN, 1, 0>, mmq_smem<T>(MM_DENSE_BN), grid, a, st)
     MMQ_SWITCH(w->type, ML)
 #undef ML
@@ -371,7 +376,7 @@ cudaError_t k_mmq_ffn(cudaStream_t st, bool up, const ds4_tensor *w0, const ds4_
     a.x = k_act_split(w0->type, (void *)act, act_rows, a.K);
     a.y = y, a.grp = grp, a.n_expert = (uint32_t)w0->ne[2], a.k = k, a.n = n, a.j0 = j0, a.wtab = wtab, a.limit = limit;
     a.tab = tab;
-    dim3 grid(div_up(a.rows, MM_ROWS), grp ? slots : 1, grp ? 1 : div_up(n, MM_EXPERT_BN));
+    dim3 grid = grp ? dim3(div_up(a.rows, MM_ROWS), slots, 1) : dim3(div_up(n, MM_EXPERT_BN), 1, div_up(a.rows, MM_ROWS));
     if (up) {
 #define MU(T) mmq_launch(mmq_kernel<T, MM_EXPERT_BN, 2, 1>, mmq_smem<T>(MM_EXPERT_BN), grid, a, st)
         MMQ_SWITCH(w0->type, MU)

@@ -417,6 +417,13 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
     g->net = net;
     g->hp = hp;
     g->chunk = GPU_CHUNK;
+    {
+        /* DS4_CUDA_CHUNK: tokens per internal chunk (scratch grows with it;
+         * more tokens per chunk give each routed expert more tokens) */
+        const char *ce = getenv("DS4_CUDA_CHUNK");
+        long c = ce ? atol(ce) : 0;
+        if (c >= 1 && c <= 4096) g->chunk = (uint32_t)c;
+    }
     if (g->chunk * hp->n_expert_used > K_MAX_GROUP_ENTRIES) g->chunk = K_MAX_GROUP_ENTRIES / hp->n_expert_used;
     g->w = *net->w;
     g->w.layers = (ds4_layer_weights *)malloc(hp->n_layer * sizeof *g->w.layers);

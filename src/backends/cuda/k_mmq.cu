@@ -37,7 +37,7 @@ extern "C" {
 #define MM_ROWS 64
 #define MM_THREADS 128
 #define EXPERT_BN16_MAX 8
-#define EXPERT_BN32_MAX 20
+#define EXPERT_BN32_MAX 32
 #define MM_XS (256 + 16) /* bytes per staged row of 256 int8 (the pad makes fragment loads conflict-free) */
 
 /* Bytes per 256 values (SB) and the 16-byte lines that can cover them at

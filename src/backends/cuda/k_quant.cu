@@ -762,6 +762,13 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qff
  * l % CP (CP = 32: conflict-free). */
 #define DEC_WARPS 8
 
+/* waits until at most N committed groups of this thread are in flight */
+template <int N> __device__ __forceinline__ void cp_async_wait_keep() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
 /* dp4a of unsigned bytes a (Q2_K values shifted in place, up to 192) and
  * signed bytes b: exact, like __dp4a. */
 __device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
@@ -807,12 +814,13 @@ template <uint32_t TYPE> struct dec_of {
 
 /* Shared memory: the IQ2_XXS tables, the activation row, then per warp two
  * buffers of NM rows of nb blocks and 32 floats of block results. */
-template <uint32_t TYPE, int NM, int CP> static uint32_t dec_smem(uint64_t act_row, uint32_t nb) {
-    return (uint32_t)act_row + DEC_WARPS * (2 * NM * nb * qb<TYPE>::BYTES + 32 * 4) +
+template <uint32_t TYPE, int NM, int CP, int NBUF> static uint32_t dec_smem(uint64_t act_row, uint32_t nb) {
+    return (uint32_t)act_row + DEC_WARPS * (NBUF * NM * nb * qb<TYPE>::BYTES + 32 * 4) +
            (TYPE == GGML_TYPE_IQ2_XXS ? IQ2_DEC_WORDS * 4 * CP : 0);
 }
 
-template <uint32_t TYPE, bool UP, int NJ, int CP> __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, uint32_t rpw) {
+template <uint32_t TYPE, bool UP, int NJ, int CP, int NBUF>
+__global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, uint32_t rpw) {
     extern __shared__ __align__(16) uint8_t sm[];
     constexpr int NM = UP ? 2 : 1, U = NM * NJ, W = dec_of<TYPE>::W;
     constexpr uint32_t NB = 4 * NJ, BY = qb<TYPE>::BYTES, RB = NB * BY, ABY = act_of<TYPE>::BYTES;
@@ -829,19 +837,26 @@ template <uint32_t TYPE, bool UP, int NJ, int CP> __global__ void __launch_bound
     constexpr uint32_t TB = TYPE == GGML_TYPE_IQ2_XXS ? IQ2_DEC_WORDS * 4 * CP : 0;
     uint32_t *tab = (uint32_t *)sm;
     uint8_t *sact = sm + TB;
-    uint8_t *wbuf = sm + TB + a.act_row + warp * (2 * NM * RB + 32 * 4);
-    float *sres = (float *)(wbuf + 2 * NM * RB);
+    uint8_t *wbuf = sm + TB + a.act_row + warp * (NBUF * NM * RB + 32 * 4);
+    float *sres = (float *)(wbuf + NBUF * NM * RB);
     const uint8_t *w[2] = {nullptr, nullptr};
     w[0] = expert_row<UP>(a, e, nr ? (uint32_t)r0 : 0, &w[1]);
 
+    /* row i goes to buffer i % NBUF; every call commits one group (empty
+     * past the last row), so waiting for all but NBUF - 1 groups means row
+     * i has landed */
     auto issue = [&](uint32_t i) {
-        uint8_t *dst = wbuf + (i & 1) * NM * RB;
+        if (i < nr) {
+            uint8_t *dst = wbuf + (i % NBUF) * NM * RB;
 #pragma unroll
-        for (int m = 0; m < NM; m++)
-            for (uint32_t l = lane; l < RB / 16; l += 32) cp_async16(dst + m * RB + 16 * l, w[m] + i * a.row_bytes + 16 * l);
+            for (int m = 0; m < NM; m++)
+                for (uint32_t l = lane; l < RB / 16; l += 32) cp_async16(dst + m * RB + 16 * l, w[m] + i * a.row_bytes + 16 * l);
+        }
         cp_async_commit();
     };
-    if (nr) issue(0); /* in flight while the block stages the activations and tables */
+    /* the first rows are in flight while the block stages the activations and tables */
+#pragma unroll
+    for (int b = 0; b < NBUF - 1; b++) issue(b);
     {
         const uint8_t *ar;
         expert_act_rows<1, UP>(a, members, m0, 1, &ar);
@@ -876,11 +891,10 @@ template <uint32_t TYPE, bool UP, int NJ, int CP> __global__ void __launch_bound
     const uint32_t lb = (lane % CP) * 4;
 
     for (uint32_t i = 0; i < nr; i++) {
-        if (i + 1 < nr) issue(i + 1);
-        else cp_async_commit();
-        cp_async_wait_all_but_one();
+        issue(i + NBUF - 1);
+        cp_async_wait_keep<NBUF - 1>();
         __syncwarp();
-        const uint8_t *cur = wbuf + (i & 1) * NM * RB;
+        const uint8_t *cur = wbuf + (i % NBUF) * NM * RB;
         int v[U][W];
 #pragma unroll
         for (int m = 0; m < NM; m++)
@@ -950,21 +964,33 @@ template <uint32_t TYPE, bool UP, int NJ, int CP> __global__ void __launch_bound
     }
 }
 
-/* The copies of the IQ2_XXS tables (DS4_CUDA_IQ2_COPIES: 8, 16 or 32). */
+/* The copies of the IQ2_XXS tables (DS4_CUDA_IQ2_COPIES: 16 or 32) and
+ * the row buffers per warp (DS4_CUDA_DEC_NBUF: 2 to 4; rows in flight: one less), for
+ * measurements. */
 static int iq2_copies(void) {
     static int cp = 0;
     if (!cp) {
         const char *e = getenv("DS4_CUDA_IQ2_COPIES");
         cp = e ? atoi(e) : 32;
-        if (cp != 8 && cp != 16) cp = 32;
+        if (cp != 16) cp = 32;
     }
     return cp;
+}
+static int dec_nbuf(void) {
+    static int nb = -1;
+    if (nb < 0) {
+        const char *e = getenv("DS4_CUDA_DEC_NBUF");
+        nb = e ? atoi(e) : 0;
+        if (nb < 2 || nb > 4) nb = 0;
+    }
+    return nb ? nb : 2;
 }
 
 /* The decode kernel for a single token where it applies (IQ2_XXS or Q2_K
  * rows of 8 or 16 blocks, staged); false: use the general kernels. */
 template <uint32_t TYPE, bool UP> static bool launch_dec(const qffn_args &a, uint32_t slots, cudaStream_t st) {
-    if constexpr (TYPE != GGML_TYPE_IQ2_XXS && TYPE != GGML_TYPE_Q2_K) {
+    /* the published q2 mix: IQ2_XXS gate/up, Q2_K down (others: the general kernels) */
+    if constexpr ((TYPE != GGML_TYPE_IQ2_XXS || !UP) && (TYPE != GGML_TYPE_Q2_K || UP)) {
         (void)a, (void)slots, (void)st;
         return false;
     } else {
@@ -983,18 +1009,24 @@ template <uint32_t TYPE, bool UP> static bool launch_dec(const qffn_args &a, uin
             kernel<<<g, 32 * DEC_WARPS, smem, st>>>(a, rpw);
         };
         constexpr int NM = UP ? 2 : 1;
-#define DEC_GO(NJ, CP) go(qffn_dec_kernel<TYPE, UP, NJ, CP>, dec_smem<TYPE, NM, CP>(a.act_row, 4 * NJ))
+#define DEC_GO(NJ, CP, NB) go(qffn_dec_kernel<TYPE, UP, NJ, CP, NB>, dec_smem<TYPE, NM, CP, NB>(a.act_row, 4 * NJ))
+#define DEC_NB(NJ, CP)                                               \
+    do {                                                             \
+        if (dec_nbuf() == 2) DEC_GO(NJ, CP, 2);                    \
+        else if (dec_nbuf() == 3) DEC_GO(NJ, CP, 3);               \
+        else DEC_GO(NJ, CP, 4);                                      \
+    } while (0)
 #define DEC_NJ(NJ)                                                   \
     do {                                                             \
-        if constexpr (TYPE != GGML_TYPE_IQ2_XXS) DEC_GO(NJ, 1);      \
-        else if (iq2_copies() == 8) DEC_GO(NJ, 8);                   \
-        else if (iq2_copies() == 16) DEC_GO(NJ, 16);                 \
-        else DEC_GO(NJ, 32);                                         \
+        if constexpr (TYPE != GGML_TYPE_IQ2_XXS) DEC_NB(NJ, 1);      \
+        else if (iq2_copies() == 16) DEC_NB(NJ, 16);                 \
+        else DEC_NB(NJ, 32);                                         \
     } while (0)
         if (a.nb == 16) DEC_NJ(4);
         else if (a.nb == 8) DEC_NJ(2);
         else return false;
 #undef DEC_NJ
+#undef DEC_NB
 #undef DEC_GO
         return true;
     }

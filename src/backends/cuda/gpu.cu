@@ -17,8 +17,10 @@ extern "C" {
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
 
-/* Tokens per internal chunk: bounds the scratch buffers. Results do not
- * depend on it (every kernel computes a token the same way in any chunk). */
+/* Tokens per internal chunk: bounds the scratch buffers. A session takes
+ * at least GPU_CHUNK and up to its caller's prefill chunk (session_chunk).
+ * Results do not depend on it (every kernel computes a token the same way
+ * in any chunk). */
 #define GPU_CHUNK 256
 #define GPU_CHUNK_MAX 2048
 

@@ -32,8 +32,8 @@ void ds4_gpu_expert_stats(const ds4_gpu_model *g, uint32_t *slots, uint64_t *slo
     *slot_bytes = *hits = *misses = *bytes_copied = 0;
 }
 
-ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, ds4_error *err) {
-    (void)g, (void)max_ctx;
+ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, uint32_t chunk, ds4_error *err) {
+    (void)g, (void)max_ctx, (void)chunk;
     ds4_fail(err, NO_CUDA);
     return NULL;
 }

@@ -273,7 +273,7 @@ ds4_session *ds4_session_new(ds4_model *m, const ds4_session_opts *opts, ds4_err
             else ds4_fail(err, "CUDA session: the model was loaded for the CPU (load it with the CUDA backend)");
             goto fail;
         }
-        if (!(s->gpu = ds4_gpu_session_new(m->gpu, (uint32_t)max_ctx, err))) goto fail;
+        if (!(s->gpu = ds4_gpu_session_new(m->gpu, (uint32_t)max_ctx, s->opts.prefill_chunk, err))) goto fail;
         return s;
     }
     s->ws = ds4_workspace_new();

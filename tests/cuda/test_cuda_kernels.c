@@ -692,6 +692,48 @@ static void test_moe_quant(void) {
     ds4_pool_free(pool);
 }
 
+/* Random IQ2_XXS or Q2_K rows (any bytes are valid blocks), with the
+ * half-precision scales set to small values: far quicker than quantizing
+ * matrices of the real widths, and enough for bit-for-bit comparisons. */
+static void *random_blocks(uint32_t type, uint64_t K, uint64_t rows) {
+    size_t rb = ds4_quant_row_bytes(type, (int64_t)K), bb = type == GGML_TYPE_IQ2_XXS ? 66 : 84;
+    uint8_t *q = malloc(rb * rows);
+    for (size_t i = 0; i < rb * rows; i++) q[i] = (uint8_t)(uniform() * 256.0f);
+    for (size_t b = 0; b < rb * rows / bb; b++) {
+        uint8_t *p = q + b * bb + (type == GGML_TYPE_IQ2_XXS ? 0 : 80);
+        p[0] = 0x00, p[1] = (uint8_t)(0x18 + b % 4); /* d (and for Q2_K, dmin next): about 2^-9 */
+        if (type == GGML_TYPE_Q2_K) p[2] = 0x00, p[3] = 0x14;
+    }
+    return q;
+}
+
+/* Experts at the real widths (IQ2_XXS gate/up 4096 -> 2048, Q2_K down):
+ * a token alone (the single-token kernels) must give the bits it gets in a
+ * launch of many tokens (the tensor-core kernels). */
+static void test_moe_quant_large(void) {
+    const uint32_t n = 24, X = 8, K = 6, E = 4096, F = 2048;
+    void *G = random_blocks(GGML_TYPE_IQ2_XXS, E, (uint64_t)X * F), *U = random_blocks(GGML_TYPE_IQ2_XXS, E, (uint64_t)X * F);
+    void *D = random_blocks(GGML_TYPE_Q2_K, F, (uint64_t)X * E);
+    void *SG = random_blocks(GGML_TYPE_IQ2_XXS, E, F), *SU = random_blocks(GGML_TYPE_IQ2_XXS, E, F);
+    void *SD = random_blocks(GGML_TYPE_Q2_K, F, E);
+    float *x = randv((size_t)n * E, 1.0f), *out = malloc((size_t)n * E * 4), *one = malloc((size_t)E * 4), wts[24 * 6];
+    int32_t ids[24 * 6];
+    for (uint32_t t = 0; t < n; t++)
+        for (uint32_t k = 0; k < K; k++) { /* distinct experts per token */
+            ids[t * K + k] = (int32_t)((t * 3 + k) % X);
+            wts[t * K + k] = 0.2f + uniform();
+        }
+    GPU(ds4_gpu_test_moe(GGML_TYPE_IQ2_XXS, GGML_TYPE_Q2_K, n, E, F, X, K, 10.0f, G, U, D, SG, SU, SD, x, ids, wts, out, E_));
+    int same = 1;
+    for (uint32_t t = 0; t < n; t += 5) {
+        GPU(ds4_gpu_test_moe(GGML_TYPE_IQ2_XXS, GGML_TYPE_Q2_K, 1, E, F, X, K, 10.0f, G, U, D, SG, SU, SD, x + (size_t)t * E,
+                             ids + t * K, wts + t * K, one, E_));
+        same &= !memcmp(one, out + (size_t)t * E, (size_t)E * 4);
+    }
+    CHECKF(same, "moe iq2_xxs/q2_K 4096x2048: a token alone differs from its result among %u tokens", n);
+    free(G), free(U), free(D), free(SG), free(SU), free(SD), free(x), free(out), free(one);
+}
+
 int main(void) {
     ds4_error why = {{0}};
     if (!ds4_gpu_probe(&why)) return test_gpu_unavailable(why.msg);
@@ -706,6 +748,7 @@ int main(void) {
     test_route();
     test_moe();
     test_moe_quant();
+    test_moe_quant_large();
     if (!test_failures) printf("all CUDA kernels match the CPU references\n");
     return test_finish();
 }

@@ -17,9 +17,12 @@ extern "C" {
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
 
-/* Tokens per internal chunk: bounds the scratch buffers. Results do not
- * depend on it (every kernel computes a token the same way in any chunk). */
+/* Tokens per internal chunk: bounds the scratch buffers. A session takes
+ * at least GPU_CHUNK and up to its caller's prefill chunk (session_chunk).
+ * Results do not depend on it (every kernel computes a token the same way
+ * in any chunk). */
 #define GPU_CHUNK 256
+#define GPU_CHUNK_MAX 2048
 
 /* The expert slot bank: routed experts live in page-locked host memory
  * (one contiguous gate|up|down record per expert) and are copied on demand,
@@ -75,6 +78,7 @@ typedef struct gpu_layer {
 struct ds4_gpu_session {
     ds4_gpu_model *g;
     uint32_t max_ctx, pos;
+    uint32_t chunk; /* tokens per internal chunk (sizes the scratch) */
     int fr; /* which frontier buffer holds the state at pos */
     cudaStream_t st;
     gpu_layer *layers;
@@ -416,7 +420,7 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
     }
     g->net = net;
     g->hp = hp;
-    g->chunk = GPU_CHUNK;
+    g->chunk = GPU_CHUNK; /* the least a session takes (ds4_gpu_session_new) */
     if (g->chunk * hp->n_expert_used > K_MAX_GROUP_ENTRIES) g->chunk = K_MAX_GROUP_ENTRIES / hp->n_expert_used;
     g->w = *net->w;
     g->w.layers = (ds4_layer_weights *)malloc(hp->n_layer * sizeof *g->w.layers);
@@ -559,7 +563,7 @@ static void layout_state(ds4_gpu_session *s, bump *b) {
 
 static void layout_scratch(ds4_gpu_session *s, bump *b) {
     const ds4_hparams *hp = s->g->hp;
-    uint64_t n = s->g->chunk, E = hp->n_embd, hc = hp->hc, qdim = (uint64_t)hp->n_head * hp->head_dim;
+    uint64_t n = s->chunk, E = hp->n_embd, hc = hp->hc, qdim = (uint64_t)hp->n_head * hp->head_dim;
     uint64_t n_mix = (2 + hc) * hc, K = hp->n_expert_used, X = hp->n_expert;
     s->X = TAKE_F(b, n * hc * E);
     s->y = TAKE_F(b, n * E);
@@ -604,7 +608,24 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->act = take(b, act_values / 256 * 292 + 4096);
 }
 
-extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, ds4_error *err) {
+/* Tokens per internal chunk of a session: the caller's chunk within
+ * [g->chunk, GPU_CHUNK_MAX], or DS4_CUDA_CHUNK (for measurements); bounded
+ * by what one MoE grouping takes. Larger chunks give each routed expert
+ * more tokens per launch (about chunk * 6 / 256), so its weights are
+ * decoded for more tokens at a time: prefill of 2048-token chunks ran
+ * 1.5x faster than of 256-token ones (bench/cuda-h100-decode.md). */
+static uint32_t session_chunk(const ds4_gpu_model *g, uint32_t want) {
+    uint32_t c = g->chunk;
+    if (want > c) c = want < GPU_CHUNK_MAX ? want : GPU_CHUNK_MAX;
+    const char *ce = getenv("DS4_CUDA_CHUNK");
+    long e = ce ? atol(ce) : 0;
+    if (e >= 1 && e <= 4096) c = (uint32_t)e;
+    uint32_t k = g->hp->n_expert_used ? g->hp->n_expert_used : 1;
+    if (c * k > K_MAX_GROUP_ENTRIES) c = K_MAX_GROUP_ENTRIES / k;
+    return c;
+}
+
+extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, uint32_t chunk, ds4_error *err) {
     ds4_gpu_session *s = (ds4_gpu_session *)calloc(1, sizeof *s);
     if (!s) {
         ds4_fail(err, "out of memory");
@@ -612,6 +633,7 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     }
     s->g = g;
     s->max_ctx = max_ctx;
+    s->chunk = session_chunk(g, chunk);
     s->layers = (gpu_layer *)calloc(g->hp->n_layer, sizeof *s->layers);
     cudaError_t e = cudaSuccess;
     bump sb = {NULL, 0}, xb = {NULL, 0};
@@ -1327,7 +1349,7 @@ extern "C" int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t 
             return ds4_fail(err, "token id %d at input position %u is outside the vocabulary (0..%u)", tokens[t], t,
                             hp->n_vocab - 1);
     for (uint32_t done = 0; done < n;) {
-        uint32_t len = n - done < s->g->chunk ? n - done : s->g->chunk;
+        uint32_t len = n - done < s->chunk ? n - done : s->chunk;
         bool last = done + len == n;
         float *out = all_logits ? logits + (size_t)done * hp->n_vocab : (last ? logits : NULL);
         uint32_t first = all_logits ? 0 : len - 1;

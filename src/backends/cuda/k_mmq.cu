@@ -36,6 +36,8 @@ extern "C" {
 
 #define MM_ROWS 64
 #define MM_THREADS 128
+#define EXPERT_BN16_MAX 8
+#define EXPERT_BN32_MAX 32
 #define MM_XS (256 + 16) /* bytes per staged row of 256 int8 (the pad makes fragment loads conflict-free) */
 
 /* Bytes per 256 values (SB) and the 16-byte lines that can cover them at
@@ -246,6 +248,7 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                     }
 #pragma unroll
                     for (int j = 0; j < NT; j++) {
+                        if (8 * j >= (int)nt) break; /* uniform: the tile's unused column groups */
                         const uint8_t *p = xs + (8 * j + g) * MM_XS + 32 * sub + 4 * tg;
                         int B[2] = {*(const int *)p, *(const int *)(p + 16)};
                         if constexpr (TYPE == GGML_TYPE_Q2_K) {
@@ -281,7 +284,8 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                 }
                 if constexpr (TYPE != GGML_TYPE_Q8_0) {
 #pragma unroll
-                    for (int j = 0; j < NT; j++)
+                    for (int j = 0; j < NT; j++) {
+                        if (8 * j >= (int)nt) break;
 #pragma unroll
                         for (int i = 0; i < 4; i++) {
                             uint32_t col = 8 * j + 2 * tg + (i & 1);
@@ -298,6 +302,7 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                                 acc[m][j][i] += dall * (float)isum[j][i] - dmin * (float)ms;
                             }
                         }
+                    }
                 }
                 __syncthreads(); /* buffer s & 1 is refilled next */
             }
@@ -351,6 +356,28 @@ template <class Kern> static void mmq_launch(Kern kernel, uint32_t smem, dim3 gr
 #define MM_DENSE_BN 32
 #define MM_EXPERT_BN 16
 
+/* Token tile of the routed IQ2_XXS and Q2_K experts: each A fragment is
+ * decoded once per tile and feeds one MMA per 8 tokens of it, so a wider
+ * tile decodes an expert's weights fewer times when a chunk gives it many
+ * tokens (a 512-token chunk gives each of 256 experts about 12, a
+ * 2048-token chunk about 48), at the price of shared memory and registers
+ * (fewer blocks per SM); column groups past the tile's tokens are skipped.
+ * A token's sums never depend on its tile (each column is its own exact
+ * integer sums and float order), so any choice gives the same bits.
+ * DS4_CUDA_EXPERT_BN (16, 32, 64) overrides, for measurements. */
+static int expert_bn(uint32_t type, uint32_t n, uint32_t k, uint32_t n_expert) {
+    if (type == GGML_TYPE_Q8_0) return MM_EXPERT_BN;
+    static int forced = -1;
+    if (forced < 0) {
+        const char *e = getenv("DS4_CUDA_EXPERT_BN");
+        forced = e ? atoi(e) : 0;
+        if (forced != 16 && forced != 32 && forced != 64) forced = 0;
+    }
+    if (forced) return forced;
+    uint64_t avg = (uint64_t)n * k / (n_expert ? n_expert : 1); /* tokens per expert on average */
+    return avg <= EXPERT_BN16_MAX ? 16 : avg <= EXPERT_BN32_MAX ? 32 : 64;
+}
+
 cudaError_t k_mmq_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
                          const void *act, uint32_t n_tok, float *y, uint64_t y_stride, const uint8_t *tab) {
     mmq_args a;
@@ -377,14 +404,28 @@ cudaError_t k_mmq_ffn(cudaStream_t st, bool up, const ds4_tensor *w0, const ds4_
     a.y = y, a.grp = grp, a.n_expert = (uint32_t)w0->ne[2], a.k = k, a.n = n, a.j0 = j0, a.wtab = wtab, a.limit = limit;
     a.tab = tab;
     dim3 grid = grp ? dim3(div_up(a.rows, MM_ROWS), slots, 1) : dim3(div_up(n, MM_EXPERT_BN), 1, div_up(a.rows, MM_ROWS));
-    if (up) {
-#define MU(T) mmq_launch(mmq_kernel<T, MM_EXPERT_BN, 2, 1>, mmq_smem<T>(MM_EXPERT_BN), grid, a, st)
-        MMQ_SWITCH(w0->type, MU)
-#undef MU
-    } else {
-#define MD(T) mmq_launch(mmq_kernel<T, MM_EXPERT_BN, 1, 2>, mmq_smem<T>(MM_EXPERT_BN), grid, a, st)
-        MMQ_SWITCH(w0->type, MD)
-#undef MD
+    int bn = grp ? expert_bn(w0->type, n, k, a.n_expert) : MM_EXPERT_BN;
+#define MU(T, BN) mmq_launch(mmq_kernel<T, BN, 2, 1>, mmq_smem<T>(BN), grid, a, st)
+#define MD(T, BN) mmq_launch(mmq_kernel<T, BN, 1, 2>, mmq_smem<T>(BN), grid, a, st)
+#define MBN(M)                                                             \
+    switch (w0->type) {                                                    \
+    case GGML_TYPE_Q8_0: M(GGML_TYPE_Q8_0, MM_EXPERT_BN); break;           \
+    case GGML_TYPE_Q2_K:                                                   \
+        if (bn == 64) M(GGML_TYPE_Q2_K, 64);                               \
+        else if (bn == 32) M(GGML_TYPE_Q2_K, 32);                          \
+        else M(GGML_TYPE_Q2_K, MM_EXPERT_BN);                              \
+        break;                                                             \
+    case GGML_TYPE_IQ2_XXS:                                                \
+        if (bn == 64) M(GGML_TYPE_IQ2_XXS, 64);                            \
+        else if (bn == 32) M(GGML_TYPE_IQ2_XXS, 32);                       \
+        else M(GGML_TYPE_IQ2_XXS, MM_EXPERT_BN);                           \
+        break;                                                             \
+    default: return cudaErrorInvalidValue;                                 \
     }
+    if (up) MBN(MU)
+    else MBN(MD)
+#undef MBN
+#undef MD
+#undef MU
     return LAUNCH_STATUS();
 }

@@ -130,11 +130,11 @@ __device__ __forceinline__ int block_excl_scan(int v, int *wsum, int *total) {
  * expert keep their ascending entry order, so an expert sees its tokens in
  * chunk order. */
 __global__ void moe_group_kernel(const int32_t *ids, uint32_t nE, uint32_t X, int32_t *grp) {
-    __shared__ int32_t sid[K_MAX_GROUP_ENTRIES];
+    __shared__ uint16_t sid[K_MAX_GROUP_ENTRIES]; /* expert ids < K_MAX_EXPERTS */
     __shared__ int32_t cnt[K_MAX_EXPERTS];
     __shared__ int wsum[32];
     int32_t *used = grp + 1, *goff = used + X, *gcnt = goff + X, *members = gcnt + X, *pos = members + nE;
-    for (uint32_t i = threadIdx.x; i < nE; i += blockDim.x) sid[i] = ids[i];
+    for (uint32_t i = threadIdx.x; i < nE; i += blockDim.x) sid[i] = (uint16_t)ids[i];
     for (uint32_t e = threadIdx.x; e < X; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
     for (uint32_t i = threadIdx.x; i < nE; i += blockDim.x) atomicAdd(&cnt[sid[i]], 1);

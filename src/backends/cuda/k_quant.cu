@@ -12,6 +12,7 @@
  *
  * Layout: one warp per output row, lanes over blocks; the block formats are
  * the ggml layouts of formats/quant/blocks.h. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "backends/cuda/common.cuh"
@@ -32,11 +33,40 @@ extern "C" {
 #define IQ2_TAB_BYTES (256 * 8 + 128)
 __device__ __align__(16) uint8_t d_iq2_tab[IQ2_TAB_BYTES];
 
+/* The same tables as byte-permute selectors for the single-token expert
+ * kernels (qffn_dec_kernel): every IQ2_XXS grid byte is one of three
+ * magnitudes (8, 25, 43), so grid entry i becomes eight 4-bit selectors
+ * (value v in bits 4v..4v+3: 0, 1, 2 pick the magnitude), and sign pattern
+ * j sets bit 2 of the selectors of its negative values, which then pick
+ * the negated magnitude: __byte_perm(IQ2_POS, IQ2_NEG, grid | sign) gives
+ * four signed values (low 16 selector bits), the same int8 values as the
+ * grid times the signs. Words 0-255: grid, 256-383: signs. */
+#define IQ2_DEC_WORDS (256 + 128)
+#define IQ2_POS 0x002b1908u /* bytes 8, 25, 43 */
+#define IQ2_NEG 0x00d5e7f8u /* bytes -8, -25, -43 */
+__device__ uint32_t d_iq2_dec[IQ2_DEC_WORDS];
+
 cudaError_t k_quant_init(void) {
     static bool done = false;
     if (done) return cudaSuccess;
     cudaError_t e = cudaMemcpyToSymbol(d_iq2_tab, ds4_iq2xxs_grid, 256 * 8);
     if (e == cudaSuccess) e = cudaMemcpyToSymbol(d_iq2_tab, ds4_iq2_signs, 128, 256 * 8);
+    uint32_t dec[IQ2_DEC_WORDS];
+    for (int i = 0; i < 256; i++) {
+        dec[i] = 0;
+        for (int v = 0; v < 8; v++) {
+            uint8_t g = ds4_iq2xxs_grid[i][v];
+            uint32_t c = g == 0x08 ? 0 : g == 0x19 ? 1 : g == 0x2b ? 2 : 3;
+            if (c == 3) return cudaErrorInvalidValue; /* not the IQ2_XXS grid this encoding assumes */
+            dec[i] |= c << (4 * v);
+        }
+    }
+    for (int j = 0; j < 128; j++) {
+        dec[256 + j] = 0;
+        for (int v = 0; v < 8; v++)
+            if (ds4_iq2_signs[j] >> v & 1) dec[256 + j] |= 4u << (4 * v);
+    }
+    if (e == cudaSuccess) e = cudaMemcpyToSymbol(d_iq2_dec, dec, sizeof dec);
     done = e == cudaSuccess;
     return e;
 }
@@ -716,6 +746,296 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qff
     }
 }
 
+/* ---- single-token experts (decode) -------------------------------------------------
+ * The decode step's routed products (IQ2_XXS gate/up, Q2_K down: 6 experts
+ * of a token) run one warp per row with the lane split of qdot_range (lane
+ * sub = lane % 8 takes 32 values of block 4 j + lane / 8), but everything
+ * that does not depend on the row is done once per warp: the lane's
+ * activation values stay in registers over all its rows, and the lane
+ * block sums of a row are combined with a reduce-scatter (each lane ends
+ * with the whole integer sums of one block), whose float results are
+ * added by one lane in ascending block order through shared memory: the
+ * same integers, the same float expressions (qb::finish) and the same
+ * order as qdot_range, so the same bits, with a fraction of the shuffles.
+ *
+ * IQ2_XXS values are decoded with byte permutes from selector tables (see
+ * d_iq2_dec) instead of grid bytes, sign bytes and masks. The lookups are
+ * random, and shared memory serves one word per bank per cycle: with one
+ * copy of a table a warp's lookup costs about 3.5 cycles of conflicts, so
+ * the tables are replicated CP times, interleaved, and lane l reads copy
+ * l % CP (CP = 32: conflict-free). */
+#define DEC_WARPS 8
+
+/* waits until at most N committed groups of this thread are in flight */
+template <int N> __device__ __forceinline__ void cp_async_wait_keep() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+/* dp4a of unsigned bytes a (Q2_K values shifted in place, up to 192) and
+ * signed bytes b: exact, like __dp4a. */
+__device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+/* Reduce-scatter over the 8 lanes of a block (xor 4, 2, 1) of U units of
+ * W ints: afterwards v[0] holds, on every lane, the sum over the 8 lanes of
+ * unit dec_unit<U>(sub). Integer sums: any order gives the same result. */
+template <int U, int W> __device__ __forceinline__ void dec_reduce(int (*v)[W], uint32_t sub) {
+    int n = U;
+#pragma unroll
+    for (int o = 4; o >= 1; o >>= 1) {
+        if (n >= 2) {
+            bool hi = (sub & o) != 0;
+#pragma unroll
+            for (int i = 0; i < U / 2; i++) {
+                if (i >= n / 2) break;
+#pragma unroll
+                for (int w = 0; w < W; w++) {
+                    int send = hi ? v[i][w] : v[n / 2 + i][w];
+                    int keep = hi ? v[n / 2 + i][w] : v[i][w];
+                    v[i][w] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+                }
+            }
+            n /= 2;
+        } else {
+#pragma unroll
+            for (int w = 0; w < W; w++) v[0][w] += __shfl_xor_sync(0xffffffffu, v[0][w], o);
+        }
+    }
+}
+template <int U> __device__ __forceinline__ uint32_t dec_unit(uint32_t sub) {
+    return U == 8 ? sub : U == 4 ? ((sub >> 2) & 1) * 2 + ((sub >> 1) & 1) : U == 2 ? (sub >> 2) & 1 : 0;
+}
+
+template <uint32_t TYPE> struct dec_of {
+    static constexpr uint32_t BYTES = qb<TYPE>::BYTES;
+    static constexpr int W = TYPE == GGML_TYPE_Q2_K ? 2 : 1; /* ints per block sum: isum (and msum) */
+};
+
+/* Shared memory: the IQ2_XXS tables, the activation row, then per warp two
+ * buffers of NM rows of nb blocks and 32 floats of block results. */
+template <uint32_t TYPE, int NM, int CP, int NBUF> static uint32_t dec_smem(uint64_t act_row, uint32_t nb) {
+    return (uint32_t)act_row + DEC_WARPS * (NBUF * NM * nb * qb<TYPE>::BYTES + 32 * 4) +
+           (TYPE == GGML_TYPE_IQ2_XXS ? IQ2_DEC_WORDS * 4 * CP : 0);
+}
+
+template <uint32_t TYPE, bool UP, int NJ, int CP, int NBUF>
+__global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, uint32_t rpw) {
+    extern __shared__ __align__(16) uint8_t sm[];
+    constexpr int NM = UP ? 2 : 1, U = NM * NJ, W = dec_of<TYPE>::W;
+    constexpr uint32_t NB = 4 * NJ, BY = qb<TYPE>::BYTES, RB = NB * BY, ABY = act_of<TYPE>::BYTES;
+    static_assert(U <= 8 && RB % 16 == 0, "unit count or row size");
+    const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = lane & 7, q = lane >> 3;
+    uint32_t e, m0, cnt;
+    const int32_t *members;
+    if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return; /* the whole block */
+    if (cnt == 0) return;
+    uint64_t r0 = ((uint64_t)blockIdx.x * DEC_WARPS + warp) * rpw;
+    uint32_t nr = r0 >= a.rows ? 0 : (uint32_t)(a.rows - r0 < rpw ? a.rows - r0 : rpw);
+    /* the tables first: their lookups then address shared memory by
+     * constant offsets plus one shifted and masked index */
+    constexpr uint32_t TB = TYPE == GGML_TYPE_IQ2_XXS ? IQ2_DEC_WORDS * 4 * CP : 0;
+    uint32_t *tab = (uint32_t *)sm;
+    uint8_t *sact = sm + TB;
+    uint8_t *wbuf = sm + TB + a.act_row + warp * (NBUF * NM * RB + 32 * 4);
+    float *sres = (float *)(wbuf + NBUF * NM * RB);
+    const uint8_t *w[2] = {nullptr, nullptr};
+    w[0] = expert_row<UP>(a, e, nr ? (uint32_t)r0 : 0, &w[1]);
+
+    /* row i goes to buffer i % NBUF; every call commits one group (empty
+     * past the last row), so waiting for all but NBUF - 1 groups means row
+     * i has landed */
+    auto issue = [&](uint32_t i) {
+        if (i < nr) {
+            uint8_t *dst = wbuf + (i % NBUF) * NM * RB;
+#pragma unroll
+            for (int m = 0; m < NM; m++)
+                for (uint32_t l = lane; l < RB / 16; l += 32) cp_async16(dst + m * RB + 16 * l, w[m] + i * a.row_bytes + 16 * l);
+        }
+        cp_async_commit();
+    };
+    /* the first rows are in flight while the block stages the activations and tables */
+#pragma unroll
+    for (int b = 0; b < NBUF - 1; b++) issue(b);
+    {
+        const uint8_t *ar;
+        expert_act_rows<1, UP>(a, members, m0, 1, &ar);
+        stage_act(sact, &ar, 1, a.act_row);
+        if constexpr (TYPE == GGML_TYPE_IQ2_XXS)
+            for (uint32_t i = threadIdx.x; i < IQ2_DEC_WORDS * CP / 4; i += blockDim.x) {
+                uint32_t v = d_iq2_dec[i * 4 / CP];
+                ((uint4 *)tab)[i] = make_uint4(v, CP >= 4 ? v : d_iq2_dec[(i * 4 + 1) / CP], CP >= 4 ? v : d_iq2_dec[(i * 4 + 2) / CP],
+                                               CP >= 4 ? v : d_iq2_dec[(i * 4 + 3) / CP]);
+            }
+    }
+    __syncthreads();
+    if (!nr) return;
+
+    /* the lane's activations: 32 values of blocks 4 j + q, and what finish needs */
+    int A[NJ][8];
+    int bs[NJ][2]; /* Q2_K: the 16-value sums of sub-blocks 2 sub, 2 sub + 1 */
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+        const uint8_t *ab = sact + (4 * j + q) * ABY;
+#pragma unroll
+        for (int i = 0; i < 8; i++) A[j][i] = *(const int *)(ab + 4 + 32 * sub + 4 * i);
+        if constexpr (TYPE == GGML_TYPE_Q2_K) {
+            uint32_t v = *(const uint32_t *)(ab + 4 + 256 + 4 * sub);
+            bs[j][0] = (int16_t)(v & 0xffff), bs[j][1] = (int16_t)(v >> 16);
+        }
+    }
+    const uint32_t u = dec_unit<U>(sub), um = u / NJ, ub = 4 * (u % NJ) + q; /* the block this lane finishes */
+    const uint8_t *aub = sact + ub * ABY;
+    /* table word w, copy lane % CP, at byte (w << L) | lb */
+    constexpr uint32_t L = CP == 32 ? 7 : CP == 16 ? 6 : CP == 8 ? 5 : 2;
+    const uint32_t lb = (lane % CP) * 4;
+
+    for (uint32_t i = 0; i < nr; i++) {
+        issue(i + NBUF - 1);
+        cp_async_wait_keep<NBUF - 1>();
+        __syncwarp();
+        const uint8_t *cur = wbuf + (i % NBUF) * NM * RB;
+        int v[U][W];
+#pragma unroll
+        for (int m = 0; m < NM; m++)
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                const uint8_t *blk = cur + m * RB + (4 * j + q) * BY;
+                if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
+                    /* the group's 8 bytes (2-byte aligned): 4 grid indices, then signs and scale */
+                    uintptr_t p = (uintptr_t)(blk + 2 + 8 * sub);
+                    const uint32_t *pw = (const uint32_t *)(p & ~(uintptr_t)3);
+                    uint32_t sh = 8 * (uint32_t)(p & 3), w0 = pw[0], w1 = pw[1], w2 = pw[2];
+                    uint32_t lo = __funnelshift_r(w0, w1, sh), aux = __funnelshift_r(w1, w2, sh);
+                    int s = 0;
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        /* (field << L) | lb, the field being grid index k (byte k of lo) and sign index k (bits 7 k.. of aux) */
+                        uint32_t go = ((8 * k >= (int)L ? lo >> (8 * k - L) : lo << (L - 8 * k)) & (255u << L)) | lb;
+                        uint32_t so = ((7 * k >= (int)L ? aux >> (7 * k - L) : aux << (L - 7 * k)) & (127u << L)) | lb;
+                        uint32_t sel = *(const uint32_t *)(sm + go) | *(const uint32_t *)(sm + 256 * 4 * CP + so);
+                        s = __dp4a((int)__byte_perm(IQ2_POS, IQ2_NEG, sel), A[j][2 * k], s);
+                        s = __dp4a((int)__byte_perm(IQ2_POS, IQ2_NEG, sel >> 16), A[j][2 * k + 1], s);
+                    }
+                    v[m * NJ + j][0] = (int)(2 * (aux >> 28) + 1) * s;
+                } else { /* Q2_K: sub-blocks 2 sub, 2 sub + 1 (values 32 (sub / 4).., bits 2 (sub % 4)) */
+                    const uint32_t *qs = (const uint32_t *)(blk + 16 + 32 * (sub >> 2));
+                    const uint32_t sh = 2 * (sub & 3), mask = 0x03030303u << sh;
+                    uint32_t scw = ld16(blk + 2 * sub);
+                    int is = 0, ms = 0;
+#pragma unroll
+                    for (int kk = 0; kk < 2; kk++) {
+                        int s = 0;
+#pragma unroll
+                        for (int l = 0; l < 4; l++) s = dp4a_us(qs[4 * kk + l] & mask, A[j][4 * kk + l], s);
+                        s >>= sh; /* every term was a multiple of 2^sh */
+                        uint32_t sc = (scw >> (8 * kk)) & 255;
+                        is += (int)(sc & 15) * s;
+                        ms += (int)(sc >> 4) * bs[j][kk];
+                    }
+                    v[m * NJ + j][0] = is, v[m * NJ + j][1] = ms;
+                }
+            }
+        dec_reduce<U, W>(v, sub);
+        /* this lane's block result (lanes holding the same unit agree) */
+        const uint8_t *wb = cur + um * RB + ub * BY;
+        float t = qb<TYPE>::finish(wb, aub, v[0][0], v[0][W - 1]);
+        sres[um * NB + ub] = t;
+        __syncwarp();
+        float acc = 0.0f;
+        if (lane < NM) {
+            const float4 *r4 = (const float4 *)(sres + lane * NB);
+#pragma unroll
+            for (uint32_t b = 0; b < NB / 4; b++) {
+                float4 x = r4[b];
+                acc += x.x;
+                acc += x.y;
+                acc += x.z;
+                acc += x.w;
+            }
+        }
+        if (UP) {
+            float up = __shfl_sync(0xffffffffu, acc, 1);
+            if (lane == 0) a.y[(uint64_t)m0 * a.rows + r0 + i] = swiglu_clamped(acc, up, a.limit);
+        } else if (lane == 0) {
+            a.y[(uint64_t)m0 * a.rows + r0 + i] = acc;
+        }
+        __syncwarp(); /* sres and this buffer are rewritten next */
+    }
+}
+
+/* The copies of the IQ2_XXS tables (DS4_CUDA_IQ2_COPIES: 16 or 32) and
+ * the row buffers per warp (DS4_CUDA_DEC_NBUF: 2 to 4; rows in flight: one less), for
+ * measurements. */
+static int iq2_copies(void) {
+    static int cp = 0;
+    if (!cp) {
+        const char *e = getenv("DS4_CUDA_IQ2_COPIES");
+        cp = e ? atoi(e) : 32;
+        if (cp != 16) cp = 32;
+    }
+    return cp;
+}
+static int dec_nbuf(void) {
+    static int nb = -1;
+    if (nb < 0) {
+        const char *e = getenv("DS4_CUDA_DEC_NBUF");
+        nb = e ? atoi(e) : 0;
+        if (nb < 2 || nb > 4) nb = 0;
+    }
+    return nb ? nb : 2;
+}
+
+/* The decode kernel for a single token where it applies (IQ2_XXS or Q2_K
+ * rows of 8 or 16 blocks, staged); false: use the general kernels. */
+template <uint32_t TYPE, bool UP> static bool launch_dec(const qffn_args &a, uint32_t slots, cudaStream_t st) {
+    /* the published q2 mix: IQ2_XXS gate/up, Q2_K down (others: the general kernels) */
+    if constexpr ((TYPE != GGML_TYPE_IQ2_XXS || !UP) && (TYPE != GGML_TYPE_Q2_K || UP)) {
+        (void)a, (void)slots, (void)st;
+        return false;
+    } else {
+        if (getenv("DS4_CUDA_NO_DEC")) return false;
+        auto go = [&](auto kernel, uint32_t smem) {
+            allow_smem(kernel, smem);
+            static int sms = 0;
+            if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
+            int per_sm = 0;
+            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * DEC_WARPS, smem) != cudaSuccess || per_sm < 1)
+                per_sm = 1;
+            /* one wave of resident blocks, the rows split evenly */
+            uint64_t wave = (uint64_t)sms * per_sm * DEC_WARPS, warps = a.rows * slots;
+            uint32_t rpw = (uint32_t)((warps + wave - 1) / wave);
+            dim3 g(div_up(a.rows, (uint64_t)DEC_WARPS * rpw), slots);
+            kernel<<<g, 32 * DEC_WARPS, smem, st>>>(a, rpw);
+        };
+        constexpr int NM = UP ? 2 : 1;
+#define DEC_GO(NJ, CP, NB) go(qffn_dec_kernel<TYPE, UP, NJ, CP, NB>, dec_smem<TYPE, NM, CP, NB>(a.act_row, 4 * NJ))
+#define DEC_NB(NJ, CP)                                               \
+    do {                                                             \
+        if (dec_nbuf() == 2) DEC_GO(NJ, CP, 2);                    \
+        else if (dec_nbuf() == 3) DEC_GO(NJ, CP, 3);               \
+        else DEC_GO(NJ, CP, 4);                                      \
+    } while (0)
+#define DEC_NJ(NJ)                                                   \
+    do {                                                             \
+        if constexpr (TYPE != GGML_TYPE_IQ2_XXS) DEC_NB(NJ, 1);      \
+        else if (iq2_copies() == 16) DEC_NB(NJ, 16);                 \
+        else DEC_NB(NJ, 32);                                         \
+    } while (0)
+        if (a.nb == 16) DEC_NJ(4);
+        else if (a.nb == 8) DEC_NJ(2);
+        else return false;
+#undef DEC_NJ
+#undef DEC_NB
+#undef DEC_GO
+        return true;
+    }
+}
+
 template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, uint32_t slots, cudaStream_t st) {
     dim3 grid(div_up(a.rows, ROWS_PER_BLOCK), slots);
     /* bank slots and the offsets of up and down in them are 256-byte aligned */
@@ -723,6 +1043,7 @@ template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, ui
                          : stageable(a.w0, a.row_bytes, a.act_row) && (!UP || (uintptr_t)a.w1 % 16 == 0);
     if (staged) {
         constexpr int NM = UP ? 2 : 1;
+        if (a.n == 1 && launch_dec<TYPE, UP>(a, slots, st)) return;
         /* gate/up: one row per warp, since they are bound by the block
          * arithmetic (IQ2_XXS grid lookups), which wants every warp slot */
         if (a.n == 1)

@@ -18,7 +18,7 @@ extern "C" {
 #define K_MAX_EXPERTS 1024
 #define K_MAX_USED 16
 #define K_MAX_HEAD_DIM 1024
-#define K_MAX_GROUP_ENTRIES 8192 /* tokens x experts_used per MoE grouping */
+#define K_MAX_GROUP_ENTRIES 16384 /* tokens x experts_used per MoE grouping (2-byte ids in shared memory) */
 
 /* ---- matrix products ------------------------------------------------------
  * Y[t][g*n_rows + r] = W[r0 + g*n_rows + r] . (X[t] + g*x_group) (* xscale[t])

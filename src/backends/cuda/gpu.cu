@@ -432,7 +432,8 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
     bool use_bank = false;
     place_tensors(&g->w, hp->n_layer, NULL, false, &total, err);
     place_tensors(&g->w, hp->n_layer, NULL, true, &dense, err);
-    if ((e = k_quant_init()) != cudaSuccess || (e = k_idx_prepare(hp->idx_n_head, hp->idx_head_dim)) != cudaSuccess) {
+    if ((e = k_quant_init()) != cudaSuccess || (e = k_idx_prepare(hp->idx_n_head, hp->idx_head_dim)) != cudaSuccess ||
+        (e = k_attn_prepare(hp->head_dim)) != cudaSuccess) {
         ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
         goto fail;
     }

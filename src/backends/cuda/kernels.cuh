@@ -180,6 +180,11 @@ typedef struct attn_op {
     uint32_t n_pairs;
     float *out; /* n x H x hd */
 } attn_op;
+/* Raises the shared memory limit of the tensor-core attention kernel for
+ * head dim hd (call at model load, outside graph capture); without it, or
+ * for head dims other than 64, 128, 256, 512, or with DS4_CUDA_ATTN_FP32=1,
+ * k_attention runs the fp32 kernel. */
+cudaError_t k_attn_prepare(uint32_t hd);
 cudaError_t k_attention(cudaStream_t st, const attn_op *op);
 /* ring[p % W] = kv[p - pos0] for the last min(n, W) positions of the chunk. */
 cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t pos0, uint32_t W, uint32_t hd, float *ring);

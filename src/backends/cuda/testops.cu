@@ -276,6 +276,7 @@ extern "C" int ds4_gpu_test_attention(const float *q, const float *kv, const flo
         op.comp = (const float *)dcomp, op.sel = (const int32_t *)dsel, op.sinks = (const float *)dsinks;
         op.n = n, op.H = H, op.hd = hd, op.W = W, op.ratio = ratio, op.topk = topk, op.pos0 = pos0;
         op.inv_freq = (const float *)dfreq, op.n_pairs = n_pairs, op.out = (float *)dout;
+        RUN(k_attn_prepare(hd));
         RUN(k_attention(0, &op));
     }
     BACK(out, dout, (size_t)n * H * hd * 4);

@@ -474,7 +474,8 @@ static void test_indexer(void) {
 /* One launch of n tokens at pos0 against a double-precision reference;
  * with `alone`, each token is also launched by itself (n = 1 at its
  * position, the chunk's earlier raw rows moved into the ring, as decode
- * sees them) and must give the same bits. */
+ * sees them; its segments of 64 rows in blocks of their own, then again in
+ * one block) and must give the same bits. */
 static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd, uint32_t W, uint32_t ratio,
                       uint32_t topk, uint64_t pos0, uint32_t np, int alone) {
     uint64_t n_comp = ratio ? (pos0 + n) / ratio : 0;
@@ -488,7 +489,7 @@ static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd,
     }
     float *out = malloc((size_t)n * H * hd * 4);
     GPU(ds4_gpu_test_attention(q, kv, ring, comp, n_comp, sel, sinks, n, H, hd, W, ratio, topk, pos0, rope->inv_freq,
-                               np, out, E_));
+                               np, 64, out, E_));
     uint32_t max_rows = W + topk + (uint32_t)n_comp;
     const float **rows = malloc(max_rows * sizeof *rows);
     double *sc = malloc(max_rows * sizeof *sc), *od = malloc(hd * sizeof *od);
@@ -529,7 +530,11 @@ static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd,
             if (e > worst) worst = e;
         }
     }
-    CHECKF(worst < 1e-5, "attention n %u H %u hd %u ratio %u pos0 %llu: worst rel err %.3g", n, H, hd, ratio,
+    /* The tensor-core kernel's bf16 hi/lo products are good to about 2^-17
+     * of each product (docs/NUMERICS.md): 0.7e-5 .. 1.4e-5 measured here;
+     * the fp32 kernel (DS4_CUDA_ATTN_FP32=1) 1.3e-7 .. 4.5e-7. */
+    double bound = getenv("DS4_CUDA_ATTN_FP32") ? 1e-6 : 3e-5;
+    CHECKF(worst < bound, "attention n %u H %u hd %u ratio %u pos0 %llu: worst rel err %.3g", n, H, hd, ratio,
            (unsigned long long)pos0, worst);
     if (alone) {
         float *ring1 = malloc((size_t)W * hd * 4), *out1 = malloc((size_t)H * hd * 4);
@@ -537,10 +542,14 @@ static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd,
         uint32_t differ = 0;
         for (uint32_t t = 0; t < n; t++) {
             if (t) memcpy(ring1 + ((pos0 + t - 1) % W) * hd, kv + (size_t)(t - 1) * hd, hd * 4);
-            GPU(ds4_gpu_test_attention(q + (size_t)t * H * hd, kv + (size_t)t * hd, ring1, comp, n_comp,
-                                       sel + (size_t)t * topk, sinks, 1, H, hd, W, ratio, topk, pos0 + t, rope->inv_freq,
-                                       np, out1, E_));
-            differ += memcmp(out1, out + (size_t)t * H * hd, (size_t)H * hd * 4) != 0;
+            /* with room for partials (a block per segment, then the fold
+             * kernel) and without (one block runs the segments) */
+            for (uint32_t slots = 0; slots <= 64; slots += 64) {
+                GPU(ds4_gpu_test_attention(q + (size_t)t * H * hd, kv + (size_t)t * hd, ring1, comp, n_comp,
+                                           sel + (size_t)t * topk, sinks, 1, H, hd, W, ratio, topk, pos0 + t,
+                                           rope->inv_freq, np, slots, out1, E_));
+                differ += memcmp(out1, out + (size_t)t * H * hd, (size_t)H * hd * 4) != 0;
+            }
         }
         CHECKF(differ == 0, "attention n %u H %u hd %u ratio %u: %u tokens differ alone from in the chunk", n, H, hd,
                ratio, differ);
@@ -730,6 +739,12 @@ static void test_moe_quant(void) {
 int main(void) {
     ds4_error why = {{0}};
     if (!ds4_gpu_probe(&why)) return test_gpu_unavailable(why.msg);
+    /* DS4_TEST_ONLY=attention: that test alone (for compute-sanitizer) */
+    const char *only = getenv("DS4_TEST_ONLY");
+    if (only && !strcmp(only, "attention")) {
+        test_attention();
+        return test_finish();
+    }
     test_linear();
     test_linear_quant();
     test_linear_quant_large();

@@ -396,12 +396,23 @@ __global__ void attention_kernel(attn_op op) {
  * tiles are added as (q0 + q1) + (q2 + q3). In P V, warp q owns output dims
  * quarter q. Each head's arithmetic is therefore the same whichever other
  * heads (and tokens) share the block or the launch: the 16-head and 32-head
- * blocks give the same bits, and so do chunked prefill, one prefill and
- * decode. The online softmax is the fp32 kernel's (running max from the
- * sink, denominator 1, per tile max/exp/sum), with the tile's exps summed
- * per thread then over the quad by a butterfly. */
+ * blocks give the same bits.
+ *
+ * Segments: a token's rows are cut into segments of AT_SEG rows (by row
+ * index only). Each segment is an online softmax of its own (running max
+ * from -inf, denominator 0, per tile max/exp/sum, the tile's exps summed per
+ * thread then over the quad by a butterfly), and the segments are folded in
+ * order into a state that starts from the sink (max = sink, denominator 1,
+ * output 0): M' = max(M, m), a = exp(M - M'), b = exp(m - M'),
+ * L = L a + l b, O = O a + o b. For chunks one block runs every segment of
+ * its token and folds as it goes (the folded output in shared memory);
+ * decode (few tokens) gives each segment its own block, writes (m, l, o) to
+ * op.part and folds in attn_fold_kernel, with the same operations in the
+ * same order. So chunked prefill, one prefill and decode agree bit for
+ * bit. */
 
 #define AT_ROWS 32 /* rows per tile */
+#define AT_SEG 64  /* rows per segment (a multiple of AT_ROWS) */
 #define AT_SP 40   /* row stride (floats) of the partial scores: no bank conflicts for float2 */
 
 /* bf16 hi/lo halves of two floats, packed as the MMA operands want them
@@ -441,14 +452,59 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const uint16_t *p) {
 #endif
 }
 
-static size_t attn_mma_smem(uint32_t hd, int mt) {
-    return (size_t)AT_ROWS * hd * 4 + 2 * (size_t)AT_ROWS * (hd + 8) * 2 + 4 * (size_t)mt * 16 * AT_SP * 4;
+/* Rows of the token at position p (raw window, then compressed). */
+__device__ __forceinline__ uint32_t att_rows(const attn_op &op, uint64_t p, uint32_t *n_raw) {
+    *n_raw = (uint32_t)(p + 1 < op.W ? p + 1 : op.W);
+    uint32_t n_comp = 0;
+    if (op.ratio) {
+        uint64_t n_vis = (p + 1) / op.ratio;
+        n_comp = (uint32_t)(op.ratio == 4 && n_vis > op.topk ? op.topk : n_vis);
+    }
+    return *n_raw + n_comp;
+}
+
+/* Folds a segment's (m, l) into the running (M, L); the output is then
+ * O * a + o * b (the same expression in both kernels). */
+__device__ __forceinline__ void fold_ml(float *M, float *L, float m, float l, float *a, float *b) {
+    float mn = fmaxf(*M, m);
+    *a = expf(*M - mn);
+    *b = expf(m - mn);
+    *L = *L * *a + l * *b;
+    *M = mn;
+}
+
+/* The folded output of a pair of dims divided by L, RoPE on the last dims. */
+__device__ __forceinline__ void att_store(const attn_op &op, uint64_t p, uint32_t t, uint32_t h, uint32_t d, float o0,
+                                          float o1, float L) {
+    float v[2] = {o0 / L, o1 / L};
+    uint32_t rot0 = op.hd - 2 * op.n_pairs;
+    if (op.n_pairs && d >= rot0) {
+        float cs, sn;
+        rope_cs(op.inv_freq, (d - rot0) / 2, p, &cs, &sn);
+        rope_pair(v, cs, sn, 1);
+    }
+    *(float2 *)(op.out + ((uint64_t)t * op.H + h) * op.hd + d) = make_float2(v[0], v[1]);
+}
+
+/* Partials of (token, segment) slot: o at part[slot][h][hd], then (m, l) at
+ * part[slots * H * hd + (slot * H + h) * 2]. */
+__device__ __forceinline__ float *part_o(const attn_op &op, uint64_t slot, uint32_t h) {
+    return op.part + (slot * op.H + h) * op.hd;
+}
+__device__ __forceinline__ float *part_ml(const attn_op &op, uint64_t slot, uint32_t h) {
+    return op.part + (uint64_t)op.part_slots * op.H * op.hd + (slot * op.H + h) * 2;
+}
+
+static size_t attn_mma_smem(uint32_t hd, int mt, bool split) {
+    return (size_t)AT_ROWS * hd * 4 + 2 * (size_t)AT_ROWS * (hd + 8) * 2 + 4 * (size_t)mt * 16 * AT_SP * 4 +
+           (split ? 0 : (size_t)mt * 128 * (hd / 8) * 4);
 }
 
 /* KS = hd / 64 (k16 steps per head-dim quarter); MT = M tiles (16 heads)
- * per block. Grid: (head blocks, tokens). */
-template <int KS, int MT>
-__global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op) {
+ * per block. Grid: (head blocks, tokens), or with SPLIT (head blocks,
+ * segments, tokens) with seg_stride slots per token. */
+template <int KS, int MT, bool SPLIT>
+__global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op, uint32_t seg_stride) {
 #if __CUDA_ARCH__ >= 800
     constexpr int HD = 64 * KS, QW = 16 * KS, KST = HD + 8, NTH = 128 * MT, C4 = HD / 4;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -456,21 +512,22 @@ __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op) {
     uint16_t *khi = (uint16_t *)(stage + AT_ROWS * HD);      /* AT_ROWS x KST */
     uint16_t *klo = khi + AT_ROWS * KST;                     /* AT_ROWS x KST */
     float *sp = (float *)(klo + AT_ROWS * KST);              /* 4 quarters x MT*16 heads x AT_SP */
+    float *orun = sp + 4 * MT * 16 * AT_SP;                  /* !SPLIT: the folded output, 8 KS x NTH */
     __shared__ const float *rp[AT_ROWS];
-    uint32_t t = blockIdx.y, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    uint32_t t = SPLIT ? blockIdx.z : blockIdx.y, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     uint32_t mt = w >> 2, q = w & 3, g = lane >> 2, c = lane & 3;
     uint64_t p = op.pos0 + t;
     uint32_t hA = (blockIdx.x * MT + mt) * 16 + g, hB = hA + 8;
-    uint32_t n_raw = (uint32_t)(p + 1 < op.W ? p + 1 : op.W);
-    uint32_t n_comp = 0;
-    if (op.ratio) {
-        uint64_t n_vis = (p + 1) / op.ratio;
-        n_comp = (uint32_t)(op.ratio == 4 && n_vis > op.topk ? op.topk : n_vis);
+    uint32_t n_raw, n_rows = att_rows(op, p, &n_raw);
+    uint32_t r_begin = 0, r_end = n_rows;
+    if (SPLIT) {
+        r_begin = blockIdx.y * AT_SEG;
+        if (r_begin >= n_rows) return; /* the whole block: this token has fewer segments */
+        r_end = r_begin + AT_SEG < n_rows ? r_begin + AT_SEG : n_rows;
     }
-    uint32_t n_rows = n_raw + n_comp;
 
-    /* tile 0 on its way while Q is split */
-    if (tid < AT_ROWS) rp[tid] = tid < n_rows ? att_row(op, p, t, n_raw, tid) : NULL;
+    /* the first tile on its way while Q is split */
+    if (tid < AT_ROWS) rp[tid] = r_begin + tid < r_end ? att_row(op, p, t, n_raw, r_begin + tid) : NULL;
     __syncthreads();
     for (uint32_t i = tid; i < AT_ROWS * C4; i += NTH) {
         uint32_t r = i / C4, c4 = i % C4;
@@ -496,13 +553,17 @@ __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op) {
         }
     }
     float scale = 1.0f / sqrtf((float)HD);
-    float mA = hA < op.H ? op.sinks[hA] : 0.0f, mB = hB < op.H ? op.sinks[hB] : 0.0f, lA = 1.0f, lB = 1.0f;
+    /* folded state (from the sink) and the current segment's */
+    float MA = hA < op.H ? op.sinks[hA] : 0.0f, MB = hB < op.H ? op.sinks[hB] : 0.0f, LA = 1.0f, LB = 1.0f;
+    float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f;
     float o[2 * KS][4];
 #pragma unroll
     for (int j = 0; j < 2 * KS; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    if (!SPLIT)
+        for (int i = 0; i < 8 * KS; i++) orun[i * NTH + tid] = 0.0f;
 
-    for (uint32_t r0 = 0; r0 < n_rows; r0 += AT_ROWS) {
-        uint32_t nr = n_rows - r0 < AT_ROWS ? n_rows - r0 : AT_ROWS;
+    for (uint32_t r0 = r_begin; r0 < r_end; r0 += AT_ROWS) {
+        uint32_t nr = r_end - r0 < AT_ROWS ? r_end - r0 : AT_ROWS;
         cp_async_wait_all();
         __syncthreads(); /* the tile is in stage; every warp is done with the previous one */
         for (uint32_t i = tid; i < AT_ROWS * C4; i += NTH) {
@@ -515,9 +576,9 @@ __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op) {
             *(uint2 *)(klo + r * KST + 4 * c4) = l;
         }
         uint32_t r1 = r0 + AT_ROWS;
-        if (tid < AT_ROWS) rp[tid] = r1 + tid < n_rows ? att_row(op, p, t, n_raw, r1 + tid) : NULL;
+        if (tid < AT_ROWS) rp[tid] = r1 + tid < r_end ? att_row(op, p, t, n_raw, r1 + tid) : NULL;
         __syncthreads(); /* stage free, rows split, next row pointers visible */
-        if (r1 < n_rows) {
+        if (r1 < r_end) {
             for (uint32_t i = tid; i < AT_ROWS * C4; i += NTH) {
                 uint32_t r = i / C4, c4 = i % C4;
                 if (rp[r]) cp_async16(stage + r * HD + 4 * c4, rp[r] + 4 * c4);
@@ -589,6 +650,7 @@ __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op) {
         seA += __shfl_xor_sync(0xffffffffu, seA, 2);
         seB += __shfl_xor_sync(0xffffffffu, seB, 1);
         seB += __shfl_xor_sync(0xffffffffu, seB, 2);
+        /* the first tile of a segment: exp(-inf) = 0 clears the state */
         float corrA = expf(mA - mnA), corrB = expf(mB - mnB);
         lA = lA * corrA + seA;
         lB = lB * corrB + seB;
@@ -624,39 +686,88 @@ __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op) {
                 mma3(o[2 * jp + 1], ph[kk], pl[kk], vh[2], vh[3], vl[2], vl[3]);
             }
         }
+        if (!SPLIT && ((r1 - r_begin) % AT_SEG == 0 || r1 >= r_end)) {
+            /* a segment is complete: fold it in and start the next (with
+             * SPLIT the block's one segment is written out below) */
+            float aA, bA, aB, bB;
+            fold_ml(&MA, &LA, mA, lA, &aA, &bA);
+            fold_ml(&MB, &LB, mB, lB, &aB, &bB);
+#pragma unroll
+            for (int j = 0; j < 2 * KS; j++) {
+                float *r = orun + j * 4 * NTH + tid;
+                r[0] = r[0] * aA + o[j][0] * bA;
+                r[NTH] = r[NTH] * aA + o[j][1] * bA;
+                r[2 * NTH] = r[2 * NTH] * aB + o[j][2] * bB;
+                r[3 * NTH] = r[3 * NTH] * aB + o[j][3] * bB;
+                o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+            }
+            mA = mB = -INFINITY;
+            lA = lB = 0.0f;
+        }
     }
 
-    uint32_t rot0 = HD - 2 * op.n_pairs;
-#pragma unroll
-    for (int j = 0; j < 2 * KS; j++) {
-        uint32_t d = q * QW + j * 8 + 2 * c;
+    if (SPLIT) {
+        uint64_t slot = (uint64_t)t * seg_stride + blockIdx.y;
 #pragma unroll
         for (int hb = 0; hb < 2; hb++) {
             uint32_t h = hb ? hB : hA;
             if (h >= op.H) continue;
-            float l = hb ? lB : lA;
-            float v[2] = {o[j][2 * hb] / l, o[j][2 * hb + 1] / l};
-            if (op.n_pairs && d >= rot0) {
-                float cs, sn;
-                rope_cs(op.inv_freq, (d - rot0) / 2, p, &cs, &sn);
-                rope_pair(v, cs, sn, 1);
-            }
-            *(float2 *)(op.out + ((uint64_t)t * op.H + h) * HD + d) = make_float2(v[0], v[1]);
+            float *po = part_o(op, slot, h);
+#pragma unroll
+            for (int j = 0; j < 2 * KS; j++)
+                *(float2 *)(po + q * QW + j * 8 + 2 * c) = make_float2(o[j][2 * hb], o[j][2 * hb + 1]);
+            if (q == 0 && c == 0) *(float2 *)part_ml(op, slot, h) = make_float2(hb ? mB : mA, hb ? lB : lA);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 2 * KS; j++) {
+            uint32_t d = q * QW + j * 8 + 2 * c;
+            const float *r = orun + j * 4 * NTH + tid;
+            if (hA < op.H) att_store(op, p, t, hA, d, r[0], r[NTH], LA);
+            if (hB < op.H) att_store(op, p, t, hB, d, r[2 * NTH], r[3 * NTH], LB);
         }
     }
 #else
     (void)op;
+    (void)seg_stride;
 #endif
+}
+
+/* Decode: folds the segments' partials of (head, token) in order, as the
+ * chunk kernel does in its block. */
+__global__ void attn_fold_kernel(attn_op op, uint32_t seg_stride) {
+    uint32_t h = blockIdx.x, t = blockIdx.y;
+    uint64_t p = op.pos0 + t;
+    uint32_t n_raw, n_seg = (att_rows(op, p, &n_raw) + AT_SEG - 1) / AT_SEG;
+    uint64_t slot0 = (uint64_t)t * seg_stride;
+    for (uint32_t d = 2 * threadIdx.x; d < op.hd; d += 2 * blockDim.x) {
+        float M = op.sinks[h], L = 1.0f, o0 = 0.0f, o1 = 0.0f;
+        for (uint32_t sg = 0; sg < n_seg; sg++) {
+            float2 ml = *(const float2 *)part_ml(op, slot0 + sg, h);
+            float2 v = *(const float2 *)(part_o(op, slot0 + sg, h) + d);
+            float a, b;
+            fold_ml(&M, &L, ml.x, ml.y, &a, &b);
+            o0 = o0 * a + v.x * b;
+            o1 = o1 * a + v.y * b;
+        }
+        att_store(op, p, t, h, d, o0, o1, L);
+    }
 }
 
 /* The opt-in shared memory limits, raised at model load (k_attn_prepare)
  * and never while a decode step is being captured into a graph. */
-static bool attn_mma_ready[4][2];
+static bool attn_mma_ready[4];
 static int attn_mma_ok = -1; /* device has bf16 mma.sync (sm_80+) */
 
-template <int KS, int MT> static cudaError_t attn_mma_raise() {
-    size_t smem = attn_mma_smem(64 * KS, MT);
-    return cudaFuncSetAttribute(attn_mma_kernel<KS, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+template <int KS> static cudaError_t attn_mma_raise() {
+    cudaError_t e = cudaSuccess;
+#define RAISE(MT, SP)                                                                                      \
+    if (e == cudaSuccess)                                                                                  \
+        e = cudaFuncSetAttribute(attn_mma_kernel<KS, MT, SP>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                                 (int)attn_mma_smem(64 * KS, MT, SP));
+    RAISE(1, false) RAISE(2, false) RAISE(1, true)
+#undef RAISE
+    return e;
 }
 
 static int attn_ks_index(uint32_t hd) {
@@ -673,24 +784,22 @@ cudaError_t k_attn_prepare(uint32_t hd) {
         attn_mma_ok = major >= 8 && !(env && env[0] == '1');
     }
     int ki = attn_ks_index(hd);
-    if (!attn_mma_ok || ki < 0 || attn_mma_ready[ki][0]) return cudaSuccess;
-    cudaError_t e;
-    switch (ki) {
-    case 0: e = attn_mma_raise<1, 1>(); if (e == cudaSuccess) e = attn_mma_raise<1, 2>(); break;
-    case 1: e = attn_mma_raise<2, 1>(); if (e == cudaSuccess) e = attn_mma_raise<2, 2>(); break;
-    case 2: e = attn_mma_raise<4, 1>(); if (e == cudaSuccess) e = attn_mma_raise<4, 2>(); break;
-    default: e = attn_mma_raise<8, 1>(); if (e == cudaSuccess) e = attn_mma_raise<8, 2>(); break;
-    }
-    if (e == cudaSuccess) attn_mma_ready[ki][0] = attn_mma_ready[ki][1] = true;
+    if (!attn_mma_ok || ki < 0 || attn_mma_ready[ki]) return cudaSuccess;
+    cudaError_t e = ki == 0 ? attn_mma_raise<1>() : ki == 1 ? attn_mma_raise<2>() : ki == 2 ? attn_mma_raise<4>()
+                                                                                             : attn_mma_raise<8>();
+    if (e == cudaSuccess) attn_mma_ready[ki] = true;
     return e;
 }
 
-template <int KS> static void attn_mma_launch(cudaStream_t st, const attn_op *op, int mt) {
+template <int KS> static void attn_mma_launch(cudaStream_t st, const attn_op *op, int mt, uint32_t n_seg) {
     unsigned m_tiles = div_up(op->H, 16);
-    if (mt == 2)
-        attn_mma_kernel<KS, 2><<<dim3(div_up(m_tiles, 2), op->n), 256, attn_mma_smem(op->hd, 2), st>>>(*op);
-    else
-        attn_mma_kernel<KS, 1><<<dim3(m_tiles, op->n), 128, attn_mma_smem(op->hd, 1), st>>>(*op);
+    if (n_seg) {
+        attn_mma_kernel<KS, 1, true><<<dim3(m_tiles, n_seg, op->n), 128, attn_mma_smem(op->hd, 1, true), st>>>(*op, n_seg);
+    } else if (mt == 2) {
+        attn_mma_kernel<KS, 2, false><<<dim3(div_up(m_tiles, 2), op->n), 256, attn_mma_smem(op->hd, 2, false), st>>>(*op, 0);
+    } else {
+        attn_mma_kernel<KS, 1, false><<<dim3(m_tiles, op->n), 128, attn_mma_smem(op->hd, 1, false), st>>>(*op, 0);
+    }
 }
 
 static bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
@@ -701,17 +810,27 @@ cudaError_t k_attention(cudaStream_t st, const attn_op *op) {
     int ki = attn_ks_index(op->hd);
     /* The tensor-core kernel copies rows with 16-byte cp.async and needs
      * the rotated dims to start on a pair. */
-    if (ki >= 0 && attn_mma_ok == 1 && attn_mma_ready[ki][0] && aligned16(op->kv) && aligned16(op->ring) &&
+    if (ki >= 0 && attn_mma_ok == 1 && attn_mma_ready[ki] && aligned16(op->kv) && aligned16(op->ring) &&
         (!op->ratio || aligned16(op->comp)) && aligned16(op->q) && aligned16(op->out) && 2 * op->n_pairs <= op->hd) {
-        /* 32 heads per block once there are tokens enough to fill the GPU;
-         * the bits are the same either way (see above). */
+        /* Rows grow with the position: the last token has the most. */
+        uint64_t p = op->pos0 + op->n - 1, n_raw = p + 1 < op->W ? p + 1 : op->W, n_comp = 0;
+        if (op->ratio) {
+            uint64_t n_vis = (p + 1) / op->ratio;
+            n_comp = op->ratio == 4 && n_vis > op->topk ? op->topk : n_vis;
+        }
+        uint32_t n_seg = (uint32_t)((n_raw + n_comp + AT_SEG - 1) / AT_SEG);
+        /* A block per segment when few tokens would leave the GPU idle and
+         * the partials fit; 32 heads per block once there are tokens enough
+         * to fill the GPU. The bits are the same either way (see above). */
+        bool split = op->part && op->n <= 8 && n_seg > 1 && (uint64_t)op->n * n_seg <= op->part_slots;
         int mt = op->n >= 16 && op->H > 16 ? 2 : 1;
         switch (ki) {
-        case 0: attn_mma_launch<1>(st, op, mt); break;
-        case 1: attn_mma_launch<2>(st, op, mt); break;
-        case 2: attn_mma_launch<4>(st, op, mt); break;
-        default: attn_mma_launch<8>(st, op, mt); break;
+        case 0: attn_mma_launch<1>(st, op, mt, split ? n_seg : 0); break;
+        case 1: attn_mma_launch<2>(st, op, mt, split ? n_seg : 0); break;
+        case 2: attn_mma_launch<4>(st, op, mt, split ? n_seg : 0); break;
+        default: attn_mma_launch<8>(st, op, mt, split ? n_seg : 0); break;
         }
+        if (split) attn_fold_kernel<<<dim3(op->H, op->n), 128, 0, st>>>(*op, n_seg);
         return LAUNCH_STATUS();
     }
     attention_kernel<<<dim3(op->H, op->n), ATT_THREADS, op->hd * sizeof(float), st>>>(*op);

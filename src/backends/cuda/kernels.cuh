@@ -179,6 +179,11 @@ typedef struct attn_op {
     const float *inv_freq;
     uint32_t n_pairs;
     float *out; /* n x H x hd */
+    /* Optional: room for part_slots (token, segment) partials of
+     * H x (hd + 2) floats, which lets decode spread a token's rows over
+     * several blocks (same bits as without). */
+    float *part;
+    uint32_t part_slots;
 } attn_op;
 /* Raises the shared memory limit of the tensor-core attention kernel for
  * head dim hd (call at model load, outside graph capture); without it, or

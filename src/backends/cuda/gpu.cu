@@ -87,7 +87,7 @@ struct ds4_gpu_session {
     /* scratch for one internal chunk */
     uint8_t *scratch;
     float *X, *y, *o, *pre, *post, *comb, *mix, *rinv;
-    float *qa, *q, *kv, *att, *low, *ck, *cz, *ik, *iz, *iq, *iw, *scores;
+    float *qa, *q, *kv, *att, *apart, *low, *ck, *cz, *ik, *iz, *iq, *iw, *scores;
     float *lg, *wts, *h, *hs, *dx, *sh, *logits;
     int32_t *tok, *sel, *ids, *grp;
     void *act; /* quantized activations for quantized weights */
@@ -436,7 +436,8 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
     bool use_bank = false;
     place_tensors(&g->w, hp->n_layer, NULL, false, &total, err);
     place_tensors(&g->w, hp->n_layer, NULL, true, &dense, err);
-    if ((e = k_quant_init()) != cudaSuccess || (e = k_idx_prepare(hp->idx_n_head, hp->idx_head_dim)) != cudaSuccess) {
+    if ((e = k_quant_init()) != cudaSuccess || (e = k_idx_prepare(hp->idx_n_head, hp->idx_head_dim)) != cudaSuccess ||
+        (e = k_attn_prepare(hp->head_dim)) != cudaSuccess) {
         ds4_fail(err, "CUDA: %s", cudaGetErrorString(e));
         goto fail;
     }
@@ -561,6 +562,11 @@ static void layout_state(ds4_gpu_session *s, bump *b) {
     }
 }
 
+/* Decode attention partials: (token, segment of 64 rows) slots, enough for
+ * the 640 rows of a CSA layer or 2048 rows of any layer (longer rows are
+ * processed by one block per token, with the same bits). */
+#define ATT_PART_SLOTS 32
+
 static void layout_scratch(ds4_gpu_session *s, bump *b) {
     const ds4_hparams *hp = s->g->hp;
     uint64_t n = s->chunk, E = hp->n_embd, hc = hp->hc, qdim = (uint64_t)hp->n_head * hp->head_dim;
@@ -577,6 +583,7 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->q = TAKE_F(b, n * qdim);
     s->kv = TAKE_F(b, n * hp->head_dim);
     s->att = TAKE_F(b, n * qdim);
+    s->apart = TAKE_F(b, (uint64_t)ATT_PART_SLOTS * hp->n_head * (hp->head_dim + 2));
     s->low = TAKE_F(b, n * hp->o_groups * hp->o_lora);
     s->ck = TAKE_F(b, n * 2 * hp->head_dim);
     s->cz = TAKE_F(b, n * 2 * hp->head_dim);
@@ -1120,6 +1127,8 @@ static int attention(fwd *f, uint32_t il) {
     op.inv_freq = lrope;
     op.n_pairs = hp->n_rot / 2 > 128 ? 128 : hp->n_rot / 2;
     op.out = s->att;
+    op.part = s->apart;
+    op.part_slots = ATT_PART_SLOTS;
     prof_mark(f->s, "attention");
     CU(k_attention(st, &op));
     prof_mark(s, "ring_write");

@@ -14,6 +14,9 @@
 #include "backends/cuda/kernels.cuh"
 #include "backends/cuda/rowfn.cuh"
 
+#include <cuda_bf16.h>
+#include <stdlib.h>
+
 /* ---- compressors ------------------------------------------------------------ */
 
 /* k and z (positional bias added) of the token at position p, column col:
@@ -395,9 +398,461 @@ __global__ void attention_kernel(attn_op op) {
     }
 }
 
+/* ---- attention on the tensor cores ----------------------------------------------
+ *
+ * DeepSeek V4 attention is MQA-like: every head of a token reads the same
+ * candidate rows. So one block takes 16 or 32 heads of a token, stages each
+ * tile of 32 rows once in shared memory, and multiplies with mma.sync
+ * m16n8k16 (bf16 in, fp32 accumulation), heads as the M dimension:
+ * S = Q K^T for the tile, then O = O * corr + P V.
+ *
+ * fp32 accuracy from bf16 operands: every operand x is split into
+ * hi = bf16(x) and lo = bf16(x - hi) (x - hi is exact in fp32), and each
+ * product is hi*hi + hi*lo + lo*hi; what is left out (lo*lo and the rounding
+ * of lo) is below 2^-17 |x y| per product (docs/NUMERICS.md).
+ *
+ * Warps: a group of four per 16 heads (an M tile). In S = Q K^T, warp q of
+ * the group sums the head-dim quarter q (for all 32 rows); the four partial
+ * tiles are added as (q0 + q1) + (q2 + q3). In P V, warp q owns output dims
+ * quarter q. Each head's arithmetic is therefore the same whichever other
+ * heads (and tokens) share the block or the launch: the 16-head and 32-head
+ * blocks give the same bits.
+ *
+ * Segments: a token's rows are cut into segments of AT_SEG rows (by row
+ * index only). Each segment is an online softmax of its own (running max
+ * from -inf, denominator 0, per tile max/exp/sum, the tile's exps summed per
+ * thread then over the quad by a butterfly), and the segments are folded in
+ * order into a state that starts from the sink (max = sink, denominator 1,
+ * output 0): M' = max(M, m), a = exp(M - M'), b = exp(m - M'),
+ * L = L a + l b, O = O a + o b. For chunks one block runs every segment of
+ * its token and folds as it goes (the folded output in shared memory);
+ * decode (few tokens) gives each segment its own block, writes (m, l, o) to
+ * op.part and folds in attn_fold_kernel, with the same operations in the
+ * same order. So chunked prefill, one prefill and decode agree bit for
+ * bit. */
+
+#define AT_ROWS 32 /* rows per tile */
+#define AT_SEG 64  /* rows per segment (a multiple of AT_ROWS) */
+#define AT_SP 40   /* row stride (floats) of the partial scores: no bank conflicts for float2 */
+
+/* bf16 hi/lo halves of two floats, packed as the MMA operands want them
+ * (the first float in the low 16 bits). */
+__device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, uint32_t *lo) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    __nv_bfloat162 l = __floats2bfloat162_rn(x0 - __low2float(h), x1 - __high2float(h));
+    *hi = *reinterpret_cast<uint32_t *>(&h);
+    *lo = *reinterpret_cast<uint32_t *>(&l);
+}
+
+__device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#if __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+/* The three products of the split, smallest first (they are added into the
+ * accumulator before the large one). */
+__device__ __forceinline__ void mma3(float *d, const uint32_t *ahi, const uint32_t *alo, uint32_t bh0, uint32_t bh1,
+                                     uint32_t bl0, uint32_t bl1) {
+    mma_bf16(d, alo, bh0, bh1);
+    mma_bf16(d, ahi, bl0, bl1);
+    mma_bf16(d, ahi, bh0, bh1);
+}
+
+/* Four transposed 8x8 bf16 matrices: the B operands of two n8 tiles. */
+__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const uint16_t *p) {
+#if __CUDA_ARCH__ >= 800
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+#endif
+}
+
+/* Rows of the token at position p (raw window, then compressed). */
+__device__ __forceinline__ uint32_t att_rows(const attn_op &op, uint64_t p, uint32_t *n_raw) {
+    *n_raw = (uint32_t)(p + 1 < op.W ? p + 1 : op.W);
+    uint32_t n_comp = 0;
+    if (op.ratio) {
+        uint64_t n_vis = (p + 1) / op.ratio;
+        n_comp = (uint32_t)(op.ratio == 4 && n_vis > op.topk ? op.topk : n_vis);
+    }
+    return *n_raw + n_comp;
+}
+
+/* Folds a segment's (m, l) into the running (M, L); the output is then
+ * O * a + o * b (the same expression in both kernels). */
+__device__ __forceinline__ void fold_ml(float *M, float *L, float m, float l, float *a, float *b) {
+    float mn = fmaxf(*M, m);
+    *a = expf(*M - mn);
+    *b = expf(m - mn);
+    *L = *L * *a + l * *b;
+    *M = mn;
+}
+
+/* The folded output of a pair of dims divided by L, RoPE on the last dims. */
+__device__ __forceinline__ void att_store(const attn_op &op, uint64_t p, uint32_t t, uint32_t h, uint32_t d, float o0,
+                                          float o1, float L) {
+    float v[2] = {o0 / L, o1 / L};
+    uint32_t rot0 = op.hd - 2 * op.n_pairs;
+    if (op.n_pairs && d >= rot0) {
+        float cs, sn;
+        rope_cs(op.inv_freq, (d - rot0) / 2, p, &cs, &sn);
+        rope_pair(v, cs, sn, 1);
+    }
+    *(float2 *)(op.out + ((uint64_t)t * op.H + h) * op.hd + d) = make_float2(v[0], v[1]);
+}
+
+/* Partials of (token, segment) slot: o at part[slot][h][hd], then (m, l) at
+ * part[slots * H * hd + (slot * H + h) * 2]. */
+__device__ __forceinline__ float *part_o(const attn_op &op, uint64_t slot, uint32_t h) {
+    return op.part + (slot * op.H + h) * op.hd;
+}
+__device__ __forceinline__ float *part_ml(const attn_op &op, uint64_t slot, uint32_t h) {
+    return op.part + (uint64_t)op.part_slots * op.H * op.hd + (slot * op.H + h) * 2;
+}
+
+static size_t attn_mma_smem(uint32_t hd, int mt, bool split) {
+    return (size_t)AT_ROWS * hd * 4 + 2 * (size_t)AT_ROWS * (hd + 8) * 2 + 4 * (size_t)mt * 16 * AT_SP * 4 +
+           (split ? 0 : (size_t)mt * 128 * (hd / 8) * 4);
+}
+
+/* KS = hd / 64 (k16 steps per head-dim quarter); MT = M tiles (16 heads)
+ * per block. Grid: (head blocks, tokens), or with SPLIT (head blocks,
+ * segments, tokens) with seg_stride slots per token. */
+template <int KS, int MT, bool SPLIT>
+__global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op, uint32_t seg_stride) {
+#if __CUDA_ARCH__ >= 800
+    constexpr int HD = 64 * KS, QW = 16 * KS, KST = HD + 8, NTH = 128 * MT, C4 = HD / 4;
+    extern __shared__ __align__(16) unsigned char smem[];
+    float *stage = (float *)smem;                            /* AT_ROWS x HD: the next tile as read */
+    uint16_t *khi = (uint16_t *)(stage + AT_ROWS * HD);      /* AT_ROWS x KST */
+    uint16_t *klo = khi + AT_ROWS * KST;                     /* AT_ROWS x KST */
+    float *sp = (float *)(klo + AT_ROWS * KST);              /* 4 quarters x MT*16 heads x AT_SP */
+    float *orun = sp + 4 * MT * 16 * AT_SP;                  /* !SPLIT: the folded output, 8 KS x NTH */
+    __shared__ const float *rp[AT_ROWS];
+    uint32_t t = SPLIT ? blockIdx.z : blockIdx.y, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    uint32_t mt = w >> 2, q = w & 3, g = lane >> 2, c = lane & 3;
+    uint64_t p = op.pos0 + t;
+    uint32_t hA = (blockIdx.x * MT + mt) * 16 + g, hB = hA + 8;
+    uint32_t n_raw, n_rows = att_rows(op, p, &n_raw);
+    uint32_t r_begin = 0, r_end = n_rows;
+    if (SPLIT) {
+        r_begin = blockIdx.y * AT_SEG;
+        if (r_begin >= n_rows) return; /* the whole block: this token has fewer segments */
+        r_end = r_begin + AT_SEG < n_rows ? r_begin + AT_SEG : n_rows;
+    }
+
+    /* the first tile on its way while Q is split */
+    if (tid < AT_ROWS) rp[tid] = r_begin + tid < r_end ? att_row(op, p, t, n_raw, r_begin + tid) : NULL;
+    __syncthreads();
+    for (uint32_t i = tid; i < AT_ROWS * C4; i += NTH) {
+        uint32_t r = i / C4, c4 = i % C4;
+        if (rp[r]) cp_async16(stage + r * HD + 4 * c4, rp[r] + 4 * c4);
+    }
+    cp_async_commit();
+
+    /* this warp's A operands: heads hA, hB over dims quarter q */
+    uint32_t qh[KS][4], ql[KS][4];
+    {
+        const float *qa = op.q + ((uint64_t)t * op.H + hA) * HD, *qb = op.q + ((uint64_t)t * op.H + hB) * HD;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            uint32_t d = q * QW + ks * 16 + 2 * c;
+            float2 a0 = hA < op.H ? *(const float2 *)(qa + d) : make_float2(0.0f, 0.0f);
+            float2 a1 = hB < op.H ? *(const float2 *)(qb + d) : make_float2(0.0f, 0.0f);
+            float2 a2 = hA < op.H ? *(const float2 *)(qa + d + 8) : make_float2(0.0f, 0.0f);
+            float2 a3 = hB < op.H ? *(const float2 *)(qb + d + 8) : make_float2(0.0f, 0.0f);
+            split2(a0.x, a0.y, &qh[ks][0], &ql[ks][0]);
+            split2(a1.x, a1.y, &qh[ks][1], &ql[ks][1]);
+            split2(a2.x, a2.y, &qh[ks][2], &ql[ks][2]);
+            split2(a3.x, a3.y, &qh[ks][3], &ql[ks][3]);
+        }
+    }
+    float scale = 1.0f / sqrtf((float)HD);
+    /* folded state (from the sink) and the current segment's */
+    float MA = hA < op.H ? op.sinks[hA] : 0.0f, MB = hB < op.H ? op.sinks[hB] : 0.0f, LA = 1.0f, LB = 1.0f;
+    float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f;
+    float o[2 * KS][4];
+#pragma unroll
+    for (int j = 0; j < 2 * KS; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    if (!SPLIT)
+        for (int i = 0; i < 8 * KS; i++) orun[i * NTH + tid] = 0.0f;
+
+    for (uint32_t r0 = r_begin; r0 < r_end; r0 += AT_ROWS) {
+        uint32_t nr = r_end - r0 < AT_ROWS ? r_end - r0 : AT_ROWS;
+        cp_async_wait_all();
+        __syncthreads(); /* the tile is in stage; every warp is done with the previous one */
+        for (uint32_t i = tid; i < AT_ROWS * C4; i += NTH) {
+            uint32_t r = i / C4, c4 = i % C4;
+            float4 v = r < nr ? *(const float4 *)(stage + r * HD + 4 * c4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            uint2 h, l;
+            split2(v.x, v.y, &h.x, &l.x);
+            split2(v.z, v.w, &h.y, &l.y);
+            *(uint2 *)(khi + r * KST + 4 * c4) = h;
+            *(uint2 *)(klo + r * KST + 4 * c4) = l;
+        }
+        uint32_t r1 = r0 + AT_ROWS;
+        if (tid < AT_ROWS) rp[tid] = r1 + tid < r_end ? att_row(op, p, t, n_raw, r1 + tid) : NULL;
+        __syncthreads(); /* stage free, rows split, next row pointers visible */
+        if (r1 < r_end) {
+            for (uint32_t i = tid; i < AT_ROWS * C4; i += NTH) {
+                uint32_t r = i / C4, c4 = i % C4;
+                if (rp[r]) cp_async16(stage + r * HD + 4 * c4, rp[r] + 4 * c4);
+            }
+        }
+        cp_async_commit();
+
+        /* partial scores over dims quarter q: 16 heads x 32 rows */
+        float s[4][4];
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            uint32_t d = q * QW + ks * 16 + 2 * c;
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                uint32_t off = (nt * 8 + g) * KST + d;
+                uint32_t bh0 = *(const uint32_t *)(khi + off), bh1 = *(const uint32_t *)(khi + off + 8);
+                uint32_t bl0 = *(const uint32_t *)(klo + off), bl1 = *(const uint32_t *)(klo + off + 8);
+                mma3(s[nt], qh[ks], ql[ks], bh0, bh1, bl0, bl1);
+            }
+        }
+        float *spw = sp + (q * MT * 16 + mt * 16 + g) * AT_SP + 2 * c;
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            *(float2 *)(spw + nt * 8) = make_float2(s[nt][0], s[nt][1]);
+            *(float2 *)(spw + 8 * AT_SP + nt * 8) = make_float2(s[nt][2], s[nt][3]);
+        }
+        __syncthreads();
+
+        /* whole scores, online softmax (every warp of the group does the
+         * same for its 16 heads) */
+        float tmA = -INFINITY, tmB = -INFINITY;
+        const float *spr = sp + (mt * 16 + g) * AT_SP + 2 * c;
+        const uint32_t qs = MT * 16 * AT_SP;
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int hb = 0; hb < 2; hb++) {
+                uint32_t off = hb * 8 * AT_SP + nt * 8;
+                float2 p0 = *(const float2 *)(spr + off), p1 = *(const float2 *)(spr + qs + off);
+                float2 p2 = *(const float2 *)(spr + 2 * qs + off), p3 = *(const float2 *)(spr + 3 * qs + off);
+                float v0 = ((p0.x + p1.x) + (p2.x + p3.x)) * scale, v1 = ((p0.y + p1.y) + (p2.y + p3.y)) * scale;
+                uint32_t col = nt * 8 + 2 * c;
+                if (col >= nr) v0 = -INFINITY;
+                if (col + 1 >= nr) v1 = -INFINITY;
+                s[nt][2 * hb] = v0;
+                s[nt][2 * hb + 1] = v1;
+                if (hb) tmB = fmaxf(tmB, fmaxf(v0, v1));
+                else tmA = fmaxf(tmA, fmaxf(v0, v1));
+            }
+        tmA = fmaxf(tmA, __shfl_xor_sync(0xffffffffu, tmA, 1));
+        tmA = fmaxf(tmA, __shfl_xor_sync(0xffffffffu, tmA, 2));
+        tmB = fmaxf(tmB, __shfl_xor_sync(0xffffffffu, tmB, 1));
+        tmB = fmaxf(tmB, __shfl_xor_sync(0xffffffffu, tmB, 2));
+        float mnA = fmaxf(mA, tmA), mnB = fmaxf(mB, tmB), seA = 0.0f, seB = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            s[nt][0] = expf(s[nt][0] - mnA);
+            s[nt][1] = expf(s[nt][1] - mnA);
+            s[nt][2] = expf(s[nt][2] - mnB);
+            s[nt][3] = expf(s[nt][3] - mnB);
+            seA += s[nt][0];
+            seA += s[nt][1];
+            seB += s[nt][2];
+            seB += s[nt][3];
+        }
+        seA += __shfl_xor_sync(0xffffffffu, seA, 1);
+        seA += __shfl_xor_sync(0xffffffffu, seA, 2);
+        seB += __shfl_xor_sync(0xffffffffu, seB, 1);
+        seB += __shfl_xor_sync(0xffffffffu, seB, 2);
+        /* the first tile of a segment: exp(-inf) = 0 clears the state */
+        float corrA = expf(mA - mnA), corrB = expf(mB - mnB);
+        lA = lA * corrA + seA;
+        lB = lB * corrB + seB;
+        mA = mnA;
+        mB = mnB;
+#pragma unroll
+        for (int j = 0; j < 2 * KS; j++) {
+            o[j][0] *= corrA;
+            o[j][1] *= corrA;
+            o[j][2] *= corrB;
+            o[j][3] *= corrB;
+        }
+        /* P as A operands: k16 step kk covers rows 16kk .. 16kk+15 */
+        uint32_t ph[2][4], pl[2][4];
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++) {
+            split2(s[2 * kk][0], s[2 * kk][1], &ph[kk][0], &pl[kk][0]);
+            split2(s[2 * kk][2], s[2 * kk][3], &ph[kk][1], &pl[kk][1]);
+            split2(s[2 * kk + 1][0], s[2 * kk + 1][1], &ph[kk][2], &pl[kk][2]);
+            split2(s[2 * kk + 1][2], s[2 * kk + 1][3], &ph[kk][3], &pl[kk][3]);
+        }
+        /* O += P V over this warp's dims quarter */
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++) {
+            uint32_t row = 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7);
+#pragma unroll
+            for (int jp = 0; jp < KS; jp++) {
+                uint32_t off = row * KST + q * QW + jp * 16 + (lane >> 4) * 8;
+                uint32_t vh[4], vl[4];
+                ldsm_x4_t(vh, khi + off);
+                ldsm_x4_t(vl, klo + off);
+                mma3(o[2 * jp], ph[kk], pl[kk], vh[0], vh[1], vl[0], vl[1]);
+                mma3(o[2 * jp + 1], ph[kk], pl[kk], vh[2], vh[3], vl[2], vl[3]);
+            }
+        }
+        if (!SPLIT && ((r1 - r_begin) % AT_SEG == 0 || r1 >= r_end)) {
+            /* a segment is complete: fold it in and start the next (with
+             * SPLIT the block's one segment is written out below) */
+            float aA, bA, aB, bB;
+            fold_ml(&MA, &LA, mA, lA, &aA, &bA);
+            fold_ml(&MB, &LB, mB, lB, &aB, &bB);
+#pragma unroll
+            for (int j = 0; j < 2 * KS; j++) {
+                float *r = orun + j * 4 * NTH + tid;
+                r[0] = r[0] * aA + o[j][0] * bA;
+                r[NTH] = r[NTH] * aA + o[j][1] * bA;
+                r[2 * NTH] = r[2 * NTH] * aB + o[j][2] * bB;
+                r[3 * NTH] = r[3 * NTH] * aB + o[j][3] * bB;
+                o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+            }
+            mA = mB = -INFINITY;
+            lA = lB = 0.0f;
+        }
+    }
+
+    if (SPLIT) {
+        uint64_t slot = (uint64_t)t * seg_stride + blockIdx.y;
+#pragma unroll
+        for (int hb = 0; hb < 2; hb++) {
+            uint32_t h = hb ? hB : hA;
+            if (h >= op.H) continue;
+            float *po = part_o(op, slot, h);
+#pragma unroll
+            for (int j = 0; j < 2 * KS; j++)
+                *(float2 *)(po + q * QW + j * 8 + 2 * c) = make_float2(o[j][2 * hb], o[j][2 * hb + 1]);
+            if (q == 0 && c == 0) *(float2 *)part_ml(op, slot, h) = make_float2(hb ? mB : mA, hb ? lB : lA);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 2 * KS; j++) {
+            uint32_t d = q * QW + j * 8 + 2 * c;
+            const float *r = orun + j * 4 * NTH + tid;
+            if (hA < op.H) att_store(op, p, t, hA, d, r[0], r[NTH], LA);
+            if (hB < op.H) att_store(op, p, t, hB, d, r[2 * NTH], r[3 * NTH], LB);
+        }
+    }
+#else
+    (void)op;
+    (void)seg_stride;
+#endif
+}
+
+/* Decode: folds the segments' partials of (head, token) in order, as the
+ * chunk kernel does in its block. */
+__global__ void attn_fold_kernel(attn_op op, uint32_t seg_stride) {
+    uint32_t h = blockIdx.x, t = blockIdx.y;
+    uint64_t p = op.pos0 + t;
+    uint32_t n_raw, n_seg = (att_rows(op, p, &n_raw) + AT_SEG - 1) / AT_SEG;
+    uint64_t slot0 = (uint64_t)t * seg_stride;
+    for (uint32_t d = 2 * threadIdx.x; d < op.hd; d += 2 * blockDim.x) {
+        float M = op.sinks[h], L = 1.0f, o0 = 0.0f, o1 = 0.0f;
+        for (uint32_t sg = 0; sg < n_seg; sg++) {
+            float2 ml = *(const float2 *)part_ml(op, slot0 + sg, h);
+            float2 v = *(const float2 *)(part_o(op, slot0 + sg, h) + d);
+            float a, b;
+            fold_ml(&M, &L, ml.x, ml.y, &a, &b);
+            o0 = o0 * a + v.x * b;
+            o1 = o1 * a + v.y * b;
+        }
+        att_store(op, p, t, h, d, o0, o1, L);
+    }
+}
+
+/* The opt-in shared memory limits, raised at model load (k_attn_prepare)
+ * and never while a decode step is being captured into a graph. */
+static bool attn_mma_ready[4];
+static int attn_mma_ok = -1; /* device has bf16 mma.sync (sm_80+) */
+
+template <int KS> static cudaError_t attn_mma_raise() {
+    cudaError_t e = cudaSuccess;
+#define RAISE(MT, SP)                                                                                      \
+    if (e == cudaSuccess)                                                                                  \
+        e = cudaFuncSetAttribute(attn_mma_kernel<KS, MT, SP>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                                 (int)attn_mma_smem(64 * KS, MT, SP));
+    RAISE(1, false) RAISE(2, false) RAISE(1, true)
+#undef RAISE
+    return e;
+}
+
+static int attn_ks_index(uint32_t hd) {
+    return hd == 64 ? 0 : hd == 128 ? 1 : hd == 256 ? 2 : hd == 512 ? 3 : -1;
+}
+
+cudaError_t k_attn_prepare(uint32_t hd) {
+    if (attn_mma_ok < 0) {
+        int dev = 0, major = 0;
+        cudaError_t e = cudaGetDevice(&dev);
+        if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        if (e != cudaSuccess) return e;
+        const char *env = getenv("DS4_CUDA_ATTN_FP32");
+        attn_mma_ok = major >= 8 && !(env && env[0] == '1');
+    }
+    int ki = attn_ks_index(hd);
+    if (!attn_mma_ok || ki < 0 || attn_mma_ready[ki]) return cudaSuccess;
+    cudaError_t e = ki == 0 ? attn_mma_raise<1>() : ki == 1 ? attn_mma_raise<2>() : ki == 2 ? attn_mma_raise<4>()
+                                                                                             : attn_mma_raise<8>();
+    if (e == cudaSuccess) attn_mma_ready[ki] = true;
+    return e;
+}
+
+template <int KS> static void attn_mma_launch(cudaStream_t st, const attn_op *op, int mt, uint32_t n_seg) {
+    unsigned m_tiles = div_up(op->H, 16);
+    if (n_seg) {
+        attn_mma_kernel<KS, 1, true><<<dim3(m_tiles, n_seg, op->n), 128, attn_mma_smem(op->hd, 1, true), st>>>(*op, n_seg);
+    } else if (mt == 2) {
+        attn_mma_kernel<KS, 2, false><<<dim3(div_up(m_tiles, 2), op->n), 256, attn_mma_smem(op->hd, 2, false), st>>>(*op, 0);
+    } else {
+        attn_mma_kernel<KS, 1, false><<<dim3(m_tiles, op->n), 128, attn_mma_smem(op->hd, 1, false), st>>>(*op, 0);
+    }
+}
+
+static bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
+
 cudaError_t k_attention(cudaStream_t st, const attn_op *op) {
     if (op->n == 0) return cudaSuccess;
     if (op->hd > K_MAX_HEAD_DIM || op->hd % 2) return cudaErrorInvalidValue;
+    int ki = attn_ks_index(op->hd);
+    /* The tensor-core kernel copies rows with 16-byte cp.async and needs
+     * the rotated dims to start on a pair. */
+    if (ki >= 0 && attn_mma_ok == 1 && attn_mma_ready[ki] && aligned16(op->kv) && aligned16(op->ring) &&
+        (!op->ratio || aligned16(op->comp)) && aligned16(op->q) && aligned16(op->out) && 2 * op->n_pairs <= op->hd) {
+        /* Rows grow with the position: the last token has the most. */
+        uint64_t p = op->pos0 + op->n - 1, n_raw = p + 1 < op->W ? p + 1 : op->W, n_comp = 0;
+        if (op->ratio) {
+            uint64_t n_vis = (p + 1) / op->ratio;
+            n_comp = op->ratio == 4 && n_vis > op->topk ? op->topk : n_vis;
+        }
+        uint32_t n_seg = (uint32_t)((n_raw + n_comp + AT_SEG - 1) / AT_SEG);
+        /* A block per segment when few tokens would leave the GPU idle and
+         * the partials fit; 32 heads per block once there are tokens enough
+         * to fill the GPU. The bits are the same either way (see above). */
+        bool split = op->part && op->n <= 8 && n_seg > 1 && (uint64_t)op->n * n_seg <= op->part_slots;
+        int mt = op->n >= 16 && op->H > 16 ? 2 : 1;
+        switch (ki) {
+        case 0: attn_mma_launch<1>(st, op, mt, split ? n_seg : 0); break;
+        case 1: attn_mma_launch<2>(st, op, mt, split ? n_seg : 0); break;
+        case 2: attn_mma_launch<4>(st, op, mt, split ? n_seg : 0); break;
+        default: attn_mma_launch<8>(st, op, mt, split ? n_seg : 0); break;
+        }
+        if (split) attn_fold_kernel<<<dim3(op->H, op->n), 128, 0, st>>>(*op, n_seg);
+        return LAUNCH_STATUS();
+    }
     attention_kernel<<<dim3(op->H, op->n), ATT_THREADS, op->hd * sizeof(float), st>>>(*op);
     return LAUNCH_STATUS();
 }

@@ -186,7 +186,17 @@ typedef struct attn_op {
     const float *inv_freq;
     uint32_t n_pairs;
     float *out; /* n x H x hd */
+    /* Optional: room for part_slots (token, segment) partials of
+     * H x (hd + 2) floats, which lets decode spread a token's rows over
+     * several blocks (same bits as without). */
+    float *part;
+    uint32_t part_slots;
 } attn_op;
+/* Raises the shared memory limit of the tensor-core attention kernel for
+ * head dim hd (call at model load, outside graph capture); without it, or
+ * for head dims other than 64, 128, 256, 512, or with DS4_CUDA_ATTN_FP32=1,
+ * k_attention runs the fp32 kernel. */
+cudaError_t k_attn_prepare(uint32_t hd);
 cudaError_t k_attention(cudaStream_t st, const attn_op *op);
 /* ring[p % W] = kv[p - pos0] for the last min(n, W) positions of the chunk. */
 cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t pos0, uint32_t W, uint32_t hd, float *ring);

@@ -258,9 +258,10 @@ fail:
 extern "C" int ds4_gpu_test_attention(const float *q, const float *kv, const float *ring, const float *comp,
                                       uint64_t n_comp_rows, const int32_t *sel, const float *sinks, uint32_t n,
                                       uint32_t H, uint32_t hd, uint32_t W, uint32_t ratio, uint32_t topk, uint64_t pos0,
-                                      const float *inv_freq, uint32_t n_pairs, float *out, ds4_error *err) {
+                                      const float *inv_freq, uint32_t n_pairs, uint32_t part_slots, float *out,
+                                      ds4_error *err) {
     pool pl = {{0}, 0};
-    void *dq, *dkv, *dring, *dcomp = NULL, *dsel = NULL, *dsinks, *dfreq, *dout;
+    void *dq, *dkv, *dring, *dcomp = NULL, *dsel = NULL, *dsinks, *dfreq, *dout, *dpart = NULL;
     DEV(dq, q, (size_t)n * H * hd * 4);
     DEV(dkv, kv, (size_t)n * hd * 4);
     DEV(dring, ring, (size_t)W * hd * 4);
@@ -269,6 +270,7 @@ extern "C" int ds4_gpu_test_attention(const float *q, const float *kv, const flo
     DEV(dsinks, sinks, H * 4);
     DEV(dfreq, inv_freq, 128 * 4);
     DEV(dout, NULL, (size_t)n * H * hd * 4);
+    if (part_slots) DEV(dpart, NULL, (size_t)part_slots * H * (hd + 2) * 4);
     {
         attn_op op;
         memset(&op, 0, sizeof op);
@@ -276,6 +278,8 @@ extern "C" int ds4_gpu_test_attention(const float *q, const float *kv, const flo
         op.comp = (const float *)dcomp, op.sel = (const int32_t *)dsel, op.sinks = (const float *)dsinks;
         op.n = n, op.H = H, op.hd = hd, op.W = W, op.ratio = ratio, op.topk = topk, op.pos0 = pos0;
         op.inv_freq = (const float *)dfreq, op.n_pairs = n_pairs, op.out = (float *)dout;
+        op.part = (float *)dpart, op.part_slots = part_slots;
+        RUN(k_attn_prepare(hd));
         RUN(k_attention(0, &op));
     }
     BACK(out, dout, (size_t)n * H * hd * 4);

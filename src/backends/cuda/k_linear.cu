@@ -9,6 +9,8 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
 
+#include <stdlib.h>
+
 #define ROWS_PER_BLOCK 8 /* warps per block, one output row each */
 
 /* Weight chunk loaders: KIND 0 = F32 x4, 1 = F16 x8, 2 = BF16 x8, 3 = any
@@ -197,6 +199,417 @@ template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
     }
 }
 
+/* ---- tensor-core products for F16 and BF16 weights ----------------------------
+ *
+ * mma.sync m16n8k16 (16-bit inputs, fp32 accumulate), with the fp32
+ * activations split into three 16-bit parts of the weight's format, so the
+ * weight is used as stored and the activation keeps fp32 precision:
+ *   BF16: p0 = bf16(v), p1 = bf16(v - p0), p2 = bf16(v - p0 - p1)
+ *         (8 + 8 + 8 significant bits: v = p0 + p1 + p2 exactly);
+ *   F16:  p0 = f16(v * 2^-16), p1 = f16(v - p0 * 2^16),
+ *         p2 = f16((v - p0 * 2^16 - p1) * 2^16)
+ *         (the scales move the parts into f16's exponent range with no
+ *         per-token scale to find first; every subtraction is exact:
+ *         |v| in [2^-14, 2^27) keeps at least 22 significant bits, smaller
+ *         values an absolute error of at most 2^-37; |v| >= 2^27 overflows
+ *         p1, which no activation of this model comes near).
+ * Two parts (hi, lo) would keep only 16 bits for BF16 and would need a
+ * per-token scale for F16's range. Each part has its own fp32 accumulator
+ * chain, and y = (T2 * s2 + T1) + T0 * s0 (s = 2^-16, 1, 2^16 for F16; 1
+ * for BF16).
+ *
+ * Fixed order, whatever the number of tokens: K is cut into slices of
+ * FL_SLICE values; a slice is summed from zero by one mma chain per part,
+ * chunk by chunk (32 values, two mma k-steps) in ascending order, and a
+ * part's total is 0 + slice 0 + slice 1 + ... in ascending order (in
+ * registers when one warp walks all slices, from shared memory when the
+ * slices are spread over warps). Inside a chunk the k positions map to the
+ * mma's k lanes in one fixed permutation (quad q of a warp loads values
+ * 8q..8q+7 of its rows as one 16-byte load; k-step s takes 8q+4s..8q+4s+3
+ * as k = 2q, 2q+1, 2q+8, 2q+9), used by both kernels. A token is one
+ * column of an n = 8 tile; its outputs come from the same operands and the
+ * same accumulator chains in a decode launch and in a prefill tile, and the
+ * mma's result for a column does not depend on the other columns, so they
+ * are the same bits (test_cuda_kernels checks single tokens against
+ * batches, and the logits across chunkings). */
+
+#define FL_CHUNK 32 /* k values per load step (two mma k-steps) */
+#define FL_SLICE 512 /* k values per slice: 16 chunks */
+#define FL_CPS (FL_SLICE / FL_CHUNK)
+
+/* Round to nearest even fp32 -> bf16 bits (finite inputs). */
+__device__ __forceinline__ uint32_t fl_bf16_bits(float v) {
+    uint32_t u = __float_as_uint(v);
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+/* The three parts of v as 16-bit patterns of format FMT (1 F16, 2 BF16). */
+template <int FMT> __device__ __forceinline__ void fl_split(float v, uint32_t *h) {
+    if (FMT == 2) {
+        h[0] = fl_bf16_bits(v);
+        float r = v - __uint_as_float(h[0] << 16);
+        h[1] = fl_bf16_bits(r);
+        float r2 = r - __uint_as_float(h[1] << 16);
+        h[2] = fl_bf16_bits(r2);
+    } else {
+        __half h0 = __float2half_rn(v * 0x1p-16f);
+        float r = v - __half2float(h0) * 0x1p16f;
+        __half h1 = __float2half_rn(r);
+        float r2 = r - __half2float(h1);
+        __half h2 = __float2half_rn(r2 * 0x1p16f);
+        h[0] = __half_as_ushort(h0), h[1] = __half_as_ushort(h1), h[2] = __half_as_ushort(h2);
+    }
+}
+
+template <int FMT> __device__ __forceinline__ float fl_combine(float t0, float t1, float t2) {
+    if (FMT == 2) return (t2 + t1) + t0;
+    return (t2 * 0x1p-16f + t1) + t0 * 0x1p16f;
+}
+
+/* B fragments of one lane for the two k-steps of a chunk, per part: the
+ * lane's 8 activation values (its token's, zero when !live), scaled by xs
+ * first when scaled (the CPU's x * scale), split; b[p] = {step 0 b0, b1,
+ * step 1 b0, b1}. */
+template <int FMT>
+__device__ __forceinline__ void fl_bfrag(const float *xp, bool live, float xs, bool scaled, uint4 *b) {
+    float v[8];
+    if (live) {
+        float4 v0 = __ldg((const float4 *)xp), v1 = __ldg((const float4 *)xp + 1);
+        v[0] = v0.x, v[1] = v0.y, v[2] = v0.z, v[3] = v0.w, v[4] = v1.x, v[5] = v1.y, v[6] = v1.z, v[7] = v1.w;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = 0.0f;
+    }
+    uint32_t h[8][3];
+#pragma unroll
+    for (int j = 0; j < 8; j++) fl_split<FMT>(scaled ? v[j] * xs : v[j], h[j]);
+#pragma unroll
+    for (int p = 0; p < 3; p++)
+        b[p] = make_uint4(h[0][p] | h[1][p] << 16, h[2][p] | h[3][p] << 16, h[4][p] | h[5][p] << 16,
+                          h[6][p] | h[7][p] << 16);
+}
+
+template <int FMT>
+__device__ __forceinline__ void fl_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1) {
+    if (FMT == 2)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* One chunk of a 16-row tile against one 8-token tile, all three parts:
+ * w0 / w1 = the lane's 16 bytes of rows g and g + 8. */
+template <int FMT> __device__ __forceinline__ void fl_chunk(float (*acc)[4], uint4 w0, uint4 w1, const uint4 *b) {
+#pragma unroll
+    for (int p = 0; p < 3; p++) {
+        fl_mma<FMT>(acc[p], w0.x, w1.x, w0.y, w1.y, b[p].x, b[p].y);
+        fl_mma<FMT>(acc[p], w0.z, w1.z, w0.w, w1.w, b[p].z, b[p].w);
+    }
+}
+
+/* 1/rms of a row of K floats, summed in double over a fixed 1024-way
+ * partition (virtual thread v takes v, v + 1024, ...; then 32 lanes add
+ * 32 partials each and a butterfly), so the value does not depend on the
+ * block size. red: 1024 doubles of shared memory; the result goes to *out
+ * (shared) and is visible after the final barrier. */
+__device__ void fl_rms_inv(const float *x, uint32_t K, float eps, double *red, float *out) {
+    for (uint32_t v = threadIdx.x; v < 1024; v += blockDim.x) {
+        double ss = 0;
+#pragma unroll 8
+        for (uint32_t i = v; i < K; i += 1024) ss += (double)x[i] * x[i];
+        red[v] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        double s = 0;
+        for (int j = 0; j < 32; j++) s += red[threadIdx.x + 32 * j];
+        s = warp_sum_d(s);
+        if (threadIdx.x == 0) *out = (float)(1.0 / sqrt(s / K + eps));
+    }
+    __syncthreads();
+}
+
+/* Per-token scales of a tile of nt tokens from t0 into sxs (shared):
+ * 1/rms (RMS) or xscale or 1. Ends with a barrier. */
+template <bool RMS>
+__device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, uint32_t t0, int nt, float *sxs, double *red) {
+    if (RMS) {
+        for (int tt = 0; tt < nt; tt++) {
+            if (t0 + tt >= a.n_tok) break; /* uniform over the block */
+            fl_rms_inv(xg + (uint64_t)(t0 + tt) * a.x_stride, a.K, a.rms_eps, red, &sxs[tt]);
+        }
+    } else if (threadIdx.x < (unsigned)nt) {
+        uint32_t t = t0 + threadIdx.x < a.n_tok ? t0 + threadIdx.x : a.n_tok - 1;
+        sxs[threadIdx.x] = a.xscale ? a.xscale[t] : 1.0f;
+    }
+    __syncthreads();
+}
+
+/* Decode and few-row kernel: one block per MT x 16 rows and 8 tokens, its
+ * WK warps on the slices (slice s on warp s % WK), the slice results added
+ * in order from shared memory. */
+template <int FMT, int MT, int WK, bool RMS> __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
+    constexpr int TR = MT * 16;
+    extern __shared__ __align__(16) float fl_sm[]; /* [S][TR][8][3] floats, then 1024 doubles (RMS) */
+    __shared__ float sxs[8];
+    const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
+    const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, S = (K + FL_SLICE - 1) / FL_SLICE;
+    const uint32_t grp = blockIdx.y;
+    const float *xg = a.x + grp * a.x_group;
+    const uint8_t *wrow[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint64_t r = (uint64_t)blockIdx.x * TR + mt * 16 + g8 + 8 * h;
+            if (r >= a.n_rows) r = a.n_rows - 1; /* loads stay inside; the output is not kept */
+            wrow[mt][h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
+        }
+    double *red = (double *)(fl_sm + (size_t)S * TR * 8 * 3);
+    for (uint32_t t0 = blockIdx.z * 8; t0 < a.n_tok; t0 += 8 * gridDim.z) {
+        fl_scales<RMS>(a, xg, t0, 8, sxs, red);
+        const bool live = t0 + g8 < a.n_tok, scaled = RMS || a.xscale;
+        const float *xr = xg + (uint64_t)(live ? t0 + g8 : 0) * a.x_stride;
+        const float xs = live ? sxs[g8] : 1.0f;
+        for (uint32_t s = warp; s < S; s += WK) {
+            float acc[MT][3][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int p = 0; p < 3; p++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) acc[mt][p][i] = 0.0f;
+            uint32_t c1 = (s + 1) * FL_CPS < nchunk ? (s + 1) * FL_CPS : nchunk;
+#pragma unroll 4
+            for (uint32_t c = s * FL_CPS; c < c1; c++) {
+                uint32_t k = c * FL_CHUNK + q * 8;
+                bool in = k < K; /* K % 8 == 0: a lane's 8 values are all in or all out */
+                uint4 wv[MT][2];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        wv[mt][h] = in ? __ldg((const uint4 *)(wrow[mt][h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
+                uint4 b[3];
+                fl_bfrag<FMT>(xr + k, in && live, xs, scaled, b);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) fl_chunk<FMT>(acc[mt], wv[mt][0], wv[mt][1], b);
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int p = 0; p < 3; p++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        uint32_t rl = mt * 16 + g8 + (i >= 2 ? 8 : 0), tl = 2 * q + (i & 1);
+                        fl_sm[(((size_t)s * TR + rl) * 8 + tl) * 3 + p] = acc[mt][p][i];
+                    }
+        }
+        __syncthreads();
+        for (uint32_t o = threadIdx.x; o < TR * 8; o += blockDim.x) {
+            uint32_t rl = o % TR, tl = o / TR;
+            uint64_t r = (uint64_t)blockIdx.x * TR + rl;
+            if (r >= a.n_rows || t0 + tl >= a.n_tok) continue;
+            float T[3];
+            for (int p = 0; p < 3; p++) {
+                float v = 0.0f;
+                for (uint32_t s = 0; s < S; s++) v += fl_sm[(((size_t)s * TR + rl) * 8 + tl) * 3 + p];
+                T[p] = v;
+            }
+            a.y[(uint64_t)(t0 + tl) * a.y_stride + grp * a.n_rows + r] = fl_combine<FMT>(T[0], T[1], T[2]);
+        }
+        __syncthreads();
+    }
+}
+
+/* Prefill kernel: a block of 4 x 2 warps on 128 rows x 32 tokens, each
+ * warp on 32 rows x 16 tokens and all of K (slice totals in registers).
+ * The block splits the activations once per stage of FL_CS chunks into
+ * shared memory (B fragments in lane order, double-buffered, the next
+ * stage's values loaded while this one multiplies); the weights go from
+ * global memory straight into A fragments. */
+#define FL_CS 4
+#define FL_PM 4 /* warps over rows */
+#define FL_PN 2 /* warps over tokens */
+template <int FMT> __global__ void __launch_bounds__(32 * FL_PM * FL_PN) flmma_tile_kernel(lin_args a) {
+    constexpr int TR = 32 * FL_PM, TT = 16 * FL_PN, NTB = TT / 8, UNITS = FL_CS * NTB * 32;
+    constexpr int NTHR = 32 * FL_PM * FL_PN, UPT = UNITS / NTHR;
+    extern __shared__ __align__(16) uint4 fl_bs[]; /* [2][FL_CS][NTB][3][32] */
+    __shared__ float sxs[TT];
+    const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
+    const uint32_t wm = warp % FL_PM, wn = warp / FL_PM;
+    const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, nst = (nchunk + FL_CS - 1) / FL_CS;
+    const uint32_t grp = blockIdx.y;
+    const float *xg = a.x + grp * a.x_group;
+    const uint8_t *wrow[2][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint64_t r = (uint64_t)blockIdx.x * TR + wm * 32 + mt * 16 + g8 + 8 * h;
+            if (r >= a.n_rows) r = a.n_rows - 1;
+            wrow[mt][h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
+        }
+    for (uint32_t t0 = blockIdx.z * TT; t0 < a.n_tok; t0 += TT * gridDim.z) {
+        fl_scales<false>(a, xg, t0, TT, sxs, nullptr);
+        const bool scaled = a.xscale != nullptr;
+        /* this thread's staging units: (chunk of the stage, token tile, lane) */
+        float xv[UPT][8];
+        auto load = [&](uint32_t st) {
+#pragma unroll
+            for (int u = 0; u < UPT; u++) {
+                uint32_t id = threadIdx.x + u * NTHR, ul = id & 31, ntb = (id >> 5) % NTB, cc = id / (32 * NTB);
+                uint32_t tl = ntb * 8 + (ul >> 2), k = (st * FL_CS + cc) * FL_CHUNK + (ul & 3) * 8;
+                bool live = k < K && t0 + tl < a.n_tok;
+                const float *xp = xg + (uint64_t)(t0 + tl) * a.x_stride + k;
+                if (live) {
+                    float4 v0 = __ldg((const float4 *)xp), v1 = __ldg((const float4 *)xp + 1);
+                    xv[u][0] = v0.x, xv[u][1] = v0.y, xv[u][2] = v0.z, xv[u][3] = v0.w;
+                    xv[u][4] = v1.x, xv[u][5] = v1.y, xv[u][6] = v1.z, xv[u][7] = v1.w;
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 8; j++) xv[u][j] = 0.0f;
+                }
+            }
+        };
+        float tot[2][2][3][4], acc[2][2][3][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int p = 0; p < 3; p++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) tot[mt][nt][p][i] = 0.0f, acc[mt][nt][p][i] = 0.0f;
+        load(0);
+        for (uint32_t st = 0; st < nst; st++) {
+            uint4 *buf = fl_bs + (size_t)(st & 1) * FL_CS * NTB * 3 * 32;
+#pragma unroll
+            for (int u = 0; u < UPT; u++) {
+                uint32_t id = threadIdx.x + u * NTHR, ul = id & 31, ntb = (id >> 5) % NTB, cc = id / (32 * NTB);
+                float xs = sxs[ntb * 8 + (ul >> 2)];
+                uint32_t h[8][3];
+#pragma unroll
+                for (int j = 0; j < 8; j++) fl_split<FMT>(scaled ? xv[u][j] * xs : xv[u][j], h[j]);
+#pragma unroll
+                for (int p = 0; p < 3; p++)
+                    buf[((cc * NTB + ntb) * 3 + p) * 32 + ul] =
+                        make_uint4(h[0][p] | h[1][p] << 16, h[2][p] | h[3][p] << 16, h[4][p] | h[5][p] << 16,
+                                   h[6][p] | h[7][p] << 16);
+            }
+            __syncthreads();
+            if (st + 1 < nst) load(st + 1);
+#pragma unroll
+            for (int cc = 0; cc < FL_CS; cc++) {
+                uint32_t c = st * FL_CS + cc;
+                if (c >= nchunk) break;
+                uint32_t k = c * FL_CHUNK + q * 8;
+                bool in = k < K;
+                uint4 wv[2][2];
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        wv[mt][h] = in ? __ldg((const uint4 *)(wrow[mt][h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    uint4 b[3];
+#pragma unroll
+                    for (int p = 0; p < 3; p++) b[p] = buf[((cc * NTB + wn * 2 + nt) * 3 + p) * 32 + lane];
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++) fl_chunk<FMT>(acc[mt][nt], wv[mt][0], wv[mt][1], b);
+                }
+                if ((c + 1) % FL_CPS == 0 || c + 1 == nchunk) { /* end of a slice */
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                            for (int p = 0; p < 3; p++)
+#pragma unroll
+                                for (int i = 0; i < 4; i++) tot[mt][nt][p][i] += acc[mt][nt][p][i], acc[mt][nt][p][i] = 0.0f;
+                }
+            }
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    uint64_t r = (uint64_t)blockIdx.x * TR + wm * 32 + mt * 16 + g8 + (i >= 2 ? 8 : 0);
+                    uint32_t t = t0 + wn * 16 + nt * 8 + 2 * q + (i & 1);
+                    if (r < a.n_rows && t < a.n_tok)
+                        a.y[(uint64_t)t * a.y_stride + grp * a.n_rows + r] =
+                            fl_combine<FMT>(tot[mt][nt][0][i], tot[mt][nt][1][i], tot[mt][nt][2][i]);
+                }
+        __syncthreads(); /* sxs and the buffers are reused by the next tile */
+    }
+}
+
+/* Whether F16 / BF16 products take the tensor cores: compute capability 8.0
+ * or newer and DS4_CUDA_NO_FLMMA unset (then the fp32 kernels above run;
+ * the kernel test compares both); k_linear_set_plain overrides (tests). */
+static int fl_plain = -1;
+void k_linear_set_plain(int plain) { fl_plain = plain; }
+static bool flmma_on(void) {
+    static int major = -1, env = 0;
+    if (major < 0) {
+        int dev = 0;
+        env = getenv("DS4_CUDA_NO_FLMMA") != NULL;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+            major = 0;
+    }
+    return major >= 8 && !(fl_plain >= 0 ? fl_plain : env);
+}
+
+template <class Kern> static void fl_go(Kern kern, dim3 grid, unsigned threads, size_t smem, cudaStream_t st, const lin_args &a) {
+    /* with the static shared memory (under 1 KiB) above 48 KiB: opt in */
+    if (smem > 47 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    kern<<<grid, threads, smem, st>>>(a);
+}
+
+template <int FMT, int MT, int WK, bool RMS> static void fl_slices(const lin_args &a, uint32_t groups, cudaStream_t st) {
+    uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE, tiles = div_up(a.n_tok, 8);
+    size_t smem = (size_t)S * MT * 16 * 8 * 3 * sizeof(float) + (RMS ? 1024 * sizeof(double) : 0);
+    dim3 grid(div_up(a.n_rows, MT * 16), groups, tiles < 4096 ? tiles : 4096);
+    fl_go(flmma_slices_kernel<FMT, MT, WK, RMS>, grid, 32 * WK, smem, st, a);
+}
+
+/* The shape of the launch; only speed depends on it (see above). Up to 8
+ * tokens, or few rows of long K (the mHC mixing logits): the slices spread
+ * over the warps of a block; otherwise 128 x 32 tiles. */
+template <int FMT, bool RMS> static void fl_dispatch(const lin_args &a, uint32_t groups, cudaStream_t st) {
+    uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE;
+    if (RMS || a.n_tok <= 8 || (a.n_rows <= 32 && S >= 8)) {
+        bool two = a.n_tok > 8 && a.n_rows > 16; /* prefill: 32 rows per block read the activations once */
+        if (S <= 4) {
+            if (two) fl_slices<FMT, 2, 4, RMS>(a, groups, st);
+            else fl_slices<FMT, 1, 4, RMS>(a, groups, st);
+        } else if (S <= 8) {
+            if (two) fl_slices<FMT, 2, 8, RMS>(a, groups, st);
+            else fl_slices<FMT, 1, 8, RMS>(a, groups, st);
+        } else {
+            /* 16 warps for two tiles: 1024 threads would leave 64 registers */
+            if (two) fl_slices<FMT, 2, 16, RMS>(a, groups, st);
+            else fl_slices<FMT, 1, 32, RMS>(a, groups, st);
+        }
+        return;
+    }
+    constexpr int NTB = 16 * FL_PN / 8;
+    unsigned tiles = div_up(a.n_tok, 16 * FL_PN);
+    dim3 grid(div_up(a.n_rows, 32 * FL_PM), groups, tiles < 4096 ? tiles : 4096);
+    fl_go(flmma_tile_kernel<FMT>, grid, 32 * FL_PM * FL_PN, (size_t)2 * FL_CS * NTB * 3 * 32 * sizeof(uint4), st, a);
+}
+
 /* The vector kind a weight and its activations allow: 16-byte chunks need
  * rows, activations and their strides to stay 16-byte aligned. */
 static int pick_kind(uint32_t type, uint64_t K, uint64_t row_bytes, const void *w, const float *x, uint64_t x_stride,
@@ -232,7 +645,13 @@ cudaError_t k_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t
     if (n_tok == 0 || n_rows == 0) return cudaSuccess;
     lin_args a = {w->data, w->row_bytes, w->type, (uint32_t)w->ne[0], r0, n_rows, x_group, x, x_stride, xscale, n_tok, y, y_stride, 0.0f};
     dim3 grid(div_up(n_rows, ROWS_PER_BLOCK), groups);
-    switch (pick_kind(w->type, w->ne[0], w->row_bytes, w->data, x, x_stride, x_group)) {
+    int kind = pick_kind(w->type, w->ne[0], w->row_bytes, w->data, x, x_stride, x_group);
+    if ((kind == 1 || kind == 2) && flmma_on()) {
+        if (kind == 1) fl_dispatch<1, false>(a, groups, st);
+        else fl_dispatch<2, false>(a, groups, st);
+        return LAUNCH_STATUS();
+    }
+    switch (kind) {
     case 0: launch_linear<0>(a, grid, st); break;
     case 1: launch_linear<1>(a, grid, st); break;
     case 2: launch_linear<2>(a, grid, st); break;
@@ -337,13 +756,19 @@ cudaError_t k_linear_rms(cudaStream_t st, const ds4_tensor *w, const float *x, u
     uint64_t n_rows = w->ne[1];
     lin_args a = {w->data, w->row_bytes, w->type, (uint32_t)w->ne[0], 0, n_rows, 0, x, x_stride, NULL, n_tok, y, y_stride,
                   eps};
+    int kind = pick_kind(w->type, w->ne[0], w->row_bytes, w->data, x, x_stride, 0);
+    if ((kind == 1 || kind == 2) && flmma_on()) {
+        if (kind == 1) fl_dispatch<1, true>(a, 1, st);
+        else fl_dispatch<2, true>(a, 1, st);
+        return LAUNCH_STATUS();
+    }
     dim3 g(n_rows, 1, token_tiles(n_tok));
 #define RB(KD)                                                                              \
     case KD:                                                                                \
         if (n_tok == 1) linear_rowblock_kernel<KD, 1><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a); \
         else linear_rowblock_kernel<KD, 8><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a);           \
         break;
-    switch (pick_kind(w->type, w->ne[0], w->row_bytes, w->data, x, x_stride, 0)) {
+    switch (kind) {
         RB(0)
         RB(1)
         RB(2)

@@ -34,6 +34,13 @@ cudaError_t k_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t
 cudaError_t k_linear_rms(cudaStream_t st, const ds4_tensor *w, const float *x, uint64_t x_stride, uint32_t n_tok, float eps,
                          float *y, uint64_t y_stride);
 
+/* F16 and BF16 weights (rows 16-byte aligned, K % 8 == 0) take tensor-core
+ * kernels on compute capability 8.0+ (split fp32 activations, see
+ * k_linear.cu); plain = 1 forces the fp32 kernels (the reference the tests
+ * compare with; DS4_CUDA_NO_FLMMA=1 does the same for a whole run), -1
+ * restores the default. */
+void k_linear_set_plain(int plain);
+
 /* Quantized weights (k_quant.cu): the same products for Q8_0, Q2_K, Q4_K,
  * IQ2_XXS and MXFP4, with activations quantized first into `act` (device
  * scratch of n_tok * groups * k_act_row_bytes(type, K) bytes) like the CPU

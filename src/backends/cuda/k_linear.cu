@@ -207,15 +207,16 @@ template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
  *   BF16: p0 = bf16(v), p1 = bf16(v - p0), p2 = bf16(v - p0 - p1)
  *         (8 + 8 + 8 significant bits: v = p0 + p1 + p2 exactly);
  *   F16:  p0 = f16(v * 2^-16), p1 = f16(v - p0 * 2^16),
- *         p2 = f16((v - p0 * 2^16 - p1) * 2^16)
+ *         p2 = f16((v - p0 * 2^16 - p1) * 2^11)
  *         (the scales move the parts into f16's exponent range with no
  *         per-token scale to find first; every subtraction is exact:
- *         |v| in [2^-14, 2^27) keeps at least 22 significant bits, smaller
- *         values an absolute error of at most 2^-37; |v| >= 2^27 overflows
- *         p1, which no activation of this model comes near).
+ *         |v| in [2^-12, 2^27) keeps at least 22 significant bits, smaller
+ *         values an absolute error of at most 2^-36; from |v| = 2^27
+ *         (1.3e8) p1 overflows, which no activation of this model comes
+ *         near).
  * Two parts (hi, lo) would keep only 16 bits for BF16 and would need a
  * per-token scale for F16's range. Each part has its own fp32 accumulator
- * chain, and y = (T2 * s2 + T1) + T0 * s0 (s = 2^-16, 1, 2^16 for F16; 1
+ * chain, and y = (T2 * s2 + T1) + T0 * s0 (s = 2^-11, 1, 2^16 for F16; 1
  * for BF16).
  *
  * Fixed order, whatever the number of tokens: K is cut into slices of
@@ -234,7 +235,7 @@ template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
  * batches, and the logits across chunkings). */
 
 #define FL_CHUNK 32 /* k values per load step (two mma k-steps) */
-#define FL_SLICE 512 /* k values per slice: 16 chunks */
+#define FL_SLICE 256 /* k values per slice: 8 chunks */
 #define FL_CPS (FL_SLICE / FL_CHUNK)
 
 /* Round to nearest even fp32 -> bf16 bits (finite inputs). */
@@ -256,14 +257,14 @@ template <int FMT> __device__ __forceinline__ void fl_split(float v, uint32_t *h
         float r = v - __half2float(h0) * 0x1p16f;
         __half h1 = __float2half_rn(r);
         float r2 = r - __half2float(h1);
-        __half h2 = __float2half_rn(r2 * 0x1p16f);
+        __half h2 = __float2half_rn(r2 * 0x1p11f);
         h[0] = __half_as_ushort(h0), h[1] = __half_as_ushort(h1), h[2] = __half_as_ushort(h2);
     }
 }
 
 template <int FMT> __device__ __forceinline__ float fl_combine(float t0, float t1, float t2) {
     if (FMT == 2) return (t2 + t1) + t0;
-    return (t2 * 0x1p-16f + t1) + t0 * 0x1p16f;
+    return (t2 * 0x1p-11f + t1) + t0 * 0x1p16f;
 }
 
 /* B fragments of one lane for the two k-steps of a chunk, per part: the
@@ -314,36 +315,39 @@ template <int FMT> __device__ __forceinline__ void fl_chunk(float (*acc)[4], uin
     }
 }
 
-/* 1/rms of a row of K floats, summed in double over a fixed 1024-way
- * partition (virtual thread v takes v, v + 1024, ...; then 32 lanes add
- * 32 partials each and a butterfly), so the value does not depend on the
- * block size. red: 1024 doubles of shared memory; the result goes to *out
- * (shared) and is visible after the final barrier. */
-__device__ void fl_rms_inv(const float *x, uint32_t K, float eps, double *red, float *out) {
-    for (uint32_t v = threadIdx.x; v < 1024; v += blockDim.x) {
-        double ss = 0;
-#pragma unroll 8
-        for (uint32_t i = v; i < K; i += 1024) ss += (double)x[i] * x[i];
-        red[v] = ss;
-    }
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        double s = 0;
-        for (int j = 0; j < 32; j++) s += red[threadIdx.x + 32 * j];
-        s = warp_sum_d(s);
-        if (threadIdx.x == 0) *out = (float)(1.0 / sqrt(s / K + eps));
-    }
-    __syncthreads();
-}
-
-/* Per-token scales of a tile of nt tokens from t0 into sxs (shared):
- * 1/rms (RMS) or xscale or 1. Ends with a barrier. */
+/* Per-token scales of a tile of up to 8 tokens from t0 into sxs (shared):
+ * xscale or 1, or (RMS) 1/rms of the token's row, summed in double by the
+ * block's 1024 threads (thread i takes i, i + 1024, ...; a butterfly per
+ * warp, the 32 warps in order), all tokens in one pass. Ends with a
+ * barrier. */
 template <bool RMS>
-__device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, uint32_t t0, int nt, float *sxs, double *red) {
+__device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, uint32_t t0, int nt, float *sxs) {
     if (RMS) {
-        for (int tt = 0; tt < nt; tt++) {
-            if (t0 + tt >= a.n_tok) break; /* uniform over the block */
-            fl_rms_inv(xg + (uint64_t)(t0 + tt) * a.x_stride, a.K, a.rms_eps, red, &sxs[tt]);
+        __shared__ double red[8][32];
+        int live = a.n_tok - t0 < (uint32_t)nt ? (int)(a.n_tok - t0) : nt;
+        double ss[8];
+#pragma unroll
+        for (int tt = 0; tt < 8; tt++) ss[tt] = 0;
+#pragma unroll 2
+        for (uint32_t i = threadIdx.x; i < a.K; i += 1024)
+#pragma unroll
+            for (int tt = 0; tt < 8; tt++)
+                if (tt < live) {
+                    float v = xg[(uint64_t)(t0 + tt) * a.x_stride + i];
+                    ss[tt] += (double)v * v;
+                }
+#pragma unroll
+        for (int tt = 0; tt < 8; tt++) {
+            double v = warp_sum_d(ss[tt]);
+            if ((threadIdx.x & 31) == 0) red[tt][threadIdx.x >> 5] = v;
+        }
+        __syncthreads();
+        if (threadIdx.x < (unsigned)live) {
+            double s = 0;
+            for (int w = 0; w < 32; w++) s += red[threadIdx.x][w];
+            sxs[threadIdx.x] = (float)(1.0 / sqrt(s / a.K + a.rms_eps));
+        } else if (threadIdx.x < (unsigned)nt) {
+            sxs[threadIdx.x] = 1.0f;
         }
     } else if (threadIdx.x < (unsigned)nt) {
         uint32_t t = t0 + threadIdx.x < a.n_tok ? t0 + threadIdx.x : a.n_tok - 1;
@@ -352,75 +356,86 @@ __device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, ui
     __syncthreads();
 }
 
-/* Decode and few-row kernel: one block per MT x 16 rows and 8 tokens, its
- * WK warps on the slices (slice s on warp s % WK), the slice results added
- * in order from shared memory. */
-template <int FMT, int MT, int WK, bool RMS> __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
-    constexpr int TR = MT * 16;
-    extern __shared__ __align__(16) float fl_sm[]; /* [S][TR][8][3] floats, then 1024 doubles (RMS) */
+/* Decode and few-row kernel: one block per 16 rows and 8 tokens (ONE: a
+ * single token), its WK warps on the slices (slice s on warp s % WK), the
+ * slice results added in order from shared memory. ONE: the block splits
+ * the token's activations once into shared memory (lanes of column 0 read
+ * their fragments there) instead of every warp splitting 8 columns of
+ * which one is live. RMS kernels have 1024 threads (fl_scales). */
+template <int FMT, int WK, bool RMS, bool ONE> __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
+    static_assert(!RMS || WK == 32, "the RMS sums take 1024 threads");
+    constexpr int NC = ONE ? 1 : 8; /* token columns kept */
+    extern __shared__ __align__(16) float fl_sm[]; /* [S][16][NC][3] floats; ONE: then [nchunk][3][4] uint4 */
     __shared__ float sxs[8];
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
     const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, S = (K + FL_SLICE - 1) / FL_SLICE;
     const uint32_t grp = blockIdx.y;
     const float *xg = a.x + grp * a.x_group;
-    const uint8_t *wrow[MT][2];
+    const uint8_t *wrow[2];
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            uint64_t r = (uint64_t)blockIdx.x * TR + mt * 16 + g8 + 8 * h;
-            if (r >= a.n_rows) r = a.n_rows - 1; /* loads stay inside; the output is not kept */
-            wrow[mt][h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
-        }
-    double *red = (double *)(fl_sm + (size_t)S * TR * 8 * 3);
-    for (uint32_t t0 = blockIdx.z * 8; t0 < a.n_tok; t0 += 8 * gridDim.z) {
-        fl_scales<RMS>(a, xg, t0, 8, sxs, red);
-        const bool live = t0 + g8 < a.n_tok, scaled = RMS || a.xscale;
-        const float *xr = xg + (uint64_t)(live ? t0 + g8 : 0) * a.x_stride;
+    for (int h = 0; h < 2; h++) {
+        uint64_t r = (uint64_t)blockIdx.x * 16 + g8 + 8 * h;
+        if (r >= a.n_rows) r = a.n_rows - 1; /* loads stay inside; the output is not kept */
+        wrow[h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
+    }
+    uint4 *xb = (uint4 *)(fl_sm + (size_t)S * 16 * NC * 3);
+    const uint32_t tstep = ONE ? 1 : 8;
+    for (uint32_t t0 = blockIdx.z * tstep; t0 < a.n_tok; t0 += tstep * gridDim.z) {
+        fl_scales<RMS>(a, xg, t0, tstep, sxs);
+        const bool live = t0 + g8 < a.n_tok && (!ONE || g8 == 0), scaled = RMS || a.xscale;
+        const float *xr = xg + (uint64_t)(live ? t0 + g8 : t0) * a.x_stride;
         const float xs = live ? sxs[g8] : 1.0f;
+        if (ONE) {
+            uint16_t *xh = (uint16_t *)xb;
+            const float xs0 = sxs[0];
+            for (uint32_t k = threadIdx.x; k < nchunk * FL_CHUNK; k += blockDim.x) {
+                float v = k < K ? xr[k] : 0.0f;
+                uint32_t h[3];
+                fl_split<FMT>(scaled ? v * xs0 : v, h);
+#pragma unroll
+                for (int p = 0; p < 3; p++) xh[((k / FL_CHUNK) * 3 + p) * FL_CHUNK + k % FL_CHUNK] = (uint16_t)h[p];
+            }
+            __syncthreads();
+        }
         for (uint32_t s = warp; s < S; s += WK) {
-            float acc[MT][3][4];
+            float acc[3][4];
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++)
+            for (int p = 0; p < 3; p++)
 #pragma unroll
-                for (int p = 0; p < 3; p++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) acc[mt][p][i] = 0.0f;
+                for (int i = 0; i < 4; i++) acc[p][i] = 0.0f;
             uint32_t c1 = (s + 1) * FL_CPS < nchunk ? (s + 1) * FL_CPS : nchunk;
 #pragma unroll 4
             for (uint32_t c = s * FL_CPS; c < c1; c++) {
                 uint32_t k = c * FL_CHUNK + q * 8;
                 bool in = k < K; /* K % 8 == 0: a lane's 8 values are all in or all out */
-                uint4 wv[MT][2];
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++)
-                        wv[mt][h] = in ? __ldg((const uint4 *)(wrow[mt][h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
+                uint4 w0 = in ? __ldg((const uint4 *)(wrow[0] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
+                uint4 w1 = in ? __ldg((const uint4 *)(wrow[1] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
                 uint4 b[3];
-                fl_bfrag<FMT>(xr + k, in && live, xs, scaled, b);
+                if (ONE) {
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++) fl_chunk<FMT>(acc[mt], wv[mt][0], wv[mt][1], b);
+                    for (int p = 0; p < 3; p++) b[p] = live ? xb[(c * 3 + p) * 4 + q] : make_uint4(0, 0, 0, 0);
+                } else {
+                    fl_bfrag<FMT>(xr + k, in && live, xs, scaled, b);
+                }
+                fl_chunk<FMT>(acc, w0, w1, b);
             }
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++)
+            for (int p = 0; p < 3; p++)
 #pragma unroll
-                for (int p = 0; p < 3; p++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        uint32_t rl = mt * 16 + g8 + (i >= 2 ? 8 : 0), tl = 2 * q + (i & 1);
-                        fl_sm[(((size_t)s * TR + rl) * 8 + tl) * 3 + p] = acc[mt][p][i];
-                    }
+                for (int i = 0; i < 4; i++) {
+                    uint32_t rl = g8 + (i >= 2 ? 8 : 0), tl = 2 * q + (i & 1);
+                    if (tl < NC) fl_sm[(((size_t)s * 16 + rl) * NC + tl) * 3 + p] = acc[p][i];
+                }
         }
         __syncthreads();
-        for (uint32_t o = threadIdx.x; o < TR * 8; o += blockDim.x) {
-            uint32_t rl = o % TR, tl = o / TR;
-            uint64_t r = (uint64_t)blockIdx.x * TR + rl;
+        for (uint32_t o = threadIdx.x; o < 16 * NC; o += blockDim.x) {
+            uint32_t rl = o % 16, tl = o / 16;
+            uint64_t r = (uint64_t)blockIdx.x * 16 + rl;
             if (r >= a.n_rows || t0 + tl >= a.n_tok) continue;
             float T[3];
             for (int p = 0; p < 3; p++) {
                 float v = 0.0f;
-                for (uint32_t s = 0; s < S; s++) v += fl_sm[(((size_t)s * TR + rl) * 8 + tl) * 3 + p];
+                for (uint32_t s = 0; s < S; s++) v += fl_sm[(((size_t)s * 16 + rl) * NC + tl) * 3 + p];
                 T[p] = v;
             }
             a.y[(uint64_t)(t0 + tl) * a.y_stride + grp * a.n_rows + r] = fl_combine<FMT>(T[0], T[1], T[2]);
@@ -429,22 +444,20 @@ template <int FMT, int MT, int WK, bool RMS> __global__ void __launch_bounds__(3
     }
 }
 
-/* Prefill kernel: a block of 4 x 2 warps on 128 rows x 32 tokens, each
- * warp on 32 rows x 16 tokens and all of K (slice totals in registers).
- * The block splits the activations once per stage of FL_CS chunks into
- * shared memory (B fragments in lane order, double-buffered, the next
- * stage's values loaded while this one multiplies); the weights go from
- * global memory straight into A fragments. */
-#define FL_CS 4
-#define FL_PM 4 /* warps over rows */
-#define FL_PN 2 /* warps over tokens */
-template <int FMT> __global__ void __launch_bounds__(32 * FL_PM * FL_PN) flmma_tile_kernel(lin_args a) {
-    constexpr int TR = 32 * FL_PM, TT = 16 * FL_PN, NTB = TT / 8, UNITS = FL_CS * NTB * 32;
-    constexpr int NTHR = 32 * FL_PM * FL_PN, UPT = UNITS / NTHR;
+/* Prefill kernel: a block of 4 warps on 128 rows x 16 tokens, each warp on
+ * 32 rows and all of K (slice totals in registers). Per stage of FL_CS
+ * chunks the block splits the activations once into shared memory (B
+ * fragments in lane order, double-buffered); the weights go from global
+ * memory straight into A fragments. The next stage's activations and
+ * weights are loaded into registers while this stage multiplies. */
+#define FL_CS 2
+#define FL_PM 4 /* warps, over rows */
+template <int FMT> __global__ void __launch_bounds__(32 * FL_PM) flmma_tile_kernel(lin_args a) {
+    constexpr int TR = 32 * FL_PM, TT = 16, NTB = 2, NTHR = 32 * FL_PM, UPT = FL_CS * NTB * 32 / NTHR;
+    static_assert(UPT >= 1 && UPT * NTHR == FL_CS * NTB * 32, "staging units per thread");
     extern __shared__ __align__(16) uint4 fl_bs[]; /* [2][FL_CS][NTB][3][32] */
     __shared__ float sxs[TT];
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
-    const uint32_t wm = warp % FL_PM, wn = warp / FL_PM;
     const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, nst = (nchunk + FL_CS - 1) / FL_CS;
     const uint32_t grp = blockIdx.y;
     const float *xg = a.x + grp * a.x_group;
@@ -453,15 +466,15 @@ template <int FMT> __global__ void __launch_bounds__(32 * FL_PM * FL_PN) flmma_t
     for (int mt = 0; mt < 2; mt++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            uint64_t r = (uint64_t)blockIdx.x * TR + wm * 32 + mt * 16 + g8 + 8 * h;
+            uint64_t r = (uint64_t)blockIdx.x * TR + warp * 32 + mt * 16 + g8 + 8 * h;
             if (r >= a.n_rows) r = a.n_rows - 1;
             wrow[mt][h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
         }
     for (uint32_t t0 = blockIdx.z * TT; t0 < a.n_tok; t0 += TT * gridDim.z) {
-        fl_scales<false>(a, xg, t0, TT, sxs, nullptr);
+        fl_scales<false>(a, xg, t0, TT, sxs);
         const bool scaled = a.xscale != nullptr;
-        /* this thread's staging units: (chunk of the stage, token tile, lane) */
         float xv[UPT][8];
+        uint4 wn[FL_CS][2][2], wc[FL_CS][2][2];
         auto load = [&](uint32_t st) {
 #pragma unroll
             for (int u = 0; u < UPT; u++) {
@@ -477,6 +490,15 @@ template <int FMT> __global__ void __launch_bounds__(32 * FL_PM * FL_PN) flmma_t
 #pragma unroll
                     for (int j = 0; j < 8; j++) xv[u][j] = 0.0f;
                 }
+            }
+#pragma unroll
+            for (int cc = 0; cc < FL_CS; cc++) {
+                uint32_t k = (st * FL_CS + cc) * FL_CHUNK + q * 8;
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        wn[cc][mt][h] = k < K ? __ldg((const uint4 *)(wrow[mt][h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
             }
         };
         float tot[2][2][3][4], acc[2][2][3][4];
@@ -504,27 +526,25 @@ template <int FMT> __global__ void __launch_bounds__(32 * FL_PM * FL_PN) flmma_t
                         make_uint4(h[0][p] | h[1][p] << 16, h[2][p] | h[3][p] << 16, h[4][p] | h[5][p] << 16,
                                    h[6][p] | h[7][p] << 16);
             }
+#pragma unroll
+            for (int cc = 0; cc < FL_CS; cc++)
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) wc[cc][mt][h] = wn[cc][mt][h];
             __syncthreads();
             if (st + 1 < nst) load(st + 1);
 #pragma unroll
             for (int cc = 0; cc < FL_CS; cc++) {
                 uint32_t c = st * FL_CS + cc;
                 if (c >= nchunk) break;
-                uint32_t k = c * FL_CHUNK + q * 8;
-                bool in = k < K;
-                uint4 wv[2][2];
-#pragma unroll
-                for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++)
-                        wv[mt][h] = in ? __ldg((const uint4 *)(wrow[mt][h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
 #pragma unroll
                 for (int nt = 0; nt < 2; nt++) {
                     uint4 b[3];
 #pragma unroll
-                    for (int p = 0; p < 3; p++) b[p] = buf[((cc * NTB + wn * 2 + nt) * 3 + p) * 32 + lane];
+                    for (int p = 0; p < 3; p++) b[p] = buf[((cc * NTB + nt) * 3 + p) * 32 + lane];
 #pragma unroll
-                    for (int mt = 0; mt < 2; mt++) fl_chunk<FMT>(acc[mt][nt], wv[mt][0], wv[mt][1], b);
+                    for (int mt = 0; mt < 2; mt++) fl_chunk<FMT>(acc[mt][nt], wc[cc][mt][0], wc[cc][mt][1], b);
                 }
                 if ((c + 1) % FL_CPS == 0 || c + 1 == nchunk) { /* end of a slice */
 #pragma unroll
@@ -544,8 +564,8 @@ template <int FMT> __global__ void __launch_bounds__(32 * FL_PM * FL_PN) flmma_t
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    uint64_t r = (uint64_t)blockIdx.x * TR + wm * 32 + mt * 16 + g8 + (i >= 2 ? 8 : 0);
-                    uint32_t t = t0 + wn * 16 + nt * 8 + 2 * q + (i & 1);
+                    uint64_t r = (uint64_t)blockIdx.x * TR + warp * 32 + mt * 16 + g8 + (i >= 2 ? 8 : 0);
+                    uint32_t t = t0 + nt * 8 + 2 * q + (i & 1);
                     if (r < a.n_rows && t < a.n_tok)
                         a.y[(uint64_t)t * a.y_stride + grp * a.n_rows + r] =
                             fl_combine<FMT>(tot[mt][nt][0][i], tot[mt][nt][1][i], tot[mt][nt][2][i]);
@@ -577,37 +597,41 @@ template <class Kern> static void fl_go(Kern kern, dim3 grid, unsigned threads, 
     kern<<<grid, threads, smem, st>>>(a);
 }
 
-template <int FMT, int MT, int WK, bool RMS> static void fl_slices(const lin_args &a, uint32_t groups, cudaStream_t st) {
-    uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE, tiles = div_up(a.n_tok, 8);
-    size_t smem = (size_t)S * MT * 16 * 8 * 3 * sizeof(float) + (RMS ? 1024 * sizeof(double) : 0);
-    dim3 grid(div_up(a.n_rows, MT * 16), groups, tiles < 4096 ? tiles : 4096);
-    fl_go(flmma_slices_kernel<FMT, MT, WK, RMS>, grid, 32 * WK, smem, st, a);
+template <int FMT, int WK, bool RMS, bool ONE> static void fl_slices(const lin_args &a, uint32_t groups, cudaStream_t st) {
+    uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE, nchunk = (a.K + FL_CHUNK - 1) / FL_CHUNK;
+    unsigned tiles = ONE ? a.n_tok : div_up(a.n_tok, 8);
+    size_t smem = (size_t)S * 16 * (ONE ? 1 : 8) * 3 * sizeof(float) + (ONE ? (size_t)nchunk * 3 * 4 * 16 : 0);
+    dim3 grid(div_up(a.n_rows, 16), groups, tiles < 4096 ? tiles : 4096);
+    fl_go(flmma_slices_kernel<FMT, WK, RMS, ONE>, grid, 32 * WK, smem, st, a);
 }
 
 /* The shape of the launch; only speed depends on it (see above). Up to 8
- * tokens, or few rows of long K (the mHC mixing logits): the slices spread
- * over the warps of a block; otherwise 128 x 32 tiles. */
+ * tokens, and the mHC mixing logits (the RMS in front; few rows of long
+ * K) at any count: the slices spread over the warps of a block (one token:
+ * split once per block); otherwise 128 x 16 tiles. */
 template <int FMT, bool RMS> static void fl_dispatch(const lin_args &a, uint32_t groups, cudaStream_t st) {
     uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE;
-    if (RMS || a.n_tok <= 8 || (a.n_rows <= 32 && S >= 8)) {
-        bool two = a.n_tok > 8 && a.n_rows > 16; /* prefill: 32 rows per block read the activations once */
-        if (S <= 4) {
-            if (two) fl_slices<FMT, 2, 4, RMS>(a, groups, st);
-            else fl_slices<FMT, 1, 4, RMS>(a, groups, st);
-        } else if (S <= 8) {
-            if (two) fl_slices<FMT, 2, 8, RMS>(a, groups, st);
-            else fl_slices<FMT, 1, 8, RMS>(a, groups, st);
-        } else {
-            /* 16 warps for two tiles: 1024 threads would leave 64 registers */
-            if (two) fl_slices<FMT, 2, 16, RMS>(a, groups, st);
-            else fl_slices<FMT, 1, 32, RMS>(a, groups, st);
-        }
+    if constexpr (RMS) {
+        if (a.n_tok == 1) fl_slices<FMT, 32, true, true>(a, groups, st);
+        else fl_slices<FMT, 32, true, false>(a, groups, st);
         return;
     }
-    constexpr int NTB = 16 * FL_PN / 8;
-    unsigned tiles = div_up(a.n_tok, 16 * FL_PN);
+    if (a.n_tok <= 8) {
+#define FL_WK(W)                                                                   \
+    do {                                                                           \
+        if (a.n_tok == 1) fl_slices<FMT, W, false, true>(a, groups, st);           \
+        else fl_slices<FMT, W, false, false>(a, groups, st);                       \
+    } while (0)
+        if (S <= 4) FL_WK(4);
+        else if (S <= 8) FL_WK(8);
+        else if (S <= 16) FL_WK(16);
+        else FL_WK(32);
+#undef FL_WK
+        return;
+    }
+    unsigned tiles = div_up(a.n_tok, 16);
     dim3 grid(div_up(a.n_rows, 32 * FL_PM), groups, tiles < 4096 ? tiles : 4096);
-    fl_go(flmma_tile_kernel<FMT>, grid, 32 * FL_PM * FL_PN, (size_t)2 * FL_CS * NTB * 3 * 32 * sizeof(uint4), st, a);
+    fl_go(flmma_tile_kernel<FMT>, grid, 32 * FL_PM, (size_t)2 * FL_CS * 2 * 3 * 32 * sizeof(uint4), st, a);
 }
 
 /* The vector kind a weight and its activations allow: 16-byte chunks need

@@ -9,6 +9,7 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
 
+#include <cooperative_groups.h>
 #include <stdlib.h>
 
 #define ROWS_PER_BLOCK 8 /* warps per block, one output row each */
@@ -235,7 +236,7 @@ template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
  * batches, and the logits across chunkings). */
 
 #define FL_CHUNK 32 /* k values per load step (two mma k-steps) */
-#define FL_SLICE 256 /* k values per slice: 8 chunks */
+#define FL_SLICE 128 /* k values per slice: 4 chunks */
 #define FL_CPS (FL_SLICE / FL_CHUNK)
 
 /* Round to nearest even fp32 -> bf16 bits (finite inputs). */
@@ -293,6 +294,9 @@ __device__ __forceinline__ void fl_bfrag(const float *xp, bool live, float xs, b
 template <int FMT>
 __device__ __forceinline__ void fl_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                        uint32_t b1) {
+#if __CUDA_ARCH__ < 800
+    __trap(); /* never launched there (flmma_on) */
+#else
     if (FMT == 2)
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                      "{%0,%1,%2,%3};\n"
@@ -303,6 +307,7 @@ __device__ __forceinline__ void fl_mma(float *d, uint32_t a0, uint32_t a1, uint3
                      "{%0,%1,%2,%3};\n"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 /* One chunk of a 16-row tile against one 8-token tile, all three parts:
@@ -316,30 +321,34 @@ template <int FMT> __device__ __forceinline__ void fl_chunk(float (*acc)[4], uin
 }
 
 /* Per-token scales of a tile of up to 8 tokens from t0 into sxs (shared):
- * xscale or 1, or (RMS) 1/rms of the token's row, summed in double by the
- * block's 1024 threads (thread i takes i, i + 1024, ...; a butterfly per
- * warp, the 32 warps in order), all tokens in one pass. Ends with a
- * barrier. */
-template <bool RMS>
-__device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, uint32_t t0, int nt, float *sxs) {
+ * xscale or 1, or (RMS) 1/rms of the token's row, summed in double over a
+ * fixed 1024-way partition whatever the block size: virtual thread v takes
+ * v, v + 1024, ...; a butterfly over each 32 consecutive v; the 32 groups
+ * added in order; all tokens in one pass. Ends with a barrier. */
+template <bool RMS, int NT>
+__device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, uint32_t t0, float *sxs) {
+    constexpr int nt = NT;
     if (RMS) {
-        __shared__ double red[8][32];
+        static_assert(!RMS || NT <= 8, "tokens per tile");
+        __shared__ double red[RMS ? NT : 1][32];
         int live = a.n_tok - t0 < (uint32_t)nt ? (int)(a.n_tok - t0) : nt;
-        double ss[8];
+        for (uint32_t v = threadIdx.x; v < 1024; v += blockDim.x) {
+            double ss[NT];
 #pragma unroll
-        for (int tt = 0; tt < 8; tt++) ss[tt] = 0;
+            for (int tt = 0; tt < NT; tt++) ss[tt] = 0;
 #pragma unroll 2
-        for (uint32_t i = threadIdx.x; i < a.K; i += 1024)
+            for (uint32_t i = v; i < a.K; i += 1024)
 #pragma unroll
-            for (int tt = 0; tt < 8; tt++)
-                if (tt < live) {
-                    float v = xg[(uint64_t)(t0 + tt) * a.x_stride + i];
-                    ss[tt] += (double)v * v;
-                }
+                for (int tt = 0; tt < NT; tt++)
+                    if (tt < live) {
+                        float x = xg[(uint64_t)(t0 + tt) * a.x_stride + i];
+                        ss[tt] += (double)x * x;
+                    }
 #pragma unroll
-        for (int tt = 0; tt < 8; tt++) {
-            double v = warp_sum_d(ss[tt]);
-            if ((threadIdx.x & 31) == 0) red[tt][threadIdx.x >> 5] = v;
+            for (int tt = 0; tt < NT; tt++) {
+                double w = warp_sum_d(ss[tt]);
+                if ((threadIdx.x & 31) == 0) red[tt][v >> 5] = w;
+            }
         }
         __syncthreads();
         if (threadIdx.x < (unsigned)live) {
@@ -356,32 +365,51 @@ __device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, ui
     __syncthreads();
 }
 
-/* Decode and few-row kernel: one block per 16 rows and 8 tokens (ONE: a
- * single token), its WK warps on the slices (slice s on warp s % WK), the
- * slice results added in order from shared memory. ONE: the block splits
- * the token's activations once into shared memory (lanes of column 0 read
+/* Decode and few-row kernel: one block per MT x 16 rows and 8 tokens (ONE:
+ * a single token), its WK warps on the slices in rounds (round j: slice
+ * j * WK + w on warp w); after each round the slice results meet in shared
+ * memory and one thread per output adds them, in slice order, to its
+ * running totals. The weights of a warp's first slice are requested before
+ * the scales and the activations are ready. ONE: the block splits the
+ * token's activations once into shared memory (lanes of column 0 read
  * their fragments there) instead of every warp splitting 8 columns of
- * which one is live. RMS kernels have 1024 threads (fl_scales). */
-template <int FMT, int WK, bool RMS, bool ONE> __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
-    static_assert(!RMS || WK == 32, "the RMS sums take 1024 threads");
-    constexpr int NC = ONE ? 1 : 8; /* token columns kept */
-    extern __shared__ __align__(16) float fl_sm[]; /* [S][16][NC][3] floats; ONE: then [nchunk][3][4] uint4 */
+ * which one is live. */
+template <int FMT, int MT, int WK, bool RMS, bool ONE>
+__global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
+    constexpr int NC = ONE ? 1 : 8, TR = 16 * MT; /* token columns kept, rows */
+    static_assert(TR * NC <= 32 * WK, "one thread per output");
+    extern __shared__ __align__(16) float fl_sm[]; /* [WK][TR][NC][3] floats; ONE: then [nchunk][3][4] uint4 */
     __shared__ float sxs[8];
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
     const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, S = (K + FL_SLICE - 1) / FL_SLICE;
     const uint32_t grp = blockIdx.y;
     const float *xg = a.x + grp * a.x_group;
-    const uint8_t *wrow[2];
+    const uint8_t *wrow[MT][2];
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        uint64_t r = (uint64_t)blockIdx.x * 16 + g8 + 8 * h;
-        if (r >= a.n_rows) r = a.n_rows - 1; /* loads stay inside; the output is not kept */
-        wrow[h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
-    }
-    uint4 *xb = (uint4 *)(fl_sm + (size_t)S * 16 * NC * 3);
-    const uint32_t tstep = ONE ? 1 : 8;
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint64_t r = (uint64_t)blockIdx.x * TR + mt * 16 + g8 + 8 * h;
+            if (r >= a.n_rows) r = a.n_rows - 1; /* loads stay inside; the output is not kept */
+            wrow[mt][h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
+        }
+    uint4 *xb = (uint4 *)(fl_sm + (size_t)WK * TR * NC * 3);
+    const uint32_t tstep = ONE ? 1 : 8, rounds = (S + WK - 1) / WK;
+    uint4 wv[FL_CPS][MT][2];
+    auto loadw = [&](uint32_t s) {
+#pragma unroll
+        for (int cc = 0; cc < FL_CPS; cc++) {
+            uint32_t k = (s * FL_CPS + cc) * FL_CHUNK + q * 8;
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    wv[cc][mt][h] = k < K ? __ldg((const uint4 *)(wrow[mt][h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
+        }
+    };
     for (uint32_t t0 = blockIdx.z * tstep; t0 < a.n_tok; t0 += tstep * gridDim.z) {
-        fl_scales<RMS>(a, xg, t0, tstep, sxs);
+        if (ONE && warp < S) loadw(warp);
+        fl_scales<RMS, ONE ? 1 : 8>(a, xg, t0, sxs);
         const bool live = t0 + g8 < a.n_tok && (!ONE || g8 == 0), scaled = RMS || a.xscale;
         const float *xr = xg + (uint64_t)(live ? t0 + g8 : t0) * a.x_stride;
         const float xs = live ? sxs[g8] : 1.0f;
@@ -397,51 +425,169 @@ template <int FMT, int WK, bool RMS, bool ONE> __global__ void __launch_bounds__
             }
             __syncthreads();
         }
-        for (uint32_t s = warp; s < S; s += WK) {
-            float acc[3][4];
+        float T[3] = {0.0f, 0.0f, 0.0f}; /* this thread's output: running totals of the parts */
+        for (uint32_t j = 0; j < rounds; j++) {
+            uint32_t s = j * WK + warp;
+            if (s < S) {
+                if (!ONE) loadw(s);
+                float acc[MT][3][4];
 #pragma unroll
-            for (int p = 0; p < 3; p++)
+                for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) acc[p][i] = 0.0f;
-            uint32_t c1 = (s + 1) * FL_CPS < nchunk ? (s + 1) * FL_CPS : nchunk;
-#pragma unroll 4
-            for (uint32_t c = s * FL_CPS; c < c1; c++) {
-                uint32_t k = c * FL_CHUNK + q * 8;
-                bool in = k < K; /* K % 8 == 0: a lane's 8 values are all in or all out */
-                uint4 w0 = in ? __ldg((const uint4 *)(wrow[0] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
-                uint4 w1 = in ? __ldg((const uint4 *)(wrow[1] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
-                uint4 b[3];
-                if (ONE) {
+                    for (int p = 0; p < 3; p++)
 #pragma unroll
-                    for (int p = 0; p < 3; p++) b[p] = live ? xb[(c * 3 + p) * 4 + q] : make_uint4(0, 0, 0, 0);
-                } else {
-                    fl_bfrag<FMT>(xr + k, in && live, xs, scaled, b);
+                        for (int i = 0; i < 4; i++) acc[mt][p][i] = 0.0f;
+#pragma unroll
+                for (int cc = 0; cc < FL_CPS; cc++) {
+                    uint32_t c = s * FL_CPS + cc, k = c * FL_CHUNK + q * 8;
+                    if (c >= nchunk) break;
+                    uint4 b[3];
+                    if (ONE) {
+#pragma unroll
+                        for (int p = 0; p < 3; p++) b[p] = live ? xb[(c * 3 + p) * 4 + q] : make_uint4(0, 0, 0, 0);
+                    } else {
+                        fl_bfrag<FMT>(xr + k, k < K && live, xs, scaled, b);
+                    }
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) fl_chunk<FMT>(acc[mt], wv[cc][mt][0], wv[cc][mt][1], b);
                 }
-                fl_chunk<FMT>(acc, w0, w1, b);
-            }
+                if (ONE && s + WK < S) loadw(s + WK); /* in flight during the combine */
 #pragma unroll
-            for (int p = 0; p < 3; p++)
+                for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    uint32_t rl = g8 + (i >= 2 ? 8 : 0), tl = 2 * q + (i & 1);
-                    if (tl < NC) fl_sm[(((size_t)s * 16 + rl) * NC + tl) * 3 + p] = acc[p][i];
-                }
-        }
-        __syncthreads();
-        for (uint32_t o = threadIdx.x; o < 16 * NC; o += blockDim.x) {
-            uint32_t rl = o % 16, tl = o / 16;
-            uint64_t r = (uint64_t)blockIdx.x * 16 + rl;
-            if (r >= a.n_rows || t0 + tl >= a.n_tok) continue;
-            float T[3];
-            for (int p = 0; p < 3; p++) {
-                float v = 0.0f;
-                for (uint32_t s = 0; s < S; s++) v += fl_sm[(((size_t)s * 16 + rl) * NC + tl) * 3 + p];
-                T[p] = v;
+                    for (int p = 0; p < 3; p++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            uint32_t rl = mt * 16 + g8 + (i >= 2 ? 8 : 0), tl = 2 * q + (i & 1);
+                            if (tl < NC) fl_sm[(((size_t)warp * TR + rl) * NC + tl) * 3 + p] = acc[mt][p][i];
+                        }
             }
-            a.y[(uint64_t)(t0 + tl) * a.y_stride + grp * a.n_rows + r] = fl_combine<FMT>(T[0], T[1], T[2]);
+            __syncthreads();
+            if (threadIdx.x < TR * NC) {
+                uint32_t n_in = S - j * WK < WK ? S - j * WK : WK;
+                for (uint32_t w = 0; w < n_in; w++)
+#pragma unroll
+                    for (int p = 0; p < 3; p++) T[p] += fl_sm[((size_t)w * TR * NC + threadIdx.x) * 3 + p];
+            }
+            __syncthreads();
         }
-        __syncthreads();
+        if (threadIdx.x < TR * NC) {
+            uint32_t rl = threadIdx.x / NC, tl = threadIdx.x % NC;
+            uint64_t r = (uint64_t)blockIdx.x * TR + rl;
+            if (r < a.n_rows && t0 + tl < a.n_tok)
+                a.y[(uint64_t)(t0 + tl) * a.y_stride + grp * a.n_rows + r] = fl_combine<FMT>(T[0], T[1], T[2]);
+        }
     }
+}
+
+/* Single-token kernel: CL blocks (a thread block cluster, Hopper) share a
+ * 16-row tile, so the weights of even a few rows stream through enough
+ * SMs; warp w of cluster rank r takes slices (j * CL + r) * WK + w. Each
+ * block splits the token's activations of its own slices once into shared
+ * memory and keeps every slice result there; after a cluster barrier, rank
+ * 0 adds all slices in order (reading the other blocks' shared memory) and
+ * writes the outputs. The weights of a warp's first slice are requested
+ * before the scale and the activations are ready. */
+template <int FMT, int WK, int CL, bool RMS>
+__global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
+    extern __shared__ __align__(16) float fl_sm[]; /* [rounds][WK][16][3] floats, then [nchunk][3][4] uint4 */
+    __shared__ float sxs[1];
+    const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
+    const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, S = (K + FL_SLICE - 1) / FL_SLICE;
+    const uint32_t rounds = (S + WK * CL - 1) / (WK * CL), rank = CL > 1 ? blockIdx.x % CL : 0, tile = blockIdx.x / CL;
+    const uint32_t grp = blockIdx.y, t = blockIdx.z;
+    const float *xr = a.x + grp * a.x_group + (uint64_t)t * a.x_stride;
+    const uint8_t *wrow[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        uint64_t r = (uint64_t)tile * 16 + g8 + 8 * h;
+        if (r >= a.n_rows) r = a.n_rows - 1; /* loads stay inside; the output is not kept */
+        wrow[h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
+    }
+    uint4 *xb = (uint4 *)(fl_sm + (size_t)rounds * WK * 16 * 3);
+    uint4 wv[FL_CPS][2];
+    auto loadw = [&](uint32_t s) {
+#pragma unroll
+        for (int cc = 0; cc < FL_CPS; cc++) {
+            uint32_t k = (s * FL_CPS + cc) * FL_CHUNK + q * 8;
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                wv[cc][h] = k < K ? __ldg((const uint4 *)(wrow[h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    uint32_t s0 = rank * WK + warp;
+    if (s0 < S) loadw(s0);
+    lin_args a1 = a;
+    a1.x = xr, a1.n_tok = 1, a1.xscale = a.xscale ? a.xscale + t : nullptr;
+    fl_scales<RMS, 1>(a1, xr, 0, sxs);
+    const bool scaled = RMS || a.xscale;
+    const float xs = sxs[0];
+    /* this block's activations: values of its slices, all rounds */
+    {
+        uint16_t *xh = (uint16_t *)xb;
+        uint32_t per = WK * FL_SLICE;
+        for (uint32_t j = 0; j < rounds; j++) {
+            uint32_t k0 = (j * CL + rank) * per;
+            for (uint32_t k = k0 + threadIdx.x; k < k0 + per && k < nchunk * FL_CHUNK; k += blockDim.x) {
+                float v = k < K ? xr[k] : 0.0f;
+                uint32_t h[3];
+                fl_split<FMT>(scaled ? v * xs : v, h);
+#pragma unroll
+                for (int p = 0; p < 3; p++) xh[((k / FL_CHUNK) * 3 + p) * FL_CHUNK + k % FL_CHUNK] = (uint16_t)h[p];
+            }
+        }
+    }
+    __syncthreads();
+    for (uint32_t j = 0; j < rounds; j++) {
+        uint32_t s = (j * CL + rank) * WK + warp;
+        if (s >= S) break;
+        float acc[3][4];
+#pragma unroll
+        for (int p = 0; p < 3; p++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[p][i] = 0.0f;
+#pragma unroll
+        for (int cc = 0; cc < FL_CPS; cc++) {
+            uint32_t c = s * FL_CPS + cc;
+            if (c >= nchunk) break;
+            uint4 b[3];
+#pragma unroll
+            for (int p = 0; p < 3; p++) b[p] = g8 == 0 ? xb[(c * 3 + p) * 4 + q] : make_uint4(0, 0, 0, 0);
+            fl_chunk<FMT>(acc, wv[cc][0], wv[cc][1], b);
+        }
+        if (s + WK * CL < S) loadw(s + WK * CL);
+        if (q == 0) /* column 0: i = 0 (row g8) and 2 (row g8 + 8) */
+#pragma unroll
+            for (int p = 0; p < 3; p++) {
+                fl_sm[(((size_t)j * WK + warp) * 16 + g8) * 3 + p] = acc[p][0];
+                fl_sm[(((size_t)j * WK + warp) * 16 + g8 + 8) * 3 + p] = acc[p][2];
+            }
+    }
+#if __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    if (CL > 1) cg::this_cluster().sync();
+    else __syncthreads();
+#else
+    __syncthreads();
+#endif
+    if (rank == 0 && threadIdx.x < 16) {
+        float T[3] = {0.0f, 0.0f, 0.0f};
+        const float *src = fl_sm;
+        for (uint32_t s = 0; s < S; s++) {
+            uint32_t r = (s / WK) % CL, j = s / (WK * CL), w = s % WK;
+#if __CUDA_ARCH__ >= 900
+            if (CL > 1) src = cg::this_cluster().map_shared_rank(fl_sm, r);
+#endif
+            (void)r;
+#pragma unroll
+            for (int p = 0; p < 3; p++) T[p] += src[(((size_t)j * WK + w) * 16 + threadIdx.x) * 3 + p];
+        }
+        uint64_t row = (uint64_t)tile * 16 + threadIdx.x;
+        if (row < a.n_rows) a.y[(uint64_t)t * a.y_stride + grp * a.n_rows + row] = fl_combine<FMT>(T[0], T[1], T[2]);
+    }
+#if __CUDA_ARCH__ >= 900
+    if (CL > 1) cg::this_cluster().sync(); /* the other blocks' shared memory stays until rank 0 has read it */
+#endif
 }
 
 /* Prefill kernel: a block of 4 warps on 128 rows x 16 tokens, each warp on
@@ -471,7 +617,7 @@ template <int FMT> __global__ void __launch_bounds__(32 * FL_PM) flmma_tile_kern
             wrow[mt][h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
         }
     for (uint32_t t0 = blockIdx.z * TT; t0 < a.n_tok; t0 += TT * gridDim.z) {
-        fl_scales<false>(a, xg, t0, TT, sxs);
+        fl_scales<false, TT>(a, xg, t0, sxs);
         const bool scaled = a.xscale != nullptr;
         float xv[UPT][8];
         uint4 wn[FL_CS][2][2], wc[FL_CS][2][2];
@@ -577,18 +723,18 @@ template <int FMT> __global__ void __launch_bounds__(32 * FL_PM) flmma_tile_kern
 /* Whether F16 / BF16 products take the tensor cores: compute capability 8.0
  * or newer and DS4_CUDA_NO_FLMMA unset (then the fp32 kernels above run;
  * the kernel test compares both); k_linear_set_plain overrides (tests). */
-static int fl_plain = -1;
+static int fl_plain = -1, fl_major = -1; /* fl_major: compute capability, once known */
 void k_linear_set_plain(int plain) { fl_plain = plain; }
 static bool flmma_on(void) {
-    static int major = -1, env = 0;
-    if (major < 0) {
+    static int env = 0;
+    if (fl_major < 0) {
         int dev = 0;
         env = getenv("DS4_CUDA_NO_FLMMA") != NULL;
         if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-            major = 0;
+            cudaDeviceGetAttribute(&fl_major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+            fl_major = 0;
     }
-    return major >= 8 && !(fl_plain >= 0 ? fl_plain : env);
+    return fl_major >= 8 && !(fl_plain >= 0 ? fl_plain : env);
 }
 
 template <class Kern> static void fl_go(Kern kern, dim3 grid, unsigned threads, size_t smem, cudaStream_t st, const lin_args &a) {
@@ -597,36 +743,58 @@ template <class Kern> static void fl_go(Kern kern, dim3 grid, unsigned threads, 
     kern<<<grid, threads, smem, st>>>(a);
 }
 
-template <int FMT, int WK, bool RMS, bool ONE> static void fl_slices(const lin_args &a, uint32_t groups, cudaStream_t st) {
-    uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE, nchunk = (a.K + FL_CHUNK - 1) / FL_CHUNK;
+template <int FMT, int MT, int WK, bool RMS, bool ONE>
+static void fl_slices(const lin_args &a, uint32_t groups, cudaStream_t st) {
+    uint32_t nchunk = (a.K + FL_CHUNK - 1) / FL_CHUNK;
     unsigned tiles = ONE ? a.n_tok : div_up(a.n_tok, 8);
-    size_t smem = (size_t)S * 16 * (ONE ? 1 : 8) * 3 * sizeof(float) + (ONE ? (size_t)nchunk * 3 * 4 * 16 : 0);
-    dim3 grid(div_up(a.n_rows, 16), groups, tiles < 4096 ? tiles : 4096);
-    fl_go(flmma_slices_kernel<FMT, WK, RMS, ONE>, grid, 32 * WK, smem, st, a);
+    size_t smem = (size_t)WK * MT * 16 * (ONE ? 1 : 8) * 3 * sizeof(float) + (ONE ? (size_t)nchunk * 3 * 4 * 16 : 0);
+    dim3 grid(div_up(a.n_rows, MT * 16), groups, tiles < 4096 ? tiles : 4096);
+    fl_go(flmma_slices_kernel<FMT, MT, WK, RMS, ONE>, grid, 32 * WK, smem, st, a);
+}
+
+template <int FMT, int WK, int CL, bool RMS> static void fl_one(const lin_args &a, uint32_t groups, cudaStream_t st) {
+    if (CL > 1 && fl_major < 9) {
+        fl_one<FMT, WK, 1, RMS>(a, groups, st);
+        return;
+    }
+    uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE, nchunk = (a.K + FL_CHUNK - 1) / FL_CHUNK;
+    uint32_t rounds = (S + WK * CL - 1) / (WK * CL);
+    size_t smem = (size_t)rounds * WK * 16 * 3 * sizeof(float) + (size_t)nchunk * 3 * 4 * 16;
+    auto kern = flmma_one_kernel<FMT, WK, CL, RMS>;
+    if (smem > 47 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(div_up(a.n_rows, 16) * CL, groups, a.n_tok);
+    cfg.blockDim = dim3(32 * WK);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = CL, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = CL > 1 ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, kern, a);
 }
 
 /* The shape of the launch; only speed depends on it (see above). Up to 8
  * tokens, and the mHC mixing logits (the RMS in front; few rows of long
  * K) at any count: the slices spread over the warps of a block (one token:
- * split once per block); otherwise 128 x 16 tiles. */
+ * split once per block; several: 32 rows per block, so the activations are
+ * read once); otherwise 128 x 16 tiles. */
 template <int FMT, bool RMS> static void fl_dispatch(const lin_args &a, uint32_t groups, cudaStream_t st) {
     uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE;
-    if constexpr (RMS) {
-        if (a.n_tok == 1) fl_slices<FMT, 32, true, true>(a, groups, st);
-        else fl_slices<FMT, 32, true, false>(a, groups, st);
+    if (a.n_tok == 1) {
+        /* 8 or 16 warps a block; clusters of up to 8 blocks for long rows */
+        if (S <= 8) fl_one<FMT, 8, 1, RMS>(a, groups, st);
+        else if (S <= 16 || fl_major < 9) fl_one<FMT, 8, 2, RMS>(a, groups, st);
+        else if (S <= 32) fl_one<FMT, 8, 4, RMS>(a, groups, st);
+        else if (S <= 64) fl_one<FMT, 8, 8, RMS>(a, groups, st);
+        else fl_one<FMT, 16, 8, RMS>(a, groups, st);
         return;
     }
-    if (a.n_tok <= 8) {
-#define FL_WK(W)                                                                   \
-    do {                                                                           \
-        if (a.n_tok == 1) fl_slices<FMT, W, false, true>(a, groups, st);           \
-        else fl_slices<FMT, W, false, false>(a, groups, st);                       \
-    } while (0)
-        if (S <= 4) FL_WK(4);
-        else if (S <= 8) FL_WK(8);
-        else if (S <= 16) FL_WK(16);
-        else FL_WK(32);
-#undef FL_WK
+    if (RMS || a.n_tok <= 8) {
+        if (S <= 4) fl_slices<FMT, 1, 4, RMS, false>(a, groups, st);
+        else if (S <= 8) fl_slices<FMT, 2, 8, RMS, false>(a, groups, st);
+        else fl_slices<FMT, 2, 16, RMS, false>(a, groups, st);
         return;
     }
     unsigned tiles = div_up(a.n_tok, 16);

@@ -225,10 +225,12 @@ template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
  * chunk by chunk (32 values, two mma k-steps) in ascending order, and a
  * part's total is 0 + slice 0 + slice 1 + ... in ascending order (in
  * registers when one warp walks all slices, from shared memory when the
- * slices are spread over warps). Inside a chunk the k positions map to the
- * mma's k lanes in one fixed permutation (quad q of a warp loads values
- * 8q..8q+7 of its rows as one 16-byte load; k-step s takes 8q+4s..8q+4s+3
- * as k = 2q, 2q+1, 2q+8, 2q+9), used by both kernels. A token is one
+ * slices are spread over warps or over the blocks of a cluster). Inside a
+ * chunk the k positions map to the mma's k lanes in one fixed permutation
+ * (quad q of a warp loads values 8q..8q+7 of its rows as one 16-byte load;
+ * k-step s takes 8q+4s..8q+4s+3 as k = 2q, 2q+1, 2q+8, 2q+9), used by all
+ * three kernels (one token; 2 to 8 tokens and the mHC logits; prefill
+ * tiles). A token is one
  * column of an n = 8 tile; its outputs come from the same operands and the
  * same accumulator chains in a decode launch and in a prefill tile, and the
  * mma's result for a column does not depend on the other columns, so they
@@ -365,20 +367,16 @@ __device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, ui
     __syncthreads();
 }
 
-/* Decode and few-row kernel: one block per MT x 16 rows and 8 tokens (ONE:
- * a single token), its WK warps on the slices in rounds (round j: slice
- * j * WK + w on warp w); after each round the slice results meet in shared
- * memory and one thread per output adds them, in slice order, to its
- * running totals. The weights of a warp's first slice are requested before
- * the scales and the activations are ready. ONE: the block splits the
- * token's activations once into shared memory (lanes of column 0 read
- * their fragments there) instead of every warp splitting 8 columns of
- * which one is live. */
-template <int FMT, int MT, int WK, bool RMS, bool ONE>
+/* Kernel for 2 to 8 tokens and the mHC mixing logits: one block per MT x
+ * 16 rows and 8 tokens, its WK warps on the slices in rounds (round j:
+ * slice j * WK + w on warp w; each lane splits its token's values); after
+ * each round the slice results meet in shared memory and one thread per
+ * output adds them, in slice order, to its running totals. */
+template <int FMT, int MT, int WK, bool RMS>
 __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
-    constexpr int NC = ONE ? 1 : 8, TR = 16 * MT; /* token columns kept, rows */
+    constexpr int NC = 8, TR = 16 * MT; /* token columns, rows */
     static_assert(TR * NC <= 32 * WK, "one thread per output");
-    extern __shared__ __align__(16) float fl_sm[]; /* [WK][TR][NC][3] floats; ONE: then [nchunk][3][4] uint4 */
+    extern __shared__ __align__(16) float fl_sm[]; /* [WK][TR][NC][3] floats */
     __shared__ float sxs[8];
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
     const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, S = (K + FL_SLICE - 1) / FL_SLICE;
@@ -393,8 +391,7 @@ __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
             if (r >= a.n_rows) r = a.n_rows - 1; /* loads stay inside; the output is not kept */
             wrow[mt][h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
         }
-    uint4 *xb = (uint4 *)(fl_sm + (size_t)WK * TR * NC * 3);
-    const uint32_t tstep = ONE ? 1 : 8, rounds = (S + WK - 1) / WK;
+    const uint32_t tstep = 8, rounds = (S + WK - 1) / WK;
     uint4 wv[FL_CPS][MT][2];
     auto loadw = [&](uint32_t s) {
 #pragma unroll
@@ -408,28 +405,15 @@ __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
         }
     };
     for (uint32_t t0 = blockIdx.z * tstep; t0 < a.n_tok; t0 += tstep * gridDim.z) {
-        if (ONE && warp < S) loadw(warp);
-        fl_scales<RMS, ONE ? 1 : 8>(a, xg, t0, sxs);
-        const bool live = t0 + g8 < a.n_tok && (!ONE || g8 == 0), scaled = RMS || a.xscale;
+        fl_scales<RMS, 8>(a, xg, t0, sxs);
+        const bool live = t0 + g8 < a.n_tok, scaled = RMS || a.xscale;
         const float *xr = xg + (uint64_t)(live ? t0 + g8 : t0) * a.x_stride;
         const float xs = live ? sxs[g8] : 1.0f;
-        if (ONE) {
-            uint16_t *xh = (uint16_t *)xb;
-            const float xs0 = sxs[0];
-            for (uint32_t k = threadIdx.x; k < nchunk * FL_CHUNK; k += blockDim.x) {
-                float v = k < K ? xr[k] : 0.0f;
-                uint32_t h[3];
-                fl_split<FMT>(scaled ? v * xs0 : v, h);
-#pragma unroll
-                for (int p = 0; p < 3; p++) xh[((k / FL_CHUNK) * 3 + p) * FL_CHUNK + k % FL_CHUNK] = (uint16_t)h[p];
-            }
-            __syncthreads();
-        }
         float T[3] = {0.0f, 0.0f, 0.0f}; /* this thread's output: running totals of the parts */
         for (uint32_t j = 0; j < rounds; j++) {
             uint32_t s = j * WK + warp;
             if (s < S) {
-                if (!ONE) loadw(s);
+                loadw(s);
                 float acc[MT][3][4];
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++)
@@ -442,16 +426,10 @@ __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
                     uint32_t c = s * FL_CPS + cc, k = c * FL_CHUNK + q * 8;
                     if (c >= nchunk) break;
                     uint4 b[3];
-                    if (ONE) {
-#pragma unroll
-                        for (int p = 0; p < 3; p++) b[p] = live ? xb[(c * 3 + p) * 4 + q] : make_uint4(0, 0, 0, 0);
-                    } else {
-                        fl_bfrag<FMT>(xr + k, k < K && live, xs, scaled, b);
-                    }
+                    fl_bfrag<FMT>(xr + k, k < K && live, xs, scaled, b);
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) fl_chunk<FMT>(acc[mt], wv[cc][mt][0], wv[cc][mt][1], b);
                 }
-                if (ONE && s + WK < S) loadw(s + WK); /* in flight during the combine */
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -459,12 +437,13 @@ __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
 #pragma unroll
                         for (int i = 0; i < 4; i++) {
                             uint32_t rl = mt * 16 + g8 + (i >= 2 ? 8 : 0), tl = 2 * q + (i & 1);
-                            if (tl < NC) fl_sm[(((size_t)warp * TR + rl) * NC + tl) * 3 + p] = acc[mt][p][i];
+                            fl_sm[(((size_t)warp * TR + rl) * NC + tl) * 3 + p] = acc[mt][p][i];
                         }
             }
             __syncthreads();
             if (threadIdx.x < TR * NC) {
                 uint32_t n_in = S - j * WK < WK ? S - j * WK : WK;
+#pragma unroll 8
                 for (uint32_t w = 0; w < n_in; w++)
 #pragma unroll
                     for (int p = 0; p < 3; p++) T[p] += fl_sm[((size_t)w * TR * NC + threadIdx.x) * 3 + p];
@@ -485,12 +464,13 @@ __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
  * SMs; warp w of cluster rank r takes slices (j * CL + r) * WK + w. Each
  * block splits the token's activations of its own slices once into shared
  * memory and keeps every slice result there; after a cluster barrier, rank
- * 0 adds all slices in order (reading the other blocks' shared memory) and
- * writes the outputs. The weights of a warp's first slice are requested
+ * 0 copies all slice results into its own shared memory (reading the other
+ * blocks' through distributed shared memory, all loads in flight at once),
+ * adds them in slice order and writes the outputs. The weights of a warp's first slice are requested
  * before the scale and the activations are ready. */
 template <int FMT, int WK, int CL, bool RMS>
 __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
-    extern __shared__ __align__(16) float fl_sm[]; /* [rounds][WK][16][3] floats, then [nchunk][3][4] uint4 */
+    extern __shared__ __align__(16) float fl_sm[]; /* [rounds][WK][16][3] floats, [nchunk][3][4] uint4, [S][16][3] floats */
     __shared__ float sxs[1];
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
     const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, S = (K + FL_SLICE - 1) / FL_SLICE;
@@ -570,20 +550,32 @@ __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
 #else
     __syncthreads();
 #endif
-    if (rank == 0 && threadIdx.x < 16) {
-        float T[3] = {0.0f, 0.0f, 0.0f};
-        const float *src = fl_sm;
-        for (uint32_t s = 0; s < S; s++) {
-            uint32_t r = (s / WK) % CL, j = s / (WK * CL), w = s % WK;
+    if (rank == 0) { /* block-uniform: the barriers below are the whole block's */
+        /* gather every slice result here first (independent loads, remote
+         * ones included, all in flight together), then add them in order */
+        float *gl = (float *)(xb + (size_t)nchunk * 3 * 4);
+        __shared__ float tp[16 * 3];
+        for (uint32_t idx = threadIdx.x; idx < S * 48; idx += blockDim.x) {
+            uint32_t sl = idx / 48, e = idx % 48, r = (sl / WK) % CL, j = sl / (WK * CL), w = sl % WK;
+            const float *src = fl_sm;
 #if __CUDA_ARCH__ >= 900
             if (CL > 1) src = cg::this_cluster().map_shared_rank(fl_sm, r);
 #endif
             (void)r;
-#pragma unroll
-            for (int p = 0; p < 3; p++) T[p] += src[(((size_t)j * WK + w) * 16 + threadIdx.x) * 3 + p];
+            gl[idx] = src[(j * WK + w) * 48 + e];
         }
+        __syncthreads();
+        if (threadIdx.x < 48) {
+            float T = 0.0f;
+#pragma unroll 8
+            for (uint32_t sl = 0; sl < S; sl++) T += gl[sl * 48 + threadIdx.x];
+            tp[threadIdx.x] = T;
+        }
+        __syncthreads();
         uint64_t row = (uint64_t)tile * 16 + threadIdx.x;
-        if (row < a.n_rows) a.y[(uint64_t)t * a.y_stride + grp * a.n_rows + row] = fl_combine<FMT>(T[0], T[1], T[2]);
+        if (threadIdx.x < 16 && row < a.n_rows)
+            a.y[(uint64_t)t * a.y_stride + grp * a.n_rows + row] =
+                fl_combine<FMT>(tp[threadIdx.x * 3], tp[threadIdx.x * 3 + 1], tp[threadIdx.x * 3 + 2]);
     }
 #if __CUDA_ARCH__ >= 900
     if (CL > 1) cg::this_cluster().sync(); /* the other blocks' shared memory stays until rank 0 has read it */
@@ -743,13 +735,11 @@ template <class Kern> static void fl_go(Kern kern, dim3 grid, unsigned threads, 
     kern<<<grid, threads, smem, st>>>(a);
 }
 
-template <int FMT, int MT, int WK, bool RMS, bool ONE>
-static void fl_slices(const lin_args &a, uint32_t groups, cudaStream_t st) {
-    uint32_t nchunk = (a.K + FL_CHUNK - 1) / FL_CHUNK;
-    unsigned tiles = ONE ? a.n_tok : div_up(a.n_tok, 8);
-    size_t smem = (size_t)WK * MT * 16 * (ONE ? 1 : 8) * 3 * sizeof(float) + (ONE ? (size_t)nchunk * 3 * 4 * 16 : 0);
+template <int FMT, int MT, int WK, bool RMS> static void fl_slices(const lin_args &a, uint32_t groups, cudaStream_t st) {
+    unsigned tiles = div_up(a.n_tok, 8);
+    size_t smem = (size_t)WK * MT * 16 * 8 * 3 * sizeof(float);
     dim3 grid(div_up(a.n_rows, MT * 16), groups, tiles < 4096 ? tiles : 4096);
-    fl_go(flmma_slices_kernel<FMT, MT, WK, RMS, ONE>, grid, 32 * WK, smem, st, a);
+    fl_go(flmma_slices_kernel<FMT, MT, WK, RMS>, grid, 32 * WK, smem, st, a);
 }
 
 template <int FMT, int WK, int CL, bool RMS> static void fl_one(const lin_args &a, uint32_t groups, cudaStream_t st) {
@@ -759,7 +749,7 @@ template <int FMT, int WK, int CL, bool RMS> static void fl_one(const lin_args &
     }
     uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE, nchunk = (a.K + FL_CHUNK - 1) / FL_CHUNK;
     uint32_t rounds = (S + WK * CL - 1) / (WK * CL);
-    size_t smem = (size_t)rounds * WK * 16 * 3 * sizeof(float) + (size_t)nchunk * 3 * 4 * 16;
+    size_t smem = (size_t)rounds * WK * 16 * 3 * sizeof(float) + (size_t)nchunk * 3 * 4 * 16 + (size_t)S * 48 * sizeof(float);
     auto kern = flmma_one_kernel<FMT, WK, CL, RMS>;
     if (smem > 47 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     cudaLaunchConfig_t cfg = {};
@@ -792,9 +782,9 @@ template <int FMT, bool RMS> static void fl_dispatch(const lin_args &a, uint32_t
         return;
     }
     if (RMS || a.n_tok <= 8) {
-        if (S <= 4) fl_slices<FMT, 1, 4, RMS, false>(a, groups, st);
-        else if (S <= 8) fl_slices<FMT, 2, 8, RMS, false>(a, groups, st);
-        else fl_slices<FMT, 2, 16, RMS, false>(a, groups, st);
+        if (S <= 4) fl_slices<FMT, 1, 4, RMS>(a, groups, st);
+        else if (S <= 8) fl_slices<FMT, 2, 8, RMS>(a, groups, st);
+        else fl_slices<FMT, 2, 16, RMS>(a, groups, st);
         return;
     }
     unsigned tiles = div_up(a.n_tok, 16);

@@ -20,6 +20,16 @@ int ds4_gpu_test_linear(uint32_t type, const void *w, uint32_t K, uint32_t rows,
                         const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y, uint64_t y_stride,
                         ds4_error *err);
 
+/* F16 / BF16 products: 1 runs them on the plain fp32 kernels (the
+ * reference for the tensor-core ones), 0 on the tensor cores where usable,
+ * -1 restores the default (DS4_CUDA_NO_FLMMA). */
+void ds4_gpu_test_set_plain_linear(int plain);
+
+/* y[t] = W . (x[t] / rms(x[t])) (k_linear_rms, eps added to the mean
+ * square); W has rows rows of K values of `type`. */
+int ds4_gpu_test_linear_rms(uint32_t type, const void *w, uint32_t K, uint32_t rows, const float *x, uint64_t x_stride,
+                            uint32_t n_tok, float eps, float *y, uint64_t y_stride, ds4_error *err);
+
 /* k_rows on n_rows rows of n floats (rows_per_tok rows per position). */
 int ds4_gpu_test_rows(float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm, const float *norm_w, float eps,
                       const float *inv_freq, uint32_t n_pairs, uint64_t pos0, int inverse, int qat, uint32_t n_rot,

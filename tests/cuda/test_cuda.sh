@@ -105,6 +105,19 @@ for ty in bf16 f16; do
     ids "$DATA/$fx/reference.json" tokens > "$TMP/tokens.txt"
     "$BIN/ds4" -m "$TMP/$fx.$ty.gguf" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/$ty.f32"
     echo -n "$ty cuda vs reference: "; $cmp "$TMP/$ty.f32" "$DATA/$fx/logits.f32" 1024 1e-2
+    # Every product of these models takes the tensor-core kernels of
+    # k_linear.cu (split fp32 activations): close to the CPU and to the
+    # plain fp32 kernels, and the same bits in chunks and single tokens.
+    "$BIN/ds4" -m "$TMP/$fx.$ty.gguf" --cpu --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/$ty.cpu.f32"
+    echo -n "$ty cuda vs cpu: "; $cmp "$TMP/$ty.f32" "$TMP/$ty.cpu.f32" 1024 1e-4
+    DS4_CUDA_NO_FLMMA=1 "$BIN/ds4" -m "$TMP/$fx.$ty.gguf" --cuda --tokens @"$TMP/tokens.txt" --numerics hf \
+        --dump-logits "$TMP/$ty.plain.f32"
+    echo -n "$ty tensor cores vs plain fp32 kernels: "; $cmp "$TMP/$ty.f32" "$TMP/$ty.plain.f32" 1024 1e-4
+    for c in 1 7 64; do
+        "$BIN/ds4" -m "$TMP/$fx.$ty.gguf" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --prefill-chunk $c \
+            --dump-logits "$TMP/$ty.c$c.f32"
+        echo -n "$ty chunk $c vs full (bit for bit): "; $cmp "$TMP/$ty.c$c.f32" "$TMP/$ty.f32" 1024 0
+    done
 done
 
 # Tensor-core prefill products (k_mmq.cu): a small random model with the q2

@@ -85,19 +85,31 @@ static void *to_type(uint32_t type, float *v, size_t n) {
 
 /* ---- matrix products ------------------------------------------------------------ */
 
+/* F16 / BF16 weights run on the tensor cores (split fp32 activations, see
+ * k_linear.cu) for every token count: against the exact products, against
+ * the plain fp32 kernels (ds4_gpu_test_set_plain_linear), and single tokens
+ * against batches bit for bit. The cases cover both kernels (up to 8
+ * tokens or few long rows: slices over warps; else 128 x 32 tiles), K not
+ * a multiple of the 32-value chunk, long K, many tokens, groups, and
+ * activations far from 1 in magnitude (F16's range is reached through the
+ * scaled parts). */
 static void test_linear(void) {
     const uint32_t types[3] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16};
     const struct {
         uint32_t K, rows, groups, n_tok, scaled;
-    } cases[] = {{64, 37, 1, 1, 0}, {256, 100, 1, 9, 0}, {36, 20, 1, 5, 0}, {128, 16, 2, 17, 0}, {512, 24, 1, 3, 1},
-                 {4096, 8, 1, 2, 0}, {8192, 24, 1, 3, 1}};
+        float xmag;
+    } cases[] = {{64, 37, 1, 1, 0, 1}, {256, 100, 1, 9, 0, 1}, {36, 20, 1, 5, 0, 1}, {128, 16, 2, 17, 0, 1},
+                 {512, 24, 1, 3, 1, 1}, {4096, 8, 1, 2, 0, 1}, {8192, 24, 1, 3, 1, 1}, {4096, 300, 1, 77, 0, 1},
+                 {4104, 136, 2, 40, 1, 1}, {16384, 24, 1, 13, 1, 1}, {4096, 256, 1, 9, 0, 3e4f}, {1024, 64, 1, 5, 0, 2e-5f},
+                 {2048, 130, 1, 33, 0, 1e-4f}, {2048, 130, 1, 33, 0, 1e7f}};
     for (int ti = 0; ti < 3; ti++)
         for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
             uint32_t type = types[ti], K = cases[c].K, R = cases[c].rows, G = cases[c].groups, n = cases[c].n_tok;
             uint64_t xs = (uint64_t)K * G, xg = K, ys = (uint64_t)R * G + 3;
+            if (type == GGML_TYPE_F32 && n > 20) continue; /* the fp32 kernels are the ones of the small cases */
             float *wf = randv((size_t)K * R * G, 1.0f / sqrtf((float)K));
             void *w = to_type(type, wf, (size_t)K * R * G);
-            float *x = randv(n * xs, 1.0f), *sc = NULL;
+            float *x = randv(n * xs, cases[c].xmag), *sc = NULL;
             if (cases[c].scaled) {
                 sc = malloc(n * 4);
                 for (uint32_t t = 0; t < n; t++) sc[t] = 0.5f + uniform();
@@ -119,15 +131,92 @@ static void test_linear(void) {
                         got[((size_t)t * G + g) * R + r] = y[t * ys + g * R + r];
                     }
             double e = rel_err(got, ref, (size_t)n * R * G);
-            CHECKF(e < 2e-6, "linear %s K=%u rows=%u groups=%u n=%u: rel err %.3g", ggml_type_name(type), K, R, G, n, e);
+            CHECKF(e < 2e-6, "linear %s K=%u rows=%u groups=%u n=%u x~%g: rel err %.3g", ggml_type_name(type), K, R, G, n,
+                   cases[c].xmag, e);
+            if (type != GGML_TYPE_F32) {
+                /* the plain fp32 kernels, the reference beside the tensor-core ones */
+                float *yp = malloc(n * ys * 4);
+                ds4_gpu_test_set_plain_linear(1);
+                int rc = ds4_gpu_test_linear(type, w, K, R, G, xg, x, xs, sc, n, yp, ys, NULL);
+                ds4_gpu_test_set_plain_linear(-1);
+                CHECKF(rc == 0, "linear %s plain kernels failed", ggml_type_name(type));
+                float *gp = malloc(n * (size_t)R * G * 4);
+                for (uint32_t t = 0; t < n; t++)
+                    for (uint32_t i = 0; i < R * G; i++) gp[(size_t)t * R * G + i] = yp[t * ys + i];
+                double ep = rel_err(gp, ref, (size_t)n * R * G), d = rel_err_f(got, gp, (size_t)n * R * G);
+                CHECKF(d < 2e-6, "linear %s K=%u rows=%u n=%u: tensor cores vs plain kernels %.3g (plain vs exact %.3g)",
+                       ggml_type_name(type), K, R, n, d, ep);
+                if (c == sizeof cases / sizeof *cases - 1 || K >= 16384)
+                    printf("  linear %s K=%u rows=%u n=%u x~%g: rel err tensor cores %.3g, plain %.3g\n",
+                           ggml_type_name(type), K, R, n, cases[c].xmag, e, ep);
+                free(yp), free(gp);
+            }
             /* a token alone gives the same bits as in a batch */
             int same = 1;
             for (uint32_t t = 0; t < n; t++) {
                 GPU(ds4_gpu_test_linear(type, w, K, R, G, xg, x + t * xs, xs, sc ? sc + t : NULL, 1, y1, ys, E_));
                 for (uint32_t i = 0; i < R * G; i++) same &= y1[i] == y[t * ys + i];
             }
-            CHECKF(same, "linear %s K=%u: one token differs from the batched result", ggml_type_name(type), K);
+            /* and in another batch: tokens 1.. of it land in other columns of the tiles */
+            if (n > 2) {
+                float *y2 = malloc(n * ys * 4);
+                GPU(ds4_gpu_test_linear(type, w, K, R, G, xg, x + xs, xs, sc ? sc + 1 : NULL, n - 1, y2, ys, E_));
+                for (uint32_t t = 0; t + 1 < n; t++)
+                    for (uint32_t i = 0; i < R * G; i++) same &= y2[t * ys + i] == y[(t + 1) * ys + i];
+                free(y2);
+            }
+            CHECKF(same, "linear %s K=%u n=%u: one token differs from the batched result", ggml_type_name(type), K, n);
             free(wf), free(w), free(x), free(sc), free(y), free(y1), free(ref), free(got);
+        }
+}
+
+/* k_linear_rms with F16 / BF16 weights (the mHC mixing logits: 24 rows of
+ * 16384): against the exact products with the RMS in double, against the
+ * plain kernels, and single tokens against the batch bit for bit. */
+static void test_linear_rms(void) {
+    const uint32_t types[2] = {GGML_TYPE_F16, GGML_TYPE_BF16};
+    const struct {
+        uint32_t K, rows, n_tok;
+        float xmag;
+    } cases[] = {{16384, 24, 1, 1}, {16384, 24, 19, 40}, {16384, 4, 9, 1}, {4096, 24, 12, 1e-3f}, {1000, 40, 10, 1}};
+    const float eps = 1e-6f;
+    for (int ti = 0; ti < 2; ti++)
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            uint32_t type = types[ti], K = cases[c].K, R = cases[c].rows, n = cases[c].n_tok;
+            uint64_t xs = K + 8, ys = R + 1;
+            float *wf = randv((size_t)K * R, 1.0f / sqrtf((float)K));
+            void *w = to_type(type, wf, (size_t)K * R);
+            float *x = randv(n * xs, cases[c].xmag);
+            float *y = malloc(n * ys * 4), *yp = malloc(n * ys * 4), *y1 = malloc(ys * 4);
+            float *got = malloc(n * R * 4), *gp = malloc(n * R * 4);
+            double *ref = malloc(n * R * sizeof *ref);
+            GPU(ds4_gpu_test_linear_rms(type, w, K, R, x, xs, n, eps, y, ys, E_));
+            ds4_gpu_test_set_plain_linear(1);
+            int rc = ds4_gpu_test_linear_rms(type, w, K, R, x, xs, n, eps, yp, ys, NULL);
+            ds4_gpu_test_set_plain_linear(-1);
+            CHECKF(rc == 0, "linear_rms %s plain kernels failed", ggml_type_name(type));
+            int same = 1;
+            for (uint32_t t = 0; t < n; t++) {
+                double ss = 0;
+                for (uint32_t k = 0; k < K; k++) ss += (double)x[t * xs + k] * x[t * xs + k];
+                double ri = 1.0 / sqrt(ss / K + eps);
+                for (uint32_t r = 0; r < R; r++) {
+                    double s = 0;
+                    for (uint32_t k = 0; k < K; k++) s += (double)wf[(size_t)r * K + k] * x[t * xs + k];
+                    ref[t * R + r] = s * ri;
+                    got[t * R + r] = y[t * ys + r];
+                    gp[t * R + r] = yp[t * ys + r];
+                }
+                GPU(ds4_gpu_test_linear_rms(type, w, K, R, x + t * xs, xs, 1, eps, y1, ys, E_));
+                for (uint32_t r = 0; r < R; r++) same &= y1[r] == y[t * ys + r];
+            }
+            double e = rel_err(got, ref, (size_t)n * R), ep = rel_err(gp, ref, (size_t)n * R);
+            CHECKF(e < 2e-6, "linear_rms %s K=%u rows=%u n=%u: rel err %.3g", ggml_type_name(type), K, R, n, e);
+            CHECKF(rel_err_f(got, gp, (size_t)n * R) < 2e-6, "linear_rms %s K=%u: tensor cores vs plain kernels",
+                   ggml_type_name(type), K);
+            CHECKF(same, "linear_rms %s K=%u n=%u: one token differs from the batched result", ggml_type_name(type), K, n);
+            if (c == 1) printf("  linear_rms %s K=%u rows=%u n=%u: rel err tensor cores %.3g, plain %.3g\n", ggml_type_name(type), K, R, n, e, ep);
+            free(wf), free(w), free(x), free(y), free(yp), free(y1), free(got), free(gp), free(ref);
         }
 }
 
@@ -788,6 +877,7 @@ int main(void) {
         return test_finish();
     }
     test_linear();
+    test_linear_rms();
     test_linear_quant();
     test_linear_quant_large();
     test_rows();

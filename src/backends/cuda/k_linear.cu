@@ -9,6 +9,9 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
 
+#include <cooperative_groups.h>
+#include <stdlib.h>
+
 #define ROWS_PER_BLOCK 8 /* warps per block, one output row each */
 
 /* Weight chunk loaders: KIND 0 = F32 x4, 1 = F16 x8, 2 = BF16 x8, 3 = any
@@ -197,6 +200,598 @@ template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
     }
 }
 
+/* ---- tensor-core products for F16 and BF16 weights ----------------------------
+ *
+ * mma.sync m16n8k16 (16-bit inputs, fp32 accumulate), with the fp32
+ * activations split into three 16-bit parts of the weight's format, so the
+ * weight is used as stored and the activation keeps fp32 precision:
+ *   BF16: p0 = bf16(v), p1 = bf16(v - p0), p2 = bf16(v - p0 - p1)
+ *         (8 + 8 + 8 significant bits: v = p0 + p1 + p2 exactly);
+ *   F16:  p0 = f16(v * 2^-16), p1 = f16(v - p0 * 2^16),
+ *         p2 = f16((v - p0 * 2^16 - p1) * 2^11)
+ *         (the scales move the parts into f16's exponent range with no
+ *         per-token scale to find first; every subtraction is exact:
+ *         |v| in [2^-12, 2^27) keeps at least 22 significant bits, smaller
+ *         values an absolute error of at most 2^-36; from |v| = 2^27
+ *         (1.3e8) p1 overflows, which no activation of this model comes
+ *         near).
+ * Two parts (hi, lo) would keep only 16 bits for BF16 and would need a
+ * per-token scale for F16's range. Each part has its own fp32 accumulator
+ * chain, and y = (T2 * s2 + T1) + T0 * s0 (s = 2^-11, 1, 2^16 for F16; 1
+ * for BF16).
+ *
+ * Fixed order, whatever the number of tokens: K is cut into slices of
+ * FL_SLICE values; a slice is summed from zero by one mma chain per part,
+ * chunk by chunk (32 values, two mma k-steps) in ascending order, and a
+ * part's total is 0 + slice 0 + slice 1 + ... in ascending order (in
+ * registers when one warp walks all slices, from shared memory when the
+ * slices are spread over warps or over the blocks of a cluster). Inside a
+ * chunk the k positions map to the mma's k lanes in one fixed permutation
+ * (quad q of a warp loads values 8q..8q+7 of its rows as one 16-byte load;
+ * k-step s takes 8q+4s..8q+4s+3 as k = 2q, 2q+1, 2q+8, 2q+9), used by all
+ * three kernels (one token; 2 to 8 tokens and the mHC logits; prefill
+ * tiles). A token is one
+ * column of an n = 8 tile; its outputs come from the same operands and the
+ * same accumulator chains in a decode launch and in a prefill tile, and the
+ * mma's result for a column does not depend on the other columns, so they
+ * are the same bits (test_cuda_kernels checks single tokens against
+ * batches, and the logits across chunkings). */
+
+#define FL_CHUNK 32 /* k values per load step (two mma k-steps) */
+#define FL_SLICE 128 /* k values per slice: 4 chunks */
+#define FL_CPS (FL_SLICE / FL_CHUNK)
+
+/* Round to nearest even fp32 -> bf16 bits (finite inputs). */
+__device__ __forceinline__ uint32_t fl_bf16_bits(float v) {
+    uint32_t u = __float_as_uint(v);
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+/* The three parts of v as 16-bit patterns of format FMT (1 F16, 2 BF16). */
+template <int FMT> __device__ __forceinline__ void fl_split(float v, uint32_t *h) {
+    if (FMT == 2) {
+        h[0] = fl_bf16_bits(v);
+        float r = v - __uint_as_float(h[0] << 16);
+        h[1] = fl_bf16_bits(r);
+        float r2 = r - __uint_as_float(h[1] << 16);
+        h[2] = fl_bf16_bits(r2);
+    } else {
+        __half h0 = __float2half_rn(v * 0x1p-16f);
+        float r = v - __half2float(h0) * 0x1p16f;
+        __half h1 = __float2half_rn(r);
+        float r2 = r - __half2float(h1);
+        __half h2 = __float2half_rn(r2 * 0x1p11f);
+        h[0] = __half_as_ushort(h0), h[1] = __half_as_ushort(h1), h[2] = __half_as_ushort(h2);
+    }
+}
+
+template <int FMT> __device__ __forceinline__ float fl_combine(float t0, float t1, float t2) {
+    if (FMT == 2) return (t2 + t1) + t0;
+    return (t2 * 0x1p-11f + t1) + t0 * 0x1p16f;
+}
+
+/* B fragments of one lane for the two k-steps of a chunk, per part: the
+ * lane's 8 activation values (its token's, zero when !live), scaled by xs
+ * first when scaled (the CPU's x * scale), split; b[p] = {step 0 b0, b1,
+ * step 1 b0, b1}. */
+template <int FMT>
+__device__ __forceinline__ void fl_bfrag(const float *xp, bool live, float xs, bool scaled, uint4 *b) {
+    float v[8];
+    if (live) {
+        float4 v0 = __ldg((const float4 *)xp), v1 = __ldg((const float4 *)xp + 1);
+        v[0] = v0.x, v[1] = v0.y, v[2] = v0.z, v[3] = v0.w, v[4] = v1.x, v[5] = v1.y, v[6] = v1.z, v[7] = v1.w;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = 0.0f;
+    }
+    uint32_t h[8][3];
+#pragma unroll
+    for (int j = 0; j < 8; j++) fl_split<FMT>(scaled ? v[j] * xs : v[j], h[j]);
+#pragma unroll
+    for (int p = 0; p < 3; p++)
+        b[p] = make_uint4(h[0][p] | h[1][p] << 16, h[2][p] | h[3][p] << 16, h[4][p] | h[5][p] << 16,
+                          h[6][p] | h[7][p] << 16);
+}
+
+template <int FMT>
+__device__ __forceinline__ void fl_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1) {
+#if __CUDA_ARCH__ < 800
+    __trap(); /* never launched there (flmma_on) */
+#else
+    if (FMT == 2)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+/* One chunk of a 16-row tile against one 8-token tile, all three parts:
+ * w0 / w1 = the lane's 16 bytes of rows g and g + 8. */
+template <int FMT> __device__ __forceinline__ void fl_chunk(float (*acc)[4], uint4 w0, uint4 w1, const uint4 *b) {
+#pragma unroll
+    for (int p = 0; p < 3; p++) {
+        fl_mma<FMT>(acc[p], w0.x, w1.x, w0.y, w1.y, b[p].x, b[p].y);
+        fl_mma<FMT>(acc[p], w0.z, w1.z, w0.w, w1.w, b[p].z, b[p].w);
+    }
+}
+
+/* Per-token scales of a tile of up to 8 tokens from t0 into sxs (shared):
+ * xscale or 1, or (RMS) 1/rms of the token's row, summed in double over a
+ * fixed 1024-way partition whatever the block size: virtual thread v takes
+ * v, v + 1024, ...; a butterfly over each 32 consecutive v; the 32 groups
+ * added in order; all tokens in one pass. Ends with a barrier. */
+template <bool RMS, int NT>
+__device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, uint32_t t0, float *sxs) {
+    constexpr int nt = NT;
+    if (RMS) {
+        static_assert(!RMS || NT <= 8, "tokens per tile");
+        __shared__ double red[RMS ? NT : 1][32];
+        int live = a.n_tok - t0 < (uint32_t)nt ? (int)(a.n_tok - t0) : nt;
+        for (uint32_t v = threadIdx.x; v < 1024; v += blockDim.x) {
+            double ss[NT];
+#pragma unroll
+            for (int tt = 0; tt < NT; tt++) ss[tt] = 0;
+#pragma unroll 2
+            for (uint32_t i = v; i < a.K; i += 1024)
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++)
+                    if (tt < live) {
+                        float x = xg[(uint64_t)(t0 + tt) * a.x_stride + i];
+                        ss[tt] += (double)x * x;
+                    }
+#pragma unroll
+            for (int tt = 0; tt < NT; tt++) {
+                double w = warp_sum_d(ss[tt]);
+                if ((threadIdx.x & 31) == 0) red[tt][v >> 5] = w;
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x < (unsigned)live) {
+            double s = 0;
+            for (int w = 0; w < 32; w++) s += red[threadIdx.x][w];
+            sxs[threadIdx.x] = (float)(1.0 / sqrt(s / a.K + a.rms_eps));
+        } else if (threadIdx.x < (unsigned)nt) {
+            sxs[threadIdx.x] = 1.0f;
+        }
+    } else if (threadIdx.x < (unsigned)nt) {
+        uint32_t t = t0 + threadIdx.x < a.n_tok ? t0 + threadIdx.x : a.n_tok - 1;
+        sxs[threadIdx.x] = a.xscale ? a.xscale[t] : 1.0f;
+    }
+    __syncthreads();
+}
+
+/* Kernel for 2 to 8 tokens and the mHC mixing logits: one block per MT x
+ * 16 rows and 8 tokens, its WK warps on the slices in rounds (round j:
+ * slice j * WK + w on warp w; each lane splits its token's values); after
+ * each round the slice results meet in shared memory and one thread per
+ * output adds them, in slice order, to its running totals. */
+template <int FMT, int MT, int WK, bool RMS>
+__global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
+    constexpr int NC = 8, TR = 16 * MT; /* token columns, rows */
+    static_assert(TR * NC <= 32 * WK, "one thread per output");
+    extern __shared__ __align__(16) float fl_sm[]; /* [WK][TR][NC][3] floats */
+    __shared__ float sxs[8];
+    const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
+    const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, S = (K + FL_SLICE - 1) / FL_SLICE;
+    const uint32_t grp = blockIdx.y;
+    const float *xg = a.x + grp * a.x_group;
+    const uint8_t *wrow[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint64_t r = (uint64_t)blockIdx.x * TR + mt * 16 + g8 + 8 * h;
+            if (r >= a.n_rows) r = a.n_rows - 1; /* loads stay inside; the output is not kept */
+            wrow[mt][h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
+        }
+    const uint32_t tstep = 8, rounds = (S + WK - 1) / WK;
+    uint4 wv[FL_CPS][MT][2];
+    auto loadw = [&](uint32_t s) {
+#pragma unroll
+        for (int cc = 0; cc < FL_CPS; cc++) {
+            uint32_t k = (s * FL_CPS + cc) * FL_CHUNK + q * 8;
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    wv[cc][mt][h] = k < K ? __ldg((const uint4 *)(wrow[mt][h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    for (uint32_t t0 = blockIdx.z * tstep; t0 < a.n_tok; t0 += tstep * gridDim.z) {
+        fl_scales<RMS, 8>(a, xg, t0, sxs);
+        const bool live = t0 + g8 < a.n_tok, scaled = RMS || a.xscale;
+        const float *xr = xg + (uint64_t)(live ? t0 + g8 : t0) * a.x_stride;
+        const float xs = live ? sxs[g8] : 1.0f;
+        float T[3] = {0.0f, 0.0f, 0.0f}; /* this thread's output: running totals of the parts */
+        for (uint32_t j = 0; j < rounds; j++) {
+            uint32_t s = j * WK + warp;
+            if (s < S) {
+                loadw(s);
+                float acc[MT][3][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int p = 0; p < 3; p++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) acc[mt][p][i] = 0.0f;
+#pragma unroll
+                for (int cc = 0; cc < FL_CPS; cc++) {
+                    uint32_t c = s * FL_CPS + cc, k = c * FL_CHUNK + q * 8;
+                    if (c >= nchunk) break;
+                    uint4 b[3];
+                    fl_bfrag<FMT>(xr + k, k < K && live, xs, scaled, b);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) fl_chunk<FMT>(acc[mt], wv[cc][mt][0], wv[cc][mt][1], b);
+                }
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int p = 0; p < 3; p++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            uint32_t rl = mt * 16 + g8 + (i >= 2 ? 8 : 0), tl = 2 * q + (i & 1);
+                            fl_sm[(((size_t)warp * TR + rl) * NC + tl) * 3 + p] = acc[mt][p][i];
+                        }
+            }
+            __syncthreads();
+            if (threadIdx.x < TR * NC) {
+                uint32_t n_in = S - j * WK < WK ? S - j * WK : WK;
+#pragma unroll 8
+                for (uint32_t w = 0; w < n_in; w++)
+#pragma unroll
+                    for (int p = 0; p < 3; p++) T[p] += fl_sm[((size_t)w * TR * NC + threadIdx.x) * 3 + p];
+            }
+            __syncthreads();
+        }
+        if (threadIdx.x < TR * NC) {
+            uint32_t rl = threadIdx.x / NC, tl = threadIdx.x % NC;
+            uint64_t r = (uint64_t)blockIdx.x * TR + rl;
+            if (r < a.n_rows && t0 + tl < a.n_tok)
+                a.y[(uint64_t)(t0 + tl) * a.y_stride + grp * a.n_rows + r] = fl_combine<FMT>(T[0], T[1], T[2]);
+        }
+    }
+}
+
+/* Single-token kernel: CL blocks (a thread block cluster, Hopper) share a
+ * 16-row tile, so the weights of even a few rows stream through enough
+ * SMs; warp w of cluster rank r takes slices (j * CL + r) * WK + w. Each
+ * block splits the token's activations of its own slices once into shared
+ * memory and keeps every slice result there; after a cluster barrier, rank
+ * 0 copies all slice results into its own shared memory (reading the other
+ * blocks' through distributed shared memory, all loads in flight at once),
+ * adds them in slice order and writes the outputs. The weights of a warp's first slice are requested
+ * before the scale and the activations are ready. */
+template <int FMT, int WK, int CL, bool RMS>
+__global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
+    extern __shared__ __align__(16) float fl_sm[]; /* [rounds][WK][16][3] floats, [nchunk][3][4] uint4, [S][16][3] floats */
+    __shared__ float sxs[1];
+    const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
+    const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, S = (K + FL_SLICE - 1) / FL_SLICE;
+    const uint32_t rounds = (S + WK * CL - 1) / (WK * CL), rank = CL > 1 ? blockIdx.x % CL : 0, tile = blockIdx.x / CL;
+    const uint32_t grp = blockIdx.y, t = blockIdx.z;
+    const float *xr = a.x + grp * a.x_group + (uint64_t)t * a.x_stride;
+    const uint8_t *wrow[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        uint64_t r = (uint64_t)tile * 16 + g8 + 8 * h;
+        if (r >= a.n_rows) r = a.n_rows - 1; /* loads stay inside; the output is not kept */
+        wrow[h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
+    }
+    uint4 *xb = (uint4 *)(fl_sm + (size_t)rounds * WK * 16 * 3);
+    uint4 wv[FL_CPS][2];
+    auto loadw = [&](uint32_t s) {
+#pragma unroll
+        for (int cc = 0; cc < FL_CPS; cc++) {
+            uint32_t k = (s * FL_CPS + cc) * FL_CHUNK + q * 8;
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                wv[cc][h] = k < K ? __ldg((const uint4 *)(wrow[h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    uint32_t s0 = rank * WK + warp;
+    if (s0 < S) loadw(s0);
+    lin_args a1 = a;
+    a1.x = xr, a1.n_tok = 1, a1.xscale = a.xscale ? a.xscale + t : nullptr;
+    fl_scales<RMS, 1>(a1, xr, 0, sxs);
+    const bool scaled = RMS || a.xscale;
+    const float xs = sxs[0];
+    /* this block's activations: values of its slices, all rounds */
+    {
+        uint16_t *xh = (uint16_t *)xb;
+        uint32_t per = WK * FL_SLICE;
+        for (uint32_t j = 0; j < rounds; j++) {
+            uint32_t k0 = (j * CL + rank) * per;
+            for (uint32_t k = k0 + threadIdx.x; k < k0 + per && k < nchunk * FL_CHUNK; k += blockDim.x) {
+                float v = k < K ? xr[k] : 0.0f;
+                uint32_t h[3];
+                fl_split<FMT>(scaled ? v * xs : v, h);
+#pragma unroll
+                for (int p = 0; p < 3; p++) xh[((k / FL_CHUNK) * 3 + p) * FL_CHUNK + k % FL_CHUNK] = (uint16_t)h[p];
+            }
+        }
+    }
+    __syncthreads();
+    for (uint32_t j = 0; j < rounds; j++) {
+        uint32_t s = (j * CL + rank) * WK + warp;
+        if (s >= S) break;
+        float acc[3][4];
+#pragma unroll
+        for (int p = 0; p < 3; p++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[p][i] = 0.0f;
+#pragma unroll
+        for (int cc = 0; cc < FL_CPS; cc++) {
+            uint32_t c = s * FL_CPS + cc;
+            if (c >= nchunk) break;
+            uint4 b[3];
+#pragma unroll
+            for (int p = 0; p < 3; p++) b[p] = g8 == 0 ? xb[(c * 3 + p) * 4 + q] : make_uint4(0, 0, 0, 0);
+            fl_chunk<FMT>(acc, wv[cc][0], wv[cc][1], b);
+        }
+        if (s + WK * CL < S) loadw(s + WK * CL);
+        if (q == 0) /* column 0: i = 0 (row g8) and 2 (row g8 + 8) */
+#pragma unroll
+            for (int p = 0; p < 3; p++) {
+                fl_sm[(((size_t)j * WK + warp) * 16 + g8) * 3 + p] = acc[p][0];
+                fl_sm[(((size_t)j * WK + warp) * 16 + g8 + 8) * 3 + p] = acc[p][2];
+            }
+    }
+#if __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    if (CL > 1) cg::this_cluster().sync();
+    else __syncthreads();
+#else
+    __syncthreads();
+#endif
+    if (rank == 0) { /* block-uniform: the barriers below are the whole block's */
+        /* gather every slice result here first (independent loads, remote
+         * ones included, all in flight together), then add them in order */
+        float *gl = (float *)(xb + (size_t)nchunk * 3 * 4);
+        __shared__ float tp[16 * 3];
+        for (uint32_t idx = threadIdx.x; idx < S * 48; idx += blockDim.x) {
+            uint32_t sl = idx / 48, e = idx % 48, r = (sl / WK) % CL, j = sl / (WK * CL), w = sl % WK;
+            const float *src = fl_sm;
+#if __CUDA_ARCH__ >= 900
+            if (CL > 1) src = cg::this_cluster().map_shared_rank(fl_sm, r);
+#endif
+            (void)r;
+            gl[idx] = src[(j * WK + w) * 48 + e];
+        }
+        __syncthreads();
+        if (threadIdx.x < 48) {
+            float T = 0.0f;
+#pragma unroll 8
+            for (uint32_t sl = 0; sl < S; sl++) T += gl[sl * 48 + threadIdx.x];
+            tp[threadIdx.x] = T;
+        }
+        __syncthreads();
+        uint64_t row = (uint64_t)tile * 16 + threadIdx.x;
+        if (threadIdx.x < 16 && row < a.n_rows)
+            a.y[(uint64_t)t * a.y_stride + grp * a.n_rows + row] =
+                fl_combine<FMT>(tp[threadIdx.x * 3], tp[threadIdx.x * 3 + 1], tp[threadIdx.x * 3 + 2]);
+    }
+#if __CUDA_ARCH__ >= 900
+    if (CL > 1) cg::this_cluster().sync(); /* the other blocks' shared memory stays until rank 0 has read it */
+#endif
+}
+
+/* Prefill kernel: a block of 4 warps on 128 rows x 16 tokens, each warp on
+ * 32 rows and all of K (slice totals in registers). Per stage of FL_CS
+ * chunks the block splits the activations once into shared memory (B
+ * fragments in lane order, double-buffered); the weights go from global
+ * memory straight into A fragments. The next stage's activations and
+ * weights are loaded into registers while this stage multiplies. */
+#define FL_CS 2
+#define FL_PM 4 /* warps, over rows */
+template <int FMT> __global__ void __launch_bounds__(32 * FL_PM) flmma_tile_kernel(lin_args a) {
+    constexpr int TR = 32 * FL_PM, TT = 16, NTB = 2, NTHR = 32 * FL_PM, UPT = FL_CS * NTB * 32 / NTHR;
+    static_assert(UPT >= 1 && UPT * NTHR == FL_CS * NTB * 32, "staging units per thread");
+    extern __shared__ __align__(16) uint4 fl_bs[]; /* [2][FL_CS][NTB][3][32] */
+    __shared__ float sxs[TT];
+    const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
+    const uint32_t K = a.K, nchunk = (K + FL_CHUNK - 1) / FL_CHUNK, nst = (nchunk + FL_CS - 1) / FL_CS;
+    const uint32_t grp = blockIdx.y;
+    const float *xg = a.x + grp * a.x_group;
+    const uint8_t *wrow[2][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint64_t r = (uint64_t)blockIdx.x * TR + warp * 32 + mt * 16 + g8 + 8 * h;
+            if (r >= a.n_rows) r = a.n_rows - 1;
+            wrow[mt][h] = a.w + (a.r0 + grp * a.n_rows + r) * a.row_bytes;
+        }
+    for (uint32_t t0 = blockIdx.z * TT; t0 < a.n_tok; t0 += TT * gridDim.z) {
+        fl_scales<false, TT>(a, xg, t0, sxs);
+        const bool scaled = a.xscale != nullptr;
+        float xv[UPT][8];
+        uint4 wn[FL_CS][2][2], wc[FL_CS][2][2];
+        auto load = [&](uint32_t st) {
+#pragma unroll
+            for (int u = 0; u < UPT; u++) {
+                uint32_t id = threadIdx.x + u * NTHR, ul = id & 31, ntb = (id >> 5) % NTB, cc = id / (32 * NTB);
+                uint32_t tl = ntb * 8 + (ul >> 2), k = (st * FL_CS + cc) * FL_CHUNK + (ul & 3) * 8;
+                bool live = k < K && t0 + tl < a.n_tok;
+                const float *xp = xg + (uint64_t)(t0 + tl) * a.x_stride + k;
+                if (live) {
+                    float4 v0 = __ldg((const float4 *)xp), v1 = __ldg((const float4 *)xp + 1);
+                    xv[u][0] = v0.x, xv[u][1] = v0.y, xv[u][2] = v0.z, xv[u][3] = v0.w;
+                    xv[u][4] = v1.x, xv[u][5] = v1.y, xv[u][6] = v1.z, xv[u][7] = v1.w;
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 8; j++) xv[u][j] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int cc = 0; cc < FL_CS; cc++) {
+                uint32_t k = (st * FL_CS + cc) * FL_CHUNK + q * 8;
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        wn[cc][mt][h] = k < K ? __ldg((const uint4 *)(wrow[mt][h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
+            }
+        };
+        float tot[2][2][3][4], acc[2][2][3][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int p = 0; p < 3; p++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) tot[mt][nt][p][i] = 0.0f, acc[mt][nt][p][i] = 0.0f;
+        load(0);
+        for (uint32_t st = 0; st < nst; st++) {
+            uint4 *buf = fl_bs + (size_t)(st & 1) * FL_CS * NTB * 3 * 32;
+#pragma unroll
+            for (int u = 0; u < UPT; u++) {
+                uint32_t id = threadIdx.x + u * NTHR, ul = id & 31, ntb = (id >> 5) % NTB, cc = id / (32 * NTB);
+                float xs = sxs[ntb * 8 + (ul >> 2)];
+                uint32_t h[8][3];
+#pragma unroll
+                for (int j = 0; j < 8; j++) fl_split<FMT>(scaled ? xv[u][j] * xs : xv[u][j], h[j]);
+#pragma unroll
+                for (int p = 0; p < 3; p++)
+                    buf[((cc * NTB + ntb) * 3 + p) * 32 + ul] =
+                        make_uint4(h[0][p] | h[1][p] << 16, h[2][p] | h[3][p] << 16, h[4][p] | h[5][p] << 16,
+                                   h[6][p] | h[7][p] << 16);
+            }
+#pragma unroll
+            for (int cc = 0; cc < FL_CS; cc++)
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) wc[cc][mt][h] = wn[cc][mt][h];
+            __syncthreads();
+            if (st + 1 < nst) load(st + 1);
+#pragma unroll
+            for (int cc = 0; cc < FL_CS; cc++) {
+                uint32_t c = st * FL_CS + cc;
+                if (c >= nchunk) break;
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    uint4 b[3];
+#pragma unroll
+                    for (int p = 0; p < 3; p++) b[p] = buf[((cc * NTB + nt) * 3 + p) * 32 + lane];
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++) fl_chunk<FMT>(acc[mt][nt], wc[cc][mt][0], wc[cc][mt][1], b);
+                }
+                if ((c + 1) % FL_CPS == 0 || c + 1 == nchunk) { /* end of a slice */
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                            for (int p = 0; p < 3; p++)
+#pragma unroll
+                                for (int i = 0; i < 4; i++) tot[mt][nt][p][i] += acc[mt][nt][p][i], acc[mt][nt][p][i] = 0.0f;
+                }
+            }
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    uint64_t r = (uint64_t)blockIdx.x * TR + warp * 32 + mt * 16 + g8 + (i >= 2 ? 8 : 0);
+                    uint32_t t = t0 + nt * 8 + 2 * q + (i & 1);
+                    if (r < a.n_rows && t < a.n_tok)
+                        a.y[(uint64_t)t * a.y_stride + grp * a.n_rows + r] =
+                            fl_combine<FMT>(tot[mt][nt][0][i], tot[mt][nt][1][i], tot[mt][nt][2][i]);
+                }
+        __syncthreads(); /* sxs and the buffers are reused by the next tile */
+    }
+}
+
+/* Whether F16 / BF16 products take the tensor cores: compute capability 8.0
+ * or newer and DS4_CUDA_NO_FLMMA unset (then the fp32 kernels above run;
+ * the kernel test compares both); k_linear_set_plain overrides (tests). */
+static int fl_plain = -1, fl_major = -1; /* fl_major: compute capability, once known */
+void k_linear_set_plain(int plain) { fl_plain = plain; }
+static bool flmma_on(void) {
+    static int env = 0;
+    if (fl_major < 0) {
+        int dev = 0;
+        env = getenv("DS4_CUDA_NO_FLMMA") != NULL;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&fl_major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+            fl_major = 0;
+    }
+    return fl_major >= 8 && !(fl_plain >= 0 ? fl_plain : env);
+}
+
+template <class Kern> static void fl_go(Kern kern, dim3 grid, unsigned threads, size_t smem, cudaStream_t st, const lin_args &a) {
+    /* with the static shared memory (under 1 KiB) above 48 KiB: opt in */
+    if (smem > 47 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    kern<<<grid, threads, smem, st>>>(a);
+}
+
+template <int FMT, int MT, int WK, bool RMS> static void fl_slices(const lin_args &a, uint32_t groups, cudaStream_t st) {
+    unsigned tiles = div_up(a.n_tok, 8);
+    size_t smem = (size_t)WK * MT * 16 * 8 * 3 * sizeof(float);
+    dim3 grid(div_up(a.n_rows, MT * 16), groups, tiles < 4096 ? tiles : 4096);
+    fl_go(flmma_slices_kernel<FMT, MT, WK, RMS>, grid, 32 * WK, smem, st, a);
+}
+
+template <int FMT, int WK, int CL, bool RMS> static void fl_one(const lin_args &a, uint32_t groups, cudaStream_t st) {
+    if (CL > 1 && fl_major < 9) {
+        fl_one<FMT, WK, 1, RMS>(a, groups, st);
+        return;
+    }
+    uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE, nchunk = (a.K + FL_CHUNK - 1) / FL_CHUNK;
+    uint32_t rounds = (S + WK * CL - 1) / (WK * CL);
+    size_t smem = (size_t)rounds * WK * 16 * 3 * sizeof(float) + (size_t)nchunk * 3 * 4 * 16 + (size_t)S * 48 * sizeof(float);
+    auto kern = flmma_one_kernel<FMT, WK, CL, RMS>;
+    if (smem > 47 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(div_up(a.n_rows, 16) * CL, groups, a.n_tok);
+    cfg.blockDim = dim3(32 * WK);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = CL, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = CL > 1 ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, kern, a);
+}
+
+/* The shape of the launch; only speed depends on it (see above). Up to 8
+ * tokens, and the mHC mixing logits (the RMS in front; few rows of long
+ * K) at any count: the slices spread over the warps of a block (one token:
+ * split once per block; several: 32 rows per block, so the activations are
+ * read once); otherwise 128 x 16 tiles. */
+template <int FMT, bool RMS> static void fl_dispatch(const lin_args &a, uint32_t groups, cudaStream_t st) {
+    uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE;
+    if (a.n_tok == 1) {
+        /* 8 or 16 warps a block; clusters of up to 8 blocks for long rows */
+        if (S <= 8) fl_one<FMT, 8, 1, RMS>(a, groups, st);
+        else if (S <= 16 || fl_major < 9) fl_one<FMT, 8, 2, RMS>(a, groups, st);
+        else if (S <= 32) fl_one<FMT, 8, 4, RMS>(a, groups, st);
+        else if (S <= 64) fl_one<FMT, 8, 8, RMS>(a, groups, st);
+        else fl_one<FMT, 16, 8, RMS>(a, groups, st);
+        return;
+    }
+    if (RMS || a.n_tok <= 8) {
+        if (S <= 4) fl_slices<FMT, 1, 4, RMS>(a, groups, st);
+        else if (S <= 8) fl_slices<FMT, 2, 8, RMS>(a, groups, st);
+        else fl_slices<FMT, 2, 16, RMS>(a, groups, st);
+        return;
+    }
+    unsigned tiles = div_up(a.n_tok, 16);
+    dim3 grid(div_up(a.n_rows, 32 * FL_PM), groups, tiles < 4096 ? tiles : 4096);
+    fl_go(flmma_tile_kernel<FMT>, grid, 32 * FL_PM, (size_t)2 * FL_CS * 2 * 3 * 32 * sizeof(uint4), st, a);
+}
+
 /* The vector kind a weight and its activations allow: 16-byte chunks need
  * rows, activations and their strides to stay 16-byte aligned. */
 static int pick_kind(uint32_t type, uint64_t K, uint64_t row_bytes, const void *w, const float *x, uint64_t x_stride,
@@ -232,7 +827,13 @@ cudaError_t k_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t
     if (n_tok == 0 || n_rows == 0) return cudaSuccess;
     lin_args a = {w->data, w->row_bytes, w->type, (uint32_t)w->ne[0], r0, n_rows, x_group, x, x_stride, xscale, n_tok, y, y_stride, 0.0f};
     dim3 grid(div_up(n_rows, ROWS_PER_BLOCK), groups);
-    switch (pick_kind(w->type, w->ne[0], w->row_bytes, w->data, x, x_stride, x_group)) {
+    int kind = pick_kind(w->type, w->ne[0], w->row_bytes, w->data, x, x_stride, x_group);
+    if ((kind == 1 || kind == 2) && flmma_on()) {
+        if (kind == 1) fl_dispatch<1, false>(a, groups, st);
+        else fl_dispatch<2, false>(a, groups, st);
+        return LAUNCH_STATUS();
+    }
+    switch (kind) {
     case 0: launch_linear<0>(a, grid, st); break;
     case 1: launch_linear<1>(a, grid, st); break;
     case 2: launch_linear<2>(a, grid, st); break;
@@ -337,13 +938,19 @@ cudaError_t k_linear_rms(cudaStream_t st, const ds4_tensor *w, const float *x, u
     uint64_t n_rows = w->ne[1];
     lin_args a = {w->data, w->row_bytes, w->type, (uint32_t)w->ne[0], 0, n_rows, 0, x, x_stride, NULL, n_tok, y, y_stride,
                   eps};
+    int kind = pick_kind(w->type, w->ne[0], w->row_bytes, w->data, x, x_stride, 0);
+    if ((kind == 1 || kind == 2) && flmma_on()) {
+        if (kind == 1) fl_dispatch<1, true>(a, 1, st);
+        else fl_dispatch<2, true>(a, 1, st);
+        return LAUNCH_STATUS();
+    }
     dim3 g(n_rows, 1, token_tiles(n_tok));
 #define RB(KD)                                                                              \
     case KD:                                                                                \
         if (n_tok == 1) linear_rowblock_kernel<KD, 1><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a); \
         else linear_rowblock_kernel<KD, 8><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a);           \
         break;
-    switch (pick_kind(w->type, w->ne[0], w->row_bytes, w->data, x, x_stride, 0)) {
+    switch (kind) {
         RB(0)
         RB(1)
         RB(2)

@@ -22,17 +22,25 @@ extern "C" {
 
 /* ---- matrix products ------------------------------------------------------
  * Y[t][g*n_rows + r] = W[r0 + g*n_rows + r] . (X[t] + g*x_group) (* xscale[t])
- * for r < n_rows, t < n_tok, g < groups. Each output is one warp's fixed-order
- * dot product whatever n_tok is, so a token's result never depends on the
- * chunk it was computed in. */
+ * for r < n_rows, t < n_tok, g < groups. Each output is summed in one fixed
+ * order whatever n_tok is (F32: one warp's dot product; F16 / BF16: the
+ * tensor-core slices of k_linear.cu), so a token's result never depends on
+ * the chunk it was computed in. */
 cudaError_t k_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups, uint64_t x_group,
                      const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y, uint64_t y_stride);
 
 /* Y[t] = W . (X[t] / rms(X[t])) for float weights (the mHC mixing
  * logits): the RMS of each row (eps added to the mean square) is taken in
- * the kernel, one block per output row. */
+ * the kernel that computes the product. */
 cudaError_t k_linear_rms(cudaStream_t st, const ds4_tensor *w, const float *x, uint64_t x_stride, uint32_t n_tok, float eps,
                          float *y, uint64_t y_stride);
+
+/* F16 and BF16 weights (rows 16-byte aligned, K % 8 == 0) take tensor-core
+ * kernels on compute capability 8.0+ (split fp32 activations, see
+ * k_linear.cu); plain = 1 forces the fp32 kernels (the reference the tests
+ * compare with; DS4_CUDA_NO_FLMMA=1 does the same for a whole run), -1
+ * restores the default. */
+void k_linear_set_plain(int plain);
 
 /* Quantized weights (k_quant.cu): the same products for Q8_0, Q2_K, Q4_K,
  * IQ2_XXS and MXFP4, with activations quantized first into `act` (device

@@ -95,6 +95,29 @@ fail:
     return -1;
 }
 
+extern "C" void ds4_gpu_test_set_plain_linear(int plain) { k_linear_set_plain(plain); }
+
+extern "C" int ds4_gpu_test_linear_rms(uint32_t type, const void *w, uint32_t K, uint32_t rows, const float *x,
+                                       uint64_t x_stride, uint32_t n_tok, float eps, float *y, uint64_t y_stride,
+                                       ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *dw, *dx, *dy;
+    size_t ybytes = (size_t)n_tok * y_stride * 4;
+    DEV(dw, w, row_bytes_of(type, K) * rows);
+    DEV(dx, x, ((n_tok - 1) * x_stride + K) * 4);
+    DEV(dy, NULL, ybytes);
+    {
+        ds4_tensor t = tensor(type, dw, K, rows, 1);
+        RUN(k_linear_rms(0, &t, (const float *)dx, x_stride, n_tok, eps, (float *)dy, y_stride));
+    }
+    BACK(y, dy, ybytes);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
 extern "C" int ds4_gpu_test_rows(float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm,
                                  const float *norm_w, float eps, const float *inv_freq, uint32_t n_pairs, uint64_t pos0,
                                  int inverse, int qat, uint32_t n_rot, ds4_error *err) {

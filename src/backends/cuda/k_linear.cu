@@ -640,14 +640,9 @@ template <int FMT> __global__ void __launch_bounds__(32 * FL_PM) flmma_tile_kern
             }
         };
         float tot[2][2][3][4], acc[2][2][3][4];
+        float *tf = &tot[0][0][0][0], *af = &acc[0][0][0][0]; /* flat views (constant indices once unrolled) */
 #pragma unroll
-        for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                for (int p = 0; p < 3; p++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) tot[mt][nt][p][i] = 0.0f, acc[mt][nt][p][i] = 0.0f;
+        for (int e = 0; e < 48; e++) tf[e] = 0.0f, af[e] = 0.0f;
         load(0);
         for (uint32_t st = 0; st < nst; st++) {
             uint4 *buf = fl_bs + (size_t)(st & 1) * FL_CS * NTB * 3 * 32;
@@ -684,16 +679,9 @@ template <int FMT> __global__ void __launch_bounds__(32 * FL_PM) flmma_tile_kern
 #pragma unroll
                     for (int mt = 0; mt < 2; mt++) fl_chunk<FMT>(acc[mt][nt], wc[cc][mt][0], wc[cc][mt][1], b);
                 }
-                if ((c + 1) % FL_CPS == 0 || c + 1 == nchunk) { /* end of a slice */
+                if ((c + 1) % FL_CPS == 0 || c + 1 == nchunk) /* end of a slice */
 #pragma unroll
-                    for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-                        for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                            for (int p = 0; p < 3; p++)
-#pragma unroll
-                                for (int i = 0; i < 4; i++) tot[mt][nt][p][i] += acc[mt][nt][p][i], acc[mt][nt][p][i] = 0.0f;
-                }
+                    for (int e = 0; e < 48; e++) tf[e] += af[e], af[e] = 0.0f;
             }
         }
 #pragma unroll

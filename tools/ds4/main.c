@@ -43,7 +43,8 @@ static void usage(FILE *f) {
             "                          has CUDA (make cuda) and one is usable)\n"
             "  --gpu-expert-cache SIZE|auto  VRAM for routed experts, e.g. 40G (a slot bank fed from\n"
             "                          host memory); auto: all on the GPU if they fit (default)\n"
-            "  --prefill-chunk N       tokens per prefill pass (default 512; 0 = whole prompt)\n"
+            "  --prefill-chunk N       tokens per prefill pass (default 512 on the CPU, 2048 on\n"
+            "                          the GPU; 0 = whole prompt)\n"
             "  --tokens IDS|@FILE      prompt as token ids (comma separated); prints generated ids\n"
             "  --dump-logits FILE      with --tokens: float32 [prompt_len x vocab] logits\n"
             "  --dump-tokens           print the prompt's token ids and pieces, then exit\n"
@@ -424,7 +425,7 @@ int main(int argc, char **argv) {
         .system = DS4_DEFAULT_SYSTEM,
         .n_predict = -1,
         .ctx = 32768,
-        .chunk = 512,
+        .chunk = -1, /* the backend's default, once the model is loaded */
         .logprobs_top_k = 20,
         .sampling = DS4_SAMPLING_DEFAULTS,
         .mode = DS4_THINK_HIGH,
@@ -465,6 +466,9 @@ int main(int argc, char **argv) {
         free(file_text);
         return 1;
     }
+    /* Larger prefill passes give the GPU's expert products more tokens per
+     * expert (bench/cuda-h100-decode.md); the CPU keeps its arena small. */
+    if (o.chunk < 0) o.chunk = ds4_model_backend(m) == DS4_BACKEND_CUDA ? 2048 : 512;
     cli_install_sigint();
     if (o.inspect) {
         ds4_model_print_summary(m, stdout);

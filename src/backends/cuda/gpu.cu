@@ -616,14 +616,16 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
 }
 
 /* Tokens per internal chunk of a session: the caller's chunk within
- * [g->chunk, GPU_CHUNK_MAX], or DS4_CUDA_CHUNK (for measurements); bounded
+ * [g->chunk, GPU_CHUNK_MAX] (GPU_CHUNK_MAX when the caller passes whole
+ * prompts: want 0), or DS4_CUDA_CHUNK (for measurements); bounded
  * by what one MoE grouping takes. Larger chunks give each routed expert
  * more tokens per launch (about chunk * 6 / 256), so its weights are
  * decoded for more tokens at a time: prefill of 2048-token chunks ran
  * 1.5x faster than of 256-token ones (bench/cuda-h100-decode.md). */
 static uint32_t session_chunk(const ds4_gpu_model *g, uint32_t want) {
     uint32_t c = g->chunk;
-    if (want > c) c = want < GPU_CHUNK_MAX ? want : GPU_CHUNK_MAX;
+    if (want == 0 || want > GPU_CHUNK_MAX) c = GPU_CHUNK_MAX;
+    else if (want > c) c = want;
     const char *ce = getenv("DS4_CUDA_CHUNK");
     long e = ce ? atol(ce) : 0;
     if (e >= 1 && e <= 4096) c = (uint32_t)e;
@@ -651,9 +653,19 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     layout_state(s, &sb);
     layout_scratch(s, &xb);
     s->state_size = sb.off;
-    if ((e = cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking)) != cudaSuccess ||
-        (e = cudaMalloc((void **)&s->state, sb.off)) != cudaSuccess ||
-        (e = cudaMalloc((void **)&s->scratch, xb.off)) != cudaSuccess) {
+    if ((e = cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking)) == cudaSuccess &&
+        (e = cudaMalloc((void **)&s->state, sb.off)) == cudaSuccess) {
+        /* The scratch grows with the chunk; where the card has no room for
+         * the asked one, smaller chunks (down to g->chunk) give the same
+         * results, only more slowly. */
+        while ((e = cudaMalloc((void **)&s->scratch, xb.off)) == cudaErrorMemoryAllocation && s->chunk > g->chunk) {
+            (void)cudaGetLastError(); /* clear the failed allocation's error */
+            s->chunk = s->chunk / 2 > g->chunk ? s->chunk / 2 : g->chunk;
+            xb.off = 0;
+            layout_scratch(s, &xb);
+        }
+    }
+    if (e != cudaSuccess) {
         ds4_fail(err, "CUDA: allocating %.2f GB of decode state and %.2f GB of scratch for a %u-token session: %s",
                  sb.off / 1e9, xb.off / 1e9, max_ctx, cudaGetErrorString(e));
         goto fail;

@@ -29,7 +29,7 @@ static void usage(FILE *f) {
             "  --step-incr N        frontier increment (default 2048, used when --step-mul is 1)\n"
             "  --step-mul F         frontier multiplier (>= 1, default 1)\n"
             "  --gen-tokens N       greedy tokens generated at each frontier (default 128)\n"
-            "  --prefill-chunk N    tokens per prefill pass (default 512)\n"
+            "  --prefill-chunk N    tokens per prefill pass (default 512 on the CPU, 2048 on the GPU)\n"
             "  --numerics MODE      official (default) or hf\n"
             "  -t, --threads N      worker threads (default all cores)\n"
             "  --cuda | --cpu       run on the GPU or the CPU (default: the GPU when built with CUDA)\n"
@@ -156,7 +156,7 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
 
 int main(int argc, char **argv) {
     const char *model_path = "ds4flash.gguf", *tokens_file = NULL, *csv_path = NULL;
-    double ctx_start = 2048, ctx_max = 32768, ctx_alloc = 0, step_incr = 2048, step_mul = 1, gen = 128, chunk = 512,
+    double ctx_start = 2048, ctx_max = 32768, ctx_alloc = 0, step_incr = 2048, step_mul = 1, gen = 128, chunk = -1,
            threads = 0;
     ds4_numerics numerics = DS4_NUMERICS_OFFICIAL;
     int roofline = 0;
@@ -218,6 +218,7 @@ int main(int argc, char **argv) {
     }
     ds4_model_info info;
     ds4_model_get_info(m, &info);
+    if (chunk < 0) chunk = ds4_model_backend(m) == DS4_BACKEND_CUDA ? 2048 : 512; /* as ds4 does */
     uint32_t n_tok = 0;
     int32_t *toks = NULL;
     if (tokens_file) {
@@ -241,6 +242,12 @@ int main(int argc, char **argv) {
         }
     }
     if (roofline) {
+        if (chunk < 1) {
+            fprintf(stderr, "ds4-bench: --roofline prefills one chunk: it needs --prefill-chunk >= 1\n");
+            ds4_model_free(m);
+            free(toks);
+            return 2;
+        }
         int rc = run_roofline(m, &info, numerics, (int)threads, (uint32_t)chunk, (uint32_t)(gen > 0 ? gen : 32));
         ds4_model_free(m);
         free(toks);

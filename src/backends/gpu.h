@@ -41,10 +41,11 @@ void ds4_gpu_model_free(ds4_gpu_model *g);
 void ds4_gpu_expert_stats(const ds4_gpu_model *g, uint32_t *slots, uint64_t *slot_bytes, uint64_t *hits,
                           uint64_t *misses, uint64_t *bytes_copied);
 
-/* chunk: the most tokens the caller passes per forward call (0: unknown);
- * the session processes them in internal chunks of up to that many tokens
- * (at least the backend's default, at most 2048), which gives each routed
- * expert more tokens per launch, for scratch memory that grows with it. */
+/* chunk: the most tokens the caller passes per forward call (0: whole
+ * prompts); the session processes them in internal chunks of up to that
+ * many tokens (at least the backend's default, at most 2048; 2048 for 0),
+ * which gives each routed expert more tokens per launch, for scratch
+ * memory that grows with it (halved where the card has no room). */
 ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_ctx, uint32_t chunk, ds4_error *err);
 void ds4_gpu_session_free(ds4_gpu_session *s);
 void ds4_gpu_session_reset(ds4_gpu_session *s);

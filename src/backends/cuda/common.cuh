@@ -82,18 +82,16 @@ __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
+/* waits until at most N committed groups of this thread are in flight */
+template <int N> __device__ __forceinline__ void cp_async_wait_keep() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
 /* waits until every committed group of this thread has landed */
-__device__ __forceinline__ void cp_async_wait_all() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-#endif
-}
+__device__ __forceinline__ void cp_async_wait_all() { cp_async_wait_keep<0>(); }
 /* waits until at most one committed group of this thread is in flight */
-__device__ __forceinline__ void cp_async_wait_all_but_one() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-#endif
-}
+__device__ __forceinline__ void cp_async_wait_all_but_one() { cp_async_wait_keep<1>(); }
 
 /* ---- reductions ----------------------------------------------------------- */
 

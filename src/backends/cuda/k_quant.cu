@@ -214,8 +214,6 @@ template <uint32_t TYPE> struct qb;
 
 __device__ __forceinline__ int ld_i8x4_a4(const uint8_t *p) { return *(const int *)p; }
 
-
-
 /* The integer sums below use __dp4a (four exact int8 products added to an
  * int32): the same integers as the scalar loops of formats/quant/. */
 template <> struct qb<GGML_TYPE_Q8_0> {
@@ -517,19 +515,21 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_
     }
 }
 
-/* Rows per warp for n_rows rows (times grid_y): as few as keep the launch
- * within one wave of resident blocks (a partial second wave would leave
- * most of the GPU idle at the end), so the large matrices run as long
- * pipelined streams per warp. */
-template <class K> static uint32_t rows_per_warp(K kernel, uint32_t smem, uint64_t n_rows, uint32_t grid_y) {
+/* Rows per warp for n_rows rows (times grid_y) on blocks of `warps` warps:
+ * as few as keep the launch within one wave of resident blocks (a partial
+ * second wave would leave most of the GPU idle at the end), so the large
+ * matrices run as long pipelined streams per warp; at most max_rpw. */
+template <class K>
+static uint32_t rows_per_warp(K kernel, uint32_t smem, uint64_t n_rows, uint32_t grid_y, uint32_t warps = ROWS_PER_BLOCK,
+                              uint64_t max_rpw = 32) {
     static int sms = 0;
     if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
     int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * ROWS_PER_BLOCK, smem) != cudaSuccess || per_sm < 1)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * warps, smem) != cudaSuccess || per_sm < 1)
         per_sm = 1;
-    uint64_t wave = (uint64_t)sms * per_sm * ROWS_PER_BLOCK; /* warps */
+    uint64_t wave = (uint64_t)sms * per_sm * warps;
     uint64_t per = (n_rows * grid_y + wave - 1) / wave;
-    return per < 1 ? 1 : (per > 32 ? 32 : (uint32_t)per);
+    return per < 1 ? 1 : (uint32_t)(per > max_rpw ? max_rpw : per);
 }
 
 /* ---- dense rows ------------------------------------------------------------------------ */
@@ -766,13 +766,6 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qff
  * l % CP (CP = 32: conflict-free). */
 #define DEC_WARPS 8
 
-/* waits until at most N committed groups of this thread are in flight */
-template <int N> __device__ __forceinline__ void cp_async_wait_keep() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
 /* dp4a of unsigned bytes a (Q2_K values shifted in place, up to 192) and
  * signed bytes b: exact, like __dp4a. */
 __device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
@@ -968,28 +961,6 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, u
     }
 }
 
-/* The copies of the IQ2_XXS tables (DS4_CUDA_IQ2_COPIES: 16 or 32) and
- * the row buffers per warp (DS4_CUDA_DEC_NBUF: 2 to 4; rows in flight: one less), for
- * measurements. */
-static int iq2_copies(void) {
-    static int cp = 0;
-    if (!cp) {
-        const char *e = getenv("DS4_CUDA_IQ2_COPIES");
-        cp = e ? atoi(e) : 32;
-        if (cp != 16) cp = 32;
-    }
-    return cp;
-}
-static int dec_nbuf(void) {
-    static int nb = -1;
-    if (nb < 0) {
-        const char *e = getenv("DS4_CUDA_DEC_NBUF");
-        nb = e ? atoi(e) : 0;
-        if (nb < 2 || nb > 4) nb = 0;
-    }
-    return nb ? nb : 2;
-}
-
 /* The decode kernel for a single token where it applies (IQ2_XXS or Q2_K
  * rows of 8 or 16 blocks, staged); false: use the general kernels. */
 template <uint32_t TYPE, bool UP> static bool launch_dec(const qffn_args &a, uint32_t slots, cudaStream_t st) {
@@ -998,40 +969,22 @@ template <uint32_t TYPE, bool UP> static bool launch_dec(const qffn_args &a, uin
         (void)a, (void)slots, (void)st;
         return false;
     } else {
-        if (getenv("DS4_CUDA_NO_DEC")) return false;
+        static int off = -1; /* DS4_CUDA_NO_DEC: the general kernels, for comparison */
+        if (off < 0) off = getenv("DS4_CUDA_NO_DEC") != nullptr;
+        if (off) return false;
         auto go = [&](auto kernel, uint32_t smem) {
             allow_smem(kernel, smem);
-            static int sms = 0;
-            if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
-            int per_sm = 0;
-            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * DEC_WARPS, smem) != cudaSuccess || per_sm < 1)
-                per_sm = 1;
             /* one wave of resident blocks, the rows split evenly */
-            uint64_t wave = (uint64_t)sms * per_sm * DEC_WARPS, warps = a.rows * slots;
-            uint32_t rpw = (uint32_t)((warps + wave - 1) / wave);
+            uint32_t rpw = rows_per_warp(kernel, smem, a.rows, slots, DEC_WARPS, UINT64_MAX);
             dim3 g(div_up(a.rows, (uint64_t)DEC_WARPS * rpw), slots);
             kernel<<<g, 32 * DEC_WARPS, smem, st>>>(a, rpw);
         };
-        constexpr int NM = UP ? 2 : 1;
-#define DEC_GO(NJ, CP, NB) go(qffn_dec_kernel<TYPE, UP, NJ, CP, NB>, dec_smem<TYPE, NM, CP, NB>(a.act_row, 4 * NJ))
-#define DEC_NB(NJ, CP)                                               \
-    do {                                                             \
-        if (dec_nbuf() == 2) DEC_GO(NJ, CP, 2);                    \
-        else if (dec_nbuf() == 3) DEC_GO(NJ, CP, 3);               \
-        else DEC_GO(NJ, CP, 4);                                      \
-    } while (0)
-#define DEC_NJ(NJ)                                                   \
-    do {                                                             \
-        if constexpr (TYPE != GGML_TYPE_IQ2_XXS) DEC_NB(NJ, 1);      \
-        else if (iq2_copies() == 16) DEC_NB(NJ, 16);                 \
-        else DEC_NB(NJ, 32);                                         \
-    } while (0)
-        if (a.nb == 16) DEC_NJ(4);
-        else if (a.nb == 8) DEC_NJ(2);
+        /* IQ2_XXS tables in 32 copies and two row buffers per warp: 16
+         * copies and 3 or 4 buffers measured slower (bench/cuda-h100-decode.md) */
+        constexpr int NM = UP ? 2 : 1, CP = TYPE == GGML_TYPE_IQ2_XXS ? 32 : 1, NB = 2;
+        if (a.nb == 16) go(qffn_dec_kernel<TYPE, UP, 4, CP, NB>, dec_smem<TYPE, NM, CP, NB>(a.act_row, 16));
+        else if (a.nb == 8) go(qffn_dec_kernel<TYPE, UP, 2, CP, NB>, dec_smem<TYPE, NM, CP, NB>(a.act_row, 8));
         else return false;
-#undef DEC_NJ
-#undef DEC_NB
-#undef DEC_GO
         return true;
     }
 }

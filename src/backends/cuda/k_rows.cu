@@ -71,6 +71,14 @@ cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* ds4_mhc_pre's pre[i] and post[i] from a token's mixing logits m. */
+__device__ __forceinline__ float mhc_pre_coef(const float *m, const float *scale, const float *base, float eps, uint32_t i) {
+    return sigmoidf_(m[i] * scale[0] + base[i]) + eps;
+}
+__device__ __forceinline__ float mhc_post_coef(const float *m, uint32_t hc, const float *scale, const float *base, uint32_t i) {
+    return 2.0f * sigmoidf_(m[hc + i] * scale[1] + base[hc + i]);
+}
+
 /* One block per token, one thread per entry (i, j) of the hc x hc mixing
  * matrix. Every thread of a row (column) adds that row's (column's)
  * entries in the CPU's order, so all agree on the sum and the result is
@@ -81,9 +89,9 @@ __global__ void mhc_coeffs_kernel(const float *mix, uint32_t hc, const float *ba
     uint32_t t = blockIdx.x, tid = threadIdx.x, i = tid / hc, j = tid % hc;
     uint32_t n_mix = head ? hc : (2 + hc) * hc;
     const float *m = mix + (uint64_t)t * n_mix;
-    if (tid < hc) pre[(uint64_t)t * hc + tid] = sigmoidf_(m[tid] * scale[0] + base[tid]) + eps;
+    if (tid < hc) pre[(uint64_t)t * hc + tid] = mhc_pre_coef(m, scale, base, eps, tid);
     if (head) return;
-    if (tid < hc) post[(uint64_t)t * hc + tid] = 2.0f * sigmoidf_(m[hc + tid] * scale[1] + base[hc + tid]);
+    if (tid < hc) post[(uint64_t)t * hc + tid] = mhc_post_coef(m, hc, scale, base, tid);
     bool mine = tid < hc * hc;
     if (mine) c[tid] = m[2 * hc + tid] * scale[2] + base[2 * hc + tid];
     __syncthreads();
@@ -202,10 +210,6 @@ cudaError_t k_mhc_post_moe(cudaStream_t st, float *X, const float *shared, const
 
 /* ---- fused mHC steps ------------------------------------------------------------ */
 
-/* The post and comb part of mhc_coeffs_kernel's arithmetic, by one warp
- * for one token (m: its mixing logits; c: hc*hc floats of shared memory).
- * Entries are spread over the lanes; every sum runs in the CPU's order.
- * Only warp 0 calls it. */
 /* v / (sum of the HC entries in lanes first, first + step, ... + eps), the
  * sum gathered by shuffles and added in the CPU's order. */
 template <int HC> __device__ __forceinline__ float sinkhorn_div(float v, uint32_t first, uint32_t step, float eps) {
@@ -240,10 +244,14 @@ __device__ __forceinline__ float sinkhorn_lanes(float v, uint32_t lane, float ep
     return v;
 }
 
+/* The post and comb part of mhc_coeffs_kernel's arithmetic, by one warp
+ * for one token (m: its mixing logits; c: hc*hc floats of shared memory).
+ * Entries are spread over the lanes; every sum runs in the CPU's order.
+ * Only warp 0 calls it. */
 __device__ __forceinline__ void mhc_coeffs_warp(const float *m, uint32_t hc, const float *base, const float *scale, float eps,
                                                 uint32_t iters, float *post, float *comb, float *c) {
     uint32_t lane = threadIdx.x & 31, nn = hc * hc;
-    for (uint32_t i = lane; i < hc; i += 32) post[i] = 2.0f * sigmoidf_(m[hc + i] * scale[1] + base[hc + i]);
+    for (uint32_t i = lane; i < hc; i += 32) post[i] = mhc_post_coef(m, hc, scale, base, i);
     if (hc == 4) { /* the published models' 4 streams: all in registers */
         float v = lane < 16 ? m[8 + lane] * scale[2] + base[8 + lane] : 0.0f;
         v = sinkhorn_lanes<4>(v, lane, eps, iters);
@@ -316,7 +324,7 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
     }
     uint32_t tid = threadIdx.x - 32, bd = blockDim.x - 32; /* the collapse threads */
     if (tid < hc) {
-        float v = sigmoidf_(m[tid] * scale[0] + base[tid]) + eps;
+        float v = mhc_pre_coef(m, scale, base, eps, tid);
         spre[tid] = v;
         pre[(uint64_t)t * hc + tid] = v;
     }

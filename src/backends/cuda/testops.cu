@@ -335,7 +335,7 @@ extern "C" int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_ex
         void *dg1, *dg2;
         DEV(dg1, NULL, gi * 4);
         DEV(dg2, NULL, gi * 4);
-        int32_t *g1 = (int32_t *)calloc(gi, 4), *g2 = (int32_t *)calloc(gi, 4), id1[K_MAX_USED];
+        int32_t g1[1 + 3 * K_MAX_EXPERTS + 2 * K_MAX_USED], g2[1 + 3 * K_MAX_EXPERTS + 2 * K_MAX_USED], id1[K_MAX_USED];
         float w1[K_MAX_USED];
         for (uint32_t t = 0; t < n; t++) {
             cudaMemset(dg1, 0, gi * 4), cudaMemset(dg2, 0, gi * 4);
@@ -350,11 +350,9 @@ extern "C" int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_ex
                 memcmp(g1, g2, gi * 4)) {
                 ds4_fail(err, "k_route of token %u alone: %s differ", t,
                          memcmp(g1, g2, gi * 4) ? "grouping and k_moe_group's" : "ids or weights and the batch's");
-                free(g1), free(g2);
                 goto fail;
             }
         }
-        free(g1), free(g2);
     }
     pool_free(&pl);
     return 0;

@@ -30,6 +30,64 @@ extern "C" {
 /* Launch helpers return the launch status so callers can CU() them. */
 #define LAUNCH_STATUS() cudaGetLastError()
 
+/* ---- launches --------------------------------------------------------------
+ * Every kernel of the forward pass starts with pdl_enter() and is launched
+ * with k_launch. On compute capability 9.0 and newer k_launch marks the
+ * launch as a programmatic dependent one: the kernel's blocks may be put on
+ * the SMs while the kernel before it in the stream is still running, and
+ * they then wait in pdl_enter until that kernel has finished and its writes
+ * are visible. Results are those of plain launches (every kernel waits
+ * before its first load, and waits for a kernel that itself waited, so the
+ * order is transitive); what goes is the gap of launch and block start-up
+ * between two kernels, which is most of the time of a small decode kernel.
+ * DS4_CUDA_NO_PDL=1 launches plainly. */
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Asks L2 for [p, p + bytes) without waiting (p and bytes multiples of 16).
+ * Weight streams call it before pdl_enter: weights do not depend on the
+ * kernel in front, so their first bytes come in while that kernel ends. */
+__device__ __forceinline__ void prefetch_l2(const void *p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
+bool k_pdl_on(void); /* gpu.cu: compute capability >= 9 and DS4_CUDA_NO_PDL unset */
+
+/* A launch of `kern` on `st`, in clusters of `cluster` blocks when above 1;
+ * the error, as with <<< >>>, is left for cudaGetLastError. */
+template <typename... P, typename... A>
+static inline void k_launch_cluster(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, unsigned cluster,
+                                    A &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = st;
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (cluster > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster, attr[n].val.clusterDim.y = 1, attr[n].val.clusterDim.z = 1;
+        n++;
+    }
+    if (k_pdl_on()) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n].val.programmaticStreamSerializationAllowed = 1;
+        n++;
+    }
+    cfg.attrs = attr, cfg.numAttrs = n;
+    cudaLaunchKernelEx(&cfg, kern, static_cast<A &&>(args)...);
+}
+template <typename... P, typename... A>
+static inline void k_launch(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A &&...args) {
+    k_launch_cluster(kern, grid, block, smem, st, 1, static_cast<A &&>(args)...);
+}
+
 static inline unsigned div_up(uint64_t a, uint64_t b) { return (unsigned)((a + b - 1) / b); }
 static inline uint64_t align256(uint64_t x) { return (x + 255) & ~(uint64_t)255; }
 

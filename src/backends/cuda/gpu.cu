@@ -91,6 +91,16 @@ struct ds4_gpu_session {
     float *lg, *wts, *h, *hs, *dx, *sh, *logits;
     int32_t *tok, *sel, *ids, *grp;
     void *act; /* quantized activations for quantized weights */
+    /* Side lanes: streams for the parts of a layer that need only its
+     * input, run beside the main chain (lane 0: compressor, then the
+     * shared expert; lane 1: indexer), each with its own activation
+     * scratch; they fork from and join back into st by events, so the
+     * decode graph captures them as parallel branches. Off (everything
+     * on st) while profiling or with DS4_CUDA_LANES=0. */
+    bool lanes;
+    cudaStream_t lane[2];
+    void *lane_act[2];
+    cudaEvent_t ev_fork[2], ev_join[2], ev_qa;
     struct prof *prof; /* DS4_CUDA_PROFILE=1: time per operation */
     /* Decode steps (one token) are captured into a CUDA graph and replayed:
      * one launch instead of a few hundred, whose cost per launch otherwise
@@ -147,6 +157,18 @@ extern "C" bool ds4_gpu_probe(ds4_error *why) {
         return false;
     }
     return true;
+}
+
+/* Programmatic dependent launches (common.cuh): on Hopper and newer unless
+ * DS4_CUDA_NO_PDL is set; decided once per process. */
+bool k_pdl_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        int dev = 0, major = 0;
+        on = !getenv("DS4_CUDA_NO_PDL") && cudaGetDevice(&dev) == cudaSuccess &&
+             cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+    }
+    return on;
 }
 
 /* Reads the buffer with 16-byte loads; the xor keeps the loads alive. */
@@ -613,6 +635,10 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
         if (ins[i] > wide) wide = ins[i];
     uint64_t act_values = n * wide > n * K * hp->n_ff_exp ? n * wide : n * K * hp->n_ff_exp;
     s->act = take(b, act_values / 256 * 292 + 4096);
+    /* the side lanes quantize x, q_a's rows or a shared expert's hidden rows */
+    uint64_t side = E > hp->q_lora ? E : hp->q_lora;
+    if (hp->n_ff_exp > side) side = hp->n_ff_exp;
+    for (int i = 0; i < 2; i++) s->lane_act[i] = take(b, n * side / 256 * 292 + 4096);
 }
 
 /* Tokens per internal chunk of a session: the caller's chunk within
@@ -676,6 +702,19 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     layout_scratch(s, &xb);
     prof_init(s);
     {
+        const char *le = getenv("DS4_CUDA_LANES");
+        s->lanes = !s->prof && !(le && *le == '0');
+        for (int i = 0; i < 2 && s->lanes && e == cudaSuccess; i++)
+            if ((e = cudaStreamCreateWithFlags(&s->lane[i], cudaStreamNonBlocking)) == cudaSuccess &&
+                (e = cudaEventCreateWithFlags(&s->ev_fork[i], cudaEventDisableTiming)) == cudaSuccess)
+                e = cudaEventCreateWithFlags(&s->ev_join[i], cudaEventDisableTiming);
+        if (s->lanes && e == cudaSuccess) e = cudaEventCreateWithFlags(&s->ev_qa, cudaEventDisableTiming);
+        if (e != cudaSuccess) {
+            ds4_fail(err, "CUDA: streams for the side lanes: %s", cudaGetErrorString(e));
+            goto fail;
+        }
+    }
+    {
         const char *ge = getenv("DS4_CUDA_GRAPH");
         /* the slot bank decides on the host between layers: no capture */
         s->graphs = !s->prof && !g->bank && !(ge && *ge == '0');
@@ -714,6 +753,12 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     cudaFreeHost(s->grp_pinned);
     cudaFreeHost(s->wtab_pinned);
     if (s->st) cudaStreamDestroy(s->st);
+    for (int i = 0; i < 2; i++) {
+        if (s->lane[i]) cudaStreamDestroy(s->lane[i]);
+        if (s->ev_fork[i]) cudaEventDestroy(s->ev_fork[i]);
+        if (s->ev_join[i]) cudaEventDestroy(s->ev_join[i]);
+    }
+    if (s->ev_qa) cudaEventDestroy(s->ev_qa);
     cudaFree(s->state);
     cudaFree(s->scratch);
     free(s->layers);
@@ -869,7 +914,32 @@ typedef struct fwd {
     uint32_t n;
     uint64_t pos0;
     ds4_error *err;
+    cudaStream_t st; /* where this part of the pass goes: the session's stream or a side lane */
+    void *act;       /* and its activation scratch */
 } fwd;
+
+/* f's work continued on side lane i, after everything queued on f so far
+ * (f itself when the session runs without lanes). */
+static int fork_lane(const fwd *f, int i, fwd *side) {
+    ds4_gpu_session *s = f->s;
+    ds4_error *err = f->err;
+    *side = *f;
+    if (!s->lanes) return 0;
+    CU(cudaEventRecord(s->ev_fork[i], f->st));
+    CU(cudaStreamWaitEvent(s->lane[i], s->ev_fork[i], 0));
+    side->st = s->lane[i];
+    side->act = s->lane_act[i];
+    return 0;
+}
+
+/* f waits for everything queued on side lane i. */
+static int join_lane(const fwd *f, const fwd *side, int i) {
+    ds4_error *err = f->err;
+    if (side->st == f->st) return 0;
+    CU(cudaEventRecord(f->s->ev_join[i], side->st));
+    CU(cudaStreamWaitEvent(f->st, f->s->ev_join[i], 0));
+    return 0;
+}
 
 static const float *rope_table(const fwd *f, bool compressed) {
     return f->s->g->rope + ((f->official ? 0 : 1) * 2 + (compressed ? 1 : 0)) * 128;
@@ -882,22 +952,22 @@ static const float *vec(const ds4_tensor *t) { return (const float *)t->data; }
 static cudaError_t lin(const fwd *f, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups, uint64_t x_group,
                        const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y, uint64_t y_stride) {
     if (k_quant_type(w->type))
-        return k_qlinear(f->s->st, w, r0, n_rows, groups, x_group, x, x_stride, xscale, n_tok, y, y_stride, f->s->act);
-    return k_linear(f->s->st, w, r0, n_rows, groups, x_group, x, x_stride, xscale, n_tok, y, y_stride);
+        return k_qlinear(f->st, w, r0, n_rows, groups, x_group, x, x_stride, xscale, n_tok, y, y_stride, f->act);
+    return k_linear(f->st, w, r0, n_rows, groups, x_group, x, x_stride, xscale, n_tok, y, y_stride);
 }
 
 static cudaError_t ffn_up(const fwd *f, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
                           uint32_t n, uint32_t j0, uint32_t slots, const uint8_t *const *wtab, const float *x, float limit,
                           float *h) {
     if (k_quant_type(gate->type))
-        return k_qffn_up(f->s->st, gate, up, grp, k, n, j0, slots, wtab, x, limit, h, f->s->act);
-    return k_ffn_up(f->s->st, gate, up, grp, k, n, j0, slots, wtab, x, limit, h);
+        return k_qffn_up(f->st, gate, up, grp, k, n, j0, slots, wtab, x, limit, h, f->act);
+    return k_ffn_up(f->st, gate, up, grp, k, n, j0, slots, wtab, x, limit, h);
 }
 
 static cudaError_t ffn_down(const fwd *f, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n,
                             uint32_t j0, uint32_t slots, const uint8_t *const *wtab, const float *h, float *out) {
-    if (k_quant_type(down->type)) return k_qffn_down(f->s->st, down, grp, k, n, j0, slots, wtab, h, out, f->s->act);
-    return k_ffn_down(f->s->st, down, grp, n, j0, slots, wtab, h, out);
+    if (k_quant_type(down->type)) return k_qffn_down(f->st, down, grp, k, n, j0, slots, wtab, h, out, f->act);
+    return k_ffn_down(f->st, down, grp, n, j0, slots, wtab, h, out);
 }
 
 /* Copies the pending misses of layer il from the model's expert source into
@@ -1038,7 +1108,7 @@ static int rows(fwd *f, float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per
     row_op op = {x, n_rows, n, n, rows_per_tok, norm, w, f->hp->rms_eps, rope, rope ? f->hp->n_rot / 2 : 0, f->pos0, 0,
                  qat, f->hp->n_rot};
     if (op.n_pairs > 128) op.n_pairs = 128;
-    CU(k_rows(f->s->st, &op));
+    CU(k_rows(f->st, &op));
     return 0;
 }
 
@@ -1069,8 +1139,8 @@ static int compressor(fwd *f, const ds4_compressor_weights *cw, gpu_comp *c, uin
     op.qat = f->official ? (indexer ? 2 : 1) : 0;
     op.n_rot = f->hp->n_rot;
     op.rows = c->rows;
-    CU(k_comp_emit(s->st, &op));
-    CU(k_comp_frontier(s->st, &op));
+    CU(k_comp_emit(f->st, &op));
+    CU(k_comp_frontier(f->st, &op));
     return 0;
 }
 
@@ -1086,6 +1156,28 @@ static int attention(fwd *f, uint32_t il) {
     uint64_t qdim = (uint64_t)H * hd;
     const float *x = s->y, *lrope = rope_table(f, ratio != 0);
 
+    /* the compressor and the indexer's own projections need only x: they
+     * run on the side lanes while q and kv are made here */
+    fwd cf, xf;
+    if (ratio) {
+        if (fork_lane(f, 0, &cf)) return -1;
+        uint32_t cw = (ratio == 4 ? 2 : 1) * hd;
+        prof_mark(f->s, "compressor");
+        CU(lin(&cf, &lw->comp.kv, 0, cw, 1, 0, x, E, NULL, n, s->ck, cw));
+        CU(lin(&cf, &lw->comp.gate, 0, cw, 1, 0, x, E, NULL, n, s->cz, cw));
+        if (compressor(&cf, &lw->comp, &ls->comp, ratio, hd, s->ck, s->cz, false)) return -1;
+    }
+    uint32_t d = hp->idx_head_dim, IH = hp->idx_n_head, iwd = 2 * d;
+    if (ratio == 4) {
+        if (fork_lane(f, 1, &xf)) return -1;
+        prof_mark(f->s, "indexer_proj");
+        CU(lin(&xf, &lw->idx_comp.kv, 0, iwd, 1, 0, x, E, NULL, n, s->ik, iwd));
+        CU(lin(&xf, &lw->idx_comp.gate, 0, iwd, 1, 0, x, E, NULL, n, s->iz, iwd));
+        CU(lin(&xf, &lw->idx_proj, 0, IH, 1, 0, x, E, NULL, n, s->iw, IH));
+        prof_mark(s, "indexer_comp");
+        if (compressor(&xf, &lw->idx_comp, &ls->idx, 4, d, s->ik, s->iz, true)) return -1;
+    }
+
     prof_mark(f->s, "q_proj");
     CU(lin(f, &lw->q_a, 0, hp->q_lora, 1, 0, x, E, NULL, n, s->qa, hp->q_lora));
     /* kv right after q_a: when both are quantized alike, kv reuses q_a's
@@ -1096,30 +1188,24 @@ static int attention(fwd *f, uint32_t il) {
     if (rows(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0)) return -1;
     prof_mark(f->s, "q_proj");
     if (rows(f, s->qa, n, hp->q_lora, 1, 1, vec(&lw->q_a_norm), NULL, 0)) return -1;
+    if (ratio == 4) {
+        /* the indexer's queries come from q_a's normalised rows */
+        if (xf.st != f->st) {
+            CU(cudaEventRecord(s->ev_qa, f->st));
+            CU(cudaStreamWaitEvent(xf.st, s->ev_qa, 0));
+        }
+        prof_mark(f->s, "indexer_proj");
+        CU(lin(&xf, &lw->idx_q_b, 0, (uint64_t)IH * d, 1, 0, s->qa, hp->q_lora, NULL, n, s->iq, (uint64_t)IH * d));
+        if (rows(&xf, s->iq, n * IH, d, IH, 0, NULL, rope_table(f, true), f->official ? 2 : 0)) return -1;
+        prof_mark(f->s, "indexer_topk");
+        CU(k_idx_scores(xf.st, s->iq, s->iw, n, IH, d, ls->idx.rows, f->pos0, hp->idx_topk, s->scores, s->score_stride));
+        CU(k_idx_topk(xf.st, s->scores, s->score_stride, n, f->pos0, hp->idx_topk, s->sel));
+    }
+    prof_mark(f->s, "q_proj");
     CU(lin(f, &lw->q_b, 0, qdim, 1, 0, s->qa, hp->q_lora, NULL, n, s->q, qdim));
     if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
-
-    if (ratio) {
-        uint32_t cw = (ratio == 4 ? 2 : 1) * hd;
-        prof_mark(f->s, "compressor");
-        CU(lin(f, &lw->comp.kv, 0, cw, 1, 0, x, E, NULL, n, s->ck, cw));
-        CU(lin(f, &lw->comp.gate, 0, cw, 1, 0, x, E, NULL, n, s->cz, cw));
-        if (compressor(f, &lw->comp, &ls->comp, ratio, hd, s->ck, s->cz, false)) return -1;
-    }
-    if (ratio == 4) {
-        uint32_t d = hp->idx_head_dim, IH = hp->idx_n_head, iwd = 2 * d;
-        prof_mark(f->s, "indexer_proj");
-        CU(lin(f, &lw->idx_comp.kv, 0, iwd, 1, 0, x, E, NULL, n, s->ik, iwd));
-        CU(lin(f, &lw->idx_comp.gate, 0, iwd, 1, 0, x, E, NULL, n, s->iz, iwd));
-        CU(lin(f, &lw->idx_q_b, 0, (uint64_t)IH * d, 1, 0, s->qa, hp->q_lora, NULL, n, s->iq, (uint64_t)IH * d));
-        CU(lin(f, &lw->idx_proj, 0, IH, 1, 0, x, E, NULL, n, s->iw, IH));
-        if (rows(f, s->iq, n * IH, d, IH, 0, NULL, rope_table(f, true), f->official ? 2 : 0)) return -1;
-        prof_mark(s, "indexer_comp");
-        if (compressor(f, &lw->idx_comp, &ls->idx, 4, d, s->ik, s->iz, true)) return -1;
-        prof_mark(f->s, "indexer_topk");
-        CU(k_idx_scores(st, s->iq, s->iw, n, IH, d, ls->idx.rows, f->pos0, hp->idx_topk, s->scores, s->score_stride));
-        CU(k_idx_topk(st, s->scores, s->score_stride, n, f->pos0, hp->idx_topk, s->sel));
-    }
+    if (ratio && join_lane(f, &cf, 0)) return -1;
+    if (ratio == 4 && join_lane(f, &xf, 1)) return -1;
 
     attn_op op;
     memset(&op, 0, sizeof op);
@@ -1165,14 +1251,17 @@ static int moe(fwd *f, uint32_t il) {
     uint32_t n = f->n, E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used;
     float limit = hp->swiglu_clamp[il];
     uint32_t slots = n * K < X ? n * K : X;
+    /* the shared expert on a side lane, beside the routing and the routed experts */
+    fwd sf;
+    if (fork_lane(f, 0, &sf)) return -1;
+    prof_mark(f->s, "shared_expert");
+    CU(ffn_up(&sf, &lw->gate_shexp, &lw->up_shexp, NULL, K, n, 0, 1, NULL, s->y, limit, s->hs));
+    CU(ffn_down(&sf, &lw->down_shexp, NULL, K, n, 0, 1, NULL, s->hs, s->sh));
     prof_mark(f->s, "router");
     CU(lin(f, &lw->gate_inp, 0, X, 1, 0, s->y, E, NULL, n, s->lg, X));
     bool hash = ds4_layer_is_hash(hp, il);
     CU(k_route(st, s->lg, n, X, K, s->tok, hash ? (const int32_t *)lw->tid2eid.data : NULL,
                hash ? NULL : vec(&lw->probs_bias), hp->expert_scale, s->ids, s->wts, n == 1 ? s->grp : NULL));
-    prof_mark(f->s, "shared_expert");
-    CU(ffn_up(f, &lw->gate_shexp, &lw->up_shexp, NULL, K, n, 0, 1, NULL, s->y, limit, s->hs));
-    CU(ffn_down(f, &lw->down_shexp, NULL, K, n, 0, 1, NULL, s->hs, s->sh));
     prof_mark(f->s, "experts");
     if (n > 1) CU(k_moe_group(st, s->ids, n * K, X, s->grp)); /* a single token's came with its routing */
     if (s->g->bank) {
@@ -1182,6 +1271,7 @@ static int moe(fwd *f, uint32_t il) {
         CU(ffn_down(f, &lw->down_exps, s->grp, K, n, 0, slots, NULL, s->h, s->dx));
     }
     /* the weighted sum of the experts goes straight into the mHC post step */
+    if (join_lane(f, &sf, 0)) return -1;
     prof_mark(f->s, "moe_combine");
     CU(k_mhc_post_moe(st, s->X, s->sh, s->dx, s->ids, s->wts, s->grp, X, K, s->post, s->comb, n, hp->hc, E));
     return 0;
@@ -1193,7 +1283,7 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
                    ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     const ds4_weights *w = &s->g->w;
-    fwd f = {s, hp, w, official, n, s->pos, err};
+    fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act};
     cudaStream_t st = s->st;
     uint32_t E = hp->n_embd, hc = hp->hc;
     CU(cudaMemcpyAsync(s->tok, tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));

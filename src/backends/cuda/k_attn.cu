@@ -63,6 +63,7 @@ __device__ __forceinline__ void comp_slot(const comp_op &op, int64_t start, uint
  * (an HCA window has 128 slots, and one load after another made a single
  * emission cost tens of microseconds). */
 __global__ void comp_emit_kernel(comp_op op, uint64_t w_first) {
+    pdl_enter();
     extern __shared__ float pooled[];
     __shared__ double red[32];
     uint64_t w = w_first + blockIdx.x;
@@ -108,12 +109,13 @@ cudaError_t k_comp_emit(cudaStream_t st, const comp_op *op) {
     size_t smem = (size_t)op->width * sizeof(float);
     if (smem > 48 * 1024) return cudaErrorInvalidValue;
     unsigned threads = op->width >= 512 ? 512 : (op->width >= 256 ? 256 : 128);
-    comp_emit_kernel<<<(unsigned)(w_end - w_first), threads, smem, st>>>(*op, w_first);
+    k_launch(comp_emit_kernel, (unsigned)(w_end - w_first), threads, smem, st, *op, w_first);
     return LAUNCH_STATUS();
 }
 
 /* One block per slot: the frontier as the CPU would hold it at pos0 + n. */
 __global__ void comp_frontier_kernel(comp_op op) {
+    pdl_enter();
     uint32_t s = blockIdx.x, r = op.ratio, hw = op.halves * op.width;
     uint64_t P = op.pos0 + op.n, C = P / r * r;
     int64_t p = op.halves == 2 ? (s < r ? (int64_t)C - r + s : (int64_t)(C + s - r)) : (int64_t)(C + s);
@@ -128,7 +130,7 @@ __global__ void comp_frontier_kernel(comp_op op) {
 
 cudaError_t k_comp_frontier(cudaStream_t st, const comp_op *op) {
     uint32_t n_slots = op->halves == 2 ? 2 * op->ratio : op->ratio;
-    comp_frontier_kernel<<<n_slots, 256, 0, st>>>(*op);
+    k_launch(comp_frontier_kernel, n_slots, 256, 0, st, *op);
     return LAUNCH_STATUS();
 }
 
@@ -140,6 +142,7 @@ cudaError_t k_comp_frontier(cudaStream_t st, const comp_op *op) {
  * g, g+4, ...; the four group sums are then added in a fixed order. */
 __global__ void idx_scores_kernel(const float *iq, const float *iw, uint32_t IH, uint32_t d, const float *keys,
                                   uint64_t pos0, uint32_t topk, float *scores, uint64_t stride) {
+    pdl_enter();
     extern __shared__ float sm[];
     float *q = sm;                            /* IH x d */
     float *kt = q + (size_t)IH * d;           /* IDX_KEYS x (d + 1) */
@@ -199,7 +202,7 @@ cudaError_t k_idx_scores(cudaStream_t st, const float *iq, const float *iw, uint
     if (n == 0 || n_vis_max <= topk) return cudaSuccess;
     size_t smem = idx_smem(n_head, d);
     if (smem > 48 * 1024 && smem > idx_smem_raised) return cudaErrorInvalidValue; /* k_idx_prepare first */
-    idx_scores_kernel<<<dim3(div_up(n_vis_max, IDX_KEYS), n), 4 * IDX_KEYS, smem, st>>>(iq, iw, n_head, d, keys, pos0, topk,
+    k_launch(idx_scores_kernel, dim3(div_up(n_vis_max, IDX_KEYS), n), 4 * IDX_KEYS, smem, st, iq, iw, n_head, d, keys, pos0, topk,
                                                                                        scores, score_stride);
     return LAUNCH_STATUS();
 }
@@ -231,6 +234,7 @@ __device__ __forceinline__ uint32_t block_scan(uint32_t flag, uint32_t *wsum, ui
 /* One block per query token: radix-select the topk-th best key, then keep
  * every key above it and the lowest-index keys equal to it, in index order. */
 __global__ void idx_topk_kernel(const float *scores, uint64_t stride, uint64_t pos0, uint32_t topk, int32_t *sel) {
+    pdl_enter();
     __shared__ uint32_t hist[256];
     __shared__ uint32_t wsum[32];
     __shared__ uint32_t s_digit, s_need;
@@ -286,7 +290,7 @@ __global__ void idx_topk_kernel(const float *scores, uint64_t stride, uint64_t p
 cudaError_t k_idx_topk(cudaStream_t st, const float *scores, uint64_t score_stride, uint32_t n, uint64_t pos0,
                        uint32_t topk, int32_t *sel) {
     if (n == 0 || (pos0 + n) / 4 <= topk) return cudaSuccess;
-    idx_topk_kernel<<<n, 1024, 0, st>>>(scores, score_stride, pos0, topk, sel);
+    k_launch(idx_topk_kernel, n, 1024, 0, st, scores, score_stride, pos0, topk, sel);
     return LAUNCH_STATUS();
 }
 
@@ -312,6 +316,7 @@ __device__ __forceinline__ const float *att_row(const attn_op &op, uint64_t p, u
 /* One block per (token, head): online softmax over tiles of rows, starting
  * from the sink (running max = sink, denominator 1). */
 __global__ void attention_kernel(attn_op op) {
+    pdl_enter();
     extern __shared__ float q[]; /* hd */
     __shared__ const float *rp[ATT_TILE];
     __shared__ float sc[ATT_TILE], pw[ATT_TILE];
@@ -525,6 +530,7 @@ static size_t attn_mma_smem(uint32_t hd, int mt, bool split) {
  * segments, tokens) with seg_stride slots per token. */
 template <int KS, int MT, bool SPLIT>
 __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op, uint32_t seg_stride) {
+    pdl_enter();
 #if __CUDA_ARCH__ >= 800
     constexpr int HD = 64 * KS, QW = 16 * KS, KST = HD + 8, NTH = 128 * MT, C4 = HD / 4;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -756,6 +762,7 @@ __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op, uint3
 /* Decode: folds the segments' partials of (head, token) in order, as the
  * chunk kernel does in its block. */
 __global__ void attn_fold_kernel(attn_op op, uint32_t seg_stride) {
+    pdl_enter();
     uint32_t h = blockIdx.x, t = blockIdx.y;
     uint64_t p = op.pos0 + t;
     uint32_t n_raw, n_seg = (att_rows(op, p, &n_raw) + AT_SEG - 1) / AT_SEG;
@@ -814,11 +821,11 @@ cudaError_t k_attn_prepare(uint32_t hd) {
 template <int KS> static void attn_mma_launch(cudaStream_t st, const attn_op *op, int mt, uint32_t n_seg) {
     unsigned m_tiles = div_up(op->H, 16);
     if (n_seg) {
-        attn_mma_kernel<KS, 1, true><<<dim3(m_tiles, n_seg, op->n), 128, attn_mma_smem(op->hd, 1, true), st>>>(*op, n_seg);
+        k_launch(attn_mma_kernel<KS, 1, true>, dim3(m_tiles, n_seg, op->n), 128, attn_mma_smem(op->hd, 1, true), st, *op, n_seg);
     } else if (mt == 2) {
-        attn_mma_kernel<KS, 2, false><<<dim3(div_up(m_tiles, 2), op->n), 256, attn_mma_smem(op->hd, 2, false), st>>>(*op, 0);
+        k_launch(attn_mma_kernel<KS, 2, false>, dim3(div_up(m_tiles, 2), op->n), 256, attn_mma_smem(op->hd, 2, false), st, *op, 0);
     } else {
-        attn_mma_kernel<KS, 1, false><<<dim3(m_tiles, op->n), 128, attn_mma_smem(op->hd, 1, false), st>>>(*op, 0);
+        k_launch(attn_mma_kernel<KS, 1, false>, dim3(m_tiles, op->n), 128, attn_mma_smem(op->hd, 1, false), st, *op, 0);
     }
 }
 
@@ -850,14 +857,15 @@ cudaError_t k_attention(cudaStream_t st, const attn_op *op) {
         case 2: attn_mma_launch<4>(st, op, mt, split ? n_seg : 0); break;
         default: attn_mma_launch<8>(st, op, mt, split ? n_seg : 0); break;
         }
-        if (split) attn_fold_kernel<<<dim3(op->H, op->n), 128, 0, st>>>(*op, n_seg);
+        if (split) k_launch(attn_fold_kernel, dim3(op->H, op->n), 128, 0, st, *op, n_seg);
         return LAUNCH_STATUS();
     }
-    attention_kernel<<<dim3(op->H, op->n), ATT_THREADS, op->hd * sizeof(float), st>>>(*op);
+    k_launch(attention_kernel, dim3(op->H, op->n), ATT_THREADS, op->hd * sizeof(float), st, *op);
     return LAUNCH_STATUS();
 }
 
 __global__ void ring_write_kernel(const float *kv, uint64_t first, uint64_t pos0, uint32_t W, uint32_t hd, float *ring) {
+    pdl_enter();
     uint64_t p = first + blockIdx.x;
     for (uint32_t c = threadIdx.x; c < hd; c += blockDim.x) ring[(p % W) * hd + c] = kv[(p - pos0) * hd + c];
 }
@@ -865,6 +873,6 @@ __global__ void ring_write_kernel(const float *kv, uint64_t first, uint64_t pos0
 cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t pos0, uint32_t W, uint32_t hd, float *ring) {
     if (n == 0) return cudaSuccess;
     uint64_t end = pos0 + n, first = n > W ? end - W : pos0;
-    ring_write_kernel<<<(unsigned)(end - first), 128, 0, st>>>(kv, first, pos0, W, hd, ring);
+    k_launch(ring_write_kernel, (unsigned)(end - first), 128, 0, st, kv, first, pos0, W, hd, ring);
     return LAUNCH_STATUS();
 }

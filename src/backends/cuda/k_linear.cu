@@ -116,6 +116,7 @@ typedef struct lin_args {
 } lin_args;
 
 template <int KIND, int TT> __global__ void linear_kernel(lin_args a) {
+    pdl_enter();
     uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (r >= a.n_rows) return; /* whole warps leave; no block barriers here */
     uint32_t g = blockIdx.y;
@@ -147,6 +148,7 @@ template <int KIND, int TT> __global__ void linear_kernel(lin_args a) {
  * warp order. Chosen from the shape alone, so a token's result still does
  * not depend on the chunk. */
 template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
+    pdl_enter();
     constexpr int V = wl<KIND>::V;
     __shared__ float part[ROWS_PER_BLOCK][TT];
     __shared__ double red[32];
@@ -374,6 +376,7 @@ __device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, ui
  * output adds them, in slice order, to its running totals. */
 template <int FMT, int MT, int WK, bool RMS>
 __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
+    pdl_enter();
     constexpr int NC = 8, TR = 16 * MT; /* token columns, rows */
     static_assert(TR * NC <= 32 * WK, "one thread per output");
     extern __shared__ __align__(16) float fl_sm[]; /* [WK][TR][NC][3] floats */
@@ -470,6 +473,7 @@ __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
  * before the scale and the activations are ready. */
 template <int FMT, int WK, int CL, bool RMS>
 __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
+    pdl_enter();
     extern __shared__ __align__(16) float fl_sm[]; /* [rounds][WK][16][3] floats, [nchunk][3][4] uint4, [S][16][3] floats */
     __shared__ float sxs[1];
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
@@ -591,6 +595,7 @@ __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
 #define FL_CS 2
 #define FL_PM 4 /* warps, over rows */
 template <int FMT> __global__ void __launch_bounds__(32 * FL_PM) flmma_tile_kernel(lin_args a) {
+    pdl_enter();
     constexpr int TR = 32 * FL_PM, TT = 16, NTB = 2, NTHR = 32 * FL_PM, UPT = FL_CS * NTB * 32 / NTHR;
     static_assert(UPT >= 1 && UPT * NTHR == FL_CS * NTB * 32, "staging units per thread");
     extern __shared__ __align__(16) uint4 fl_bs[]; /* [2][FL_CS][NTB][3][32] */
@@ -720,7 +725,7 @@ static bool flmma_on(void) {
 template <class Kern> static void fl_go(Kern kern, dim3 grid, unsigned threads, size_t smem, cudaStream_t st, const lin_args &a) {
     /* with the static shared memory (under 1 KiB) above 48 KiB: opt in */
     if (smem > 47 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    kern<<<grid, threads, smem, st>>>(a);
+    k_launch(kern, grid, threads, smem, st, a);
 }
 
 template <int FMT, int MT, int WK, bool RMS> static void fl_slices(const lin_args &a, uint32_t groups, cudaStream_t st) {
@@ -740,17 +745,7 @@ template <int FMT, int WK, int CL, bool RMS> static void fl_one(const lin_args &
     size_t smem = (size_t)rounds * WK * 16 * 3 * sizeof(float) + (size_t)nchunk * 3 * 4 * 16 + (size_t)S * 48 * sizeof(float);
     auto kern = flmma_one_kernel<FMT, WK, CL, RMS>;
     if (smem > 47 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(div_up(a.n_rows, 16) * CL, groups, a.n_tok);
-    cfg.blockDim = dim3(32 * WK);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = CL, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = CL > 1 ? 1 : 0;
-    cudaLaunchKernelEx(&cfg, kern, a);
+    k_launch_cluster(kern, dim3(div_up(a.n_rows, 16) * CL, groups, a.n_tok), 32 * WK, smem, st, CL, a);
 }
 
 /* The shape of the launch; only speed depends on it (see above). Up to 8
@@ -802,12 +797,12 @@ template <int KIND> static void launch_linear(const lin_args &a, dim3 grid, cuda
     grid.z = token_tiles(a.n_tok);
     if (a.n_rows <= 512 && a.K >= 4096) {
         dim3 g(a.n_rows, grid.y, grid.z);
-        if (a.n_tok == 1) linear_rowblock_kernel<KIND, 1><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
-        else linear_rowblock_kernel<KIND, 8><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+        if (a.n_tok == 1) k_launch(linear_rowblock_kernel<KIND, 1>, g, 32 * ROWS_PER_BLOCK, 0, st, a);
+        else k_launch(linear_rowblock_kernel<KIND, 8>, g, 32 * ROWS_PER_BLOCK, 0, st, a);
         return;
     }
-    if (a.n_tok == 1) linear_kernel<KIND, 1><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
-    else linear_kernel<KIND, 8><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+    if (a.n_tok == 1) k_launch(linear_kernel<KIND, 1>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);
+    else k_launch(linear_kernel<KIND, 8>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);
 }
 
 cudaError_t k_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups, uint64_t x_group,
@@ -846,6 +841,7 @@ typedef struct ffn_args {
 } ffn_args;
 
 template <int KIND, int TT, bool UP> __global__ void ffn_kernel(ffn_args a) {
+    pdl_enter();
     uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (r >= a.rows) return;
     uint32_t e, m0, cnt;
@@ -885,16 +881,16 @@ template <bool UP> static cudaError_t launch_ffn(cudaStream_t st, const ffn_args
     bool one = a.grp ? a.n == 1 : a.n == 1; /* one token: one member per slot */
 #define FFN_CASE(KD)                                                           \
     case KD:                                                                   \
-        if (one) ffn_kernel<KD, 1, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a); \
-        else ffn_kernel<KD, 8, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);     \
+        if (one) k_launch(ffn_kernel<KD, 1, UP>, grid, 32 * ROWS_PER_BLOCK, 0, st, a); \
+        else k_launch(ffn_kernel<KD, 8, UP>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);     \
         break;
     switch (kind) {
         FFN_CASE(0)
         FFN_CASE(1)
         FFN_CASE(2)
     default:
-        if (one) ffn_kernel<3, 1, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
-        else ffn_kernel<3, 8, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+        if (one) k_launch(ffn_kernel<3, 1, UP>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);
+        else k_launch(ffn_kernel<3, 8, UP>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);
         break;
     }
 #undef FFN_CASE
@@ -935,8 +931,8 @@ cudaError_t k_linear_rms(cudaStream_t st, const ds4_tensor *w, const float *x, u
     dim3 g(n_rows, 1, token_tiles(n_tok));
 #define RB(KD)                                                                              \
     case KD:                                                                                \
-        if (n_tok == 1) linear_rowblock_kernel<KD, 1><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a); \
-        else linear_rowblock_kernel<KD, 8><<<g, 32 * ROWS_PER_BLOCK, 0, st>>>(a);           \
+        if (n_tok == 1) k_launch(linear_rowblock_kernel<KD, 1>, g, 32 * ROWS_PER_BLOCK, 0, st, a); \
+        else k_launch(linear_rowblock_kernel<KD, 8>, g, 32 * ROWS_PER_BLOCK, 0, st, a);           \
         break;
     switch (kind) {
         RB(0)

@@ -134,6 +134,7 @@ __device__ __forceinline__ void frag_a(const uint8_t *p0, const uint8_t *p1, int
  * from L2 (with row blocks in x, every tile read them from memory again).
  * Routed experts: row blocks in grid x, experts in grid y. */
 template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_bounds__(MM_THREADS) mmq_kernel(mmq_args a) {
+    pdl_enter();
     using F = mw<TYPE>;
     constexpr int NT = BN / 8;
     constexpr uint32_t RB = F::RL * 16, ND = F::QKA == 32 ? 8 : 1;
@@ -342,7 +343,7 @@ bool k_mmq_usable(uint32_t type, const void *w, uint64_t row_bytes, uint64_t K) 
 
 template <class Kern> static void mmq_launch(Kern kernel, uint32_t smem, dim3 grid, const mmq_args &a, cudaStream_t st) {
     if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    kernel<<<grid, MM_THREADS, smem, st>>>(a);
+    k_launch(kernel, grid, MM_THREADS, smem, st, a);
 }
 
 #define MMQ_SWITCH(type, CALL)                            \

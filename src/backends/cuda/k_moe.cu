@@ -23,6 +23,7 @@ __device__ __forceinline__ void better(float *v, int *i, float v2, int i2) {
  * decode a launch. */
 __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const int32_t *tokens, const int32_t *tid2eid,
                              const float *bias, float scale, int32_t *ids, float *wts, int32_t *grp) {
+    pdl_enter();
     __shared__ float s[K_MAX_EXPERTS];
     __shared__ unsigned char taken[K_MAX_EXPERTS];
     __shared__ float wv[8];
@@ -99,7 +100,7 @@ cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n
                     float *wts, int32_t *grp) {
     if (n == 0) return cudaSuccess;
     if (n_expert > K_MAX_EXPERTS || k > K_MAX_USED || k > n_expert || (grp && n != 1)) return cudaErrorInvalidValue;
-    route_kernel<<<n, 256, 0, st>>>(logits, n_expert, k, tokens, tid2eid, bias, scale, ids, wts, grp);
+    k_launch(route_kernel, n, 256, 0, st, logits, n_expert, k, tokens, tid2eid, bias, scale, ids, wts, grp);
     return LAUNCH_STATUS();
 }
 
@@ -130,6 +131,7 @@ __device__ __forceinline__ int block_excl_scan(int v, int *wsum, int *total) {
  * expert keep their ascending entry order, so an expert sees its tokens in
  * chunk order. */
 __global__ void moe_group_kernel(const int32_t *ids, uint32_t nE, uint32_t X, int32_t *grp) {
+    pdl_enter();
     __shared__ uint16_t sid[K_MAX_GROUP_ENTRIES]; /* expert ids < K_MAX_EXPERTS */
     __shared__ int32_t cnt[K_MAX_EXPERTS];
     __shared__ int wsum[32];
@@ -157,7 +159,7 @@ __global__ void moe_group_kernel(const int32_t *ids, uint32_t nE, uint32_t X, in
 
 cudaError_t k_moe_group(cudaStream_t st, const int32_t *ids, uint32_t n_entries, uint32_t n_expert, int32_t *grp) {
     if (n_entries > K_MAX_GROUP_ENTRIES || n_expert > K_MAX_EXPERTS) return cudaErrorInvalidValue;
-    moe_group_kernel<<<1, K_MAX_EXPERTS, 0, st>>>(ids, n_entries, n_expert, grp);
+    k_launch(moe_group_kernel, 1, K_MAX_EXPERTS, 0, st, ids, n_entries, n_expert, grp);
     return LAUNCH_STATUS();
 }
 
@@ -165,6 +167,7 @@ cudaError_t k_moe_group(cudaStream_t st, const int32_t *ids, uint32_t n_entries,
 
 __global__ void moe_combine_kernel(const float *shared, const float *dx, const int32_t *ids, const float *wts,
                                    const int32_t *pos, uint32_t K, uint32_t E, float *out) {
+    pdl_enter();
     uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= E) return;
     out[(uint64_t)t * E + d] = moe_combine_at(shared, dx, ids, wts, pos, K, E, t, d);
@@ -174,6 +177,6 @@ cudaError_t k_moe_combine(cudaStream_t st, const float *shared, const float *d, 
                           const int32_t *grp, uint32_t n, uint32_t k, uint32_t n_expert, uint32_t E, float *out) {
     if (n == 0) return cudaSuccess;
     const int32_t *pos = moe_group_pos(grp, n_expert, n, k);
-    moe_combine_kernel<<<dim3(div_up(E, 256), n), 256, 0, st>>>(shared, d, ids, wts, pos, k, E, out);
+    k_launch(moe_combine_kernel, dim3(div_up(E, 256), n), 256, 0, st, shared, d, ids, wts, pos, k, E, out);
     return LAUNCH_STATUS();
 }

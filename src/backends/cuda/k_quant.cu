@@ -97,6 +97,7 @@ __device__ __forceinline__ float half_f(uint16_t h) { return f16_to_f32(h); }
 /* One warp per Q8_0 block of 32 values: lane j holds value j. */
 __global__ void quant_q8_0_kernel(const float *x, uint64_t x_stride, uint64_t x_group, const float *xscale, uint32_t K,
                                   uint32_t groups, uint32_t n_rows, uint8_t *act, uint64_t act_row, act_split sp) {
+    pdl_enter();
     uint32_t nb = K / DS4_QK8_0;
     uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     uint32_t lane = threadIdx.x & 31;
@@ -130,6 +131,7 @@ __global__ void quant_q8_0_kernel(const float *x, uint64_t x_stride, uint64_t x_
 /* One warp per Q8_K block of 256 values: lane l holds values 8l..8l+7. */
 __global__ void quant_q8_K_kernel(const float *x, uint64_t x_stride, uint64_t x_group, const float *xscale, uint32_t K,
                                   uint32_t groups, uint32_t n_rows, uint8_t *act, uint64_t act_row, act_split sp) {
+    pdl_enter();
     uint32_t nb = K / DS4_QK_K;
     uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     uint32_t lane = threadIdx.x & 31;
@@ -188,8 +190,8 @@ static cudaError_t quantize(cudaStream_t st, uint32_t wtype, const float *x, uin
     bool q8k = act_is_q8k(wtype);
     uint64_t warps = (uint64_t)n_rows * groups * (K / (q8k ? DS4_QK_K : DS4_QK8_0));
     unsigned blocks = div_up(warps, 8);
-    if (q8k) quant_q8_K_kernel<<<blocks, 256, 0, st>>>(x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row, sp);
-    else quant_q8_0_kernel<<<blocks, 256, 0, st>>>(x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row, sp);
+    if (q8k) k_launch(quant_q8_K_kernel, blocks, 256, 0, st, x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row, sp);
+    else k_launch(quant_q8_0_kernel, blocks, 256, 0, st, x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row, sp);
     return LAUNCH_STATUS();
 }
 
@@ -542,9 +544,11 @@ typedef struct qlin_args {
     uint64_t act_row; /* bytes of one (token, group) activation row */
     float *y;
     uint64_t y_stride;
+    uint32_t prefetch; /* staged: the share of its rows (in 1/65536) each warp asks L2 for before the wait */
 } qlin_args;
 
 template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
+    pdl_enter();
     uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (r >= a.n_rows) return;
     uint32_t g = blockIdx.y;
@@ -570,6 +574,8 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args
     uint64_t r0 = ((uint64_t)blockIdx.x * ROWS_PER_BLOCK + warp) * rpw;
     uint32_t nr = r0 >= a.n_rows ? 0 : (uint32_t)(a.n_rows - r0 < rpw ? a.n_rows - r0 : rpw);
     const uint8_t *w = a.w + (a.r0 + g * a.n_rows + r0) * a.row_bytes;
+    if (lane == 0 && nr) prefetch_l2(w, (uint32_t)((nr * a.row_bytes * a.prefetch) >> 16) & ~15u);
+    pdl_enter();
     uint8_t *sbuf = sm + TT * a.act_row + warp * 2 * chunk_of<TYPE>::WB;
     uint8_t *tab = sm + TT * a.act_row + ROWS_PER_BLOCK * 2 * chunk_of<TYPE>::WB;
     stage_tables<TYPE>(tab);
@@ -606,7 +612,22 @@ static void launch_staged(K kernel, uint32_t smem, uint64_t n_rows, uint32_t gri
      * matrix streams long runs of rows per warp. */
     uint32_t rpw = one_token ? rows_per_warp(kernel, smem, n_rows, grid_y) : 1;
     dim3 g(div_up(n_rows, (uint64_t)ROWS_PER_BLOCK * rpw), grid_y);
-    kernel<<<g, 32 * ROWS_PER_BLOCK, smem, st>>>(a, rpw);
+    k_launch(kernel, g, 32 * ROWS_PER_BLOCK, smem, st, a, rpw);
+}
+
+/* The share (in 1/65536) of a single-token weight stream of `bytes` that
+ * is asked into L2 before the kernel in front has ended: at most
+ * DS4_CUDA_PREFETCH_MB (default 16) MiB, so the prefetched lines are still
+ * in L2 (50 MB on an H100) when the stream reaches them. */
+static uint32_t prefetch_share(uint64_t bytes) {
+    static int64_t budget = -1;
+    if (budget < 0) {
+        const char *e = getenv("DS4_CUDA_PREFETCH_MB");
+        budget = (int64_t)((e ? atof(e) : 16.0) * 1048576.0);
+        if (budget < 0) budget = 0;
+    }
+    if (!bytes || (uint64_t)budget >= bytes) return 65536;
+    return (uint32_t)(((uint64_t)budget << 16) / bytes);
 }
 
 template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStream_t st) {
@@ -618,8 +639,8 @@ template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStre
             launch_staged(qlinear_staged_kernel<TYPE, 4>, staged_smem<TYPE, 4, 1>(a.act_row), a.n_rows, a.groups, false, a, st);
         return;
     }
-    if (a.n_tok == 1) qlinear_kernel<TYPE, 1><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
-    else qlinear_kernel<TYPE, 4><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+    if (a.n_tok == 1) k_launch(qlinear_kernel<TYPE, 1>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);
+    else k_launch(qlinear_kernel<TYPE, 4>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);
 }
 
 #define QTYPE_SWITCH(type, CALL)                                 \
@@ -651,7 +672,8 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
     }
     uint32_t qk = act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0;
     qlin_args a = {w->data, w->row_bytes, r0, n_rows, K / qk, groups, n_tok, (const uint8_t *)act,
-                   k_act_row_bytes(w->type, K), y, y_stride};
+                   k_act_row_bytes(w->type, K), y, y_stride, 0};
+    if (n_tok == 1) a.prefetch = prefetch_share(n_rows * groups * w->row_bytes);
 #define QL(T) launch_qlinear<T>(a, st)
     QTYPE_SWITCH(w->type, QL)
 #undef QL
@@ -687,6 +709,7 @@ __device__ __forceinline__ void expert_act_rows(const qffn_args &a, const int32_
 }
 
 template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args a) {
+    pdl_enter();
     uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (r >= a.rows) return;
     uint32_t e, m0, cnt;
@@ -713,6 +736,7 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args 
 }
 
 template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qffn_args a, uint32_t rpw) {
+    pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
     constexpr int NM = UP ? 2 : 1;
     uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -818,6 +842,7 @@ template <uint32_t TYPE, int NM, int CP, int NBUF> static uint32_t dec_smem(uint
 
 template <uint32_t TYPE, bool UP, int NJ, int CP, int NBUF>
 __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, uint32_t rpw) {
+    pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
     constexpr int NM = UP ? 2 : 1, U = NM * NJ, W = dec_of<TYPE>::W;
     constexpr uint32_t NB = 4 * NJ, BY = qb<TYPE>::BYTES, RB = NB * BY, ABY = act_of<TYPE>::BYTES;
@@ -977,7 +1002,7 @@ template <uint32_t TYPE, bool UP> static bool launch_dec(const qffn_args &a, uin
             /* one wave of resident blocks, the rows split evenly */
             uint32_t rpw = rows_per_warp(kernel, smem, a.rows, slots, DEC_WARPS, UINT64_MAX);
             dim3 g(div_up(a.rows, (uint64_t)DEC_WARPS * rpw), slots);
-            kernel<<<g, 32 * DEC_WARPS, smem, st>>>(a, rpw);
+            k_launch(kernel, g, 32 * DEC_WARPS, smem, st, a, rpw);
         };
         /* IQ2_XXS tables in 32 copies and two row buffers per warp: 16
          * copies and 3 or 4 buffers measured slower (bench/cuda-h100-decode.md) */
@@ -1005,8 +1030,8 @@ template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, ui
             launch_staged(qffn_staged_kernel<TYPE, 4, UP>, staged_smem<TYPE, 4, NM>(a.act_row), a.rows, slots, false, a, st);
         return;
     }
-    if (a.n == 1) qffn_kernel<TYPE, 1, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
-    else qffn_kernel<TYPE, 4, UP><<<grid, 32 * ROWS_PER_BLOCK, 0, st>>>(a);
+    if (a.n == 1) k_launch(qffn_kernel<TYPE, 1, UP>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);
+    else k_launch(qffn_kernel<TYPE, 4, UP>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);
 }
 
 cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,

@@ -7,6 +7,7 @@
 /* ---- row transforms ------------------------------------------------------- */
 
 __global__ void rows_kernel(row_op op) {
+    pdl_enter();
     extern __shared__ float v[];
     __shared__ double red[32];
     uint32_t row = blockIdx.x;
@@ -23,7 +24,7 @@ cudaError_t k_rows(cudaStream_t st, const row_op *op) {
     size_t smem = (size_t)op->n * sizeof(float);
     if (smem > 48 * 1024) return cudaErrorInvalidValue; /* rows are at most a few thousand floats */
     unsigned threads = op->n >= 2048 ? 512 : (op->n >= 1024 ? 256 : 128);
-    rows_kernel<<<op->n_rows, threads, smem, st>>>(*op);
+    k_launch(rows_kernel, op->n_rows, threads, smem, st, *op);
     return LAUNCH_STATUS();
 }
 
@@ -31,6 +32,7 @@ cudaError_t k_rows(cudaStream_t st, const row_op *op) {
 
 __global__ void embed_kernel(const uint8_t *data, uint64_t row_bytes, uint32_t type, uint32_t E, const int32_t *tokens,
                              uint32_t hc, float *X) {
+    pdl_enter();
     uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= E) return;
     float v = load_elem(type, data + (uint64_t)tokens[t] * row_bytes, d);
@@ -40,7 +42,7 @@ __global__ void embed_kernel(const uint8_t *data, uint64_t row_bytes, uint32_t t
 cudaError_t k_embed(cudaStream_t st, const ds4_tensor *emb, const int32_t *tokens, uint32_t n, uint32_t hc, float *X) {
     if (n == 0) return cudaSuccess;
     uint32_t E = (uint32_t)emb->ne[0];
-    embed_kernel<<<dim3(div_up(E, 256), n), 256, 0, st>>>(emb->data, emb->row_bytes, emb->type, E, tokens, hc, X);
+    k_launch(embed_kernel, dim3(div_up(E, 256), n), 256, 0, st, emb->data, emb->row_bytes, emb->type, E, tokens, hc, X);
     return LAUNCH_STATUS();
 }
 
@@ -48,6 +50,7 @@ cudaError_t k_embed(cudaStream_t st, const ds4_tensor *emb, const int32_t *token
 
 /* One block per row; eight loads per thread in flight (see load_row). */
 __global__ void rms_inv_kernel(const float *x, uint32_t n, float eps, float *rinv) {
+    pdl_enter();
     __shared__ double red[32];
     const float *r = x + (uint64_t)blockIdx.x * n;
     uint32_t bd = blockDim.x;
@@ -65,7 +68,7 @@ __global__ void rms_inv_kernel(const float *x, uint32_t n, float eps, float *rin
 
 cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t n, float eps, float *rinv) {
     if (n_rows == 0) return cudaSuccess;
-    rms_inv_kernel<<<n_rows, n >= 8192 ? 1024 : 256, 0, st>>>(x, n, eps, rinv);
+    k_launch(rms_inv_kernel, n_rows, n >= 8192 ? 1024 : 256, 0, st, x, n, eps, rinv);
     return LAUNCH_STATUS();
 }
 
@@ -85,6 +88,7 @@ __device__ __forceinline__ float mhc_post_coef(const float *m, uint32_t hc, cons
  * ds4_mhc_pre's to the bit. */
 __global__ void mhc_coeffs_kernel(const float *mix, uint32_t hc, const float *base, const float *scale, float eps,
                                   uint32_t iters, int head, float *pre, float *post, float *comb) {
+    pdl_enter();
     __shared__ float c[K_MAX_HC * K_MAX_HC];
     uint32_t t = blockIdx.x, tid = threadIdx.x, i = tid / hc, j = tid % hc;
     uint32_t n_mix = head ? hc : (2 + hc) * hc;
@@ -131,11 +135,12 @@ cudaError_t k_mhc_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint
                          const float *scale, float eps, uint32_t iters, int head, float *pre, float *post, float *comb) {
     if (n_tok == 0) return cudaSuccess;
     unsigned threads = (hc * hc + 31) / 32 * 32;
-    mhc_coeffs_kernel<<<n_tok, threads, 0, st>>>(mix, hc, base, scale, eps, iters, head, pre, post, comb);
+    k_launch(mhc_coeffs_kernel, n_tok, threads, 0, st, mix, hc, base, scale, eps, iters, head, pre, post, comb);
     return LAUNCH_STATUS();
 }
 
 __global__ void mhc_collapse_kernel(const float *X, const float *pre, uint32_t hc, uint32_t E, float *y) {
+    pdl_enter();
     uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= E) return;
     const float *x = X + (uint64_t)t * hc * E + d;
@@ -148,7 +153,7 @@ __global__ void mhc_collapse_kernel(const float *X, const float *pre, uint32_t h
 cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, uint32_t n_tok, uint32_t hc, uint32_t E,
                            float *y) {
     if (n_tok == 0) return cudaSuccess;
-    mhc_collapse_kernel<<<dim3(div_up(E, 256), n_tok), 256, 0, st>>>(X, pre, hc, E, y);
+    k_launch(mhc_collapse_kernel, dim3(div_up(E, 256), n_tok), 256, 0, st, X, pre, hc, E, y);
     return LAUNCH_STATUS();
 }
 
@@ -177,6 +182,7 @@ __device__ __forceinline__ void mhc_post_at(float *X, float ot, const float *pos
 }
 
 __global__ void mhc_post_kernel(float *X, const float *o, const float *post, const float *comb, uint32_t hc, uint32_t E) {
+    pdl_enter();
     uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= E) return;
     mhc_post_at(X, o[(uint64_t)t * E + d], post, comb, hc, E, t, d);
@@ -185,7 +191,7 @@ __global__ void mhc_post_kernel(float *X, const float *o, const float *post, con
 cudaError_t k_mhc_post(cudaStream_t st, float *X, const float *o, const float *post, const float *comb, uint32_t n_tok,
                        uint32_t hc, uint32_t E) {
     if (n_tok == 0) return cudaSuccess;
-    mhc_post_kernel<<<dim3(div_up(E, 256), n_tok), 256, 0, st>>>(X, o, post, comb, hc, E);
+    k_launch(mhc_post_kernel, dim3(div_up(E, 256), n_tok), 256, 0, st, X, o, post, comb, hc, E);
     return LAUNCH_STATUS();
 }
 
@@ -194,6 +200,7 @@ cudaError_t k_mhc_post(cudaStream_t st, float *X, const float *o, const float *p
 __global__ void mhc_post_moe_kernel(float *X, const float *shared, const float *dx, const int32_t *ids, const float *wts,
                                     const int32_t *pos, uint32_t K, const float *post, const float *comb, uint32_t hc,
                                     uint32_t E) {
+    pdl_enter();
     uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= E) return;
     mhc_post_at(X, moe_combine_at(shared, dx, ids, wts, pos, K, E, t, d), post, comb, hc, E, t, d);
@@ -203,8 +210,7 @@ cudaError_t k_mhc_post_moe(cudaStream_t st, float *X, const float *shared, const
                            const float *wts, const int32_t *grp, uint32_t n_expert, uint32_t k, const float *post,
                            const float *comb, uint32_t n_tok, uint32_t hc, uint32_t E) {
     if (n_tok == 0) return cudaSuccess;
-    mhc_post_moe_kernel<<<dim3(div_up(E, 256), n_tok), 256, 0, st>>>(
-        X, shared, d, ids, wts, moe_group_pos(grp, n_expert, n_tok, k), k, post, comb, hc, E);
+    k_launch(mhc_post_moe_kernel, dim3(div_up(E, 256), n_tok), 256, 0, st, X, shared, d, ids, wts, moe_group_pos(grp, n_expert, n_tok, k), k, post, comb, hc, E);
     return LAUNCH_STATUS();
 }
 
@@ -313,6 +319,7 @@ __device__ __forceinline__ void bar_rest(uint32_t n) { asm volatile("bar.sync 1,
 __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, const float *X, uint32_t hc, uint32_t E, const float *base,
                                   const float *scale, float eps, uint32_t iters, int head, float *pre, float *post,
                                   float *comb, const float *norm_w, float norm_eps, float *y) {
+    pdl_enter();
     extern __shared__ __align__(16) float yv[]; /* E floats */
     __shared__ float spre[K_MAX_HC], c[K_MAX_HC * K_MAX_HC];
     __shared__ double red[32];
@@ -392,7 +399,7 @@ cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint
     size_t smem = (size_t)E * sizeof(float);
     if (hc > K_MAX_HC || smem > 48 * 1024) return cudaErrorInvalidValue;
     unsigned threads = E >= 4096 ? 1024 : (E >= 2048 ? 512 : 256); /* warp 0 + the collapse threads */
-    mhc_finish_kernel<<<n_tok, threads, smem, st>>>(mix, X, hc, E, base, scale, eps, iters, head, pre, post, comb, norm_w,
+    k_launch(mhc_finish_kernel, n_tok, threads, smem, st, mix, X, hc, E, base, scale, eps, iters, head, pre, post, comb, norm_w,
                                                     norm_eps, y);
     return LAUNCH_STATUS();
 }

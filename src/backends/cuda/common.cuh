@@ -110,6 +110,17 @@ __device__ __forceinline__ float swiglu_clamped(float g, float u, float lim) {
     return ga / (1.0f + expf(-ga)) * ub;
 }
 
+/* (float)i for |i| < 2^22, exactly, without the conversion unit: adding i
+ * to the bits of 1.5 * 2^23 (whose last mantissa bit is worth 1) gives
+ * 1.5 * 2^23 + i, and the subtraction is exact. An SM converts only 16
+ * integers a clock, while the tensor-core Q8_0 products need one
+ * conversion per output and 32-value block (integer sums below 32 * 127 *
+ * 127 < 2^19); float adds run 128 a clock. An integer MMA started from
+ * SMALL_INT_BIAS adds the bias itself (biased_int_to_float). */
+#define SMALL_INT_BIAS 0x4B400000
+__device__ __forceinline__ float biased_int_to_float(int b) { return __int_as_float(b) - 12582912.0f; }
+__device__ __forceinline__ float small_int_to_float(int i) { return biased_int_to_float(SMALL_INT_BIAS + i); }
+
 /* ---- quantized block bytes ------------------------------------------------ */
 
 /* A little-endian 16-bit field at any byte address (block scales). */

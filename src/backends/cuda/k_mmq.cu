@@ -41,16 +41,17 @@ extern "C" {
 #define MM_XS (256 + 16) /* bytes per staged row of 256 int8 (the pad makes fragment loads conflict-free) */
 
 /* Bytes per 256 values (SB) and the 16-byte lines that can cover them at
- * any 16-byte phase (RL); QKA: the activation block (scale granule). */
+ * any 16-byte phase (RL); QKA: the activation block (scale granule), ND
+ * of them per 256 values. */
 template <uint32_t TYPE> struct mw;
 template <> struct mw<GGML_TYPE_Q8_0> {
-    static constexpr uint32_t SB = 8 * 34, RL = 17, QKA = 32;
+    static constexpr uint32_t SB = 8 * 34, RL = 17, QKA = 32, ND = 8;
 };
 template <> struct mw<GGML_TYPE_Q2_K> {
-    static constexpr uint32_t SB = 84, RL = 7, QKA = 256;
+    static constexpr uint32_t SB = 84, RL = 7, QKA = 256, ND = 1;
 };
 template <> struct mw<GGML_TYPE_IQ2_XXS> {
-    static constexpr uint32_t SB = 66, RL = 6, QKA = 256;
+    static constexpr uint32_t SB = 66, RL = 6, QKA = 256, ND = 1;
 };
 
 typedef struct mmq_args {
@@ -83,8 +84,8 @@ __device__ __forceinline__ void mma_s8(int *c, const int *a, const int *b) {
 
 /* Shared memory of a block (see the layout in mmq_kernel). */
 template <uint32_t TYPE> static constexpr uint32_t mmq_smem(int BN) {
-    return 2 * MM_ROWS * mw<TYPE>::RL * 16 + 2 * BN * MM_XS + 2 * BN * 8 * 4 + 2 * BN * 16 * 2 + BN * 4 +
-                      (TYPE == GGML_TYPE_IQ2_XXS ? 256 * 8 + 128 : 0);
+    return 2 * MM_ROWS * mw<TYPE>::RL * 16 + 2 * BN * MM_XS + 2 * BN * mw<TYPE>::ND * 4 +
+           (TYPE == GGML_TYPE_Q2_K ? 2 * BN * 16 * 2 : 0) + BN * 4 + (TYPE == GGML_TYPE_IQ2_XXS ? 256 * 8 + 128 : 0);
 }
 
 /* The A fragment (rows r, r + 8; values 4 t.. and 16 + 4 t.. of 32-value
@@ -125,6 +126,12 @@ __device__ __forceinline__ void frag_a(const uint8_t *p0, const uint8_t *p1, int
     }
 }
 
+/* Blocks per SM the register allocation must allow (smem allows 4 of the
+ * kernels named here, 3 of Q8_0's 64-token tiles); 1: the compiler's choice. */
+static constexpr int mmq_min_blocks(uint32_t type, int bn, int nm) {
+    return type == GGML_TYPE_Q8_0 ? (bn == 64 || nm == 2 ? 3 : 4) : (type == GGML_TYPE_IQ2_XXS && bn == 64 ? 4 : 1);
+}
+
 /* MODE 0: dense rows (groups in grid y); 1: expert gate and up with SwiGLU
  * (NM = 2); 2: expert down. The NM matrices of MODE 1 pass over K one after
  * the other (their results stay in registers), so shared memory holds one
@@ -133,17 +140,17 @@ __device__ __forceinline__ void frag_a(const uint8_t *p0, const uint8_t *p1, int
  * row block over all the tiles are launched together and read its weights
  * from L2 (with row blocks in x, every tile read them from memory again).
  * Routed experts: row blocks in grid x, experts in grid y. */
-template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_bounds__(MM_THREADS) mmq_kernel(mmq_args a) {
+template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_bounds__(MM_THREADS, mmq_min_blocks(TYPE, BN, NM)) mmq_kernel(mmq_args a) {
     pdl_enter();
     using F = mw<TYPE>;
     constexpr int NT = BN / 8;
-    constexpr uint32_t RB = F::RL * 16, ND = F::QKA == 32 ? 8 : 1;
+    constexpr uint32_t RB = F::RL * 16, ND = F::ND;
     extern __shared__ __align__(16) uint8_t sm[];
     uint8_t *sraw = sm;                                          /* [2][64][RB] */
     uint8_t *sx = sraw + 2 * MM_ROWS * RB;                       /* [2][BN][MM_XS] */
-    float *sxd = (float *)(sx + 2 * BN * MM_XS);                 /* [2][BN][8] */
-    int16_t *sbs = (int16_t *)(sxd + 2 * BN * 8);                /* [2][BN][16] */
-    int *srow = (int *)(sbs + 2 * BN * 16);                      /* [BN] */
+    float *sxd = (float *)(sx + 2 * BN * MM_XS);                 /* [2][BN][ND] */
+    int16_t *sbs = (int16_t *)(sxd + 2 * BN * ND);               /* Q2_K: [2][BN][16] */
+    int *srow = (int *)(sbs + (TYPE == GGML_TYPE_Q2_K ? 2 * BN * 16 : 0)); /* [BN] */
     uint8_t *tab = (uint8_t *)(srow + BN);                       /* IQ2_XXS tables */
 
     uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
@@ -174,6 +181,18 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
         for (uint32_t i = threadIdx.x; i < (256 * 8 + 128) / 4; i += MM_THREADS) ((uint32_t *)tab)[i] = ((const uint32_t *)a.tab)[i];
     const uint32_t S = a.K / 256;
     const uint32_t r_lo = 16 * warp + g; /* this thread's rows: r_lo and r_lo + 8 */
+    /* Q8_0 (whole lines per step: no phase): the weight lines this thread
+     * copies at every step, line i = r RL + l of the block's rows at byte
+     * r row_bytes + 16 l of the step's bytes (~0u: past the last row),
+     * worked out once instead of at every step. */
+    constexpr bool WHOLE = F::SB % 16 == 0;
+    constexpr uint32_t CW = WHOLE ? (MM_ROWS * F::RL + MM_THREADS - 1) / MM_THREADS : 1;
+    uint32_t wsrc[CW];
+#pragma unroll
+    for (uint32_t k = 0; k < CW; k++) {
+        uint32_t i = threadIdx.x + k * MM_THREADS, r = i / F::RL;
+        wsrc[k] = i < MM_ROWS * F::RL && r < nr ? (uint32_t)(r * a.row_bytes) + 16 * (i % F::RL) : ~0u;
+    }
 
     for (uint32_t t0 = t_first; t0 < cnt; t0 += t_step) {
         uint32_t nt = cnt - t0 < BN ? cnt - t0 : BN;
@@ -195,9 +214,16 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
              * lines covering them), the tokens' int8 values and scales */
             auto issue = [&](uint32_t s) {
                 uint32_t buf = s & 1, o = s * F::SB, l0 = o / 16, nl = (o % 16 + F::SB + 15) / 16;
-                for (uint32_t i = threadIdx.x; i < MM_ROWS * F::RL; i += MM_THREADS) {
-                    uint32_t r = i / F::RL, l = i % F::RL;
-                    if (r < nr && l < nl) cp_async16(sraw + (buf * MM_ROWS + r) * RB + 16 * l, wb[m] + r * a.row_bytes + 16 * (l0 + l));
+                if constexpr (WHOLE) {
+                    /* staged row r's line l sits at 16 (r RL + l) = 16 i */
+#pragma unroll
+                    for (uint32_t k = 0; k < CW; k++)
+                        if (wsrc[k] != ~0u) cp_async16(sraw + buf * MM_ROWS * RB + 16 * (threadIdx.x + k * MM_THREADS), wb[m] + wsrc[k] + o);
+                } else {
+                    for (uint32_t i = threadIdx.x; i < MM_ROWS * F::RL; i += MM_THREADS) {
+                        uint32_t r = i / F::RL, l = i % F::RL;
+                        if (r < nr && l < nl) cp_async16(sraw + (buf * MM_ROWS + r) * RB + 16 * l, wb[m] + r * a.row_bytes + 16 * (l0 + l));
+                    }
                 }
                 for (uint32_t i = threadIdx.x; i < BN * 16; i += MM_THREADS) {
                     uint32_t t = i >> 4, l = i & 15;
@@ -206,7 +232,7 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                 /* scales: a few words per token, plain loads from L2 */
                 for (uint32_t i = threadIdx.x; i < BN * ND; i += MM_THREADS) {
                     uint32_t t = i / ND, j = i % ND;
-                    if (t < nt) sxd[(buf * BN + t) * 8 + j] = __ldcg(a.x.d + (uint64_t)srow[t] * (a.K / F::QKA) + s * ND + j);
+                    if (t < nt) sxd[(buf * BN + t) * ND + j] = __ldcg(a.x.d + (uint64_t)srow[t] * (a.K / F::QKA) + s * ND + j);
                 }
                 if constexpr (TYPE == GGML_TYPE_Q2_K) {
                     for (uint32_t i = threadIdx.x; i < BN * 2; i += MM_THREADS) {
@@ -229,56 +255,78 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                 uint32_t buf = s & 1, off = (s * F::SB) % 16;
                 const uint8_t *raw = sraw + buf * MM_ROWS * RB;
                 const uint8_t *xs = sx + buf * BN * MM_XS;
-                const float *xd = sxd + buf * BN * 8;
+                const float *xd = sxd + buf * BN * ND;
                 /* per-output integer sums (Q2_K: of the whole step; IQ2_XXS: scaled per block) */
                 int isum[NT][4];
-                float q0[NT][4], q1[NT][4], q2[NT][4]; /* Q8_0: the tree's pending sums */
 #pragma unroll
                 for (int j = 0; j < NT; j++)
 #pragma unroll
                     for (int i = 0; i < 4; i++) isum[j][i] = 0;
                 const uint8_t *p0 = raw + r_lo * RB + off, *p1 = p0 + 8 * RB; /* this step's block(s) of the rows */
+                if constexpr (TYPE == GGML_TYPE_Q8_0) {
+                    /* the 8 blocks' fragments and scales of both rows once,
+                     * then each column group's 8 products and its tree in a row */
+                    int A8[8][4];
+                    float dw8[8][2];
 #pragma unroll
-                for (int sub = 0; sub < 8; sub++) {
-                    int A[4], sc[2] = {1, 1};
-                    frag_a<TYPE>(p0, p1, sub, tg, tab, A, sc);
-                    float dw[2]; /* Q8_0: the block scales of the rows */
-                    if constexpr (TYPE == GGML_TYPE_Q8_0) {
-                        dw[0] = f16_to_f32(ld16(p0 + 34 * sub));
-                        dw[1] = f16_to_f32(ld16(p1 + 34 * sub));
+                    for (int sub = 0; sub < 8; sub++) {
+                        int sc[2];
+                        frag_a<TYPE>(p0, p1, sub, tg, tab, A8[sub], sc);
+                        dw8[sub][0] = f16_to_f32(ld16(p0 + 34 * sub));
+                        dw8[sub][1] = f16_to_f32(ld16(p1 + 34 * sub));
                     }
 #pragma unroll
                     for (int j = 0; j < NT; j++) {
                         if (8 * j >= (int)nt) break; /* uniform: the tile's unused column groups */
-                        const uint8_t *p = xs + (8 * j + g) * MM_XS + 32 * sub + 4 * tg;
-                        int B[2] = {*(const int *)p, *(const int *)(p + 16)};
-                        if constexpr (TYPE == GGML_TYPE_Q2_K) {
-                            mma_s8(isum[j], A, B);
-                        } else {
-                            int c[4] = {0, 0, 0, 0};
-                            mma_s8(c, A, B);
+                        const uint8_t *pb = xs + (8 * j + g) * MM_XS + 4 * tg;
+                        /* the block scales of this thread's two columns (8 floats each, 32-byte aligned) */
+                        const float4 *xc = (const float4 *)(xd + (8 * j + 2 * tg) * ND);
+                        float4 xv[4] = {xc[0], xc[1], xc[2], xc[3]};
+                        const float *xf = (const float *)xv;
+                        float q0[4], q1[4], q2[4];
+#pragma unroll
+                        for (int sub = 0; sub < 8; sub++) {
+                            int B[2] = {*(const int *)(pb + 32 * sub), *(const int *)(pb + 32 * sub + 16)};
+                            /* the sums land on the bits of 1.5 * 2^23 (small_int_to_float) */
+                            int c[4] = {SMALL_INT_BIAS, SMALL_INT_BIAS, SMALL_INT_BIAS, SMALL_INT_BIAS};
+                            mma_s8(c, A8[sub], B);
 #pragma unroll
                             for (int i = 0; i < 4; i++) {
-                                uint32_t col = 8 * j + 2 * tg + (i & 1);
-                                if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
-                                    isum[j][i] += c[i] * sc[i >> 1];
-                                } else {
-                                    float t = (float)c[i] * (dw[i >> 1] * xd[col * 8 + sub]);
-                                    /* ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7)) */
-                                    if (sub == 0) q0[j][i] = t;
-                                    else if (sub == 2 || sub == 4) q1[j][i] = t;
-                                    else if (sub == 6) q2[j][i] = t;
-                                    else if (sub == 1) q0[j][i] = q0[j][i] + t;
-                                    else if (sub == 3) {
-                                        q1[j][i] = q1[j][i] + t;
-                                        q0[j][i] = q0[j][i] + q1[j][i];
-                                    } else if (sub == 5) q1[j][i] = q1[j][i] + t;
-                                    else {
-                                        q2[j][i] = q2[j][i] + t;
-                                        q1[j][i] = q1[j][i] + q2[j][i];
-                                        acc[m][j][i] += q0[j][i] + q1[j][i];
-                                    }
+                                float t = biased_int_to_float(c[i]) * (dw8[sub][i >> 1] * xf[(i & 1) * 8 + sub]);
+                                /* ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7)) */
+                                if (sub == 0) q0[i] = t;
+                                else if (sub == 2 || sub == 4) q1[i] = t;
+                                else if (sub == 6) q2[i] = t;
+                                else if (sub == 1) q0[i] = q0[i] + t;
+                                else if (sub == 3) {
+                                    q1[i] = q1[i] + t;
+                                    q0[i] = q0[i] + q1[i];
+                                } else if (sub == 5) q1[i] = q1[i] + t;
+                                else {
+                                    q2[i] = q2[i] + t;
+                                    q1[i] = q1[i] + q2[i];
+                                    acc[m][j][i] += q0[i] + q1[i];
                                 }
+                            }
+                        }
+                    }
+                } else {
+#pragma unroll
+                    for (int sub = 0; sub < 8; sub++) {
+                        int A[4], sc[2] = {1, 1};
+                        frag_a<TYPE>(p0, p1, sub, tg, tab, A, sc);
+#pragma unroll
+                        for (int j = 0; j < NT; j++) {
+                            if (8 * j >= (int)nt) break; /* uniform: the tile's unused column groups */
+                            const uint8_t *p = xs + (8 * j + g) * MM_XS + 32 * sub + 4 * tg;
+                            int B[2] = {*(const int *)p, *(const int *)(p + 16)};
+                            if constexpr (TYPE == GGML_TYPE_Q2_K) {
+                                mma_s8(isum[j], A, B);
+                            } else {
+                                int c[4] = {0, 0, 0, 0};
+                                mma_s8(c, A, B);
+#pragma unroll
+                                for (int i = 0; i < 4; i++) isum[j][i] += c[i] * sc[i >> 1];
                             }
                         }
                     }
@@ -291,7 +339,7 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
                         for (int i = 0; i < 4; i++) {
                             uint32_t col = 8 * j + 2 * tg + (i & 1);
                             const uint8_t *p = (i >> 1) ? p1 : p0;
-                            float dx = xd[col * 8];
+                            float dx = xd[col * ND];
                             if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
                                 acc[m][j][i] += 0.125f * (f16_to_f32(ld16(p)) * dx) * (float)isum[j][i];
                             } else {
@@ -379,6 +427,19 @@ static int expert_bn(uint32_t type, uint32_t n, uint32_t k, uint32_t n_expert) {
     return avg <= EXPERT_BN16_MAX ? 16 : avg <= EXPERT_BN32_MAX ? 32 : 64;
 }
 
+/* Token tile of dense products: 64 for Q8_0, whose per-block float work
+ * leaves the A fragments and the weight copies a large share of the
+ * instructions unless they feed more tokens; 32 otherwise.
+ * DS4_CUDA_Q8_BN=32 overrides, for measurements. */
+static int dense_bn(uint32_t type) {
+    static int q8 = 0;
+    if (!q8) {
+        const char *e = getenv("DS4_CUDA_Q8_BN");
+        q8 = e && atoi(e) == 32 ? 32 : 64;
+    }
+    return type == GGML_TYPE_Q8_0 ? q8 : MM_DENSE_BN;
+}
+
 cudaError_t k_mmq_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
                          const void *act, uint32_t n_tok, float *y, uint64_t y_stride, const uint8_t *tab) {
     mmq_args a;
@@ -387,7 +448,12 @@ cudaError_t k_mmq_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint
     a.K = (uint32_t)w->ne[0], a.groups = groups, a.n_tok = n_tok;
     a.x = k_act_split(w->type, (void *)act, (uint64_t)n_tok * groups, a.K);
     a.y = y, a.y_stride = y_stride, a.tab = tab;
-    dim3 grid(div_up(n_tok, MM_DENSE_BN), groups, div_up(n_rows, MM_ROWS));
+    int bn = dense_bn(w->type);
+    dim3 grid(div_up(n_tok, bn), groups, div_up(n_rows, MM_ROWS));
+    if (w->type == GGML_TYPE_Q8_0 && bn == 64) {
+        mmq_launch(mmq_kernel<GGML_TYPE_Q8_0, 64, 1, 0>, mmq_smem<GGML_TYPE_Q8_0>(64), grid, a, st);
+        return LAUNCH_STATUS();
+    }
 #define ML(T) mmq_launch(mmq_kernel<T, MM_DENSE_BN, 1, 0>, mmq_smem<T>(MM_DENSE_BN), grid, a, st)
     MMQ_SWITCH(w->type, ML)
 #undef ML

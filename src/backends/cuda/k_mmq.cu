@@ -128,8 +128,9 @@ __device__ __forceinline__ void frag_a(const uint8_t *p0, const uint8_t *p1, int
 
 /* Blocks per SM the register allocation must allow (smem allows 4 of the
  * kernels named here, 3 of Q8_0's 64-token tiles); 1: the compiler's choice. */
-static constexpr int mmq_min_blocks(uint32_t type, int bn, int nm) {
-    return type == GGML_TYPE_Q8_0 ? (bn == 64 || nm == 2 ? 3 : 4) : (type == GGML_TYPE_IQ2_XXS && bn == 64 ? 4 : 1);
+static constexpr int mmq_min_blocks(uint32_t type, int bn, int nm, int mode) {
+    return type == GGML_TYPE_Q8_0 ? (bn == 64 || nm == 2 || (mode != 0 && bn == 32) ? 3 : 4)
+                                  : (type == GGML_TYPE_IQ2_XXS && bn == 64 ? 4 : 1);
 }
 
 /* MODE 0: dense rows (groups in grid y); 1: expert gate and up with SwiGLU
@@ -140,7 +141,7 @@ static constexpr int mmq_min_blocks(uint32_t type, int bn, int nm) {
  * row block over all the tiles are launched together and read its weights
  * from L2 (with row blocks in x, every tile read them from memory again).
  * Routed experts: row blocks in grid x, experts in grid y. */
-template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_bounds__(MM_THREADS, mmq_min_blocks(TYPE, BN, NM)) mmq_kernel(mmq_args a) {
+template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_bounds__(MM_THREADS, mmq_min_blocks(TYPE, BN, NM, MODE)) mmq_kernel(mmq_args a) {
     pdl_enter();
     using F = mw<TYPE>;
     constexpr int NT = BN / 8;
@@ -440,6 +441,18 @@ static int dense_bn(uint32_t type) {
     return type == GGML_TYPE_Q8_0 ? q8 : MM_DENSE_BN;
 }
 
+/* Token tile of the shared expert (every token, like a dense product):
+ * 32 for Q8_0 (see dense_bn; DS4_CUDA_Q8_BN=32 and 64 both keep 32 here,
+ * 16 with DS4_CUDA_SHARED_BN=16, for measurements), 16 otherwise. */
+static int shared_bn(uint32_t type) {
+    static int bn = 0;
+    if (!bn) {
+        const char *e = getenv("DS4_CUDA_SHARED_BN");
+        bn = e && atoi(e) == 16 ? 16 : 32;
+    }
+    return type == GGML_TYPE_Q8_0 ? bn : MM_EXPERT_BN;
+}
+
 cudaError_t k_mmq_linear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
                          const void *act, uint32_t n_tok, float *y, uint64_t y_stride, const uint8_t *tab) {
     mmq_args a;
@@ -470,13 +483,16 @@ cudaError_t k_mmq_ffn(cudaStream_t st, bool up, const ds4_tensor *w0, const ds4_
     a.x = k_act_split(w0->type, (void *)act, act_rows, a.K);
     a.y = y, a.grp = grp, a.n_expert = (uint32_t)w0->ne[2], a.k = k, a.n = n, a.j0 = j0, a.wtab = wtab, a.limit = limit;
     a.tab = tab;
-    dim3 grid = grp ? dim3(div_up(a.rows, MM_ROWS), slots, 1) : dim3(div_up(n, MM_EXPERT_BN), 1, div_up(a.rows, MM_ROWS));
-    int bn = grp ? expert_bn(w0->type, n, k, a.n_expert) : MM_EXPERT_BN;
+    int bn = grp ? expert_bn(w0->type, n, k, a.n_expert) : shared_bn(w0->type);
+    dim3 grid = grp ? dim3(div_up(a.rows, MM_ROWS), slots, 1) : dim3(div_up(n, bn), 1, div_up(a.rows, MM_ROWS));
 #define MU(T, BN) mmq_launch(mmq_kernel<T, BN, 2, 1>, mmq_smem<T>(BN), grid, a, st)
 #define MD(T, BN) mmq_launch(mmq_kernel<T, BN, 1, 2>, mmq_smem<T>(BN), grid, a, st)
 #define MBN(M)                                                             \
     switch (w0->type) {                                                    \
-    case GGML_TYPE_Q8_0: M(GGML_TYPE_Q8_0, MM_EXPERT_BN); break;           \
+    case GGML_TYPE_Q8_0:                                                   \
+        if (bn == 32) M(GGML_TYPE_Q8_0, 32);                               \
+        else M(GGML_TYPE_Q8_0, MM_EXPERT_BN);                              \
+        break;                                                             \
     case GGML_TYPE_Q2_K:                                                   \
         if (bn == 64) M(GGML_TYPE_Q2_K, 64);                               \
         else if (bn == 32) M(GGML_TYPE_Q2_K, 32);                          \

@@ -7,11 +7,12 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
 
-/* shared[t][d] + sum over t's K experts in ascending id (stable: ties keep
- * slot order) of w * d[pos]; pos: each entry's row of d (the grouping's). */
-__device__ __forceinline__ float moe_combine_at(const float *shared, const float *dx, const int32_t *ids,
-                                                const float *wts, const int32_t *pos, uint32_t K, uint32_t E, uint32_t t,
-                                                uint32_t d) {
+/* The combine of token t: its K expert entries in ascending id (stable:
+ * ties keep slot order), as weights w[] and rows row[] of d (pos: each
+ * entry's row, the grouping's). One thread of a block works this out into
+ * shared memory for all its columns. */
+__device__ __forceinline__ void moe_combine_order(const int32_t *ids, const float *wts, const int32_t *pos, uint32_t K,
+                                                  uint32_t t, float *w, uint32_t *row) {
     int order[K_MAX_USED];
     for (uint32_t k = 0; k < K; k++) {
         int j = (int)k;
@@ -21,11 +22,18 @@ __device__ __forceinline__ float moe_combine_at(const float *shared, const float
         }
         order[j] = (int)k;
     }
-    float acc = shared[(uint64_t)t * E + d];
     for (uint32_t k = 0; k < K; k++) {
         uint64_t entry = (uint64_t)t * K + order[k];
-        acc += wts[entry] * dx[(uint64_t)pos[entry] * E + d];
+        w[k] = wts[entry];
+        row[k] = (uint32_t)pos[entry];
     }
+}
+
+/* shared[t][d] + the sum, in that order, of w * d[row][d]. */
+__device__ __forceinline__ float moe_combine_sum(const float *shared, const float *dx, const float *w, const uint32_t *row,
+                                                 uint32_t K, uint32_t E, uint32_t t, uint32_t d) {
+    float acc = shared[(uint64_t)t * E + d];
+    for (uint32_t k = 0; k < K; k++) acc += w[k] * dx[(uint64_t)row[k] * E + d];
     return acc;
 }
 

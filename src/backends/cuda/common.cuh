@@ -48,17 +48,6 @@ __device__ __forceinline__ void pdl_enter() {
 #endif
 }
 
-/* Asks L2 for [p, p + bytes) without waiting (p and bytes multiples of 16).
- * Weight streams call it before pdl_enter: weights do not depend on the
- * kernel in front, so their first bytes come in while that kernel ends. */
-__device__ __forceinline__ void prefetch_l2(const void *p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#else
-    (void)p, (void)bytes;
-#endif
-}
-
 bool k_pdl_on(void); /* gpu.cu: compute capability >= 9 and DS4_CUDA_NO_PDL unset */
 
 /* A launch of `kern` on `st`, in clusters of `cluster` blocks when above 1;

@@ -544,7 +544,6 @@ typedef struct qlin_args {
     uint64_t act_row; /* bytes of one (token, group) activation row */
     float *y;
     uint64_t y_stride;
-    uint32_t prefetch; /* staged: the share of its rows (in 1/65536) each warp asks L2 for before the wait */
 } qlin_args;
 
 template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
@@ -569,13 +568,12 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
 }
 
 template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args a, uint32_t rpw) {
+    pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
     uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = blockIdx.y;
     uint64_t r0 = ((uint64_t)blockIdx.x * ROWS_PER_BLOCK + warp) * rpw;
     uint32_t nr = r0 >= a.n_rows ? 0 : (uint32_t)(a.n_rows - r0 < rpw ? a.n_rows - r0 : rpw);
     const uint8_t *w = a.w + (a.r0 + g * a.n_rows + r0) * a.row_bytes;
-    if (lane == 0 && nr) prefetch_l2(w, (uint32_t)((nr * a.row_bytes * a.prefetch) >> 16) & ~15u);
-    pdl_enter();
     uint8_t *sbuf = sm + TT * a.act_row + warp * 2 * chunk_of<TYPE>::WB;
     uint8_t *tab = sm + TT * a.act_row + ROWS_PER_BLOCK * 2 * chunk_of<TYPE>::WB;
     stage_tables<TYPE>(tab);
@@ -613,21 +611,6 @@ static void launch_staged(K kernel, uint32_t smem, uint64_t n_rows, uint32_t gri
     uint32_t rpw = one_token ? rows_per_warp(kernel, smem, n_rows, grid_y) : 1;
     dim3 g(div_up(n_rows, (uint64_t)ROWS_PER_BLOCK * rpw), grid_y);
     k_launch(kernel, g, 32 * ROWS_PER_BLOCK, smem, st, a, rpw);
-}
-
-/* The share (in 1/65536) of a single-token weight stream of `bytes` that
- * is asked into L2 before the kernel in front has ended: at most
- * DS4_CUDA_PREFETCH_MB (default 16) MiB, so the prefetched lines are still
- * in L2 (50 MB on an H100) when the stream reaches them. */
-static uint32_t prefetch_share(uint64_t bytes) {
-    static int64_t budget = -1;
-    if (budget < 0) {
-        const char *e = getenv("DS4_CUDA_PREFETCH_MB");
-        budget = (int64_t)((e ? atof(e) : 16.0) * 1048576.0);
-        if (budget < 0) budget = 0;
-    }
-    if (!bytes || (uint64_t)budget >= bytes) return 65536;
-    return (uint32_t)(((uint64_t)budget << 16) / bytes);
 }
 
 template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStream_t st) {
@@ -672,8 +655,7 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
     }
     uint32_t qk = act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0;
     qlin_args a = {w->data, w->row_bytes, r0, n_rows, K / qk, groups, n_tok, (const uint8_t *)act,
-                   k_act_row_bytes(w->type, K), y, y_stride, 0};
-    if (n_tok == 1) a.prefetch = prefetch_share(n_rows * groups * w->row_bytes);
+                   k_act_row_bytes(w->type, K), y, y_stride};
 #define QL(T) launch_qlinear<T>(a, st)
     QTYPE_SWITCH(w->type, QL)
 #undef QL

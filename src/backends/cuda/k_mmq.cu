@@ -428,28 +428,29 @@ static int expert_bn(uint32_t type, uint32_t n, uint32_t k, uint32_t n_expert) {
     return avg <= EXPERT_BN16_MAX ? 16 : avg <= EXPERT_BN32_MAX ? 32 : 64;
 }
 
+/* A tile read once from the environment variable `name`: `alt` where it
+ * says so (measurements), `def` otherwise. */
+static int tile_knob(const char *name, int def, int alt) {
+    const char *e = getenv(name);
+    return e && atoi(e) == alt ? alt : def;
+}
+
 /* Token tile of dense products: 64 for Q8_0, whose per-block float work
  * leaves the A fragments and the weight copies a large share of the
  * instructions unless they feed more tokens; 32 otherwise.
  * DS4_CUDA_Q8_BN=32 overrides, for measurements. */
 static int dense_bn(uint32_t type) {
     static int q8 = 0;
-    if (!q8) {
-        const char *e = getenv("DS4_CUDA_Q8_BN");
-        q8 = e && atoi(e) == 32 ? 32 : 64;
-    }
+    if (!q8) q8 = tile_knob("DS4_CUDA_Q8_BN", 64, 32);
     return type == GGML_TYPE_Q8_0 ? q8 : MM_DENSE_BN;
 }
 
 /* Token tile of the shared expert (every token, like a dense product):
- * 32 for Q8_0 (see dense_bn; DS4_CUDA_Q8_BN=32 and 64 both keep 32 here,
- * 16 with DS4_CUDA_SHARED_BN=16, for measurements), 16 otherwise. */
+ * 32 for Q8_0 (16 with DS4_CUDA_SHARED_BN=16, for measurements), 16
+ * otherwise. */
 static int shared_bn(uint32_t type) {
     static int bn = 0;
-    if (!bn) {
-        const char *e = getenv("DS4_CUDA_SHARED_BN");
-        bn = e && atoi(e) == 16 ? 16 : 32;
-    }
+    if (!bn) bn = tile_knob("DS4_CUDA_SHARED_BN", 32, 16);
     return type == GGML_TYPE_Q8_0 ? bn : MM_EXPERT_BN;
 }
 

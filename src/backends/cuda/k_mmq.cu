@@ -126,8 +126,10 @@ __device__ __forceinline__ void frag_a(const uint8_t *p0, const uint8_t *p1, int
     }
 }
 
-/* Blocks per SM the register allocation must allow (smem allows 4 of the
- * kernels named here, 3 of Q8_0's 64-token tiles); 1: the compiler's choice. */
+/* Blocks per SM the register allocation must leave room for: 4 (128
+ * registers a thread) where that needs no spills and shared memory allows
+ * 4, else 3 for Q8_0 (its 64-token tiles' shared memory allows 3, and the
+ * expert kernels spill at 128); 1: the compiler's choice. */
 static constexpr int mmq_min_blocks(uint32_t type, int bn, int nm, int mode) {
     return type == GGML_TYPE_Q8_0 ? (bn == 64 || nm == 2 || (mode != 0 && bn == 32) ? 3 : 4)
                                   : (type == GGML_TYPE_IQ2_XXS && bn == 64 ? 4 : 1);

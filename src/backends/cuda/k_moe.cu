@@ -168,13 +168,9 @@ cudaError_t k_moe_group(cudaStream_t st, const int32_t *ids, uint32_t n_entries,
 __global__ void moe_combine_kernel(const float *shared, const float *dx, const int32_t *ids, const float *wts,
                                    const int32_t *pos, uint32_t K, uint32_t E, float *out) {
     pdl_enter();
-    __shared__ float w[K_MAX_USED];
-    __shared__ uint32_t row[K_MAX_USED];
     uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
-    if (threadIdx.x == 0) moe_combine_order(ids, wts, pos, K, t, w, row);
-    __syncthreads();
-    if (d >= E) return;
-    out[(uint64_t)t * E + d] = moe_combine_sum(shared, dx, w, row, K, E, t, d);
+    float v;
+    if (moe_combine_column(shared, dx, ids, wts, pos, K, E, t, d, &v)) out[(uint64_t)t * E + d] = v;
 }
 
 cudaError_t k_moe_combine(cudaStream_t st, const float *shared, const float *d, const int32_t *ids, const float *wts,

@@ -201,13 +201,9 @@ __global__ void mhc_post_moe_kernel(float *X, const float *shared, const float *
                                     const int32_t *pos, uint32_t K, const float *post, const float *comb, uint32_t hc,
                                     uint32_t E) {
     pdl_enter();
-    __shared__ float w[K_MAX_USED];
-    __shared__ uint32_t row[K_MAX_USED];
     uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
-    if (threadIdx.x == 0) moe_combine_order(ids, wts, pos, K, t, w, row);
-    __syncthreads();
-    if (d >= E) return;
-    mhc_post_at(X, moe_combine_sum(shared, dx, w, row, K, E, t, d), post, comb, hc, E, t, d);
+    float v;
+    if (moe_combine_column(shared, dx, ids, wts, pos, K, E, t, d, &v)) mhc_post_at(X, v, post, comb, hc, E, t, d);
 }
 
 cudaError_t k_mhc_post_moe(cudaStream_t st, float *X, const float *shared, const float *d, const int32_t *ids,

@@ -37,6 +37,21 @@ __device__ __forceinline__ float moe_combine_sum(const float *shared, const floa
     return acc;
 }
 
+/* Column d of token t's combine into *v, false where d is past the row;
+ * the order of t's experts is worked out once per block, into shared
+ * memory, so every thread of the block must call it. */
+__device__ __forceinline__ bool moe_combine_column(const float *shared, const float *dx, const int32_t *ids, const float *wts,
+                                                   const int32_t *pos, uint32_t K, uint32_t E, uint32_t t, uint32_t d,
+                                                   float *v) {
+    __shared__ float w[K_MAX_USED];
+    __shared__ uint32_t row[K_MAX_USED];
+    if (threadIdx.x == 0) moe_combine_order(ids, wts, pos, K, t, w, row);
+    __syncthreads();
+    if (d >= E) return false;
+    *v = moe_combine_sum(shared, dx, w, row, K, E, t, d);
+    return true;
+}
+
 /* Where the grouping (k_moe_group) keeps each entry's row of d. */
 __host__ __device__ __forceinline__ const int32_t *moe_group_pos(const int32_t *grp, uint32_t n_expert, uint32_t n,
                                                                  uint32_t k) {

@@ -191,10 +191,12 @@ template <uint32_t TYPE, int BN, int NM, int MODE> __global__ void __launch_boun
     constexpr bool WHOLE = F::SB % 16 == 0;
     constexpr uint32_t CW = WHOLE ? (MM_ROWS * F::RL + MM_THREADS - 1) / MM_THREADS : 1;
     uint32_t wsrc[CW];
+    if constexpr (WHOLE) {
 #pragma unroll
-    for (uint32_t k = 0; k < CW; k++) {
-        uint32_t i = threadIdx.x + k * MM_THREADS, r = i / F::RL;
-        wsrc[k] = i < MM_ROWS * F::RL && r < nr ? (uint32_t)(r * a.row_bytes) + 16 * (i % F::RL) : ~0u;
+        for (uint32_t k = 0; k < CW; k++) {
+            uint32_t i = threadIdx.x + k * MM_THREADS, r = i / F::RL;
+            wsrc[k] = i < MM_ROWS * F::RL && r < nr ? (uint32_t)(r * a.row_bytes) + 16 * (i % F::RL) : ~0u;
+        }
     }
 
     for (uint32_t t0 = t_first; t0 < cnt; t0 += t_step) {

@@ -589,6 +589,18 @@ static void layout_state(ds4_gpu_session *s, bump *b) {
  * processed by one block per token, with the same bits). */
 #define ATT_PART_SLOTS 32
 
+/* Rows of logits made at a time: the head runs over the wanted rows in
+ * groups of this many, each group's logits copied out before the next, so
+ * the scratch is HEAD_ROWS x n_vocab floats (132 MB at the published 129280
+ * tokens) rather than a chunk's worth (1 GB at 2048 tokens). Every kernel
+ * gives a row the same bits whatever rows share its launch. */
+#define HEAD_ROWS 256
+/* Query tokens the indexer scores at a time, for the same reason: a
+ * token's scores take a row of max_ctx / 4 floats (1 MB at a 1M-token
+ * context, so 2 GB for a 2048-token chunk at once); each group's top-k is
+ * taken before the next group's scores overwrite them. */
+#define IDX_ROWS 256
+
 static void layout_scratch(ds4_gpu_session *s, bump *b) {
     const ds4_hparams *hp = s->g->hp;
     uint64_t n = s->chunk, E = hp->n_embd, hc = hp->hc, qdim = (uint64_t)hp->n_head * hp->head_dim;
@@ -614,7 +626,7 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->iq = TAKE_F(b, n * hp->idx_n_head * hp->idx_head_dim);
     s->iw = TAKE_F(b, n * hp->idx_n_head);
     s->score_stride = s->max_ctx / 4 + 1;
-    s->scores = TAKE_F(b, n * s->score_stride);
+    s->scores = TAKE_F(b, (n < IDX_ROWS ? n : IDX_ROWS) * s->score_stride);
     s->sel = TAKE_I(b, n * (hp->idx_topk ? hp->idx_topk : 1));
     s->lg = TAKE_F(b, n * X);
     s->ids = TAKE_I(b, n * K);
@@ -624,7 +636,7 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->hs = TAKE_F(b, n * hp->n_ff_exp);
     s->dx = TAKE_F(b, n * K * E);
     s->sh = TAKE_F(b, n * E);
-    s->logits = TAKE_F(b, n * hp->n_vocab);
+    s->logits = TAKE_F(b, (n < HEAD_ROWS ? n : HEAD_ROWS) * hp->n_vocab);
     s->tok = TAKE_I(b, n);
     s->wtab = (const uint8_t **)take(b, 3 * (uint64_t)X * sizeof(void *));
     /* Quantized activations: at most 292/256 bytes per value, for the widest
@@ -1198,8 +1210,13 @@ static int attention(fwd *f, uint32_t il) {
         CU(lin(&xf, &lw->idx_q_b, 0, (uint64_t)IH * d, 1, 0, s->qa, hp->q_lora, NULL, n, s->iq, (uint64_t)IH * d));
         if (rows(&xf, s->iq, n * IH, d, IH, 0, NULL, rope_table(f, true), f->official ? 2 : 0)) return -1;
         prof_mark(f->s, "indexer_topk");
-        CU(k_idx_scores(xf.st, s->iq, s->iw, n, IH, d, ls->idx.rows, f->pos0, hp->idx_topk, s->scores, s->score_stride));
-        CU(k_idx_topk(xf.st, s->scores, s->score_stride, n, f->pos0, hp->idx_topk, s->sel));
+        for (uint32_t t0 = 0; t0 < n; t0 += IDX_ROWS) {
+            uint32_t m = n - t0 < IDX_ROWS ? n - t0 : IDX_ROWS;
+            CU(k_idx_scores(xf.st, s->iq + (uint64_t)t0 * IH * d, s->iw + (uint64_t)t0 * IH, m, IH, d, ls->idx.rows,
+                            f->pos0 + t0, hp->idx_topk, s->scores, s->score_stride));
+            CU(k_idx_topk(xf.st, s->scores, s->score_stride, m, f->pos0 + t0, hp->idx_topk,
+                          s->sel + (uint64_t)t0 * hp->idx_topk));
+        }
     }
     prof_mark(f->s, "q_proj");
     CU(lin(f, &lw->q_b, 0, qdim, 1, 0, s->qa, hp->q_lora, NULL, n, s->q, qdim));
@@ -1300,13 +1317,15 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     }
     s->pos += n;
     s->fr ^= 1;
-    if (first < n && out) {
-        uint32_t m = n - first;
-        if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)first * hc * E, m, 1, vec(&w->output_norm))) return -1;
+    for (uint32_t r0 = first; out && r0 < n; r0 += HEAD_ROWS) {
+        uint32_t m = n - r0 < HEAD_ROWS ? n - r0 : HEAD_ROWS;
+        if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)r0 * hc * E, m, 1, vec(&w->output_norm))) return -1;
         prof_mark(s, "output");
         CU(lin(&f, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
         prof_mark(s, "logits_d2h");
-        CU(cudaMemcpyAsync(out, s->logits, (size_t)m * hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st));
+        /* in stream order: this group's logits are out before the next group's head writes them */
+        CU(cudaMemcpyAsync(out + (uint64_t)(r0 - first) * hp->n_vocab, s->logits, (size_t)m * hp->n_vocab * sizeof(float),
+                           cudaMemcpyDeviceToHost, st));
     }
     prof_mark(s, "end");
     return 0;

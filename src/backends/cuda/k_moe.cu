@@ -127,13 +127,16 @@ __device__ __forceinline__ int block_excl_scan(int v, int *wsum, int *total) {
     return before + inc - v;
 }
 
-/* One block of K_MAX_EXPERTS threads, a thread per expert. Entries of each
- * expert keep their ascending entry order, so an expert sees its tokens in
- * chunk order. */
+/* One block of K_MAX_EXPERTS threads, a thread per expert for the counts
+ * and offsets. Entries of each expert keep their ascending entry order, so
+ * an expert sees its tokens in chunk order: the first warp then places the
+ * entries 32 at a time, in order, each after the entries of its expert in
+ * earlier rounds (a running cursor per expert) and before its lane
+ * neighbours' of the same expert. */
 __global__ void moe_group_kernel(const int32_t *ids, uint32_t nE, uint32_t X, int32_t *grp) {
     pdl_enter();
     __shared__ uint16_t sid[K_MAX_GROUP_ENTRIES]; /* expert ids < K_MAX_EXPERTS */
-    __shared__ int32_t cnt[K_MAX_EXPERTS];
+    __shared__ int32_t cnt[K_MAX_EXPERTS];        /* counts, then cursors */
     __shared__ int wsum[32];
     int32_t *used = grp + 1, *goff = used + X, *gcnt = goff + X, *members = gcnt + X, *pos = members + nE;
     for (uint32_t i = threadIdx.x; i < nE; i += blockDim.x) sid[i] = (uint16_t)ids[i];
@@ -146,15 +149,28 @@ __global__ void moe_group_kernel(const int32_t *ids, uint32_t nE, uint32_t X, in
     int o = block_excl_scan(c, wsum, &total);
     int j = block_excl_scan(c > 0, wsum, &total);
     if (threadIdx.x == 0) grp[0] = total;
-    if (c == 0) return;
-    used[j] = (int32_t)e;
-    goff[j] = o;
-    gcnt[j] = c;
-    for (uint32_t i = 0; i < nE; i++)
-        if (sid[i] == (int32_t)e) {
-            members[o] = (int32_t)i;
-            pos[i] = o++;
+    if (c > 0) {
+        used[j] = (int32_t)e;
+        goff[j] = o;
+        gcnt[j] = c;
+    }
+    if (e < X) cnt[e] = o;
+    __syncthreads();
+    if (threadIdx.x >= 32) return;
+    uint32_t lane = threadIdx.x, below = (1u << lane) - 1;
+    for (uint32_t r0 = 0; r0 < nE; r0 += 32) {
+        uint32_t i = r0 + lane;
+        int ex = i < nE ? sid[i] : -1;
+        uint32_t peers = __match_any_sync(0xffffffffu, ex);
+        if (ex >= 0) {
+            int p = cnt[ex] + __popc(peers & below);
+            members[p] = (int32_t)i;
+            pos[i] = p;
         }
+        __syncwarp();
+        if (ex >= 0 && !(peers & below)) cnt[ex] += __popc(peers); /* the expert's first lane moves its cursor */
+        __syncwarp();
+    }
 }
 
 cudaError_t k_moe_group(cudaStream_t st, const int32_t *ids, uint32_t n_entries, uint32_t n_expert, int32_t *grp) {

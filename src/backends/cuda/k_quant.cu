@@ -94,76 +94,76 @@ __device__ __forceinline__ float half_f(uint16_t h) { return f16_to_f32(h); }
 
 /* ---- activation quantizers (ds4_q8_0_quantize, ds4_q8_K_quantize) ------------- */
 
+/* The quantizers' grid: blocks of 8 warps along a row's blocks (x), rows
+ * (token, group) along y, looping where there are more than a grid's y;
+ * 32-bit index arithmetic (64-bit divisions had been most of their time). */
+#define QUANT_WARPS 8
+#define QUANT_MAX_Y 65535u
+
 /* One warp per Q8_0 block of 32 values: lane j holds value j. */
 __global__ void quant_q8_0_kernel(const float *x, uint64_t x_stride, uint64_t x_group, const float *xscale, uint32_t K,
                                   uint32_t groups, uint32_t n_rows, uint8_t *act, uint64_t act_row, act_split sp) {
     pdl_enter();
-    uint32_t nb = K / DS4_QK8_0;
-    uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    uint32_t lane = threadIdx.x & 31;
-    uint64_t total = (uint64_t)n_rows * groups * nb;
-    if (warp >= total) return;
-    uint32_t b = (uint32_t)(warp % nb);
-    uint64_t rg = warp / nb;
-    uint32_t g = (uint32_t)(rg % groups), t = (uint32_t)(rg / groups);
-    float v = x[t * x_stride + g * x_group + (uint64_t)b * DS4_QK8_0 + lane];
-    if (xscale) v = v * xscale[t];
-    float amax = warp_max(fabsf(v));
-    float d = amax / 127.0f;
-    uint16_t h = __half_as_ushort(__float2half_rn(d));
-    if (h == 0 && d > 0.0f) h = 1;
-    if (h > 0x7bffu) h = 0x7bffu;
-    float dh = half_f(h);
-    float id = dh > 0.0f ? 1.0f / dh : 0.0f;
-    float q = fminf(fmaxf(v * id, -127.0f), 127.0f);
-    int8_t qv = (int8_t)__float2int_rn(q);
-    uint64_t row = (uint64_t)t * groups + g;
-    if (sp.qs) {
-        sp.qs[row * K + (uint64_t)b * DS4_QK8_0 + lane] = qv;
-        if (lane == 0) sp.d[row * nb + b] = dh;
-        return;
+    uint32_t nb = K / DS4_QK8_0, lane = threadIdx.x & 31, b = blockIdx.x * QUANT_WARPS + (threadIdx.x >> 5);
+    if (b >= nb) return;
+    for (uint32_t rg = blockIdx.y; rg < n_rows * groups; rg += gridDim.y) {
+        uint32_t g = rg % groups, t = rg / groups;
+        float v = x[t * x_stride + g * x_group + (uint64_t)b * DS4_QK8_0 + lane];
+        if (xscale) v = v * xscale[t];
+        float amax = warp_max(fabsf(v));
+        float d = amax / 127.0f;
+        uint16_t h = __half_as_ushort(__float2half_rn(d));
+        if (h == 0 && d > 0.0f) h = 1;
+        if (h > 0x7bffu) h = 0x7bffu;
+        float dh = half_f(h);
+        float id = dh > 0.0f ? 1.0f / dh : 0.0f;
+        float q = fminf(fmaxf(v * id, -127.0f), 127.0f);
+        int8_t qv = (int8_t)__float2int_rn(q);
+        uint64_t row = rg;
+        if (sp.qs) {
+            sp.qs[row * K + (uint64_t)b * DS4_QK8_0 + lane] = qv;
+            if (lane == 0) sp.d[row * nb + b] = dh;
+            continue;
+        }
+        ds4_block_q8_0 *blk = (ds4_block_q8_0 *)(act + row * act_row) + b;
+        blk->qs[lane] = qv;
+        if (lane == 0) blk->d = h;
     }
-    ds4_block_q8_0 *blk = (ds4_block_q8_0 *)(act + row * act_row) + b;
-    blk->qs[lane] = qv;
-    if (lane == 0) blk->d = h;
 }
 
 /* One warp per Q8_K block of 256 values: lane l holds values 8l..8l+7. */
 __global__ void quant_q8_K_kernel(const float *x, uint64_t x_stride, uint64_t x_group, const float *xscale, uint32_t K,
                                   uint32_t groups, uint32_t n_rows, uint8_t *act, uint64_t act_row, act_split sp) {
     pdl_enter();
-    uint32_t nb = K / DS4_QK_K;
-    uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    uint32_t lane = threadIdx.x & 31;
-    uint64_t total = (uint64_t)n_rows * groups * nb;
-    if (warp >= total) return;
-    uint32_t b = (uint32_t)(warp % nb);
-    uint64_t rg = warp / nb;
-    uint32_t g = (uint32_t)(rg % groups), t = (uint32_t)(rg / groups);
-    const float *src = x + t * x_stride + g * x_group + (uint64_t)b * DS4_QK_K + 8 * lane;
-    float v[8], amax = 0.0f;
-    for (int i = 0; i < 8; i++) {
-        v[i] = xscale ? src[i] * xscale[t] : src[i];
-        amax = fmaxf(fabsf(v[i]), amax);
-    }
-    amax = warp_max(amax);
-    float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-    uint64_t row = (uint64_t)t * groups + g;
-    ds4_block_q8_K *blk = (ds4_block_q8_K *)(act + row * act_row) + b;
-    int8_t *qs = sp.qs ? sp.qs + row * K + (uint64_t)b * DS4_QK_K : blk->qs;
-    int s = 0;
-    for (int i = 0; i < 8; i++) {
-        int q = __float2int_rn(fminf(fmaxf(v[i] * id, -127.0f), 127.0f));
-        qs[8 * lane + i] = (int8_t)q;
-        s += q;
-    }
-    /* bsums[k] covers values 16k..16k+15: lanes 2k and 2k+1 */
-    s += __shfl_xor_sync(0xffffffffu, s, 1);
-    int16_t *bsums = sp.qs ? sp.bs + row * (K / 16) + (uint64_t)b * 16 : blk->bsums;
-    if ((lane & 1) == 0) bsums[lane >> 1] = (int16_t)s;
-    if (lane == 0) {
-        if (sp.qs) sp.d[row * nb + b] = amax / 127.0f;
-        else blk->d = amax / 127.0f;
+    uint32_t nb = K / DS4_QK_K, lane = threadIdx.x & 31, b = blockIdx.x * QUANT_WARPS + (threadIdx.x >> 5);
+    if (b >= nb) return;
+    for (uint32_t rg = blockIdx.y; rg < n_rows * groups; rg += gridDim.y) {
+        uint32_t g = rg % groups, t = rg / groups;
+        const float *src = x + t * x_stride + g * x_group + (uint64_t)b * DS4_QK_K + 8 * lane;
+        float v[8], amax = 0.0f;
+        for (int i = 0; i < 8; i++) {
+            v[i] = xscale ? src[i] * xscale[t] : src[i];
+            amax = fmaxf(fabsf(v[i]), amax);
+        }
+        amax = warp_max(amax);
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        uint64_t row = rg;
+        ds4_block_q8_K *blk = (ds4_block_q8_K *)(act + row * act_row) + b;
+        int8_t *qs = sp.qs ? sp.qs + row * K + (uint64_t)b * DS4_QK_K : blk->qs;
+        int s = 0;
+        for (int i = 0; i < 8; i++) {
+            int q = __float2int_rn(fminf(fmaxf(v[i] * id, -127.0f), 127.0f));
+            qs[8 * lane + i] = (int8_t)q;
+            s += q;
+        }
+        /* bsums[k] covers values 16k..16k+15: lanes 2k and 2k+1 */
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        int16_t *bsums = sp.qs ? sp.bs + row * (K / 16) + (uint64_t)b * 16 : blk->bsums;
+        if ((lane & 1) == 0) bsums[lane >> 1] = (int16_t)s;
+        if (lane == 0) {
+            if (sp.qs) sp.d[row * nb + b] = amax / 127.0f;
+            else blk->d = amax / 127.0f;
+        }
     }
 }
 
@@ -188,10 +188,10 @@ static cudaError_t quantize(cudaStream_t st, uint32_t wtype, const float *x, uin
     if (n_rows == 0) return cudaSuccess;
     uint64_t row = k_act_row_bytes(wtype, K);
     bool q8k = act_is_q8k(wtype);
-    uint64_t warps = (uint64_t)n_rows * groups * (K / (q8k ? DS4_QK_K : DS4_QK8_0));
-    unsigned blocks = div_up(warps, 8);
-    if (q8k) k_launch(quant_q8_K_kernel, blocks, 256, 0, st, x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row, sp);
-    else k_launch(quant_q8_0_kernel, blocks, 256, 0, st, x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row, sp);
+    uint32_t rows = n_rows * groups;
+    dim3 grid(div_up(K / (q8k ? DS4_QK_K : DS4_QK8_0), QUANT_WARPS), rows < QUANT_MAX_Y ? rows : QUANT_MAX_Y);
+    if (q8k) k_launch(quant_q8_K_kernel, grid, 32 * QUANT_WARPS, 0, st, x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row, sp);
+    else k_launch(quant_q8_0_kernel, grid, 32 * QUANT_WARPS, 0, st, x, x_stride, x_group, xscale, K, groups, n_rows, (uint8_t *)act, row, sp);
     return LAUNCH_STATUS();
 }
 

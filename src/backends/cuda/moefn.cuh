@@ -9,24 +9,38 @@
 
 /* The combine of token t: its K expert entries in ascending id (stable:
  * ties keep slot order), as weights w[] and rows row[] of d (pos: each
- * entry's row, the grouping's). One thread of a block works this out into
- * shared memory for all its columns. */
+ * entry's row, the grouping's), in shared memory for all the block's
+ * columns. The first K threads fetch the entries together and one thread
+ * sorts them there (sorting from global memory had been a chain of
+ * dependent loads per block). Every thread of the block must call it. */
 __device__ __forceinline__ void moe_combine_order(const int32_t *ids, const float *wts, const int32_t *pos, uint32_t K,
                                                   uint32_t t, float *w, uint32_t *row) {
-    int order[K_MAX_USED];
-    for (uint32_t k = 0; k < K; k++) {
-        int j = (int)k;
-        while (j > 0 && ids[(uint64_t)t * K + order[j - 1]] > ids[(uint64_t)t * K + k]) {
-            order[j] = order[j - 1];
-            j--;
+    __shared__ int32_t sid[K_MAX_USED];
+    __shared__ float sw[K_MAX_USED];
+    __shared__ uint32_t srow[K_MAX_USED];
+    if (threadIdx.x < K) {
+        uint64_t entry = (uint64_t)t * K + threadIdx.x;
+        sid[threadIdx.x] = ids[entry];
+        sw[threadIdx.x] = wts[entry];
+        srow[threadIdx.x] = (uint32_t)pos[entry];
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int order[K_MAX_USED];
+        for (uint32_t k = 0; k < K; k++) {
+            int j = (int)k;
+            while (j > 0 && sid[order[j - 1]] > sid[k]) {
+                order[j] = order[j - 1];
+                j--;
+            }
+            order[j] = (int)k;
         }
-        order[j] = (int)k;
+        for (uint32_t k = 0; k < K; k++) {
+            w[k] = sw[order[k]];
+            row[k] = srow[order[k]];
+        }
     }
-    for (uint32_t k = 0; k < K; k++) {
-        uint64_t entry = (uint64_t)t * K + order[k];
-        w[k] = wts[entry];
-        row[k] = (uint32_t)pos[entry];
-    }
+    __syncthreads();
 }
 
 /* shared[t][d] + the sum, in that order, of w * d[row][d]. */
@@ -45,8 +59,7 @@ __device__ __forceinline__ bool moe_combine_column(const float *shared, const fl
                                                    float *v) {
     __shared__ float w[K_MAX_USED];
     __shared__ uint32_t row[K_MAX_USED];
-    if (threadIdx.x == 0) moe_combine_order(ids, wts, pos, K, t, w, row);
-    __syncthreads();
+    moe_combine_order(ids, wts, pos, K, t, w, row);
     if (d >= E) return false;
     *v = moe_combine_sum(shared, dx, w, row, K, E, t, d);
     return true;

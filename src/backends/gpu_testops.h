@@ -69,6 +69,13 @@ int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_expert, uint3
                        const int32_t *tid2eid, uint32_t n_vocab, const float *bias, float scale, int32_t *ids, float *wts,
                        ds4_error *err);
 
+/* The grouping of n_entries expert ids (k_moe_group) into grp, whose
+ * k_group_ints(n_expert, n_entries) ints are: the number of used experts,
+ * then used ids, offsets and counts (n_expert each; the first `used`
+ * meaningful), then the entries of each used expert in ascending entry
+ * order, then each entry's place in that list. */
+int ds4_gpu_test_group(const int32_t *ids, uint32_t n_entries, uint32_t n_expert, int32_t *grp, ds4_error *err);
+
 /* Routed experts plus the shared one: out = shared(x) + sum_k wts * expert(x).
  * gate, up [X][F][E] and shared gate/up [F][E] of type_up; down [X][E][F]
  * and shared down [E][F] of type_down. */

@@ -718,6 +718,45 @@ static void test_route(void) {
     free(logits), free(bias), free(tab);
 }
 
+/* The MoE grouping against a plain one: chunks of 1 to 2048 tokens with 6
+ * of 256 (or 16 of 1024) experts each, routing skewed to a few experts so
+ * that some are unused and some take many entries across the kernel's
+ * rounds of 32. */
+static void test_group(void) {
+    const uint32_t cases[][3] = {{1, 6, 256}, {7, 6, 256}, {2048, 6, 256}, {333, 16, 1024}, {1024, 16, 1024}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        uint32_t n = cases[c][0], k = cases[c][1], X = cases[c][2], nE = n * k;
+        size_t gi = 1 + 3 * (size_t)X + 2 * (size_t)nE;
+        int32_t *ids = malloc(nE * 4), *grp = malloc(gi * 4), *ref = calloc(gi, 4);
+        for (uint32_t i = 0; i < nE; i++) {
+            float u = uniform();
+            ids[i] = (int32_t)(u < 0.3f ? (uint32_t)(u * 40) % 8 : (uint32_t)(uniform() * X) % X);
+        }
+        GPU(ds4_gpu_test_group(ids, nE, X, grp, E_));
+        int32_t *used = ref + 1, *goff = used + X, *gcnt = goff + X, *members = gcnt + X, *pos = members + nE;
+        uint32_t n_used = 0, off = 0;
+        for (uint32_t e = 0; e < X; e++) {
+            uint32_t cnt = 0;
+            for (uint32_t i = 0; i < nE; i++)
+                if ((uint32_t)ids[i] == e) {
+                    members[off + cnt] = (int32_t)i;
+                    pos[i] = (int32_t)(off + cnt);
+                    cnt++;
+                }
+            if (!cnt) continue;
+            used[n_used] = (int32_t)e, goff[n_used] = (int32_t)off, gcnt[n_used] = (int32_t)cnt;
+            n_used++, off += cnt;
+        }
+        ref[0] = (int32_t)n_used;
+        int same = grp[0] == ref[0];
+        for (uint32_t j = 0; same && j < n_used; j++)
+            same = grp[1 + j] == used[j] && grp[1 + X + j] == goff[j] && grp[1 + 2 * X + j] == gcnt[j];
+        same = same && !memcmp(grp + 1 + 3 * X, members, 2 * (size_t)nE * 4);
+        CHECKF(same, "moe grouping of %u entries over %u experts differs from the plain one", nE, X);
+        free(ids), free(grp), free(ref);
+    }
+}
+
 static float dotd(const float *a, const float *b, uint32_t n) {
     double s = 0;
     for (uint32_t i = 0; i < n; i++) s += (double)a[i] * b[i];
@@ -886,6 +925,7 @@ int main(void) {
     test_indexer();
     test_attention();
     test_route();
+    test_group();
     test_moe();
     test_moe_quant();
     test_moe_quant_large();

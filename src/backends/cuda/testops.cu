@@ -361,6 +361,22 @@ fail:
     return -1;
 }
 
+extern "C" int ds4_gpu_test_group(const int32_t *ids, uint32_t n_entries, uint32_t n_expert, int32_t *grp,
+                                  ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *dids, *dgrp;
+    size_t gi = k_group_ints(n_expert, n_entries);
+    DEV(dids, ids, (size_t)n_entries * 4);
+    DEV(dgrp, NULL, gi * 4);
+    RUN(k_moe_group(0, (const int32_t *)dids, n_entries, n_expert, (int32_t *)dgrp));
+    BACK(grp, dgrp, gi * 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
 extern "C" int ds4_gpu_test_moe(uint32_t type, uint32_t type_down, uint32_t n, uint32_t E, uint32_t F, uint32_t X, uint32_t k, float limit,
                                 const void *gate, const void *up, const void *down, const void *sgate, const void *sup,
                                 const void *sdown, const float *x, const int32_t *ids, const float *wts, float *out,

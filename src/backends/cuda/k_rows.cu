@@ -181,6 +181,42 @@ __device__ __forceinline__ void mhc_post_at(float *X, float ot, const float *pos
         if (j < hc) x[(uint64_t)j * E] = out[j];
 }
 
+/* Columns d .. d + 3 of token t of the mHC post step with HC streams (each
+ * column's operations those of mhc_post_at): 16-byte loads and stores. */
+template <int HC>
+__device__ __forceinline__ void mhc_post_at4(float *X, float4 ot, const float *post, const float *comb, uint32_t E, uint32_t t,
+                                             uint32_t d) {
+    float *x = X + (uint64_t)t * HC * E + d;
+    const float *c = comb + (uint64_t)t * HC * HC, *p = post + (uint64_t)t * HC;
+    float4 in[HC];
+#pragma unroll
+    for (int i = 0; i < HC; i++) in[i] = *(const float4 *)(x + (uint64_t)i * E);
+#pragma unroll
+    for (int j = 0; j < HC; j++) {
+        float4 s = make_float4(p[j] * ot.x, p[j] * ot.y, p[j] * ot.z, p[j] * ot.w);
+#pragma unroll
+        for (int i = 0; i < HC; i++) {
+            float ci = c[i * HC + j];
+            s.x += ci * in[i].x, s.y += ci * in[i].y, s.z += ci * in[i].z, s.w += ci * in[i].w;
+        }
+        *(float4 *)(x + (uint64_t)j * E) = s;
+    }
+}
+
+/* The post steps take 4 columns a thread when the streams are 4 (as in the
+ * published models) and every row is 16-byte aligned. */
+#define MHC_POST_HC4 4
+static bool post_vec4(uint32_t hc, uint32_t E, const void *a, const void *b) {
+    return hc == MHC_POST_HC4 && E % 4 == 0 && (uintptr_t)a % 16 == 0 && (uintptr_t)b % 16 == 0;
+}
+
+__global__ void mhc_post4_kernel(float *X, const float *o, const float *post, const float *comb, uint32_t E) {
+    pdl_enter();
+    uint32_t t = blockIdx.y, d = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (d >= E) return;
+    mhc_post_at4<MHC_POST_HC4>(X, *(const float4 *)(o + (uint64_t)t * E + d), post, comb, E, t, d);
+}
+
 __global__ void mhc_post_kernel(float *X, const float *o, const float *post, const float *comb, uint32_t hc, uint32_t E) {
     pdl_enter();
     uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
@@ -191,7 +227,8 @@ __global__ void mhc_post_kernel(float *X, const float *o, const float *post, con
 cudaError_t k_mhc_post(cudaStream_t st, float *X, const float *o, const float *post, const float *comb, uint32_t n_tok,
                        uint32_t hc, uint32_t E) {
     if (n_tok == 0) return cudaSuccess;
-    k_launch(mhc_post_kernel, dim3(div_up(E, 256), n_tok), 256, 0, st, X, o, post, comb, hc, E);
+    if (post_vec4(hc, E, X, o)) k_launch(mhc_post4_kernel, dim3(div_up(E / 4, 256), n_tok), 256, 0, st, X, o, post, comb, E);
+    else k_launch(mhc_post_kernel, dim3(div_up(E, 256), n_tok), 256, 0, st, X, o, post, comb, hc, E);
     return LAUNCH_STATUS();
 }
 
@@ -206,11 +243,26 @@ __global__ void mhc_post_moe_kernel(float *X, const float *shared, const float *
     if (moe_combine_column(shared, dx, ids, wts, pos, K, E, t, d, &v)) mhc_post_at(X, v, post, comb, hc, E, t, d);
 }
 
+__global__ void mhc_post_moe4_kernel(float *X, const float *shared, const float *dx, const int32_t *ids, const float *wts,
+                                     const int32_t *pos, uint32_t K, const float *post, const float *comb, uint32_t E) {
+    pdl_enter();
+    __shared__ float w[K_MAX_USED];
+    __shared__ uint32_t row[K_MAX_USED];
+    uint32_t t = blockIdx.y, d = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+    moe_combine_order(ids, wts, pos, K, t, w, row);
+    if (d >= E) return;
+    mhc_post_at4<MHC_POST_HC4>(X, moe_combine_sum4(shared, dx, w, row, K, E, t, d), post, comb, E, t, d);
+}
+
 cudaError_t k_mhc_post_moe(cudaStream_t st, float *X, const float *shared, const float *d, const int32_t *ids,
                            const float *wts, const int32_t *grp, uint32_t n_expert, uint32_t k, const float *post,
                            const float *comb, uint32_t n_tok, uint32_t hc, uint32_t E) {
     if (n_tok == 0) return cudaSuccess;
-    k_launch(mhc_post_moe_kernel, dim3(div_up(E, 256), n_tok), 256, 0, st, X, shared, d, ids, wts, moe_group_pos(grp, n_expert, n_tok, k), k, post, comb, hc, E);
+    const int32_t *pos = moe_group_pos(grp, n_expert, n_tok, k);
+    if (post_vec4(hc, E, X, shared) && (uintptr_t)d % 16 == 0)
+        k_launch(mhc_post_moe4_kernel, dim3(div_up(E / 4, 256), n_tok), 256, 0, st, X, shared, d, ids, wts, pos, k, post, comb, E);
+    else
+        k_launch(mhc_post_moe_kernel, dim3(div_up(E, 256), n_tok), 256, 0, st, X, shared, d, ids, wts, pos, k, post, comb, hc, E);
     return LAUNCH_STATUS();
 }
 

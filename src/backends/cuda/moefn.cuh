@@ -65,6 +65,18 @@ __device__ __forceinline__ bool moe_combine_column(const float *shared, const fl
     return true;
 }
 
+/* moe_combine_sum of columns d .. d + 3 (16-byte aligned), each column's
+ * operations the same. */
+__device__ __forceinline__ float4 moe_combine_sum4(const float *shared, const float *dx, const float *w, const uint32_t *row,
+                                                   uint32_t K, uint32_t E, uint32_t t, uint32_t d) {
+    float4 acc = *(const float4 *)(shared + (uint64_t)t * E + d);
+    for (uint32_t k = 0; k < K; k++) {
+        float4 v = *(const float4 *)(dx + (uint64_t)row[k] * E + d);
+        acc.x += w[k] * v.x, acc.y += w[k] * v.y, acc.z += w[k] * v.z, acc.w += w[k] * v.w;
+    }
+    return acc;
+}
+
 /* Where the grouping (k_moe_group) keeps each entry's row of d. */
 __host__ __device__ __forceinline__ const int32_t *moe_group_pos(const int32_t *grp, uint32_t n_expert, uint32_t n,
                                                                  uint32_t k) {

@@ -48,6 +48,18 @@ __device__ __forceinline__ void pdl_enter() {
 #endif
 }
 
+/* Before pdl_enter, a kernel may only touch the model's weights: no kernel
+ * writes them, and everything else may still be being written by the
+ * kernel in front. prefetch_l2 asks for [p, p + bytes) in L2, the block's
+ * threads sharing the lines, so a small weight vector's trip from device
+ * memory overlaps the kernel in front instead of following it. */
+__device__ __forceinline__ void prefetch_l2(const void *p, uint64_t bytes) {
+    if (!p) return;
+    const char *c = (const char *)((uintptr_t)p & ~(uintptr_t)127);
+    uint64_t n = ((const char *)p + bytes - c + 127) / 128;
+    for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + 128 * i));
+}
+
 bool k_pdl_on(void); /* gpu.cu: compute capability >= 9 and DS4_CUDA_NO_PDL unset */
 
 /* A launch of `kern` on `st`, in clusters of `cluster` blocks when above 1;

@@ -336,18 +336,28 @@ __device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, ui
         static_assert(!RMS || NT <= 8, "tokens per tile");
         __shared__ double red[RMS ? NT : 1][32];
         int live = a.n_tok - t0 < (uint32_t)nt ? (int)(a.n_tok - t0) : nt;
+        /* FB values of a token in registers before any is added: one
+         * memory latency per FB of them, not one per value */
+        constexpr int FB = NT == 1 ? 16 : (NT <= 4 ? 4 : 2);
         for (uint32_t v = threadIdx.x; v < 1024; v += blockDim.x) {
             double ss[NT];
 #pragma unroll
             for (int tt = 0; tt < NT; tt++) ss[tt] = 0;
-#pragma unroll 2
-            for (uint32_t i = v; i < a.K; i += 1024)
+            for (uint32_t i0 = v; i0 < a.K; i0 += 1024 * FB) {
+                float xv[NT][FB];
 #pragma unroll
                 for (int tt = 0; tt < NT; tt++)
-                    if (tt < live) {
-                        float x = xg[(uint64_t)(t0 + tt) * a.x_stride + i];
-                        ss[tt] += (double)x * x;
+#pragma unroll
+                    for (int b = 0; b < FB; b++) {
+                        uint32_t i = i0 + 1024 * b;
+                        xv[tt][b] = tt < live && i < a.K ? xg[(uint64_t)(t0 + tt) * a.x_stride + i] : 0.0f;
                     }
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                    for (int b = 0; b < FB; b++)
+                        if (tt < live && i0 + 1024 * b < a.K) ss[tt] += (double)xv[tt][b] * xv[tt][b];
+            }
 #pragma unroll
             for (int tt = 0; tt < NT; tt++) {
                 double w = warp_sum_d(ss[tt]);
@@ -473,7 +483,6 @@ __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
  * before the scale and the activations are ready. */
 template <int FMT, int WK, int CL, bool RMS>
 __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
-    pdl_enter();
     extern __shared__ __align__(16) float fl_sm[]; /* [rounds][WK][16][3] floats, [nchunk][3][4] uint4, [S][16][3] floats */
     __shared__ float sxs[1];
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3;
@@ -500,7 +509,8 @@ __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
         }
     };
     uint32_t s0 = rank * WK + warp;
-    if (s0 < S) loadw(s0);
+    if (s0 < S) loadw(s0); /* weights only: before the wait (see prefetch_l2) */
+    pdl_enter();
     lin_args a1 = a;
     a1.x = xr, a1.n_tok = 1, a1.xscale = a.xscale ? a.xscale + t : nullptr;
     fl_scales<RMS, 1>(a1, xr, 0, sxs);
@@ -512,8 +522,9 @@ __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
         uint32_t per = WK * FL_SLICE;
         for (uint32_t j = 0; j < rounds; j++) {
             uint32_t k0 = (j * CL + rank) * per;
+#pragma unroll 4
             for (uint32_t k = k0 + threadIdx.x; k < k0 + per && k < nchunk * FL_CHUNK; k += blockDim.x) {
-                float v = k < K ? xr[k] : 0.0f;
+                float v = k < K ? __ldg(xr + k) : 0.0f; /* read-only here: the loads of the unrolled steps go together */
                 uint32_t h[3];
                 fl_split<FMT>(scaled ? v * xs : v, h);
 #pragma unroll
@@ -559,14 +570,23 @@ __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
          * ones included, all in flight together), then add them in order */
         float *gl = (float *)(xb + (size_t)nchunk * 3 * 4);
         __shared__ float tp[16 * 3];
-        for (uint32_t idx = threadIdx.x; idx < S * 48; idx += blockDim.x) {
-            uint32_t sl = idx / 48, e = idx % 48, r = (sl / WK) % CL, j = sl / (WK * CL), w = sl % WK;
-            const float *src = fl_sm;
+        constexpr int GU = 4; /* loads in flight per thread */
+        for (uint32_t idx0 = threadIdx.x; idx0 < S * 48; idx0 += GU * blockDim.x) {
+            float v[GU];
+#pragma unroll
+            for (int u = 0; u < GU; u++) {
+                uint32_t idx = idx0 + u * blockDim.x, sl = idx / 48, e = idx % 48, r = (sl / WK) % CL, j = sl / (WK * CL),
+                         w = sl % WK;
+                const float *src = fl_sm;
 #if __CUDA_ARCH__ >= 900
-            if (CL > 1) src = cg::this_cluster().map_shared_rank(fl_sm, r);
+                if (CL > 1) src = cg::this_cluster().map_shared_rank(fl_sm, r);
 #endif
-            (void)r;
-            gl[idx] = src[(j * WK + w) * 48 + e];
+                (void)r;
+                v[u] = idx < S * 48 ? src[(j * WK + w) * 48 + e] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < GU; u++)
+                if (idx0 + u * blockDim.x < S * 48) gl[idx0 + u * blockDim.x] = v[u];
         }
         __syncthreads();
         if (threadIdx.x < 48) {

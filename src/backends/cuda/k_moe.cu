@@ -9,88 +9,74 @@
 
 __device__ __forceinline__ float softplus_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
-/* Better of two (value, index) candidates: larger value, then lower index
- * (select_topk keeps the first maximum in ascending expert order). */
-__device__ __forceinline__ void better(float *v, int *i, float v2, int i2) {
-    if (i2 >= 0 && (*i < 0 || v2 > *v || (v2 == *v && i2 < *i))) {
-        *v = v2;
-        *i = i2;
-    }
-}
+/* Whether candidate (v, i) beats (w, j): larger value, then lower index
+ * (select_topk keeps the first maximum in ascending expert order). Scores
+ * are never NaN here (route_kernel maps NaN to -inf), so this is a total
+ * order and every expert has a distinct rank. */
+__device__ __forceinline__ bool beats(float v, uint32_t i, float w, uint32_t j) { return v > w || (v == w && i < j); }
 
-/* One block (256 threads) per token. With grp (a single token), the
- * block also writes k_moe_group's grouping of its K entries, which saves
- * decode a launch. */
+/* One block (256 threads) per token. The K best biased scores are found
+ * by rank: each expert counts the experts that beat it, and rank k < K is
+ * the k-th pick of the CPU's repeated arg-max (one pass and two barriers,
+ * where K arg-max rounds took two barriers and a global load each). With
+ * grp (a single token), the block also writes k_moe_group's grouping of
+ * its K entries, which saves decode a launch. */
 __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const int32_t *tokens, const int32_t *tid2eid,
                              const float *bias, float scale, int32_t *ids, float *wts, int32_t *grp) {
+    prefetch_l2(bias, (uint64_t)X * sizeof(float));
     pdl_enter();
-    __shared__ float s[K_MAX_EXPERTS];
-    __shared__ unsigned char taken[K_MAX_EXPERTS];
-    __shared__ float wv[8];
-    __shared__ int wi[8];
+    __shared__ float s[K_MAX_EXPERTS], key[K_MAX_EXPERTS];
     __shared__ int sel[K_MAX_USED];
-    uint32_t t = blockIdx.x, tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+    uint32_t t = blockIdx.x, tid = threadIdx.x;
     const float *l = logits + (uint64_t)t * X;
     for (uint32_t e = tid; e < X; e += blockDim.x) {
-        s[e] = sqrtf(softplus_(l[e]));
-        taken[e] = 0;
+        float v = sqrtf(softplus_(l[e])), kb = v + (bias ? bias[e] : 0.0f);
+        s[e] = v;
+        key[e] = isnan(kb) ? -INFINITY : kb;
     }
+    if (tid2eid && tid < K) sel[tid] = tid2eid[(uint64_t)tokens[t] * K + tid];
     __syncthreads();
-    if (tid2eid) {
-        if (tid < K) sel[tid] = tid2eid[(uint64_t)tokens[t] * K + tid];
-    } else {
-        for (uint32_t k = 0; k < K; k++) {
-            float bv = 0;
-            int bi = -1;
-            for (uint32_t e = tid; e < X; e += blockDim.x)
-                if (!taken[e]) better(&bv, &bi, s[e] + (bias ? bias[e] : 0.0f), (int)e);
-            for (int o = 16; o > 0; o >>= 1) {
-                float v2 = __shfl_xor_sync(0xffffffffu, bv, o);
-                int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-                better(&bv, &bi, v2, i2);
-            }
-            if (lane == 0) wv[wid] = bv, wi[wid] = bi;
-            __syncthreads();
-            if (tid == 0) {
-                float v = wv[0];
-                int i = wi[0];
-                for (uint32_t w = 1; w < blockDim.x / 32; w++) better(&v, &i, wv[w], wi[w]);
-                sel[k] = i;
-                taken[i] = 1;
-            }
-            __syncthreads();
+    if (!tid2eid) {
+        for (uint32_t e = tid; e < X; e += blockDim.x) {
+            float ke = key[e];
+            uint32_t r = 0;
+            for (uint32_t f = 0; f < X; f++) r += beats(key[f], f, ke, e);
+            if (r < K) sel[r] = (int)e;
         }
+        __syncthreads();
     }
-    __syncthreads();
-    if (tid == 0) {
-        /* weights from the unbiased scores */
+    if (tid < K) {
+        /* weights from the unbiased scores, the sum in slot order */
+        int e = sel[tid];
         float sum = 0;
         for (uint32_t k = 0; k < K; k++) sum += s[sel[k]];
-        for (uint32_t k = 0; k < K; k++) {
-            ids[(uint64_t)t * K + k] = sel[k];
-            wts[(uint64_t)t * K + k] = s[sel[k]] / (sum + 1e-20f) * scale;
-        }
+        ids[(uint64_t)t * K + tid] = e;
+        wts[(uint64_t)t * K + tid] = s[e] / (sum + 1e-20f) * scale;
         if (grp) {
-            /* distinct experts ascending; an expert's entries in entry order */
+            /* distinct experts ascending; an expert's entries in entry
+             * order: entry k's place is the number of entries before it in
+             * (expert, entry) order */
             int32_t *used = grp + 1, *goff = used + X, *gcnt = goff + X, *members = gcnt + X, *pos = members + K;
-            int n_used = 0, o = 0, prev = -1;
-            for (;;) {
-                int e = -1; /* the smallest expert above prev */
-                for (uint32_t k = 0; k < K; k++)
-                    if (sel[k] > prev && (e < 0 || sel[k] < e)) e = sel[k];
-                if (e < 0) break;
-                used[n_used] = e;
-                goff[n_used] = o;
-                for (uint32_t k = 0; k < K; k++)
-                    if (sel[k] == e) {
-                        members[o] = (int32_t)k;
-                        pos[k] = o++;
-                    }
-                gcnt[n_used] = o - goff[n_used];
-                n_used++;
-                prev = e;
+            uint32_t place = 0, group = 0, count = 0, n_used = 0;
+            bool first = true;
+            for (uint32_t j = 0; j < K; j++) {
+                int f = sel[j];
+                bool jfirst = true;
+                for (uint32_t i = 0; i < j; i++) jfirst = jfirst && sel[i] != f;
+                place += f < e || (f == e && j < tid);
+                count += f == e;
+                first = first && !(f == e && j < tid);
+                group += jfirst && f < e;
+                n_used += jfirst;
             }
-            grp[0] = n_used;
+            members[place] = (int32_t)tid;
+            pos[tid] = (int32_t)place;
+            if (first) {
+                used[group] = e;
+                goff[group] = (int32_t)place;
+                gcnt[group] = (int32_t)count;
+            }
+            if (tid == 0) grp[0] = (int32_t)n_used;
         }
     }
 }

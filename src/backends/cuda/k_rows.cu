@@ -1,4 +1,6 @@
 /* Row transforms and the mHC kernels (compute/mhc.c, compute/ops.c). */
+#include <string.h>
+
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
 #include "backends/cuda/moefn.cuh"
@@ -6,11 +8,16 @@
 
 /* ---- row transforms ------------------------------------------------------- */
 
-__global__ void rows_kernel(row_op op) {
+/* Blocks below op0.n_rows take op0's rows, the others op1's (when op1 has
+ * rows): two independent transforms in one launch. */
+__global__ void rows_kernel(row_op op0, row_op op1) {
+    bool second = blockIdx.x >= op0.n_rows;
+    const row_op &op = second ? op1 : op0;
+    if (op.norm) prefetch_l2(op.norm_w, (uint64_t)op.n * sizeof(float));
     pdl_enter();
     extern __shared__ float v[];
     __shared__ double red[32];
-    uint32_t row = blockIdx.x;
+    uint32_t row = second ? blockIdx.x - op0.n_rows : blockIdx.x;
     float *x = op.x + (uint64_t)row * op.stride;
     load_row(v, x, op.n);
     __syncthreads();
@@ -19,14 +26,25 @@ __global__ void rows_kernel(row_op op) {
     for (uint32_t i = threadIdx.x; i < op.n; i += blockDim.x) x[i] = v[i];
 }
 
-cudaError_t k_rows(cudaStream_t st, const row_op *op) {
-    if (op->n_rows == 0) return cudaSuccess;
-    size_t smem = (size_t)op->n * sizeof(float);
+/* The block size depends on the widest row only, so a row's bits (its
+ * RMS sum's partition over the threads) do not depend on whether it
+ * shares the launch with other rows. */
+static unsigned rows_threads(uint32_t n) { return n >= 2048 ? 512 : (n >= 1024 ? 256 : 128); }
+
+cudaError_t k_rows2(cudaStream_t st, const row_op *op0, const row_op *op1) {
+    row_op none;
+    memset(&none, 0, sizeof none);
+    if (!op1) op1 = &none;
+    uint32_t n = op0->n > op1->n ? op0->n : op1->n, blocks = op0->n_rows + op1->n_rows;
+    if (blocks == 0) return cudaSuccess;
+    size_t smem = (size_t)n * sizeof(float);
     if (smem > 48 * 1024) return cudaErrorInvalidValue; /* rows are at most a few thousand floats */
-    unsigned threads = op->n >= 2048 ? 512 : (op->n >= 1024 ? 256 : 128);
-    k_launch(rows_kernel, op->n_rows, threads, smem, st, *op);
+    if (op1->n_rows && rows_threads(op0->n) != rows_threads(op1->n)) return cudaErrorInvalidValue;
+    k_launch(rows_kernel, blocks, rows_threads(n), smem, st, *op0, *op1);
     return LAUNCH_STATUS();
 }
+
+cudaError_t k_rows(cudaStream_t st, const row_op *op) { return k_rows2(st, op, NULL); }
 
 /* ---- embedding ---------------------------------------------------------------- */
 
@@ -371,6 +389,8 @@ __device__ __forceinline__ void bar_rest(uint32_t n) { asm volatile("bar.sync 1,
 __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, const float *X, uint32_t hc, uint32_t E, const float *base,
                                   const float *scale, float eps, uint32_t iters, int head, float *pre, float *post,
                                   float *comb, const float *norm_w, float norm_eps, float *y) {
+    prefetch_l2(norm_w, (uint64_t)E * sizeof(float));
+    prefetch_l2(base, (uint64_t)(head ? hc : (2 + hc) * hc) * sizeof(float));
     pdl_enter();
     extern __shared__ __align__(16) float yv[]; /* E floats */
     __shared__ float spre[K_MAX_HC], c[K_MAX_HC * K_MAX_HC];

@@ -111,6 +111,9 @@ typedef struct row_op {
     uint32_t n_rot;
 } row_op;
 cudaError_t k_rows(cudaStream_t st, const row_op *op);
+/* op0's and op1's rows in one launch (op1 may be NULL); both widths must
+ * take the same block size (k_rows's, which depends on the width only). */
+cudaError_t k_rows2(cudaStream_t st, const row_op *op0, const row_op *op1);
 
 /* ---- mHC ------------------------------------------------------------------ */
 /* X[t][i] = embedding row tokens[t] for each of the hc streams. */

@@ -30,10 +30,11 @@ void ds4_gpu_test_set_plain_linear(int plain);
 int ds4_gpu_test_linear_rms(uint32_t type, const void *w, uint32_t K, uint32_t rows, const float *x, uint64_t x_stride,
                             uint32_t n_tok, float eps, float *y, uint64_t y_stride, ds4_error *err);
 
-/* k_rows on n_rows rows of n floats (rows_per_tok rows per position). */
+/* k_rows on n_rows rows of n floats (rows_per_tok rows per position);
+ * split > 0: rows [0, split) and the rest as the two ops of one k_rows2. */
 int ds4_gpu_test_rows(float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm, const float *norm_w, float eps,
                       const float *inv_freq, uint32_t n_pairs, uint64_t pos0, int inverse, int qat, uint32_t n_rot,
-                      ds4_error *err);
+                      uint32_t split, ds4_error *err);
 
 /* mHC: pre (head = 0: y, post, comb) or head (head = 1: y only), and post.
  * fused: the two-launch form (k_linear_rms + k_mhc_finish), which with

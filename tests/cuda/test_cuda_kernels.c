@@ -314,7 +314,7 @@ static void test_rows(void) {
         uint32_t n = 512, R = 7;
         float *x = randv(n * R, 3.0f), *w = randv(n, 1.0f), *ref = malloc(n * R * 4);
         for (uint32_t r = 0; r < R; r++) ds4_rmsnorm(ref + r * n, x + r * n, w, n, 1e-6f);
-        GPU(ds4_gpu_test_rows(x, R, n, 1, 1, w, 1e-6f, NULL, 0, 0, 0, 0, 0, E_));
+        GPU(ds4_gpu_test_rows(x, R, n, 1, 1, w, 1e-6f, NULL, 0, 0, 0, 0, 0, 0, E_));
         double e = rel_err_f(x, ref, n * R);
         CHECKF(e < 1e-6, "rmsnorm: rel err %.3g", e);
         free(x), free(w), free(ref);
@@ -329,7 +329,7 @@ static void test_rows(void) {
             ds4_rope_angles(&rope, 1000 + r / 4, cs, sn);
             ds4_rope_apply(ref + r * n, n, np, cs, sn, inv);
         }
-        GPU(ds4_gpu_test_rows(x, R, n, 4, 0, NULL, 0, rope.inv_freq, np, 1000, inv, 0, 0, E_));
+        GPU(ds4_gpu_test_rows(x, R, n, 4, 0, NULL, 0, rope.inv_freq, np, 1000, inv, 0, 0, 0, E_));
         int same = 0;
         for (uint32_t i = 0; i < n * R; i++) same += x[i] == ref[i];
         CHECKF(same >= (int)(n * R) - 2, "rope (inverse %d): %d of %u values identical", inv, same, n * R);
@@ -350,7 +350,7 @@ static void test_rows(void) {
                 ds4_fp4_sim(ref + r * n, n, 32);
             }
         }
-        GPU(ds4_gpu_test_rows(x, R, n, 1, 0, NULL, 0, NULL, 0, 0, 0, qat, n_rot, E_));
+        GPU(ds4_gpu_test_rows(x, R, n, 1, 0, NULL, 0, NULL, 0, 0, 0, qat, n_rot, 0, E_));
         int same = 0;
         for (uint32_t i = 0; i < n * R; i++) same += x[i] == ref[i];
         CHECKF(same == (int)(n * R), "qat %d: %d of %u values identical", qat, same, n * R);
@@ -367,10 +367,15 @@ static void test_rows(void) {
             ds4_rope_apply(ref + r * n, n, 32, cs, sn, 0);
             ds4_fp8_sim(ref + r * n, n - n_rot, 64);
         }
-        GPU(ds4_gpu_test_rows(x, R, n, 1, 1, w, 1e-6f, rope.inv_freq, 32, 77, 0, 1, n_rot, E_));
+        float *x2 = malloc(n * R * 4);
+        memcpy(x2, x, n * R * 4);
+        GPU(ds4_gpu_test_rows(x, R, n, 1, 1, w, 1e-6f, rope.inv_freq, 32, 77, 0, 1, n_rot, 0, E_));
         double e = rel_err_f(x, ref, n * R);
         CHECKF(e < 1e-2, "norm+rope+fp8: rel err %.3g", e);
-        free(x), free(w), free(ref);
+        /* the same rows as the two halves of one k_rows2 launch: the same bits */
+        GPU(ds4_gpu_test_rows(x2, R, n, 1, 1, w, 1e-6f, rope.inv_freq, 32, 77, 0, 1, n_rot, 2, E_));
+        CHECKF(memcmp(x, x2, n * R * 4) == 0, "norm+rope+fp8: k_rows2 differs from k_rows");
+        free(x), free(x2), free(w), free(ref);
     }
 }
 

@@ -1114,12 +1114,18 @@ static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, 
     return 0;
 }
 
-static int rows(fwd *f, float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm, const float *w,
-                const float *rope, int qat) {
-    ds4_error *err = f->err;
+static row_op row_of(const fwd *f, float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm, const float *w,
+                     const float *rope, int qat) {
     row_op op = {x, n_rows, n, n, rows_per_tok, norm, w, f->hp->rms_eps, rope, rope ? f->hp->n_rot / 2 : 0, f->pos0, 0,
                  qat, f->hp->n_rot};
     if (op.n_pairs > 128) op.n_pairs = 128;
+    return op;
+}
+
+static int rows(fwd *f, float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm, const float *w,
+                const float *rope, int qat) {
+    ds4_error *err = f->err;
+    row_op op = row_of(f, x, n_rows, n, rows_per_tok, norm, w, rope, qat);
     CU(k_rows(f->st, &op));
     return 0;
 }
@@ -1197,9 +1203,11 @@ static int attention(fwd *f, uint32_t il) {
     prof_mark(f->s, "kv_proj");
     bool same_act = k_quant_type(lw->q_a.type) && lw->kv.type == lw->q_a.type;
     CU(lin(f, &lw->kv, 0, hd, 1, 0, same_act ? NULL : x, E, NULL, n, s->kv, hd));
-    if (rows(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0)) return -1;
-    prof_mark(f->s, "q_proj");
-    if (rows(f, s->qa, n, hp->q_lora, 1, 1, vec(&lw->q_a_norm), NULL, 0)) return -1;
+    /* kv's row transform and q_a's norm in one launch (a decode step's
+     * chain is made of launches of a few microseconds each) */
+    row_op kv_rows = row_of(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0);
+    row_op qa_rows = row_of(f, s->qa, n, hp->q_lora, 1, 1, vec(&lw->q_a_norm), NULL, 0);
+    CU(k_rows2(f->st, &kv_rows, &qa_rows));
     if (ratio == 4) {
         /* the indexer's queries come from q_a's normalised rows */
         if (xf.st != f->st) {

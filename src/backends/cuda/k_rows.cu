@@ -29,7 +29,7 @@ __global__ void rows_kernel(row_op op0, row_op op1) {
 /* The block size depends on the widest row only, so a row's bits (its
  * RMS sum's partition over the threads) do not depend on whether it
  * shares the launch with other rows. */
-static unsigned rows_threads(uint32_t n) { return n >= 2048 ? 512 : (n >= 1024 ? 256 : 128); }
+static unsigned rows_threads(uint32_t n) { return n >= 2048 ? 512 : (n >= 512 ? 256 : 128); }
 
 cudaError_t k_rows2(cudaStream_t st, const row_op *op0, const row_op *op1) {
     row_op none;

@@ -120,7 +120,7 @@ fail:
 
 extern "C" int ds4_gpu_test_rows(float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm,
                                  const float *norm_w, float eps, const float *inv_freq, uint32_t n_pairs, uint64_t pos0,
-                                 int inverse, int qat, uint32_t n_rot, ds4_error *err) {
+                                 int inverse, int qat, uint32_t n_rot, uint32_t split, ds4_error *err) {
     pool pl = {{0}, 0};
     void *dx, *dw = NULL, *df = NULL;
     DEV(dx, x, (size_t)n_rows * n * 4);
@@ -129,7 +129,17 @@ extern "C" int ds4_gpu_test_rows(float *x, uint32_t n_rows, uint32_t n, uint32_t
     {
         row_op op = {(float *)dx, n_rows, n, n, rows_per_tok, norm, (const float *)dw, eps, (const float *)df, n_pairs,
                      pos0, inverse, qat, n_rot};
-        RUN(k_rows(0, &op));
+        if (split && split < n_rows) { /* rows [0, split) and the rest as the two ops of one k_rows2 launch */
+            row_op op1 = op;
+            op.n_rows = split;
+            op1.n_rows = n_rows - split;
+            op1.x = (float *)dx + (size_t)split * n;
+            op1.pos0 = pos0 + split / rows_per_tok;
+            if (split % rows_per_tok) { ds4_fail(err, "split must be whole tokens"); goto fail; }
+            RUN(k_rows2(0, &op, &op1));
+        } else {
+            RUN(k_rows(0, &op));
+        }
     }
     BACK(x, dx, (size_t)n_rows * n * 4);
     pool_free(&pl);

@@ -863,7 +863,13 @@ static void test_moe_quant(void) {
             double e = rel_err(out + t * E, ref, E);
             if (e > worst) worst = e;
         }
-        CHECKF(worst < 1e-5, "moe %s/%s: worst token rel err vs CPU %.3g", ggml_type_name(tu), ggml_type_name(td), worst);
+        /* The down product re-quantizes h to 8 bits a block: gate and up
+         * sum in another order than the CPU, and an h value that sits on a
+         * rounding boundary may take the next step (1/127 of its block's
+         * largest value), which moves the token's output by about 1e-3
+         * (seen: 9e-4 for Q4_K at 256 x 256). A wrong row or scale is off
+         * by far more. */
+        CHECKF(worst < 3e-3, "moe %s/%s: worst token rel err vs CPU %.3g", ggml_type_name(tu), ggml_type_name(td), worst);
         free(G), free(U), free(D), free(SG), free(SU), free(SD), free(x), free(out);
     }
     ds4_pool_free(pool);

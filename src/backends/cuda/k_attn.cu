@@ -97,7 +97,8 @@ __global__ void comp_emit_kernel(comp_op op, uint64_t w_first) {
         pooled[ch] = num / den;
     }
     __syncthreads();
-    row_transform(pooled, width, 1, op.norm_w, op.eps, op.inv_freq, op.n_pairs, (uint64_t)start, 0, op.qat, op.n_rot, red);
+    row_transform(pooled, width, 1, op.norm_w, op.eps, op.inv_freq, op.n_pairs, (uint64_t)start, 0, op.qat, op.n_rot, red,
+                  blockDim.x);
     float *dst = op.rows + w * width;
     for (uint32_t ch = threadIdx.x; ch < width; ch += blockDim.x) dst[ch] = pooled[ch];
 }

@@ -8,8 +8,13 @@
 
 /* ---- row transforms ------------------------------------------------------- */
 
+/* Threads a row of n floats takes: its RMS sum's partition (row_transform's
+ * rbd), whatever block it shares. */
+__host__ __device__ __forceinline__ unsigned rows_threads(uint32_t n) { return n >= 2048 ? 512 : (n >= 1024 ? 256 : 128); }
+
 /* Blocks below op0.n_rows take op0's rows, the others op1's (when op1 has
- * rows): two independent transforms in one launch. */
+ * rows): two independent transforms in one launch, each row with the bits
+ * it has alone. */
 __global__ void rows_kernel(row_op op0, row_op op1) {
     bool second = blockIdx.x >= op0.n_rows;
     const row_op &op = second ? op1 : op0;
@@ -22,14 +27,9 @@ __global__ void rows_kernel(row_op op0, row_op op1) {
     load_row(v, x, op.n);
     __syncthreads();
     row_transform(v, op.n, op.norm, op.norm_w, op.eps, op.inv_freq, op.n_pairs, op.pos0 + row / op.rows_per_tok,
-                  op.inverse, op.qat, op.n_rot, red);
+                  op.inverse, op.qat, op.n_rot, red, rows_threads(op.n));
     for (uint32_t i = threadIdx.x; i < op.n; i += blockDim.x) x[i] = v[i];
 }
-
-/* The block size depends on the widest row only, so a row's bits (its
- * RMS sum's partition over the threads) do not depend on whether it
- * shares the launch with other rows. */
-static unsigned rows_threads(uint32_t n) { return n >= 2048 ? 512 : (n >= 512 ? 256 : 128); }
 
 cudaError_t k_rows2(cudaStream_t st, const row_op *op0, const row_op *op1) {
     row_op none;
@@ -39,7 +39,6 @@ cudaError_t k_rows2(cudaStream_t st, const row_op *op0, const row_op *op1) {
     if (blocks == 0) return cudaSuccess;
     size_t smem = (size_t)n * sizeof(float);
     if (smem > 48 * 1024) return cudaErrorInvalidValue; /* rows are at most a few thousand floats */
-    if (op1->n_rows && rows_threads(op0->n) != rows_threads(op1->n)) return cudaErrorInvalidValue;
     k_launch(rows_kernel, blocks, rows_threads(n), smem, st, *op0, *op1);
     return LAUNCH_STATUS();
 }

@@ -118,8 +118,8 @@ typedef struct row_op {
     uint32_t n_rot;
 } row_op;
 cudaError_t k_rows(cudaStream_t st, const row_op *op);
-/* op0's and op1's rows in one launch (op1 may be NULL); both widths must
- * take the same block size (k_rows's, which depends on the width only). */
+/* op0's and op1's rows in one launch (op1 may be NULL), each row with the
+ * bits k_rows gives it. */
 cudaError_t k_rows2(cudaStream_t st, const row_op *op0, const row_op *op1);
 
 /* ---- mHC ------------------------------------------------------------------ */

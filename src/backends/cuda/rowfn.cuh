@@ -22,13 +22,17 @@ __device__ __forceinline__ void rope_pair(float *t, float c, float s, int invers
     t[1] = o * c + e * s;
 }
 
-/* v: n floats in shared memory; red: 32 doubles of shared memory. */
+/* v: n floats in shared memory; red: 32 doubles of shared memory. The
+ * RMS sum of squares is partitioned over the first rbd threads (a multiple
+ * of 32, at most the block): its bits depend on rbd, not on the block size
+ * (the other threads add zeros after the rest). */
 static __device__ void row_transform(float *v, uint32_t n, int norm, const float *norm_w, float eps, const float *inv_freq,
-                              uint32_t n_pairs, uint64_t pos, int inverse, int qat, uint32_t n_rot, double *red) {
+                              uint32_t n_pairs, uint64_t pos, int inverse, int qat, uint32_t n_rot, double *red,
+                              uint32_t rbd) {
     uint32_t tid = threadIdx.x, bd = blockDim.x;
     if (norm) {
         double ss = 0;
-        for (uint32_t i = tid; i < n; i += bd) ss += (double)v[i] * v[i];
+        for (uint32_t i = tid; tid < rbd && i < n; i += rbd) ss += (double)v[i] * v[i];
         ss = block_sum_d(ss, red);
         float r = (float)(1.0 / sqrt(ss / n + eps));
         for (uint32_t i = tid; i < n; i += bd) v[i] = norm_w ? v[i] * r * norm_w[i] : v[i] * r;

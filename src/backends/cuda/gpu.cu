@@ -96,13 +96,11 @@ struct ds4_gpu_session {
      * shared expert; lane 1: indexer), each with its own activation
      * scratch; they fork from and join back into st by events, so the
      * decode graph captures them as parallel branches. Off (everything
-     * on st) while profiling or with DS4_CUDA_LANES=0. Lane 2 (decode)
-     * asks L2 for the layer's next large weights (k_l2_prefetch) and
-     * joins st at the end of the pass. */
-    bool lanes, pf_pending; /* pf_pending: lane 2 has work the pass has not joined yet */
-    cudaStream_t lane[3];
-    void *lane_act[3];
-    cudaEvent_t ev_fork[3], ev_join[3], ev_qa;
+     * on st) while profiling or with DS4_CUDA_LANES=0. */
+    bool lanes;
+    cudaStream_t lane[2];
+    void *lane_act[2];
+    cudaEvent_t ev_fork[2], ev_join[2], ev_qa;
     struct prof *prof; /* DS4_CUDA_PROFILE=1: time per operation */
     /* Decode steps (one token) are captured into a CUDA graph and replayed:
      * one launch instead of a few hundred, whose cost per launch otherwise
@@ -718,7 +716,7 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     {
         const char *le = getenv("DS4_CUDA_LANES");
         s->lanes = !s->prof && !(le && *le == '0');
-        for (int i = 0; i < 3 && s->lanes && e == cudaSuccess; i++)
+        for (int i = 0; i < 2 && s->lanes && e == cudaSuccess; i++)
             if ((e = cudaStreamCreateWithFlags(&s->lane[i], cudaStreamNonBlocking)) == cudaSuccess &&
                 (e = cudaEventCreateWithFlags(&s->ev_fork[i], cudaEventDisableTiming)) == cudaSuccess)
                 e = cudaEventCreateWithFlags(&s->ev_join[i], cudaEventDisableTiming);
@@ -767,7 +765,7 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     cudaFreeHost(s->grp_pinned);
     cudaFreeHost(s->wtab_pinned);
     if (s->st) cudaStreamDestroy(s->st);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 2; i++) {
         if (s->lane[i]) cudaStreamDestroy(s->lane[i]);
         if (s->ev_fork[i]) cudaEventDestroy(s->ev_fork[i]);
         if (s->ev_join[i]) cudaEventDestroy(s->ev_join[i]);
@@ -952,22 +950,6 @@ static int join_lane(const fwd *f, const fwd *side, int i) {
     if (side->st == f->st) return 0;
     CU(cudaEventRecord(f->s->ev_join[i], side->st));
     CU(cudaStreamWaitEvent(f->st, f->s->ev_join[i], 0));
-    return 0;
-}
-
-/* Decode: lane 2 asks L2 for the weights of the n tensors in t once
- * everything queued on f so far has run (the pass joins lane 2 at its
- * end). Placed where the chain runs small latency-bound kernels, so the
- * large products after them read from L2. */
-static int prefetch(fwd *f, const ds4_tensor *const *t, int n) {
-    ds4_gpu_session *s = f->s;
-    ds4_error *err = f->err;
-    if (f->n != 1 || !s->lanes || f->st != s->st || !k_l2_prefetch_on()) return 0;
-    fwd p;
-    if (fork_lane(f, 2, &p)) return -1;
-    for (int i = 0; i < n; i++)
-        if (t[i]->data) CU(k_l2_prefetch(p.st, t[i]->data, tensor_bytes(t[i])));
-    s->pf_pending = true;
     return 0;
 }
 
@@ -1246,10 +1228,6 @@ static int attention(fwd *f, uint32_t il) {
     }
     prof_mark(f->s, "q_proj");
     CU(lin(f, &lw->q_b, 0, qdim, 1, 0, s->qa, hp->q_lora, NULL, n, s->q, qdim));
-    {
-        const ds4_tensor *next[] = {&lw->out_a}; /* during the q rows and the attention */
-        if (prefetch(f, next, 1)) return -1;
-    }
     if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
     if (ratio && join_lane(f, &cf, 0)) return -1;
     if (ratio == 4 && join_lane(f, &xf, 1)) return -1;
@@ -1338,23 +1316,12 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     CU(k_embed(st, &w->tok_embd, s->tok, n, hc, s->X));
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const ds4_layer_weights *lw = &w->layers[il];
-        const ds4_tensor *attn_next[] = {&lw->q_a, &lw->kv, &lw->q_b}; /* during the mHC mixing */
-        if (prefetch(&f, attn_next, 3)) return -1;
         if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0, vec(&lw->attn_norm))) return -1;
         if (attention(&f, il)) return ds4_fail_prefix(err, "layer %u attention", il);
         prof_mark(s, "mhc_post");
         CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
-        /* during the mixing and the routing */
-        const ds4_tensor *ffn_next[] = {&lw->gate_inp, &lw->gate_shexp, &lw->up_shexp, &lw->down_shexp};
-        if (prefetch(&f, ffn_next, 4)) return -1;
         if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0, vec(&lw->ffn_norm))) return -1;
         if (moe(&f, il)) return ds4_fail_prefix(err, "layer %u MoE", il);
-    }
-    if (s->pf_pending) {
-        fwd pf = f;
-        pf.st = s->lane[2];
-        if (join_lane(&f, &pf, 2)) return -1;
-        s->pf_pending = false;
     }
     s->pos += n;
     s->fr ^= 1;

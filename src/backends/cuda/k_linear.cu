@@ -336,27 +336,31 @@ __device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, ui
         static_assert(!RMS || NT <= 8, "tokens per tile");
         __shared__ double red[RMS ? NT : 1][32];
         int live = a.n_tok - t0 < (uint32_t)nt ? (int)(a.n_tok - t0) : nt;
-        /* FB values of a token in registers before any is added: one
-         * memory latency per FB of them, not one per value */
-        constexpr int FB = NT == 1 ? 16 : (NT <= 4 ? 4 : 2);
         for (uint32_t v = threadIdx.x; v < 1024; v += blockDim.x) {
             double ss[NT];
 #pragma unroll
             for (int tt = 0; tt < NT; tt++) ss[tt] = 0;
-            for (uint32_t i0 = v; i0 < a.K; i0 += 1024 * FB) {
-                float xv[NT][FB];
+            if (NT == 1) {
+                /* one token: FB values in registers before any is added,
+                 * one memory latency per FB of them, not one per value */
+                constexpr int FB = 16;
+                for (uint32_t i0 = v; i0 < a.K; i0 += 1024 * FB) {
+                    float xv[FB];
 #pragma unroll
-                for (int tt = 0; tt < NT; tt++)
-#pragma unroll
-                    for (int b = 0; b < FB; b++) {
-                        uint32_t i = i0 + 1024 * b;
-                        xv[tt][b] = tt < live && i < a.K ? xg[(uint64_t)(t0 + tt) * a.x_stride + i] : 0.0f;
-                    }
-#pragma unroll
-                for (int tt = 0; tt < NT; tt++)
+                    for (int b = 0; b < FB; b++) xv[b] = i0 + 1024 * b < a.K ? xg[(uint64_t)t0 * a.x_stride + i0 + 1024 * b] : 0.0f;
 #pragma unroll
                     for (int b = 0; b < FB; b++)
-                        if (tt < live && i0 + 1024 * b < a.K) ss[tt] += (double)xv[tt][b] * xv[tt][b];
+                        if (i0 + 1024 * b < a.K) ss[0] += (double)xv[b] * xv[b];
+                }
+            } else {
+#pragma unroll 2
+                for (uint32_t i = v; i < a.K; i += 1024)
+#pragma unroll
+                    for (int tt = 0; tt < NT; tt++)
+                        if (tt < live) {
+                            float x = xg[(uint64_t)(t0 + tt) * a.x_stride + i];
+                            ss[tt] += (double)x * x;
+                        }
             }
 #pragma unroll
             for (int tt = 0; tt < NT; tt++) {

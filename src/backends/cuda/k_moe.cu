@@ -23,7 +23,7 @@ __device__ __forceinline__ bool beats(float v, uint32_t i, float w, uint32_t j) 
  * its K entries, which saves decode a launch. */
 __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const int32_t *tokens, const int32_t *tid2eid,
                              const float *bias, float scale, int32_t *ids, float *wts, int32_t *grp) {
-    prefetch_l2(bias, (uint64_t)X * sizeof(float));
+    if (gridDim.x == 1) prefetch_l2(bias, (uint64_t)X * sizeof(float)); /* a decode step */
     pdl_enter();
     __shared__ float s[K_MAX_EXPERTS], key[K_MAX_EXPERTS];
     __shared__ int sel[K_MAX_USED];

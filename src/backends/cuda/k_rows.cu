@@ -12,23 +12,33 @@
  * rbd), whatever block it shares. */
 __host__ __device__ __forceinline__ unsigned rows_threads(uint32_t n) { return n >= 2048 ? 512 : (n >= 1024 ? 256 : 128); }
 
-/* Blocks below op0.n_rows take op0's rows, the others op1's (when op1 has
- * rows): two independent transforms in one launch, each row with the bits
- * it has alone. */
-__global__ void rows_kernel(row_op op0, row_op op1) {
-    bool second = blockIdx.x >= op0.n_rows;
-    const row_op &op = second ? op1 : op0;
-    if (op.norm) prefetch_l2(op.norm_w, (uint64_t)op.n * sizeof(float));
-    pdl_enter();
-    extern __shared__ float v[];
-    __shared__ double red[32];
-    uint32_t row = second ? blockIdx.x - op0.n_rows : blockIdx.x;
+/* One row of op (row: its index among op's rows). */
+__device__ __forceinline__ void rows_one(const row_op &op, uint32_t row, float *v, double *red) {
     float *x = op.x + (uint64_t)row * op.stride;
     load_row(v, x, op.n);
     __syncthreads();
     row_transform(v, op.n, op.norm, op.norm_w, op.eps, op.inv_freq, op.n_pairs, op.pos0 + row / op.rows_per_tok,
                   op.inverse, op.qat, op.n_rot, red, rows_threads(op.n));
     for (uint32_t i = threadIdx.x; i < op.n; i += blockDim.x) x[i] = v[i];
+}
+
+/* Blocks below op0.n_rows take op0's rows, the others op1's (when op1 has
+ * rows): two independent transforms in one launch, each row with the bits
+ * it has alone. Each op is used in its own branch (a reference picked at
+ * run time between two kernel parameters had put them in local memory:
+ * 2.5x the time of the 131072 q rows of a prefill). A single block (a
+ * decode step's rows) first asks L2 for its norm weights. */
+__global__ void rows_kernel(row_op op0, row_op op1) {
+    extern __shared__ float v[];
+    __shared__ double red[32];
+    bool second = blockIdx.x >= op0.n_rows;
+    if (gridDim.x <= 2) {
+        const float *w = second ? op1.norm_w : op0.norm_w;
+        if (second ? op1.norm : op0.norm) prefetch_l2(w, (uint64_t)(second ? op1.n : op0.n) * sizeof(float));
+    }
+    pdl_enter();
+    if (second) rows_one(op1, blockIdx.x - op0.n_rows, v, red);
+    else rows_one(op0, blockIdx.x, v, red);
 }
 
 cudaError_t k_rows2(cudaStream_t st, const row_op *op0, const row_op *op1) {
@@ -388,8 +398,10 @@ __device__ __forceinline__ void bar_rest(uint32_t n) { asm volatile("bar.sync 1,
 __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, const float *X, uint32_t hc, uint32_t E, const float *base,
                                   const float *scale, float eps, uint32_t iters, int head, float *pre, float *post,
                                   float *comb, const float *norm_w, float norm_eps, float *y) {
-    prefetch_l2(norm_w, (uint64_t)E * sizeof(float));
-    prefetch_l2(base, (uint64_t)(head ? hc : (2 + hc) * hc) * sizeof(float));
+    if (gridDim.x == 1) { /* a decode step */
+        prefetch_l2(norm_w, (uint64_t)E * sizeof(float));
+        prefetch_l2(base, (uint64_t)(head ? hc : (2 + hc) * hc) * sizeof(float));
+    }
     pdl_enter();
     extern __shared__ __align__(16) float yv[]; /* E floats */
     __shared__ float spre[K_MAX_HC], c[K_MAX_HC * K_MAX_HC];

@@ -90,13 +90,6 @@ cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor 
 cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n, uint32_t j0,
                         uint32_t max_slots, const uint8_t *const *wtab, const float *h, float *out, void *act);
 
-/* ---- L2 prefetch (k_prefetch.cu) -------------------------------------------
- * Asks L2 for [p, p + bytes) and returns at once (sm_90 bulk prefetches;
- * nothing on older devices or with DS4_CUDA_PREFETCH=0). Only for data no
- * kernel in flight writes: the model's weights. */
-bool k_l2_prefetch_on(void);
-cudaError_t k_l2_prefetch(cudaStream_t st, const void *p, uint64_t bytes);
-
 /* ---- row transforms --------------------------------------------------------
  * Per row, in place and in this order: RMSNorm (weighted when norm_w),
  * RoPE on the last 2*n_pairs entries at position pos0 + row / rows_per_tok

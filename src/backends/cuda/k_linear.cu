@@ -902,7 +902,7 @@ template <bool UP> static cudaError_t launch_ffn(cudaStream_t st, const ffn_args
     /* bank slots are 256-byte aligned, like the tensors */
     int kind = pick_kind(a.type, a.K, a.row_bytes, a.w0 ? a.w0 : (const uint8_t *)xbase, (const float *)xbase, a.K, 0);
     if (UP && (uintptr_t)a.w1 % 16) kind = 3;
-    bool one = a.grp ? a.n == 1 : a.n == 1; /* one token: one member per slot */
+    bool one = a.n == 1; /* one token: one member per slot */
 #define FFN_CASE(KD)                                                           \
     case KD:                                                                   \
         if (one) k_launch(ffn_kernel<KD, 1, UP>, grid, 32 * ROWS_PER_BLOCK, 0, st, a); \

@@ -12,6 +12,12 @@
  * rbd), whatever block it shares. */
 __host__ __device__ __forceinline__ unsigned rows_threads(uint32_t n) { return n >= 2048 ? 512 : (n >= 1024 ? 256 : 128); }
 
+/* A decode step's rows (one or two blocks) ask L2 for their norm weights
+ * before the programmatic wait. */
+__device__ __forceinline__ void rows_prefetch(const row_op &op) {
+    if (gridDim.x <= 2 && op.norm) prefetch_l2(op.norm_w, (uint64_t)op.n * sizeof(float));
+}
+
 /* One row of op (row: its index among op's rows). */
 __device__ __forceinline__ void rows_one(const row_op &op, uint32_t row, float *v, double *red) {
     float *x = op.x + (uint64_t)row * op.stride;
@@ -26,16 +32,13 @@ __device__ __forceinline__ void rows_one(const row_op &op, uint32_t row, float *
  * rows): two independent transforms in one launch, each row with the bits
  * it has alone. Each op is used in its own branch (a reference picked at
  * run time between two kernel parameters had put them in local memory:
- * 2.5x the time of the 131072 q rows of a prefill). A single block (a
- * decode step's rows) first asks L2 for its norm weights. */
+ * 2.5x the time of the 131072 q rows of a prefill). */
 __global__ void rows_kernel(row_op op0, row_op op1) {
     extern __shared__ float v[];
     __shared__ double red[32];
     bool second = blockIdx.x >= op0.n_rows;
-    if (gridDim.x <= 2) {
-        const float *w = second ? op1.norm_w : op0.norm_w;
-        if (second ? op1.norm : op0.norm) prefetch_l2(w, (uint64_t)(second ? op1.n : op0.n) * sizeof(float));
-    }
+    if (second) rows_prefetch(op1);
+    else rows_prefetch(op0);
     pdl_enter();
     if (second) rows_one(op1, blockIdx.x - op0.n_rows, v, red);
     else rows_one(op0, blockIdx.x, v, red);
@@ -273,12 +276,9 @@ __global__ void mhc_post_moe_kernel(float *X, const float *shared, const float *
 __global__ void mhc_post_moe4_kernel(float *X, const float *shared, const float *dx, const int32_t *ids, const float *wts,
                                      const int32_t *pos, uint32_t K, const float *post, const float *comb, uint32_t E) {
     pdl_enter();
-    __shared__ float w[K_MAX_USED];
-    __shared__ uint32_t row[K_MAX_USED];
     uint32_t t = blockIdx.y, d = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
-    moe_combine_order(ids, wts, pos, K, t, w, row);
-    if (d >= E) return;
-    mhc_post_at4<MHC_POST_HC4>(X, moe_combine_sum4(shared, dx, w, row, K, E, t, d), post, comb, E, t, d);
+    float4 v;
+    if (moe_combine_column(shared, dx, ids, wts, pos, K, E, t, d, &v)) mhc_post_at4<MHC_POST_HC4>(X, v, post, comb, E, t, d);
 }
 
 cudaError_t k_mhc_post_moe(cudaStream_t st, float *X, const float *shared, const float *d, const int32_t *ids,

@@ -51,20 +51,6 @@ __device__ __forceinline__ float moe_combine_sum(const float *shared, const floa
     return acc;
 }
 
-/* Column d of token t's combine into *v, false where d is past the row;
- * the order of t's experts is worked out once per block, into shared
- * memory, so every thread of the block must call it. */
-__device__ __forceinline__ bool moe_combine_column(const float *shared, const float *dx, const int32_t *ids, const float *wts,
-                                                   const int32_t *pos, uint32_t K, uint32_t E, uint32_t t, uint32_t d,
-                                                   float *v) {
-    __shared__ float w[K_MAX_USED];
-    __shared__ uint32_t row[K_MAX_USED];
-    moe_combine_order(ids, wts, pos, K, t, w, row);
-    if (d >= E) return false;
-    *v = moe_combine_sum(shared, dx, w, row, K, E, t, d);
-    return true;
-}
-
 /* moe_combine_sum of columns d .. d + 3 (16-byte aligned), each column's
  * operations the same. */
 __device__ __forceinline__ float4 moe_combine_sum4(const float *shared, const float *dx, const float *w, const uint32_t *row,
@@ -75,6 +61,22 @@ __device__ __forceinline__ float4 moe_combine_sum4(const float *shared, const fl
         acc.x += w[k] * v.x, acc.y += w[k] * v.y, acc.z += w[k] * v.z, acc.w += w[k] * v.w;
     }
     return acc;
+}
+
+/* Column d of token t's combine into *v (V float), or columns d .. d + 3
+ * (V float4, 16-byte aligned rows); false where d is past the row. The
+ * order of t's experts is worked out once per block, into shared memory,
+ * so every thread of the block must call it. */
+template <typename V>
+__device__ __forceinline__ bool moe_combine_column(const float *shared, const float *dx, const int32_t *ids, const float *wts,
+                                                   const int32_t *pos, uint32_t K, uint32_t E, uint32_t t, uint32_t d, V *v) {
+    __shared__ float w[K_MAX_USED];
+    __shared__ uint32_t row[K_MAX_USED];
+    moe_combine_order(ids, wts, pos, K, t, w, row);
+    if (d >= E) return false;
+    if constexpr (sizeof(V) == sizeof(float4)) *v = moe_combine_sum4(shared, dx, w, row, K, E, t, d);
+    else *v = moe_combine_sum(shared, dx, w, row, K, E, t, d);
+    return true;
 }
 
 /* Where the grouping (k_moe_group) keeps each entry's row of d. */

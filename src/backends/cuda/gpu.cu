@@ -928,6 +928,7 @@ typedef struct fwd {
     ds4_error *err;
     cudaStream_t st; /* where this part of the pass goes: the session's stream or a side lane */
     void *act;       /* and its activation scratch */
+    bool y_q8;       /* act holds s->y as Q8_0 rows (made by the mHC finish step), for q_a */
 } fwd;
 
 /* f's work continued on side lane i, after everything queued on f so far
@@ -1097,7 +1098,8 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
 /* y = collapse of the streams with the mixing weights of w (ds4_mhc_pre or,
  * for head, ds4_mhc_head) over n token rows of X, then RMSNorm with norm_w:
  * two launches for float mixing weights (the published files' F16). */
-static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, int head, const float *norm_w) {
+static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, int head, const float *norm_w,
+                   uint8_t *q8) {
     ds4_gpu_session *s = f->s;
     const ds4_hparams *hp = f->hp;
     ds4_error *err = f->err;
@@ -1110,14 +1112,14 @@ static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, 
         CU(k_linear_rms(s->st, &w->fn, X, (uint64_t)hc * E, n, hp->rms_eps, s->mix, n_mix));
     }
     CU(k_mhc_finish(s->st, s->mix, X, n, hc, E, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters, head,
-                    s->pre, s->post, s->comb, norm_w, hp->rms_eps, s->y));
+                    s->pre, s->post, s->comb, norm_w, hp->rms_eps, s->y, q8));
     return 0;
 }
 
 static row_op row_of(const fwd *f, float *x, uint32_t n_rows, uint32_t n, uint32_t rows_per_tok, int norm, const float *w,
                      const float *rope, int qat) {
     row_op op = {x, n_rows, n, n, rows_per_tok, norm, w, f->hp->rms_eps, rope, rope ? f->hp->n_rot / 2 : 0, f->pos0, 0,
-                 qat, f->hp->n_rot};
+                 qat, f->hp->n_rot, NULL, NULL};
     if (op.n_pairs > 128) op.n_pairs = 128;
     return op;
 }
@@ -1197,7 +1199,8 @@ static int attention(fwd *f, uint32_t il) {
     }
 
     prof_mark(f->s, "q_proj");
-    CU(lin(f, &lw->q_a, 0, hp->q_lora, 1, 0, x, E, NULL, n, s->qa, hp->q_lora));
+    CU(lin(f, &lw->q_a, 0, hp->q_lora, 1, 0, f->y_q8 ? NULL : x, E, NULL, n, s->qa, hp->q_lora));
+    f->y_q8 = false;
     /* kv right after q_a: when both are quantized alike, kv reuses q_a's
      * quantized x (before q_b's activations take the scratch) */
     prof_mark(f->s, "kv_proj");
@@ -1206,7 +1209,17 @@ static int attention(fwd *f, uint32_t il) {
     /* kv's row transform and q_a's norm in one launch (a decode step's
      * chain is made of launches of a few microseconds each) */
     row_op kv_rows = row_of(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0);
+    /* One token: its row goes into the window's ring here, which saves the
+     * ring write's launch; the slot it takes held position pos0 - window,
+     * which this token's attention no longer sees. (A chunk's tokens
+     * still need the rows their later tokens overwrite: k_ring_write
+     * after the attention.) */
+    if (n == 1 && hp->window) kv_rows.copy = ls->ring + (f->pos0 % hp->window) * hd;
     row_op qa_rows = row_of(f, s->qa, n, hp->q_lora, 1, 1, vec(&lw->q_a_norm), NULL, 0);
+    /* one token: q_a's normalised row also as q_b's Q8_0 activations (kv
+     * has used q_a's by now), the launch of q_b's quantizer saved */
+    bool qa_q8 = n == 1 && lw->q_b.type == GGML_TYPE_Q8_0 && hp->q_lora % 32 == 0; /* whole Q8_0 blocks */
+    if (qa_q8) qa_rows.q8 = (uint8_t *)f->act;
     CU(k_rows2(f->st, &kv_rows, &qa_rows));
     if (ratio == 4) {
         /* the indexer's queries come from q_a's normalised rows */
@@ -1227,7 +1240,7 @@ static int attention(fwd *f, uint32_t il) {
         }
     }
     prof_mark(f->s, "q_proj");
-    CU(lin(f, &lw->q_b, 0, qdim, 1, 0, s->qa, hp->q_lora, NULL, n, s->q, qdim));
+    CU(lin(f, &lw->q_b, 0, qdim, 1, 0, qa_q8 ? NULL : s->qa, hp->q_lora, NULL, n, s->q, qdim));
     if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
     if (ratio && join_lane(f, &cf, 0)) return -1;
     if (ratio == 4 && join_lane(f, &xf, 1)) return -1;
@@ -1254,8 +1267,10 @@ static int attention(fwd *f, uint32_t il) {
     op.part_slots = ATT_PART_SLOTS;
     prof_mark(f->s, "attention");
     CU(k_attention(st, &op));
-    prof_mark(s, "ring_write");
-    CU(k_ring_write(st, s->kv, n, f->pos0, hp->window, hd, ls->ring));
+    if (n > 1) {
+        prof_mark(s, "ring_write");
+        CU(k_ring_write(st, s->kv, n, f->pos0, hp->window, hd, ls->ring));
+    }
 
     /* grouped output projection: group g's heads through its o_lora rows of out_a */
     uint64_t gin = qdim / hp->o_groups, glow = (uint64_t)hp->o_groups * hp->o_lora;
@@ -1308,7 +1323,7 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
                    ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     const ds4_weights *w = &s->g->w;
-    fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act};
+    fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act, false};
     cudaStream_t st = s->st;
     uint32_t E = hp->n_embd, hc = hp->hc;
     CU(cudaMemcpyAsync(s->tok, tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
@@ -1316,18 +1331,21 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     CU(k_embed(st, &w->tok_embd, s->tok, n, hc, s->X));
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const ds4_layer_weights *lw = &w->layers[il];
-        if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0, vec(&lw->attn_norm))) return -1;
+        /* one token: the finish step also writes y's Q8_0 row for q_a,
+         * the launch of q_a's own quantizer saved */
+        f.y_q8 = n == 1 && lw->q_a.type == GGML_TYPE_Q8_0 && E % 32 == 0; /* whole Q8_0 blocks */
+        if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0, vec(&lw->attn_norm), f.y_q8 ? (uint8_t *)f.act : NULL)) return -1;
         if (attention(&f, il)) return ds4_fail_prefix(err, "layer %u attention", il);
         prof_mark(s, "mhc_post");
         CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
-        if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0, vec(&lw->ffn_norm))) return -1;
+        if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0, vec(&lw->ffn_norm), NULL)) return -1;
         if (moe(&f, il)) return ds4_fail_prefix(err, "layer %u MoE", il);
     }
     s->pos += n;
     s->fr ^= 1;
     for (uint32_t r0 = first; out && r0 < n; r0 += HEAD_ROWS) {
         uint32_t m = n - r0 < HEAD_ROWS ? n - r0 : HEAD_ROWS;
-        if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)r0 * hc * E, m, 1, vec(&w->output_norm))) return -1;
+        if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)r0 * hc * E, m, 1, vec(&w->output_norm), NULL)) return -1;
         prof_mark(s, "output");
         CU(lin(&f, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
         prof_mark(s, "logits_d2h");

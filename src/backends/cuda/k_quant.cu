@@ -17,13 +17,7 @@
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
-
-/* blocks.h is C11; its layout checks are C++'s static_assert. */
-#define _Static_assert static_assert
-extern "C" {
-#include "formats/quant/blocks.h"
-}
-#undef _Static_assert
+#include "backends/cuda/quantfn.cuh" /* and formats/quant/blocks.h */
 
 #define ROWS_PER_BLOCK 8
 
@@ -110,19 +104,12 @@ __global__ void quant_q8_0_kernel(const float *x, uint64_t x_stride, uint64_t x_
         uint32_t g = rg % groups, t = rg / groups;
         float v = x[t * x_stride + g * x_group + (uint64_t)b * DS4_QK8_0 + lane];
         if (xscale) v = v * xscale[t];
-        float amax = warp_max(fabsf(v));
-        float d = amax / 127.0f;
-        uint16_t h = __half_as_ushort(__float2half_rn(d));
-        if (h == 0 && d > 0.0f) h = 1;
-        if (h > 0x7bffu) h = 0x7bffu;
-        float dh = half_f(h);
-        float id = dh > 0.0f ? 1.0f / dh : 0.0f;
-        float q = fminf(fmaxf(v * id, -127.0f), 127.0f);
-        int8_t qv = (int8_t)__float2int_rn(q);
+        uint16_t h;
+        int8_t qv = q8_0_lane(v, &h);
         uint64_t row = rg;
         if (sp.qs) {
             sp.qs[row * K + (uint64_t)b * DS4_QK8_0 + lane] = qv;
-            if (lane == 0) sp.d[row * nb + b] = dh;
+            if (lane == 0) sp.d[row * nb + b] = half_f(h);
             continue;
         }
         ds4_block_q8_0 *blk = (ds4_block_q8_0 *)(act + row * act_row) + b;

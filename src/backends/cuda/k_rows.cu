@@ -4,6 +4,7 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
 #include "backends/cuda/moefn.cuh"
+#include "backends/cuda/quantfn.cuh"
 #include "backends/cuda/rowfn.cuh"
 
 /* ---- row transforms ------------------------------------------------------- */
@@ -25,7 +26,12 @@ __device__ __forceinline__ void rows_one(const row_op &op, uint32_t row, float *
     __syncthreads();
     row_transform(v, op.n, op.norm, op.norm_w, op.eps, op.inv_freq, op.n_pairs, op.pos0 + row / op.rows_per_tok,
                   op.inverse, op.qat, op.n_rot, red, rows_threads(op.n));
-    for (uint32_t i = threadIdx.x; i < op.n; i += blockDim.x) x[i] = v[i];
+    float *c = op.copy ? op.copy + (uint64_t)row * op.n : NULL;
+    for (uint32_t i = threadIdx.x; i < op.n; i += blockDim.x) {
+        x[i] = v[i];
+        if (c) c[i] = v[i];
+    }
+    if (op.q8) q8_0_row(v, op.n, op.q8 + (uint64_t)row * (op.n / DS4_QK8_0) * sizeof(ds4_block_q8_0), 0, blockDim.x / 32);
 }
 
 /* Blocks below op0.n_rows take op0's rows, the others op1's (when op1 has
@@ -52,6 +58,7 @@ cudaError_t k_rows2(cudaStream_t st, const row_op *op0, const row_op *op1) {
     if (blocks == 0) return cudaSuccess;
     size_t smem = (size_t)n * sizeof(float);
     if (smem > 48 * 1024) return cudaErrorInvalidValue; /* rows are at most a few thousand floats */
+    if ((op0->q8 && op0->n % DS4_QK8_0) || (op1->q8 && op1->n % DS4_QK8_0)) return cudaErrorInvalidValue;
     k_launch(rows_kernel, blocks, rows_threads(n), smem, st, *op0, *op1);
     return LAUNCH_STATUS();
 }
@@ -397,7 +404,7 @@ __device__ __forceinline__ void bar_rest(uint32_t n) { asm volatile("bar.sync 1,
  * holds up the rest of the block at a barrier. */
 __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, const float *X, uint32_t hc, uint32_t E, const float *base,
                                   const float *scale, float eps, uint32_t iters, int head, float *pre, float *post,
-                                  float *comb, const float *norm_w, float norm_eps, float *y) {
+                                  float *comb, const float *norm_w, float norm_eps, float *y, uint8_t *q8) {
     if (gridDim.x == 1) { /* a decode step */
         prefetch_l2(norm_w, (uint64_t)E * sizeof(float));
         prefetch_l2(base, (uint64_t)(head ? hc : (2 + hc) * hc) * sizeof(float));
@@ -472,17 +479,25 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
         r = (float)(1.0 / sqrt(ss / E + norm_eps));
     }
     float *out = y + (uint64_t)t * E;
-    for (uint32_t d = tid; d < E; d += bd) out[d] = norm_w ? yv[d] * r * norm_w[d] : yv[d];
+    for (uint32_t d = tid; d < E; d += bd) {
+        float o = norm_w ? yv[d] * r * norm_w[d] : yv[d];
+        out[d] = o;
+        yv[d] = o;
+    }
+    if (q8) {
+        bar_rest(bd);
+        q8_0_row(yv, E, q8 + (uint64_t)t * (E / DS4_QK8_0) * sizeof(ds4_block_q8_0), 1, blockDim.x / 32);
+    }
 }
 
 cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint32_t n_tok, uint32_t hc, uint32_t E,
                          const float *base, const float *scale, float eps, uint32_t iters, int head, float *pre,
-                         float *post, float *comb, const float *norm_w, float norm_eps, float *y) {
+                         float *post, float *comb, const float *norm_w, float norm_eps, float *y, uint8_t *q8) {
     if (n_tok == 0) return cudaSuccess;
     size_t smem = (size_t)E * sizeof(float);
-    if (hc > K_MAX_HC || smem > 48 * 1024) return cudaErrorInvalidValue;
+    if (hc > K_MAX_HC || smem > 48 * 1024 || (q8 && E % DS4_QK8_0)) return cudaErrorInvalidValue;
     unsigned threads = E >= 4096 ? 1024 : (E >= 2048 ? 512 : 256); /* warp 0 + the collapse threads */
     k_launch(mhc_finish_kernel, n_tok, threads, smem, st, mix, X, hc, E, base, scale, eps, iters, head, pre, post, comb, norm_w,
-                                                    norm_eps, y);
+                                                    norm_eps, y, q8);
     return LAUNCH_STATUS();
 }

@@ -109,6 +109,8 @@ typedef struct row_op {
     int inverse;
     int qat;
     uint32_t n_rot;
+    float *copy; /* each row also written to copy + row * n (NULL: not) */
+    uint8_t *q8; /* each row also as Q8_0 blocks at q8 + row * (n / 32 * 34) (NULL: not; n a multiple of 32) */
 } row_op;
 cudaError_t k_rows(cudaStream_t st, const row_op *op);
 /* op0's and op1's rows in one launch (op1 may be NULL), each row with the
@@ -124,10 +126,13 @@ cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t
 cudaError_t k_mhc_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint32_t hc, const float *base,
                          const float *scale, float eps, uint32_t iters, int head, float *pre, float *post, float *comb);
 /* k_mhc_coeffs then k_mhc_collapse, and with norm_w the weighted RMSNorm
- * of y (eps norm_eps), in one launch (a block per token). */
+ * of y (eps norm_eps), in one launch (a block per token); with q8, y's
+ * rows also as Q8_0 blocks there (E a multiple of 32), as k_qlinear's
+ * quantizer writes them. */
 cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint32_t n_tok, uint32_t hc, uint32_t E,
                          const float *base, const float *scale, float eps, uint32_t iters, int head, float *pre,
-                         float *post, float *comb, const float *norm_w, float norm_eps, float *y);
+                         float *post, float *comb, const float *norm_w, float norm_eps, float *y,
+                         uint8_t *q8);
 /* y[t] = sum_i pre[t][i] * X[t][i] */
 cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, uint32_t n_tok, uint32_t hc, uint32_t E,
                            float *y);

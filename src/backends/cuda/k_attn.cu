@@ -8,8 +8,10 @@
  * its window's tokens (from this chunk or from the frontier left by the
  * previous one), and a query reads raw rows of earlier positions (from this
  * chunk's projections or from the ring, which is only written after the
- * chunk's attention) and compressed rows emitted for windows that end at or
- * before it (all emitted before the attention kernel runs). */
+ * chunk's attention; a single token's row goes in before it, into the slot
+ * of the position its window has just left) and compressed rows emitted for
+ * windows that end at or before it (all emitted before the attention kernel
+ * runs). */
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
 #include "backends/cuda/rowfn.cuh"

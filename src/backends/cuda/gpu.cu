@@ -929,6 +929,7 @@ typedef struct fwd {
     cudaStream_t st; /* where this part of the pass goes: the session's stream or a side lane */
     void *act;       /* and its activation scratch */
     bool y_q8;       /* act holds s->y as Q8_0 rows (made by the mHC finish step), for q_a */
+    bool y_q8k;      /* act holds s->y as Q8_K rows (the same), for the routed experts' gate and up */
 } fwd;
 
 /* f's work continued on side lane i, after everything queued on f so far
@@ -1099,7 +1100,7 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
  * for head, ds4_mhc_head) over n token rows of X, then RMSNorm with norm_w:
  * two launches for float mixing weights (the published files' F16). */
 static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, int head, const float *norm_w,
-                   uint8_t *q8) {
+                   uint8_t *q8, uint8_t *q8k) {
     ds4_gpu_session *s = f->s;
     const ds4_hparams *hp = f->hp;
     ds4_error *err = f->err;
@@ -1112,7 +1113,7 @@ static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, 
         CU(k_linear_rms(s->st, &w->fn, X, (uint64_t)hc * E, n, hp->rms_eps, s->mix, n_mix));
     }
     CU(k_mhc_finish(s->st, s->mix, X, n, hc, E, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters, head,
-                    s->pre, s->post, s->comb, norm_w, hp->rms_eps, s->y, q8));
+                    s->pre, s->post, s->comb, norm_w, hp->rms_eps, s->y, q8, q8k));
     return 0;
 }
 
@@ -1307,7 +1308,8 @@ static int moe(fwd *f, uint32_t il) {
     if (s->g->bank) {
         if (bank_experts(f, il, limit)) return -1;
     } else {
-        CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, 0, slots, NULL, s->y, limit, s->h));
+        CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, 0, slots, NULL, f->y_q8k ? NULL : s->y, limit, s->h));
+        f->y_q8k = false;
         CU(ffn_down(f, &lw->down_exps, s->grp, K, n, 0, slots, NULL, s->h, s->dx));
     }
     /* the weighted sum of the experts goes straight into the mHC post step */
@@ -1323,7 +1325,7 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
                    ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     const ds4_weights *w = &s->g->w;
-    fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act, false};
+    fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act, false, false};
     cudaStream_t st = s->st;
     uint32_t E = hp->n_embd, hc = hp->hc;
     CU(cudaMemcpyAsync(s->tok, tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
@@ -1334,18 +1336,24 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
         /* one token: the finish step also writes y's Q8_0 row for q_a,
          * the launch of q_a's own quantizer saved */
         f.y_q8 = n == 1 && lw->q_a.type == GGML_TYPE_Q8_0 && E % 32 == 0; /* whole Q8_0 blocks */
-        if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0, vec(&lw->attn_norm), f.y_q8 ? (uint8_t *)f.act : NULL)) return -1;
+        if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0, vec(&lw->attn_norm), f.y_q8 ? (uint8_t *)f.act : NULL, NULL)) return -1;
         if (attention(&f, il)) return ds4_fail_prefix(err, "layer %u attention", il);
         prof_mark(s, "mhc_post");
         CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
-        if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0, vec(&lw->ffn_norm), NULL)) return -1;
+        /* one token, experts resident: the finish step also writes y's Q8_K
+         * row for the routed experts' gate and up (their quantizer's launch
+         * saved); nothing between uses the activation scratch when the
+         * router's weights are float */
+        f.y_q8k = n == 1 && !s->g->bank && k_act_is_q8k(lw->gate_exps.type) && !k_quant_type(lw->gate_inp.type) &&
+                  E % 256 == 0; /* whole Q8_K blocks */
+        if (mhc_pre(&f, &lw->hc_ffn, s->X, n, 0, vec(&lw->ffn_norm), NULL, f.y_q8k ? (uint8_t *)f.act : NULL)) return -1;
         if (moe(&f, il)) return ds4_fail_prefix(err, "layer %u MoE", il);
     }
     s->pos += n;
     s->fr ^= 1;
     for (uint32_t r0 = first; out && r0 < n; r0 += HEAD_ROWS) {
         uint32_t m = n - r0 < HEAD_ROWS ? n - r0 : HEAD_ROWS;
-        if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)r0 * hc * E, m, 1, vec(&w->output_norm), NULL)) return -1;
+        if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)r0 * hc * E, m, 1, vec(&w->output_norm), NULL, NULL)) return -1;
         prof_mark(s, "output");
         CU(lin(&f, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
         prof_mark(s, "logits_d2h");

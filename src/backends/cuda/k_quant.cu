@@ -79,6 +79,7 @@ bool k_quant_type(uint32_t type) {
 
 /* Activation format of a weight type: true = Q8_K (256), false = Q8_0 (32). */
 static bool act_is_q8k(uint32_t type) { return type != GGML_TYPE_Q8_0 && type != GGML_TYPE_MXFP4; }
+bool k_act_is_q8k(uint32_t type) { return k_quant_type(type) && act_is_q8k(type); }
 
 uint64_t k_act_row_bytes(uint32_t type, uint64_t K) {
     return act_is_q8k(type) ? K / DS4_QK_K * sizeof(ds4_block_q8_K) : K / DS4_QK8_0 * sizeof(ds4_block_q8_0);
@@ -127,30 +128,14 @@ __global__ void quant_q8_K_kernel(const float *x, uint64_t x_stride, uint64_t x_
     for (uint32_t rg = blockIdx.y; rg < n_rows * groups; rg += gridDim.y) {
         uint32_t g = rg % groups, t = rg / groups;
         const float *src = x + t * x_stride + g * x_group + (uint64_t)b * DS4_QK_K + 8 * lane;
-        float v[8], amax = 0.0f;
-        for (int i = 0; i < 8; i++) {
-            v[i] = xscale ? src[i] * xscale[t] : src[i];
-            amax = fmaxf(fabsf(v[i]), amax);
-        }
-        amax = warp_max(amax);
-        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        float v[8];
+        for (int i = 0; i < 8; i++) v[i] = xscale ? src[i] * xscale[t] : src[i];
         uint64_t row = rg;
         ds4_block_q8_K *blk = (ds4_block_q8_K *)(act + row * act_row) + b;
-        int8_t *qs = sp.qs ? sp.qs + row * K + (uint64_t)b * DS4_QK_K : blk->qs;
-        int s = 0;
-        for (int i = 0; i < 8; i++) {
-            int q = __float2int_rn(fminf(fmaxf(v[i] * id, -127.0f), 127.0f));
-            qs[8 * lane + i] = (int8_t)q;
-            s += q;
-        }
-        /* bsums[k] covers values 16k..16k+15: lanes 2k and 2k+1 */
-        s += __shfl_xor_sync(0xffffffffu, s, 1);
-        int16_t *bsums = sp.qs ? sp.bs + row * (K / 16) + (uint64_t)b * 16 : blk->bsums;
-        if ((lane & 1) == 0) bsums[lane >> 1] = (int16_t)s;
-        if (lane == 0) {
-            if (sp.qs) sp.d[row * nb + b] = amax / 127.0f;
-            else blk->d = amax / 127.0f;
-        }
+        if (sp.qs)
+            q8_K_lane(v, sp.qs + row * K + (uint64_t)b * DS4_QK_K, sp.bs + row * (K / 16) + (uint64_t)b * 16, sp.d + row * nb + b);
+        else
+            q8_K_lane(v, blk->qs, blk->bsums, &blk->d);
     }
 }
 
@@ -1010,14 +995,16 @@ cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor 
     if (gate->type != up->type || gate->row_bytes != up->row_bytes) return cudaErrorInvalidValue;
     uint32_t K = (uint32_t)gate->ne[0];
     cudaError_t e;
-    if (n >= 2 && k_mmq_usable(gate->type, wtab ? nullptr : gate->data, gate->row_bytes, K) &&
+    if (x && n >= 2 && k_mmq_usable(gate->type, wtab ? nullptr : gate->data, gate->row_bytes, K) &&
         (wtab || (uintptr_t)up->data % 16 == 0)) {
         e = k_quantize_split(st, gate->type, x, K, 0, NULL, K, 1, n, act);
         if (e != cudaSuccess) return e;
         return k_mmq_ffn(st, true, gate, up, grp, k, n, j0, max_slots, wtab, act, n, limit, h, iq2_table());
     }
-    e = k_quantize_act(st, gate->type, x, K, 0, NULL, K, 1, n, act);
-    if (e != cudaSuccess) return e;
+    if (x) { /* else act holds the rows already, in the activation block layout */
+        e = k_quantize_act(st, gate->type, x, K, 0, NULL, K, 1, n, act);
+        if (e != cudaSuccess) return e;
+    }
     uint32_t qk = act_is_q8k(gate->type) ? DS4_QK_K : DS4_QK8_0;
     qffn_args a = {gate->data, up->data, gate->row_bytes, gate->ne[1], K / qk, (uint32_t)gate->ne[2], k, n, grp,
                    (const uint8_t *)act, k_act_row_bytes(gate->type, K), limit, h, j0, wtab};

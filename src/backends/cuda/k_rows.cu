@@ -404,7 +404,8 @@ __device__ __forceinline__ void bar_rest(uint32_t n) { asm volatile("bar.sync 1,
  * holds up the rest of the block at a barrier. */
 __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, const float *X, uint32_t hc, uint32_t E, const float *base,
                                   const float *scale, float eps, uint32_t iters, int head, float *pre, float *post,
-                                  float *comb, const float *norm_w, float norm_eps, float *y, uint8_t *q8) {
+                                  float *comb, const float *norm_w, float norm_eps, float *y, uint8_t *q8,
+                                  uint8_t *q8k) {
     if (gridDim.x == 1) { /* a decode step */
         prefetch_l2(norm_w, (uint64_t)E * sizeof(float));
         prefetch_l2(base, (uint64_t)(head ? hc : (2 + hc) * hc) * sizeof(float));
@@ -484,20 +485,21 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
         out[d] = o;
         yv[d] = o;
     }
-    if (q8) {
-        bar_rest(bd);
-        q8_0_row(yv, E, q8 + (uint64_t)t * (E / DS4_QK8_0) * sizeof(ds4_block_q8_0), 1, blockDim.x / 32);
-    }
+    if (q8 || q8k) bar_rest(bd);
+    if (q8) q8_0_row(yv, E, q8 + (uint64_t)t * (E / DS4_QK8_0) * sizeof(ds4_block_q8_0), 1, blockDim.x / 32);
+    if (q8k) q8_K_row(yv, E, q8k + (uint64_t)t * (E / DS4_QK_K) * sizeof(ds4_block_q8_K), 1, blockDim.x / 32);
 }
 
 cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint32_t n_tok, uint32_t hc, uint32_t E,
                          const float *base, const float *scale, float eps, uint32_t iters, int head, float *pre,
-                         float *post, float *comb, const float *norm_w, float norm_eps, float *y, uint8_t *q8) {
+                         float *post, float *comb, const float *norm_w, float norm_eps, float *y, uint8_t *q8,
+                         uint8_t *q8k) {
     if (n_tok == 0) return cudaSuccess;
     size_t smem = (size_t)E * sizeof(float);
-    if (hc > K_MAX_HC || smem > 48 * 1024 || (q8 && E % DS4_QK8_0)) return cudaErrorInvalidValue;
+    if (hc > K_MAX_HC || smem > 48 * 1024 || (q8 && E % DS4_QK8_0) || (q8k && E % DS4_QK_K))
+        return cudaErrorInvalidValue;
     unsigned threads = E >= 4096 ? 1024 : (E >= 2048 ? 512 : 256); /* warp 0 + the collapse threads */
     k_launch(mhc_finish_kernel, n_tok, threads, smem, st, mix, X, hc, E, base, scale, eps, iters, head, pre, post, comb, norm_w,
-                                                    norm_eps, y, q8);
+                                                    norm_eps, y, q8, q8k);
     return LAUNCH_STATUS();
 }

@@ -49,6 +49,8 @@ void k_linear_set_plain(int plain);
 cudaError_t k_quant_init(void);
 bool k_quant_type(uint32_t type);
 uint64_t k_act_row_bytes(uint32_t type, uint64_t K);
+/* Whether a quantized type's activations are Q8_K blocks (else Q8_0). */
+bool k_act_is_q8k(uint32_t type);
 cudaError_t k_quantize_act(cudaStream_t st, uint32_t wtype, const float *x, uint64_t x_stride, uint64_t x_group,
                            const float *xscale, uint32_t K, uint32_t groups, uint32_t n_rows, void *act);
 /* The tensor-core layout of quantized activations (k_quantize_split, for
@@ -83,7 +85,9 @@ cudaError_t k_mmq_ffn(cudaStream_t st, bool up, const ds4_tensor *w0, const ds4_
                       uint32_t n, uint32_t j0, uint32_t slots, const uint8_t *const *wtab, const void *act,
                       uint64_t act_rows, float limit, float *y, const uint8_t *tab);
 /* k_ffn_up / k_ffn_down for quantized expert (or shared expert) weights;
- * act holds n rows (up) or the h rows (down: n*k routed, n shared). */
+ * act holds n rows (up) or the h rows (down: n*k routed, n shared). Up
+ * with x NULL: act already holds the n rows in the activation block
+ * layout (k_quantize_act's). */
 cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
                       uint32_t n, uint32_t j0, uint32_t max_slots, const uint8_t *const *wtab, const float *x, float limit,
                       float *h, void *act);
@@ -126,13 +130,13 @@ cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t
 cudaError_t k_mhc_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint32_t hc, const float *base,
                          const float *scale, float eps, uint32_t iters, int head, float *pre, float *post, float *comb);
 /* k_mhc_coeffs then k_mhc_collapse, and with norm_w the weighted RMSNorm
- * of y (eps norm_eps), in one launch (a block per token); with q8, y's
- * rows also as Q8_0 blocks there (E a multiple of 32), as k_qlinear's
- * quantizer writes them. */
+ * of y (eps norm_eps), in one launch (a block per token); with q8 (q8k),
+ * y's rows also as Q8_0 (Q8_K) blocks there, E a multiple of 32 (256), as
+ * the activation quantizer writes them. */
 cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint32_t n_tok, uint32_t hc, uint32_t E,
                          const float *base, const float *scale, float eps, uint32_t iters, int head, float *pre,
                          float *post, float *comb, const float *norm_w, float norm_eps, float *y,
-                         uint8_t *q8);
+                         uint8_t *q8, uint8_t *q8k);
 /* y[t] = sum_i pre[t][i] * X[t][i] */
 cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, uint32_t n_tok, uint32_t hc, uint32_t E,
                            float *y);

@@ -44,4 +44,38 @@ __device__ __forceinline__ void q8_0_row(const float *v, uint32_t n, uint8_t *ds
     }
 }
 
+/* One Q8_K block of 256 values (ds4_q8_K_quantize), lane l holding values
+ * 8l .. 8l + 7 in v (the whole warp calls it): the block's 256 quants at
+ * qs, its 16 sums of 16 at bsums, its scale at *d. */
+__device__ __forceinline__ void q8_K_lane(const float *v, int8_t *qs, int16_t *bsums, float *d) {
+    uint32_t lane = threadIdx.x & 31;
+    float amax = 0.0f;
+    for (int i = 0; i < 8; i++) amax = fmaxf(fabsf(v[i]), amax);
+    amax = warp_max(amax);
+    float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int s = 0;
+    for (int i = 0; i < 8; i++) {
+        int q = __float2int_rn(fminf(fmaxf(v[i] * id, -127.0f), 127.0f));
+        qs[8 * lane + i] = (int8_t)q;
+        s += q;
+    }
+    /* bsums[k] covers values 16k..16k+15: lanes 2k and 2k+1 */
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    if ((lane & 1) == 0) bsums[lane >> 1] = (int16_t)s;
+    if (lane == 0) *d = amax / 127.0f;
+}
+
+/* The n values of v (n a multiple of 256) as Q8_K blocks at dst, by warps
+ * first_warp .. n_warps - 1 of the block (as q8_0_row). */
+__device__ __forceinline__ void q8_K_row(const float *v, uint32_t n, uint8_t *dst, uint32_t first_warp, uint32_t n_warps) {
+    uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (warp < first_warp) return;
+    for (uint32_t b = warp - first_warp; b < n / DS4_QK_K; b += n_warps - first_warp) {
+        float x[8];
+        for (int i = 0; i < 8; i++) x[i] = v[b * DS4_QK_K + 8 * lane + i];
+        ds4_block_q8_K *blk = (ds4_block_q8_K *)dst + b;
+        q8_K_lane(x, blk->qs, blk->bsums, &blk->d);
+    }
+}
+
 #endif

@@ -118,22 +118,23 @@ fail:
     return -1;
 }
 
-/* Whether the Q8_0 rows a kernel wrote at dq (n_rows rows of n floats at
- * dx) are the bytes the activation quantizer makes of them. */
-static int q8_same(void *dx, void *dq, uint32_t n_rows, uint32_t n, const char *who, ds4_error *err) {
-    size_t bytes = (size_t)n_rows * (n / 32) * 34;
+/* Whether the activation rows a kernel wrote at dq (n_rows rows of n
+ * floats at dx, in the activation format of weight type wtype: Q8_0 or
+ * Q8_K blocks) are the bytes the activation quantizer makes of them. */
+static int q8_same(void *dx, void *dq, uint32_t n_rows, uint32_t n, uint32_t wtype, const char *who, ds4_error *err) {
+    size_t bytes = (size_t)n_rows * k_act_row_bytes(wtype, n);
     void *dref = NULL;
     uint8_t *a = (uint8_t *)malloc(bytes), *b = (uint8_t *)malloc(bytes);
     int rc = -1;
     if (!a || !b) {
         ds4_fail(err, "out of memory");
     } else if (cudaMalloc(&dref, bytes) != cudaSuccess ||
-               k_quantize_act(0, GGML_TYPE_Q8_0, (const float *)dx, n, 0, NULL, n, 1, n_rows, dref) != cudaSuccess ||
+               k_quantize_act(0, wtype, (const float *)dx, n, 0, NULL, n, 1, n_rows, dref) != cudaSuccess ||
                cudaMemcpy(a, dq, bytes, cudaMemcpyDeviceToHost) != cudaSuccess ||
                cudaMemcpy(b, dref, bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
         ds4_fail(err, "%s: Q8_0 check: %s", who, cudaGetErrorString(cudaGetLastError()));
     } else if (memcmp(a, b, bytes) != 0) {
-        ds4_fail(err, "%s: its Q8_0 rows differ from the activation quantizer's", who);
+        ds4_fail(err, "%s: its %s activation rows differ from the quantizer's", who, k_act_is_q8k(wtype) ? "Q8_K" : "Q8_0");
     } else {
         rc = 0;
     }
@@ -167,7 +168,7 @@ extern "C" int ds4_gpu_test_rows(float *x, uint32_t n_rows, uint32_t n, uint32_t
             RUN(k_rows(0, &op));
         }
     }
-    if (dq && q8_same(dx, dq, n_rows, n, "k_rows", err)) goto fail;
+    if (dq && q8_same(dx, dq, n_rows, n, GGML_TYPE_Q8_0, "k_rows", err)) goto fail;
     BACK(x, dx, (size_t)n_rows * n * 4);
     pool_free(&pl);
     return 0;
@@ -182,7 +183,7 @@ extern "C" int ds4_gpu_test_mhc_pre(uint32_t hc, uint32_t E, uint32_t n_tok, flo
     pool pl = {{0}, 0};
     uint32_t n_mix = head ? hc : (2 + hc) * hc, n_scale = head ? 1 : 3;
     void *dfn, *db, *ds, *dX, *dy, *dpre, *dpost, *dcomb, *dmix, *drinv, *dnw = NULL;
-    void *dq = NULL; /* y's Q8_0 rows, made by the finish kernel */
+    void *dq = NULL, *dqk = NULL; /* y's Q8_0 and Q8_K rows, made by the finish kernel */
     if (norm_w) DEV(dnw, norm_w, (size_t)E * 4);
     DEV(dfn, fn, (size_t)n_mix * hc * E * 4);
     DEV(db, base, n_mix * 4);
@@ -194,15 +195,17 @@ extern "C" int ds4_gpu_test_mhc_pre(uint32_t hc, uint32_t E, uint32_t n_tok, flo
     DEV(dcomb, NULL, (size_t)n_tok * hc * hc * 4);
     DEV(dmix, NULL, (size_t)n_tok * n_mix * 4);
     DEV(drinv, NULL, (size_t)n_tok * 4);
-    if (E % 32 == 0) DEV(dq, NULL, (size_t)n_tok * (E / 32) * 34);
+    if (E % 32 == 0) DEV(dq, NULL, (size_t)n_tok * k_act_row_bytes(GGML_TYPE_Q8_0, E));
+    if (E % 256 == 0) DEV(dqk, NULL, (size_t)n_tok * k_act_row_bytes(GGML_TYPE_Q2_K, E));
     {
         ds4_tensor t = tensor(GGML_TYPE_F32, dfn, (uint64_t)hc * E, n_mix, 1);
         if (fused) {
             RUN(k_linear_rms(0, &t, (const float *)dX, (uint64_t)hc * E, n_tok, rms_eps, (float *)dmix, n_mix));
             RUN(k_mhc_finish(0, (const float *)dmix, (const float *)dX, n_tok, hc, E, (const float *)db,
                              (const float *)ds, hc_eps, iters, head, (float *)dpre, (float *)dpost, (float *)dcomb,
-                             (const float *)dnw, rms_eps, (float *)dy, (uint8_t *)dq));
-            if (dq && q8_same(dy, dq, n_tok, E, "k_mhc_finish", err)) goto fail;
+                             (const float *)dnw, rms_eps, (float *)dy, (uint8_t *)dq, (uint8_t *)dqk));
+            if (dq && q8_same(dy, dq, n_tok, E, GGML_TYPE_Q8_0, "k_mhc_finish", err)) goto fail;
+            if (dqk && q8_same(dy, dqk, n_tok, E, GGML_TYPE_Q2_K, "k_mhc_finish", err)) goto fail;
         } else {
             RUN(k_rms_inv(0, (const float *)dX, n_tok, hc * E, rms_eps, (float *)drinv));
             RUN(k_linear(0, &t, 0, n_mix, 1, 0, (const float *)dX, (uint64_t)hc * E, (const float *)drinv, n_tok,

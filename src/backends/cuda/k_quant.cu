@@ -456,24 +456,30 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_
     using C = chunk_of<TYPE>;
     constexpr uint32_t WBY = qb<TYPE>::BYTES, ABY = act_of<TYPE>::BYTES;
     uint32_t lane = threadIdx.x & 31, nch = (nb + C::CB - 1) / C::CB, items = n_rows * nch;
+    /* item it is chunk c of row i: (i, c) are counted along rather than
+     * divided out of it (a division by a run-time nch was about a tenth
+     * of a single-token row's instructions) */
+    uint32_t qi = 0, qc = 0; /* the next item to copy */
     auto issue = [&](uint32_t it) {
-        uint32_t i = it / nch, b0 = (it % nch) * C::CB, nbc = nb - b0 < C::CB ? nb - b0 : C::CB;
+        uint32_t b0 = qc * C::CB, nbc = nb - b0 < C::CB ? nb - b0 : C::CB;
         uint8_t *dst = sbuf + (it & 1) * NM * C::WB;
 #pragma unroll
         for (int m = 0; m < NM; m++) {
-            const uint8_t *src = w[m] + i * row_bytes + (uint64_t)b0 * WBY;
+            const uint8_t *src = w[m] + qi * row_bytes + (uint64_t)b0 * WBY;
             for (uint32_t l = lane; l < nbc * WBY / 16; l += 32) cp_async16(dst + m * C::WB + 16 * l, src + 16 * l);
         }
         cp_async_commit();
+        if (++qc == nch) qc = 0, qi++;
     };
     float acc[NM][TT];
     if (items) issue(0);
-    for (uint32_t it = 0; it < items; it++) {
+    uint32_t i = 0, c = 0; /* the item being multiplied */
+    for (uint32_t it = 0; it < items; it++, c = c + 1 == nch ? 0 : c + 1, i += c == 0) {
         if (it + 1 < items) issue(it + 1);
         else cp_async_commit(); /* an empty group keeps "all but one" meaning item it */
         cp_async_wait_all_but_one();
         __syncwarp();
-        uint32_t i = it / nch, c = it % nch, b0 = c * C::CB, nbc = nb - b0 < C::CB ? nb - b0 : C::CB;
+        uint32_t b0 = c * C::CB, nbc = nb - b0 < C::CB ? nb - b0 : C::CB;
         if (c == 0)
 #pragma unroll
             for (int m = 0; m < NM; m++)

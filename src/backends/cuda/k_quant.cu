@@ -402,6 +402,48 @@ __device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, cons
     qdot_range<TYPE, TT>(wrow, nb, ar, nt, (float(*)[TT])acc, d_iq2_tab);
 }
 
+/* Q8_0 against activations staged split (stage_act_for): aq the block's 32
+ * quants (16-byte aligned), ad its scale as a float. The same integer sum
+ * and float products as qb<Q8_0>::dot, with two 16-byte loads for the
+ * activations instead of sixteen 2-byte ones. */
+__device__ __forceinline__ float q8_0_dot_split(const uint8_t *w, const int8_t *aq, float ad) {
+    int4 a0 = *(const int4 *)aq, a1 = *(const int4 *)(aq + 16);
+    int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    int isum = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) isum = __dp4a(ld_i8x4_a2(w + 2 + 4 * j), a[j], isum);
+    return (float)isum * (half_f(ld16(w)) * ad);
+}
+
+/* qdot_range's Q8_0 branch (same lanes, tree and order) against split
+ * activations: aq[tt] / ad[tt] the quants and scales of act row tt from
+ * the range's first block. */
+template <int TT, int NM>
+__device__ __forceinline__ void qdot_range_q8s(const uint8_t *wrow, uint32_t nb, const int8_t *const *aq, const float *const *ad,
+                                               int nt, float (*acc)[TT], uint64_t mstride) {
+    int lane = threadIdx.x & 31;
+    for (uint32_t b0 = 0; b0 < nb; b0 += 32) {
+        uint32_t b = b0 + lane;
+#pragma unroll
+        for (int m = 0; m < NM; m++) {
+            const uint8_t *wb = wrow + m * mstride + (uint64_t)b * qb<GGML_TYPE_Q8_0>::BYTES;
+#pragma unroll
+            for (int tt = 0; tt < TT; tt++) {
+                if (tt >= nt) continue;
+                float t = b < nb ? q8_0_dot_split(wb, aq[tt] + (uint64_t)b * DS4_QK8_0, ad[tt][b]) : 0.0f;
+                t += __shfl_xor_sync(0xffffffffu, t, 1);
+                t += __shfl_xor_sync(0xffffffffu, t, 2);
+                t += __shfl_xor_sync(0xffffffffu, t, 4);
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    float v = __shfl_sync(0xffffffffu, t, 8 * q);
+                    if (b0 + 8 * q < nb) acc[m][tt] += v;
+                }
+            }
+        }
+    }
+}
+
 /* ---- staging through shared memory ----------------------------------------------
  * The block formats are 17 to 292 bytes long and mostly 2-byte aligned, so a
  * lane reading its own blocks issues many narrow loads that each touch a
@@ -420,10 +462,18 @@ template <uint32_t TYPE> struct chunk_of {
     static_assert(WB % 16 == 0 && (CB * act_of<TYPE>::BYTES) % 16 == 0, "chunks must be whole 16-byte lines");
 };
 
+/* Bytes of one staged activation row of act_row bytes: Q8_0 rows are
+ * staged split (all quants, 16-byte aligned, then the scales as floats:
+ * 36 bytes a block), the other formats as they are. */
+template <uint32_t TYPE> __host__ __device__ __forceinline__ uint64_t staged_act_row(uint64_t act_row) {
+    return TYPE == GGML_TYPE_Q8_0 ? act_row / 34 * 36 : act_row;
+}
+
 /* Shared memory of a staged block: TT activation rows, then per warp two
  * buffers of NM weight chunks. */
 template <uint32_t TYPE, int TT, int NM> static uint32_t staged_smem(uint64_t act_row) {
-    return (uint32_t)(TT * act_row) + ROWS_PER_BLOCK * 2 * NM * chunk_of<TYPE>::WB + (TYPE == GGML_TYPE_IQ2_XXS ? IQ2_TAB_BYTES : 0);
+    return (uint32_t)(TT * staged_act_row<TYPE>(act_row)) + ROWS_PER_BLOCK * 2 * NM * chunk_of<TYPE>::WB +
+           (TYPE == GGML_TYPE_IQ2_XXS ? IQ2_TAB_BYTES : 0);
 }
 
 /* The IQ2_XXS tables in shared memory at tab (the block copies them; a
@@ -434,8 +484,8 @@ template <uint32_t TYPE> __device__ __forceinline__ void stage_tables(uint8_t *t
 }
 
 /* Whether rows of row_bytes at w (and activation rows) allow staging. */
-static bool stageable(const void *w, uint64_t row_bytes, uint64_t act_row) {
-    return (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && act_row % 16 == 0 && 4 * act_row <= 64 * 1024;
+template <uint32_t TYPE> static bool stageable(const void *w, uint64_t row_bytes, uint64_t act_row) {
+    return (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && act_row % 16 == 0 && 4 * staged_act_row<TYPE>(act_row) <= 64 * 1024;
 }
 
 /* The block copies nt activation rows (act_row bytes each) into sact. */
@@ -444,6 +494,25 @@ __device__ __forceinline__ void stage_act(uint8_t *sact, const uint8_t *const *a
     for (int tt = 0; tt < nt; tt++)
         for (uint32_t i = threadIdx.x; i < n16; i += blockDim.x)
             ((uint4 *)(sact + tt * act_row))[i] = __ldg((const uint4 *)ar[tt] + i);
+}
+
+/* stage_act in the staged layout of TYPE (staged_act_row): Q8_0 rows are
+ * split into their quants (4 bytes a thread) and their scales (as floats),
+ * staged rows staged_act_row apart. */
+template <uint32_t TYPE>
+__device__ __forceinline__ void stage_act_for(uint8_t *sact, const uint8_t *const *ar, int nt, uint64_t act_row) {
+    if constexpr (TYPE == GGML_TYPE_Q8_0) {
+        uint32_t nb = (uint32_t)(act_row / 34);
+        uint64_t srow = staged_act_row<TYPE>(act_row);
+        for (int tt = 0; tt < nt; tt++) {
+            int *qs = (int *)(sact + tt * srow);
+            float *d = (float *)(sact + tt * srow + (uint64_t)nb * DS4_QK8_0);
+            for (uint32_t i = threadIdx.x; i < nb * 8; i += blockDim.x) qs[i] = ld_i8x4_a2(ar[tt] + (i / 8) * 34 + 2 + 4 * (i % 8));
+            for (uint32_t b = threadIdx.x; b < nb; b += blockDim.x) d[b] = half_f(ld16(ar[tt] + b * 34));
+        }
+    } else {
+        stage_act(sact, ar, nt, act_row);
+    }
 }
 
 /* One warp's rows w[m] + i * row_bytes (i < n_rows) against the staged
@@ -485,11 +554,23 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_
             for (int m = 0; m < NM; m++)
 #pragma unroll
                 for (int tt = 0; tt < TT; tt++) acc[m][tt] = 0.0f;
-        const uint8_t *sar[TT];
-#pragma unroll
-        for (int tt = 0; tt < TT; tt++) sar[tt] = sact + tt * act_row + (uint64_t)b0 * ABY;
         const uint8_t *cur = sbuf + (it & 1) * NM * C::WB;
-        qdot_range<TYPE, TT, NM>(cur, nbc, sar, nt, acc, tab, C::WB);
+        if constexpr (TYPE == GGML_TYPE_Q8_0) { /* staged split: stage_act_for */
+            const uint64_t srow = staged_act_row<TYPE>(act_row);
+            const int8_t *aq[TT];
+            const float *ad[TT];
+#pragma unroll
+            for (int tt = 0; tt < TT; tt++) {
+                aq[tt] = (const int8_t *)(sact + tt * srow) + (uint64_t)b0 * DS4_QK8_0;
+                ad[tt] = (const float *)(sact + tt * srow + (uint64_t)nb * DS4_QK8_0) + b0;
+            }
+            qdot_range_q8s<TT, NM>(cur, nbc, aq, ad, nt, acc, C::WB);
+        } else {
+            const uint8_t *sar[TT];
+#pragma unroll
+            for (int tt = 0; tt < TT; tt++) sar[tt] = sact + tt * act_row + (uint64_t)b0 * ABY;
+            qdot_range<TYPE, TT, NM>(cur, nbc, sar, nt, acc, tab, C::WB);
+        }
         if (c == nch - 1) emit(i, acc);
         __syncwarp(); /* this buffer is refilled by the next iteration's copy */
     }
@@ -552,8 +633,8 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args
     uint64_t r0 = ((uint64_t)blockIdx.x * ROWS_PER_BLOCK + warp) * rpw;
     uint32_t nr = r0 >= a.n_rows ? 0 : (uint32_t)(a.n_rows - r0 < rpw ? a.n_rows - r0 : rpw);
     const uint8_t *w = a.w + (a.r0 + g * a.n_rows + r0) * a.row_bytes;
-    uint8_t *sbuf = sm + TT * a.act_row + warp * 2 * chunk_of<TYPE>::WB;
-    uint8_t *tab = sm + TT * a.act_row + ROWS_PER_BLOCK * 2 * chunk_of<TYPE>::WB;
+    uint8_t *sbuf = sm + TT * staged_act_row<TYPE>(a.act_row) + warp * 2 * chunk_of<TYPE>::WB;
+    uint8_t *tab = sm + TT * staged_act_row<TYPE>(a.act_row) + ROWS_PER_BLOCK * 2 * chunk_of<TYPE>::WB;
     stage_tables<TYPE>(tab);
     for (uint32_t t0 = 0; t0 < a.n_tok; t0 += TT) {
         int nt = a.n_tok - t0 < TT ? (int)(a.n_tok - t0) : TT;
@@ -561,7 +642,7 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args
 #pragma unroll
         for (int tt = 0; tt < TT; tt++) ar[tt] = a.act + ((uint64_t)(t0 + (tt < nt ? tt : 0)) * a.groups + g) * a.act_row;
         __syncthreads(); /* the previous tile's activations are consumed */
-        stage_act(sm, ar, nt, a.act_row);
+        stage_act_for<TYPE>(sm, ar, nt, a.act_row);
         __syncthreads();
         warp_rows<TYPE, TT, 1>(&w, a.row_bytes, nr, a.nb, sm, a.act_row, nt, sbuf, tab, [&](uint32_t i, float (*acc)[TT]) {
 #pragma unroll
@@ -593,7 +674,7 @@ static void launch_staged(K kernel, uint32_t smem, uint64_t n_rows, uint32_t gri
 
 template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStream_t st) {
     dim3 grid(div_up(a.n_rows, ROWS_PER_BLOCK), a.groups);
-    if (stageable(a.w, a.row_bytes, a.act_row)) {
+    if (stageable<TYPE>(a.w, a.row_bytes, a.act_row)) {
         if (a.n_tok == 1)
             launch_staged(qlinear_staged_kernel<TYPE, 1>, staged_smem<TYPE, 1, 1>(a.act_row), a.n_rows, a.groups, true, a, st);
         else
@@ -707,15 +788,15 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qff
     if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return; /* the whole block */
     const uint8_t *w[2] = {nullptr, nullptr};
     w[0] = expert_row<UP>(a, e, nr ? (uint32_t)r0 : 0, &w[1]);
-    uint8_t *sbuf = sm + TT * a.act_row + warp * 2 * NM * chunk_of<TYPE>::WB;
-    uint8_t *tab = sm + TT * a.act_row + ROWS_PER_BLOCK * 2 * NM * chunk_of<TYPE>::WB;
+    uint8_t *sbuf = sm + TT * staged_act_row<TYPE>(a.act_row) + warp * 2 * NM * chunk_of<TYPE>::WB;
+    uint8_t *tab = sm + TT * staged_act_row<TYPE>(a.act_row) + ROWS_PER_BLOCK * 2 * NM * chunk_of<TYPE>::WB;
     stage_tables<TYPE>(tab);
     for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
         int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
         const uint8_t *ar[TT];
         expert_act_rows<TT, UP>(a, members, m0 + i0, nt, ar);
         __syncthreads();
-        stage_act(sm, ar, nt, a.act_row);
+        stage_act_for<TYPE>(sm, ar, nt, a.act_row);
         __syncthreads();
         warp_rows<TYPE, TT, NM>(w, a.row_bytes, nr, a.nb, sm, a.act_row, nt, sbuf, tab, [&](uint32_t i, float (*acc)[TT]) {
 #pragma unroll
@@ -977,8 +1058,8 @@ template <uint32_t TYPE, bool UP> static bool launch_dec(const qffn_args &a, uin
 template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, uint32_t slots, cudaStream_t st) {
     dim3 grid(div_up(a.rows, ROWS_PER_BLOCK), slots);
     /* bank slots and the offsets of up and down in them are 256-byte aligned */
-    bool staged = a.wtab ? stageable(nullptr, a.row_bytes, a.act_row)
-                         : stageable(a.w0, a.row_bytes, a.act_row) && (!UP || (uintptr_t)a.w1 % 16 == 0);
+    bool staged = a.wtab ? stageable<TYPE>(nullptr, a.row_bytes, a.act_row)
+                         : stageable<TYPE>(a.w0, a.row_bytes, a.act_row) && (!UP || (uintptr_t)a.w1 % 16 == 0);
     if (staged) {
         constexpr int NM = UP ? 2 : 1;
         if (a.n == 1 && launch_dec<TYPE, UP>(a, slots, st)) return;

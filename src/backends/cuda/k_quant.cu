@@ -403,16 +403,25 @@ __device__ __forceinline__ void qdot_tile(const uint8_t *wrow, uint32_t nb, cons
 }
 
 /* Q8_0 against activations staged split (stage_act_for): aq the block's 32
- * quants (16-byte aligned), ad its scale as a float. The same integer sum
- * and float products as qb<Q8_0>::dot, with two 16-byte loads for the
- * activations instead of sixteen 2-byte ones. */
+ * quants (16-byte aligned), ad its scale as a float; w a weight block in
+ * shared memory (2-byte aligned, so its quants start 0 or 2 bytes past a
+ * word: nine aligned words and funnel shifts give them). The same integer
+ * sum and float products as qb<Q8_0>::dot, with two 16-byte loads for the
+ * activations and nine 4-byte ones for the weights instead of thirty-two
+ * 2-byte loads and sixteen byte permutes. */
 __device__ __forceinline__ float q8_0_dot_split(const uint8_t *w, const int8_t *aq, float ad) {
     int4 a0 = *(const int4 *)aq, a1 = *(const int4 *)(aq + 16);
     int a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    uint32_t off = (uint32_t)(uintptr_t)(w + 2) & 3; /* 0 or 2 */
+    const uint32_t *pw = (const uint32_t *)(w + 2 - off); /* from w, so the loads stay shared-memory ones */
+    uint32_t sh = 8 * off, wd[9];
+#pragma unroll
+    for (int k = 0; k < 8; k++) wd[k] = pw[k];
+    wd[8] = sh ? pw[8] : 0u; /* an aligned block's last word would lie past it (and past the buffer at its end) */
     int isum = 0;
 #pragma unroll
-    for (int j = 0; j < 8; j++) isum = __dp4a(ld_i8x4_a2(w + 2 + 4 * j), a[j], isum);
-    return (float)isum * (half_f(ld16(w)) * ad);
+    for (int j = 0; j < 8; j++) isum = __dp4a((int)__funnelshift_r(wd[j], wd[j + 1], sh), a[j], isum);
+    return (float)isum * (half_f(*(const uint16_t *)w) * ad);
 }
 
 /* qdot_range's Q8_0 branch (same lanes, tree and order) against split

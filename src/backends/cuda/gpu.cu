@@ -78,6 +78,7 @@ typedef struct gpu_layer {
 struct ds4_gpu_session {
     ds4_gpu_model *g;
     uint32_t max_ctx, pos;
+    uint32_t part_slots; /* decode attention partials (att_part_slots) */
     uint32_t chunk; /* tokens per internal chunk (sizes the scratch) */
     int fr; /* which frontier buffer holds the state at pos */
     cudaStream_t st;
@@ -584,10 +585,25 @@ static void layout_state(ds4_gpu_session *s, bump *b) {
     }
 }
 
-/* Decode attention partials: (token, segment of 64 rows) slots, enough for
- * the 640 rows of a CSA layer or 2048 rows of any layer (longer rows are
- * processed by one block per token, with the same bits). */
-#define ATT_PART_SLOTS 32
+/* Decode attention partials: (token, segment) slots, enough for every
+ * row a decode token of the session can have: the window plus the most
+ * compressed rows of any layer (an HCA layer's max_ctx / 128 at long
+ * contexts: 8192 rows at 1M tokens, 130 segments), and at least 32 so that
+ * chunks of a few tokens split as well. Rows beyond the slots would go to
+ * one block per 16 heads and token (same bits, a fraction of the GPU). */
+static uint32_t att_part_slots(const ds4_gpu_session *s) {
+    const ds4_hparams *hp = s->g->hp;
+    uint64_t most = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        uint32_t r = hp->compress_ratio[il];
+        if (!r) continue;
+        uint64_t c = s->max_ctx / r;
+        if (r == 4 && c > hp->idx_topk) c = hp->idx_topk;
+        if (c > most) most = c;
+    }
+    uint32_t segs = k_attn_segments(hp->window + most);
+    return segs > 32 ? segs : 32;
+}
 
 /* Rows of logits made at a time: the head runs over the wanted rows in
  * groups of this many, each group's logits copied out before the next, so
@@ -617,7 +633,8 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->q = TAKE_F(b, n * qdim);
     s->kv = TAKE_F(b, n * hp->head_dim);
     s->att = TAKE_F(b, n * qdim);
-    s->apart = TAKE_F(b, (uint64_t)ATT_PART_SLOTS * hp->n_head * (hp->head_dim + 2));
+    s->part_slots = att_part_slots(s);
+    s->apart = TAKE_F(b, (uint64_t)s->part_slots * hp->n_head * (hp->head_dim + 2));
     s->low = TAKE_F(b, n * hp->o_groups * hp->o_lora);
     s->ck = TAKE_F(b, n * 2 * hp->head_dim);
     s->cz = TAKE_F(b, n * 2 * hp->head_dim);
@@ -1265,7 +1282,7 @@ static int attention(fwd *f, uint32_t il) {
     op.n_pairs = hp->n_rot / 2 > 128 ? 128 : hp->n_rot / 2;
     op.out = s->att;
     op.part = s->apart;
-    op.part_slots = ATT_PART_SLOTS;
+    op.part_slots = s->part_slots;
     prof_mark(f->s, "attention");
     CU(k_attention(st, &op));
     if (n > 1) {

@@ -834,6 +834,8 @@ template <int KS> static void attn_mma_launch(cudaStream_t st, const attn_op *op
 
 static bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
 
+uint32_t k_attn_segments(uint64_t rows) { return (uint32_t)((rows + AT_SEG - 1) / AT_SEG); }
+
 cudaError_t k_attention(cudaStream_t st, const attn_op *op) {
     if (op->n == 0) return cudaSuccess;
     if (op->hd > K_MAX_HEAD_DIM || op->hd % 2) return cudaErrorInvalidValue;

@@ -218,6 +218,9 @@ typedef struct attn_op {
  * k_attention runs the fp32 kernel. */
 cudaError_t k_attn_prepare(uint32_t hd);
 cudaError_t k_attention(cudaStream_t st, const attn_op *op);
+/* Segments (blocks of the split decode attention, partial slots) that
+ * rows candidate rows take. */
+uint32_t k_attn_segments(uint64_t rows);
 /* ring[p % W] = kv[p - pos0] for the last min(n, W) positions of the chunk. */
 cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t pos0, uint32_t W, uint32_t hd, float *ring);
 

@@ -1206,12 +1206,18 @@ static int attention(fwd *f, uint32_t il) {
         if (compressor(&cf, &lw->comp, &ls->comp, ratio, hd, s->ck, s->cz, false)) return -1;
     }
     uint32_t d = hp->idx_head_dim, IH = hp->idx_n_head, iwd = 2 * d;
+    /* The indexer's selection is used once a token sees more than topk
+     * compressed rows (more than 4 * topk positions); before that only its
+     * compressor runs, which keeps the keys the later selections score. At
+     * short contexts this saves the query projection's weights (16 MB at
+     * the published sizes) a layer and token. */
+    bool idx_select = ratio == 4 && (f->pos0 + n) / 4 > hp->idx_topk;
     if (ratio == 4) {
         if (fork_lane(f, 1, &xf)) return -1;
         prof_mark(f->s, "indexer_proj");
         CU(lin(&xf, &lw->idx_comp.kv, 0, iwd, 1, 0, x, E, NULL, n, s->ik, iwd));
         CU(lin(&xf, &lw->idx_comp.gate, 0, iwd, 1, 0, x, E, NULL, n, s->iz, iwd));
-        CU(lin(&xf, &lw->idx_proj, 0, IH, 1, 0, x, E, NULL, n, s->iw, IH));
+        if (idx_select) CU(lin(&xf, &lw->idx_proj, 0, IH, 1, 0, x, E, NULL, n, s->iw, IH));
         prof_mark(s, "indexer_comp");
         if (compressor(&xf, &lw->idx_comp, &ls->idx, 4, d, s->ik, s->iz, true)) return -1;
     }
@@ -1239,7 +1245,7 @@ static int attention(fwd *f, uint32_t il) {
     bool qa_q8 = n == 1 && lw->q_b.type == GGML_TYPE_Q8_0 && hp->q_lora % 32 == 0; /* whole Q8_0 blocks */
     if (qa_q8) qa_rows.q8 = (uint8_t *)f->act;
     CU(k_rows2(f->st, &kv_rows, &qa_rows));
-    if (ratio == 4) {
+    if (idx_select) {
         /* the indexer's queries come from q_a's normalised rows */
         if (xf.st != f->st) {
             CU(cudaEventRecord(s->ev_qa, f->st));

@@ -137,5 +137,13 @@ for c in 37 1; do
     "$BIN/ds4" -m "$q2" --cuda --tokens @"$TMP/q2tok.txt" --prefill-chunk $c --dump-logits "$TMP/mma$c.f32"
     echo -n "q2 chunks of $c vs one prefill (bit for bit): "; $cmp "$TMP/mma$c.f32" "$TMP/mma.f32" 2048 0
 done
+# One stream (no side lanes), no programmatic launches, the profiler's
+# path: the same bits token by token (single tokens take the decode
+# kernels and the rows made ahead by the mHC finish step).
+for env in DS4_CUDA_LANES=0 DS4_CUDA_NO_PDL=1 DS4_CUDA_PROFILE=1; do
+    env $env "$BIN/ds4" -m "$q2" --cuda --tokens @"$TMP/q2tok.txt" --prefill-chunk 1 --dump-logits "$TMP/env.f32" \
+        >/dev/null 2>&1
+    echo -n "q2 token by token with $env (bit for bit): "; $cmp "$TMP/env.f32" "$TMP/mma.f32" 2048 0
+done
 "$BIN/ds4" -m "$q2" --cuda --tokens @"$TMP/q2tok.txt" --dump-logits "$TMP/mma2.f32"
 echo -n "q2 second run (bit for bit): "; $cmp "$TMP/mma2.f32" "$TMP/mma.f32" 2048 0

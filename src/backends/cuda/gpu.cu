@@ -950,16 +950,19 @@ typedef struct fwd {
 } fwd;
 
 /* f's work continued on side lane i, after everything queued on f so far
- * (f itself when the session runs without lanes). */
+ * (on f's own stream when the session runs without lanes). The side work
+ * has its own activation scratch either way: f's may hold rows made ahead
+ * for f's next product (y_q8, y_q8k), which the side work must not
+ * overwrite when it shares f's stream. */
 static int fork_lane(const fwd *f, int i, fwd *side) {
     ds4_gpu_session *s = f->s;
     ds4_error *err = f->err;
     *side = *f;
+    side->act = s->lane_act[i];
     if (!s->lanes) return 0;
     CU(cudaEventRecord(s->ev_fork[i], f->st));
     CU(cudaStreamWaitEvent(s->lane[i], s->ev_fork[i], 0));
     side->st = s->lane[i];
-    side->act = s->lane_act[i];
     return 0;
 }
 

@@ -34,18 +34,22 @@ __device__ __align__(16) uint8_t d_iq2_tab[IQ2_TAB_BYTES];
  * j sets bit 2 of the selectors of its negative values, which then pick
  * the negated magnitude: __byte_perm(IQ2_POS, IQ2_NEG, grid | sign) gives
  * four signed values (low 16 selector bits), the same int8 values as the
- * grid times the signs. Words 0-255: grid, 256-383: signs. */
+ * grid times the signs. Words 0-255: grid, 256-383: signs. The kernel
+ * reads them from shared memory in DEC_COPIES interleaved copies (word w's
+ * copy c at w * DEC_COPIES + c, see qffn_dec_kernel); d_iq2_dec holds them
+ * laid out so, for one straight copy. */
 #define IQ2_DEC_WORDS (256 + 128)
+#define DEC_COPIES 32
 #define IQ2_POS 0x002b1908u /* bytes 8, 25, 43 */
 #define IQ2_NEG 0x00d5e7f8u /* bytes -8, -25, -43 */
-__device__ uint32_t d_iq2_dec[IQ2_DEC_WORDS];
+__device__ uint4 d_iq2_dec[IQ2_DEC_WORDS * DEC_COPIES / 4];
 
 cudaError_t k_quant_init(void) {
     static bool done = false;
     if (done) return cudaSuccess;
     cudaError_t e = cudaMemcpyToSymbol(d_iq2_tab, ds4_iq2xxs_grid, 256 * 8);
     if (e == cudaSuccess) e = cudaMemcpyToSymbol(d_iq2_tab, ds4_iq2_signs, 128, 256 * 8);
-    uint32_t dec[IQ2_DEC_WORDS];
+    static uint32_t dec[IQ2_DEC_WORDS * DEC_COPIES]; /* 48 KB: not on the stack */
     for (int i = 0; i < 256; i++) {
         dec[i] = 0;
         for (int v = 0; v < 8; v++) {
@@ -60,6 +64,8 @@ cudaError_t k_quant_init(void) {
         for (int v = 0; v < 8; v++)
             if (ds4_iq2_signs[j] >> v & 1) dec[256 + j] |= 4u << (4 * v);
     }
+    for (int w = IQ2_DEC_WORDS - 1; w >= 0; w--) /* the copies, from the top: word w is read before it is overwritten */
+        for (int c = DEC_COPIES - 1; c >= 0; c--) dec[w * DEC_COPIES + c] = dec[w];
     if (e == cudaSuccess) e = cudaMemcpyToSymbol(d_iq2_dec, dec, sizeof dec);
     done = e == cudaSuccess;
     return e;
@@ -836,8 +842,8 @@ template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qff
  * d_iq2_dec) instead of grid bytes, sign bytes and masks. The lookups are
  * random, and shared memory serves one word per bank per cycle: with one
  * copy of a table a warp's lookup costs about 3.5 cycles of conflicts, so
- * the tables are replicated CP times, interleaved, and lane l reads copy
- * l % CP (CP = 32: conflict-free). */
+ * the tables are replicated DEC_COPIES (32) times, interleaved, and lane
+ * l reads copy l (conflict-free). */
 #define DEC_WARPS 8
 
 /* dp4a of unsigned bytes a (Q2_K values shifted in place, up to 192) and
@@ -885,29 +891,36 @@ template <uint32_t TYPE> struct dec_of {
 
 /* Shared memory: the IQ2_XXS tables, the activation row, then per warp two
  * buffers of NM rows of nb blocks and 32 floats of block results. */
-template <uint32_t TYPE, int NM, int CP, int NBUF> static uint32_t dec_smem(uint64_t act_row, uint32_t nb) {
+template <uint32_t TYPE, int NM, int NBUF> static uint32_t dec_smem(uint64_t act_row, uint32_t nb) {
     return (uint32_t)act_row + DEC_WARPS * (NBUF * NM * nb * qb<TYPE>::BYTES + 32 * 4) +
-           (TYPE == GGML_TYPE_IQ2_XXS ? IQ2_DEC_WORDS * 4 * CP : 0);
+           (TYPE == GGML_TYPE_IQ2_XXS ? IQ2_DEC_WORDS * 4 * DEC_COPIES : 0);
 }
 
-template <uint32_t TYPE, bool UP, int NJ, int CP, int NBUF>
+template <uint32_t TYPE, bool UP, int NJ, int NBUF>
 __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, uint32_t rpw) {
-    pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
+    /* the tables first: their lookups then address shared memory by
+     * constant offsets plus one shifted and masked index. No kernel writes
+     * them, so their copy (48 KB from L2) starts before the wait for the
+     * kernel in front and overlaps its end. */
+    constexpr uint32_t CP = DEC_COPIES, TB = TYPE == GGML_TYPE_IQ2_XXS ? IQ2_DEC_WORDS * 4 * CP : 0;
+    if constexpr (TB != 0) {
+        for (uint32_t i = threadIdx.x; i < TB / 16; i += blockDim.x) cp_async16(sm + 16 * i, d_iq2_dec + i);
+        cp_async_commit();
+    }
+    pdl_enter();
     constexpr int NM = UP ? 2 : 1, U = NM * NJ, W = dec_of<TYPE>::W;
     constexpr uint32_t NB = 4 * NJ, BY = qb<TYPE>::BYTES, RB = NB * BY, ABY = act_of<TYPE>::BYTES;
     static_assert(U <= 8 && RB % 16 == 0, "unit count or row size");
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = lane & 7, q = lane >> 3;
     uint32_t e, m0, cnt;
     const int32_t *members;
-    if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return; /* the whole block */
-    if (cnt == 0) return;
+    if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members) || cnt == 0) { /* the whole block */
+        cp_async_wait_all(); /* no copy outlives the block */
+        return;
+    }
     uint64_t r0 = ((uint64_t)blockIdx.x * DEC_WARPS + warp) * rpw;
     uint32_t nr = r0 >= a.rows ? 0 : (uint32_t)(a.rows - r0 < rpw ? a.rows - r0 : rpw);
-    /* the tables first: their lookups then address shared memory by
-     * constant offsets plus one shifted and masked index */
-    constexpr uint32_t TB = TYPE == GGML_TYPE_IQ2_XXS ? IQ2_DEC_WORDS * 4 * CP : 0;
-    uint32_t *tab = (uint32_t *)sm;
     uint8_t *sact = sm + TB;
     uint8_t *wbuf = sm + TB + a.act_row + warp * (NBUF * NM * RB + 32 * 4);
     float *sres = (float *)(wbuf + NBUF * NM * RB);
@@ -933,13 +946,8 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, u
         const uint8_t *ar;
         expert_act_rows<1, UP>(a, members, m0, 1, &ar);
         stage_act(sact, &ar, 1, a.act_row);
-        if constexpr (TYPE == GGML_TYPE_IQ2_XXS)
-            for (uint32_t i = threadIdx.x; i < IQ2_DEC_WORDS * CP / 4; i += blockDim.x) {
-                uint32_t v = d_iq2_dec[i * 4 / CP];
-                ((uint4 *)tab)[i] = make_uint4(v, CP >= 4 ? v : d_iq2_dec[(i * 4 + 1) / CP], CP >= 4 ? v : d_iq2_dec[(i * 4 + 2) / CP],
-                                               CP >= 4 ? v : d_iq2_dec[(i * 4 + 3) / CP]);
-            }
     }
+    if constexpr (TB != 0) cp_async_wait_keep<NBUF - 1>(); /* the tables (committed before the rows) */
     __syncthreads();
     if (!nr) return;
 
@@ -958,9 +966,10 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, u
     }
     const uint32_t u = dec_unit<U>(sub), um = u / NJ, ub = 4 * (u % NJ) + q; /* the block this lane finishes */
     const uint8_t *aub = sact + ub * ABY;
-    /* table word w, copy lane % CP, at byte (w << L) | lb */
-    constexpr uint32_t L = CP == 32 ? 7 : CP == 16 ? 6 : CP == 8 ? 5 : 2;
-    const uint32_t lb = (lane % CP) * 4;
+    /* table word w, copy lane, at byte (w << L) | lb */
+    constexpr uint32_t L = 7;
+    static_assert(CP == 32, "one copy per lane");
+    const uint32_t lb = lane * 4;
 
     for (uint32_t i = 0; i < nr; i++) {
         issue(i + NBUF - 1);
@@ -1056,9 +1065,9 @@ template <uint32_t TYPE, bool UP> static bool launch_dec(const qffn_args &a, uin
         };
         /* IQ2_XXS tables in 32 copies and two row buffers per warp: 16
          * copies and 3 or 4 buffers measured slower (bench/cuda-h100-decode.md) */
-        constexpr int NM = UP ? 2 : 1, CP = TYPE == GGML_TYPE_IQ2_XXS ? 32 : 1, NB = 2;
-        if (a.nb == 16) go(qffn_dec_kernel<TYPE, UP, 4, CP, NB>, dec_smem<TYPE, NM, CP, NB>(a.act_row, 16));
-        else if (a.nb == 8) go(qffn_dec_kernel<TYPE, UP, 2, CP, NB>, dec_smem<TYPE, NM, CP, NB>(a.act_row, 8));
+        constexpr int NM = UP ? 2 : 1, NB = 2;
+        if (a.nb == 16) go(qffn_dec_kernel<TYPE, UP, 4, NB>, dec_smem<TYPE, NM, NB>(a.act_row, 16));
+        else if (a.nb == 8) go(qffn_dec_kernel<TYPE, UP, 2, NB>, dec_smem<TYPE, NM, NB>(a.act_row, 8));
         else return false;
         return true;
     }

@@ -501,15 +501,29 @@ __device__ __forceinline__ void fold_ml(float *M, float *L, float m, float l, fl
     *M = mn;
 }
 
-/* The folded output of a pair of dims divided by L, RoPE on the last dims. */
-__device__ __forceinline__ void att_store(const attn_op &op, uint64_t p, uint32_t t, uint32_t h, uint32_t d, float o0,
-                                          float o1, float L) {
+/* The rotation of the token at position p, pair i at rcs[i] (cos, sin),
+ * made by the block's first n_pairs threads: a token's heads share it,
+ * and a thread storing many rotated pairs would otherwise work through
+ * their double-precision sin and cos one after another (at decode, most
+ * of the time of a one-tile block). Before pdl_enter too: it reads only
+ * the model's frequencies. */
+__device__ __forceinline__ void att_rope_table(const attn_op &op, uint64_t p, float2 *rcs) {
+    for (uint32_t i = threadIdx.x; i < op.n_pairs; i += blockDim.x) {
+        float cs, sn;
+        rope_cs(op.inv_freq, i, p, &cs, &sn);
+        rcs[i] = make_float2(cs, sn);
+    }
+}
+
+/* The folded output of a pair of dims divided by L, RoPE (table rcs) on
+ * the last dims. */
+__device__ __forceinline__ void att_store(const attn_op &op, const float2 *rcs, uint32_t t, uint32_t h, uint32_t d,
+                                          float o0, float o1, float L) {
     float v[2] = {o0 / L, o1 / L};
     uint32_t rot0 = op.hd - 2 * op.n_pairs;
     if (op.n_pairs && d >= rot0) {
-        float cs, sn;
-        rope_cs(op.inv_freq, (d - rot0) / 2, p, &cs, &sn);
-        rope_pair(v, cs, sn, 1);
+        float2 r = rcs[(d - rot0) / 2];
+        rope_pair(v, r.x, r.y, 1);
     }
     *(float2 *)(op.out + ((uint64_t)t * op.H + h) * op.hd + d) = make_float2(v[0], v[1]);
 }
@@ -533,6 +547,8 @@ static size_t attn_mma_smem(uint32_t hd, int mt, bool split) {
  * segments, tokens) with seg_stride slots per token. */
 template <int KS, int MT, bool SPLIT>
 __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op, uint32_t seg_stride) {
+    __shared__ float2 rcs[128]; /* !SPLIT: the output's rotation */
+    if (!SPLIT) att_rope_table(op, op.pos0 + blockIdx.y, rcs);
     pdl_enter();
 #if __CUDA_ARCH__ >= 800
     constexpr int HD = 64 * KS, QW = 16 * KS, KST = HD + 8, NTH = 128 * MT, C4 = HD / 4;
@@ -752,8 +768,8 @@ __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op, uint3
         for (int j = 0; j < 2 * KS; j++) {
             uint32_t d = q * QW + j * 8 + 2 * c;
             const float *r = orun + j * 4 * NTH + tid;
-            if (hA < op.H) att_store(op, p, t, hA, d, r[0], r[NTH], LA);
-            if (hB < op.H) att_store(op, p, t, hB, d, r[2 * NTH], r[3 * NTH], LB);
+            if (hA < op.H) att_store(op, rcs, t, hA, d, r[0], r[NTH], LA);
+            if (hB < op.H) att_store(op, rcs, t, hB, d, r[2 * NTH], r[3 * NTH], LB);
         }
     }
 #else
@@ -765,9 +781,12 @@ __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op, uint3
 /* Decode: folds the segments' partials of (head, token) in order, as the
  * chunk kernel does in its block. */
 __global__ void attn_fold_kernel(attn_op op, uint32_t seg_stride) {
-    pdl_enter();
+    __shared__ float2 rcs[128];
     uint32_t h = blockIdx.x, t = blockIdx.y;
     uint64_t p = op.pos0 + t;
+    att_rope_table(op, p, rcs);
+    __syncthreads();
+    pdl_enter();
     uint32_t n_raw, n_seg = (att_rows(op, p, &n_raw) + AT_SEG - 1) / AT_SEG;
     uint64_t slot0 = (uint64_t)t * seg_stride;
     for (uint32_t d = 2 * threadIdx.x; d < op.hd; d += 2 * blockDim.x) {
@@ -780,7 +799,7 @@ __global__ void attn_fold_kernel(attn_op op, uint32_t seg_stride) {
             o0 = o0 * a + v.x * b;
             o1 = o1 * a + v.y * b;
         }
-        att_store(op, p, t, h, d, o0, o1, L);
+        att_store(op, rcs, t, h, d, o0, o1, L);
     }
 }
 

@@ -1226,13 +1226,18 @@ static int attention(fwd *f, uint32_t il) {
     }
 
     prof_mark(f->s, "q_proj");
-    CU(lin(f, &lw->q_a, 0, hp->q_lora, 1, 0, f->y_q8 ? NULL : x, E, NULL, n, s->qa, hp->q_lora));
-    f->y_q8 = false;
     /* kv right after q_a: when both are quantized alike, kv reuses q_a's
-     * quantized x (before q_b's activations take the scratch) */
-    prof_mark(f->s, "kv_proj");
+     * quantized x (before q_b's activations take the scratch), and one
+     * token takes both in one launch */
     bool same_act = k_quant_type(lw->q_a.type) && lw->kv.type == lw->q_a.type;
-    CU(lin(f, &lw->kv, 0, hd, 1, 0, same_act ? NULL : x, E, NULL, n, s->kv, hd));
+    if (n == 1 && same_act) {
+        CU(k_qlinear_pair(f->st, &lw->q_a, s->qa, &lw->kv, s->kv, f->y_q8 ? NULL : x, f->act));
+    } else {
+        CU(lin(f, &lw->q_a, 0, hp->q_lora, 1, 0, f->y_q8 ? NULL : x, E, NULL, n, s->qa, hp->q_lora));
+        prof_mark(f->s, "kv_proj");
+        CU(lin(f, &lw->kv, 0, hd, 1, 0, same_act ? NULL : x, E, NULL, n, s->kv, hd));
+    }
+    f->y_q8 = false;
     /* kv's row transform and q_a's norm in one launch (a decode step's
      * chain is made of launches of a few microseconds each) */
     row_op kv_rows = row_of(f, s->kv, n, hd, 1, 1, vec(&lw->kv_norm), lrope, f->official ? 1 : 0);

@@ -618,6 +618,13 @@ typedef struct qlin_args {
     uint64_t act_row; /* bytes of one (token, group) activation row */
     float *y;
     uint64_t y_stride;
+    /* A second matrix of the same layout against the same activations
+     * (k_qlinear_pair): blocks blocks1.. of the staged kernel take its
+     * n_rows2 rows into y2; blocks1 = the grid's width otherwise. */
+    const uint8_t *w2;
+    uint64_t n_rows2;
+    float *y2;
+    uint32_t blocks1;
 } qlin_args;
 
 template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
@@ -644,8 +651,10 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
 template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args a, uint32_t rpw) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
-    uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = blockIdx.y;
-    uint64_t r0 = ((uint64_t)blockIdx.x * ROWS_PER_BLOCK + warp) * rpw;
+    uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = blockIdx.y, bx = blockIdx.x;
+    if (bx >= a.blocks1) /* the second matrix (one group, from row 0) */
+        bx -= a.blocks1, a.w = a.w2, a.n_rows = a.n_rows2, a.y = a.y2, a.r0 = 0;
+    uint64_t r0 = ((uint64_t)bx * ROWS_PER_BLOCK + warp) * rpw;
     uint32_t nr = r0 >= a.n_rows ? 0 : (uint32_t)(a.n_rows - r0 < rpw ? a.n_rows - r0 : rpw);
     const uint8_t *w = a.w + (a.r0 + g * a.n_rows + r0) * a.row_bytes;
     uint8_t *sbuf = sm + TT * staged_act_row<TYPE>(a.act_row) + warp * 2 * chunk_of<TYPE>::WB;
@@ -687,8 +696,21 @@ static void launch_staged(K kernel, uint32_t smem, uint64_t n_rows, uint32_t gri
     k_launch(kernel, g, 32 * ROWS_PER_BLOCK, smem, st, a, rpw);
 }
 
-template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStream_t st) {
+/* The single-token staged product of a pair of matrices in one launch:
+ * rows per warp for both together, the first's blocks, then the second's. */
+template <uint32_t TYPE> static void launch_qlinear_pair(qlin_args a, cudaStream_t st) {
+    auto kernel = qlinear_staged_kernel<TYPE, 1>;
+    uint32_t smem = staged_smem<TYPE, 1, 1>(a.act_row);
+    allow_smem(kernel, smem);
+    uint32_t rpw = rows_per_warp(kernel, smem, a.n_rows + a.n_rows2, 1);
+    a.blocks1 = (uint32_t)div_up(a.n_rows, (uint64_t)ROWS_PER_BLOCK * rpw);
+    unsigned blocks = a.blocks1 + (unsigned)div_up(a.n_rows2, (uint64_t)ROWS_PER_BLOCK * rpw);
+    k_launch(kernel, dim3(blocks, 1), 32 * ROWS_PER_BLOCK, smem, st, a, rpw);
+}
+
+template <uint32_t TYPE> static void launch_qlinear(qlin_args a, cudaStream_t st) {
     dim3 grid(div_up(a.n_rows, ROWS_PER_BLOCK), a.groups);
+    a.blocks1 = UINT32_MAX; /* one matrix */
     if (stageable<TYPE>(a.w, a.row_bytes, a.act_row)) {
         if (a.n_tok == 1)
             launch_staged(qlinear_staged_kernel<TYPE, 1>, staged_smem<TYPE, 1, 1>(a.act_row), a.n_rows, a.groups, true, a, st);
@@ -729,10 +751,45 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
     }
     uint32_t qk = act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0;
     qlin_args a = {w->data, w->row_bytes, r0, n_rows, K / qk, groups, n_tok, (const uint8_t *)act,
-                   k_act_row_bytes(w->type, K), y, y_stride};
+                   k_act_row_bytes(w->type, K), y, y_stride, nullptr, 0, nullptr, UINT32_MAX};
 #define QL(T) launch_qlinear<T>(a, st)
     QTYPE_SWITCH(w->type, QL)
 #undef QL
+    return LAUNCH_STATUS();
+}
+
+cudaError_t k_qlinear_pair(cudaStream_t st, const ds4_tensor *w1, float *y1, const ds4_tensor *w2, float *y2, const float *x,
+                           void *act) {
+    uint32_t K = (uint32_t)w1->ne[0];
+    bool one = w2->type == w1->type && w2->ne[0] == w1->ne[0] && w2->row_bytes == w1->row_bytes;
+    uint64_t act_row = k_act_row_bytes(w1->type, K);
+    bool staged = false;
+#define ST(T) staged = stageable<T>(w1->data, w1->row_bytes, act_row) && stageable<T>(w2->data, w2->row_bytes, act_row)
+    switch (w1->type) {
+    case GGML_TYPE_Q8_0: ST(GGML_TYPE_Q8_0); break;
+    case GGML_TYPE_Q2_K: ST(GGML_TYPE_Q2_K); break;
+    case GGML_TYPE_Q4_K: ST(GGML_TYPE_Q4_K); break;
+    case GGML_TYPE_IQ2_XXS: ST(GGML_TYPE_IQ2_XXS); break;
+    case GGML_TYPE_MXFP4: ST(GGML_TYPE_MXFP4); break;
+    default: break;
+    }
+#undef ST
+    if (!one || !staged) { /* two launches, the second on the first's activations */
+        cudaError_t e = k_qlinear(st, w1, 0, w1->ne[1], 1, 0, x, K, NULL, 1, y1, w1->ne[1], act);
+        return e != cudaSuccess ? e
+                                : k_qlinear(st, w2, 0, w2->ne[1], 1, 0, w2->type == w1->type && w2->ne[0] == K ? NULL : x, K,
+                                            NULL, 1, y2, w2->ne[1], act);
+    }
+    if (x) {
+        cudaError_t e = k_quantize_act(st, w1->type, x, K, 0, NULL, K, 1, 1, act);
+        if (e != cudaSuccess) return e;
+    }
+    uint32_t qk = act_is_q8k(w1->type) ? DS4_QK_K : DS4_QK8_0;
+    qlin_args a = {w1->data, w1->row_bytes, 0, w1->ne[1], K / qk, 1, 1, (const uint8_t *)act, act_row, y1, w1->ne[1],
+                   w2->data, w2->ne[1], y2, 0};
+#define QP(T) launch_qlinear_pair<T>(a, st)
+    QTYPE_SWITCH(w1->type, QP)
+#undef QP
     return LAUNCH_STATUS();
 }
 
@@ -749,19 +806,24 @@ typedef struct qffn_args {
     float *y;
     uint32_t j0;
     const uint8_t *const *wtab;
+    /* Optional: the activations as floats (rows of nb blocks' values, xf_rows
+     * of them) not yet quantized into act. The single-token kernel
+     * quantizes its row itself (a quantizer's launch saved); launch_qffn
+     * quantizes them into act for the other kernels. */
+    const float *xf;
+    uint32_t xf_rows;
 } qffn_args;
 
 /* Activation rows of entries m..m+nt of an expert's group: up reads its
  * token's row (member / k), down the entry's own h row. */
+template <bool UP> __device__ __forceinline__ uint32_t expert_act_row(const qffn_args &a, const int32_t *members, uint32_t i) {
+    return members && UP ? (uint32_t)members[i] / a.k : i;
+}
 template <int TT, bool UP>
 __device__ __forceinline__ void expert_act_rows(const qffn_args &a, const int32_t *members, uint32_t m, int nt,
                                                 const uint8_t **ar) {
 #pragma unroll
-    for (int tt = 0; tt < TT; tt++) {
-        uint32_t i = m + (tt < nt ? tt : 0);
-        uint32_t src = members && UP ? (uint32_t)members[i] / a.k : i;
-        ar[tt] = a.act + (uint64_t)src * a.act_row;
-    }
+    for (int tt = 0; tt < TT; tt++) ar[tt] = a.act + (uint64_t)expert_act_row<UP>(a, members, m + (tt < nt ? tt : 0)) * a.act_row;
 }
 
 template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args a) {
@@ -942,7 +1004,17 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, u
     /* the first rows are in flight while the block stages the activations and tables */
 #pragma unroll
     for (int b = 0; b < NBUF - 1; b++) issue(b);
-    {
+    if (a.xf) {
+        /* the row's Q8_K blocks, a warp each, as quant_q8_K_kernel makes them */
+        const float *xr = a.xf + (uint64_t)expert_act_row<UP>(a, members, m0) * a.nb * DS4_QK_K;
+        for (uint32_t b = warp; b < a.nb; b += DEC_WARPS) {
+            const float4 *p = (const float4 *)(xr + b * DS4_QK_K + 8 * lane);
+            float4 u = p[0], v = p[1];
+            float x[8] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
+            ds4_block_q8_K *blk = (ds4_block_q8_K *)sact + b;
+            q8_K_lane(x, blk->qs, blk->bsums, &blk->d);
+        }
+    } else {
         const uint8_t *ar;
         expert_act_rows<1, UP>(a, members, m0, 1, &ar);
         stage_act(sact, &ar, 1, a.act_row);
@@ -1073,24 +1145,34 @@ template <uint32_t TYPE, bool UP> static bool launch_dec(const qffn_args &a, uin
     }
 }
 
-template <uint32_t TYPE, bool UP> static void launch_qffn(const qffn_args &a, uint32_t slots, cudaStream_t st) {
+template <uint32_t TYPE, bool UP> static cudaError_t launch_qffn(qffn_args a, uint32_t slots, cudaStream_t st) {
     dim3 grid(div_up(a.rows, ROWS_PER_BLOCK), slots);
     /* bank slots and the offsets of up and down in them are 256-byte aligned */
     bool staged = a.wtab ? stageable<TYPE>(nullptr, a.row_bytes, a.act_row)
                          : stageable<TYPE>(a.w0, a.row_bytes, a.act_row) && (!UP || (uintptr_t)a.w1 % 16 == 0);
+    /* the single-token kernel quantizes a.xf's rows itself (Q8_K rows in
+     * 16-byte lines: whole blocks of 256 floats) */
+    bool dec_xf = !a.xf || (act_is_q8k(TYPE) && (uintptr_t)a.xf % 16 == 0);
+    if (staged && a.n == 1 && dec_xf && launch_dec<TYPE, UP>(a, slots, st)) return cudaSuccess;
+    if (a.xf) {
+        uint32_t K = a.nb * (act_is_q8k(TYPE) ? DS4_QK_K : DS4_QK8_0);
+        cudaError_t e = k_quantize_act(st, TYPE, a.xf, K, 0, NULL, K, 1, a.xf_rows, (void *)a.act);
+        if (e != cudaSuccess) return e;
+        a.xf = nullptr;
+    }
     if (staged) {
         constexpr int NM = UP ? 2 : 1;
-        if (a.n == 1 && launch_dec<TYPE, UP>(a, slots, st)) return;
         /* gate/up: one row per warp, since they are bound by the block
          * arithmetic (IQ2_XXS grid lookups), which wants every warp slot */
         if (a.n == 1)
             launch_staged(qffn_staged_kernel<TYPE, 1, UP>, staged_smem<TYPE, 1, NM>(a.act_row), a.rows, slots, !UP, a, st);
         else
             launch_staged(qffn_staged_kernel<TYPE, 4, UP>, staged_smem<TYPE, 4, NM>(a.act_row), a.rows, slots, false, a, st);
-        return;
+        return cudaSuccess;
     }
     if (a.n == 1) k_launch(qffn_kernel<TYPE, 1, UP>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);
     else k_launch(qffn_kernel<TYPE, 4, UP>, grid, 32 * ROWS_PER_BLOCK, 0, st, a);
+    return cudaSuccess;
 }
 
 cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
@@ -1112,12 +1194,12 @@ cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor 
     }
     uint32_t qk = act_is_q8k(gate->type) ? DS4_QK_K : DS4_QK8_0;
     qffn_args a = {gate->data, up->data, gate->row_bytes, gate->ne[1], K / qk, (uint32_t)gate->ne[2], k, n, grp,
-                   (const uint8_t *)act, k_act_row_bytes(gate->type, K), limit, h, j0, wtab};
+                   (const uint8_t *)act, k_act_row_bytes(gate->type, K), limit, h, j0, wtab, nullptr, 0};
     uint32_t slots = grp ? max_slots : 1;
-#define QU(T) launch_qffn<T, true>(a, slots, st)
+#define QU(T) e = launch_qffn<T, true>(a, slots, st)
     QTYPE_SWITCH(gate->type, QU)
 #undef QU
-    return LAUNCH_STATUS();
+    return e != cudaSuccess ? e : LAUNCH_STATUS();
 }
 
 cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *grp, uint32_t k, uint32_t n, uint32_t j0,
@@ -1131,14 +1213,14 @@ cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *
         if (e != cudaSuccess) return e;
         return k_mmq_ffn(st, false, down, NULL, grp, k, n, j0, max_slots, wtab, act, rows_h, 0.0f, out, iq2_table());
     }
-    e = k_quantize_act(st, down->type, h, K, 0, NULL, K, 1, rows_h, act);
-    if (e != cudaSuccess) return e;
+    /* h's rows go to launch_qffn as floats: a single token's kernel
+     * quantizes them itself, the others after a quantizer's launch */
     uint32_t qk = act_is_q8k(down->type) ? DS4_QK_K : DS4_QK8_0;
     qffn_args a = {down->data, nullptr, down->row_bytes, down->ne[1], K / qk, (uint32_t)down->ne[2], k, n, grp,
-                   (const uint8_t *)act, k_act_row_bytes(down->type, K), 0.0f, out, j0, wtab};
+                   (const uint8_t *)act, k_act_row_bytes(down->type, K), 0.0f, out, j0, wtab, h, rows_h};
     uint32_t slots = grp ? max_slots : 1;
-#define QD(T) launch_qffn<T, false>(a, slots, st)
+#define QD(T) e = launch_qffn<T, false>(a, slots, st)
     QTYPE_SWITCH(down->type, QD)
 #undef QD
-    return LAUNCH_STATUS();
+    return e != cudaSuccess ? e : LAUNCH_STATUS();
 }

@@ -73,6 +73,12 @@ cudaError_t k_quantize_split(cudaStream_t st, uint32_t wtype, const float *x, ui
 cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups,
                       uint64_t x_group, const float *x, uint64_t x_stride, const float *xscale, uint32_t n_tok, float *y,
                       uint64_t y_stride, void *act);
+/* One token through two quantized matrices with the same input (all their
+ * rows; w1 and w2 of one type and width: one launch, each row's result as
+ * k_qlinear gives it; otherwise two k_qlinear calls). x == NULL as for
+ * k_qlinear. */
+cudaError_t k_qlinear_pair(cudaStream_t st, const ds4_tensor *w1, float *y1, const ds4_tensor *w2, float *y2, const float *x,
+                           void *act);
 /* Tensor-core versions (k_mmq.cu) that k_qlinear, k_qffn_up and
  * k_qffn_down use for two or more tokens where k_mmq_usable (Q8_0, Q2_K,
  * IQ2_XXS; K a multiple of 256; rows of whole 16-byte lines; sm_80 or

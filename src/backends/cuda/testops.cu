@@ -88,6 +88,24 @@ extern "C" int ds4_gpu_test_linear(uint32_t type, const void *w, uint32_t K, uin
                          (float *)dy, y_stride));
     }
     BACK(y, dy, ybytes);
+    if (quant && n_tok == 1 && groups == 1 && !xscale && rows >= 2) {
+        /* the same rows as a pair of matrices (a third, the rest) in one
+         * launch: the same bits as the single product */
+        uint32_t r1 = rows / 3 ? rows / 3 : 1;
+        uint64_t rb = row_bytes_of(type, K);
+        ds4_tensor t1 = tensor(type, dw, K, r1, 1), t2 = tensor(type, (const uint8_t *)dw + r1 * rb, K, rows - r1, 1);
+        float *dp;
+        DEV(dp, NULL, (size_t)rows * 4);
+        RUN(k_qlinear_pair(0, &t1, dp, &t2, dp + r1, (const float *)dx, dact));
+        float *two = (float *)malloc(rows * sizeof(float));
+        bool same = two && cudaMemcpy(two, dp, rows * 4, cudaMemcpyDeviceToHost) == cudaSuccess &&
+                    memcmp(two, y, rows * sizeof(float)) == 0;
+        free(two);
+        if (!same) {
+            ds4_fail(err, "k_qlinear_pair (%u + %u rows of type %u): not the bits of k_qlinear", r1, rows - r1, type);
+            goto fail;
+        }
+    }
     pool_free(&pl);
     return 0;
 fail:

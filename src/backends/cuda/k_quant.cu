@@ -17,6 +17,7 @@
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
+#include "backends/cuda/mhcfn.cuh"
 #include "backends/cuda/quantfn.cuh" /* and formats/quant/blocks.h */
 
 #define ROWS_PER_BLOCK 8
@@ -625,6 +626,11 @@ typedef struct qlin_args {
     uint64_t n_rows2;
     float *y2;
     uint32_t blocks1;
+    /* Optional (one token, one group): row d's result also goes through
+     * the mHC post step of column d of the hc streams mhc_X (k_qlinear_post) */
+    float *mhc_X;
+    const float *mhc_post, *mhc_comb;
+    uint32_t hc;
 } qlin_args;
 
 template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
@@ -671,7 +677,10 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args
         warp_rows<TYPE, TT, 1>(&w, a.row_bytes, nr, a.nb, sm, a.act_row, nt, sbuf, tab, [&](uint32_t i, float (*acc)[TT]) {
 #pragma unroll
             for (int tt = 0; tt < TT; tt++)
-                if (tt < nt && lane == tt) a.y[(uint64_t)(t0 + tt) * a.y_stride + g * a.n_rows + r0 + i] = acc[0][tt];
+                if (tt < nt && lane == tt) {
+                    a.y[(uint64_t)(t0 + tt) * a.y_stride + g * a.n_rows + r0 + i] = acc[0][tt];
+                    if (TT == 1 && a.mhc_X) mhc_post_at(a.mhc_X, acc[0][0], a.mhc_post, a.mhc_comb, a.hc, (uint32_t)a.n_rows, 0, r0 + i);
+                }
         });
     }
 }
@@ -751,7 +760,37 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
     }
     uint32_t qk = act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0;
     qlin_args a = {w->data, w->row_bytes, r0, n_rows, K / qk, groups, n_tok, (const uint8_t *)act,
-                   k_act_row_bytes(w->type, K), y, y_stride, nullptr, 0, nullptr, UINT32_MAX};
+                   k_act_row_bytes(w->type, K), y, y_stride, nullptr, 0, nullptr, UINT32_MAX, nullptr, nullptr, nullptr, 0};
+#define QL(T) launch_qlinear<T>(a, st)
+    QTYPE_SWITCH(w->type, QL)
+#undef QL
+    return LAUNCH_STATUS();
+}
+
+cudaError_t k_qlinear_post(cudaStream_t st, const ds4_tensor *w, const float *x, void *act, float *y, float *X,
+                           const float *post, const float *comb, uint32_t hc) {
+    uint32_t K = (uint32_t)w->ne[0], E = (uint32_t)w->ne[1];
+    uint64_t act_row = k_act_row_bytes(w->type, K);
+    bool staged = false;
+#define ST(T) staged = stageable<T>(w->data, w->row_bytes, act_row)
+    switch (w->type) {
+    case GGML_TYPE_Q8_0: ST(GGML_TYPE_Q8_0); break;
+    case GGML_TYPE_Q2_K: ST(GGML_TYPE_Q2_K); break;
+    case GGML_TYPE_Q4_K: ST(GGML_TYPE_Q4_K); break;
+    case GGML_TYPE_IQ2_XXS: ST(GGML_TYPE_IQ2_XXS); break;
+    case GGML_TYPE_MXFP4: ST(GGML_TYPE_MXFP4); break;
+    default: break;
+    }
+#undef ST
+    cudaError_t e = cudaSuccess;
+    if (!staged || hc > K_MAX_HC) { /* two launches */
+        e = k_qlinear(st, w, 0, E, 1, 0, x, K, NULL, 1, y, E, act);
+        return e != cudaSuccess ? e : k_mhc_post(st, X, y, post, comb, 1, hc, E);
+    }
+    if (x && (e = k_quantize_act(st, w->type, x, K, 0, NULL, K, 1, 1, act)) != cudaSuccess) return e;
+    uint32_t qk = act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0;
+    qlin_args a = {w->data, w->row_bytes, 0, E, K / qk, 1, 1, (const uint8_t *)act, act_row, y, E,
+                   nullptr, 0, nullptr, UINT32_MAX, X, post, comb, hc};
 #define QL(T) launch_qlinear<T>(a, st)
     QTYPE_SWITCH(w->type, QL)
 #undef QL
@@ -786,7 +825,7 @@ cudaError_t k_qlinear_pair(cudaStream_t st, const ds4_tensor *w1, float *y1, con
     }
     uint32_t qk = act_is_q8k(w1->type) ? DS4_QK_K : DS4_QK8_0;
     qlin_args a = {w1->data, w1->row_bytes, 0, w1->ne[1], K / qk, 1, 1, (const uint8_t *)act, act_row, y1, w1->ne[1],
-                   w2->data, w2->ne[1], y2, 0};
+                   w2->data, w2->ne[1], y2, 0, nullptr, nullptr, nullptr, 0};
 #define QP(T) launch_qlinear_pair<T>(a, st)
     QTYPE_SWITCH(w1->type, QP)
 #undef QP

@@ -3,6 +3,7 @@
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
+#include "backends/cuda/mhcfn.cuh"
 #include "backends/cuda/moefn.cuh"
 #include "backends/cuda/quantfn.cuh"
 #include "backends/cuda/rowfn.cuh"
@@ -192,30 +193,6 @@ cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, ui
     if (n_tok == 0) return cudaSuccess;
     k_launch(mhc_collapse_kernel, dim3(div_up(E, 256), n_tok), 256, 0, st, X, pre, hc, E, y);
     return LAUNCH_STATUS();
-}
-
-/* Column d of token t of the mHC post step, with ot the block's output. */
-__device__ __forceinline__ void mhc_post_at(float *X, float ot, const float *post, const float *comb, uint32_t hc,
-                                            uint32_t E, uint32_t t, uint32_t d) {
-    float *x = X + (uint64_t)t * hc * E + d;
-    const float *c = comb + (uint64_t)t * hc * hc, *p = post + (uint64_t)t * hc;
-    float in[K_MAX_HC], out[K_MAX_HC];
-#pragma unroll
-    for (uint32_t i = 0; i < K_MAX_HC; i++)
-        if (i < hc) in[i] = x[(uint64_t)i * E];
-#pragma unroll
-    for (uint32_t j = 0; j < K_MAX_HC; j++) {
-        if (j < hc) {
-            float s = p[j] * ot;
-#pragma unroll
-            for (uint32_t i = 0; i < K_MAX_HC; i++)
-                if (i < hc) s += c[i * hc + j] * in[i];
-            out[j] = s;
-        }
-    }
-#pragma unroll
-    for (uint32_t j = 0; j < K_MAX_HC; j++)
-        if (j < hc) x[(uint64_t)j * E] = out[j];
 }
 
 /* Columns d .. d + 3 of token t of the mHC post step with HC streams (each

@@ -79,6 +79,12 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
  * k_qlinear. */
 cudaError_t k_qlinear_pair(cudaStream_t st, const ds4_tensor *w1, float *y1, const ds4_tensor *w2, float *y2, const float *x,
                            void *act);
+/* One token through a quantized matrix of E rows (all of them, into y),
+ * then the mHC post step of the hc streams X of width E with that output
+ * (k_mhc_post): in one launch where the staged kernel takes the matrix
+ * (each column's post step as k_mhc_post computes it), else two. */
+cudaError_t k_qlinear_post(cudaStream_t st, const ds4_tensor *w, const float *x, void *act, float *y, float *X,
+                           const float *post, const float *comb, uint32_t hc);
 /* Tensor-core versions (k_mmq.cu) that k_qlinear, k_qffn_up and
  * k_qffn_down use for two or more tokens where k_mmq_usable (Q8_0, Q2_K,
  * IQ2_XXS; K a multiple of 256; rows of whole 16-byte lines; sm_80 or

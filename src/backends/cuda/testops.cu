@@ -88,6 +88,37 @@ extern "C" int ds4_gpu_test_linear(uint32_t type, const void *w, uint32_t K, uin
                          (float *)dy, y_stride));
     }
     BACK(y, dy, ybytes);
+    if (quant && n_tok == 1 && groups == 1 && !xscale) {
+        /* the product ending in the mHC post step of 4 streams: the bits of
+         * k_qlinear then k_mhc_post */
+        const uint32_t hc = 4;
+        size_t nx = (size_t)hc * rows + hc + hc * hc;
+        float *hx = (float *)malloc(nx * 4 * 2);
+        if (!hx) {
+            ds4_fail(err, "testops: out of memory");
+            goto fail;
+        }
+        uint32_t r = 12345;
+        for (size_t i = 0; i < nx; i++) r = r * 1664525u + 1013904223u, hx[i] = (float)(r >> 8) / 16777216.0f - 0.5f;
+        float *dX1, *dX2, *dpc, *dy2;
+        DEV(dX1, hx, (size_t)hc * rows * 4);
+        DEV(dX2, hx, (size_t)hc * rows * 4);
+        DEV(dpc, hx + (size_t)hc * rows, (size_t)(hc + hc * hc) * 4);
+        DEV(dy2, NULL, (size_t)rows * 4);
+        RUN(k_mhc_post(0, dX1, (const float *)dy, dpc, dpc + hc, 1, hc, rows));
+        ds4_tensor t1 = tensor(type, dw, K, rows, 1);
+        RUN(k_qlinear_post(0, &t1, (const float *)dx, dact, dy2, dX2, dpc, dpc + hc, hc));
+        bool same = cudaMemcpy(hx, dX1, (size_t)hc * rows * 4, cudaMemcpyDeviceToHost) == cudaSuccess &&
+                    cudaMemcpy(hx + nx, dX2, (size_t)hc * rows * 4, cudaMemcpyDeviceToHost) == cudaSuccess &&
+                    memcmp(hx, hx + nx, (size_t)hc * rows * 4) == 0 &&
+                    cudaMemcpy(hx, dy2, (size_t)rows * 4, cudaMemcpyDeviceToHost) == cudaSuccess &&
+                    memcmp(hx, y, (size_t)rows * 4) == 0;
+        free(hx);
+        if (!same) {
+            ds4_fail(err, "k_qlinear_post (%u rows of type %u): not the bits of k_qlinear and k_mhc_post", rows, type);
+            goto fail;
+        }
+    }
     if (quant && n_tok == 1 && groups == 1 && !xscale && rows >= 2) {
         /* the same rows as a pair of matrices (a third, the rest) in one
          * launch: the same bits as the single product */

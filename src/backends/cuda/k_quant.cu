@@ -654,7 +654,10 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
     }
 }
 
-template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args a, uint32_t rpw) {
+/* POST: the variant that ends in the mHC post step of 4 streams (a.mhc_X;
+ * its own instance, since the step's registers cost the other products
+ * occupancy) */
+template <uint32_t TYPE, int TT, bool POST = false> __global__ void qlinear_staged_kernel(qlin_args a, uint32_t rpw) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
     uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = blockIdx.y, bx = blockIdx.x;
@@ -679,7 +682,7 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_staged_kernel(qlin_args
             for (int tt = 0; tt < TT; tt++)
                 if (tt < nt && lane == tt) {
                     a.y[(uint64_t)(t0 + tt) * a.y_stride + g * a.n_rows + r0 + i] = acc[0][tt];
-                    if (TT == 1 && a.mhc_X) mhc_post_at(a.mhc_X, acc[0][0], a.mhc_post, a.mhc_comb, a.hc, (uint32_t)a.n_rows, 0, r0 + i);
+                    if (POST) mhc_post_at<4>(a.mhc_X, acc[0][0], a.mhc_post, a.mhc_comb, a.hc, (uint32_t)a.n_rows, 0, r0 + i);
                 }
         });
     }
@@ -722,7 +725,10 @@ template <uint32_t TYPE> static void launch_qlinear(qlin_args a, cudaStream_t st
     a.blocks1 = UINT32_MAX; /* one matrix */
     if (stageable<TYPE>(a.w, a.row_bytes, a.act_row)) {
         if (a.n_tok == 1)
-            launch_staged(qlinear_staged_kernel<TYPE, 1>, staged_smem<TYPE, 1, 1>(a.act_row), a.n_rows, a.groups, true, a, st);
+            if (a.mhc_X)
+                launch_staged(qlinear_staged_kernel<TYPE, 1, true>, staged_smem<TYPE, 1, 1>(a.act_row), a.n_rows, a.groups, true, a, st);
+            else
+                launch_staged(qlinear_staged_kernel<TYPE, 1>, staged_smem<TYPE, 1, 1>(a.act_row), a.n_rows, a.groups, true, a, st);
         else
             launch_staged(qlinear_staged_kernel<TYPE, 4>, staged_smem<TYPE, 4, 1>(a.act_row), a.n_rows, a.groups, false, a, st);
         return;
@@ -783,7 +789,7 @@ cudaError_t k_qlinear_post(cudaStream_t st, const ds4_tensor *w, const float *x,
     }
 #undef ST
     cudaError_t e = cudaSuccess;
-    if (!staged || hc > K_MAX_HC) { /* two launches */
+    if (!staged || hc != 4) { /* two launches (one: the published 4 streams) */
         e = k_qlinear(st, w, 0, E, 1, 0, x, K, NULL, 1, y, E, act);
         return e != cudaSuccess ? e : k_mhc_post(st, X, y, post, comb, 1, hc, E);
     }

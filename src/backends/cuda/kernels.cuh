@@ -82,7 +82,8 @@ cudaError_t k_qlinear_pair(cudaStream_t st, const ds4_tensor *w1, float *y1, con
 /* One token through a quantized matrix of E rows (all of them, into y),
  * then the mHC post step of the hc streams X of width E with that output
  * (k_mhc_post): in one launch where the staged kernel takes the matrix
- * (each column's post step as k_mhc_post computes it), else two. */
+ * and hc is 4 (each column's post step as k_mhc_post computes it), else
+ * two. */
 cudaError_t k_qlinear_post(cudaStream_t st, const ds4_tensor *w, const float *x, void *act, float *y, float *X,
                            const float *post, const float *comb, uint32_t hc);
 /* Tensor-core versions (k_mmq.cu) that k_qlinear, k_qffn_up and

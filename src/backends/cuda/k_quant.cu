@@ -332,6 +332,34 @@ template <uint32_t TYPE> struct act_of {
     static constexpr uint32_t BYTES = TYPE == GGML_TYPE_Q8_0 || TYPE == GGML_TYPE_MXFP4 ? 34 : 292;
 };
 
+/* The 32-value formats' lane loop of qdot_range: lane l takes block b0 + l
+ * of each step of 32 (dot(m, tt, b): its float result for matrix m and
+ * act row tt), the results are summed over 8 lanes by a butterfly and the
+ * four sums added to acc in lane-group order. */
+template <int TT, int NM, class Dot>
+__device__ __forceinline__ void lane_blocks(uint32_t nb, int nt, float (*acc)[TT], Dot dot) {
+    uint32_t lane = threadIdx.x & 31;
+    for (uint32_t b0 = 0; b0 < nb; b0 += 32) {
+        uint32_t b = b0 + lane;
+#pragma unroll
+        for (int m = 0; m < NM; m++) {
+#pragma unroll
+            for (int tt = 0; tt < TT; tt++) {
+                if (tt >= nt) continue;
+                float t = b < nb ? dot(m, tt, b) : 0.0f;
+                t += __shfl_xor_sync(0xffffffffu, t, 1);
+                t += __shfl_xor_sync(0xffffffffu, t, 2);
+                t += __shfl_xor_sync(0xffffffffu, t, 4);
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    float v = __shfl_sync(0xffffffffu, t, 8 * q);
+                    if (b0 + 8 * q < nb) acc[m][tt] += v;
+                }
+            }
+        }
+    }
+}
+
 /* Adds blocks [0, nb) of a row against act rows ar[tt] to acc[m][tt], in
  * the order every quantized product of this backend uses (k_mmq.cu too,
  * docs/NUMERICS.md): 256-value steps in ascending order, a Q8_0 step being
@@ -380,26 +408,9 @@ __device__ __forceinline__ void qdot_range(const uint8_t *wrow, uint32_t nb, con
             }
         }
     } else {
-        for (uint32_t b0 = 0; b0 < nb; b0 += 32) {
-            uint32_t b = b0 + lane;
-#pragma unroll
-            for (int m = 0; m < NM; m++) {
-                const uint8_t *wb = wrow + m * mstride + (uint64_t)b * qb<TYPE>::BYTES;
-#pragma unroll
-                for (int tt = 0; tt < TT; tt++) {
-                    if (tt >= nt) continue;
-                    float t = b < nb ? qb<TYPE>::dot(wb, ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES) : 0.0f;
-                    t += __shfl_xor_sync(0xffffffffu, t, 1);
-                    t += __shfl_xor_sync(0xffffffffu, t, 2);
-                    t += __shfl_xor_sync(0xffffffffu, t, 4);
-#pragma unroll
-                    for (int q = 0; q < 4; q++) {
-                        float v = __shfl_sync(0xffffffffu, t, 8 * q);
-                        if (b0 + 8 * q < nb) acc[m][tt] += v;
-                    }
-                }
-            }
-        }
+        lane_blocks<TT, NM>(nb, nt, acc, [&](int m, int tt, uint32_t b) {
+            return qb<TYPE>::dot(wrow + m * mstride + (uint64_t)b * qb<TYPE>::BYTES, ar[tt] + (uint64_t)b * act_of<TYPE>::BYTES);
+        });
     }
 }
 template <uint32_t TYPE, int TT>
@@ -437,27 +448,10 @@ __device__ __forceinline__ float q8_0_dot_split(const uint8_t *w, const int8_t *
 template <int TT, int NM>
 __device__ __forceinline__ void qdot_range_q8s(const uint8_t *wrow, uint32_t nb, const int8_t *const *aq, const float *const *ad,
                                                int nt, float (*acc)[TT], uint64_t mstride) {
-    int lane = threadIdx.x & 31;
-    for (uint32_t b0 = 0; b0 < nb; b0 += 32) {
-        uint32_t b = b0 + lane;
-#pragma unroll
-        for (int m = 0; m < NM; m++) {
-            const uint8_t *wb = wrow + m * mstride + (uint64_t)b * qb<GGML_TYPE_Q8_0>::BYTES;
-#pragma unroll
-            for (int tt = 0; tt < TT; tt++) {
-                if (tt >= nt) continue;
-                float t = b < nb ? q8_0_dot_split(wb, aq[tt] + (uint64_t)b * DS4_QK8_0, ad[tt][b]) : 0.0f;
-                t += __shfl_xor_sync(0xffffffffu, t, 1);
-                t += __shfl_xor_sync(0xffffffffu, t, 2);
-                t += __shfl_xor_sync(0xffffffffu, t, 4);
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    float v = __shfl_sync(0xffffffffu, t, 8 * q);
-                    if (b0 + 8 * q < nb) acc[m][tt] += v;
-                }
-            }
-        }
-    }
+    lane_blocks<TT, NM>(nb, nt, acc, [&](int m, int tt, uint32_t b) {
+        return q8_0_dot_split(wrow + m * mstride + (uint64_t)b * qb<GGML_TYPE_Q8_0>::BYTES, aq[tt] + (uint64_t)b * DS4_QK8_0,
+                              ad[tt][b]);
+    });
 }
 
 /* ---- staging through shared memory ----------------------------------------------
@@ -773,21 +767,24 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
     return LAUNCH_STATUS();
 }
 
+/* Whether the staged kernels take w's rows against activation rows of
+ * act_row bytes (stageable for w's type). */
+static bool stageable_rows(const ds4_tensor *w, uint64_t act_row) {
+    switch (w->type) {
+    case GGML_TYPE_Q8_0: return stageable<GGML_TYPE_Q8_0>(w->data, w->row_bytes, act_row);
+    case GGML_TYPE_Q2_K: return stageable<GGML_TYPE_Q2_K>(w->data, w->row_bytes, act_row);
+    case GGML_TYPE_Q4_K: return stageable<GGML_TYPE_Q4_K>(w->data, w->row_bytes, act_row);
+    case GGML_TYPE_IQ2_XXS: return stageable<GGML_TYPE_IQ2_XXS>(w->data, w->row_bytes, act_row);
+    case GGML_TYPE_MXFP4: return stageable<GGML_TYPE_MXFP4>(w->data, w->row_bytes, act_row);
+    default: return false;
+    }
+}
+
 cudaError_t k_qlinear_post(cudaStream_t st, const ds4_tensor *w, const float *x, void *act, float *y, float *X,
                            const float *post, const float *comb, uint32_t hc) {
     uint32_t K = (uint32_t)w->ne[0], E = (uint32_t)w->ne[1];
     uint64_t act_row = k_act_row_bytes(w->type, K);
-    bool staged = false;
-#define ST(T) staged = stageable<T>(w->data, w->row_bytes, act_row)
-    switch (w->type) {
-    case GGML_TYPE_Q8_0: ST(GGML_TYPE_Q8_0); break;
-    case GGML_TYPE_Q2_K: ST(GGML_TYPE_Q2_K); break;
-    case GGML_TYPE_Q4_K: ST(GGML_TYPE_Q4_K); break;
-    case GGML_TYPE_IQ2_XXS: ST(GGML_TYPE_IQ2_XXS); break;
-    case GGML_TYPE_MXFP4: ST(GGML_TYPE_MXFP4); break;
-    default: break;
-    }
-#undef ST
+    bool staged = stageable_rows(w, act_row);
     cudaError_t e = cudaSuccess;
     if (!staged || hc != 4) { /* two launches (one: the published 4 streams) */
         e = k_qlinear(st, w, 0, E, 1, 0, x, K, NULL, 1, y, E, act);
@@ -808,17 +805,7 @@ cudaError_t k_qlinear_pair(cudaStream_t st, const ds4_tensor *w1, float *y1, con
     uint32_t K = (uint32_t)w1->ne[0];
     bool one = w2->type == w1->type && w2->ne[0] == w1->ne[0] && w2->row_bytes == w1->row_bytes;
     uint64_t act_row = k_act_row_bytes(w1->type, K);
-    bool staged = false;
-#define ST(T) staged = stageable<T>(w1->data, w1->row_bytes, act_row) && stageable<T>(w2->data, w2->row_bytes, act_row)
-    switch (w1->type) {
-    case GGML_TYPE_Q8_0: ST(GGML_TYPE_Q8_0); break;
-    case GGML_TYPE_Q2_K: ST(GGML_TYPE_Q2_K); break;
-    case GGML_TYPE_Q4_K: ST(GGML_TYPE_Q4_K); break;
-    case GGML_TYPE_IQ2_XXS: ST(GGML_TYPE_IQ2_XXS); break;
-    case GGML_TYPE_MXFP4: ST(GGML_TYPE_MXFP4); break;
-    default: break;
-    }
-#undef ST
+    bool staged = stageable_rows(w1, act_row) && stageable_rows(w2, act_row);
     if (!one || !staged) { /* two launches, the second on the first's activations */
         cudaError_t e = k_qlinear(st, w1, 0, w1->ne[1], 1, 0, x, K, NULL, 1, y1, w1->ne[1], act);
         return e != cudaSuccess ? e

@@ -139,18 +139,27 @@ cudaError_t k_comp_frontier(cudaStream_t st, const comp_op *op) {
 
 /* ---- indexer ------------------------------------------------------------------ */
 
-#define IDX_KEYS 32 /* keys per block */
+#define IDX_KEYS 32     /* keys per block */
+#define IDX_THREADS 256 /* 8 warps: phase one has IDX_KEYS x heads dot products */
 
-/* Block: 32 keys x 4 head groups. Thread (key kk, group g) sums heads
- * g, g+4, ...; the four group sums are then added in a fixed order. */
-__global__ void idx_scores_kernel(const float *iq, const float *iw, uint32_t IH, uint32_t d, const float *keys,
-                                  uint64_t pos0, uint32_t topk, float *scores, uint64_t stride) {
+/* Block: 32 keys. Phase one: every (head, key) dot product over the head
+ * dim in order, a thread a key and heads w, w + 8, ... (w its warp: the
+ * warp reads one head's q, broadcast, and 32 keys' rows, padded against
+ * bank conflicts), kept in shared memory; one thread had run 16 of them
+ * back to back (42 us a decode step at 2K context, 18 blocks). Phase two:
+ * thread (key kk, group g), g < 4, sums heads g, g+4, ... in order; the
+ * four group sums are then added in a fixed order. Same operations in the
+ * same order as before: the same bits. */
+__global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq, const float *iw, uint32_t IH, uint32_t d,
+                                                                 const float *keys, uint64_t pos0, uint32_t topk,
+                                                                 float *scores, uint64_t stride) {
     pdl_enter();
     extern __shared__ float sm[];
-    float *q = sm;                            /* IH x d */
-    float *kt = q + (size_t)IH * d;           /* IDX_KEYS x (d + 1) */
+    float *q = sm;                               /* IH x d */
+    float *kt = q + (size_t)IH * d;              /* IDX_KEYS x (d + 1) */
     float *wt = kt + (size_t)IDX_KEYS * (d + 1); /* IH */
-    float *part = wt + IH;                    /* 4 x IDX_KEYS */
+    float *part = wt + IH;                       /* 4 x IDX_KEYS */
+    float *dots = part + 4 * IDX_KEYS;           /* IH x IDX_KEYS */
     uint32_t t = blockIdx.y;
     uint64_t n_vis = (pos0 + t + 1) / 4;
     uint64_t w0 = (uint64_t)blockIdx.x * IDX_KEYS;
@@ -165,16 +174,34 @@ __global__ void idx_scores_kernel(const float *iq, const float *iw, uint32_t IH,
         kt[kk * (d + 1) + c] = w < n_vis ? keys[w * d + c] : 0.0f;
     }
     __syncthreads();
-    uint32_t kk = threadIdx.x % IDX_KEYS, g = threadIdx.x / IDX_KEYS;
-    float scale = 1.0f / sqrtf((float)d);
-    float s = 0;
-    for (uint32_t h = g; h < IH; h += 4) {
-        const float *qh = q + (size_t)h * d, *k = kt + kk * (d + 1);
-        float dot = 0;
-        for (uint32_t c = 0; c < d; c++) dot += qh[c] * k[c];
-        if (dot > 0) s += dot * scale * wt[h];
+    {
+        constexpr uint32_t HW = IDX_THREADS / IDX_KEYS; /* heads at a time */
+        uint32_t kk = threadIdx.x % IDX_KEYS, w = threadIdx.x / IDX_KEYS;
+        const float *k = kt + kk * (d + 1);
+        for (uint32_t h0 = 0; h0 < IH; h0 += 4 * HW) { /* four heads a thread at a time */
+            float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (uint32_t c = 0; c < d; c++) {
+                float kc = k[c];
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    if (h0 + w + j * HW < IH) dot[j] += q[(size_t)(h0 + w + j * HW) * d + c] * kc;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                if (h0 + w + j * HW < IH) dots[(h0 + w + j * HW) * IDX_KEYS + kk] = dot[j];
+        }
     }
-    part[g * IDX_KEYS + kk] = s;
+    __syncthreads();
+    if (threadIdx.x < 4 * IDX_KEYS) {
+        uint32_t kk = threadIdx.x % IDX_KEYS, g = threadIdx.x / IDX_KEYS;
+        float scale = 1.0f / sqrtf((float)d);
+        float s = 0;
+        for (uint32_t h = g; h < IH; h += 4) {
+            float dot = dots[h * IDX_KEYS + kk];
+            if (dot > 0) s += dot * scale * wt[h];
+        }
+        part[g * IDX_KEYS + kk] = s;
+    }
     __syncthreads();
     if (threadIdx.x < IDX_KEYS && w0 + threadIdx.x < n_vis) {
         float tot = ((part[threadIdx.x] + part[IDX_KEYS + threadIdx.x]) + part[2 * IDX_KEYS + threadIdx.x]) +
@@ -184,7 +211,7 @@ __global__ void idx_scores_kernel(const float *iq, const float *iw, uint32_t IH,
 }
 
 static size_t idx_smem(uint32_t IH, uint32_t d) {
-    return ((size_t)IH * d + (size_t)IDX_KEYS * (d + 1) + IH + 4 * IDX_KEYS) * sizeof(float);
+    return ((size_t)IH * d + (size_t)IDX_KEYS * (d + 1) + IH + 4 * IDX_KEYS + (size_t)IH * IDX_KEYS) * sizeof(float);
 }
 
 /* The opt-in shared memory limit is a per-function setting: raised once at
@@ -205,7 +232,7 @@ cudaError_t k_idx_scores(cudaStream_t st, const float *iq, const float *iw, uint
     if (n == 0 || n_vis_max <= topk) return cudaSuccess;
     size_t smem = idx_smem(n_head, d);
     if (smem > 48 * 1024 && smem > idx_smem_raised) return cudaErrorInvalidValue; /* k_idx_prepare first */
-    k_launch(idx_scores_kernel, dim3(div_up(n_vis_max, IDX_KEYS), n), 4 * IDX_KEYS, smem, st, iq, iw, n_head, d, keys, pos0, topk,
+    k_launch(idx_scores_kernel, dim3(div_up(n_vis_max, IDX_KEYS), n), IDX_THREADS, smem, st, iq, iw, n_head, d, keys, pos0, topk,
                                                                                        scores, score_stride);
     return LAUNCH_STATUS();
 }

@@ -98,9 +98,10 @@ cudaError_t k_mmq_ffn(cudaStream_t st, bool up, const ds4_tensor *w0, const ds4_
                       uint32_t n, uint32_t j0, uint32_t slots, const uint8_t *const *wtab, const void *act,
                       uint64_t act_rows, float limit, float *y, const uint8_t *tab);
 /* k_ffn_up / k_ffn_down for quantized expert (or shared expert) weights;
- * act holds n rows (up) or the h rows (down: n*k routed, n shared). Up
- * with x NULL: act already holds the n rows in the activation block
- * layout (k_quantize_act's). */
+ * act is the scratch for n rows (up) or the h rows (down: n*k routed, n
+ * shared). Up with x NULL: act already holds the n rows in the activation
+ * block layout (k_quantize_act's). Down leaves act undefined (a single
+ * token's kernel quantizes its h row in shared memory only). */
 cudaError_t k_qffn_up(cudaStream_t st, const ds4_tensor *gate, const ds4_tensor *up, const int32_t *grp, uint32_t k,
                       uint32_t n, uint32_t j0, uint32_t max_slots, const uint8_t *const *wtab, const float *x, float limit,
                       float *h, void *act);

@@ -947,7 +947,6 @@ typedef struct fwd {
     void *act;       /* and its activation scratch */
     bool y_q8;       /* act holds s->y as Q8_0 rows (made by the mHC finish step), for q_a */
     bool y_q8k;      /* act holds s->y as Q8_K rows (the same), for the routed experts' gate and up */
-    bool post_done;  /* the attention's output has gone through the mHC post step already */
 } fwd;
 
 /* f's work continued on side lane i, after everything queued on f so far
@@ -1186,7 +1185,7 @@ static int compressor(fwd *f, const ds4_compressor_weights *cw, gpu_comp *c, uin
     return 0;
 }
 
-/* ds4_attention: x = s->y (n x E) -> s->o. */
+/* ds4_attention: x = s->y (n x E) -> s->o, then the mHC post step of the layer's streams s->X. */
 static int attention(fwd *f, uint32_t il) {
     ds4_gpu_session *s = f->s;
     const ds4_hparams *hp = f->hp;
@@ -1309,12 +1308,13 @@ static int attention(fwd *f, uint32_t il) {
     uint64_t gin = qdim / hp->o_groups, glow = (uint64_t)hp->o_groups * hp->o_lora;
     prof_mark(f->s, "out_proj");
     CU(lin(f, &lw->out_a, 0, hp->o_lora, hp->o_groups, gin, s->att, qdim, NULL, n, s->low, glow));
+    prof_mark(s, "mhc_post");
     if (n == 1 && k_quant_type(lw->out_b.type)) {
         /* one token: out_b's rows go straight into the mHC post step */
         CU(k_qlinear_post(f->st, &lw->out_b, s->low, f->act, s->o, s->X, s->post, s->comb, hp->hc));
-        f->post_done = true;
     } else {
         CU(lin(f, &lw->out_b, 0, E, 1, 0, s->low, glow, NULL, n, s->o, E));
+        CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hp->hc, E));
     }
     return 0;
 }
@@ -1363,7 +1363,7 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
                    ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     const ds4_weights *w = &s->g->w;
-    fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act, false, false, false};
+    fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act, false, false};
     cudaStream_t st = s->st;
     uint32_t E = hp->n_embd, hc = hp->hc;
     CU(cudaMemcpyAsync(s->tok, tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
@@ -1375,10 +1375,7 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
          * the launch of q_a's own quantizer saved */
         f.y_q8 = n == 1 && lw->q_a.type == GGML_TYPE_Q8_0 && E % 32 == 0; /* whole Q8_0 blocks */
         if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0, vec(&lw->attn_norm), f.y_q8 ? (uint8_t *)f.act : NULL, NULL)) return -1;
-        f.post_done = false;
         if (attention(&f, il)) return ds4_fail_prefix(err, "layer %u attention", il);
-        prof_mark(s, "mhc_post");
-        if (!f.post_done) CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hc, E));
         /* one token, experts resident: the finish step also writes y's Q8_K
          * row for the routed experts' gate and up (their quantizer's launch
          * saved); nothing between uses the activation scratch when the

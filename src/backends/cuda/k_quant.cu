@@ -627,6 +627,21 @@ typedef struct qlin_args {
     uint32_t hc;
 } qlin_args;
 
+/* qlin_args for n_tok tokens through rows [r0, r0 + n_rows) of w (times
+ * groups) with act holding their activations; no second matrix, no post
+ * step. */
+static qlin_args qlin_of(const ds4_tensor *w, uint64_t r0, uint64_t n_rows, uint32_t groups, uint32_t n_tok, const void *act,
+                         float *y, uint64_t y_stride) {
+    qlin_args a;
+    memset(&a, 0, sizeof a);
+    uint32_t K = (uint32_t)w->ne[0];
+    a.w = w->data, a.row_bytes = w->row_bytes, a.r0 = r0, a.n_rows = n_rows;
+    a.nb = K / (act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0), a.groups = groups, a.n_tok = n_tok;
+    a.act = (const uint8_t *)act, a.act_row = k_act_row_bytes(w->type, K), a.y = y, a.y_stride = y_stride;
+    a.blocks1 = UINT32_MAX;
+    return a;
+}
+
 template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
     pdl_enter();
     uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
@@ -714,9 +729,8 @@ template <uint32_t TYPE> static void launch_qlinear_pair(qlin_args a, cudaStream
     k_launch(kernel, dim3(blocks, 1), 32 * ROWS_PER_BLOCK, smem, st, a, rpw);
 }
 
-template <uint32_t TYPE> static void launch_qlinear(qlin_args a, cudaStream_t st) {
+template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStream_t st) {
     dim3 grid(div_up(a.n_rows, ROWS_PER_BLOCK), a.groups);
-    a.blocks1 = UINT32_MAX; /* one matrix */
     if (stageable<TYPE>(a.w, a.row_bytes, a.act_row)) {
         if (a.n_tok == 1)
             if (a.mhc_X)
@@ -758,9 +772,7 @@ cudaError_t k_qlinear(cudaStream_t st, const ds4_tensor *w, uint64_t r0, uint64_
         e = k_quantize_act(st, w->type, x, x_stride, x_group, xscale, K, groups, n_tok, act);
         if (e != cudaSuccess) return e;
     }
-    uint32_t qk = act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0;
-    qlin_args a = {w->data, w->row_bytes, r0, n_rows, K / qk, groups, n_tok, (const uint8_t *)act,
-                   k_act_row_bytes(w->type, K), y, y_stride, nullptr, 0, nullptr, UINT32_MAX, nullptr, nullptr, nullptr, 0};
+    qlin_args a = qlin_of(w, r0, n_rows, groups, n_tok, act, y, y_stride);
 #define QL(T) launch_qlinear<T>(a, st)
     QTYPE_SWITCH(w->type, QL)
 #undef QL
@@ -791,9 +803,8 @@ cudaError_t k_qlinear_post(cudaStream_t st, const ds4_tensor *w, const float *x,
         return e != cudaSuccess ? e : k_mhc_post(st, X, y, post, comb, 1, hc, E);
     }
     if (x && (e = k_quantize_act(st, w->type, x, K, 0, NULL, K, 1, 1, act)) != cudaSuccess) return e;
-    uint32_t qk = act_is_q8k(w->type) ? DS4_QK_K : DS4_QK8_0;
-    qlin_args a = {w->data, w->row_bytes, 0, E, K / qk, 1, 1, (const uint8_t *)act, act_row, y, E,
-                   nullptr, 0, nullptr, UINT32_MAX, X, post, comb, hc};
+    qlin_args a = qlin_of(w, 0, E, 1, 1, act, y, E);
+    a.mhc_X = X, a.mhc_post = post, a.mhc_comb = comb, a.hc = hc;
 #define QL(T) launch_qlinear<T>(a, st)
     QTYPE_SWITCH(w->type, QL)
 #undef QL
@@ -816,9 +827,8 @@ cudaError_t k_qlinear_pair(cudaStream_t st, const ds4_tensor *w1, float *y1, con
         cudaError_t e = k_quantize_act(st, w1->type, x, K, 0, NULL, K, 1, 1, act);
         if (e != cudaSuccess) return e;
     }
-    uint32_t qk = act_is_q8k(w1->type) ? DS4_QK_K : DS4_QK8_0;
-    qlin_args a = {w1->data, w1->row_bytes, 0, w1->ne[1], K / qk, 1, 1, (const uint8_t *)act, act_row, y1, w1->ne[1],
-                   w2->data, w2->ne[1], y2, 0, nullptr, nullptr, nullptr, 0};
+    qlin_args a = qlin_of(w1, 0, w1->ne[1], 1, 1, act, y1, w1->ne[1]);
+    a.w2 = w2->data, a.n_rows2 = w2->ne[1], a.y2 = y2;
 #define QP(T) launch_qlinear_pair<T>(a, st)
     QTYPE_SWITCH(w1->type, QP)
 #undef QP

@@ -1308,12 +1308,12 @@ static int attention(fwd *f, uint32_t il) {
     uint64_t gin = qdim / hp->o_groups, glow = (uint64_t)hp->o_groups * hp->o_lora;
     prof_mark(f->s, "out_proj");
     CU(lin(f, &lw->out_a, 0, hp->o_lora, hp->o_groups, gin, s->att, qdim, NULL, n, s->low, glow));
-    prof_mark(s, "mhc_post");
     if (n == 1 && k_quant_type(lw->out_b.type)) {
         /* one token: out_b's rows go straight into the mHC post step */
         CU(k_qlinear_post(f->st, &lw->out_b, s->low, f->act, s->o, s->X, s->post, s->comb, hp->hc));
     } else {
         CU(lin(f, &lw->out_b, 0, E, 1, 0, s->low, glow, NULL, n, s->o, E));
+        prof_mark(s, "mhc_post");
         CU(k_mhc_post(st, s->X, s->o, s->post, s->comb, n, hp->hc, E));
     }
     return 0;

@@ -281,17 +281,33 @@ __global__ void idx_topk_kernel(const float *scores, uint64_t stride, uint64_t p
             if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1u);
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            uint32_t acc = 0, dgt = 0;
-            for (int b = 255; b >= 0; b--) {
-                if (acc + hist[b] >= need) {
-                    dgt = (uint32_t)b;
-                    break;
-                }
-                acc += hist[b];
+        if (threadIdx.x < 32) { /* warp 0: the digit of the need-th best key, from the top bin down */
+            uint32_t lane = threadIdx.x, cnt[8], tot = 0;
+#pragma unroll
+            for (int j = 0; j < 8; j++) tot += cnt[j] = hist[255 - 8 * lane - j]; /* lane l: bins 255-8l .. 248-8l */
+            uint32_t above = tot; /* keys in the bins of lanes 0..lane */
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                uint32_t v = __shfl_up_sync(0xffffffffu, above, o);
+                if (lane >= (uint32_t)o) above += v;
             }
-            s_digit = dgt;
-            s_need = need - acc;
+            above -= tot; /* ... of lanes before this one */
+            /* the first lane whose bins reach need holds the digit */
+            uint32_t hit = __ballot_sync(0xffffffffu, above < need && above + tot >= need);
+            uint32_t all = __shfl_sync(0xffffffffu, above + tot, 31);
+            if (hit && lane == (uint32_t)(__ffs(hit) - 1)) {
+                uint32_t acc = above, jf = 0;
+                bool found = false;
+#pragma unroll
+                for (uint32_t j = 0; j < 8; j++) { /* the serial scan's steps within the lane's bins */
+                    if (found) continue;
+                    if (acc + cnt[j] >= need) found = true, jf = j;
+                    else acc += cnt[j];
+                }
+                s_digit = 255u - 8u * lane - jf;
+                s_need = need - acc;
+            }
+            if (!hit && lane == 0) s_digit = 0, s_need = need - all; /* as the serial scan ends (never: need <= keys) */
         }
         __syncthreads();
         prefix |= s_digit << shift;

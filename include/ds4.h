@@ -172,6 +172,13 @@ uint64_t ds4_session_state_bytes(const ds4_session *s);
 
 int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, ds4_error *err);
 const float *ds4_session_logits(const ds4_session *s);
+/* ds4_session_eval whose result is the greedy pick: next = the first
+ * maximum among the last token's first n_cand finite logits (0: all; as
+ * ds4_argmax). On CUDA the pick is made on the device and a decode step
+ * copies one index to the host instead of the logits; ds4_session_logits
+ * still gives the logits (fetched from the device when asked for). */
+int ds4_session_eval_pick(ds4_session *s, const int32_t *tokens, uint32_t n, uint32_t n_cand, int32_t *next,
+                          ds4_error *err);
 
 #ifdef __cplusplus
 }

@@ -58,6 +58,14 @@ int ds4_gpu_session_copy(ds4_gpu_session *dst, const ds4_gpu_session *src, ds4_e
  * the last token's n_vocab. */
 int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
                     ds4_error *err);
+/* ds4_gpu_forward whose result is the greedy pick only: next = ds4_argmax
+ * of the last token's first n_cand logits (0: all), found on the device,
+ * so a decode step copies one index to the host instead of n_vocab floats.
+ * The logits stay on the device for ds4_gpu_last_logits. */
+int ds4_gpu_forward_pick(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t n_cand,
+                         int32_t *next, ds4_error *err);
+/* The last token's logits of the latest forward call (n_vocab floats). */
+int ds4_gpu_last_logits(ds4_gpu_session *s, float *out, ds4_error *err);
 
 #ifdef __cplusplus
 }

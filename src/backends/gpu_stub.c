@@ -59,6 +59,15 @@ int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, ui
     (void)s, (void)official, (void)tokens, (void)n, (void)logits, (void)all_logits;
     return ds4_fail(err, NO_CUDA);
 }
+int ds4_gpu_forward_pick(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t n_cand,
+                         int32_t *next, ds4_error *err) {
+    (void)s, (void)official, (void)tokens, (void)n, (void)n_cand, (void)next;
+    return ds4_fail(err, NO_CUDA);
+}
+int ds4_gpu_last_logits(ds4_gpu_session *s, float *out, ds4_error *err) {
+    (void)s, (void)out;
+    return ds4_fail(err, NO_CUDA);
+}
 
 #else
 /* The CUDA build links src/backends/cuda/ instead; keep the unit non-empty. */

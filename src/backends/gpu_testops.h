@@ -66,6 +66,8 @@ int ds4_gpu_test_attention(const float *q, const float *kv, const float *ring, c
                            uint32_t part_slots, float *out, ds4_error *err);
 
 /* Routing (tid2eid may be NULL: top-k with optional bias). */
+/* k_argmax over n floats. */
+int ds4_gpu_test_argmax(const float *x, uint32_t n, int32_t *out, ds4_error *err);
 int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_expert, uint32_t k, const int32_t *tokens,
                        const int32_t *tid2eid, uint32_t n_vocab, const float *bias, float scale, int32_t *ids, float *wts,
                        ds4_error *err);

@@ -1,4 +1,5 @@
 /* The public engine API (include/ds4.h): model loading and sessions. */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 #include "compute/forward.h"
 #include "compute/linear.h"
 #include "ds4.h"
+#include "ds4_sampler.h"
 #include "engine/model.h"
 #include "engine/sidecar_mode.h"
 #include "formats/ggml_types.h"
@@ -22,6 +24,9 @@ struct ds4_session {
     ds4_workspace *ws;     /* CPU sessions */
     ds4_gpu_session *gpu;  /* CUDA sessions */
     float *logits; /* n_vocab: last position */
+    /* CUDA sessions after ds4_session_eval_pick: the last logits are still
+     * on the device; ds4_session_logits fetches them on first use */
+    bool logits_on_device;
 };
 
 const char *ds4_backend_name(ds4_backend b) {
@@ -299,10 +304,23 @@ void ds4_session_free(ds4_session *s) {
 
 uint32_t ds4_session_pos(const ds4_session *s) { return s->gpu ? ds4_gpu_session_pos(s->gpu) : s->state.pos; }
 void ds4_session_reset(ds4_session *s) {
+    s->logits_on_device = false;
     if (s->gpu) ds4_gpu_session_reset(s->gpu);
     else ds4_state_reset(&s->state);
 }
-const float *ds4_session_logits(const ds4_session *s) { return s->logits; }
+const float *ds4_session_logits(const ds4_session *s) {
+    if (s->logits_on_device) {
+        /* a cache of the session's own state: filling it changes nothing the caller can see */
+        ds4_session *ms = (ds4_session *)s;
+        ds4_error err = {{0}};
+        ms->logits_on_device = false;
+        if (ds4_gpu_last_logits(s->gpu, ms->logits, &err)) {
+            fprintf(stderr, "ds4: the last logits: %s\n", err.msg);
+            for (uint32_t v = 0; v < s->m->hp.n_vocab; v++) ms->logits[v] = NAN; /* not silently stale */
+        }
+    }
+    return s->logits;
+}
 
 int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, ds4_error *err) {
     const ds4_net *net = &s->m->net;
@@ -324,9 +342,33 @@ int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *a
         done += len;
     }
     if (s->m->eval_lock_init) pthread_mutex_unlock(&s->m->eval_lock);
+    s->logits_on_device = false;
     if (rc) return -1;
     if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * V, V * sizeof(float));
     return 0;
+}
+
+int ds4_session_eval_pick(ds4_session *s, const int32_t *tokens, uint32_t n, uint32_t n_cand, int32_t *next,
+                          ds4_error *err) {
+    uint32_t V = s->m->hp.n_vocab;
+    if (n_cand == 0 || n_cand > V) n_cand = V;
+    if (!s->gpu) {
+        if (ds4_session_eval(s, tokens, n, NULL, err)) return -1;
+        *next = ds4_argmax(s->logits, n_cand);
+        return 0;
+    }
+    bool official = s->opts.numerics == DS4_NUMERICS_OFFICIAL;
+    uint32_t chunk = s->opts.prefill_chunk ? s->opts.prefill_chunk : n;
+    if (s->m->eval_lock_init) pthread_mutex_lock(&s->m->eval_lock);
+    int rc = 0;
+    for (uint32_t done = 0; done < n && rc == 0;) {
+        uint32_t len = n - done < chunk ? n - done : chunk;
+        if (ds4_gpu_forward_pick(s->gpu, official, tokens + done, len, n_cand, next, err)) rc = -1;
+        done += len;
+    }
+    if (s->m->eval_lock_init) pthread_mutex_unlock(&s->m->eval_lock);
+    s->logits_on_device = rc == 0 && n > 0;
+    return rc;
 }
 
 int ds4_session_copy_state(ds4_session *dst, const ds4_session *src, ds4_error *err) {
@@ -339,7 +381,8 @@ int ds4_session_copy_state(ds4_session *dst, const ds4_session *src, ds4_error *
     } else if (ds4_state_copy(&dst->state, &src->state, err)) {
         return -1;
     }
-    memcpy(dst->logits, src->logits, (size_t)src->m->hp.n_vocab * sizeof(float));
+    memcpy(dst->logits, ds4_session_logits(src), (size_t)src->m->hp.n_vocab * sizeof(float));
+    dst->logits_on_device = false;
     return 0;
 }
 

@@ -23,6 +23,7 @@ int main(void) { return test_gpu_unavailable("this build has no CUDA (build and 
 #include "compute/mhc.h"
 #include "compute/ops.h"
 #include "formats/ggml_types.h"
+#include "ds4_sampler.h"
 #include "util/half.h"
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
@@ -723,6 +724,32 @@ static void test_route(void) {
     free(logits), free(bias), free(tab);
 }
 
+/* The device greedy pick against ds4_argmax: vocabulary-sized and small
+ * rows, the maximum repeated (the first must win, wherever the copies fall
+ * in the kernel's strided shares), NaN and infinities skipped, and a row
+ * with no finite value (index 0). */
+static void test_argmax(void) {
+    const uint32_t sizes[] = {1, 5, 33, 1024, 1025, 4099, 129280};
+    for (size_t c = 0; c < sizeof sizes / sizeof *sizes; c++) {
+        uint32_t n = sizes[c];
+        float *x = randv(n, 3.0f);
+        for (int mode = 0; mode < 4; mode++) {
+            if (mode == 1 && n > 3) x[n - 1] = x[n / 3] = x[2] = 50.0f; /* ties: index 2 first */
+            if (mode == 2) {
+                for (uint32_t i = 0; i < n; i += 7) x[i] = NAN;
+                for (uint32_t i = 3; i < n; i += 11) x[i] = INFINITY;
+                if (n > 5) x[5] = -INFINITY;
+            }
+            if (mode == 3)
+                for (uint32_t i = 0; i < n; i++) x[i] = i % 2 ? NAN : INFINITY;
+            int32_t got = -7, want = ds4_argmax(x, n);
+            GPU(ds4_gpu_test_argmax(x, n, &got, E_));
+            CHECKF(got == want, "argmax over %u values (mode %d): %d, ds4_argmax %d", n, mode, got, want);
+        }
+        free(x);
+    }
+}
+
 /* The MoE grouping against a plain one: chunks of 1 to 2048 tokens with 6
  * of 256 (or 16 of 1024) experts each, routing skewed to a few experts so
  * that some are unused and some take many entries across the kernel's
@@ -936,6 +963,7 @@ int main(void) {
     test_indexer();
     test_attention();
     test_route();
+    test_argmax();
     test_group();
     test_moe();
     test_moe_quant();

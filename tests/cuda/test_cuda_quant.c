@@ -29,6 +29,7 @@ int main(void) { return test_gpu_unavailable("this build has no CUDA (build and 
 #include <math.h>
 
 #include "ds4.h"
+#include "ds4_sampler.h"
 #include "formats/ggml_types.h"
 #include "formats/gguf.h"
 #include "formats/quant.h"
@@ -170,6 +171,30 @@ int main(void) {
                    ggml_type_name(types[ti]), num ? "official" : "hf", med, p90, mx);
             CHECKF(finite, "%s: non-finite CUDA logits", ggml_type_name(types[ti]));
             CHECKF(med < 5e-2 && p90 < 0.15, "%s: CUDA vs CPU median %.3g, p90 %.3g", ggml_type_name(types[ti]), med, p90);
+            if (num == 0) {
+                /* greedy picks made on the device: the prompt's pick is
+                 * ds4_argmax of its last logits, which stay readable bit
+                 * for bit; 16 steps fed their own picks give the tokens the
+                 * host picks from a session fed the same way; a pick among
+                 * the first V / 2 logits is theirs */
+                ds4_session *pk = ds4_session_new(m, &sg, &err);
+                CHECKF(pk != NULL, "%s", err.msg);
+                int32_t next = -1;
+                const float *last = lg + (size_t)(n - 1) * V;
+                CHECKF(pk && ds4_session_eval_pick(pk, toks, (uint32_t)n, 0, &next, &err) == 0, "%s", err.msg);
+                CHECKF(next == ds4_argmax(last, V), "device pick %d, ds4_argmax %d", next, ds4_argmax(last, V));
+                CHECKF(pk && !memcmp(ds4_session_logits(pk), last, (size_t)V * 4), "logits after a pick differ");
+                int32_t a = next, b = next;
+                for (int k = 0; pk && k < 16 && !test_failures; k++) {
+                    CHECKF(ds4_session_eval(gpu, &a, 1, NULL, &err) == 0, "%s", err.msg);
+                    a = ds4_argmax(ds4_session_logits(gpu), V);
+                    CHECKF(ds4_session_eval_pick(pk, &b, 1, k % 2 ? V / 2 : 0, &b, &err) == 0, "%s", err.msg);
+                    int32_t want = k % 2 ? ds4_argmax(ds4_session_logits(gpu), V / 2) : a;
+                    CHECKF(b == want, "greedy step %d: device pick %d, host pick %d", k, b, want);
+                    a = b;
+                }
+                ds4_session_free(pk);
+            }
             ds4_session_free(cpu);
             ds4_session_free(gpu);
             ds4_session_free(g7);

@@ -1,6 +1,6 @@
 /* ds4-bench: prefill and decode speed at growing context frontiers.
  * For each frontier the session is extended by the new interval (timed
- * prefill), snapshotted, a fixed greedy generation is timed, and the
+ * prefill), snapshotted, a greedy generation of fixed length is timed, and the
  * snapshot is restored. One CSV row per frontier. */
 #include <errno.h>
 #include <math.h>
@@ -104,13 +104,13 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
     }
     int32_t *toks = malloc(chunk * sizeof *toks);
     for (uint32_t i = 0; i < chunk; i++) toks[i] = (int32_t)((i * 2654435761u) % info->n_vocab);
+    /* greedy decoding as a user's would run: each step's pick is the next
+     * step's token, and only the pick comes back from the backend */
+    int32_t next = 0;
     double t0 = now_s();
-    int rc = ds4_session_eval(s, toks, chunk, NULL, &err);
+    int rc = ds4_session_eval_pick(s, toks, chunk, 0, &next, &err);
     double t1 = now_s();
-    for (uint32_t g = 0; rc == 0 && g < gen; g++) {
-        int32_t id = (int32_t)((g * 40503u + 17) % info->n_vocab);
-        rc = ds4_session_eval(s, &id, 1, NULL, &err);
-    }
+    for (uint32_t g = 0; rc == 0 && g < gen; g++) rc = ds4_session_eval_pick(s, &next, 1, 0, &next, &err);
     double t2 = now_s();
     free(toks);
     ds4_session_free(s);
@@ -266,19 +266,16 @@ int main(int argc, char **argv) {
     uint32_t cur = 0;
     for (double frontier = ctx_start;;) {
         uint32_t f = (uint32_t)frontier;
+        int32_t next = 0;
         double t0 = now_s();
-        if (ds4_session_eval(s, toks + cur, f - cur, NULL, &err)) goto done;
+        if (ds4_session_eval_pick(s, toks + cur, f - cur, 0, &next, &err)) goto done;
         double t1 = now_s();
         if (ds4_session_copy_state(snap, s, &err)) goto done;
         uint64_t kv = ds4_session_state_bytes(s);
         double t2 = now_s();
-        for (uint32_t g = 0; g < (uint32_t)gen; g++) {
-            const float *lg = ds4_session_logits(s);
-            int32_t best = -1;
-            for (uint32_t v = 0; v < info.n_vocab; v++)
-                if ((int)v != info.eos_id && (best < 0 || lg[v] > lg[best])) best = (int32_t)v;
-            if (ds4_session_eval(s, &best, 1, NULL, &err)) goto done;
-        }
+        /* greedy, each pick fed back (an end-of-sequence pick does not stop the timing) */
+        for (uint32_t g = 0; g < (uint32_t)gen; g++)
+            if (ds4_session_eval_pick(s, &next, 1, 0, &next, &err)) goto done;
         double t3 = now_s();
         if (ds4_session_copy_state(s, snap, &err)) goto done;
         fprintf(out, "%u,%u,%.2f,%u,%.2f,%llu\n", f, f - cur, (f - cur) / (t1 - t0), (uint32_t)gen,

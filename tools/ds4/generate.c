@@ -69,12 +69,16 @@ int cli_generate(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, bo
         ds4_detok_stream_free(ds);
         return ds4_fail(err, "out of memory");
     }
+    /* greedy: from the second token on, the backend makes the pick (on
+     * CUDA on the device: a step returns one index, not the logits) */
+    bool greedy = !(o->sampling.temperature > 0);
+    int32_t picked = -1;
     for (long i = 0; max_new < 0 || i < max_new; i++) {
         if (cli_interrupted) {
             rc = 1;
             break;
         }
-        int32_t id = ds4_sample(lg, vocab, &o->sampling, rng, scratch);
+        int32_t id = picked >= 0 ? picked : ds4_sample(lg, vocab, &o->sampling, rng, scratch);
         if (id == eos) break;
         if (ds4_tokens_push(out, id)) {
             rc = ds4_fail(err, "out of memory");
@@ -95,11 +99,11 @@ int cli_generate(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, bo
             }
             emit(text, len, reasoning, tty);
         }
-        if (ds4_session_eval(s, &id, 1, NULL, err)) {
+        if (greedy ? ds4_session_eval_pick(s, &id, 1, vocab, &picked, err) : ds4_session_eval(s, &id, 1, NULL, err)) {
             rc = -1;
             break;
         }
-        lg = ds4_session_logits(s);
+        if (!greedy) lg = ds4_session_logits(s);
     }
     const char *text;
     size_t len;

@@ -115,6 +115,13 @@ struct ds4_gpu_session {
     const uint8_t **wtab;        /* the same on the device */
     int32_t *tok_pinned;   /* capture needs page-locked host buffers */
     float *logits_pinned;  /* n_vocab */
+    int32_t *pick_pinned;  /* a greedy step's token */
+    /* the greedy pick on the device (ds4_gpu_forward_pick): over the first
+     * pick_n logits of the last head row, last_row, which stays readable
+     * (ds4_gpu_last_logits) until the next head runs */
+    int32_t *pick;
+    uint32_t pick_n;
+    const float *last_row;
     struct {
         uint64_t key;
         cudaGraphExec_t exec;
@@ -125,7 +132,9 @@ struct ds4_gpu_session {
         int slot;
         uint32_t pos;
         int fr;
-        bool official, logits;
+        bool official;
+        int want; /* step_want */
+        uint32_t pick_n;
     } ready;
     uint64_t score_stride;
     /* DS4_CUDA_STEPTIME=1: host seconds of the decode steps' capture,
@@ -655,6 +664,7 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->sh = TAKE_F(b, n * E);
     s->logits = TAKE_F(b, (n < HEAD_ROWS ? n : HEAD_ROWS) * hp->n_vocab);
     s->tok = TAKE_I(b, n);
+    s->pick = TAKE_I(b, 1);
     s->wtab = (const uint8_t **)take(b, 3 * (uint64_t)X * sizeof(void *));
     /* Quantized activations: at most 292/256 bytes per value, for the widest
      * input of any product (routed down projections have n*K rows). */
@@ -759,6 +769,7 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
         goto fail;
     }
     if ((e = cudaMallocHost((void **)&s->tok_pinned, sizeof(int32_t))) != cudaSuccess ||
+        (e = cudaMallocHost((void **)&s->pick_pinned, sizeof(int32_t))) != cudaSuccess ||
         (e = cudaMallocHost((void **)&s->logits_pinned, (size_t)g->hp->n_vocab * sizeof(float))) != cudaSuccess) {
         ds4_fail(err, "CUDA: page-locked buffers: %s", cudaGetErrorString(e));
         goto fail;
@@ -779,6 +790,7 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     for (int i = 0; i < s->n_gcache; i++) cudaGraphExecDestroy(s->gcache[i].exec);
     cudaFreeHost(s->tok_pinned);
     cudaFreeHost(s->logits_pinned);
+    cudaFreeHost(s->pick_pinned);
     cudaFreeHost(s->grp_pinned);
     cudaFreeHost(s->wtab_pinned);
     if (s->st) cudaStreamDestroy(s->st);
@@ -800,6 +812,7 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
 extern "C" void ds4_gpu_session_reset(ds4_gpu_session *s) {
     s->pos = 0;
     s->fr = 0;
+    s->last_row = NULL;
 }
 
 extern "C" uint32_t ds4_gpu_session_pos(const ds4_gpu_session *s) { return s->pos; }
@@ -1358,9 +1371,11 @@ static int moe(fwd *f, uint32_t il) {
 }
 
 /* Enqueues one internal chunk on the session's stream and advances the
- * host-side position; logits of rows [first, n) go to out (host). */
+ * host-side position; logits of rows [first, n) go to out (host), and with
+ * pick (host, page-locked) the greedy pick over the first s->pick_n logits
+ * of the last row: only that index crosses to the host. */
 static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
-                   ds4_error *err) {
+                   int32_t *pick, ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     const ds4_weights *w = &s->g->w;
     fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act, false, false};
@@ -1387,15 +1402,22 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     }
     s->pos += n;
     s->fr ^= 1;
-    for (uint32_t r0 = first; out && r0 < n; r0 += HEAD_ROWS) {
+    for (uint32_t r0 = first; (out || pick) && r0 < n; r0 += HEAD_ROWS) {
         uint32_t m = n - r0 < HEAD_ROWS ? n - r0 : HEAD_ROWS;
         if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)r0 * hc * E, m, 1, vec(&w->output_norm), NULL, NULL)) return -1;
         prof_mark(s, "output");
         CU(lin(&f, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
+        s->last_row = s->logits + (uint64_t)(m - 1) * hp->n_vocab;
+        if (!out) continue;
         prof_mark(s, "logits_d2h");
         /* in stream order: this group's logits are out before the next group's head writes them */
         CU(cudaMemcpyAsync(out + (uint64_t)(r0 - first) * hp->n_vocab, s->logits, (size_t)m * hp->n_vocab * sizeof(float),
                            cudaMemcpyDeviceToHost, st));
+    }
+    if (pick && first < n) {
+        prof_mark(s, "pick");
+        CU(k_argmax(st, s->last_row, s->pick_n, s->pick));
+        CU(cudaMemcpyAsync(pick, s->pick, sizeof(int32_t), cudaMemcpyDeviceToHost, st));
     }
     prof_mark(s, "end");
     return 0;
@@ -1403,7 +1425,10 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
 
 /* Which optional kernels a single-token step at position p launches: the
  * compressor emissions (one bit per layer ratio in use) and the indexer. */
-static uint64_t step_key(const ds4_gpu_session *s, uint64_t p, bool logits) {
+/* What a single-token step returns to the host. */
+enum step_want { STEP_NOTHING, STEP_LOGITS, STEP_PICK };
+
+static uint64_t step_key(const ds4_gpu_session *s, uint64_t p, int want) {
     const ds4_hparams *hp = s->g->hp;
     uint64_t key = 0;
     for (uint32_t il = 0; il < hp->n_layer; il++) {
@@ -1411,7 +1436,8 @@ static uint64_t step_key(const ds4_gpu_session *s, uint64_t p, bool logits) {
         if (r && (p + 1) % r == 0) key |= 1ull << (__builtin_ctz(r) & 31);
     }
     if ((p + 1) / 4 > hp->idx_topk) key |= 1ull << 40;
-    if (logits) key |= 1ull << 41;
+    if (want == STEP_LOGITS) key |= 1ull << 41;
+    if (want == STEP_PICK) key |= 1ull << 42;
     return key;
 }
 
@@ -1421,9 +1447,9 @@ static uint64_t step_key(const ds4_gpu_session *s, uint64_t p, bool logits) {
  * restored, graphs now off) or -1 on error. The slot `busy` (a graph that
  * may be running) is never destroyed or re-instantiated; updating it in
  * place is allowed, since an update only affects later launches. */
-static int capture_step(ds4_gpu_session *s, bool official, bool logits, int busy, ds4_error *err) {
+static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, ds4_error *err) {
     cudaStream_t st = s->st;
-    uint64_t key = step_key(s, s->pos, logits);
+    uint64_t key = step_key(s, s->pos, want);
     uint32_t pos0 = s->pos;
     int fr0 = s->fr;
     cudaGraph_t graph = NULL;
@@ -1434,7 +1460,8 @@ static int capture_step(ds4_gpu_session *s, bool official, bool logits, int busy
         return -2;
     }
     ds4_error cap_err = {{0}};
-    int rc = enqueue(s, official, s->tok_pinned, 1, 0, logits ? s->logits_pinned : NULL, &cap_err);
+    int rc = enqueue(s, official, s->tok_pinned, 1, 0, want == STEP_LOGITS ? s->logits_pinned : NULL,
+                     want == STEP_PICK ? s->pick_pinned : NULL, &cap_err);
     cudaError_t e = cudaStreamEndCapture(st, &graph);
     if (rc || e != cudaSuccess || !graph) {
         /* Not capturable here: undo the host-side step and launch directly. */
@@ -1489,17 +1516,17 @@ static int capture_step(ds4_gpu_session *s, bool official, bool logits, int busy
  * and updated, so that the host work of a step overlaps the device work of
  * the previous one. Returns 1 (nothing done, graphs now off) when capture
  * is not possible, so the caller launches directly. */
-static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, ds4_error *err) {
+static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, int32_t *pick, ds4_error *err) {
     cudaStream_t st = s->st;
-    bool logits = out != NULL;
+    int want = out ? STEP_LOGITS : pick ? STEP_PICK : STEP_NOTHING;
     int slot;
     if (s->ready.slot >= 0 && s->ready.pos == s->pos && s->ready.fr == s->fr && s->ready.official == official &&
-        s->ready.logits == logits) {
+        s->ready.want == want && s->ready.pick_n == s->pick_n) {
         slot = s->ready.slot;
         s->pos += 1; /* what enqueue does to the host-side state */
         s->fr ^= 1;
     } else {
-        slot = capture_step(s, official, logits, -1, err);
+        slot = capture_step(s, official, want, -1, err);
         if (slot == -2) return 1;
         if (slot < 0) return -1;
     }
@@ -1511,10 +1538,10 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
         uint32_t pos = s->pos;
         int fr = s->fr;
         ds4_error next_err = {{0}};
-        int next = capture_step(s, official, logits, slot, &next_err);
+        int next = capture_step(s, official, want, slot, &next_err);
         s->pos = pos; /* only prepared: the step is taken by the next call */
         s->fr = fr;
-        if (next >= 0) s->ready = {next, pos, fr, official, logits};
+        if (next >= 0) s->ready = {next, pos, fr, official, want, s->pick_n};
         s->graphs = true; /* a failed capture here only means no prepared step */
     }
     CU(cudaStreamSynchronize(st));
@@ -1523,23 +1550,27 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
         s->n_steps++;
     }
     if (out) memcpy(out, s->logits_pinned, (size_t)s->g->hp->n_vocab * sizeof(float));
+    if (pick) *pick = *s->pick_pinned;
     return 0;
 }
 
 static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
-                 ds4_error *err) {
+                 int32_t *pick, ds4_error *err) {
     if (n == 1 && s->graphs) {
-        int rc = step_graph(s, official, tokens[0], first < n ? out : NULL, err);
+        int rc = step_graph(s, official, tokens[0], first < n ? out : NULL, first < n ? pick : NULL, err);
         if (rc <= 0) return rc;
     }
-    if (enqueue(s, official, tokens, n, first, out, err)) return -1;
+    if (enqueue(s, official, tokens, n, first, out, pick ? s->pick_pinned : NULL, err)) return -1;
     CU(cudaStreamSynchronize(s->st));
+    if (pick) *pick = *s->pick_pinned;
     prof_collect(s, n);
     return 0;
 }
 
-extern "C" int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits,
-                               bool all_logits, ds4_error *err) {
+/* ds4_gpu_forward and ds4_gpu_forward_pick: logits to the host (all rows
+ * or the last), or only the last row's greedy pick (pick non-NULL). */
+static int forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
+                   int32_t *pick, ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     if (n == 0) return 0;
     if ((uint64_t)s->pos + n > s->max_ctx)
@@ -1553,12 +1584,30 @@ extern "C" int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t 
         bool last = done + len == n;
         float *out = all_logits ? logits + (size_t)done * hp->n_vocab : (last ? logits : NULL);
         uint32_t first = all_logits ? 0 : len - 1;
-        if (chunk(s, official, tokens + done, len, first, out, err)) {
+        if (chunk(s, official, tokens + done, len, first, out, last ? pick : NULL, err)) {
             /* The device state is no longer consistent with pos: start over. */
             ds4_gpu_session_reset(s);
             return -1;
         }
         done += len;
     }
+    return 0;
+}
+
+extern "C" int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits,
+                               bool all_logits, ds4_error *err) {
+    return forward(s, official, tokens, n, logits, all_logits, NULL, err);
+}
+
+extern "C" int ds4_gpu_forward_pick(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t n_cand,
+                                    int32_t *next, ds4_error *err) {
+    uint32_t V = s->g->hp->n_vocab;
+    s->pick_n = n_cand == 0 || n_cand > V ? V : n_cand;
+    return forward(s, official, tokens, n, NULL, false, next, err);
+}
+
+extern "C" int ds4_gpu_last_logits(ds4_gpu_session *s, float *out, ds4_error *err) {
+    if (!s->last_row) return ds4_fail(err, "CUDA: no logits made since the session started or was reset");
+    CU(cudaMemcpy(out, s->last_row, (size_t)s->g->hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost));
     return 0;
 }

@@ -90,6 +90,61 @@ cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n
     return LAUNCH_STATUS();
 }
 
+/* ---- greedy pick ----------------------------------------------------------------- */
+
+/* Whether candidate (v, i) is a better greedy pick than (w, j): ds4_argmax
+ * keeps the first maximum among finite logits, so a finite value beats a
+ * non-finite one, a larger value a smaller, and on equal values the lower
+ * index wins; j < 0 is "none yet". */
+__device__ __forceinline__ bool pick_beats(float v, int32_t i, float w, int32_t j) {
+    if (i < 0) return false;
+    if (j < 0) return true;
+    return v > w || (v == w && i < j);
+}
+
+/* One block: the index of the first maximum among the finite values of
+ * x[0..n) (0 when none is finite), as ds4_argmax gives it. Each thread
+ * scans a strided share in ascending order, then the block reduces the
+ * (value, index) pairs; the order of the reduction does not matter, since
+ * pick_beats is a total order on pairs with distinct indices. */
+#define PICK_THREADS 1024
+__global__ void __launch_bounds__(PICK_THREADS) argmax_kernel(const float *x, uint32_t n, int32_t *out) {
+    pdl_enter();
+    __shared__ float sv[PICK_THREADS / 32];
+    __shared__ int32_t si[PICK_THREADS / 32];
+    float bv = 0.0f;
+    int32_t bi = -1;
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = x[i];
+        if (isfinite(v) && (bi < 0 || v > bv)) bv = v, bi = (int32_t)i;
+    }
+    for (int o = 16; o >= 1; o >>= 1) {
+        float v = __shfl_xor_sync(0xffffffffu, bv, o);
+        int32_t i = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (pick_beats(v, i, bv, bi)) bv = v, bi = i;
+    }
+    uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) sv[warp] = bv, si[warp] = bi;
+    __syncthreads();
+    if (warp == 0) {
+        uint32_t nw = blockDim.x / 32;
+        bv = lane < nw ? sv[lane] : 0.0f;
+        bi = lane < nw ? si[lane] : -1;
+        for (int o = 16; o >= 1; o >>= 1) {
+            float v = __shfl_xor_sync(0xffffffffu, bv, o);
+            int32_t i = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (pick_beats(v, i, bv, bi)) bv = v, bi = i;
+        }
+        if (lane == 0) *out = bi < 0 ? 0 : bi;
+    }
+}
+
+cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, int32_t *out) {
+    if (n == 0) return cudaErrorInvalidValue;
+    k_launch(argmax_kernel, 1, PICK_THREADS, 0, st, x, n, out);
+    return LAUNCH_STATUS();
+}
+
 /* ---- grouping ------------------------------------------------------------------- */
 
 /* Exclusive prefix sum of v over the block (blockDim.x a multiple of 32,

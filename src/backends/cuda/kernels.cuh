@@ -242,6 +242,9 @@ cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t 
  * Routing: sqrt(softplus) scores, hash (tid2eid) or biased top-k, weights
  * normalised over the selection times scale. grp (only for n == 1, else
  * NULL): also write the grouping k_moe_group would make of the ids. */
+/* out = ds4_argmax(x, n): the first maximum among finite values (0 when
+ * none), on the device, so a greedy step returns one index, not n logits. */
+cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, int32_t *out);
 cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n_expert, uint32_t k,
                     const int32_t *tokens, const int32_t *tid2eid, const float *bias, float scale, int32_t *ids,
                     float *wts, int32_t *grp);

@@ -405,6 +405,20 @@ fail:
     return -1;
 }
 
+extern "C" int ds4_gpu_test_argmax(const float *x, uint32_t n, int32_t *out, ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *dx, *dout;
+    DEV(dx, x, (size_t)n * 4);
+    DEV(dout, NULL, 4);
+    RUN(k_argmax(0, (const float *)dx, n, (int32_t *)dout));
+    BACK(out, dout, 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
 extern "C" int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_expert, uint32_t k, const int32_t *tokens,
                                   const int32_t *tid2eid, uint32_t n_vocab, const float *bias, float scale,
                                   int32_t *ids, float *wts, ds4_error *err) {

@@ -322,7 +322,12 @@ const float *ds4_session_logits(const ds4_session *s) {
     return s->logits;
 }
 
-int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, ds4_error *err) {
+/* Feeds tokens in chunks of the session's prefill size. all_logits: every
+ * position's logits there; else with next (CUDA only) the last position's
+ * greedy pick over n_cand logits, else its logits in s->logits. A CUDA
+ * chunk before the last makes no logits at all. */
+static int eval_chunks(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, uint32_t n_cand, int32_t *next,
+                       ds4_error *err) {
     const ds4_net *net = &s->m->net;
     bool official = s->opts.numerics == DS4_NUMERICS_OFFICIAL;
     uint32_t V = s->m->hp.n_vocab;
@@ -331,44 +336,37 @@ int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *a
     int rc = 0;
     for (uint32_t done = 0; done < n && rc == 0;) {
         uint32_t len = n - done < chunk ? n - done : chunk;
+        bool last = done + len == n;
         float *dst = all_logits ? all_logits + (size_t)done * V : s->logits;
         /* errors leave through the unlock below: a sidecar model's lock
          * must not stay held for the next evaluation */
-        if (s->gpu) {
-            if (ds4_gpu_forward(s->gpu, official, tokens + done, len, dst, all_logits != NULL, err)) rc = -1;
+        if (s->gpu && next && last && !all_logits) {
+            if (ds4_gpu_forward_pick(s->gpu, official, tokens + done, len, n_cand, next, err)) rc = -1;
+        } else if (s->gpu) {
+            if (ds4_gpu_forward(s->gpu, official, tokens + done, len, all_logits || last ? dst : NULL, all_logits != NULL,
+                                err))
+                rc = -1;
         } else if (ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err)) {
             rc = -1;
         }
         done += len;
     }
     if (s->m->eval_lock_init) pthread_mutex_unlock(&s->m->eval_lock);
-    s->logits_on_device = false;
+    s->logits_on_device = rc == 0 && n > 0 && s->gpu && next && !all_logits;
     if (rc) return -1;
     if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * V, V * sizeof(float));
+    if (next && !s->logits_on_device) *next = ds4_argmax(s->logits, n_cand);
     return 0;
+}
+
+int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, ds4_error *err) {
+    return eval_chunks(s, tokens, n, all_logits, 0, NULL, err);
 }
 
 int ds4_session_eval_pick(ds4_session *s, const int32_t *tokens, uint32_t n, uint32_t n_cand, int32_t *next,
                           ds4_error *err) {
     uint32_t V = s->m->hp.n_vocab;
-    if (n_cand == 0 || n_cand > V) n_cand = V;
-    if (!s->gpu) {
-        if (ds4_session_eval(s, tokens, n, NULL, err)) return -1;
-        *next = ds4_argmax(s->logits, n_cand);
-        return 0;
-    }
-    bool official = s->opts.numerics == DS4_NUMERICS_OFFICIAL;
-    uint32_t chunk = s->opts.prefill_chunk ? s->opts.prefill_chunk : n;
-    if (s->m->eval_lock_init) pthread_mutex_lock(&s->m->eval_lock);
-    int rc = 0;
-    for (uint32_t done = 0; done < n && rc == 0;) {
-        uint32_t len = n - done < chunk ? n - done : chunk;
-        if (ds4_gpu_forward_pick(s->gpu, official, tokens + done, len, n_cand, next, err)) rc = -1;
-        done += len;
-    }
-    if (s->m->eval_lock_init) pthread_mutex_unlock(&s->m->eval_lock);
-    s->logits_on_device = rc == 0 && n > 0;
-    return rc;
+    return eval_chunks(s, tokens, n, NULL, n_cand == 0 || n_cand > V ? V : n_cand, next, err);
 }
 
 int ds4_session_copy_state(ds4_session *dst, const ds4_session *src, ds4_error *err) {

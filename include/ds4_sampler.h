@@ -29,5 +29,8 @@ int32_t ds4_argmax(const float *logits, uint32_t n);
 /* Draws a token. `scratch` must hold n entries of 8 bytes (only used by the
  * top-k / top-p paths); it may be NULL for greedy and the default path. */
 int32_t ds4_sample(const float *logits, uint32_t n, const ds4_sampling *s, ds4_rng *rng, void *scratch);
+/* ds4_sample computing every logit's weight (the reference the tests hold
+ * ds4_sample to: the same token for the same logits, settings and rng). */
+int32_t ds4_sample_plain(const float *logits, uint32_t n, const ds4_sampling *s, ds4_rng *rng, void *scratch);
 
 #endif

@@ -1,6 +1,7 @@
 #include "ds4_sampler.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 void ds4_rng_seed(ds4_rng *r, uint64_t seed) { r->state = seed ? seed : 0x9e3779b97f4a7c15ull; }
@@ -18,8 +19,11 @@ float ds4_rng_uniform(ds4_rng *r) { return (float)((ds4_rng_next(r) >> 40) & 0xf
 
 int32_t ds4_argmax(const float *logits, uint32_t n) {
     int32_t best = -1;
-    for (uint32_t i = 0; i < n; i++)
-        if (isfinite(logits[i]) && (best < 0 || logits[i] > logits[best])) best = (int32_t)i;
+    float bv = 0.0f; /* logits[best], kept in a register */
+    for (uint32_t i = 0; i < n; i++) {
+        float l = logits[i];
+        if (isfinite(l) && (best < 0 || l > bv)) best = (int32_t)i, bv = l;
+    }
     return best < 0 ? 0 : best;
 }
 
@@ -77,7 +81,17 @@ static int32_t sample_sorted(cand *c, uint32_t m, const ds4_sampling *s, float T
     return c[keep - 1].id;
 }
 
-int32_t ds4_sample(const float *logits, uint32_t n, const ds4_sampling *sp, ds4_rng *rng, void *scratch) {
+/* The default path's weight floor as a bound on the logits: a logit below
+ * it has a weight expf((l - lmax) / T) under floor_w / e^2 whatever the
+ * float rounding of that expression (a few units in the last place), so
+ * skipping it without the expf keeps exactly the tokens and weights of the
+ * plain scan. -inf (nothing skipped) without a floor. */
+static double weight_floor_logit(float lmax, float T, float floor_w) {
+    if (!(floor_w > 0)) return -INFINITY;
+    return (double)lmax + (double)T * ((double)logf(floor_w) - 2.0);
+}
+
+static int32_t sample(const float *logits, uint32_t n, const ds4_sampling *sp, ds4_rng *rng, void *scratch, bool plain) {
     ds4_sampling s = *sp;
     if (!(s.temperature > 0) || n == 0) return ds4_argmax(logits, n);
     if (!(s.top_p > 0 && s.top_p <= 1)) s.top_p = 1;
@@ -93,15 +107,18 @@ int32_t ds4_sample(const float *logits, uint32_t n, const ds4_sampling *sp, ds4_
     if (s.top_k == 0 && s.top_p >= 1) {
         /* Fast path: one pass for the mass of tokens above min_p, one walk. */
         float floor_w = s.min_p, sum = 0;
+        /* plain: every logit through expf (the reference); else the
+         * logits far below the floor are passed over (same result) */
+        double lo = plain ? -INFINITY : weight_floor_logit(lmax, T, floor_w);
         for (uint32_t i = 0; i < n; i++) {
-            if (!isfinite(logits[i])) continue;
+            if (!(logits[i] >= lo) || !isfinite(logits[i])) continue;
             float w = expf((logits[i] - lmax) / T);
             if (w >= floor_w) sum += w;
         }
         float r = ds4_rng_uniform(rng) * sum;
         int32_t last = best;
         for (uint32_t i = 0; i < n; i++) {
-            if (!isfinite(logits[i])) continue;
+            if (!(logits[i] >= lo) || !isfinite(logits[i])) continue;
             float w = expf((logits[i] - lmax) / T);
             if (w < floor_w) continue;
             last = (int32_t)i;
@@ -121,4 +138,12 @@ int32_t ds4_sample(const float *logits, uint32_t n, const ds4_sampling *sp, ds4_
         qsort(c, m, sizeof *c, cmp_cand);
     }
     return sample_sorted(c, m, &s, T, rng);
+}
+
+int32_t ds4_sample(const float *logits, uint32_t n, const ds4_sampling *sp, ds4_rng *rng, void *scratch) {
+    return sample(logits, n, sp, rng, scratch, false);
+}
+
+int32_t ds4_sample_plain(const float *logits, uint32_t n, const ds4_sampling *sp, ds4_rng *rng, void *scratch) {
+    return sample(logits, n, sp, rng, scratch, true);
 }

@@ -43,6 +43,50 @@ static void histogram(const float *lg, const ds4_sampling *s, int draws, int *hi
     for (int i = 0; i < draws; i++) hist[ds4_sample(lg, V, s, &r, scratch)]++;
 }
 
+/* ds4_sample against ds4_sample_plain, the scan that puts every logit
+ * through expf: the same token for the same logits, settings and rng
+ * state, over vocabulary-sized rows (flat, peaked, with non-finite
+ * values and exact ties at the weight floor's edge), temperatures, floors
+ * and the filtered paths. */
+static void test_fast_matches_plain(void) {
+    const uint32_t n = 129280;
+    float *lg = malloc(n * sizeof *lg);
+    void *scratch = malloc((size_t)n * 8);
+    const ds4_sampling cases[] = {
+        {1.0f, 0, 1.0f, 0.05f}, {0.7f, 0, 1.0f, 0.05f}, {2.0f, 0, 1.0f, 0.05f}, {1.0f, 0, 1.0f, 0.0f},
+        {1.0f, 0, 1.0f, 0.5f},  {0.3f, 0, 1.0f, 1.5f},  {1.0f, 40, 1.0f, 0.05f}, {1e-4f, 0, 1.0f, 0.05f},
+    };
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int shape = 0; shape < 4; shape++) {
+        for (uint32_t i = 0; i < n; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            float u = (float)((x >> 40) & 0xffffff) / 16777216.0f;
+            lg[i] = shape == 0 ? 20.0f * u - 10.0f : shape == 1 ? 6.0f * u : 30.0f * u * u * u - 5.0f;
+        }
+        if (shape == 2) {
+            for (uint32_t i = 0; i < n; i += 977) lg[i] = NAN;
+            for (uint32_t i = 5; i < n; i += 1231) lg[i] = -INFINITY;
+            lg[77] = INFINITY;
+        }
+        if (shape == 3) { /* weights right at the floor: logits lmax + T ln(min_p) */
+            for (uint32_t i = 0; i < n; i++) lg[i] = -30.0f;
+            lg[10] = 2.0f;
+            for (uint32_t i = 100; i < 200; i++) lg[i] = 2.0f + logf(0.05f) + (float)((int)i - 150) * 1e-7f;
+        }
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            ds4_rng a, b;
+            ds4_rng_seed(&a, 1000 + c), ds4_rng_seed(&b, 1000 + c);
+            int same = 1;
+            for (int draw = 0; draw < 20 && same; draw++)
+                same = ds4_sample(lg, n, &cases[c], &a, scratch) == ds4_sample_plain(lg, n, &cases[c], &b, scratch);
+            CHECKF(same, "shape %d, case %zu (T %g, min_p %g): the fast sampler picked another token", shape, c,
+                   cases[c].temperature, cases[c].min_p);
+        }
+    }
+    free(lg);
+    free(scratch);
+}
+
 int main(void) {
     float *lg = calloc(V, sizeof *lg);
     void *scratch = malloc(V * 8);
@@ -55,6 +99,7 @@ int main(void) {
     lg[400] = logf(0.125f);
     test_rng();
     test_greedy(lg);
+    test_fast_matches_plain();
 
     ds4_sampling s = {1.0f, 0, 1.0f, 0.0f};
     histogram(lg, &s, 20000, hist, scratch);

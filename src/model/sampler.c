@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 void ds4_rng_seed(ds4_rng *r, uint64_t seed) { r->state = seed ? seed : 0x9e3779b97f4a7c15ull; }
 
@@ -36,6 +37,43 @@ static int cmp_cand(const void *a, const void *b) {
     const cand *x = a, *y = b;
     if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
     return x->id - y->id;
+}
+
+/* Sorts c[0..m) as qsort with cmp_cand does (logit descending, then id
+ * ascending) in linear time: a stable least-significant-digit radix sort
+ * on an order-preserving integer image of the logit (finite values, -0
+ * taken as +0 since they compare equal), the input being in ascending id
+ * order. tmp holds m entries. */
+static void radix_sort_cands(cand *c, uint32_t m, cand *tmp) {
+    uint32_t *keys = malloc((size_t)m * 2 * sizeof *keys);
+    if (!keys) {
+        qsort(c, m, sizeof *c, cmp_cand);
+        return;
+    }
+    uint32_t *key = keys, *key2 = keys + m;
+    for (uint32_t i = 0; i < m; i++) {
+        float l = c[i].logit == 0.0f ? 0.0f : c[i].logit;
+        uint32_t u;
+        memcpy(&u, &l, sizeof u);
+        u = u & 0x80000000u ? ~u : u | 0x80000000u; /* ascending */
+        key[i] = ~u;                                 /* descending */
+    }
+    cand *src = c, *dst = tmp;
+    for (int shift = 0; shift < 32; shift += 8) {
+        uint32_t count[257] = {0};
+        for (uint32_t i = 0; i < m; i++) count[((key[i] >> shift) & 255) + 1]++;
+        for (int d = 0; d < 256; d++) count[d + 1] += count[d];
+        for (uint32_t i = 0; i < m; i++) {
+            uint32_t at = count[(key[i] >> shift) & 255]++;
+            dst[at] = src[i];
+            key2[at] = key[i];
+        }
+        cand *t = src;
+        src = dst, dst = t;
+        uint32_t *tk = key;
+        key = key2, key2 = tk;
+    }
+    free(keys); /* four passes: the result is back in c */
 }
 
 /* Keeps the k best candidates in c[0..k) sorted, scanning all n logits with
@@ -135,7 +173,10 @@ static int32_t sample(const float *logits, uint32_t n, const ds4_sampling *sp, d
         m = 0;
         for (uint32_t i = 0; i < n; i++)
             if (isfinite(logits[i])) c[m++] = (cand){logits[i], (int32_t)i};
-        qsort(c, m, sizeof *c, cmp_cand);
+        cand *tmp = plain ? NULL : malloc((size_t)m * sizeof *tmp);
+        if (tmp) radix_sort_cands(c, m, tmp);
+        else qsort(c, m, sizeof *c, cmp_cand);
+        free(tmp);
     }
     return sample_sorted(c, m, &s, T, rng);
 }

@@ -328,6 +328,10 @@ const float *ds4_session_logits(const ds4_session *s) {
  * chunk before the last makes no logits at all. */
 static int eval_chunks(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, uint32_t n_cand, int32_t *next,
                        ds4_error *err) {
+    if (n == 0) { /* nothing fed: the last logits stay where they are */
+        if (next) *next = ds4_argmax(ds4_session_logits(s), n_cand);
+        return 0;
+    }
     const ds4_net *net = &s->m->net;
     bool official = s->opts.numerics == DS4_NUMERICS_OFFICIAL;
     uint32_t V = s->m->hp.n_vocab;
@@ -352,7 +356,7 @@ static int eval_chunks(ds4_session *s, const int32_t *tokens, uint32_t n, float 
         done += len;
     }
     if (s->m->eval_lock_init) pthread_mutex_unlock(&s->m->eval_lock);
-    s->logits_on_device = rc == 0 && n > 0 && s->gpu && next && !all_logits;
+    s->logits_on_device = rc == 0 && s->gpu && next && !all_logits;
     if (rc) return -1;
     if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * V, V * sizeof(float));
     if (next && !s->logits_on_device) *next = ds4_argmax(s->logits, n_cand);

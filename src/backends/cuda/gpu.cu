@@ -1423,11 +1423,12 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     return 0;
 }
 
-/* Which optional kernels a single-token step at position p launches: the
- * compressor emissions (one bit per layer ratio in use) and the indexer. */
 /* What a single-token step returns to the host. */
 enum step_want { STEP_NOTHING, STEP_LOGITS, STEP_PICK };
 
+/* Which optional kernels a single-token step at position p launches (the
+ * compressor emissions, one bit per layer ratio in use, and the indexer)
+ * and what it returns. */
 static uint64_t step_key(const ds4_gpu_session *s, uint64_t p, int want) {
     const ds4_hparams *hp = s->g->hp;
     uint64_t key = 0;

@@ -179,6 +179,14 @@ const float *ds4_session_logits(const ds4_session *s);
  * still gives the logits (fetched from the device when asked for). */
 int ds4_session_eval_pick(ds4_session *s, const int32_t *tokens, uint32_t n, uint32_t n_cand, int32_t *next,
                           ds4_error *err);
+/* ds4_session_eval whose result is the token ds4_sample draws from the last
+ * token's first n_cand logits (0: all) with settings sp and rng: the same
+ * token as sampling the logits of ds4_session_eval. On CUDA a greedy step
+ * returns one index and a banded draw (ds4_sample_banded: temperature,
+ * min-p, no top-k or top-p) the few candidates near the maximum, instead
+ * of the logits; ds4_session_logits still gives them. */
+int ds4_session_eval_sample(ds4_session *s, const int32_t *tokens, uint32_t n, uint32_t n_cand, const ds4_sampling *sp,
+                            ds4_rng *rng, int32_t *next, ds4_error *err);
 
 #ifdef __cplusplus
 }

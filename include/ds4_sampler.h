@@ -4,6 +4,7 @@
 #ifndef DS4_MODEL_SAMPLER_H
 #define DS4_MODEL_SAMPLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct ds4_sampling {
@@ -29,6 +30,16 @@ int32_t ds4_argmax(const float *logits, uint32_t n);
 /* Draws a token. `scratch` must hold n entries of 8 bytes (only used by the
  * top-k / top-p paths); it may be NULL for greedy and the default path. */
 int32_t ds4_sample(const float *logits, uint32_t n, const ds4_sampling *s, ds4_rng *rng, void *scratch);
+/* Whether ds4_sample's draw for settings s depends only on the tokens whose
+ * logits lie within T * (2 - ln min_p) of the maximum: a temperature above
+ * 0, a min-p floor in (0, 1], no top-k and no top-p. */
+bool ds4_sample_banded(const ds4_sampling *s);
+/* For banded settings: ds4_sample's draw from candidates alone. ids[0..m)
+ * ascending with their logits lg[], holding at least every finite token
+ * whose logit is >= max + T * (ln min_p - 2); the same token as ds4_sample
+ * over the whole row for the same rng state. */
+int32_t ds4_sample_candidates(const float *lg, const int32_t *ids, uint32_t m, const ds4_sampling *s, ds4_rng *rng);
+
 /* ds4_sample computing every logit's weight (the reference the tests hold
  * ds4_sample to: the same token for the same logits, settings and rng). */
 int32_t ds4_sample_plain(const float *logits, uint32_t n, const ds4_sampling *s, ds4_rng *rng, void *scratch);

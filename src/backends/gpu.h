@@ -64,6 +64,14 @@ int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, ui
  * The logits stay on the device for ds4_gpu_last_logits. */
 int ds4_gpu_forward_pick(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t n_cand,
                          int32_t *next, ds4_error *err);
+/* ds4_gpu_forward whose result is the band of candidates of a banded draw
+ * (ds4_sample_banded with temperature T and floor min_p) from the last
+ * token's first n_cand logits: *count of them, the first BAND_CAP (4096)
+ * as *ids (ascending) and *vals, in page-locked memory valid until the
+ * next call. Returns 1 when the band holds more than that (the logits stay
+ * on the device for ds4_gpu_last_logits). */
+int ds4_gpu_forward_band(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t n_cand, float T,
+                         float min_p, uint32_t *count, const int32_t **ids, const float **vals, ds4_error *err);
 /* The last token's logits of the latest forward call (n_vocab floats). */
 int ds4_gpu_last_logits(ds4_gpu_session *s, float *out, ds4_error *err);
 

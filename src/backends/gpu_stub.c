@@ -64,6 +64,11 @@ int ds4_gpu_forward_pick(ds4_gpu_session *s, bool official, const int32_t *token
     (void)s, (void)official, (void)tokens, (void)n, (void)n_cand, (void)next;
     return ds4_fail(err, NO_CUDA);
 }
+int ds4_gpu_forward_band(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t n_cand, float T,
+                         float min_p, uint32_t *count, const int32_t **ids, const float **vals, ds4_error *err) {
+    (void)s, (void)official, (void)tokens, (void)n, (void)n_cand, (void)T, (void)min_p, (void)count, (void)ids, (void)vals;
+    return ds4_fail(err, NO_CUDA);
+}
 int ds4_gpu_last_logits(ds4_gpu_session *s, float *out, ds4_error *err) {
     (void)s, (void)out;
     return ds4_fail(err, NO_CUDA);

@@ -68,6 +68,9 @@ int ds4_gpu_test_attention(const float *q, const float *kv, const float *ring, c
 /* Routing (tid2eid may be NULL: top-k with optional bias). */
 /* k_argmax over n floats. */
 int ds4_gpu_test_argmax(const float *x, uint32_t n, int32_t *out, ds4_error *err);
+/* k_band over n floats: out[0] the count, out[1..cap] and vals the candidates. */
+int ds4_gpu_test_band(const float *x, uint32_t n, float T, float min_p, uint32_t cap, int32_t *out, float *vals,
+                      ds4_error *err);
 int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_expert, uint32_t k, const int32_t *tokens,
                        const int32_t *tid2eid, uint32_t n_vocab, const float *bias, float scale, int32_t *ids, float *wts,
                        ds4_error *err);

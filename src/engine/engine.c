@@ -27,6 +27,7 @@ struct ds4_session {
     /* CUDA sessions after ds4_session_eval_pick: the last logits are still
      * on the device; ds4_session_logits fetches them on first use */
     bool logits_on_device;
+    void *sample_scratch; /* n_vocab x 8 bytes for ds4_sample's sorted paths, made on first use */
 };
 
 const char *ds4_backend_name(ds4_backend b) {
@@ -299,6 +300,7 @@ void ds4_session_free(ds4_session *s) {
     ds4_state_free(&s->state);
     ds4_workspace_free(s->ws);
     free(s->logits);
+    free(s->sample_scratch);
     free(s);
 }
 
@@ -322,20 +324,68 @@ const float *ds4_session_logits(const ds4_session *s) {
     return s->logits;
 }
 
-/* Feeds tokens in chunks of the session's prefill size. all_logits: every
- * position's logits there; else with next (CUDA only) the last position's
- * greedy pick over n_cand logits, else its logits in s->logits. A CUDA
- * chunk before the last makes no logits at all. */
-static int eval_chunks(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, uint32_t n_cand, int32_t *next,
-                       ds4_error *err) {
-    if (n == 0) { /* nothing fed: the last logits stay where they are */
-        if (next) *next = ds4_argmax(ds4_session_logits(s), n_cand);
+/* What a call returns besides the state: logits (host), or a token. */
+typedef struct eval_want {
+    float *all_logits;      /* every position's logits */
+    int32_t *next;          /* the last position's token: */
+    uint32_t n_cand;        /* among the first n_cand logits */
+    const ds4_sampling *sp; /* drawn so (NULL or no temperature: the greedy pick) */
+    ds4_rng *rng;
+} eval_want;
+
+/* The token of a CUDA session's last chunk, made on the device (greedy) or
+ * from the band of candidates it sends back (banded draws); false: the
+ * logits must come to the host. */
+static int gpu_last_chunk(ds4_session *s, bool official, const int32_t *tokens, uint32_t len, const eval_want *w, bool *done,
+                          ds4_error *err) {
+    *done = false;
+    if (!w->next || w->all_logits) return 0;
+    if (!w->sp || !(w->sp->temperature > 0)) {
+        *done = true;
+        s->logits_on_device = true;
+        return ds4_gpu_forward_pick(s->gpu, official, tokens, len, w->n_cand, w->next, err);
+    }
+    if (!ds4_sample_banded(w->sp)) return 0;
+    uint32_t count;
+    const int32_t *ids;
+    const float *vals;
+    int rc = ds4_gpu_forward_band(s->gpu, official, tokens, len, w->n_cand, w->sp->temperature, w->sp->min_p, &count, &ids,
+                                  &vals, err);
+    if (rc < 0) return -1;
+    *done = true;
+    s->logits_on_device = true;
+    /* a band wider than the device sends: the whole row from the device */
+    *w->next = rc == 0 ? ds4_sample_candidates(vals, ids, count, w->sp, w->rng)
+                       : ds4_sample(ds4_session_logits(s), w->n_cand, w->sp, w->rng, NULL);
+    return 0;
+}
+
+/* The token w asks for, from the last logits on the host. */
+static int host_next(ds4_session *s, const eval_want *w, uint32_t n_cand, ds4_error *err) {
+    const float *lg = ds4_session_logits(s);
+    if (!w->sp || !(w->sp->temperature > 0)) {
+        *w->next = ds4_argmax(lg, n_cand);
         return 0;
     }
-    const ds4_net *net = &s->m->net;
-    bool official = s->opts.numerics == DS4_NUMERICS_OFFICIAL;
+    if (!s->sample_scratch && !(s->sample_scratch = malloc((size_t)s->m->hp.n_vocab * 8))) return ds4_fail(err, "out of memory");
+    *w->next = ds4_sample(lg, n_cand, w->sp, w->rng, s->sample_scratch);
+    return 0;
+}
+
+/* Feeds tokens in chunks of the session's prefill size, for what w asks.
+ * A CUDA chunk before the last makes no logits at all. */
+static int eval_chunks(ds4_session *s, const int32_t *tokens, uint32_t n, const eval_want *w, ds4_error *err) {
     uint32_t V = s->m->hp.n_vocab;
+    uint32_t n_cand = w->n_cand == 0 || w->n_cand > V ? V : w->n_cand;
+    if (n == 0) /* nothing fed: the last logits stay where they are */
+        return w->next ? host_next(s, w, n_cand, err) : 0;
+    eval_want wc = *w;
+    wc.n_cand = n_cand;
+    const ds4_net *net = &s->m->net;
+    bool official = s->opts.numerics == DS4_NUMERICS_OFFICIAL, made = false;
     uint32_t chunk = s->opts.prefill_chunk ? s->opts.prefill_chunk : n;
+    float *all_logits = w->all_logits;
+    s->logits_on_device = false;
     if (s->m->eval_lock_init) pthread_mutex_lock(&s->m->eval_lock);
     int rc = 0;
     for (uint32_t done = 0; done < n && rc == 0;) {
@@ -344,33 +394,41 @@ static int eval_chunks(ds4_session *s, const int32_t *tokens, uint32_t n, float 
         float *dst = all_logits ? all_logits + (size_t)done * V : s->logits;
         /* errors leave through the unlock below: a sidecar model's lock
          * must not stay held for the next evaluation */
-        if (s->gpu && next && last && !all_logits) {
-            if (ds4_gpu_forward_pick(s->gpu, official, tokens + done, len, n_cand, next, err)) rc = -1;
-        } else if (s->gpu) {
+        if (s->gpu && last && gpu_last_chunk(s, official, tokens + done, len, &wc, &made, err)) {
+            rc = -1;
+        } else if (s->gpu && !made) {
             if (ds4_gpu_forward(s->gpu, official, tokens + done, len, all_logits || last ? dst : NULL, all_logits != NULL,
                                 err))
                 rc = -1;
-        } else if (ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err)) {
+        } else if (!s->gpu && ds4_forward(net, &s->state, s->ws, official, tokens + done, len, dst, all_logits != NULL, err)) {
             rc = -1;
         }
         done += len;
     }
     if (s->m->eval_lock_init) pthread_mutex_unlock(&s->m->eval_lock);
-    s->logits_on_device = rc == 0 && s->gpu && next && !all_logits;
-    if (rc) return -1;
+    if (rc) {
+        s->logits_on_device = false;
+        return -1;
+    }
     if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * V, V * sizeof(float));
-    if (next && !s->logits_on_device) *next = ds4_argmax(s->logits, n_cand);
-    return 0;
+    return w->next && !made ? host_next(s, w, n_cand, err) : 0;
 }
 
 int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *all_logits, ds4_error *err) {
-    return eval_chunks(s, tokens, n, all_logits, 0, NULL, err);
+    eval_want w = {all_logits, NULL, 0, NULL, NULL};
+    return eval_chunks(s, tokens, n, &w, err);
 }
 
 int ds4_session_eval_pick(ds4_session *s, const int32_t *tokens, uint32_t n, uint32_t n_cand, int32_t *next,
                           ds4_error *err) {
-    uint32_t V = s->m->hp.n_vocab;
-    return eval_chunks(s, tokens, n, NULL, n_cand == 0 || n_cand > V ? V : n_cand, next, err);
+    eval_want w = {NULL, next, n_cand, NULL, NULL};
+    return eval_chunks(s, tokens, n, &w, err);
+}
+
+int ds4_session_eval_sample(ds4_session *s, const int32_t *tokens, uint32_t n, uint32_t n_cand, const ds4_sampling *sp,
+                            ds4_rng *rng, int32_t *next, ds4_error *err) {
+    eval_want w = {NULL, next, n_cand, sp, rng};
+    return eval_chunks(s, tokens, n, &w, err);
 }
 
 int ds4_session_copy_state(ds4_session *dst, const ds4_session *src, ds4_error *err) {

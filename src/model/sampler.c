@@ -129,41 +129,70 @@ static double weight_floor_logit(float lmax, float T, float floor_w) {
     return (double)lmax + (double)T * ((double)logf(floor_w) - 2.0);
 }
 
-static int32_t sample(const float *logits, uint32_t n, const ds4_sampling *sp, ds4_rng *rng, void *scratch, bool plain) {
+/* The default path's draw over logits lg[0..m) of tokens ids[j] (NULL:
+ * token j): the mass of the weights at or above the floor in token order,
+ * then the walk to the drawn one; best is the first maximum. Logits under
+ * lo are passed over without their expf (see weight_floor_logit). */
+static int32_t sample_floor(const float *lg, const int32_t *ids, uint32_t m, float lmax, int32_t best, float T, float floor_w,
+                            double lo, ds4_rng *rng) {
+    float sum = 0;
+    for (uint32_t j = 0; j < m; j++) {
+        if (!(lg[j] >= lo) || !isfinite(lg[j])) continue;
+        float w = expf((lg[j] - lmax) / T);
+        if (w >= floor_w) sum += w;
+    }
+    float r = ds4_rng_uniform(rng) * sum;
+    int32_t last = best;
+    for (uint32_t j = 0; j < m; j++) {
+        if (!(lg[j] >= lo) || !isfinite(lg[j])) continue;
+        float w = expf((lg[j] - lmax) / T);
+        if (w < floor_w) continue;
+        last = ids ? ids[j] : (int32_t)j;
+        r -= w;
+        if (r <= 0) return last;
+    }
+    return last;
+}
+
+/* ds4_sample's settings as it applies them. */
+static ds4_sampling normalized(const ds4_sampling *sp, uint32_t n) {
     ds4_sampling s = *sp;
-    if (!(s.temperature > 0) || n == 0) return ds4_argmax(logits, n);
     if (!(s.top_p > 0 && s.top_p <= 1)) s.top_p = 1;
     if (!(s.min_p >= 0)) s.min_p = 0;
     if (s.top_k < 0) s.top_k = 0;
     if (s.top_k > 1024) s.top_k = 1024;
     if ((uint32_t)s.top_k > n) s.top_k = (int)n;
+    return s;
+}
+
+bool ds4_sample_banded(const ds4_sampling *sp) {
+    ds4_sampling s = normalized(sp, UINT32_MAX);
+    return s.temperature > 0 && s.top_k == 0 && s.top_p >= 1 && s.min_p > 0 && s.min_p <= 1;
+}
+
+int32_t ds4_sample_candidates(const float *lg, const int32_t *ids, uint32_t m, const ds4_sampling *sp, ds4_rng *rng) {
+    if (m == 0) return 0;
+    ds4_sampling s = normalized(sp, UINT32_MAX);
+    uint32_t jb = (uint32_t)ds4_argmax(lg, m);
+    float lmax = lg[jb], T = s.temperature;
+    if (!isfinite(lmax)) return ids[jb];
+    return sample_floor(lg, ids, m, lmax, ids[jb], T, s.min_p, weight_floor_logit(lmax, T, s.min_p), rng);
+}
+
+static int32_t sample(const float *logits, uint32_t n, const ds4_sampling *sp, ds4_rng *rng, void *scratch, bool plain) {
+    if (!(sp->temperature > 0) || n == 0) return ds4_argmax(logits, n);
+    ds4_sampling s = normalized(sp, n);
     float T = s.temperature;
     int32_t best = ds4_argmax(logits, n);
     float lmax = logits[best];
     if (!isfinite(lmax)) return best;
 
     if (s.top_k == 0 && s.top_p >= 1) {
-        /* Fast path: one pass for the mass of tokens above min_p, one walk. */
-        float floor_w = s.min_p, sum = 0;
-        /* plain: every logit through expf (the reference); else the
-         * logits far below the floor are passed over (same result) */
-        double lo = plain ? -INFINITY : weight_floor_logit(lmax, T, floor_w);
-        for (uint32_t i = 0; i < n; i++) {
-            if (!(logits[i] >= lo) || !isfinite(logits[i])) continue;
-            float w = expf((logits[i] - lmax) / T);
-            if (w >= floor_w) sum += w;
-        }
-        float r = ds4_rng_uniform(rng) * sum;
-        int32_t last = best;
-        for (uint32_t i = 0; i < n; i++) {
-            if (!(logits[i] >= lo) || !isfinite(logits[i])) continue;
-            float w = expf((logits[i] - lmax) / T);
-            if (w < floor_w) continue;
-            last = (int32_t)i;
-            r -= w;
-            if (r <= 0) return (int32_t)i;
-        }
-        return last;
+        /* Fast path: one pass for the mass of tokens above min_p, one walk;
+         * plain: every logit through expf (the reference), else the logits
+         * far below the floor are passed over (same result) */
+        return sample_floor(logits, NULL, n, lmax, best, T, s.min_p,
+                            plain ? -INFINITY : weight_floor_logit(lmax, T, s.min_p), rng);
     }
     cand *c = scratch;
     uint32_t m;

@@ -750,6 +750,43 @@ static void test_argmax(void) {
     }
 }
 
+/* The device's band of candidates against the host's: the same indices
+ * and values in order, the count, a cap shorter than the band, and a draw
+ * from them equal to ds4_sample over the whole row. */
+static void test_band(void) {
+    const uint32_t n = 129280, cap = 4096;
+    float *x = randv(n, 3.0f), *vals = malloc(cap * 4);
+    int32_t *out = malloc((1 + cap) * 4);
+    for (uint32_t i = 0; i < n; i += 997) x[i] = NAN;
+    x[5] = INFINITY;
+    const float ts[] = {1.0f, 0.7f, 2.0f}, ps[] = {0.05f, 0.1f, 0.01f};
+    for (int c = 0; c < 3; c++) {
+        GPU(ds4_gpu_test_band(x, n, ts[c], ps[c], cap, out, vals, E_));
+        float mx = x[ds4_argmax(x, n)];
+        double lo = (double)mx + (double)ts[c] * (log((double)ps[c]) - 3.0);
+        uint32_t m = 0, bad = 0;
+        for (uint32_t i = 0; i < n; i++)
+            if (isfinite(x[i]) && x[i] >= lo) {
+                if (m < cap && (out[1 + m] != (int32_t)i || vals[m] != x[i])) bad++;
+                m++;
+            }
+        CHECKF(out[0] == (int32_t)m && !bad, "band T %g min_p %g: %d candidates (want %u), %u misplaced", ts[c], ps[c], out[0],
+               m, bad);
+        if (m > cap) continue;
+        ds4_sampling sp = {ts[c], 0, 1.0f, ps[c]};
+        ds4_rng a, b;
+        ds4_rng_seed(&a, 9 + c), ds4_rng_seed(&b, 9 + c);
+        for (int d = 0; d < 8; d++) {
+            int32_t t1 = ds4_sample_candidates(vals, out + 1, m, &sp, &a), t2 = ds4_sample(x, n, &sp, &b, NULL);
+            CHECKF(t1 == t2, "band draw %d: %d from the candidates, %d from the row", d, t1, t2);
+        }
+    }
+    /* a cap below the band's size: the count stays whole, the first cap in order */
+    GPU(ds4_gpu_test_band(x, n, 1.0f, 1e-30f, 64, out, vals, E_));
+    CHECKF(out[0] > 64, "a wide band holds %d candidates", out[0]);
+    free(x), free(vals), free(out);
+}
+
 /* The MoE grouping against a plain one: chunks of 1 to 2048 tokens with 6
  * of 256 (or 16 of 1024) experts each, routing skewed to a few experts so
  * that some are unused and some take many entries across the kernel's
@@ -964,6 +1001,7 @@ int main(void) {
     test_attention();
     test_route();
     test_argmax();
+    test_band();
     test_group();
     test_moe();
     test_moe_quant();

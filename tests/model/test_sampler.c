@@ -51,7 +51,8 @@ static void histogram(const float *lg, const ds4_sampling *s, int draws, int *hi
  * qsort in the plain scan). */
 static void test_fast_matches_plain(void) {
     const uint32_t n = 129280;
-    float *lg = malloc(n * sizeof *lg);
+    float *lg = malloc(n * sizeof *lg), *cvals = malloc(n * sizeof *cvals);
+    int32_t *cids = malloc(n * sizeof *cids);
     void *scratch = malloc((size_t)n * 8);
     const ds4_sampling cases[] = {
         {1.0f, 0, 1.0f, 0.05f}, {0.7f, 0, 1.0f, 0.05f}, {2.0f, 0, 1.0f, 0.05f}, {1.0f, 0, 1.0f, 0.0f},
@@ -84,9 +85,24 @@ static void test_fast_matches_plain(void) {
                 same = ds4_sample(lg, n, &cases[c], &a, scratch) == ds4_sample_plain(lg, n, &cases[c], &b, scratch);
             CHECKF(same, "shape %d, case %zu (T %g, min_p %g): the fast sampler picked another token", shape, c,
                    cases[c].temperature, cases[c].min_p);
+            if (!ds4_sample_banded(&cases[c])) continue;
+            /* the candidates a device would send back: every finite logit
+             * within T (3 - ln min_p) of the maximum (a wider band than
+             * needed), ascending */
+            float lmax = lg[ds4_argmax(lg, n)];
+            double lo = (double)lmax + (double)cases[c].temperature * (log((double)cases[c].min_p) - 3.0);
+            uint32_t m = 0;
+            for (uint32_t i = 0; i < n; i++)
+                if (isfinite(lg[i]) && lg[i] >= lo) cids[m] = (int32_t)i, cvals[m++] = lg[i];
+            ds4_rng_seed(&a, 77 + c), ds4_rng_seed(&b, 77 + c);
+            for (int draw = 0; draw < 6 && same; draw++)
+                same = ds4_sample_candidates(cvals, cids, m, &cases[c], &a) == ds4_sample_plain(lg, n, &cases[c], &b, scratch);
+            CHECKF(same, "shape %d, case %zu: a draw from %u candidates differs from the whole row's", shape, c, m);
         }
     }
     free(lg);
+    free(cvals);
+    free(cids);
     free(scratch);
 }
 

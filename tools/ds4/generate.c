@@ -69,9 +69,9 @@ int cli_generate(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, bo
         ds4_detok_stream_free(ds);
         return ds4_fail(err, "out of memory");
     }
-    /* greedy: from the second token on, the backend makes the pick (on
-     * CUDA on the device: a step returns one index, not the logits) */
-    bool greedy = !(o->sampling.temperature > 0);
+    /* from the second token on, the session draws the token as it feeds
+     * the previous one (on CUDA a step then returns the token or a few
+     * candidates, not the logits) */
     int32_t picked = -1;
     for (long i = 0; max_new < 0 || i < max_new; i++) {
         if (cli_interrupted) {
@@ -99,11 +99,10 @@ int cli_generate(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, bo
             }
             emit(text, len, reasoning, tty);
         }
-        if (greedy ? ds4_session_eval_pick(s, &id, 1, vocab, &picked, err) : ds4_session_eval(s, &id, 1, NULL, err)) {
+        if (ds4_session_eval_sample(s, &id, 1, vocab, &o->sampling, rng, &picked, err)) {
             rc = -1;
             break;
         }
-        if (!greedy) lg = ds4_session_logits(s);
     }
     const char *text;
     size_t len;

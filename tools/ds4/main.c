@@ -337,18 +337,16 @@ static int run_ids(ds4_model *m, const cli_opts *o) {
         }
     }
     t0 = cli_now();
-    /* greedy: after the first token the backend makes the pick (on CUDA on
-     * the device, so a step returns one index instead of the logits) */
-    bool greedy = !(o->sampling.temperature > 0);
+    /* after the first token the session draws each token as it feeds the
+     * previous one (on CUDA a step then returns the token or a few
+     * candidates instead of the logits) */
     int32_t picked = -1;
     for (long i = 0; i < n_predict; i++) {
         int32_t id = picked >= 0 ? picked : ds4_sample(ds4_session_logits(s), info.n_vocab, &o->sampling, &rng, scratch);
         printf("%s%d", i ? "," : "", id);
         fflush(stdout);
         st.generated++;
-        if (i + 1 < n_predict && (greedy ? ds4_session_eval_pick(s, &id, 1, info.n_vocab, &picked, &err)
-                                         : ds4_session_eval(s, &id, 1, NULL, &err)))
-            goto out;
+        if (i + 1 < n_predict && ds4_session_eval_sample(s, &id, 1, info.n_vocab, &o->sampling, &rng, &picked, &err)) goto out;
     }
     if (n_predict) printf("\n");
     st.gen_s = cli_now() - t0;

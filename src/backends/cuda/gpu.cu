@@ -122,6 +122,11 @@ struct ds4_gpu_session {
     int32_t *pick;
     uint32_t pick_n;
     const float *last_row;
+    /* a sampled step's band of candidates (ds4_gpu_forward_band): count
+     * and indices, values, on the device and page-locked */
+    int32_t *band_out, *band_out_pinned;
+    float *band_vals, *band_vals_pinned;
+    float band_T, band_minp;
     struct {
         uint64_t key;
         cudaGraphExec_t exec;
@@ -135,6 +140,7 @@ struct ds4_gpu_session {
         bool official;
         int want; /* step_want */
         uint32_t pick_n;
+        float band_T, band_minp;
     } ready;
     uint64_t score_stride;
     /* DS4_CUDA_STEPTIME=1: host seconds of the decode steps' capture,
@@ -614,6 +620,9 @@ static uint32_t att_part_slots(const ds4_gpu_session *s) {
     return segs > 32 ? segs : 32;
 }
 
+/* Candidates a sampled decode step brings back at most (ds4_gpu_forward_band). */
+#define BAND_CAP 4096
+
 /* Rows of logits made at a time: the head runs over the wanted rows in
  * groups of this many, each group's logits copied out before the next, so
  * the scratch is HEAD_ROWS x n_vocab floats (132 MB at the published 129280
@@ -665,6 +674,8 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->logits = TAKE_F(b, (n < HEAD_ROWS ? n : HEAD_ROWS) * hp->n_vocab);
     s->tok = TAKE_I(b, n);
     s->pick = TAKE_I(b, 1);
+    s->band_out = TAKE_I(b, 1 + BAND_CAP);
+    s->band_vals = TAKE_F(b, BAND_CAP);
     s->wtab = (const uint8_t **)take(b, 3 * (uint64_t)X * sizeof(void *));
     /* Quantized activations: at most 292/256 bytes per value, for the widest
      * input of any product (routed down projections have n*K rows). */
@@ -770,6 +781,8 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     }
     if ((e = cudaMallocHost((void **)&s->tok_pinned, sizeof(int32_t))) != cudaSuccess ||
         (e = cudaMallocHost((void **)&s->pick_pinned, sizeof(int32_t))) != cudaSuccess ||
+        (e = cudaMallocHost((void **)&s->band_out_pinned, (1 + BAND_CAP) * sizeof(int32_t))) != cudaSuccess ||
+        (e = cudaMallocHost((void **)&s->band_vals_pinned, BAND_CAP * sizeof(float))) != cudaSuccess ||
         (e = cudaMallocHost((void **)&s->logits_pinned, (size_t)g->hp->n_vocab * sizeof(float))) != cudaSuccess) {
         ds4_fail(err, "CUDA: page-locked buffers: %s", cudaGetErrorString(e));
         goto fail;
@@ -791,6 +804,8 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     cudaFreeHost(s->tok_pinned);
     cudaFreeHost(s->logits_pinned);
     cudaFreeHost(s->pick_pinned);
+    cudaFreeHost(s->band_out_pinned);
+    cudaFreeHost(s->band_vals_pinned);
     cudaFreeHost(s->grp_pinned);
     cudaFreeHost(s->wtab_pinned);
     if (s->st) cudaStreamDestroy(s->st);
@@ -1375,7 +1390,7 @@ static int moe(fwd *f, uint32_t il) {
  * pick (host, page-locked) the greedy pick over the first s->pick_n logits
  * of the last row: only that index crosses to the host. */
 static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
-                   int32_t *pick, ds4_error *err) {
+                   int32_t *pick, bool band, ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     const ds4_weights *w = &s->g->w;
     fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act, false, false};
@@ -1402,7 +1417,7 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     }
     s->pos += n;
     s->fr ^= 1;
-    for (uint32_t r0 = first; (out || pick) && r0 < n; r0 += HEAD_ROWS) {
+    for (uint32_t r0 = first; (out || pick || band) && r0 < n; r0 += HEAD_ROWS) {
         uint32_t m = n - r0 < HEAD_ROWS ? n - r0 : HEAD_ROWS;
         if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)r0 * hc * E, m, 1, vec(&w->output_norm), NULL, NULL)) return -1;
         prof_mark(s, "output");
@@ -1419,12 +1434,18 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
         CU(k_argmax(st, s->last_row, s->pick_n, s->pick));
         CU(cudaMemcpyAsync(pick, s->pick, sizeof(int32_t), cudaMemcpyDeviceToHost, st));
     }
+    if (band && first < n) {
+        prof_mark(s, "band");
+        CU(k_band(st, s->last_row, s->pick_n, s->band_T, s->band_minp, BAND_CAP, s->band_out, s->band_vals));
+        CU(cudaMemcpyAsync(s->band_out_pinned, s->band_out, (1 + BAND_CAP) * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
+        CU(cudaMemcpyAsync(s->band_vals_pinned, s->band_vals, BAND_CAP * sizeof(float), cudaMemcpyDeviceToHost, st));
+    }
     prof_mark(s, "end");
     return 0;
 }
 
 /* What a single-token step returns to the host. */
-enum step_want { STEP_NOTHING, STEP_LOGITS, STEP_PICK };
+enum step_want { STEP_NOTHING, STEP_LOGITS, STEP_PICK, STEP_BAND };
 
 /* Which optional kernels a single-token step at position p launches (the
  * compressor emissions, one bit per layer ratio in use, and the indexer)
@@ -1439,6 +1460,7 @@ static uint64_t step_key(const ds4_gpu_session *s, uint64_t p, int want) {
     if ((p + 1) / 4 > hp->idx_topk) key |= 1ull << 40;
     if (want == STEP_LOGITS) key |= 1ull << 41;
     if (want == STEP_PICK) key |= 1ull << 42;
+    if (want == STEP_BAND) key |= 1ull << 43;
     return key;
 }
 
@@ -1462,7 +1484,7 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
     }
     ds4_error cap_err = {{0}};
     int rc = enqueue(s, official, s->tok_pinned, 1, 0, want == STEP_LOGITS ? s->logits_pinned : NULL,
-                     want == STEP_PICK ? s->pick_pinned : NULL, &cap_err);
+                     want == STEP_PICK ? s->pick_pinned : NULL, want == STEP_BAND, &cap_err);
     cudaError_t e = cudaStreamEndCapture(st, &graph);
     if (rc || e != cudaSuccess || !graph) {
         /* Not capturable here: undo the host-side step and launch directly. */
@@ -1517,12 +1539,14 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
  * and updated, so that the host work of a step overlaps the device work of
  * the previous one. Returns 1 (nothing done, graphs now off) when capture
  * is not possible, so the caller launches directly. */
-static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, int32_t *pick, ds4_error *err) {
+static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, int32_t *pick, bool band,
+                      ds4_error *err) {
     cudaStream_t st = s->st;
-    int want = out ? STEP_LOGITS : pick ? STEP_PICK : STEP_NOTHING;
+    int want = out ? STEP_LOGITS : pick ? STEP_PICK : band ? STEP_BAND : STEP_NOTHING;
     int slot;
     if (s->ready.slot >= 0 && s->ready.pos == s->pos && s->ready.fr == s->fr && s->ready.official == official &&
-        s->ready.want == want && s->ready.pick_n == s->pick_n) {
+        s->ready.want == want && s->ready.pick_n == s->pick_n && s->ready.band_T == s->band_T &&
+        s->ready.band_minp == s->band_minp) {
         slot = s->ready.slot;
         s->pos += 1; /* what enqueue does to the host-side state */
         s->fr ^= 1;
@@ -1542,7 +1566,7 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
         int next = capture_step(s, official, want, slot, &next_err);
         s->pos = pos; /* only prepared: the step is taken by the next call */
         s->fr = fr;
-        if (next >= 0) s->ready = {next, pos, fr, official, want, s->pick_n};
+        if (next >= 0) s->ready = {next, pos, fr, official, want, s->pick_n, s->band_T, s->band_minp};
         s->graphs = true; /* a failed capture here only means no prepared step */
     }
     CU(cudaStreamSynchronize(st));
@@ -1556,12 +1580,12 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
 }
 
 static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
-                 int32_t *pick, ds4_error *err) {
+                 int32_t *pick, bool band, ds4_error *err) {
     if (n == 1 && s->graphs) {
-        int rc = step_graph(s, official, tokens[0], first < n ? out : NULL, first < n ? pick : NULL, err);
+        int rc = step_graph(s, official, tokens[0], first < n ? out : NULL, first < n ? pick : NULL, band && first < n, err);
         if (rc <= 0) return rc;
     }
-    if (enqueue(s, official, tokens, n, first, out, pick ? s->pick_pinned : NULL, err)) return -1;
+    if (enqueue(s, official, tokens, n, first, out, pick ? s->pick_pinned : NULL, band, err)) return -1;
     CU(cudaStreamSynchronize(s->st));
     if (pick) *pick = *s->pick_pinned;
     prof_collect(s, n);
@@ -1571,7 +1595,7 @@ static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint3
 /* ds4_gpu_forward and ds4_gpu_forward_pick: logits to the host (all rows
  * or the last), or only the last row's greedy pick (pick non-NULL). */
 static int forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
-                   int32_t *pick, ds4_error *err) {
+                   int32_t *pick, bool band, ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     if (n == 0) return 0;
     if ((uint64_t)s->pos + n > s->max_ctx)
@@ -1585,7 +1609,7 @@ static int forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
         bool last = done + len == n;
         float *out = all_logits ? logits + (size_t)done * hp->n_vocab : (last ? logits : NULL);
         uint32_t first = all_logits ? 0 : len - 1;
-        if (chunk(s, official, tokens + done, len, first, out, last ? pick : NULL, err)) {
+        if (chunk(s, official, tokens + done, len, first, out, last ? pick : NULL, last && band, err)) {
             /* The device state is no longer consistent with pos: start over. */
             ds4_gpu_session_reset(s);
             return -1;
@@ -1597,14 +1621,28 @@ static int forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
 
 extern "C" int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits,
                                bool all_logits, ds4_error *err) {
-    return forward(s, official, tokens, n, logits, all_logits, NULL, err);
+    return forward(s, official, tokens, n, logits, all_logits, NULL, false, err);
 }
 
 extern "C" int ds4_gpu_forward_pick(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t n_cand,
                                     int32_t *next, ds4_error *err) {
     uint32_t V = s->g->hp->n_vocab;
     s->pick_n = n_cand == 0 || n_cand > V ? V : n_cand;
-    return forward(s, official, tokens, n, NULL, false, next, err);
+    return forward(s, official, tokens, n, NULL, false, next, false, err);
+}
+
+extern "C" int ds4_gpu_forward_band(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t n_cand,
+                                    float T, float min_p, uint32_t *count, const int32_t **ids, const float **vals,
+                                    ds4_error *err) {
+    uint32_t V = s->g->hp->n_vocab;
+    if (!(T > 0) || !(min_p > 0)) return ds4_fail(err, "CUDA: a band of candidates needs a temperature and a min-p floor above 0");
+    s->pick_n = n_cand == 0 || n_cand > V ? V : n_cand;
+    s->band_T = T, s->band_minp = min_p;
+    if (forward(s, official, tokens, n, NULL, false, NULL, true, err)) return -1;
+    *count = (uint32_t)s->band_out_pinned[0];
+    *ids = s->band_out_pinned + 1;
+    *vals = s->band_vals_pinned;
+    return *count <= BAND_CAP ? 0 : 1;
 }
 
 extern "C" int ds4_gpu_last_logits(ds4_gpu_session *s, float *out, ds4_error *err) {

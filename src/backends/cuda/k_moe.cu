@@ -145,6 +145,57 @@ cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, int32_t *out) 
     return LAUNCH_STATUS();
 }
 
+/* One block: the candidates of a banded draw (ds4_sample_banded): the
+ * finite values of x[0..n) at or above max + T (ln min_p - 3), in
+ * ascending index order; out[0] = their count, out[1 + j] the j-th index
+ * and vals[j] its value for j < cap. The band is one e-fold wider than
+ * the host's (ds4_sample_candidates), so that the device's logf may
+ * differ from the host's by its last bits. Each thread counts and then
+ * writes one contiguous stretch of x; a block scan of the counts gives
+ * every stretch its place. */
+__global__ void __launch_bounds__(PICK_THREADS) band_kernel(const float *x, uint32_t n, float T, float min_p, uint32_t cap,
+                                                          int32_t *out, float *vals) {
+    pdl_enter();
+    __shared__ float smax[PICK_THREADS / 32];
+    __shared__ uint32_t scnt[PICK_THREADS / 32];
+    uint32_t tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nw = blockDim.x / 32;
+    float mx = -INFINITY;
+    for (uint32_t i = tid; i < n; i += blockDim.x)
+        if (isfinite(x[i])) mx = fmaxf(mx, x[i]);
+    for (int o = 16; o >= 1; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) smax[warp] = mx;
+    __syncthreads();
+    mx = smax[0];
+    for (uint32_t w = 1; w < nw; w++) mx = fmaxf(mx, smax[w]);
+    double lo = (double)mx + (double)T * ((double)logf(min_p) - 3.0);
+    uint32_t per = (n + blockDim.x - 1) / blockDim.x, b0 = tid * per, b1 = b0 + per < n ? b0 + per : n;
+    uint32_t c = 0;
+    for (uint32_t i = b0; i < b1; i++) c += isfinite(x[i]) && x[i] >= lo;
+    /* exclusive scan of c over the block: within the warp, then the warps' totals */
+    uint32_t inc = c;
+    for (int o = 1; o < 32; o <<= 1) {
+        uint32_t v = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= (uint32_t)o) inc += v;
+    }
+    if (lane == 31) scnt[warp] = inc;
+    __syncthreads();
+    uint32_t off = inc - c;
+    for (uint32_t w = 0; w < warp; w++) off += scnt[w];
+    if (tid == blockDim.x - 1) out[0] = (int32_t)(off + c);
+    for (uint32_t i = b0; i < b1; i++)
+        if (isfinite(x[i]) && x[i] >= lo) {
+            if (off < cap) out[1 + off] = (int32_t)i, vals[off] = x[i];
+            off++;
+        }
+}
+
+cudaError_t k_band(cudaStream_t st, const float *x, uint32_t n, float T, float min_p, uint32_t cap, int32_t *out,
+                   float *vals) {
+    if (n == 0 || !(T > 0) || !(min_p > 0)) return cudaErrorInvalidValue;
+    k_launch(band_kernel, 1, PICK_THREADS, 0, st, x, n, T, min_p, cap, out, vals);
+    return LAUNCH_STATUS();
+}
+
 /* ---- grouping ------------------------------------------------------------------- */
 
 /* Exclusive prefix sum of v over the block (blockDim.x a multiple of 32,

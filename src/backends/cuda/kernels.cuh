@@ -245,6 +245,10 @@ cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t 
 /* out = ds4_argmax(x, n): the first maximum among finite values (0 when
  * none), on the device, so a greedy step returns one index, not n logits. */
 cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, int32_t *out);
+/* The candidates of a banded draw (ds4_sample_banded) over x[0..n): out[0]
+ * their count, out[1..] and vals[] the first cap of them in index order. */
+cudaError_t k_band(cudaStream_t st, const float *x, uint32_t n, float T, float min_p, uint32_t cap, int32_t *out,
+                   float *vals);
 cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n_expert, uint32_t k,
                     const int32_t *tokens, const int32_t *tid2eid, const float *bias, float scale, int32_t *ids,
                     float *wts, int32_t *grp);

@@ -419,6 +419,23 @@ fail:
     return -1;
 }
 
+extern "C" int ds4_gpu_test_band(const float *x, uint32_t n, float T, float min_p, uint32_t cap, int32_t *out, float *vals,
+                                 ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *dx, *dout, *dv;
+    DEV(dx, x, (size_t)n * 4);
+    DEV(dout, NULL, (1 + (size_t)cap) * 4);
+    DEV(dv, NULL, (size_t)cap * 4);
+    RUN(k_band(0, (const float *)dx, n, T, min_p, cap, (int32_t *)dout, (float *)dv));
+    BACK(out, dout, (1 + (size_t)cap) * 4);
+    BACK(vals, dv, (size_t)cap * 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
 extern "C" int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_expert, uint32_t k, const int32_t *tokens,
                                   const int32_t *tid2eid, uint32_t n_vocab, const float *bias, float scale,
                                   int32_t *ids, float *wts, ds4_error *err) {

@@ -28,6 +28,10 @@ struct ds4_session {
      * on the device; ds4_session_logits fetches them on first use */
     bool logits_on_device;
     void *sample_scratch; /* n_vocab x 8 bytes for ds4_sample's sorted paths, made on first use */
+    /* CUDA steps left that fetch the logits instead of trying the band of
+     * candidates, after a band too wide to send (flat logits stay flat
+     * for a while; the token is the same either way) */
+    uint32_t band_off;
 };
 
 const char *ds4_backend_name(ds4_backend b) {
@@ -346,6 +350,10 @@ static int gpu_last_chunk(ds4_session *s, bool official, const int32_t *tokens, 
         return ds4_gpu_forward_pick(s->gpu, official, tokens, len, w->n_cand, w->next, err);
     }
     if (!ds4_sample_banded(w->sp)) return 0;
+    if (s->band_off) {
+        s->band_off--;
+        return 0;
+    }
     uint32_t count;
     const int32_t *ids;
     const float *vals;
@@ -354,7 +362,9 @@ static int gpu_last_chunk(ds4_session *s, bool official, const int32_t *tokens, 
     if (rc < 0) return -1;
     *done = true;
     s->logits_on_device = true;
-    /* a band wider than the device sends: the whole row from the device */
+    /* a band wider than the device sends: the whole row from the device,
+     * and the next steps fetch it straight away */
+    if (rc == 1) s->band_off = 32;
     *w->next = rc == 0 ? ds4_sample_candidates(vals, ids, count, w->sp, w->rng)
                        : ds4_sample(ds4_session_logits(s), w->n_cand, w->sp, w->rng, NULL);
     return 0;

@@ -43,14 +43,14 @@ static int cmp_cand(const void *a, const void *b) {
  * ascending) in linear time: a stable least-significant-digit radix sort
  * on an order-preserving integer image of the logit (finite values, -0
  * taken as +0 since they compare equal), the input being in ascending id
- * order. tmp holds m entries. */
-static void radix_sort_cands(cand *c, uint32_t m, cand *tmp) {
-    uint32_t *keys = malloc((size_t)m * 2 * sizeof *keys);
-    if (!keys) {
+ * order. qsort where its buffers cannot be had. */
+static void sort_cands(cand *c, uint32_t m) {
+    cand *tmp = malloc((size_t)m * (sizeof *tmp + 2 * sizeof(uint32_t)));
+    if (!tmp) {
         qsort(c, m, sizeof *c, cmp_cand);
         return;
     }
-    uint32_t *key = keys, *key2 = keys + m;
+    uint32_t *key = (uint32_t *)(tmp + m), *key2 = key + m;
     for (uint32_t i = 0; i < m; i++) {
         float l = c[i].logit == 0.0f ? 0.0f : c[i].logit;
         uint32_t u;
@@ -73,7 +73,7 @@ static void radix_sort_cands(cand *c, uint32_t m, cand *tmp) {
         uint32_t *tk = key;
         key = key2, key2 = tk;
     }
-    free(keys); /* four passes: the result is back in c */
+    free(tmp); /* four passes: the result is back in c */
 }
 
 /* Keeps the k best candidates in c[0..k) sorted, scanning all n logits with
@@ -202,10 +202,8 @@ static int32_t sample(const float *logits, uint32_t n, const ds4_sampling *sp, d
         m = 0;
         for (uint32_t i = 0; i < n; i++)
             if (isfinite(logits[i])) c[m++] = (cand){logits[i], (int32_t)i};
-        cand *tmp = plain ? NULL : malloc((size_t)m * sizeof *tmp);
-        if (tmp) radix_sort_cands(c, m, tmp);
-        else qsort(c, m, sizeof *c, cmp_cand);
-        free(tmp);
+        if (plain) qsort(c, m, sizeof *c, cmp_cand);
+        else sort_cands(c, m);
     }
     return sample_sorted(c, m, &s, T, rng);
 }

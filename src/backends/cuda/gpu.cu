@@ -1385,12 +1385,16 @@ static int moe(fwd *f, uint32_t il) {
     return 0;
 }
 
+/* What a chunk returns to the host besides its state: the logits, or made
+ * on the device from the last row's first s->pick_n logits, the greedy
+ * pick (s->pick_pinned) or a band of candidates (s->band_*_pinned). */
+enum step_want { STEP_NOTHING, STEP_LOGITS, STEP_PICK, STEP_BAND };
+
 /* Enqueues one internal chunk on the session's stream and advances the
- * host-side position; logits of rows [first, n) go to out (host), and with
- * pick (host, page-locked) the greedy pick over the first s->pick_n logits
- * of the last row: only that index crosses to the host. */
+ * host-side position; logits of rows [first, n) go to out (host); tail
+ * (STEP_PICK, STEP_BAND) what the last row's logits give, if first < n. */
 static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
-                   int32_t *pick, bool band, ds4_error *err) {
+                   int tail, ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     const ds4_weights *w = &s->g->w;
     fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act, false, false};
@@ -1417,7 +1421,7 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     }
     s->pos += n;
     s->fr ^= 1;
-    for (uint32_t r0 = first; (out || pick || band) && r0 < n; r0 += HEAD_ROWS) {
+    for (uint32_t r0 = first; (out || tail != STEP_NOTHING) && r0 < n; r0 += HEAD_ROWS) {
         uint32_t m = n - r0 < HEAD_ROWS ? n - r0 : HEAD_ROWS;
         if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)r0 * hc * E, m, 1, vec(&w->output_norm), NULL, NULL)) return -1;
         prof_mark(s, "output");
@@ -1429,12 +1433,12 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
         CU(cudaMemcpyAsync(out + (uint64_t)(r0 - first) * hp->n_vocab, s->logits, (size_t)m * hp->n_vocab * sizeof(float),
                            cudaMemcpyDeviceToHost, st));
     }
-    if (pick && first < n) {
+    if (tail == STEP_PICK && first < n) {
         prof_mark(s, "pick");
         CU(k_argmax(st, s->last_row, s->pick_n, s->pick));
-        CU(cudaMemcpyAsync(pick, s->pick, sizeof(int32_t), cudaMemcpyDeviceToHost, st));
+        CU(cudaMemcpyAsync(s->pick_pinned, s->pick, sizeof(int32_t), cudaMemcpyDeviceToHost, st));
     }
-    if (band && first < n) {
+    if (tail == STEP_BAND && first < n) {
         prof_mark(s, "band");
         CU(k_band(st, s->last_row, s->pick_n, s->band_T, s->band_minp, BAND_CAP, s->band_out, s->band_vals));
         CU(cudaMemcpyAsync(s->band_out_pinned, s->band_out, (1 + BAND_CAP) * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
@@ -1443,9 +1447,6 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     prof_mark(s, "end");
     return 0;
 }
-
-/* What a single-token step returns to the host. */
-enum step_want { STEP_NOTHING, STEP_LOGITS, STEP_PICK, STEP_BAND };
 
 /* Which optional kernels a single-token step at position p launches (the
  * compressor emissions, one bit per layer ratio in use, and the indexer)
@@ -1484,7 +1485,7 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
     }
     ds4_error cap_err = {{0}};
     int rc = enqueue(s, official, s->tok_pinned, 1, 0, want == STEP_LOGITS ? s->logits_pinned : NULL,
-                     want == STEP_PICK ? s->pick_pinned : NULL, want == STEP_BAND, &cap_err);
+                     want == STEP_LOGITS ? STEP_NOTHING : want, &cap_err);
     cudaError_t e = cudaStreamEndCapture(st, &graph);
     if (rc || e != cudaSuccess || !graph) {
         /* Not capturable here: undo the host-side step and launch directly. */
@@ -1539,10 +1540,9 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
  * and updated, so that the host work of a step overlaps the device work of
  * the previous one. Returns 1 (nothing done, graphs now off) when capture
  * is not possible, so the caller launches directly. */
-static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, int32_t *pick, bool band,
-                      ds4_error *err) {
+static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, int tail, ds4_error *err) {
     cudaStream_t st = s->st;
-    int want = out ? STEP_LOGITS : pick ? STEP_PICK : band ? STEP_BAND : STEP_NOTHING;
+    int want = out ? STEP_LOGITS : tail;
     int slot;
     if (s->ready.slot >= 0 && s->ready.pos == s->pos && s->ready.fr == s->fr && s->ready.official == official &&
         s->ready.want == want && s->ready.pick_n == s->pick_n && s->ready.band_T == s->band_T &&
@@ -1575,27 +1575,25 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
         s->n_steps++;
     }
     if (out) memcpy(out, s->logits_pinned, (size_t)s->g->hp->n_vocab * sizeof(float));
-    if (pick) *pick = *s->pick_pinned;
     return 0;
 }
 
-static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out,
-                 int32_t *pick, bool band, ds4_error *err) {
+static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t first, float *out, int tail,
+                 ds4_error *err) {
     if (n == 1 && s->graphs) {
-        int rc = step_graph(s, official, tokens[0], first < n ? out : NULL, first < n ? pick : NULL, band && first < n, err);
+        int rc = step_graph(s, official, tokens[0], first < n ? out : NULL, first < n ? tail : STEP_NOTHING, err);
         if (rc <= 0) return rc;
     }
-    if (enqueue(s, official, tokens, n, first, out, pick ? s->pick_pinned : NULL, band, err)) return -1;
+    if (enqueue(s, official, tokens, n, first, out, tail, err)) return -1;
     CU(cudaStreamSynchronize(s->st));
-    if (pick) *pick = *s->pick_pinned;
     prof_collect(s, n);
     return 0;
 }
 
-/* ds4_gpu_forward and ds4_gpu_forward_pick: logits to the host (all rows
- * or the last), or only the last row's greedy pick (pick non-NULL). */
+/* ds4_gpu_forward, _pick and _band: logits to the host (all rows or the
+ * last), or only what the last row's logits give (tail, see step_want). */
 static int forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits, bool all_logits,
-                   int32_t *pick, bool band, ds4_error *err) {
+                   int tail, ds4_error *err) {
     const ds4_hparams *hp = s->g->hp;
     if (n == 0) return 0;
     if ((uint64_t)s->pos + n > s->max_ctx)
@@ -1609,7 +1607,7 @@ static int forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
         bool last = done + len == n;
         float *out = all_logits ? logits + (size_t)done * hp->n_vocab : (last ? logits : NULL);
         uint32_t first = all_logits ? 0 : len - 1;
-        if (chunk(s, official, tokens + done, len, first, out, last ? pick : NULL, last && band, err)) {
+        if (chunk(s, official, tokens + done, len, first, out, last ? tail : STEP_NOTHING, err)) {
             /* The device state is no longer consistent with pos: start over. */
             ds4_gpu_session_reset(s);
             return -1;
@@ -1621,24 +1619,32 @@ static int forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
 
 extern "C" int ds4_gpu_forward(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, float *logits,
                                bool all_logits, ds4_error *err) {
-    return forward(s, official, tokens, n, logits, all_logits, NULL, false, err);
+    return forward(s, official, tokens, n, logits, all_logits, STEP_NOTHING, err);
+}
+
+/* The logits the device picks among: the first n_cand (0: all). */
+static void set_pick_n(ds4_gpu_session *s, uint32_t n_cand) {
+    uint32_t V = s->g->hp->n_vocab;
+    s->pick_n = n_cand == 0 || n_cand > V ? V : n_cand;
 }
 
 extern "C" int ds4_gpu_forward_pick(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t n_cand,
                                     int32_t *next, ds4_error *err) {
-    uint32_t V = s->g->hp->n_vocab;
-    s->pick_n = n_cand == 0 || n_cand > V ? V : n_cand;
-    return forward(s, official, tokens, n, NULL, false, next, false, err);
+    if (n == 0) return ds4_fail(err, "CUDA: a pick needs at least one token fed");
+    set_pick_n(s, n_cand);
+    if (forward(s, official, tokens, n, NULL, false, STEP_PICK, err)) return -1;
+    *next = *s->pick_pinned;
+    return 0;
 }
 
 extern "C" int ds4_gpu_forward_band(ds4_gpu_session *s, bool official, const int32_t *tokens, uint32_t n, uint32_t n_cand,
                                     float T, float min_p, uint32_t *count, const int32_t **ids, const float **vals,
                                     ds4_error *err) {
-    uint32_t V = s->g->hp->n_vocab;
+    if (n == 0) return ds4_fail(err, "CUDA: a band of candidates needs at least one token fed");
     if (!(T > 0) || !(min_p > 0)) return ds4_fail(err, "CUDA: a band of candidates needs a temperature and a min-p floor above 0");
-    s->pick_n = n_cand == 0 || n_cand > V ? V : n_cand;
+    set_pick_n(s, n_cand);
     s->band_T = T, s->band_minp = min_p;
-    if (forward(s, official, tokens, n, NULL, false, NULL, true, err)) return -1;
+    if (forward(s, official, tokens, n, NULL, false, STEP_BAND, err)) return -1;
     *count = (uint32_t)s->band_out_pinned[0];
     *ids = s->band_out_pinned + 1;
     *vals = s->band_vals_pinned;

@@ -97,9 +97,7 @@ cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n
  * non-finite one, a larger value a smaller, and on equal values the lower
  * index wins; j < 0 is "none yet". */
 __device__ __forceinline__ bool pick_beats(float v, int32_t i, float w, int32_t j) {
-    if (i < 0) return false;
-    if (j < 0) return true;
-    return v > w || (v == w && i < j);
+    return i >= 0 && (j < 0 || beats(v, (uint32_t)i, w, (uint32_t)j));
 }
 
 /* One block: the index of the first maximum among the finite values of

@@ -50,7 +50,7 @@ TOOL_BINS  := $(addprefix $(BINDIR)/,$(TOOLS))
 TEST_SRC  := $(shell find tests -name 'test_*.c' | sort)
 TEST_BINS := $(TEST_SRC:%.c=$(BUILD)/%)
 
-.PHONY: all test san-test clean deps run cuda cuda-test test-bins
+.PHONY: all test san-test clean deps run cuda cuda-trace cuda-test test-bins
 all: $(TOOL_BINS)
 test-bins: $(TEST_BINS)
 
@@ -89,6 +89,11 @@ CUDA_BUILD ?= build/cuda
 CUDA_BIN   ?= $(CUDA_BUILD)/bin
 cuda:
 	$(MAKE) all test-bins WITH_CUDA=1 BUILD=$(CUDA_BUILD) BINDIR=$(CUDA_BIN)
+# Diagnostic CUDA tools in build/cuda-trace/bin: every kernel's first block
+# records when it starts and when its programmatic wait returns
+# (DS4_TRACE_OUT=file; bench/cuda-trace.py reads it). Not for timings.
+cuda-trace:
+	$(MAKE) all WITH_CUDA=1 BUILD=build/cuda-trace BINDIR=build/cuda-trace/bin NVCCFLAGS="$(NVCCFLAGS) -DDS4_CUDA_TRACE"
 cuda-test: cuda
 	./scripts/check-cuda-ptx.sh $(NVCC)
 	DS4_BIN=$(abspath $(CUDA_BIN)) DS4_BUILD=$(abspath $(CUDA_BUILD)) DS4_REQUIRE_GPU=1 ./tests/run.sh \

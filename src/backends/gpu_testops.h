@@ -69,6 +69,9 @@ int ds4_gpu_test_attention(const float *q, const float *kv, const float *ring, c
 /* k_argmax over n floats. */
 int ds4_gpu_test_argmax(const float *x, uint32_t n, int32_t *out, ds4_error *err);
 /* k_band over n floats: out[0] the count, out[1..cap] and vals the candidates. */
+/* k_l2_ahead over a ragged span of a copy of data (off bytes in, tail
+ * bytes short of the end) and the whole copy, then the copy back in out. */
+int ds4_gpu_test_l2_ahead(const void *data, size_t bytes, size_t off, size_t tail, void *out, ds4_error *err);
 int ds4_gpu_test_band(const float *x, uint32_t n, float T, float min_p, uint32_t cap, int32_t *out, float *vals,
                       ds4_error *err);
 int ds4_gpu_test_route(const float *logits, uint32_t n, uint32_t n_expert, uint32_t k, const int32_t *tokens,

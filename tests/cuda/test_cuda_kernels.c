@@ -750,6 +750,25 @@ static void test_argmax(void) {
     }
 }
 
+/* The L2 prefetches over spans with ragged starts and ends (not 16-byte
+ * aligned, shorter than a line, many pieces): no fault, and the memory
+ * reads back unchanged. */
+static void test_l2_ahead(void) {
+    const size_t sizes[] = {40, 4099, (size_t)3 << 20};
+    for (size_t c = 0; c < sizeof sizes / sizeof *sizes; c++) {
+        size_t n = sizes[c];
+        uint8_t *x = malloc(n), *back = malloc(n);
+        for (size_t i = 0; i < n; i++) x[i] = (uint8_t)(i * 131 + 7);
+        for (size_t off = 0; off < 20; off += 7) {
+            memset(back, 0, n);
+            GPU(ds4_gpu_test_l2_ahead(x, n, off, 3, back, E_));
+            CHECKF(memcmp(x, back, n) == 0, "memory changed by the L2 prefetch of %zu bytes from offset %zu", n, off);
+        }
+        free(x);
+        free(back);
+    }
+}
+
 /* The device's band of candidates against the host's: the same indices
  * and values in order, the count, a cap shorter than the band, and a draw
  * from them equal to ds4_sample over the whole row. */
@@ -1001,6 +1020,7 @@ int main(void) {
     test_attention();
     test_route();
     test_argmax();
+    test_l2_ahead();
     test_band();
     test_group();
     test_moe();

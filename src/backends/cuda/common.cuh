@@ -41,12 +41,57 @@ extern "C" {
  * order is transitive); what goes is the gap of launch and block start-up
  * between two kernels, which is most of the time of a small decode kernel.
  * DS4_CUDA_NO_PDL=1 launches plainly. */
-__device__ __forceinline__ void pdl_enter() {
+__device__ __forceinline__ void pdl_enter_plain() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+#ifdef DS4_CUDA_TRACE
+/* Diagnostic builds (-DDS4_CUDA_TRACE): block 0 of every kernel records the
+ * global timer when it starts and when its wait returns, with the source
+ * line of its pdl_enter; each translation unit has its own buffer. */
+typedef struct trace_rec {
+    unsigned long long t0, t1;
+    unsigned line, grid;
+} trace_rec;
+#define TRACE_CAP (1u << 20)
+static __device__ trace_rec *trace_buf;
+static __device__ unsigned trace_cnt;
+__device__ __forceinline__ unsigned long long gtimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ void pdl_enter_traced(unsigned line) {
+    bool lead = blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0 && threadIdx.y == 0 &&
+                threadIdx.z == 0;
+    unsigned long long t0 = lead ? gtimer() : 0;
+    pdl_enter_plain();
+    if (lead && trace_buf) {
+        unsigned i = atomicAdd(&trace_cnt, 1u);
+        if (i < TRACE_CAP) {
+            trace_rec r = {t0, gtimer(), line, gridDim.x * gridDim.y * gridDim.z};
+            trace_buf[i] = r;
+        }
+    }
+}
+#define pdl_enter() pdl_enter_traced(__LINE__)
+#define DS4_TRACE_EXPORT(name)                                                              \
+    extern "C" cudaError_t k_trace_bind_##name(void *b) {                                   \
+        unsigned z = 0;                                                                     \
+        cudaError_t e = cudaMemcpyToSymbol(trace_cnt, &z, sizeof z);                        \
+        return e != cudaSuccess ? e : cudaMemcpyToSymbol(trace_buf, &b, sizeof b);          \
+    }                                                                                       \
+    extern "C" unsigned k_trace_count_##name(void) {                                        \
+        unsigned n = 0;                                                                     \
+        cudaMemcpyFromSymbol(&n, trace_cnt, sizeof n);                                      \
+        return n;                                                                           \
+    }
+#else
+#define pdl_enter() pdl_enter_plain()
+#define DS4_TRACE_EXPORT(name)
+#endif
 
 /* Before pdl_enter, a kernel may only touch the model's weights: no kernel
  * writes them, and everything else may still be being written by the

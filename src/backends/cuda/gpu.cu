@@ -94,14 +94,18 @@ struct ds4_gpu_session {
     void *act; /* quantized activations for quantized weights */
     /* Side lanes: streams for the parts of a layer that need only its
      * input, run beside the main chain (lane 0: compressor, then the
-     * shared expert; lane 1: indexer), each with its own activation
+     * shared expert; lane 1: indexer; lane 2: weights asked into L2 ahead
+     * of their products), lanes 0 and 1 each with its own activation
      * scratch; they fork from and join back into st by events, so the
      * decode graph captures them as parallel branches. Off (everything
      * on st) while profiling or with DS4_CUDA_LANES=0. */
     bool lanes;
-    cudaStream_t lane[2];
+    cudaStream_t lane[3];
     void *lane_act[2];
-    cudaEvent_t ev_fork[2], ev_join[2], ev_qa;
+    cudaEvent_t ev_fork[3], ev_join[3], ev_qa;
+    /* lane 2 at work in the chunk being queued (joined at its end); off
+     * with DS4_CUDA_L2AHEAD=0 */
+    bool ahead, ahead_forked;
     struct prof *prof; /* DS4_CUDA_PROFILE=1: time per operation */
     /* Decode steps (one token) are captured into a CUDA graph and replayed:
      * one launch instead of a few hundred, whose cost per launch otherwise
@@ -146,11 +150,53 @@ struct ds4_gpu_session {
     /* DS4_CUDA_STEPTIME=1: host seconds of the decode steps' capture,
      * graph update and launch-to-result, printed when the session ends */
     bool steptime;
-    double t_capture, t_update, t_run;
+    double t_capture, t_update, t_run, t_launch, t_between, t_last_end;
     uint64_t n_steps;
 };
 
 static void prof_free(ds4_gpu_session *s);
+
+#ifdef DS4_CUDA_TRACE
+#define TRACE_TUS(X) X(k_attn) X(k_linear) X(k_mmq) X(k_moe) X(k_quant) X(k_rows)
+#define TRACE_DECL(n) extern "C" cudaError_t k_trace_bind_##n(void *b); extern "C" unsigned k_trace_count_##n(void);
+TRACE_TUS(TRACE_DECL)
+static void *trace_mem[6];
+/* DS4_TRACE_OUT=file: binds a record buffer per translation unit */
+static void trace_start(void) {
+    if (!getenv("DS4_TRACE_OUT") || trace_mem[0]) return;
+    int i = 0;
+#define TRACE_BIND(n) cudaMalloc(&trace_mem[i], TRACE_CAP * sizeof(trace_rec)); k_trace_bind_##n(trace_mem[i]); i++;
+    TRACE_TUS(TRACE_BIND)
+}
+/* writes, per unit: its name (16 bytes), its count, its records */
+static void trace_dump(void) {
+    const char *path = getenv("DS4_TRACE_OUT");
+    if (!path || !trace_mem[0]) return;
+    cudaDeviceSynchronize();
+    FILE *fp = fopen(path, "wb");
+    if (!fp) return;
+    int i = 0;
+    trace_rec *h = (trace_rec *)malloc(TRACE_CAP * sizeof(trace_rec));
+#define TRACE_DUMP(n)                                                              \
+    {                                                                              \
+        char name[16] = {0};                                                       \
+        strncpy(name, #n, 15);                                                     \
+        unsigned c = k_trace_count_##n();                                          \
+        if (c > TRACE_CAP) c = TRACE_CAP;                                          \
+        cudaMemcpy(h, trace_mem[i], c * sizeof(trace_rec), cudaMemcpyDeviceToHost); \
+        fwrite(name, 1, 16, fp);                                                   \
+        fwrite(&c, 4, 1, fp);                                                      \
+        fwrite(h, sizeof(trace_rec), c, fp);                                       \
+        i++;                                                                       \
+    }
+    TRACE_TUS(TRACE_DUMP)
+    free(h);
+    fclose(fp);
+}
+#else
+static void trace_start(void) {}
+static void trace_dump(void) {}
+#endif
 
 static double now_s(void) {
     struct timespec ts;
@@ -729,6 +775,7 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     layout_state(s, &sb);
     layout_scratch(s, &xb);
     s->state_size = sb.off;
+    trace_start();
     if ((e = cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking)) == cudaSuccess &&
         (e = cudaMalloc((void **)&s->state, sb.off)) == cudaSuccess) {
         /* The scratch grows with the chunk; where the card has no room for
@@ -752,9 +799,10 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     layout_scratch(s, &xb);
     prof_init(s);
     {
-        const char *le = getenv("DS4_CUDA_LANES");
+        const char *le = getenv("DS4_CUDA_LANES"), *ae = getenv("DS4_CUDA_L2AHEAD");
         s->lanes = !s->prof && !(le && *le == '0');
-        for (int i = 0; i < 2 && s->lanes && e == cudaSuccess; i++)
+        s->ahead = !(ae && *ae == '0');
+        for (int i = 0; i < 3 && s->lanes && e == cudaSuccess; i++)
             if ((e = cudaStreamCreateWithFlags(&s->lane[i], cudaStreamNonBlocking)) == cudaSuccess &&
                 (e = cudaEventCreateWithFlags(&s->ev_fork[i], cudaEventDisableTiming)) == cudaSuccess)
                 e = cudaEventCreateWithFlags(&s->ev_join[i], cudaEventDisableTiming);
@@ -796,10 +844,13 @@ fail:
 extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     if (!s) return;
     if (s->steptime && s->n_steps)
-        fprintf(stderr, "ds4 CUDA decode steps: %llu, per step: capture %.1f us, graph update %.1f us, run %.1f us\n",
+        fprintf(stderr,
+                "ds4 CUDA decode steps: %llu, per step: capture %.1f us, graph update %.1f us, launch call %.1f us, "
+                "host between steps %.1f us, run %.1f us\n",
                 (unsigned long long)s->n_steps, 1e6 * s->t_capture / s->n_steps, 1e6 * s->t_update / s->n_steps,
-                1e6 * s->t_run / s->n_steps);
+                1e6 * s->t_launch / s->n_steps, 1e6 * s->t_between / s->n_steps, 1e6 * s->t_run / s->n_steps);
     prof_free(s);
+    trace_dump();
     for (int i = 0; i < s->n_gcache; i++) cudaGraphExecDestroy(s->gcache[i].exec);
     cudaFreeHost(s->tok_pinned);
     cudaFreeHost(s->logits_pinned);
@@ -809,7 +860,7 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     cudaFreeHost(s->grp_pinned);
     cudaFreeHost(s->wtab_pinned);
     if (s->st) cudaStreamDestroy(s->st);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         if (s->lane[i]) cudaStreamDestroy(s->lane[i]);
         if (s->ev_fork[i]) cudaEventDestroy(s->ev_fork[i]);
         if (s->ev_join[i]) cudaEventDestroy(s->ev_join[i]);
@@ -1000,6 +1051,26 @@ static int join_lane(const fwd *f, const fwd *side, int i) {
     if (side->st == f->st) return 0;
     CU(cudaEventRecord(f->s->ev_join[i], side->st));
     CU(cudaStreamWaitEvent(f->st, f->s->ev_join[i], 0));
+    return 0;
+}
+
+/* One token: lane 2 asks the weights of up to four tensors into L2 from
+ * the point reached in f's stream, while the chain of small kernels ahead
+ * of their products runs (H100, synth6: decode run per step 10-30 us
+ * shorter; see bench/cuda-h100-decode.md). The tensors must fit in L2
+ * together with what the chain reads meanwhile. */
+static int ahead(const fwd *f, const ds4_tensor *const *t, int n_t) {
+    ds4_gpu_session *s = f->s;
+    ds4_error *err = f->err;
+    if (!s->ahead || !s->lanes || f->n != 1) return 0;
+    l2_spans sp;
+    memset(&sp, 0, sizeof sp);
+    for (int i = 0; i < n_t && sp.n < 4; i++)
+        if (t[i]->data) sp.p[sp.n] = t[i]->data, sp.bytes[sp.n++] = tensor_bytes(t[i]);
+    CU(cudaEventRecord(s->ev_fork[2], f->st));
+    CU(cudaStreamWaitEvent(s->lane[2], s->ev_fork[2], 0));
+    CU(k_l2_ahead(s->lane[2], &sp));
+    s->ahead_forked = true;
     return 0;
 }
 
@@ -1302,6 +1373,11 @@ static int attention(fwd *f, uint32_t il) {
     prof_mark(f->s, "q_proj");
     CU(lin(f, &lw->q_b, 0, qdim, 1, 0, qa_q8 ? NULL : s->qa, hp->q_lora, NULL, n, s->q, qdim));
     if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
+    {
+        /* out_a's weights while the attention runs */
+        const ds4_tensor *next[1] = {&lw->out_a};
+        if (ahead(f, next, 1)) return -1;
+    }
     if (ratio && join_lane(f, &cf, 0)) return -1;
     if (ratio == 4 && join_lane(f, &xf, 1)) return -1;
 
@@ -1408,6 +1484,11 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
         /* one token: the finish step also writes y's Q8_0 row for q_a,
          * the launch of q_a's own quantizer saved */
         f.y_q8 = n == 1 && lw->q_a.type == GGML_TYPE_Q8_0 && E % 32 == 0; /* whole Q8_0 blocks */
+        {
+            /* the attention's first products while the mHC steps run */
+            const ds4_tensor *next[3] = {&lw->q_a, &lw->kv, &lw->q_b};
+            if (ahead(&f, next, 3)) return -1;
+        }
         if (mhc_pre(&f, &lw->hc_attn, s->X, n, 0, vec(&lw->attn_norm), f.y_q8 ? (uint8_t *)f.act : NULL, NULL)) return -1;
         if (attention(&f, il)) return ds4_fail_prefix(err, "layer %u attention", il);
         /* one token, experts resident: the finish step also writes y's Q8_K
@@ -1443,6 +1524,11 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
         CU(k_band(st, s->last_row, s->pick_n, s->band_T, s->band_minp, BAND_CAP, s->band_out, s->band_vals));
         CU(cudaMemcpyAsync(s->band_out_pinned, s->band_out, (1 + BAND_CAP) * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
         CU(cudaMemcpyAsync(s->band_vals_pinned, s->band_vals, BAND_CAP * sizeof(float), cudaMemcpyDeviceToHost, st));
+    }
+    if (s->ahead_forked) {
+        CU(cudaEventRecord(s->ev_join[2], s->lane[2]));
+        CU(cudaStreamWaitEvent(st, s->ev_join[2], 0));
+        s->ahead_forked = false;
     }
     prof_mark(s, "end");
     return 0;
@@ -1559,6 +1645,10 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
     *s->tok_pinned = token;
     double t2 = s->steptime ? now_s() : 0;
     CU(cudaGraphLaunch(s->gcache[slot].exec, st));
+    if (s->steptime) {
+        s->t_launch += now_s() - t2;
+        if (s->t_last_end > 0) s->t_between += t2 - s->t_last_end; /* the caller's time between two steps */
+    }
     if (s->pos < s->max_ctx) {
         uint32_t pos = s->pos;
         int fr = s->fr;
@@ -1571,7 +1661,8 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
     }
     CU(cudaStreamSynchronize(st));
     if (s->steptime) {
-        s->t_run += now_s() - t2;
+        s->t_last_end = now_s();
+        s->t_run += s->t_last_end - t2;
         s->n_steps++;
     }
     if (out) memcpy(out, s->logits_pinned, (size_t)s->g->hp->n_vocab * sizeof(float));

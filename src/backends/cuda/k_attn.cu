@@ -943,3 +943,5 @@ cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t 
     k_launch(ring_write_kernel, (unsigned)(end - first), 128, 0, st, kv, first, pos0, W, hd, ring);
     return LAUNCH_STATUS();
 }
+
+DS4_TRACE_EXPORT(k_attn)

@@ -967,3 +967,5 @@ cudaError_t k_linear_rms(cudaStream_t st, const ds4_tensor *w, const float *x, u
 #undef RB
     return LAUNCH_STATUS();
 }
+
+DS4_TRACE_EXPORT(k_linear)

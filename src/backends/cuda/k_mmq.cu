@@ -517,3 +517,5 @@ cudaError_t k_mmq_ffn(cudaStream_t st, bool up, const ds4_tensor *w0, const ds4_
 #undef MU
     return LAUNCH_STATUS();
 }
+
+DS4_TRACE_EXPORT(k_mmq)

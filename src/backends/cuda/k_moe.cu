@@ -286,3 +286,5 @@ cudaError_t k_moe_combine(cudaStream_t st, const float *shared, const float *d, 
     k_launch(moe_combine_kernel, dim3(div_up(E, 256), n), 256, 0, st, shared, d, ids, wts, pos, k, E, out);
     return LAUNCH_STATUS();
 }
+
+DS4_TRACE_EXPORT(k_moe)

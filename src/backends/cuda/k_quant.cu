@@ -1266,3 +1266,5 @@ cudaError_t k_qffn_down(cudaStream_t st, const ds4_tensor *down, const int32_t *
 #undef QD
     return e != cudaSuccess ? e : LAUNCH_STATUS();
 }
+
+DS4_TRACE_EXPORT(k_quant)

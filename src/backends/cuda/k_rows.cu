@@ -480,3 +480,5 @@ cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint
                                                     norm_eps, y, q8, q8k);
     return LAUNCH_STATUS();
 }
+
+DS4_TRACE_EXPORT(k_rows)

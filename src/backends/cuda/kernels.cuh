@@ -314,4 +314,15 @@ __device__ __forceinline__ const uint8_t *expert_row(const Args &a, uint32_t e, 
     return a.w0 + row * a.row_bytes;
 }
 
+
+/* ---- L2 ahead (k_ahead.cu) --------------------------------------------------
+ * Asks the n spans [p[j], p[j] + bytes[j]) of weights into L2 (bulk
+ * prefetches; no results), for a side lane of a decode step. */
+typedef struct l2_spans {
+    const uint8_t *p[4];
+    uint64_t bytes[4];
+    uint32_t n;
+} l2_spans;
+cudaError_t k_l2_ahead(cudaStream_t st, const l2_spans *sp);
+
 #endif

@@ -419,6 +419,28 @@ fail:
     return -1;
 }
 
+/* k_l2_ahead over [off, bytes - tail) of a device copy of data, which is
+ * read back into out: the prefetches must leave memory as it was. */
+extern "C" int ds4_gpu_test_l2_ahead(const void *data, size_t bytes, size_t off, size_t tail, void *out, ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *d;
+    DEV(d, data, bytes);
+    {
+        l2_spans sp;
+        memset(&sp, 0, sizeof sp);
+        sp.p[0] = (const uint8_t *)d + off, sp.bytes[0] = bytes - off - tail;
+        sp.p[1] = (const uint8_t *)d, sp.bytes[1] = bytes;
+        sp.n = 2;
+        RUN(k_l2_ahead(0, &sp));
+    }
+    BACK(out, d, bytes);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
 extern "C" int ds4_gpu_test_band(const float *x, uint32_t n, float T, float min_p, uint32_t cap, int32_t *out, float *vals,
                                  ds4_error *err) {
     pool pl = {{0}, 0};

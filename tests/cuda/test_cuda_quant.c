@@ -193,6 +193,20 @@ int main(void) {
                     CHECKF(b == want, "greedy step %d: device pick %d, host pick %d", k, b, want);
                     a = b;
                 }
+                /* greedy steps run one ahead of the caller on the device,
+                 * fed the pick; a caller that feeds another token (every
+                 * fifth step here) gets that token's step, the ahead step
+                 * leaving nothing behind; the logits of a pick stay
+                 * readable while the next step runs */
+                for (int k = 0; pk && k < 24 && !test_failures; k++) {
+                    if (k % 5 == 3) a = b = (b + 7) % (int32_t)V;
+                    CHECKF(ds4_session_eval(gpu, &a, 1, NULL, &err) == 0, "%s", err.msg);
+                    a = ds4_argmax(ds4_session_logits(gpu), V);
+                    CHECKF(ds4_session_eval_pick(pk, &b, 1, 0, &b, &err) == 0, "%s", err.msg);
+                    CHECKF(b == a, "greedy step %d ahead: device pick %d, host pick %d", k, b, a);
+                    CHECKF(!memcmp(ds4_session_logits(pk), ds4_session_logits(gpu), (size_t)V * 4),
+                           "greedy step %d ahead: logits differ", k);
+                }
                 ds4_session_free(pk);
             }
             ds4_session_free(cpu);

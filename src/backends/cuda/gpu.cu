@@ -117,9 +117,32 @@ struct ds4_gpu_session {
     int32_t *grp_pinned;      /* slot bank: used experts read back (1 + n_expert) */
     const uint8_t **wtab_pinned; /* slot bank: 3 matrix addresses per used expert */
     const uint8_t **wtab;        /* the same on the device */
-    int32_t *tok_pinned;   /* capture needs page-locked host buffers */
-    float *logits_pinned;  /* n_vocab */
-    int32_t *pick_pinned;  /* a greedy step's token */
+    /* page-locked host words, two of each, by the parity of the step's
+     * position (two steps can be in flight, see spec): a captured step's
+     * token, read by its embedding kernel (-1: the device's pick of the
+     * step before), and a greedy step's pick */
+    int32_t *tok_pinned;
+    int32_t *pick_pinned;
+    float *logits_pinned; /* n_vocab */
+    /* Greedy decoding ahead (ds4_gpu_forward_pick): with a graph step's
+     * pick, the next step is launched at once with that pick (read on the
+     * device) as its token, so the GPU need not wait for the host between
+     * steps. A following call that feeds that same token takes the step in
+     * flight; any other call first lets it finish and does not count it:
+     * a step only writes state that the step at its position rewrites
+     * (its window ring slot, the compressors' new frontier and rows at or
+     * past pos), so an unused step leaves nothing behind. Off with
+     * DS4_CUDA_SPECULATE=0. */
+    bool speculate;
+    struct spec_step {
+        bool on;
+        uint32_t pos;
+        int fr;
+        bool official;
+        uint32_t pick_n;
+        int slot; /* its graph */
+    } spec;
+    cudaEvent_t ev_done[2]; /* a graph step's end, by position parity */
     /* the greedy pick on the device (ds4_gpu_forward_pick): over the first
      * pick_n logits of the last head row, last_row, which stays readable
      * (ds4_gpu_last_logits) until the next head runs */
@@ -155,6 +178,7 @@ struct ds4_gpu_session {
 };
 
 static void prof_free(ds4_gpu_session *s);
+static int spec_drop(ds4_gpu_session *s, ds4_error *err);
 
 #ifdef DS4_CUDA_TRACE
 #define TRACE_TUS(X) X(k_attn) X(k_linear) X(k_mmq) X(k_moe) X(k_quant) X(k_rows)
@@ -717,7 +741,9 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->hs = TAKE_F(b, n * hp->n_ff_exp);
     s->dx = TAKE_F(b, n * K * E);
     s->sh = TAKE_F(b, n * E);
-    s->logits = TAKE_F(b, (n < HEAD_ROWS ? n : HEAD_ROWS) * hp->n_vocab);
+    /* a single-token step's row by its position's parity: the logits of a
+     * taken step stay readable while the step ahead runs */
+    s->logits = TAKE_F(b, (n < 2 ? 2 : n < HEAD_ROWS ? n : HEAD_ROWS) * hp->n_vocab);
     s->tok = TAKE_I(b, n);
     s->pick = TAKE_I(b, 1);
     s->band_out = TAKE_I(b, 1 + BAND_CAP);
@@ -817,6 +843,8 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
         /* the slot bank decides on the host between layers: no capture */
         s->graphs = !s->prof && !g->bank && !(ge && *ge == '0');
         s->ready.slot = -1;
+        const char *se = getenv("DS4_CUDA_SPECULATE");
+        s->speculate = !(se && *se == '0');
         const char *te = getenv("DS4_CUDA_STEPTIME");
         s->steptime = te && *te == '1';
     }
@@ -827,8 +855,10 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
         ds4_fail(err, "CUDA: page-locked buffers: %s", cudaGetErrorString(e));
         goto fail;
     }
-    if ((e = cudaMallocHost((void **)&s->tok_pinned, sizeof(int32_t))) != cudaSuccess ||
-        (e = cudaMallocHost((void **)&s->pick_pinned, sizeof(int32_t))) != cudaSuccess ||
+    if ((e = cudaMallocHost((void **)&s->tok_pinned, 2 * sizeof(int32_t))) != cudaSuccess ||
+        (e = cudaMallocHost((void **)&s->pick_pinned, 2 * sizeof(int32_t))) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&s->ev_done[0], cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&s->ev_done[1], cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaMallocHost((void **)&s->band_out_pinned, (1 + BAND_CAP) * sizeof(int32_t))) != cudaSuccess ||
         (e = cudaMallocHost((void **)&s->band_vals_pinned, BAND_CAP * sizeof(float))) != cudaSuccess ||
         (e = cudaMallocHost((void **)&s->logits_pinned, (size_t)g->hp->n_vocab * sizeof(float))) != cudaSuccess) {
@@ -852,6 +882,9 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     prof_free(s);
     trace_dump();
     for (int i = 0; i < s->n_gcache; i++) cudaGraphExecDestroy(s->gcache[i].exec);
+    if (s->st) cudaStreamSynchronize(s->st); /* a step ahead may still run */
+    for (int i = 0; i < 2; i++)
+        if (s->ev_done[i]) cudaEventDestroy(s->ev_done[i]);
     cudaFreeHost(s->tok_pinned);
     cudaFreeHost(s->logits_pinned);
     cudaFreeHost(s->pick_pinned);
@@ -876,6 +909,8 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
  * written since the last reset (the frontier of position < 0 is synthesised
  * as empty, raw rows are read only for positions < pos). */
 extern "C" void ds4_gpu_session_reset(ds4_gpu_session *s) {
+    ds4_error err = {{0}};
+    spec_drop(s, &err); /* its writes would land after the reset's */
     s->pos = 0;
     s->fr = 0;
     s->last_row = NULL;
@@ -1476,9 +1511,15 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act, false, false};
     cudaStream_t st = s->st;
     uint32_t E = hp->n_embd, hc = hp->hc;
-    CU(cudaMemcpyAsync(s->tok, tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
     prof_mark(s, "embed");
-    CU(k_embed(st, &w->tok_embd, s->tok, n, hc, s->X));
+    if (tokens == s->tok_pinned) {
+        /* a captured step: the embedding reads its token word itself (or
+         * the device's last pick) and keeps a copy for the routing */
+        CU(k_embed(st, &w->tok_embd, s->tok_pinned + (f.pos0 & 1), n, hc, s->X, s->tok, s->pick));
+    } else {
+        CU(cudaMemcpyAsync(s->tok, tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+        CU(k_embed(st, &w->tok_embd, s->tok, n, hc, s->X, NULL, NULL));
+    }
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const ds4_layer_weights *lw = &w->layers[il];
         /* one token: the finish step also writes y's Q8_0 row for q_a,
@@ -1506,18 +1547,19 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
         uint32_t m = n - r0 < HEAD_ROWS ? n - r0 : HEAD_ROWS;
         if (mhc_pre(&f, &w->hc_head, s->X + (uint64_t)r0 * hc * E, m, 1, vec(&w->output_norm), NULL, NULL)) return -1;
         prof_mark(s, "output");
-        CU(lin(&f, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, s->logits, hp->n_vocab));
-        s->last_row = s->logits + (uint64_t)(m - 1) * hp->n_vocab;
+        float *lg = n == 1 ? s->logits + (uint64_t)(f.pos0 & 1) * hp->n_vocab : s->logits;
+        CU(lin(&f, &w->output, 0, hp->n_vocab, 1, 0, s->y, E, NULL, m, lg, hp->n_vocab));
+        s->last_row = lg + (uint64_t)(m - 1) * hp->n_vocab;
         if (!out) continue;
         prof_mark(s, "logits_d2h");
         /* in stream order: this group's logits are out before the next group's head writes them */
-        CU(cudaMemcpyAsync(out + (uint64_t)(r0 - first) * hp->n_vocab, s->logits, (size_t)m * hp->n_vocab * sizeof(float),
+        CU(cudaMemcpyAsync(out + (uint64_t)(r0 - first) * hp->n_vocab, lg, (size_t)m * hp->n_vocab * sizeof(float),
                            cudaMemcpyDeviceToHost, st));
     }
     if (tail == STEP_PICK && first < n) {
         prof_mark(s, "pick");
         CU(k_argmax(st, s->last_row, s->pick_n, s->pick));
-        CU(cudaMemcpyAsync(s->pick_pinned, s->pick, sizeof(int32_t), cudaMemcpyDeviceToHost, st));
+        CU(cudaMemcpyAsync(s->pick_pinned + ((s->pos - 1) & 1), s->pick, sizeof(int32_t), cudaMemcpyDeviceToHost, st));
     }
     if (tail == STEP_BAND && first < n) {
         prof_mark(s, "band");
@@ -1570,8 +1612,10 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
         return -2;
     }
     ds4_error cap_err = {{0}};
+    const float *last_row = s->last_row; /* the row of the step taken last, not of this one */
     int rc = enqueue(s, official, s->tok_pinned, 1, 0, want == STEP_LOGITS ? s->logits_pinned : NULL,
                      want == STEP_LOGITS ? STEP_NOTHING : want, &cap_err);
+    s->last_row = last_row;
     cudaError_t e = cudaStreamEndCapture(st, &graph);
     if (rc || e != cudaSuccess || !graph) {
         /* Not capturable here: undo the host-side step and launch directly. */
@@ -1583,20 +1627,18 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
         return -2;
     }
     double t1 = s->steptime ? now_s() : 0;
+    /* Never the graph of the step running now (busy): a launch of a graph
+     * updated while it runs waits for that run, so consecutive steps of
+     * one kind alternate between two graphs. */
     int slot = -1;
     for (int i = 0; i < s->n_gcache; i++)
-        if (s->gcache[i].key == key) slot = i;
+        if (s->gcache[i].key == key && i != busy) slot = i;
     if (slot >= 0) {
         cudaGraphExecUpdateResultInfo info;
         if (cudaGraphExecUpdate(s->gcache[slot].exec, graph, &info) != cudaSuccess) {
             cudaGetLastError();
-            if (slot == busy) {
-                s->gcache[slot].key = UINT64_MAX; /* retired; a fresh slot below */
-                slot = -1;
-            } else {
-                cudaGraphExecDestroy(s->gcache[slot].exec);
-                s->gcache[slot].exec = NULL;
-            }
+            cudaGraphExecDestroy(s->gcache[slot].exec);
+            s->gcache[slot].exec = NULL;
         }
     }
     if (slot < 0) {
@@ -1621,45 +1663,81 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
     return slot;
 }
 
+/* Lets a step launched ahead (spec) finish without taking it. */
+static int spec_drop(ds4_gpu_session *s, ds4_error *err) {
+    if (!s->spec.on) return 0;
+    s->spec.on = false;
+    CU(cudaStreamSynchronize(s->st));
+    return 0;
+}
+
 /* A single-token step through a captured graph. While the GPU runs it, the
  * graph of the following step (same settings, next position) is captured
  * and updated, so that the host work of a step overlaps the device work of
- * the previous one. Returns 1 (nothing done, graphs now off) when capture
- * is not possible, so the caller launches directly. */
+ * the previous one; a greedy step's follower is also launched at once, fed
+ * the device's pick (see spec). Returns 1 (nothing done, graphs now off)
+ * when capture is not possible, so the caller launches directly. */
 static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, int tail, ds4_error *err) {
     cudaStream_t st = s->st;
     int want = out ? STEP_LOGITS : tail;
-    int slot;
-    if (s->ready.slot >= 0 && s->ready.pos == s->pos && s->ready.fr == s->fr && s->ready.official == official &&
-        s->ready.want == want && s->ready.pick_n == s->pick_n && s->ready.band_T == s->band_T &&
-        s->ready.band_minp == s->band_minp) {
-        slot = s->ready.slot;
-        s->pos += 1; /* what enqueue does to the host-side state */
-        s->fr ^= 1;
-    } else {
-        slot = capture_step(s, official, want, -1, err);
-        if (slot == -2) return 1;
-        if (slot < 0) return -1;
-    }
-    s->ready.slot = -1;
-    *s->tok_pinned = token;
+    uint32_t p = s->pos;
+    int busy; /* the graph of the step at p, running */
     double t2 = s->steptime ? now_s() : 0;
-    CU(cudaGraphLaunch(s->gcache[slot].exec, st));
-    if (s->steptime) {
-        s->t_launch += now_s() - t2;
-        if (s->t_last_end > 0) s->t_between += t2 - s->t_last_end; /* the caller's time between two steps */
+    if (s->spec.on && s->spec.pos == p && s->spec.fr == s->fr && s->spec.official == official && want == STEP_PICK &&
+        s->spec.pick_n == s->pick_n && token == s->pick_pinned[(p - 1) & 1]) {
+        /* this step is the one in flight */
+        s->spec.on = false;
+        busy = s->spec.slot;
+        s->pos += 1;
+        s->fr ^= 1;
+        if (s->steptime && s->t_last_end > 0) s->t_between += t2 - s->t_last_end;
+    } else {
+        if (spec_drop(s, err)) return -1;
+        int slot;
+        if (s->ready.slot >= 0 && s->ready.pos == s->pos && s->ready.fr == s->fr && s->ready.official == official &&
+            s->ready.want == want && s->ready.pick_n == s->pick_n && s->ready.band_T == s->band_T &&
+            s->ready.band_minp == s->band_minp) {
+            slot = s->ready.slot;
+            s->pos += 1; /* what enqueue does to the host-side state */
+            s->fr ^= 1;
+        } else {
+            slot = capture_step(s, official, want, -1, err);
+            if (slot == -2) return 1;
+            if (slot < 0) return -1;
+        }
+        s->ready.slot = -1;
+        busy = slot;
+        s->tok_pinned[p & 1] = token;
+        t2 = s->steptime ? now_s() : 0;
+        CU(cudaGraphLaunch(s->gcache[slot].exec, st));
+        CU(cudaEventRecord(s->ev_done[p & 1], st));
+        if (s->steptime) {
+            s->t_launch += now_s() - t2;
+            if (s->t_last_end > 0) s->t_between += t2 - s->t_last_end; /* the caller's time between two steps */
+        }
     }
     if (s->pos < s->max_ctx) {
         uint32_t pos = s->pos;
         int fr = s->fr;
         ds4_error next_err = {{0}};
-        int next = capture_step(s, official, want, slot, &next_err);
+        int next = capture_step(s, official, want, busy, &next_err);
         s->pos = pos; /* only prepared: the step is taken by the next call */
         s->fr = fr;
-        if (next >= 0) s->ready = {next, pos, fr, official, want, s->pick_n, s->band_T, s->band_minp};
         s->graphs = true; /* a failed capture here only means no prepared step */
+        if (next >= 0 && want == STEP_PICK && s->speculate) {
+            /* launched now, fed the pick that the step before leaves on the device */
+            double t3 = s->steptime ? now_s() : 0;
+            s->tok_pinned[pos & 1] = -1;
+            CU(cudaGraphLaunch(s->gcache[next].exec, st));
+            CU(cudaEventRecord(s->ev_done[pos & 1], st));
+            if (s->steptime) s->t_launch += now_s() - t3;
+            s->spec = {true, pos, fr, official, s->pick_n, next};
+        } else if (next >= 0) {
+            s->ready = {next, pos, fr, official, want, s->pick_n, s->band_T, s->band_minp};
+        }
     }
-    CU(cudaStreamSynchronize(st));
+    CU(cudaEventSynchronize(s->ev_done[p & 1]));
+    s->last_row = s->logits + (uint64_t)(p & 1) * s->g->hp->n_vocab;
     if (s->steptime) {
         s->t_last_end = now_s();
         s->t_run += s->t_last_end - t2;
@@ -1675,7 +1753,7 @@ static int chunk(ds4_gpu_session *s, bool official, const int32_t *tokens, uint3
         int rc = step_graph(s, official, tokens[0], first < n ? out : NULL, first < n ? tail : STEP_NOTHING, err);
         if (rc <= 0) return rc;
     }
-    if (enqueue(s, official, tokens, n, first, out, tail, err)) return -1;
+    if (spec_drop(s, err) || enqueue(s, official, tokens, n, first, out, tail, err)) return -1;
     CU(cudaStreamSynchronize(s->st));
     prof_collect(s, n);
     return 0;
@@ -1724,7 +1802,7 @@ extern "C" int ds4_gpu_forward_pick(ds4_gpu_session *s, bool official, const int
     if (n == 0) return ds4_fail(err, "CUDA: a pick needs at least one token fed");
     set_pick_n(s, n_cand);
     if (forward(s, official, tokens, n, NULL, false, STEP_PICK, err)) return -1;
-    *next = *s->pick_pinned;
+    *next = s->pick_pinned[(s->pos - 1) & 1];
     return 0;
 }
 

@@ -69,18 +69,23 @@ cudaError_t k_rows(cudaStream_t st, const row_op *op) { return k_rows2(st, op, N
 /* ---- embedding ---------------------------------------------------------------- */
 
 __global__ void embed_kernel(const uint8_t *data, uint64_t row_bytes, uint32_t type, uint32_t E, const int32_t *tokens,
-                             uint32_t hc, float *X) {
+                             uint32_t hc, float *X, int32_t *tok_copy, const int32_t *dev_pick) {
     pdl_enter();
     uint32_t t = blockIdx.y, d = blockIdx.x * blockDim.x + threadIdx.x;
+    int32_t tok = tokens[t];
+    if (tok < 0 && dev_pick) tok = *dev_pick;
+    if (tok_copy && d == 0) tok_copy[t] = tok;
     if (d >= E) return;
-    float v = load_elem(type, data + (uint64_t)tokens[t] * row_bytes, d);
+    float v = load_elem(type, data + (uint64_t)tok * row_bytes, d);
     for (uint32_t i = 0; i < hc; i++) X[((uint64_t)t * hc + i) * E + d] = v;
 }
 
-cudaError_t k_embed(cudaStream_t st, const ds4_tensor *emb, const int32_t *tokens, uint32_t n, uint32_t hc, float *X) {
+cudaError_t k_embed(cudaStream_t st, const ds4_tensor *emb, const int32_t *tokens, uint32_t n, uint32_t hc, float *X,
+                    int32_t *tok_copy, const int32_t *dev_pick) {
     if (n == 0) return cudaSuccess;
     uint32_t E = (uint32_t)emb->ne[0];
-    k_launch(embed_kernel, dim3(div_up(E, 256), n), 256, 0, st, emb->data, emb->row_bytes, emb->type, E, tokens, hc, X);
+    k_launch(embed_kernel, dim3(div_up(E, 256), n), 256, 0, st, emb->data, emb->row_bytes, emb->type, E, tokens, hc, X,
+             tok_copy, dev_pick);
     return LAUNCH_STATUS();
 }
 

@@ -136,8 +136,11 @@ cudaError_t k_rows(cudaStream_t st, const row_op *op);
 cudaError_t k_rows2(cudaStream_t st, const row_op *op0, const row_op *op1);
 
 /* ---- mHC ------------------------------------------------------------------ */
-/* X[t][i] = embedding row tokens[t] for each of the hc streams. */
-cudaError_t k_embed(cudaStream_t st, const ds4_tensor *emb, const int32_t *tokens, uint32_t n, uint32_t hc, float *X);
+/* X[t][i] = the embedding of tokens[t] for each of the hc streams; a
+ * token below 0 is *dev_pick's (when dev_pick is given), and tok_copy (when
+ * given) receives the tokens used. tokens may be page-locked host memory. */
+cudaError_t k_embed(cudaStream_t st, const ds4_tensor *emb, const int32_t *tokens, uint32_t n, uint32_t hc, float *X,
+                    int32_t *tok_copy, const int32_t *dev_pick);
 /* rinv[r] = 1 / sqrt(mean(x_r^2) + eps) over rows of n floats. */
 cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t n, float eps, float *rinv);
 /* pre/post/comb from the mixing logits (ds4_mhc_pre); head: pre only. */

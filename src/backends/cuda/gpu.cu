@@ -1558,8 +1558,9 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     }
     if (tail == STEP_PICK && first < n) {
         prof_mark(s, "pick");
-        CU(k_argmax(st, s->last_row, s->pick_n, s->pick));
-        CU(cudaMemcpyAsync(s->pick_pinned + ((s->pos - 1) & 1), s->pick, sizeof(int32_t), cudaMemcpyDeviceToHost, st));
+        /* on the device for the step ahead, and straight into the host's
+         * word (a copy node at the end of a step costs a few microseconds) */
+        CU(k_argmax(st, s->last_row, s->pick_n, s->pick, s->pick_pinned + ((s->pos - 1) & 1)));
     }
     if (tail == STEP_BAND && first < n) {
         prof_mark(s, "band");

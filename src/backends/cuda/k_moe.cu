@@ -106,7 +106,7 @@ __device__ __forceinline__ bool pick_beats(float v, int32_t i, float w, int32_t 
  * (value, index) pairs; the order of the reduction does not matter, since
  * pick_beats is a total order on pairs with distinct indices. */
 #define PICK_THREADS 1024
-__global__ void __launch_bounds__(PICK_THREADS) argmax_kernel(const float *x, uint32_t n, int32_t *out) {
+__global__ void __launch_bounds__(PICK_THREADS) argmax_kernel(const float *x, uint32_t n, int32_t *out, int32_t *out2) {
     pdl_enter();
     __shared__ float sv[PICK_THREADS / 32];
     __shared__ int32_t si[PICK_THREADS / 32];
@@ -133,13 +133,16 @@ __global__ void __launch_bounds__(PICK_THREADS) argmax_kernel(const float *x, ui
             int32_t i = __shfl_xor_sync(0xffffffffu, bi, o);
             if (pick_beats(v, i, bv, bi)) bv = v, bi = i;
         }
-        if (lane == 0) *out = bi < 0 ? 0 : bi;
+        if (lane == 0) {
+            *out = bi < 0 ? 0 : bi;
+            if (out2) *out2 = bi < 0 ? 0 : bi;
+        }
     }
 }
 
-cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, int32_t *out) {
+cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, int32_t *out, int32_t *out2) {
     if (n == 0) return cudaErrorInvalidValue;
-    k_launch(argmax_kernel, 1, PICK_THREADS, 0, st, x, n, out);
+    k_launch(argmax_kernel, 1, PICK_THREADS, 0, st, x, n, out, out2);
     return LAUNCH_STATUS();
 }
 

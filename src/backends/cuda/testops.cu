@@ -410,7 +410,7 @@ extern "C" int ds4_gpu_test_argmax(const float *x, uint32_t n, int32_t *out, ds4
     void *dx, *dout;
     DEV(dx, x, (size_t)n * 4);
     DEV(dout, NULL, 4);
-    RUN(k_argmax(0, (const float *)dx, n, (int32_t *)dout));
+    RUN(k_argmax(0, (const float *)dx, n, (int32_t *)dout, NULL));
     BACK(out, dout, 4);
     pool_free(&pl);
     return 0;

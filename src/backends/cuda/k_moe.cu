@@ -100,49 +100,73 @@ __device__ __forceinline__ bool pick_beats(float v, int32_t i, float w, int32_t 
     return i >= 0 && (j < 0 || beats(v, (uint32_t)i, w, (uint32_t)j));
 }
 
-/* One block: the index of the first maximum among the finite values of
- * x[0..n) (0 when none is finite), as ds4_argmax gives it. Each thread
- * scans a strided share in ascending order, then the block reduces the
- * (value, index) pairs; the order of the reduction does not matter, since
- * pick_beats is a total order on pairs with distinct indices. */
+/* The index of the first maximum among the finite values of x[0..n) (0
+ * when none is finite), as ds4_argmax gives it, in two launches: each of
+ * PICK_BLOCKS blocks reduces a strided share of x to its best (value,
+ * index) pair, then one block reduces those. The order of the reductions
+ * does not matter, since pick_beats is a total order on pairs with
+ * distinct indices. (One block scanning the 129280 logits alone took 45 us,
+ * one memory latency per 1024 values.) */
 #define PICK_THREADS 1024
-__global__ void __launch_bounds__(PICK_THREADS) argmax_kernel(const float *x, uint32_t n, int32_t *out, int32_t *out2) {
-    pdl_enter();
+#define PICK_BLOCKS 64
+
+/* The block's best pair, in thread 0's (bv, bi). */
+__device__ __forceinline__ void pick_block_reduce(float *bv, int32_t *bi) {
     __shared__ float sv[PICK_THREADS / 32];
     __shared__ int32_t si[PICK_THREADS / 32];
-    float bv = 0.0f;
-    int32_t bi = -1;
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = x[i];
-        if (isfinite(v) && (bi < 0 || v > bv)) bv = v, bi = (int32_t)i;
-    }
     for (int o = 16; o >= 1; o >>= 1) {
-        float v = __shfl_xor_sync(0xffffffffu, bv, o);
-        int32_t i = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (pick_beats(v, i, bv, bi)) bv = v, bi = i;
+        float v = __shfl_xor_sync(0xffffffffu, *bv, o);
+        int32_t i = __shfl_xor_sync(0xffffffffu, *bi, o);
+        if (pick_beats(v, i, *bv, *bi)) *bv = v, *bi = i;
     }
     uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) sv[warp] = bv, si[warp] = bi;
+    if (lane == 0) sv[warp] = *bv, si[warp] = *bi;
     __syncthreads();
     if (warp == 0) {
         uint32_t nw = blockDim.x / 32;
-        bv = lane < nw ? sv[lane] : 0.0f;
-        bi = lane < nw ? si[lane] : -1;
+        *bv = lane < nw ? sv[lane] : 0.0f;
+        *bi = lane < nw ? si[lane] : -1;
         for (int o = 16; o >= 1; o >>= 1) {
-            float v = __shfl_xor_sync(0xffffffffu, bv, o);
-            int32_t i = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (pick_beats(v, i, bv, bi)) bv = v, bi = i;
-        }
-        if (lane == 0) {
-            *out = bi < 0 ? 0 : bi;
-            if (out2) *out2 = bi < 0 ? 0 : bi;
+            float v = __shfl_xor_sync(0xffffffffu, *bv, o);
+            int32_t i = __shfl_xor_sync(0xffffffffu, *bi, o);
+            if (pick_beats(v, i, *bv, *bi)) *bv = v, *bi = i;
         }
     }
 }
 
-cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, int32_t *out, int32_t *out2) {
+__global__ void __launch_bounds__(PICK_THREADS) argmax_part_kernel(const float *x, uint32_t n, float *pv, int32_t *pi) {
+    pdl_enter();
+    float bv = 0.0f;
+    int32_t bi = -1;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        float v = x[i];
+        if (isfinite(v) && (bi < 0 || v > bv)) bv = v, bi = (int32_t)i;
+    }
+    pick_block_reduce(&bv, &bi);
+    if (threadIdx.x == 0) pv[blockIdx.x] = bv, pi[blockIdx.x] = bi;
+}
+
+__global__ void __launch_bounds__(PICK_THREADS) argmax_final_kernel(const float *pv, const int32_t *pi, uint32_t parts,
+                                                                    int32_t *out, int32_t *out2) {
+    pdl_enter();
+    float bv = threadIdx.x < parts ? pv[threadIdx.x] : 0.0f;
+    int32_t bi = threadIdx.x < parts ? pi[threadIdx.x] : -1;
+    pick_block_reduce(&bv, &bi);
+    if (threadIdx.x == 0) {
+        *out = bi < 0 ? 0 : bi;
+        if (out2) *out2 = bi < 0 ? 0 : bi;
+    }
+}
+
+uint64_t k_argmax_scratch_bytes(void) { return PICK_BLOCKS * (sizeof(float) + sizeof(int32_t)); }
+
+cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, void *scratch, int32_t *out, int32_t *out2) {
     if (n == 0) return cudaErrorInvalidValue;
-    k_launch(argmax_kernel, 1, PICK_THREADS, 0, st, x, n, out, out2);
+    float *pv = (float *)scratch;
+    int32_t *pi = (int32_t *)(pv + PICK_BLOCKS);
+    uint32_t parts = div_up(n, PICK_THREADS) < PICK_BLOCKS ? div_up(n, PICK_THREADS) : PICK_BLOCKS;
+    k_launch(argmax_part_kernel, parts, PICK_THREADS, 0, st, x, n, pv, pi);
+    k_launch(argmax_final_kernel, 1, 64, 0, st, (const float *)pv, (const int32_t *)pi, parts, out, out2);
     return LAUNCH_STATUS();
 }
 

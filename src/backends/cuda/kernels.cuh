@@ -247,8 +247,10 @@ cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t 
  * NULL): also write the grouping k_moe_group would make of the ids. */
 /* out = ds4_argmax(x, n): the first maximum among finite values (0 when
  * none), on the device, so a greedy step returns one index, not n logits;
- * also into out2 (page-locked host memory, say) when given. */
-cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, int32_t *out, int32_t *out2);
+ * also into out2 (page-locked host memory, say) when given. scratch:
+ * k_argmax_scratch_bytes() of device memory. */
+uint64_t k_argmax_scratch_bytes(void);
+cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, void *scratch, int32_t *out, int32_t *out2);
 /* The candidates of a banded draw (ds4_sample_banded) over x[0..n): out[0]
  * their count, out[1..] and vals[] the first cap of them in index order. */
 cudaError_t k_band(cudaStream_t st, const float *x, uint32_t n, float T, float min_p, uint32_t cap, int32_t *out,

@@ -407,10 +407,11 @@ fail:
 
 extern "C" int ds4_gpu_test_argmax(const float *x, uint32_t n, int32_t *out, ds4_error *err) {
     pool pl = {{0}, 0};
-    void *dx, *dout;
+    void *dx, *dout, *dpart;
     DEV(dx, x, (size_t)n * 4);
     DEV(dout, NULL, 4);
-    RUN(k_argmax(0, (const float *)dx, n, (int32_t *)dout, NULL));
+    DEV(dpart, NULL, k_argmax_scratch_bytes());
+    RUN(k_argmax(0, (const float *)dx, n, dpart, (int32_t *)dout, NULL));
     BACK(out, dout, 4);
     pool_free(&pl);
     return 0;

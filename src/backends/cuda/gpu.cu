@@ -147,7 +147,7 @@ struct ds4_gpu_session {
      * pick_n logits of the last head row, last_row, which stays readable
      * (ds4_gpu_last_logits) until the next head runs */
     int32_t *pick;
-    void *pick_part; /* the arg-max's per-block partial picks */
+    void *pick_part; /* the arg-max's or the band's per-block partial results */
     uint32_t pick_n;
     const float *last_row;
     /* a sampled step's band of candidates (ds4_gpu_forward_band): count
@@ -747,7 +747,7 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->logits = TAKE_F(b, (n < 2 ? 2 : n < HEAD_ROWS ? n : HEAD_ROWS) * hp->n_vocab);
     s->tok = TAKE_I(b, n);
     s->pick = TAKE_I(b, 1);
-    s->pick_part = take(b, k_argmax_scratch_bytes());
+    s->pick_part = take(b, k_pick_scratch_bytes());
     s->band_out = TAKE_I(b, 1 + BAND_CAP);
     s->band_vals = TAKE_F(b, BAND_CAP);
     s->wtab = (const uint8_t **)take(b, 3 * (uint64_t)X * sizeof(void *));
@@ -1566,7 +1566,7 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     }
     if (tail == STEP_BAND && first < n) {
         prof_mark(s, "band");
-        CU(k_band(st, s->last_row, s->pick_n, s->band_T, s->band_minp, BAND_CAP, s->band_out, s->band_vals));
+        CU(k_band(st, s->last_row, s->pick_n, s->band_T, s->band_minp, BAND_CAP, s->pick_part, s->band_out, s->band_vals));
         CU(cudaMemcpyAsync(s->band_out_pinned, s->band_out, (1 + BAND_CAP) * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
         CU(cudaMemcpyAsync(s->band_vals_pinned, s->band_vals, BAND_CAP * sizeof(float), cudaMemcpyDeviceToHost, st));
     }

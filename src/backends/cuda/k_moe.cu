@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(PICK_THREADS) argmax_final_kernel(const float 
     }
 }
 
-uint64_t k_argmax_scratch_bytes(void) { return PICK_BLOCKS * (sizeof(float) + sizeof(int32_t)); }
+uint64_t k_pick_scratch_bytes(void) { return PICK_BLOCKS * (sizeof(float) + sizeof(int32_t)); }
 
 cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, void *scratch, int32_t *out, int32_t *out2) {
     if (n == 0) return cudaErrorInvalidValue;
@@ -170,32 +170,83 @@ cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, void *scratch,
     return LAUNCH_STATUS();
 }
 
-/* One block: the candidates of a banded draw (ds4_sample_banded): the
- * finite values of x[0..n) at or above max + T (ln min_p - 3), in
- * ascending index order; out[0] = their count, out[1 + j] the j-th index
- * and vals[j] its value for j < cap. The band is one e-fold wider than
- * the host's (ds4_sample_candidates), so that the device's logf may
- * differ from the host's by its last bits. Each thread counts and then
- * writes one contiguous stretch of x; a block scan of the counts gives
- * every stretch its place. */
-__global__ void __launch_bounds__(PICK_THREADS) band_kernel(const float *x, uint32_t n, float T, float min_p, uint32_t cap,
-                                                          int32_t *out, float *vals) {
+/* The candidates of a banded draw (ds4_sample_banded): the finite values
+ * of x[0..n) at or above max + T (ln min_p - 3), in ascending index order;
+ * out[0] = their count, out[1 + j] the j-th index and vals[j] its value
+ * for j < cap. The band is one e-fold wider than the host's
+ * (ds4_sample_candidates), so that the device's logf may differ from the
+ * host's by its last bits. Three launches of up to PICK_BLOCKS blocks,
+ * block b owning the contiguous range b of x: the blocks' maxima; each
+ * block's count of candidates (every block takes the maximum of the
+ * maxima, and so the same bound); then each block writes its candidates
+ * after those of the blocks before it, each thread one contiguous stretch
+ * placed by a scan of the threads' counts. (One block alone took about as
+ * long as the one-block arg-max did: 45 us.) */
+__device__ __forceinline__ bool band_in(float v, double lo) { return isfinite(v) && v >= lo; }
+
+__global__ void __launch_bounds__(PICK_THREADS) band_max_kernel(const float *x, uint32_t n, float *pm) {
     pdl_enter();
     __shared__ float smax[PICK_THREADS / 32];
-    __shared__ uint32_t scnt[PICK_THREADS / 32];
-    uint32_t tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nw = blockDim.x / 32;
     float mx = -INFINITY;
-    for (uint32_t i = tid; i < n; i += blockDim.x)
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
         if (isfinite(x[i])) mx = fmaxf(mx, x[i]);
     for (int o = 16; o >= 1; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if (lane == 0) smax[warp] = mx;
+    if ((threadIdx.x & 31) == 0) smax[threadIdx.x >> 5] = mx;
     __syncthreads();
-    mx = smax[0];
-    for (uint32_t w = 1; w < nw; w++) mx = fmaxf(mx, smax[w]);
-    double lo = (double)mx + (double)T * ((double)logf(min_p) - 3.0);
-    uint32_t per = (n + blockDim.x - 1) / blockDim.x, b0 = tid * per, b1 = b0 + per < n ? b0 + per : n;
-    uint32_t c = 0;
-    for (uint32_t i = b0; i < b1; i++) c += isfinite(x[i]) && x[i] >= lo;
+    if (threadIdx.x == 0) {
+        for (uint32_t w = 1; w < blockDim.x / 32; w++) mx = fmaxf(mx, smax[w]);
+        pm[blockIdx.x] = mx;
+    }
+}
+
+/* The bound from the blocks' maxima (fmaxf: the same whatever the order). */
+__device__ __forceinline__ double band_lo(const float *pm, uint32_t parts, float T, float min_p) {
+    float mx = -INFINITY;
+    for (uint32_t b = 0; b < parts; b++) mx = fmaxf(mx, pm[b]);
+    return (double)mx + (double)T * ((double)logf(min_p) - 3.0);
+}
+
+/* This thread's stretch [b0, b1) of its block's range of x. */
+__device__ __forceinline__ void band_stretch(uint32_t n, uint32_t parts, uint32_t *b0, uint32_t *b1) {
+    uint32_t chunk = (n + parts - 1) / parts, r0 = blockIdx.x * chunk < n ? blockIdx.x * chunk : n;
+    uint32_t r1 = r0 + chunk < n ? r0 + chunk : n, per = (chunk + blockDim.x - 1) / blockDim.x;
+    *b0 = r0 + threadIdx.x * per < r1 ? r0 + threadIdx.x * per : r1;
+    *b1 = *b0 + per < r1 ? *b0 + per : r1;
+}
+
+__global__ void __launch_bounds__(PICK_THREADS) band_count_kernel(const float *x, uint32_t n, const float *pm, float T,
+                                                                  float min_p, uint32_t *pc) {
+    pdl_enter();
+    __shared__ uint32_t scnt[PICK_THREADS / 32];
+    uint32_t parts = gridDim.x, b0, b1, c = 0;
+    double lo = band_lo(pm, parts, T, min_p);
+    band_stretch(n, parts, &b0, &b1);
+    for (uint32_t i = b0; i < b1; i++) c += band_in(x[i], lo);
+    for (int o = 16; o >= 1; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+    if ((threadIdx.x & 31) == 0) scnt[threadIdx.x >> 5] = c;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (uint32_t w = 1; w < blockDim.x / 32; w++) c += scnt[w];
+        pc[blockIdx.x] = c;
+    }
+}
+
+__global__ void __launch_bounds__(PICK_THREADS) band_write_kernel(const float *x, uint32_t n, const float *pm, float T,
+                                                                  float min_p, const uint32_t *pc, uint32_t cap,
+                                                                  int32_t *out, float *vals) {
+    pdl_enter();
+    __shared__ uint32_t scnt[PICK_THREADS / 32];
+    uint32_t parts = gridDim.x, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, b0, b1, c = 0;
+    double lo = band_lo(pm, parts, T, min_p);
+    uint32_t base = 0, total = 0;
+    for (uint32_t b = 0; b < parts; b++) {
+        if (b < blockIdx.x) base += pc[b];
+        total += pc[b];
+    }
+    if (blockIdx.x == 0 && tid == 0) out[0] = (int32_t)total;
+    if (base >= cap) return; /* nothing of this block's is kept (the whole block leaves) */
+    band_stretch(n, parts, &b0, &b1);
+    for (uint32_t i = b0; i < b1; i++) c += band_in(x[i], lo);
     /* exclusive scan of c over the block: within the warp, then the warps' totals */
     uint32_t inc = c;
     for (int o = 1; o < 32; o <<= 1) {
@@ -204,20 +255,25 @@ __global__ void __launch_bounds__(PICK_THREADS) band_kernel(const float *x, uint
     }
     if (lane == 31) scnt[warp] = inc;
     __syncthreads();
-    uint32_t off = inc - c;
+    uint32_t off = base + inc - c;
     for (uint32_t w = 0; w < warp; w++) off += scnt[w];
-    if (tid == blockDim.x - 1) out[0] = (int32_t)(off + c);
-    for (uint32_t i = b0; i < b1; i++)
-        if (isfinite(x[i]) && x[i] >= lo) {
-            if (off < cap) out[1 + off] = (int32_t)i, vals[off] = x[i];
+    for (uint32_t i = b0; i < b1 && off < cap; i++)
+        if (band_in(x[i], lo)) {
+            out[1 + off] = (int32_t)i, vals[off] = x[i];
             off++;
         }
 }
 
-cudaError_t k_band(cudaStream_t st, const float *x, uint32_t n, float T, float min_p, uint32_t cap, int32_t *out,
-                   float *vals) {
+cudaError_t k_band(cudaStream_t st, const float *x, uint32_t n, float T, float min_p, uint32_t cap, void *scratch,
+                   int32_t *out, float *vals) {
     if (n == 0 || !(T > 0) || !(min_p > 0)) return cudaErrorInvalidValue;
-    k_launch(band_kernel, 1, PICK_THREADS, 0, st, x, n, T, min_p, cap, out, vals);
+    float *pm = (float *)scratch;
+    uint32_t *pc = (uint32_t *)(pm + PICK_BLOCKS);
+    uint32_t parts = div_up(n, PICK_THREADS) < PICK_BLOCKS ? div_up(n, PICK_THREADS) : PICK_BLOCKS;
+    k_launch(band_max_kernel, parts, PICK_THREADS, 0, st, x, n, pm);
+    k_launch(band_count_kernel, parts, PICK_THREADS, 0, st, x, n, (const float *)pm, T, min_p, pc);
+    k_launch(band_write_kernel, parts, PICK_THREADS, 0, st, x, n, (const float *)pm, T, min_p, (const uint32_t *)pc, cap,
+             out, vals);
     return LAUNCH_STATUS();
 }
 

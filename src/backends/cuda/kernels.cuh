@@ -245,16 +245,17 @@ cudaError_t k_ring_write(cudaStream_t st, const float *kv, uint32_t n, uint64_t 
  * Routing: sqrt(softplus) scores, hash (tid2eid) or biased top-k, weights
  * normalised over the selection times scale. grp (only for n == 1, else
  * NULL): also write the grouping k_moe_group would make of the ids. */
+/* Device scratch of k_pick_scratch_bytes() for k_argmax or k_band (their
+ * per-block partial results). */
+uint64_t k_pick_scratch_bytes(void);
 /* out = ds4_argmax(x, n): the first maximum among finite values (0 when
  * none), on the device, so a greedy step returns one index, not n logits;
- * also into out2 (page-locked host memory, say) when given. scratch:
- * k_argmax_scratch_bytes() of device memory. */
-uint64_t k_argmax_scratch_bytes(void);
+ * also into out2 (page-locked host memory, say) when given. */
 cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, void *scratch, int32_t *out, int32_t *out2);
 /* The candidates of a banded draw (ds4_sample_banded) over x[0..n): out[0]
  * their count, out[1..] and vals[] the first cap of them in index order. */
-cudaError_t k_band(cudaStream_t st, const float *x, uint32_t n, float T, float min_p, uint32_t cap, int32_t *out,
-                   float *vals);
+cudaError_t k_band(cudaStream_t st, const float *x, uint32_t n, float T, float min_p, uint32_t cap, void *scratch,
+                   int32_t *out, float *vals);
 cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n_expert, uint32_t k,
                     const int32_t *tokens, const int32_t *tid2eid, const float *bias, float scale, int32_t *ids,
                     float *wts, int32_t *grp);

@@ -410,7 +410,7 @@ extern "C" int ds4_gpu_test_argmax(const float *x, uint32_t n, int32_t *out, ds4
     void *dx, *dout, *dpart;
     DEV(dx, x, (size_t)n * 4);
     DEV(dout, NULL, 4);
-    DEV(dpart, NULL, k_argmax_scratch_bytes());
+    DEV(dpart, NULL, k_pick_scratch_bytes());
     RUN(k_argmax(0, (const float *)dx, n, dpart, (int32_t *)dout, NULL));
     BACK(out, dout, 4);
     pool_free(&pl);
@@ -445,11 +445,12 @@ fail:
 extern "C" int ds4_gpu_test_band(const float *x, uint32_t n, float T, float min_p, uint32_t cap, int32_t *out, float *vals,
                                  ds4_error *err) {
     pool pl = {{0}, 0};
-    void *dx, *dout, *dv;
+    void *dx, *dout, *dv, *dpart;
     DEV(dx, x, (size_t)n * 4);
     DEV(dout, NULL, (1 + (size_t)cap) * 4);
     DEV(dv, NULL, (size_t)cap * 4);
-    RUN(k_band(0, (const float *)dx, n, T, min_p, cap, (int32_t *)dout, (float *)dv));
+    DEV(dpart, NULL, k_pick_scratch_bytes());
+    RUN(k_band(0, (const float *)dx, n, T, min_p, cap, dpart, (int32_t *)dout, (float *)dv));
     BACK(out, dout, (1 + (size_t)cap) * 4);
     BACK(vals, dv, (size_t)cap * 4);
     pool_free(&pl);

@@ -938,6 +938,7 @@ extern "C" int ds4_gpu_session_copy(ds4_gpu_session *dst, const ds4_gpu_session 
         return ds4_fail(err, "state of %u tokens does not fit a session of %u", src->pos, dst->max_ctx);
     const ds4_hparams *hp = src->g->hp;
     cudaStream_t st = dst->st;
+    if (spec_drop(dst, err)) return -1; /* a step ahead of dst's old state must not be taken */
     CU(cudaStreamSynchronize(src->st));
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const gpu_layer *a = &src->layers[il];

@@ -75,6 +75,18 @@ typedef struct gpu_layer {
     gpu_comp comp, idx;
 } gpu_layer;
 
+/* A single-token step captured ahead: its graph's cache slot (-1: none)
+ * and the settings it was captured for. */
+typedef struct prepared_step {
+    int slot;
+    uint32_t pos;
+    int fr;
+    bool official;
+    int want; /* step_want */
+    uint32_t pick_n;
+    float band_T, band_minp;
+} prepared_step;
+
 struct ds4_gpu_session {
     ds4_gpu_model *g;
     uint32_t max_ctx, pos;
@@ -134,14 +146,6 @@ struct ds4_gpu_session {
      * past pos), so an unused step leaves nothing behind. Off with
      * DS4_CUDA_SPECULATE=0. */
     bool speculate;
-    struct spec_step {
-        bool on;
-        uint32_t pos;
-        int fr;
-        bool official;
-        uint32_t pick_n;
-        int slot; /* its graph */
-    } spec;
     cudaEvent_t ev_done[2]; /* a graph step's end, by position parity */
     /* the greedy pick on the device (ds4_gpu_forward_pick): over the first
      * pick_n logits of the last head row, last_row, which stays readable
@@ -160,16 +164,9 @@ struct ds4_gpu_session {
         cudaGraphExec_t exec;
     } gcache[16];
     int n_gcache;
-    /* the next step's graph, captured ahead (step_graph); slot -1: none */
-    struct ready_step {
-        int slot;
-        uint32_t pos;
-        int fr;
-        bool official;
-        int want; /* step_want */
-        uint32_t pick_n;
-        float band_T, band_minp;
-    } ready;
+    /* the next step's graph, captured ahead (step_graph), and the greedy
+     * step launched ahead (see speculate); slot -1: none */
+    prepared_step ready, spec;
     uint64_t score_stride;
     /* DS4_CUDA_STEPTIME=1: host seconds of the decode steps' capture,
      * graph update and launch-to-result, printed when the session ends */
@@ -844,7 +841,7 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
         const char *ge = getenv("DS4_CUDA_GRAPH");
         /* the slot bank decides on the host between layers: no capture */
         s->graphs = !s->prof && !g->bank && !(ge && *ge == '0');
-        s->ready.slot = -1;
+        s->ready.slot = s->spec.slot = -1;
         const char *se = getenv("DS4_CUDA_SPECULATE");
         s->speculate = !(se && *se == '0');
         const char *te = getenv("DS4_CUDA_STEPTIME");
@@ -1066,6 +1063,20 @@ typedef struct fwd {
     bool y_q8k;      /* act holds s->y as Q8_K rows (the same), for the routed experts' gate and up */
 } fwd;
 
+/* Lane i waits for everything queued on stream from so far. */
+static int lane_after(ds4_gpu_session *s, int i, cudaStream_t from, ds4_error *err) {
+    CU(cudaEventRecord(s->ev_fork[i], from));
+    CU(cudaStreamWaitEvent(s->lane[i], s->ev_fork[i], 0));
+    return 0;
+}
+
+/* Stream to waits for everything queued on lane i so far. */
+static int lane_join(ds4_gpu_session *s, int i, cudaStream_t to, ds4_error *err) {
+    CU(cudaEventRecord(s->ev_join[i], s->lane[i]));
+    CU(cudaStreamWaitEvent(to, s->ev_join[i], 0));
+    return 0;
+}
+
 /* f's work continued on side lane i, after everything queued on f so far
  * (on f's own stream when the session runs without lanes). The side work
  * has its own activation scratch either way: f's may hold rows made ahead
@@ -1077,19 +1088,13 @@ static int fork_lane(const fwd *f, int i, fwd *side) {
     *side = *f;
     side->act = s->lane_act[i];
     if (!s->lanes) return 0;
-    CU(cudaEventRecord(s->ev_fork[i], f->st));
-    CU(cudaStreamWaitEvent(s->lane[i], s->ev_fork[i], 0));
     side->st = s->lane[i];
-    return 0;
+    return lane_after(s, i, f->st, err);
 }
 
 /* f waits for everything queued on side lane i. */
 static int join_lane(const fwd *f, const fwd *side, int i) {
-    ds4_error *err = f->err;
-    if (side->st == f->st) return 0;
-    CU(cudaEventRecord(f->s->ev_join[i], side->st));
-    CU(cudaStreamWaitEvent(f->st, f->s->ev_join[i], 0));
-    return 0;
+    return side->st == f->st ? 0 : lane_join(f->s, i, f->st, f->err);
 }
 
 /* One token: lane 2 asks the weights of up to four tensors into L2 from
@@ -1105,8 +1110,7 @@ static int ahead(const fwd *f, const ds4_tensor *const *t, int n_t) {
     memset(&sp, 0, sizeof sp);
     for (int i = 0; i < n_t && sp.n < 4; i++)
         if (t[i]->data) sp.p[sp.n] = t[i]->data, sp.bytes[sp.n++] = tensor_bytes(t[i]);
-    CU(cudaEventRecord(s->ev_fork[2], f->st));
-    CU(cudaStreamWaitEvent(s->lane[2], s->ev_fork[2], 0));
+    if (lane_after(s, 2, f->st, err)) return -1;
     CU(k_l2_ahead(s->lane[2], &sp));
     s->ahead_forked = true;
     return 0;
@@ -1572,9 +1576,8 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
         CU(cudaMemcpyAsync(s->band_vals_pinned, s->band_vals, BAND_CAP * sizeof(float), cudaMemcpyDeviceToHost, st));
     }
     if (s->ahead_forked) {
-        CU(cudaEventRecord(s->ev_join[2], s->lane[2]));
-        CU(cudaStreamWaitEvent(st, s->ev_join[2], 0));
         s->ahead_forked = false;
+        if (lane_join(s, 2, st, err)) return -1;
     }
     prof_mark(s, "end");
     return 0;
@@ -1598,11 +1601,10 @@ static uint64_t step_key(const ds4_gpu_session *s, uint64_t p, int want) {
 }
 
 /* Captures the single-token step at the session's position into a cached
- * executable graph and advances the host-side position like enqueue.
- * Returns the cache slot, -2 when capture is not possible here (state
- * restored, graphs now off) or -1 on error. The slot `busy` (a graph that
- * may be running) is never destroyed or re-instantiated; updating it in
- * place is allowed, since an update only affects later launches. */
+ * executable graph; the host-side position stays (the caller advances it
+ * when the step is launched). Returns the cache slot, -2 when capture is
+ * not possible here (graphs now off) or -1 on error. The slot `busy` (a
+ * graph that may be running) is neither updated nor destroyed. */
 static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, ds4_error *err) {
     cudaStream_t st = s->st;
     uint64_t key = step_key(s, s->pos, want);
@@ -1620,13 +1622,13 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
     int rc = enqueue(s, official, s->tok_pinned, 1, 0, want == STEP_LOGITS ? s->logits_pinned : NULL,
                      want == STEP_LOGITS ? STEP_NOTHING : want, &cap_err);
     s->last_row = last_row;
+    s->pos = pos0; /* enqueue's host-side step, undone: only captured */
+    s->fr = fr0;
     cudaError_t e = cudaStreamEndCapture(st, &graph);
     if (rc || e != cudaSuccess || !graph) {
-        /* Not capturable here: undo the host-side step and launch directly. */
+        /* Not capturable here: the caller launches directly. */
         cudaGetLastError();
         if (graph) cudaGraphDestroy(graph);
-        s->pos = pos0;
-        s->fr = fr0;
         s->graphs = false;
         return -2;
     }
@@ -1669,8 +1671,8 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
 
 /* Lets a step launched ahead (spec) finish without taking it. */
 static int spec_drop(ds4_gpu_session *s, ds4_error *err) {
-    if (!s->spec.on) return 0;
-    s->spec.on = false;
+    if (s->spec.slot < 0) return 0;
+    s->spec.slot = -1;
     CU(cudaStreamSynchronize(s->st));
     return 0;
 }
@@ -1681,63 +1683,61 @@ static int spec_drop(ds4_gpu_session *s, ds4_error *err) {
  * the previous one; a greedy step's follower is also launched at once, fed
  * the device's pick (see spec). Returns 1 (nothing done, graphs now off)
  * when capture is not possible, so the caller launches directly. */
+/* Whether r (s->ready or s->spec) is the step the session takes next
+ * with these settings. */
+static bool prepared_for(const ds4_gpu_session *s, const prepared_step *r, bool official, int want) {
+    return r->slot >= 0 && r->pos == s->pos && r->fr == s->fr && r->official == official && r->want == want &&
+           r->pick_n == s->pick_n && r->band_T == s->band_T && r->band_minp == s->band_minp;
+}
+
+/* Launches graph slot for the step at position p, fed token (-1: the
+ * device's pick of the step before). */
+static int launch_step(ds4_gpu_session *s, int slot, uint32_t p, int32_t token, ds4_error *err) {
+    double t = s->steptime ? now_s() : 0;
+    s->tok_pinned[p & 1] = token;
+    CU(cudaGraphLaunch(s->gcache[slot].exec, s->st));
+    CU(cudaEventRecord(s->ev_done[p & 1], s->st));
+    if (s->steptime) s->t_launch += now_s() - t;
+    return 0;
+}
+
 static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *out, int tail, ds4_error *err) {
-    cudaStream_t st = s->st;
     int want = out ? STEP_LOGITS : tail;
     uint32_t p = s->pos;
     int busy; /* the graph of the step at p, running */
     double t2 = s->steptime ? now_s() : 0;
-    if (s->spec.on && s->spec.pos == p && s->spec.fr == s->fr && s->spec.official == official && want == STEP_PICK &&
-        s->spec.pick_n == s->pick_n && token == s->pick_pinned[(p - 1) & 1]) {
+    if (s->steptime && s->t_last_end > 0) s->t_between += t2 - s->t_last_end; /* the caller's time between two steps */
+    if (prepared_for(s, &s->spec, official, want) && token == s->pick_pinned[(p - 1) & 1]) {
         /* this step is the one in flight */
-        s->spec.on = false;
         busy = s->spec.slot;
-        s->pos += 1;
-        s->fr ^= 1;
-        if (s->steptime && s->t_last_end > 0) s->t_between += t2 - s->t_last_end;
+        s->spec.slot = -1;
     } else {
         if (spec_drop(s, err)) return -1;
-        int slot;
-        if (s->ready.slot >= 0 && s->ready.pos == s->pos && s->ready.fr == s->fr && s->ready.official == official &&
-            s->ready.want == want && s->ready.pick_n == s->pick_n && s->ready.band_T == s->band_T &&
-            s->ready.band_minp == s->band_minp) {
-            slot = s->ready.slot;
-            s->pos += 1; /* what enqueue does to the host-side state */
-            s->fr ^= 1;
+        if (prepared_for(s, &s->ready, official, want)) {
+            busy = s->ready.slot;
         } else {
-            slot = capture_step(s, official, want, -1, err);
-            if (slot == -2) return 1;
-            if (slot < 0) return -1;
+            busy = capture_step(s, official, want, -1, err);
+            if (busy == -2) return 1;
+            if (busy < 0) return -1;
         }
         s->ready.slot = -1;
-        busy = slot;
-        s->tok_pinned[p & 1] = token;
-        t2 = s->steptime ? now_s() : 0;
-        CU(cudaGraphLaunch(s->gcache[slot].exec, st));
-        CU(cudaEventRecord(s->ev_done[p & 1], st));
-        if (s->steptime) {
-            s->t_launch += now_s() - t2;
-            if (s->t_last_end > 0) s->t_between += t2 - s->t_last_end; /* the caller's time between two steps */
-        }
+        if (launch_step(s, busy, p, token, err)) return -1;
     }
+    s->pos += 1; /* what enqueue does to the host-side state */
+    s->fr ^= 1;
     if (s->pos < s->max_ctx) {
-        uint32_t pos = s->pos;
-        int fr = s->fr;
         ds4_error next_err = {{0}};
-        int next = capture_step(s, official, want, busy, &next_err);
-        s->pos = pos; /* only prepared: the step is taken by the next call */
-        s->fr = fr;
+        int next = capture_step(s, official, want, busy, &next_err); /* taken by the next call */
         s->graphs = true; /* a failed capture here only means no prepared step */
-        if (next >= 0 && want == STEP_PICK && s->speculate) {
-            /* launched now, fed the pick that the step before leaves on the device */
-            double t3 = s->steptime ? now_s() : 0;
-            s->tok_pinned[pos & 1] = -1;
-            CU(cudaGraphLaunch(s->gcache[next].exec, st));
-            CU(cudaEventRecord(s->ev_done[pos & 1], st));
-            if (s->steptime) s->t_launch += now_s() - t3;
-            s->spec = {true, pos, fr, official, s->pick_n, next};
-        } else if (next >= 0) {
-            s->ready = {next, pos, fr, official, want, s->pick_n, s->band_T, s->band_minp};
+        if (next >= 0) {
+            prepared_step r = {next, s->pos, s->fr, official, want, s->pick_n, s->band_T, s->band_minp};
+            if (want == STEP_PICK && s->speculate) {
+                /* launched now, fed the pick that the step before leaves on the device */
+                if (launch_step(s, next, s->pos, -1, err)) return -1;
+                s->spec = r;
+            } else {
+                s->ready = r;
+            }
         }
     }
     CU(cudaEventSynchronize(s->ev_done[p & 1]));

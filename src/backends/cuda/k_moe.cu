@@ -90,6 +90,29 @@ cudaError_t k_route(cudaStream_t st, const float *logits, uint32_t n, uint32_t n
     return LAUNCH_STATUS();
 }
 
+/* ---- block scan ----------------------------------------------------------------- */
+
+/* Exclusive prefix sum of v over the block (blockDim.x a multiple of 32,
+ * at most 1024); *total gets the sum of all. */
+__device__ __forceinline__ int block_excl_scan(int v, int *wsum, int *total) {
+    uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int inc = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        int t = __shfl_up_sync(0xffffffffu, inc, o);
+        if ((int)lane >= o) inc += t;
+    }
+    __syncthreads(); /* wsum may still be read by a previous call */
+    if (lane == 31) wsum[wid] = inc;
+    __syncthreads();
+    int before = 0, all = 0;
+    for (uint32_t w = 0; w < nw; w++) {
+        if (w < wid) before += wsum[w];
+        all += wsum[w];
+    }
+    *total = all;
+    return before + inc - v;
+}
+
 /* ---- greedy pick ----------------------------------------------------------------- */
 
 /* Whether candidate (v, i) is a better greedy pick than (w, j): ds4_argmax
@@ -158,13 +181,19 @@ __global__ void __launch_bounds__(PICK_THREADS) argmax_final_kernel(const float 
     }
 }
 
+/* Blocks of a pick or band launch over n values. */
+static uint32_t pick_parts(uint32_t n) {
+    uint32_t b = div_up(n, PICK_THREADS);
+    return b < PICK_BLOCKS ? b : PICK_BLOCKS;
+}
+
 uint64_t k_pick_scratch_bytes(void) { return PICK_BLOCKS * (sizeof(float) + sizeof(int32_t)); }
 
 cudaError_t k_argmax(cudaStream_t st, const float *x, uint32_t n, void *scratch, int32_t *out, int32_t *out2) {
     if (n == 0) return cudaErrorInvalidValue;
     float *pv = (float *)scratch;
     int32_t *pi = (int32_t *)(pv + PICK_BLOCKS);
-    uint32_t parts = div_up(n, PICK_THREADS) < PICK_BLOCKS ? div_up(n, PICK_THREADS) : PICK_BLOCKS;
+    uint32_t parts = pick_parts(n);
     k_launch(argmax_part_kernel, parts, PICK_THREADS, 0, st, x, n, pv, pi);
     k_launch(argmax_final_kernel, 1, 64, 0, st, (const float *)pv, (const int32_t *)pi, parts, out, out2);
     return LAUNCH_STATUS();
@@ -217,26 +246,23 @@ __device__ __forceinline__ void band_stretch(uint32_t n, uint32_t parts, uint32_
 __global__ void __launch_bounds__(PICK_THREADS) band_count_kernel(const float *x, uint32_t n, const float *pm, float T,
                                                                   float min_p, uint32_t *pc) {
     pdl_enter();
-    __shared__ uint32_t scnt[PICK_THREADS / 32];
-    uint32_t parts = gridDim.x, b0, b1, c = 0;
+    __shared__ int wsum[32];
+    uint32_t parts = gridDim.x, b0, b1;
+    int c = 0, total;
     double lo = band_lo(pm, parts, T, min_p);
     band_stretch(n, parts, &b0, &b1);
     for (uint32_t i = b0; i < b1; i++) c += band_in(x[i], lo);
-    for (int o = 16; o >= 1; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
-    if ((threadIdx.x & 31) == 0) scnt[threadIdx.x >> 5] = c;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (uint32_t w = 1; w < blockDim.x / 32; w++) c += scnt[w];
-        pc[blockIdx.x] = c;
-    }
+    block_excl_scan(c, wsum, &total);
+    if (threadIdx.x == 0) pc[blockIdx.x] = (uint32_t)total;
 }
 
 __global__ void __launch_bounds__(PICK_THREADS) band_write_kernel(const float *x, uint32_t n, const float *pm, float T,
                                                                   float min_p, const uint32_t *pc, uint32_t cap,
                                                                   int32_t *out, float *vals) {
     pdl_enter();
-    __shared__ uint32_t scnt[PICK_THREADS / 32];
-    uint32_t parts = gridDim.x, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, b0, b1, c = 0;
+    __shared__ int wsum[32];
+    uint32_t parts = gridDim.x, tid = threadIdx.x, b0, b1;
+    int c = 0, all;
     double lo = band_lo(pm, parts, T, min_p);
     uint32_t base = 0, total = 0;
     for (uint32_t b = 0; b < parts; b++) {
@@ -247,16 +273,7 @@ __global__ void __launch_bounds__(PICK_THREADS) band_write_kernel(const float *x
     if (base >= cap) return; /* nothing of this block's is kept (the whole block leaves) */
     band_stretch(n, parts, &b0, &b1);
     for (uint32_t i = b0; i < b1; i++) c += band_in(x[i], lo);
-    /* exclusive scan of c over the block: within the warp, then the warps' totals */
-    uint32_t inc = c;
-    for (int o = 1; o < 32; o <<= 1) {
-        uint32_t v = __shfl_up_sync(0xffffffffu, inc, o);
-        if (lane >= (uint32_t)o) inc += v;
-    }
-    if (lane == 31) scnt[warp] = inc;
-    __syncthreads();
-    uint32_t off = base + inc - c;
-    for (uint32_t w = 0; w < warp; w++) off += scnt[w];
+    uint32_t off = base + (uint32_t)block_excl_scan(c, wsum, &all);
     for (uint32_t i = b0; i < b1 && off < cap; i++)
         if (band_in(x[i], lo)) {
             out[1 + off] = (int32_t)i, vals[off] = x[i];
@@ -269,7 +286,7 @@ cudaError_t k_band(cudaStream_t st, const float *x, uint32_t n, float T, float m
     if (n == 0 || !(T > 0) || !(min_p > 0)) return cudaErrorInvalidValue;
     float *pm = (float *)scratch;
     uint32_t *pc = (uint32_t *)(pm + PICK_BLOCKS);
-    uint32_t parts = div_up(n, PICK_THREADS) < PICK_BLOCKS ? div_up(n, PICK_THREADS) : PICK_BLOCKS;
+    uint32_t parts = pick_parts(n);
     k_launch(band_max_kernel, parts, PICK_THREADS, 0, st, x, n, pm);
     k_launch(band_count_kernel, parts, PICK_THREADS, 0, st, x, n, (const float *)pm, T, min_p, pc);
     k_launch(band_write_kernel, parts, PICK_THREADS, 0, st, x, n, (const float *)pm, T, min_p, (const uint32_t *)pc, cap,
@@ -278,27 +295,6 @@ cudaError_t k_band(cudaStream_t st, const float *x, uint32_t n, float T, float m
 }
 
 /* ---- grouping ------------------------------------------------------------------- */
-
-/* Exclusive prefix sum of v over the block (blockDim.x a multiple of 32,
- * at most 1024); *total gets the sum of all. */
-__device__ __forceinline__ int block_excl_scan(int v, int *wsum, int *total) {
-    uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    int inc = v;
-    for (int o = 1; o < 32; o <<= 1) {
-        int t = __shfl_up_sync(0xffffffffu, inc, o);
-        if ((int)lane >= o) inc += t;
-    }
-    __syncthreads(); /* wsum may still be read by a previous call */
-    if (lane == 31) wsum[wid] = inc;
-    __syncthreads();
-    int before = 0, all = 0;
-    for (uint32_t w = 0; w < nw; w++) {
-        if (w < wid) before += wsum[w];
-        all += wsum[w];
-    }
-    *total = all;
-    return before + inc - v;
-}
 
 /* One block of K_MAX_EXPERTS threads, a thread per expert for the counts
  * and offsets. Entries of each expert keep their ascending entry order, so

@@ -403,9 +403,12 @@ static void test_mhc(void) {
     net.pool = ds4_pool_create(1);
     /* fused = 0: the four separate kernels; 1: two launches, plus the
      * following RMSNorm when norm = 1 */
-    const uint32_t cases[][3] = {{64, 0, 0}, {64, 1, 0}, {64, 1, 1}, {1024, 1, 1}, {4096, 1, 1}};
+    /* E, fused, norm, tokens (one token: the decode kernels, the mixing
+     * logits' RMS shared by a cluster) */
+    const uint32_t cases[][4] = {{64, 0, 0, 5},    {64, 1, 0, 5},   {64, 1, 1, 5},   {1024, 1, 1, 5},
+                                 {1536, 1, 1, 5}, {4096, 1, 1, 5}, {4096, 1, 1, 1}, {1024, 1, 1, 1}};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
-        uint32_t hc = 4, E = cases[ci][0], fused = cases[ci][1], norm = cases[ci][2], n = 5, flat = hc * E;
+        uint32_t hc = 4, E = cases[ci][0], fused = cases[ci][1], norm = cases[ci][2], n = cases[ci][3], flat = hc * E;
         hp.n_embd = E;
         for (int head = 0; head < 2; head++) {
             uint32_t n_mix = head ? hc : (2 + hc) * hc;
@@ -424,6 +427,18 @@ static void test_mhc(void) {
                                      nw, y, post, comb, E_));
             double e = rel_err_f(y, ry, n * E);
             CHECKF(e < 1e-5, "mhc %s E=%u fused=%u norm=%u: y rel err %.3g", head ? "head" : "pre", E, fused, norm, e);
+            if (n == 1) {
+                /* the same token in a launch of two (the prefill kernels) gives the same bits */
+                float *X2 = malloc((size_t)2 * flat * 4), *y2 = malloc((size_t)2 * E * 4), *p2 = malloc(2 * hc * 4),
+                      *c2 = malloc(2 * hc * hc * 4);
+                memcpy(X2, X, (size_t)flat * 4);
+                memcpy(X2 + flat, X, (size_t)flat * 4);
+                GPU(ds4_gpu_test_mhc_pre(hc, E, 2, hp.rms_eps, hp.hc_eps, hp.sinkhorn_iters, head, fn, base, scale, X2,
+                                         (int)fused, nw, y2, p2, c2, E_));
+                CHECKF(!memcmp(y, y2, (size_t)E * 4) && !memcmp(y, y2 + E, (size_t)E * 4),
+                       "mhc %s E=%u: one token's y differs from the same token's in a launch of two", head ? "head" : "pre", E);
+                free(X2), free(y2), free(p2), free(c2);
+            }
             if (!head) {
                 double ep = rel_err_f(post, rpost, n * hc), ec = rel_err_f(comb, rcomb, n * hc * hc);
                 CHECKF(ep < 1e-5 && ec < 1e-5, "mhc pre E=%u fused=%u: post rel err %.3g, comb rel err %.3g", E, fused, ep, ec);

@@ -44,6 +44,15 @@ __device__ __align__(16) uint8_t d_iq2_tab[IQ2_TAB_BYTES];
 #define IQ2_POS 0x002b1908u /* bytes 8, 25, 43 */
 #define IQ2_NEG 0x00d5e7f8u /* bytes -8, -25, -43 */
 __device__ uint4 d_iq2_dec[IQ2_DEC_WORDS * DEC_COPIES / 4];
+/* __byte_perm(IQ2_POS, IQ2_NEG, sel) without its masking of the selectors
+ * to 3 bits: the tables' selectors are 0..6, never with bit 3 (prmt's
+ * sign-replication flag) set, so the bytes are the same, an instruction
+ * fewer per four values. */
+__device__ __forceinline__ uint32_t iq2_signed(uint32_t sel) {
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(IQ2_POS), "r"(IQ2_NEG), "r"(sel));
+    return d;
+}
 
 cudaError_t k_quant_init(void) {
     static bool done = false;
@@ -479,10 +488,10 @@ template <uint32_t TYPE> __host__ __device__ __forceinline__ uint64_t staged_act
     return TYPE == GGML_TYPE_Q8_0 ? act_row / 34 * 36 : act_row;
 }
 
-/* Shared memory of a staged block: TT activation rows, then per warp two
+/* Shared memory of a staged block: TT activation rows, then per warp NBUF
  * buffers of NM weight chunks. */
-template <uint32_t TYPE, int TT, int NM> static uint32_t staged_smem(uint64_t act_row) {
-    return (uint32_t)(TT * staged_act_row<TYPE>(act_row)) + ROWS_PER_BLOCK * 2 * NM * chunk_of<TYPE>::WB +
+template <uint32_t TYPE, int TT, int NM, int NBUF = 2> static uint32_t staged_smem(uint64_t act_row) {
+    return (uint32_t)(TT * staged_act_row<TYPE>(act_row)) + ROWS_PER_BLOCK * NBUF * NM * chunk_of<TYPE>::WB +
            (TYPE == GGML_TYPE_IQ2_XXS ? IQ2_TAB_BYTES : 0);
 }
 
@@ -527,8 +536,9 @@ __device__ __forceinline__ void stage_act_for(uint8_t *sact, const uint8_t *cons
 
 /* One warp's rows w[m] + i * row_bytes (i < n_rows) against the staged
  * activation rows: emit(i, acc) with acc[m][tt] = row i of matrix m . act
- * row tt, on every lane, after each row. sbuf: the warp's two buffers. */
-template <uint32_t TYPE, int TT, int NM, class Emit>
+ * row tt, on every lane, after each row. sbuf: the warp's NBUF buffers,
+ * NBUF - 1 chunks in flight while one is multiplied. */
+template <uint32_t TYPE, int TT, int NM, int NBUF = 2, class Emit>
 __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_bytes, uint32_t n_rows, uint32_t nb,
                                           const uint8_t *sact, uint64_t act_row, int nt, uint8_t *sbuf, const uint8_t *tab,
                                           Emit emit) {
@@ -541,7 +551,7 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_
     uint32_t qi = 0, qc = 0; /* the next item to copy */
     auto issue = [&](uint32_t it) {
         uint32_t b0 = qc * C::CB, nbc = nb - b0 < C::CB ? nb - b0 : C::CB;
-        uint8_t *dst = sbuf + (it & 1) * NM * C::WB;
+        uint8_t *dst = sbuf + (it % NBUF) * NM * C::WB;
 #pragma unroll
         for (int m = 0; m < NM; m++) {
             const uint8_t *src = w[m] + qi * row_bytes + (uint64_t)b0 * WBY;
@@ -551,12 +561,15 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_
         if (++qc == nch) qc = 0, qi++;
     };
     float acc[NM][TT];
-    if (items) issue(0);
+#pragma unroll
+    for (uint32_t p = 0; p + 1 < NBUF; p++)
+        if (p < items) issue(p);
+        else cp_async_commit();
     uint32_t i = 0, c = 0; /* the item being multiplied */
     for (uint32_t it = 0; it < items; it++, c = c + 1 == nch ? 0 : c + 1, i += c == 0) {
-        if (it + 1 < items) issue(it + 1);
-        else cp_async_commit(); /* an empty group keeps "all but one" meaning item it */
-        cp_async_wait_all_but_one();
+        if (it + NBUF - 1 < items) issue(it + NBUF - 1);
+        else cp_async_commit(); /* empty groups keep "all but NBUF - 1" meaning item it */
+        cp_async_wait_keep<NBUF - 1>();
         __syncwarp();
         uint32_t b0 = c * C::CB, nbc = nb - b0 < C::CB ? nb - b0 : C::CB;
         if (c == 0)
@@ -564,7 +577,7 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_
             for (int m = 0; m < NM; m++)
 #pragma unroll
                 for (int tt = 0; tt < TT; tt++) acc[m][tt] = 0.0f;
-        const uint8_t *cur = sbuf + (it & 1) * NM * C::WB;
+        const uint8_t *cur = sbuf + (it % NBUF) * NM * C::WB;
         if constexpr (TYPE == GGML_TYPE_Q8_0) { /* staged split: stage_act_for */
             const uint64_t srow = staged_act_row<TYPE>(act_row);
             const int8_t *aq[TT];
@@ -666,7 +679,8 @@ template <uint32_t TYPE, int TT> __global__ void qlinear_kernel(qlin_args a) {
 /* POST: the variant that ends in the mHC post step of 4 streams (a.mhc_X;
  * its own instance, since the step's registers cost the other products
  * occupancy) */
-template <uint32_t TYPE, int TT, bool POST = false> __global__ void qlinear_staged_kernel(qlin_args a, uint32_t rpw) {
+template <uint32_t TYPE, int TT, bool POST = false, int NBUF = 2>
+__global__ void qlinear_staged_kernel(qlin_args a, uint32_t rpw) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
     uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = blockIdx.y, bx = blockIdx.x;
@@ -675,8 +689,8 @@ template <uint32_t TYPE, int TT, bool POST = false> __global__ void qlinear_stag
     uint64_t r0 = ((uint64_t)bx * ROWS_PER_BLOCK + warp) * rpw;
     uint32_t nr = r0 >= a.n_rows ? 0 : (uint32_t)(a.n_rows - r0 < rpw ? a.n_rows - r0 : rpw);
     const uint8_t *w = a.w + (a.r0 + g * a.n_rows + r0) * a.row_bytes;
-    uint8_t *sbuf = sm + TT * staged_act_row<TYPE>(a.act_row) + warp * 2 * chunk_of<TYPE>::WB;
-    uint8_t *tab = sm + TT * staged_act_row<TYPE>(a.act_row) + ROWS_PER_BLOCK * 2 * chunk_of<TYPE>::WB;
+    uint8_t *sbuf = sm + TT * staged_act_row<TYPE>(a.act_row) + warp * NBUF * chunk_of<TYPE>::WB;
+    uint8_t *tab = sm + TT * staged_act_row<TYPE>(a.act_row) + ROWS_PER_BLOCK * NBUF * chunk_of<TYPE>::WB;
     stage_tables<TYPE>(tab);
     for (uint32_t t0 = 0; t0 < a.n_tok; t0 += TT) {
         int nt = a.n_tok - t0 < TT ? (int)(a.n_tok - t0) : TT;
@@ -686,7 +700,7 @@ template <uint32_t TYPE, int TT, bool POST = false> __global__ void qlinear_stag
         __syncthreads(); /* the previous tile's activations are consumed */
         stage_act_for<TYPE>(sm, ar, nt, a.act_row);
         __syncthreads();
-        warp_rows<TYPE, TT, 1>(&w, a.row_bytes, nr, a.nb, sm, a.act_row, nt, sbuf, tab, [&](uint32_t i, float (*acc)[TT]) {
+        warp_rows<TYPE, TT, 1, NBUF>(&w, a.row_bytes, nr, a.nb, sm, a.act_row, nt, sbuf, tab, [&](uint32_t i, float (*acc)[TT]) {
 #pragma unroll
             for (int tt = 0; tt < TT; tt++)
                 if (tt < nt && lane == tt) {
@@ -733,8 +747,9 @@ template <uint32_t TYPE> static void launch_qlinear(const qlin_args &a, cudaStre
     dim3 grid(div_up(a.n_rows, ROWS_PER_BLOCK), a.groups);
     if (stageable<TYPE>(a.w, a.row_bytes, a.act_row)) {
         if (a.n_tok == 1)
-            if (a.mhc_X)
-                launch_staged(qlinear_staged_kernel<TYPE, 1, true>, staged_smem<TYPE, 1, 1>(a.act_row), a.n_rows, a.groups, true, a, st);
+            if (a.mhc_X) /* out_b: long rows on few resident warps (the post step's registers): four buffers
+                          * a warp keep enough of them in flight (bench/cuda-h100-decode.md) */
+                launch_staged(qlinear_staged_kernel<TYPE, 1, true, 4>, staged_smem<TYPE, 1, 1, 4>(a.act_row), a.n_rows, a.groups, true, a, st);
             else
                 launch_staged(qlinear_staged_kernel<TYPE, 1>, staged_smem<TYPE, 1, 1>(a.act_row), a.n_rows, a.groups, true, a, st);
         else
@@ -1098,9 +1113,11 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, u
                 const uint8_t *blk = cur + m * RB + (4 * j + q) * BY;
                 if constexpr (TYPE == GGML_TYPE_IQ2_XXS) {
                     /* the group's 8 bytes (2-byte aligned): 4 grid indices, then signs and scale */
-                    uintptr_t p = (uintptr_t)(blk + 2 + 8 * sub);
-                    const uint32_t *pw = (const uint32_t *)(p & ~(uintptr_t)3);
-                    uint32_t sh = 8 * (uint32_t)(p & 3), w0 = pw[0], w1 = pw[1], w2 = pw[2];
+                    /* (by offset from sm, which is 16-byte aligned: the
+                     * loads stay shared-memory loads) */
+                    uint32_t off = (uint32_t)(blk + 2 + 8 * sub - sm);
+                    const uint32_t *pw = (const uint32_t *)(sm + (off & ~3u));
+                    uint32_t sh = 8 * (off & 3), w0 = pw[0], w1 = pw[1], w2 = pw[2];
                     uint32_t lo = __funnelshift_r(w0, w1, sh), aux = __funnelshift_r(w1, w2, sh);
                     int s = 0;
 #pragma unroll
@@ -1109,8 +1126,8 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, u
                         uint32_t go = ((8 * k >= (int)L ? lo >> (8 * k - L) : lo << (L - 8 * k)) & (255u << L)) | lb;
                         uint32_t so = ((7 * k >= (int)L ? aux >> (7 * k - L) : aux << (L - 7 * k)) & (127u << L)) | lb;
                         uint32_t sel = *(const uint32_t *)(sm + go) | *(const uint32_t *)(sm + 256 * 4 * CP + so);
-                        s = __dp4a((int)__byte_perm(IQ2_POS, IQ2_NEG, sel), A[j][2 * k], s);
-                        s = __dp4a((int)__byte_perm(IQ2_POS, IQ2_NEG, sel >> 16), A[j][2 * k + 1], s);
+                        s = __dp4a((int)iq2_signed(sel), A[j][2 * k], s);
+                        s = __dp4a((int)iq2_signed(sel >> 16), A[j][2 * k + 1], s);
                     }
                     v[m * NJ + j][0] = (int)(2 * (aux >> 28) + 1) * s;
                 } else { /* Q2_K: sub-blocks 2 sub, 2 sub + 1 (values 32 (sub / 4).., bits 2 (sub % 4)) */

@@ -375,15 +375,42 @@ __device__ __forceinline__ void mhc_coeffs_warp(const float *m, uint32_t hc, con
     for (uint32_t e = lane; e < nn; e += 32) comb[e] = c[e];
 }
 
-/* Barrier for the n threads of warps 1, 2, ... of a block (hardware
- * barrier 1; n a multiple of 32): warp 0 does not wait at it. */
+/* Barriers of the finish kernel, by number: barrier 1 is the n threads of
+ * warps 1, 2, ... (warp 0 does not wait at it); at barrier 2 those threads
+ * wait while warp 0 only arrives (bar.arrive), so that warp 0 can hand over
+ * a share of the collapse and go on to its Sinkhorn iterations (n: all the
+ * block's threads; multiples of 32). */
 __device__ __forceinline__ void bar_rest(uint32_t n) { asm volatile("bar.sync 1, %0;" ::"r"(n) : "memory"); }
+__device__ __forceinline__ void bar_all_wait(uint32_t n) { asm volatile("bar.sync 2, %0;" ::"r"(n) : "memory"); }
+__device__ __forceinline__ void bar_all_arrive(uint32_t n) { asm volatile("bar.arrive 2, %0;" ::"r"(n) : "memory"); }
+
+/* sum_i p[i] * v[i] over the 4 streams of one float4 column group, added
+ * from 0 in stream order (the collapse of ds4_mhc_pre) */
+__device__ __forceinline__ float4 collapse4(const float *p, const float4 *v) {
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        o.x += p[i] * v[i].x;
+        o.y += p[i] * v[i].y;
+        o.z += p[i] * v[i].z;
+        o.w += p[i] * v[i].w;
+    }
+    return o;
+}
+__device__ __forceinline__ void load_streams4(const float *x, uint32_t E, uint32_t c4, float4 *v) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) v[i] = ((const float4 *)(x + (uint64_t)i * E))[c4];
+}
 
 /* One block per token. Warp 0 runs the Sinkhorn iterations of the mixing
  * matrix (post and comb, needed only by the later mhc_post) while the other
  * warps, which need only pre, do the collapse y = sum_i pre[i] * X[i] and,
  * with norm_w, y's weighted RMSNorm: the serial Sinkhorn chain no longer
- * holds up the rest of the block at a barrier. */
+ * holds up the rest of the block at a barrier. A decode step runs one such
+ * block on one SM, where the time goes in issuing instructions: the work
+ * that every thread needs once (the RMS's sum of the warps' sums, its
+ * square root) is done by one warp and shared, and the norm weights are
+ * loaded before the sum is known. */
 __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, const float *X, uint32_t hc, uint32_t E, const float *base,
                                   const float *scale, float eps, uint32_t iters, int head, float *pre, float *post,
                                   float *comb, const float *norm_w, float norm_eps, float *y, uint8_t *q8,
@@ -394,39 +421,53 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
     }
     pdl_enter();
     extern __shared__ __align__(16) float yv[]; /* E floats */
-    __shared__ float spre[K_MAX_HC], c[K_MAX_HC * K_MAX_HC];
+    __shared__ float spre[K_MAX_HC], c[K_MAX_HC * K_MAX_HC], srms;
     __shared__ double red[32];
     uint32_t t = blockIdx.x, n_mix = head ? hc : (2 + hc) * hc;
     const float *m = mix + (uint64_t)t * n_mix;
+    const float *x = X + (uint64_t)t * hc * E;
+    float *out = y + (uint64_t)t * E;
+    const uint32_t bd = blockDim.x - 32; /* the collapse threads */
+    /* the published 4 streams: 16-byte loads, four per thread in flight at
+     * once (this collapse is bound by one SM's load latency); G column
+     * groups of 4, and warp 0 takes those the collapse threads would reach
+     * only in a second round, [bd, bd + 32) */
+    const bool vec = hc == 4 && E % 4 == 0 && (uintptr_t)X % 16 == 0;
+    const uint32_t G = E / 4;
+    const bool warp0_cols = vec && G > bd;
     if (threadIdx.x < 32) {
+        if (warp0_cols) {
+            uint32_t lane = threadIdx.x, c4 = bd + lane;
+            float4 v[4];
+            if (c4 < G) load_streams4(x, E, c4, v);
+            float pv = lane < 4 ? mhc_pre_coef(m, scale, base, eps, lane) : 0.0f, p[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) p[i] = __shfl_sync(0xffffffffu, pv, i);
+            if (c4 < G) ((float4 *)yv)[c4] = collapse4(p, v);
+            bar_all_arrive(blockDim.x);
+        }
         if (!head) mhc_coeffs_warp(m, hc, base, scale, eps, iters, post + (uint64_t)t * hc, comb + (uint64_t)t * hc * hc, c);
         return;
     }
-    uint32_t tid = threadIdx.x - 32, bd = blockDim.x - 32; /* the collapse threads */
+    uint32_t tid = threadIdx.x - 32;
+    float4 v0[4];
+    if (vec && tid < G) load_streams4(x, E, tid, v0); /* in flight while pre is made */
     if (tid < hc) {
         float v = mhc_pre_coef(m, scale, base, eps, tid);
         spre[tid] = v;
         pre[(uint64_t)t * hc + tid] = v;
     }
     bar_rest(bd);
-    const float *x = X + (uint64_t)t * hc * E;
-    if (hc == 4 && E % 4 == 0 && (uintptr_t)X % 16 == 0) {
-        /* the published 4 streams: four 16-byte loads per thread, all in
-         * flight at once (this collapse is bound by one SM's load latency) */
-        for (uint32_t c4 = tid; c4 < E / 4; c4 += bd) {
+    if (vec) {
+        if (tid < G) ((float4 *)yv)[tid] = collapse4(spre, v0);
+        for (uint32_t c4 = tid + bd; c4 < G; c4 += bd) {
+            if (warp0_cols && c4 < bd + 32) continue; /* warp 0's */
             float4 v[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) v[i] = ((const float4 *)(x + (uint64_t)i * E))[c4];
-            float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                o.x += spre[i] * v[i].x;
-                o.y += spre[i] * v[i].y;
-                o.z += spre[i] * v[i].z;
-                o.w += spre[i] * v[i].w;
-            }
-            ((float4 *)yv)[c4] = o;
+            load_streams4(x, E, c4, v);
+            ((float4 *)yv)[c4] = collapse4(spre, v);
         }
+        if (warp0_cols) bar_all_wait(blockDim.x);
+        else bar_rest(bd);
     } else {
         for (uint32_t d0 = tid; d0 < E; d0 += 2 * bd) {
             float xs[2][K_MAX_HC];
@@ -445,27 +486,53 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
                 yv[d0 + u * bd] = acc;
             }
         }
+        bar_rest(bd);
     }
-    bar_rest(bd);
+    /* the norm's output in 16-byte steps where everything is aligned; this
+     * thread's first two steps' weights are asked for before the sum */
+    const bool vnorm = E % 4 == 0 && ((uintptr_t)out | (uintptr_t)norm_w) % 16 == 0;
+    float4 w0 = make_float4(1.0f, 1.0f, 1.0f, 1.0f), w1 = w0;
+    if (norm_w && vnorm) {
+        if (tid < G) w0 = ((const float4 *)norm_w)[tid];
+        if (tid + bd < G) w1 = ((const float4 *)norm_w)[tid + bd];
+    }
     float r = 1.0f;
     if (norm_w) {
         /* RMSNorm as row_transform does it, over the collapse threads: a
          * double sum of squares per thread, per warp, then the warps' sums
-         * in warp order */
+         * in warp order (by warp 1 alone, for all) */
         double ss = 0;
         for (uint32_t i = tid; i < E; i += bd) ss += (double)yv[i] * yv[i];
         ss = warp_sum_d(ss);
         if ((tid & 31) == 0) red[tid >> 5] = ss;
         bar_rest(bd);
-        ss = 0;
-        for (uint32_t w = 0; w < bd / 32; w++) ss += red[w];
-        r = (float)(1.0 / sqrt(ss / E + norm_eps));
+        if (tid < 32) {
+            ss = 0;
+            for (uint32_t w = 0; w < bd / 32; w++) ss += red[w];
+            if (tid == 0) srms = (float)(1.0 / sqrt(ss / E + norm_eps));
+        }
+        bar_rest(bd);
+        r = srms;
     }
-    float *out = y + (uint64_t)t * E;
-    for (uint32_t d = tid; d < E; d += bd) {
-        float o = norm_w ? yv[d] * r * norm_w[d] : yv[d];
-        out[d] = o;
-        yv[d] = o;
+    if (vnorm) {
+        for (uint32_t c4 = tid; c4 < G; c4 += bd) {
+            float4 yy = ((const float4 *)yv)[c4], w = w0;
+            if (norm_w && c4 != tid) w = c4 == tid + bd ? w1 : ((const float4 *)norm_w)[c4];
+            if (norm_w) {
+                yy.x = yy.x * r * w.x;
+                yy.y = yy.y * r * w.y;
+                yy.z = yy.z * r * w.z;
+                yy.w = yy.w * r * w.w;
+            }
+            ((float4 *)out)[c4] = yy;
+            ((float4 *)yv)[c4] = yy;
+        }
+    } else {
+        for (uint32_t d = tid; d < E; d += bd) {
+            float o = norm_w ? yv[d] * r * norm_w[d] : yv[d];
+            out[d] = o;
+            yv[d] = o;
+        }
     }
     if (q8 || q8k) bar_rest(bd);
     if (q8) q8_0_row(yv, E, q8 + (uint64_t)t * (E / DS4_QK8_0) * sizeof(ds4_block_q8_0), 1, blockDim.x / 32);

@@ -31,11 +31,22 @@ static __device__ void row_transform(float *v, uint32_t n, int norm, const float
                               uint32_t rbd) {
     uint32_t tid = threadIdx.x, bd = blockDim.x;
     if (norm) {
+        /* the thread's first NW norm weights are asked for before the sum
+         * (one load latency for them all, hidden behind the sum) */
+        constexpr uint32_t NW = 8;
+        float wr[NW];
+#pragma unroll
+        for (uint32_t k = 0; k < NW; k++) wr[k] = norm_w && tid + k * bd < n ? norm_w[tid + k * bd] : 1.0f;
         double ss = 0;
         for (uint32_t i = tid; tid < rbd && i < n; i += rbd) ss += (double)v[i] * v[i];
         ss = block_sum_d(ss, red);
         float r = (float)(1.0 / sqrt(ss / n + eps));
-        for (uint32_t i = tid; i < n; i += bd) v[i] = norm_w ? v[i] * r * norm_w[i] : v[i] * r;
+#pragma unroll
+        for (uint32_t k = 0; k < NW; k++) {
+            uint32_t i = tid + k * bd;
+            if (i < n) v[i] = norm_w ? v[i] * r * wr[k] : v[i] * r;
+        }
+        for (uint32_t i = tid + NW * bd; i < n; i += bd) v[i] = norm_w ? v[i] * r * norm_w[i] : v[i] * r;
         __syncthreads();
     }
     if (inv_freq && n_pairs) {

@@ -407,10 +407,10 @@ __device__ __forceinline__ void load_streams4(const float *x, uint32_t E, uint32
  * warps, which need only pre, do the collapse y = sum_i pre[i] * X[i] and,
  * with norm_w, y's weighted RMSNorm: the serial Sinkhorn chain no longer
  * holds up the rest of the block at a barrier. A decode step runs one such
- * block on one SM, where the time goes in issuing instructions: the work
- * that every thread needs once (the RMS's sum of the warps' sums, its
- * square root) is done by one warp and shared, and the norm weights are
- * loaded before the sum is known. */
+ * block on one SM, all of it on the step's critical path: the work every
+ * thread needs once (the RMS's sum of the warps' sums, its square root) is
+ * done by one warp and shared, and loads are issued before the values they
+ * wait for (X before pre, the norm weights before the sum). */
 __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, const float *X, uint32_t hc, uint32_t E, const float *base,
                                   const float *scale, float eps, uint32_t iters, int head, float *pre, float *post,
                                   float *comb, const float *norm_w, float norm_eps, float *y, uint8_t *q8,

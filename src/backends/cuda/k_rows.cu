@@ -201,25 +201,45 @@ cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, ui
 }
 
 /* Columns d .. d + 3 of token t of the mHC post step with HC streams (each
- * column's operations those of mhc_post_at): 16-byte loads and stores. */
+ * column's operations those of mhc_post_at): 16-byte loads and stores. The
+ * step's inputs other than the block's output (the streams, post and comb)
+ * are loaded first (post4_load), so that a caller can ask for them before
+ * it waits for the output. */
+template <int HC> struct post4_in {
+    float4 in[HC];
+    float p[HC], c[HC * HC];
+};
+template <int HC>
+__device__ __forceinline__ void post4_load(const float *X, const float *post, const float *comb, uint32_t E, uint32_t t,
+                                           uint32_t d, post4_in<HC> *s) {
+    const float *x = X + (uint64_t)t * HC * E + d;
+#pragma unroll
+    for (int i = 0; i < HC; i++) s->in[i] = *(const float4 *)(x + (uint64_t)i * E);
+#pragma unroll
+    for (int i = 0; i < HC; i++) s->p[i] = post[(uint64_t)t * HC + i];
+#pragma unroll
+    for (int i = 0; i < HC * HC; i++) s->c[i] = comb[(uint64_t)t * HC * HC + i];
+}
+template <int HC>
+__device__ __forceinline__ void post4_apply(float *X, float4 ot, const post4_in<HC> &s, uint32_t E, uint32_t t, uint32_t d) {
+    float *x = X + (uint64_t)t * HC * E + d;
+#pragma unroll
+    for (int j = 0; j < HC; j++) {
+        float4 o = make_float4(s.p[j] * ot.x, s.p[j] * ot.y, s.p[j] * ot.z, s.p[j] * ot.w);
+#pragma unroll
+        for (int i = 0; i < HC; i++) {
+            float ci = s.c[i * HC + j];
+            o.x += ci * s.in[i].x, o.y += ci * s.in[i].y, o.z += ci * s.in[i].z, o.w += ci * s.in[i].w;
+        }
+        *(float4 *)(x + (uint64_t)j * E) = o;
+    }
+}
 template <int HC>
 __device__ __forceinline__ void mhc_post_at4(float *X, float4 ot, const float *post, const float *comb, uint32_t E, uint32_t t,
                                              uint32_t d) {
-    float *x = X + (uint64_t)t * HC * E + d;
-    const float *c = comb + (uint64_t)t * HC * HC, *p = post + (uint64_t)t * HC;
-    float4 in[HC];
-#pragma unroll
-    for (int i = 0; i < HC; i++) in[i] = *(const float4 *)(x + (uint64_t)i * E);
-#pragma unroll
-    for (int j = 0; j < HC; j++) {
-        float4 s = make_float4(p[j] * ot.x, p[j] * ot.y, p[j] * ot.z, p[j] * ot.w);
-#pragma unroll
-        for (int i = 0; i < HC; i++) {
-            float ci = c[i * HC + j];
-            s.x += ci * in[i].x, s.y += ci * in[i].y, s.z += ci * in[i].z, s.w += ci * in[i].w;
-        }
-        *(float4 *)(x + (uint64_t)j * E) = s;
-    }
+    post4_in<HC> s;
+    post4_load<HC>(X, post, comb, E, t, d, &s);
+    post4_apply<HC>(X, ot, s, E, t, d);
 }
 
 /* The post steps take 4 columns a thread when the streams are 4 (as in the
@@ -262,12 +282,25 @@ __global__ void mhc_post_moe_kernel(float *X, const float *shared, const float *
     if (moe_combine_column(shared, dx, ids, wts, pos, K, E, t, d, &v)) mhc_post_at(X, v, post, comb, hc, E, t, d);
 }
 
+/* The streams, post, comb and the shared expert's output do not depend on
+ * the order of the token's experts: they are asked for before it is worked
+ * out (its barriers), so that one memory latency covers them and the
+ * experts' entries. */
 __global__ void mhc_post_moe4_kernel(float *X, const float *shared, const float *dx, const int32_t *ids, const float *wts,
                                      const int32_t *pos, uint32_t K, const float *post, const float *comb, uint32_t E) {
     pdl_enter();
+    __shared__ float w[K_MAX_USED];
+    __shared__ uint32_t row[K_MAX_USED];
     uint32_t t = blockIdx.y, d = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
-    float4 v;
-    if (moe_combine_column(shared, dx, ids, wts, pos, K, E, t, d, &v)) mhc_post_at4<MHC_POST_HC4>(X, v, post, comb, E, t, d);
+    post4_in<MHC_POST_HC4> in;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (d < E) {
+        post4_load<MHC_POST_HC4>(X, post, comb, E, t, d, &in);
+        acc = *(const float4 *)(shared + (uint64_t)t * E + d);
+    }
+    moe_combine_order(ids, wts, pos, K, t, w, row);
+    if (d >= E) return;
+    post4_apply<MHC_POST_HC4>(X, moe_combine_add4(acc, dx, w, row, K, E, d), in, E, t, d);
 }
 
 cudaError_t k_mhc_post_moe(cudaStream_t st, float *X, const float *shared, const float *d, const int32_t *ids,

@@ -52,15 +52,18 @@ __device__ __forceinline__ float moe_combine_sum(const float *shared, const floa
 }
 
 /* moe_combine_sum of columns d .. d + 3 (16-byte aligned), each column's
- * operations the same. */
-__device__ __forceinline__ float4 moe_combine_sum4(const float *shared, const float *dx, const float *w, const uint32_t *row,
-                                                   uint32_t K, uint32_t E, uint32_t t, uint32_t d) {
-    float4 acc = *(const float4 *)(shared + (uint64_t)t * E + d);
+ * operations the same, from acc = the shared expert's columns. */
+__device__ __forceinline__ float4 moe_combine_add4(float4 acc, const float *dx, const float *w, const uint32_t *row, uint32_t K,
+                                                   uint32_t E, uint32_t d) {
     for (uint32_t k = 0; k < K; k++) {
         float4 v = *(const float4 *)(dx + (uint64_t)row[k] * E + d);
         acc.x += w[k] * v.x, acc.y += w[k] * v.y, acc.z += w[k] * v.z, acc.w += w[k] * v.w;
     }
     return acc;
+}
+__device__ __forceinline__ float4 moe_combine_sum4(const float *shared, const float *dx, const float *w, const uint32_t *row,
+                                                   uint32_t K, uint32_t E, uint32_t t, uint32_t d) {
+    return moe_combine_add4(*(const float4 *)(shared + (uint64_t)t * E + d), dx, w, row, K, E, d);
 }
 
 /* Column d of token t's combine into *v (V float), or columns d .. d + 3

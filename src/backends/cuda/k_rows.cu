@@ -533,16 +533,16 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
     if (norm_w) {
         /* RMSNorm as row_transform does it, over the collapse threads: a
          * double sum of squares per thread, per warp, then the warps' sums
-         * in warp order (by warp 1 alone, for all) */
+         * in warp order (by one thread, for all) */
         double ss = 0;
         for (uint32_t i = tid; i < E; i += bd) ss += (double)yv[i] * yv[i];
         ss = warp_sum_d(ss);
         if ((tid & 31) == 0) red[tid >> 5] = ss;
         bar_rest(bd);
-        if (tid < 32) {
+        if (tid == 0) {
             ss = 0;
             for (uint32_t w = 0; w < bd / 32; w++) ss += red[w];
-            if (tid == 0) srms = (float)(1.0 / sqrt(ss / E + norm_eps));
+            srms = (float)(1.0 / sqrt(ss / E + norm_eps));
         }
         bar_rest(bd);
         r = srms;

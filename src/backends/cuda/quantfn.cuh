@@ -68,9 +68,12 @@ __device__ __forceinline__ void q8_0_row(const float *v, uint32_t n, uint8_t *ds
         if (live) {
             ds4_block_q8_0 *blk = (ds4_block_q8_0 *)dst + b;
             /* qs is 2-byte aligned (34-byte blocks): two 16-bit stores */
+            uint32_t q[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) q[k] = (uint8_t)q8_0_quant(x[k], id);
             uint16_t *qs = (uint16_t *)(blk->qs + 4 * part);
-            qs[0] = (uint16_t)((uint8_t)q8_0_quant(x[0], id) | ((uint32_t)(uint8_t)q8_0_quant(x[1], id) << 8));
-            qs[1] = (uint16_t)((uint8_t)q8_0_quant(x[2], id) | ((uint32_t)(uint8_t)q8_0_quant(x[3], id) << 8));
+            qs[0] = (uint16_t)(q[0] | q[1] << 8);
+            qs[1] = (uint16_t)(q[2] | q[3] << 8);
             if (part == 0) blk->d = hb;
         }
     }

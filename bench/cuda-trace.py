@@ -8,7 +8,8 @@
 The diagnostic build records, for block 0 of every kernel, the global timer
 when the block starts and when its programmatic wait returns (that is, when
 the kernel before it in its stream has finished), with the source line of
-its pdl_enter. Steps are cut at the embedding kernel; the steps with the
+its pdl_enter (and, for trace_mark() points inside a kernel, the time
+the mark was passed, named kernel@line). Steps are cut at the embedding kernel; the steps with the
 most common kernel sequence (the decode steps) are averaged. For each
 kernel: its start and wait-return times from the step's embedding, and
 "next-in": the wait-return of the next record minus its own, which on the
@@ -31,10 +32,11 @@ def kernel_names(src):
             if v:
                 starts.append((text.count('\n', 0, g.start()) + 1, v.group(1)))
         for i, line in enumerate(text.split('\n'), 1):
-            if 'pdl_enter()' in line and 'define' not in line and starts:
+            mark = 'trace_mark()' in line
+            if ('pdl_enter()' in line or mark) and 'define' not in line and starts:
                 before = [n for (ln, n) in starts if ln <= i]
                 if before:
-                    names['%s:%d' % (f[:-3], i)] = before[-1]
+                    names['%s:%d' % (f[:-3], i)] = before[-1] + ('@%d' % i if mark else '')
     return names
 
 

@@ -402,17 +402,22 @@ static void test_mhc(void) {
     net.hp = &hp;
     net.pool = ds4_pool_create(1);
     /* fused = 0: the four separate kernels; 1: two launches, plus the
-     * following RMSNorm when norm = 1 */
+     * following RMSNorm when norm = 1; 2: F16 mixing weights (tensor
+     * cores), for one token the one-launch cluster kernel (k_mhc_one) */
     /* E, fused, norm, tokens (one token: the decode kernels, the mixing
      * logits' RMS shared by a cluster) */
-    const uint32_t cases[][4] = {{64, 0, 0, 5},    {64, 1, 0, 5},   {64, 1, 1, 5},   {1024, 1, 1, 5},
-                                 {1536, 1, 1, 5}, {4096, 1, 1, 5}, {4096, 1, 1, 1}, {1024, 1, 1, 1}};
+    const uint32_t cases[][4] = {{64, 0, 0, 5},    {64, 1, 0, 5},    {64, 1, 1, 5},    {1024, 1, 1, 5},
+                                 {1536, 1, 1, 5},  {4096, 1, 1, 5},  {4096, 1, 1, 1},  {1024, 1, 1, 1},
+                                 {64, 2, 1, 1},    {1536, 2, 1, 1},  {4096, 2, 1, 1},  {4096, 2, 0, 1},
+                                 {8192, 2, 1, 1},  {4096, 2, 1, 3}};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         uint32_t hc = 4, E = cases[ci][0], fused = cases[ci][1], norm = cases[ci][2], n = cases[ci][3], flat = hc * E;
         hp.n_embd = E;
         for (int head = 0; head < 2; head++) {
             uint32_t n_mix = head ? hc : (2 + hc) * hc;
             float *fn = randv((size_t)n_mix * flat, 1.0f / sqrtf((float)flat)), *base = randv(n_mix, 0.5f);
+            if (fused == 2) /* the CPU reference gets the F16 weights' values */
+                for (size_t i = 0; i < (size_t)n_mix * flat; i++) fn[i] = ds4_f16_to_f32(ds4_f32_to_f16(fn[i]));
             float scale[3] = {0.7f, 1.3f, 0.9f};
             float *X = randv((size_t)n * flat, 1.0f), *nw = norm ? randv(E, 1.0f) : NULL;
             ds4_hc_weights w = {f32_tensor(fn, flat, n_mix), f32_tensor(base, n_mix, 1), f32_tensor(scale, head ? 1 : 3, 1)};

@@ -77,6 +77,19 @@ __device__ __forceinline__ void pdl_enter_traced(unsigned line) {
     }
 }
 #define pdl_enter() pdl_enter_traced(__LINE__)
+/* A point inside a kernel (block 0; the caller picks the thread): a record
+ * whose times are both now, with the mark's line. */
+__device__ __forceinline__ void trace_mark_at(unsigned line) {
+    if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && trace_buf) {
+        unsigned long long t = gtimer();
+        unsigned i = atomicAdd(&trace_cnt, 1u);
+        if (i < TRACE_CAP) {
+            trace_rec r = {t, t, line, 0};
+            trace_buf[i] = r;
+        }
+    }
+}
+#define trace_mark() trace_mark_at(__LINE__)
 #define DS4_TRACE_EXPORT(name)                                                              \
     extern "C" cudaError_t k_trace_bind_##name(void *b) {                                   \
         unsigned z = 0;                                                                     \
@@ -90,6 +103,7 @@ __device__ __forceinline__ void pdl_enter_traced(unsigned line) {
     }
 #else
 #define pdl_enter() pdl_enter_plain()
+#define trace_mark() ((void)0)
 #define DS4_TRACE_EXPORT(name)
 #endif
 

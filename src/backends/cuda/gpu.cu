@@ -107,14 +107,15 @@ struct ds4_gpu_session {
     /* Side lanes: streams for the parts of a layer that need only its
      * input, run beside the main chain (lane 0: compressor, then the
      * shared expert; lane 1: indexer; lane 2: weights asked into L2 ahead
-     * of their products), lanes 0 and 1 each with its own activation
+     * of their products; lane 3: the mHC post coefficients), lanes 0 and 1 each with its own activation
      * scratch; they fork from and join back into st by events, so the
      * decode graph captures them as parallel branches. Off (everything
      * on st) while profiling or with DS4_CUDA_LANES=0. */
     bool lanes;
-    cudaStream_t lane[3];
+    cudaStream_t lane[4];
     void *lane_act[2];
-    cudaEvent_t ev_fork[3], ev_join[3], ev_qa;
+    cudaEvent_t ev_fork[4], ev_join[4], ev_qa;
+    bool coef_forked; /* lane 3 holds post and comb not yet joined */
     /* lane 2 at work in the chunk being queued (joined at its end); off
      * with DS4_CUDA_L2AHEAD=0 */
     bool ahead, ahead_forked;
@@ -179,10 +180,10 @@ static void prof_free(ds4_gpu_session *s);
 static int spec_drop(ds4_gpu_session *s, ds4_error *err);
 
 #ifdef DS4_CUDA_TRACE
-#define TRACE_TUS(X) X(k_attn) X(k_linear) X(k_mmq) X(k_moe) X(k_quant) X(k_rows)
+#define TRACE_TUS(X) X(k_attn) X(k_linear) X(k_mhc) X(k_mmq) X(k_moe) X(k_quant) X(k_rows)
 #define TRACE_DECL(n) extern "C" cudaError_t k_trace_bind_##n(void *b); extern "C" unsigned k_trace_count_##n(void);
 TRACE_TUS(TRACE_DECL)
-static void *trace_mem[6];
+static void *trace_mem[7];
 /* DS4_TRACE_OUT=file: binds a record buffer per translation unit */
 static void trace_start(void) {
     if (!getenv("DS4_TRACE_OUT") || trace_mem[0]) return;
@@ -827,7 +828,7 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
         const char *le = getenv("DS4_CUDA_LANES"), *ae = getenv("DS4_CUDA_L2AHEAD");
         s->lanes = !s->prof && !(le && *le == '0');
         s->ahead = !(ae && *ae == '0');
-        for (int i = 0; i < 3 && s->lanes && e == cudaSuccess; i++)
+        for (int i = 0; i < 4 && s->lanes && e == cudaSuccess; i++)
             if ((e = cudaStreamCreateWithFlags(&s->lane[i], cudaStreamNonBlocking)) == cudaSuccess &&
                 (e = cudaEventCreateWithFlags(&s->ev_fork[i], cudaEventDisableTiming)) == cudaSuccess)
                 e = cudaEventCreateWithFlags(&s->ev_join[i], cudaEventDisableTiming);
@@ -892,7 +893,7 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     cudaFreeHost(s->grp_pinned);
     cudaFreeHost(s->wtab_pinned);
     if (s->st) cudaStreamDestroy(s->st);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         if (s->lane[i]) cudaStreamDestroy(s->lane[i]);
         if (s->ev_fork[i]) cudaEventDestroy(s->ev_fork[i]);
         if (s->ev_join[i]) cudaEventDestroy(s->ev_join[i]);
@@ -1097,6 +1098,14 @@ static int join_lane(const fwd *f, const fwd *side, int i) {
     return side->st == f->st ? 0 : lane_join(f->s, i, f->st, f->err);
 }
 
+/* The mHC post step's coefficients, made on lane 3 by a one-launch pre
+ * step (mhc_pre), are waited for here. */
+static int coef_join(const fwd *f) {
+    if (!f->s->coef_forked) return 0;
+    f->s->coef_forked = false;
+    return lane_join(f->s, 3, f->st, f->err);
+}
+
 /* One token: lane 2 asks the weights of up to four tensors into L2 from
  * the point reached in f's stream, while the chain of small kernels ahead
  * of their products runs (H100, synth6: decode run per step 10-30 us
@@ -1267,6 +1276,24 @@ static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, 
     ds4_error *err = f->err;
     uint32_t hc = hp->hc, E = hp->n_embd, n_mix = head ? hc : (2 + hc) * hc;
     prof_mark(f->s, head ? "head_mhc" : "mhc_pre");
+    if (n == 1) {
+        cudaError_t e = k_mhc_one(s->st, &w->fn, X, hc, E, hp->rms_eps, vec(&w->base), vec(&w->scale), hp->hc_eps, head,
+                                  s->mix, s->pre, norm_w, hp->rms_eps, s->y, q8, q8k);
+        if (e != cudaErrorNotSupported) {
+            CU(e);
+            if (head) return 0;
+            /* post and comb on lane 3, joined by the mHC post (coef_join) */
+            cudaStream_t cs = s->st;
+            if (s->lanes) {
+                if (lane_after(s, 3, s->st, err)) return -1;
+                cs = s->lane[3];
+                s->coef_forked = true;
+            }
+            CU(k_mhc_post_coeffs(cs, s->mix, 1, hc, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters,
+                                 s->post, s->comb));
+            return 0;
+        }
+    }
     if (k_quant_type(w->fn.type)) {
         CU(k_rms_inv(s->st, X, n, hc * E, hp->rms_eps, s->rinv));
         CU(lin(f, &w->fn, 0, n_mix, 1, 0, X, (uint64_t)hc * E, s->rinv, n, s->mix, n_mix));
@@ -1454,6 +1481,7 @@ static int attention(fwd *f, uint32_t il) {
     uint64_t gin = qdim / hp->o_groups, glow = (uint64_t)hp->o_groups * hp->o_lora;
     prof_mark(f->s, "out_proj");
     CU(lin(f, &lw->out_a, 0, hp->o_lora, hp->o_groups, gin, s->att, qdim, NULL, n, s->low, glow));
+    if (coef_join(f)) return -1;
     if (n == 1 && k_quant_type(lw->out_b.type)) {
         /* one token: out_b's rows go straight into the mHC post step */
         CU(k_qlinear_post(f->st, &lw->out_b, s->low, f->act, s->o, s->X, s->post, s->comb, hp->hc));
@@ -1497,7 +1525,7 @@ static int moe(fwd *f, uint32_t il) {
         CU(ffn_down(f, &lw->down_exps, s->grp, K, n, 0, slots, NULL, s->h, s->dx));
     }
     /* the weighted sum of the experts goes straight into the mHC post step */
-    if (join_lane(f, &sf, 0)) return -1;
+    if (join_lane(f, &sf, 0) || coef_join(f)) return -1;
     prof_mark(f->s, "moe_combine");
     CU(k_mhc_post_moe(st, s->X, s->sh, s->dx, s->ids, s->wts, s->grp, X, K, s->post, s->comb, n, hp->hc, E));
     return 0;
@@ -1517,6 +1545,7 @@ static int enqueue(ds4_gpu_session *s, bool official, const int32_t *tokens, uin
     const ds4_weights *w = &s->g->w;
     fwd f = {s, hp, w, official, n, s->pos, err, s->st, s->act, false, false};
     cudaStream_t st = s->st;
+    s->coef_forked = false; /* a chunk that failed half way left nothing to join */
     uint32_t E = hp->n_embd, hc = hp->hc;
     prof_mark(s, "embed");
     if (tokens == s->tok_pinned) {

@@ -115,16 +115,6 @@ cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t
     return LAUNCH_STATUS();
 }
 
-__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-/* ds4_mhc_pre's pre[i] and post[i] from a token's mixing logits m. */
-__device__ __forceinline__ float mhc_pre_coef(const float *m, const float *scale, const float *base, float eps, uint32_t i) {
-    return sigmoidf_(m[i] * scale[0] + base[i]) + eps;
-}
-__device__ __forceinline__ float mhc_post_coef(const float *m, uint32_t hc, const float *scale, const float *base, uint32_t i) {
-    return 2.0f * sigmoidf_(m[hc + i] * scale[1] + base[hc + i]);
-}
-
 /* One block per token, one thread per entry (i, j) of the hc x hc mixing
  * matrix. Every thread of a row (column) adds that row's (column's)
  * entries in the CPU's order, so all agree on the sum and the result is
@@ -317,97 +307,6 @@ cudaError_t k_mhc_post_moe(cudaStream_t st, float *X, const float *shared, const
 
 /* ---- fused mHC steps ------------------------------------------------------------ */
 
-/* v / (sum of the HC entries in lanes first, first + step, ... + eps), the
- * sum gathered by shuffles and added in the CPU's order. */
-template <int HC> __device__ __forceinline__ float sinkhorn_div(float v, uint32_t first, uint32_t step, float eps) {
-    float t[HC], s = 0;
-#pragma unroll
-    for (int k = 0; k < HC; k++) t[k] = __shfl_sync(0xffffffffu, v, first + k * step);
-#pragma unroll
-    for (int k = 0; k < HC; k++) s += t[k];
-    return v / (s + eps);
-}
-
-/* Sinkhorn for a compile-time HC (HC * HC <= 32): lane e < HC*HC holds
- * entry (e / HC, e % HC) in a register; row and column sums gather their
- * HC entries with shuffles and add them in the CPU's order. */
-template <int HC>
-__device__ __forceinline__ float sinkhorn_lanes(float v, uint32_t lane, float eps, uint32_t iters) {
-    const uint32_t i = (lane / HC) % HC, j = lane % HC;
-    float row[HC];
-#pragma unroll
-    for (int k = 0; k < HC; k++) row[k] = __shfl_sync(0xffffffffu, v, i * HC + k);
-    float mx = -INFINITY, sum = 0;
-#pragma unroll
-    for (int k = 0; k < HC; k++)
-        if (row[k] > mx) mx = row[k];
-#pragma unroll
-    for (int k = 0; k < HC; k++) sum += expf(row[k] - mx);
-    v = expf(row[j] - mx) / sum + eps;
-    for (uint32_t it = 0; it < iters; it++) {
-        if (it > 0) v = sinkhorn_div<HC>(v, i * HC, 1, eps); /* rows */
-        v = sinkhorn_div<HC>(v, j, HC, eps);                  /* columns */
-    }
-    return v;
-}
-
-/* The post and comb part of mhc_coeffs_kernel's arithmetic, by one warp
- * for one token (m: its mixing logits; c: hc*hc floats of shared memory).
- * Entries are spread over the lanes; every sum runs in the CPU's order.
- * Only warp 0 calls it. */
-__device__ __forceinline__ void mhc_coeffs_warp(const float *m, uint32_t hc, const float *base, const float *scale, float eps,
-                                                uint32_t iters, float *post, float *comb, float *c) {
-    uint32_t lane = threadIdx.x & 31, nn = hc * hc;
-    for (uint32_t i = lane; i < hc; i += 32) post[i] = mhc_post_coef(m, hc, scale, base, i);
-    if (hc == 4) { /* the published models' 4 streams: all in registers */
-        float v = lane < 16 ? m[8 + lane] * scale[2] + base[8 + lane] : 0.0f;
-        v = sinkhorn_lanes<4>(v, lane, eps, iters);
-        if (lane < 16) comb[lane] = v;
-        return;
-    }
-    for (uint32_t e = lane; e < nn; e += 32) c[e] = m[2 * hc + e] * scale[2] + base[2 * hc + e];
-    __syncwarp();
-    constexpr int EPL = K_MAX_HC * K_MAX_HC / 32; /* entries per lane at most */
-    float v[EPL];
-    /* row softmax plus eps */
-#pragma unroll
-    for (int q = 0; q < EPL; q++) {
-        uint32_t e = lane + 32 * q;
-        if (e >= nn) break;
-        const float *row = c + (e / hc) * hc;
-        float mx = -INFINITY, sum = 0;
-        for (uint32_t k = 0; k < hc; k++)
-            if (row[k] > mx) mx = row[k];
-        for (uint32_t k = 0; k < hc; k++) sum += expf(row[k] - mx);
-        v[q] = expf(row[e % hc] - mx) / sum + eps;
-    }
-    __syncwarp();
-#pragma unroll
-    for (int q = 0; q < EPL; q++)
-        if (lane + 32 * q < nn) c[lane + 32 * q] = v[q];
-    __syncwarp();
-    for (uint32_t it = 0; it < iters; it++) {
-        /* rows (from the second iteration on), then columns */
-        for (int pass = it > 0 ? 0 : 1; pass < 2; pass++) {
-#pragma unroll
-            for (int q = 0; q < EPL; q++) {
-                uint32_t e = lane + 32 * q;
-                if (e >= nn) break;
-                uint32_t i = e / hc, j = e % hc;
-                float s = 0;
-                for (uint32_t k = 0; k < hc; k++) s += pass == 0 ? c[i * hc + k] : c[k * hc + j];
-                v[q] = c[e] / (s + eps);
-            }
-            __syncwarp();
-#pragma unroll
-            for (int q = 0; q < EPL; q++)
-                if (lane + 32 * q < nn) c[lane + 32 * q] = v[q];
-            __syncwarp();
-        }
-    }
-    for (uint32_t e = lane; e < nn; e += 32) comb[e] = c[e];
-}
-
 /* Barriers of the finish kernel, by number: barrier 1 is the n threads of
  * warps 1, 2, ... (warp 0 does not wait at it); at barrier 2 those threads
  * wait while warp 0 only arrives (bar.arrive), so that warp 0 can hand over
@@ -416,24 +315,6 @@ __device__ __forceinline__ void mhc_coeffs_warp(const float *m, uint32_t hc, con
 __device__ __forceinline__ void bar_rest(uint32_t n) { asm volatile("bar.sync 1, %0;" ::"r"(n) : "memory"); }
 __device__ __forceinline__ void bar_all_wait(uint32_t n) { asm volatile("bar.sync 2, %0;" ::"r"(n) : "memory"); }
 __device__ __forceinline__ void bar_all_arrive(uint32_t n) { asm volatile("bar.arrive 2, %0;" ::"r"(n) : "memory"); }
-
-/* sum_i p[i] * v[i] over the 4 streams of one float4 column group, added
- * from 0 in stream order (the collapse of ds4_mhc_pre) */
-__device__ __forceinline__ float4 collapse4(const float *p, const float4 *v) {
-    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        o.x += p[i] * v[i].x;
-        o.y += p[i] * v[i].y;
-        o.z += p[i] * v[i].z;
-        o.w += p[i] * v[i].w;
-    }
-    return o;
-}
-__device__ __forceinline__ void load_streams4(const float *x, uint32_t E, uint32_t c4, float4 *v) {
-#pragma unroll
-    for (int i = 0; i < 4; i++) v[i] = ((const float4 *)(x + (uint64_t)i * E))[c4];
-}
 
 /* One block per token. Warp 0 runs the Sinkhorn iterations of the mixing
  * matrix (post and comb, needed only by the later mhc_post) while the other
@@ -531,17 +412,17 @@ __global__ void __launch_bounds__(1024) mhc_finish_kernel(const float *mix, cons
     }
     float r = 1.0f;
     if (norm_w) {
-        /* RMSNorm as row_transform does it, over the collapse threads: a
-         * double sum of squares per thread, per warp, then the warps' sums
-         * in warp order (by one thread, for all) */
-        double ss = 0;
-        for (uint32_t i = tid; i < E; i += bd) ss += (double)yv[i] * yv[i];
-        ss = warp_sum_d(ss);
-        if ((tid & 31) == 0) red[tid >> 5] = ss;
+        /* the RMS in mhc_rms's order (that of the single-token cluster
+         * kernel, k_mhc.cu): the collapse threads take the virtual threads
+         * in whole warps; one thread adds the 32 warp sums, for all */
+        for (uint32_t v = tid; v < MHC_RMS_V; v += bd) {
+            double ss = warp_sum_d(mhc_rms_part(yv, E, v));
+            if ((tid & 31) == 0) red[v >> 5] = ss;
+        }
         bar_rest(bd);
         if (tid == 0) {
-            ss = 0;
-            for (uint32_t w = 0; w < bd / 32; w++) ss += red[w];
+            double ss = 0;
+            for (uint32_t w = 0; w < MHC_RMS_V / 32; w++) ss += red[w];
             srms = (float)(1.0 / sqrt(ss / E + norm_eps));
         }
         bar_rest(bd);

@@ -154,6 +154,20 @@ cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint
                          const float *base, const float *scale, float eps, uint32_t iters, int head, float *pre,
                          float *post, float *comb, const float *norm_w, float norm_eps, float *y,
                          uint8_t *q8, uint8_t *q8k);
+/* The same for one token (the decode step), the mixing logits included
+ * (k_linear_rms's with fn), but for post and comb: one launch, a cluster of
+ * blocks (k_mhc.cu), the bits of k_linear_rms then k_mhc_finish. It writes
+ * the mixing logits to mix, from which k_mhc_post_coeffs makes post and
+ * comb (a serial chain the next steps do not wait for: the caller may run
+ * it on a side lane). cudaErrorNotSupported, with nothing launched, where
+ * it does not apply (no clusters, a weight type or shape it does not take,
+ * DS4_CUDA_MHC_ONE=0): the caller uses those two instead. */
+cudaError_t k_mhc_one(cudaStream_t st, const ds4_tensor *fn, const float *X, uint32_t hc, uint32_t E, float rms_eps,
+                      const float *base, const float *scale, float hc_eps, int head, float *mix, float *pre,
+                      const float *norm_w, float norm_eps, float *y, uint8_t *q8, uint8_t *q8k);
+/* post and comb from the mixing logits (k_mhc_coeffs's, without pre) */
+cudaError_t k_mhc_post_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint32_t hc, const float *base,
+                              const float *scale, float eps, uint32_t iters, float *post, float *comb);
 /* y[t] = sum_i pre[t][i] * X[t][i] */
 cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, uint32_t n_tok, uint32_t hc, uint32_t E,
                            float *y);

@@ -234,7 +234,20 @@ extern "C" int ds4_gpu_test_mhc_pre(uint32_t hc, uint32_t E, uint32_t n_tok, flo
     void *dfn, *db, *ds, *dX, *dy, *dpre, *dpost, *dcomb, *dmix, *drinv, *dnw = NULL;
     void *dq = NULL, *dqk = NULL; /* y's Q8_0 and Q8_K rows, made by the finish kernel */
     if (norm_w) DEV(dnw, norm_w, (size_t)E * 4);
-    DEV(dfn, fn, (size_t)n_mix * hc * E * 4);
+    if (fused == 2) { /* F16 mixing weights (the published files'): the tensor-core path */
+        size_t nw = (size_t)n_mix * hc * E;
+        uint16_t *h = (uint16_t *)malloc(nw * 2);
+        if (!h) {
+            ds4_fail(err, "out of host memory");
+            goto fail;
+        }
+        for (size_t i = 0; i < nw; i++) h[i] = __half_as_ushort(__float2half_rn(fn[i]));
+        int bad = dev(&pl, &dfn, h, nw * 2, err);
+        free(h);
+        if (bad) goto fail;
+    } else {
+        DEV(dfn, fn, (size_t)n_mix * hc * E * 4);
+    }
     DEV(db, base, n_mix * 4);
     DEV(ds, scale, n_scale * 4);
     DEV(dX, X, (size_t)n_tok * hc * E * 4);
@@ -247,8 +260,20 @@ extern "C" int ds4_gpu_test_mhc_pre(uint32_t hc, uint32_t E, uint32_t n_tok, flo
     if (E % 32 == 0) DEV(dq, NULL, (size_t)n_tok * k_act_row_bytes(GGML_TYPE_Q8_0, E));
     if (E % 256 == 0) DEV(dqk, NULL, (size_t)n_tok * k_act_row_bytes(GGML_TYPE_Q2_K, E));
     {
-        ds4_tensor t = tensor(GGML_TYPE_F32, dfn, (uint64_t)hc * E, n_mix, 1);
-        if (fused) {
+        ds4_tensor t = tensor(fused == 2 ? GGML_TYPE_F16 : GGML_TYPE_F32, dfn, (uint64_t)hc * E, n_mix, 1);
+        cudaError_t one = cudaErrorNotSupported;
+        if (fused == 2 && n_tok == 1) /* one launch; not where clusters are missing */
+            one = k_mhc_one(0, &t, (const float *)dX, hc, E, rms_eps, (const float *)db, (const float *)ds, hc_eps, head,
+                            (float *)dmix, (float *)dpre, (const float *)dnw, rms_eps, (float *)dy, (uint8_t *)dq,
+                            (uint8_t *)dqk);
+        if (one != cudaErrorNotSupported) {
+            RUN(one);
+            if (!head)
+                RUN(k_mhc_post_coeffs(0, (const float *)dmix, 1, hc, (const float *)db, (const float *)ds, hc_eps, iters,
+                                      (float *)dpost, (float *)dcomb));
+            if (dq && q8_same(dy, dq, n_tok, E, GGML_TYPE_Q8_0, "k_mhc_one", err)) goto fail;
+            if (dqk && q8_same(dy, dqk, n_tok, E, GGML_TYPE_Q2_K, "k_mhc_one", err)) goto fail;
+        } else if (fused) {
             RUN(k_linear_rms(0, &t, (const float *)dX, (uint64_t)hc * E, n_tok, rms_eps, (float *)dmix, n_mix));
             RUN(k_mhc_finish(0, (const float *)dmix, (const float *)dX, n_tok, hc, E, (const float *)db,
                              (const float *)ds, hc_eps, iters, head, (float *)dpre, (float *)dpost, (float *)dcomb,

@@ -157,57 +157,70 @@ template <int FMT> __device__ __forceinline__ void fl_chunk(float (*acc)[4], uin
 }
 
 /* Per-token scales of a tile of up to 8 tokens from t0 into sxs (shared):
- * xscale or 1, or (RMS) 1/rms of the token's row, summed in double over a
- * fixed 1024-way partition whatever the block size: virtual thread v takes
- * v, v + 1024, ...; a butterfly over each 32 consecutive v; the 32 groups
- * added in order; all tokens in one pass. Ends with a barrier. */
+ * xscale or 1, or (RMS) 1/rms of the token's row in the RMS products'
+ * order, whatever the block size: the row in groups of FL_RMS_VALS values
+ * (a group of slices); in a group, virtual thread v (of FL_RMS_VT) adds in
+ * double the squares of its values v + FL_RMS_VT * i, i < FL_RMS_VPT, in
+ * order; a butterfly over each 32 consecutive v; the group's total is 0 +
+ * its warps' sums in order, the row's 0 + the groups' totals in order (so
+ * a block of a cluster can add the group it holds, k_mhc.cu). The RMS
+ * products apply the scale to their outputs, so the product need not wait
+ * for the RMS: they split x * FL_RMS_PRE and scale the result by
+ * rms_scale * FL_RMS_POST (exact powers of two). The F16 split keeps all
+ * of fp32's bits for |v| from about 2^-6 to 2^27 (above); the RMS row
+ * would sit near 1, the raw streams may not: times 2^8, every |x| in
+ * [2^-14, 2^19) keeps them (unscaled, test_cuda_kernels' rows of
+ * magnitude 1e-3 kept 22 bits). Ends with a barrier. */
+#define FL_RMS_VALS (FL_RMS_GROUP * FL_SLICE)
+#define FL_RMS_VT 512
+#define FL_RMS_VPT (FL_RMS_VALS / FL_RMS_VT)
+#define FL_RMS_PRE 0x1p8f
+#define FL_RMS_POST 0x1p-8f
 template <bool RMS, int NT>
 __device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, uint32_t t0, float *sxs) {
     constexpr int nt = NT;
     if (RMS) {
         static_assert(!RMS || NT <= 8, "tokens per tile");
-        __shared__ double red[RMS ? NT : 1][32];
+        constexpr uint32_t GB = 4, WG = FL_RMS_VT / 32; /* groups a pass, warps a group */
+        __shared__ double red[RMS ? NT : 1][GB * WG];
         int live = a.n_tok - t0 < (uint32_t)nt ? (int)(a.n_tok - t0) : nt;
-        for (uint32_t v = threadIdx.x; v < 1024; v += blockDim.x) {
-            double ss[NT];
+        const uint32_t ng = (a.K + FL_RMS_VALS - 1) / FL_RMS_VALS;
+        double tot = 0; /* thread tt < live: its token's */
+        for (uint32_t g0 = 0; g0 < ng; g0 += GB) {
+            for (uint32_t vv = threadIdx.x; vv < GB * FL_RMS_VT; vv += blockDim.x) {
+                uint32_t g = g0 + vv / FL_RMS_VT, base = g * FL_RMS_VALS + vv % FL_RMS_VT;
+                double ss[NT];
 #pragma unroll
-            for (int tt = 0; tt < NT; tt++) ss[tt] = 0;
-            if (NT == 1) {
-                /* one token: FB values in registers before any is added,
-                 * one memory latency per FB of them, not one per value */
-                constexpr int FB = 16;
-                for (uint32_t i0 = v; i0 < a.K; i0 += 1024 * FB) {
-                    float xv[FB];
+                for (int tt = 0; tt < NT; tt++) {
+                    float xv[FL_RMS_VPT];
 #pragma unroll
-                    for (int b = 0; b < FB; b++) xv[b] = i0 + 1024 * b < a.K ? xg[(uint64_t)t0 * a.x_stride + i0 + 1024 * b] : 0.0f;
+                    for (int i = 0; i < FL_RMS_VPT; i++) {
+                        uint32_t k = base + FL_RMS_VT * i;
+                        xv[i] = tt < live && g < ng && k < a.K ? xg[(uint64_t)(t0 + tt) * a.x_stride + k] : 0.0f;
+                    }
+                    ss[tt] = 0;
 #pragma unroll
-                    for (int b = 0; b < FB; b++)
-                        if (i0 + 1024 * b < a.K) ss[0] += (double)xv[b] * xv[b];
+                    for (int i = 0; i < FL_RMS_VPT; i++) ss[tt] += (double)xv[i] * xv[i];
                 }
-            } else {
-#pragma unroll 2
-                for (uint32_t i = v; i < a.K; i += 1024)
 #pragma unroll
-                    for (int tt = 0; tt < NT; tt++)
-                        if (tt < live) {
-                            float x = xg[(uint64_t)(t0 + tt) * a.x_stride + i];
-                            ss[tt] += (double)x * x;
-                        }
+                for (int tt = 0; tt < NT; tt++) {
+                    double w = warp_sum_d(ss[tt]);
+                    if ((threadIdx.x & 31) == 0) red[tt][vv >> 5] = w;
+                }
             }
-#pragma unroll
-            for (int tt = 0; tt < NT; tt++) {
-                double w = warp_sum_d(ss[tt]);
-                if ((threadIdx.x & 31) == 0) red[tt][v >> 5] = w;
-            }
+            __syncthreads();
+            if (threadIdx.x < (unsigned)live)
+                for (uint32_t gg = 0; gg < GB && g0 + gg < ng; gg++) {
+                    double gs = 0;
+                    for (uint32_t w = 0; w < WG; w++) gs += red[threadIdx.x][gg * WG + w];
+                    tot += gs;
+                }
+            __syncthreads();
         }
-        __syncthreads();
-        if (threadIdx.x < (unsigned)live) {
-            double s = 0;
-            for (int w = 0; w < 32; w++) s += red[threadIdx.x][w];
-            sxs[threadIdx.x] = (float)(1.0 / sqrt(s / a.K + a.rms_eps));
-        } else if (threadIdx.x < (unsigned)nt) {
+        if (threadIdx.x < (unsigned)live)
+            sxs[threadIdx.x] = (float)(1.0 / sqrt(tot / a.K + a.rms_eps));
+        else if (threadIdx.x < (unsigned)nt)
             sxs[threadIdx.x] = 1.0f;
-        }
     } else if (threadIdx.x < (unsigned)nt) {
         uint32_t t = t0 + threadIdx.x < a.n_tok ? t0 + threadIdx.x : a.n_tok - 1;
         sxs[threadIdx.x] = a.xscale ? a.xscale[t] : 1.0f;

@@ -230,9 +230,9 @@ __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
     };
     for (uint32_t t0 = blockIdx.z * tstep; t0 < a.n_tok; t0 += tstep * gridDim.z) {
         fl_scales<RMS, 8>(a, xg, t0, sxs);
-        const bool live = t0 + g8 < a.n_tok, scaled = RMS || a.xscale;
+        const bool live = t0 + g8 < a.n_tok, scaled = RMS || a.xscale; /* RMS: FL_RMS_PRE, the scale on the output */
         const float *xr = xg + (uint64_t)(live ? t0 + g8 : t0) * a.x_stride;
-        const float xs = live ? sxs[g8] : 1.0f;
+        const float xs = RMS ? FL_RMS_PRE : (live ? sxs[g8] : 1.0f);
         float T[3] = {0.0f, 0.0f, 0.0f}; /* this thread's output: running totals of the parts */
         float P[3] = {0.0f, 0.0f, 0.0f}; /* RMS: the current group's (fl_rms_group_end) */
         for (uint32_t j = 0; j < rounds; j++) {
@@ -289,7 +289,8 @@ __global__ void __launch_bounds__(32 * WK) flmma_slices_kernel(lin_args a) {
             uint32_t rl = threadIdx.x / NC, tl = threadIdx.x % NC;
             uint64_t r = (uint64_t)blockIdx.x * TR + rl;
             if (r < a.n_rows && t0 + tl < a.n_tok)
-                a.y[(uint64_t)(t0 + tl) * a.y_stride + grp * a.n_rows + r] = fl_combine<FMT>(T[0], T[1], T[2]);
+                a.y[(uint64_t)(t0 + tl) * a.y_stride + grp * a.n_rows + r] =
+                    RMS ? fl_combine<FMT>(T[0], T[1], T[2]) * (sxs[tl] * FL_RMS_POST) : fl_combine<FMT>(T[0], T[1], T[2]);
         }
     }
 }
@@ -336,8 +337,8 @@ __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
     lin_args a1 = a;
     a1.x = xr, a1.n_tok = 1, a1.xscale = a.xscale ? a.xscale + t : nullptr;
     fl_scales<RMS, 1>(a1, xr, 0, sxs);
-    const bool scaled = RMS || a.xscale;
-    const float xs = sxs[0];
+    const bool scaled = RMS || a.xscale; /* RMS: FL_RMS_PRE, the scale on the output */
+    const float xs = RMS ? FL_RMS_PRE : sxs[0];
     /* this block's activations: values of its slices, all rounds */
     {
         uint16_t *xh = (uint16_t *)xb;
@@ -428,7 +429,7 @@ __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
         uint64_t row = (uint64_t)tile * 16 + threadIdx.x;
         if (threadIdx.x < 16 && row < a.n_rows)
             a.y[(uint64_t)t * a.y_stride + grp * a.n_rows + row] =
-                fl_combine<FMT>(tp[threadIdx.x * 3], tp[threadIdx.x * 3 + 1], tp[threadIdx.x * 3 + 2]);
+                fl_combine<FMT>(tp[threadIdx.x * 3], tp[threadIdx.x * 3 + 1], tp[threadIdx.x * 3 + 2]) * (RMS ? sxs[0] * FL_RMS_POST : 1.0f);
     }
 #if __CUDA_ARCH__ >= 900
     if (CL > 1) cg::this_cluster().sync(); /* the other blocks' shared memory stays until rank 0 has read it */

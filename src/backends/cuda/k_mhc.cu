@@ -16,10 +16,12 @@
  *  1. Warp w of rank r takes the slices (j * CL + r) * WK + w of the
  *     K = hc * E inputs for all the mixing rows (24: a tile of 16 and the
  *     first half of a second), as k_linear.cu's flmma_one_kernel does for
- *     one tile. WK is FL_RMS_GROUP: the rank adds the group of slices it
+ *     one tile, on the row times FL_RMS_PRE (the RMS products scale
+ *     their outputs). WK is FL_RMS_GROUP: the rank adds the group of slices it
  *     has made (FL_RMS_GROUP's order) and writes the group's totals into
  *     the shared memory of every rank (the pre rows) or of rank 0 (all
- *     rows) before a cluster barrier.
+ *     rows) before a cluster barrier; likewise the group's sum of squares
+ *     for the RMS, which fl_scales adds in the same groups.
  *  2. After it, every rank adds the groups' pre rows in order: all hold
  *     the same pre coefficients. Rank 0's other warps write the mixing
  *     logits for k_mhc_post_coeffs.
@@ -69,14 +71,22 @@ __device__ __forceinline__ void bar_crit() { asm volatile("bar.sync 1, %0;" ::"n
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;" ::: "memory"); }
 
-/* Mixing logit i from the groups' totals gp[g][i][part], g < ng. */
-template <int FMT> __device__ __forceinline__ float mp_row(const float *gp, uint32_t ng, uint32_t i) {
+/* 1 / rms of the row from its groups' sums of squares (fl_scales's). */
+__device__ __forceinline__ float mp_scale(const double *gss, uint32_t ng, uint32_t K, float eps) {
+    double t = 0;
+    for (uint32_t g = 0; g < ng; g++) t += gss[g];
+    return (float)(1.0 / sqrt(t / K + eps));
+}
+
+/* Mixing logit i from the groups' totals gp[g][i][part], g < ng, and the
+ * row's scale (the RMS products' output, k_linear.cu). */
+template <int FMT> __device__ __forceinline__ float mp_row(const float *gp, uint32_t ng, uint32_t i, float xs) {
     float T0 = 0.0f, T1 = 0.0f, T2 = 0.0f;
     for (uint32_t g = 0; g < ng; g++) {
         const float *v = gp + (g * MP_ROWS + i) * 3;
         T0 += v[0], T1 += v[1], T2 += v[2];
     }
-    return fl_combine<FMT>(T0, T1, T2);
+    return fl_combine<FMT>(T0, T1, T2) * (xs * FL_RMS_POST);
 }
 #endif
 
@@ -85,8 +95,8 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
     __trap(); /* never launched there (k_mhc_one checks) */
 #else
     extern __shared__ __align__(16) float sm[];
-    __shared__ float sxs[1], gp[MP_MAXG * MP_ROWS * 3], spre[4];
-    __shared__ double sred[32];
+    __shared__ float gp[MP_MAXG * MP_ROWS * 3], spre[4];
+    __shared__ double sred[32], gss[MP_MAXG], wss[MP_MAXG / MP_CL][MP_WK];
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, q = lane & 3, tid = threadIdx.x;
     const uint32_t rank = blockIdx.x, E = p.E, K = 4 * E, G = E / 4, hc = 4;
     const uint32_t S = K / FL_SLICE, ng = (S + FL_RMS_GROUP - 1) / FL_RMS_GROUP;
@@ -123,37 +133,37 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
     if (tid < MP_CRIT && p.norm_w) prefetch_l2(p.norm_w + (uint64_t)rank * MP_CG * 4, MP_CG * 16);
     pdl_enter();
 
-    /* the first round's activations, asked for before the RMS needs the
-     * whole row (a round is WK * FL_SLICE values: 4 a thread) */
-    constexpr uint32_t PER = MP_WK * FL_SLICE, XPT = PER / (32 * MP_WK);
-    float xr[XPT];
-#pragma unroll
-    for (uint32_t i = 0; i < XPT; i++) {
-        uint32_t k = rank * PER + tid + i * 32 * MP_WK;
-        xr[i] = k < K ? __ldg(p.X + k) : 0.0f;
-    }
-    lin_args a = {};
-    a.K = K, a.x = p.X, a.x_stride = K, a.n_tok = 1, a.rms_eps = p.rms_eps;
-    fl_scales<true, 1>(a, p.X, 0, sxs);
-    if (tid == 0) trace_mark();
-    const float xs = sxs[0];
     {
-        /* this block's activations, split: local chunk (j * WK + w) * CPS + cc */
+        /* this block's activations (a round's are one group of the RMS,
+         * FL_RMS_VPT values a thread: thread = virtual thread), split
+         * (times FL_RMS_PRE) into local chunk (j * WK + w) * CPS + cc, and the
+         * group's sums of squares by warp (fl_scales's order) */
+        static_assert(MP_WK * 32 == FL_RMS_VT && MP_WK * FL_SLICE == FL_RMS_VALS, "a block's round is an RMS group");
         uint16_t *xh = (uint16_t *)xb;
         for (uint32_t j = 0; j < rounds; j++) {
-            uint32_t k0 = (j * MP_CL + rank) * PER;
+            uint32_t k0 = (j * MP_CL + rank) * FL_RMS_VALS;
+            float xv[FL_RMS_VPT];
 #pragma unroll
-            for (uint32_t i = 0; i < XPT; i++) {
-                uint32_t kk = tid + i * 32 * MP_WK, k = k0 + kk, h[3];
-                float v = j == 0 ? xr[i] : (k < K ? __ldg(p.X + k) : 0.0f);
-                fl_split<FMT>(v * xs, h);
+            for (uint32_t i = 0; i < FL_RMS_VPT; i++) {
+                uint32_t k = k0 + tid + i * FL_RMS_VT;
+                xv[i] = k < K ? __ldg(p.X + k) : 0.0f;
+            }
+            double ss = 0;
+#pragma unroll
+            for (uint32_t i = 0; i < FL_RMS_VPT; i++) {
+                uint32_t kk = tid + i * FL_RMS_VT, h[3];
+                ss += (double)xv[i] * xv[i];
+                fl_split<FMT>(xv[i] * FL_RMS_PRE, h);
                 uint32_t lc = j * MP_WK * FL_CPS + kk / FL_CHUNK;
 #pragma unroll
-                for (int c = 0; c < 3; c++) xh[(lc * 3 + c) * FL_CHUNK + k % FL_CHUNK] = (uint16_t)h[c];
+                for (int c = 0; c < 3; c++) xh[(lc * 3 + c) * FL_CHUNK + kk % FL_CHUNK] = (uint16_t)h[c];
             }
+            ss = warp_sum_d(ss);
+            if (lane == 0) wss[j][warp] = ss;
         }
     }
     __syncthreads();
+    if (tid == 0) trace_mark();
     for (uint32_t j = 0; j < rounds; j++) {
         uint32_t s = (j * MP_CL + rank) * MP_WK + warp;
         if (s >= S) break;
@@ -187,6 +197,14 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
     __syncthreads();
     /* this rank's groups (one a round): 0 + its slices in order, into the
      * pre rows of every rank and the other rows of rank 0 */
+    if (tid >= 32 * MP_WK - 32) { /* the last warp: the groups' sums of squares, to every rank */
+        uint32_t j = (tid & 31) / MP_CL, r = tid % MP_CL, g = j * MP_CL + rank;
+        if (j < rounds && g < ng) {
+            double t = 0;
+            for (uint32_t w = 0; w < MP_WK; w++) t += wss[j][w];
+            cg::this_cluster().map_shared_rank(gss, r)[g] = t;
+        }
+    }
     if (tid < p.n_mix * 3) {
         uint32_t row = tid / 3, c = tid % 3;
         for (uint32_t j = 0; j < rounds; j++) {
@@ -218,13 +236,13 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
     if (!crit) {
         /* rank 0: the mixing logits for the post coefficients */
         uint32_t i = tid - MP_CRIT;
-        if (rank == 0 && i < p.n_mix) p.mix[i] = mp_row<FMT>(gp, ng, i);
+        if (rank == 0 && i < p.n_mix) p.mix[i] = mp_row<FMT>(gp, ng, i, mp_scale(gss, ng, K, p.rms_eps));
         cluster_arrive(); /* the second barrier is the collapse warps' */
         cluster_wait();
         return;
     }
     if (tid < hc) {
-        float v = mhc_pre_coef_of(mp_row<FMT>(gp, ng, tid), p.scale, p.base, p.hc_eps, tid);
+        float v = mhc_pre_coef_of(mp_row<FMT>(gp, ng, tid, mp_scale(gss, ng, K, p.rms_eps)), p.scale, p.base, p.hc_eps, tid);
         spre[tid] = v;
         if (rank == 0) p.pre[tid] = v;
     }

@@ -186,26 +186,37 @@ __device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, ui
         int live = a.n_tok - t0 < (uint32_t)nt ? (int)(a.n_tok - t0) : nt;
         const uint32_t ng = (a.K + FL_RMS_VALS - 1) / FL_RMS_VALS;
         double tot = 0; /* thread tt < live: its token's */
+        /* one token: VU virtual threads' values in registers before any
+         * is added (one memory latency for them all) */
+        constexpr uint32_t VU = NT == 1 ? 8 : 1;
         for (uint32_t g0 = 0; g0 < ng; g0 += GB) {
-            for (uint32_t vv = threadIdx.x; vv < GB * FL_RMS_VT; vv += blockDim.x) {
-                uint32_t g = g0 + vv / FL_RMS_VT, base = g * FL_RMS_VALS + vv % FL_RMS_VT;
-                double ss[NT];
+            for (uint32_t vv0 = threadIdx.x; vv0 < GB * FL_RMS_VT; vv0 += VU * blockDim.x) {
+                float xv[VU][NT][FL_RMS_VPT];
 #pragma unroll
-                for (int tt = 0; tt < NT; tt++) {
-                    float xv[FL_RMS_VPT];
+                for (uint32_t u = 0; u < VU; u++) {
+                    uint32_t vv = vv0 + u * blockDim.x, g = g0 + vv / FL_RMS_VT, base = g * FL_RMS_VALS + vv % FL_RMS_VT;
 #pragma unroll
-                    for (int i = 0; i < FL_RMS_VPT; i++) {
-                        uint32_t k = base + FL_RMS_VT * i;
-                        xv[i] = tt < live && g < ng && k < a.K ? xg[(uint64_t)(t0 + tt) * a.x_stride + k] : 0.0f;
-                    }
-                    ss[tt] = 0;
+                    for (int tt = 0; tt < NT; tt++)
 #pragma unroll
-                    for (int i = 0; i < FL_RMS_VPT; i++) ss[tt] += (double)xv[i] * xv[i];
+                        for (int i = 0; i < FL_RMS_VPT; i++) {
+                            uint32_t k = base + FL_RMS_VT * i;
+                            xv[u][tt][i] = vv < GB * FL_RMS_VT && tt < live && g < ng && k < a.K
+                                               ? xg[(uint64_t)(t0 + tt) * a.x_stride + k]
+                                               : 0.0f;
+                        }
                 }
 #pragma unroll
-                for (int tt = 0; tt < NT; tt++) {
-                    double w = warp_sum_d(ss[tt]);
-                    if ((threadIdx.x & 31) == 0) red[tt][vv >> 5] = w;
+                for (uint32_t u = 0; u < VU; u++) {
+                    uint32_t vv = vv0 + u * blockDim.x;
+                    if (vv >= GB * FL_RMS_VT) break; /* whole warps */
+#pragma unroll
+                    for (int tt = 0; tt < NT; tt++) {
+                        double ss = 0;
+#pragma unroll
+                        for (int i = 0; i < FL_RMS_VPT; i++) ss += (double)xv[u][tt][i] * xv[u][tt][i];
+                        double w = warp_sum_d(ss);
+                        if ((threadIdx.x & 31) == 0) red[tt][vv >> 5] = w;
+                    }
                 }
             }
             __syncthreads();

@@ -163,7 +163,6 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
         }
     }
     __syncthreads();
-    if (tid == 0) trace_mark();
     for (uint32_t j = 0; j < rounds; j++) {
         uint32_t s = (j * MP_CL + rank) * MP_WK + warp;
         if (s >= S) break;
@@ -228,10 +227,8 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
         load_streams4(p.X, E, g0, v0);
         if (p.norm_w) w0 = ((const float4 *)p.norm_w)[g0];
     }
-    if (tid == 0) trace_mark();
     cluster_arrive();
     cluster_wait();
-    if (tid == 0) trace_mark();
 
     if (!crit) {
         /* rank 0: the mixing logits for the post coefficients */
@@ -247,7 +244,6 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
         if (rank == 0) p.pre[tid] = v;
     }
     bar_crit();
-    if (tid == 0) trace_mark();
     /* the collapse of this rank's chunks (chunk c = rank + MP_CL * k at
      * yv[k * MP_CG * 4]) and virtual thread rank * MP_CG + tid's sum of
      * squares: its groups in the RMS order */
@@ -271,10 +267,8 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
         ss = warp_sum_d(ss);
         if (lane < MP_CL) cg::this_cluster().map_shared_rank(sred, lane)[rank * 4 + warp] = ss;
     }
-    if (tid == 0) trace_mark();
     cluster_arrive();
     cluster_wait();
-    if (tid == 0) trace_mark();
     if (p.norm_w) {
         double t = 0;
 #pragma unroll
@@ -304,7 +298,6 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
                 q8_K_row(yv + k * MP_CG * 4, n, p.q8k + (uint64_t)(e0 / DS4_QK_K) * sizeof(ds4_block_q8_K), 0, MP_CRIT / 32);
         }
     }
-    if (tid == 0) trace_mark();
 #endif
 }
 

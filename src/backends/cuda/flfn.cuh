@@ -146,6 +146,21 @@ __device__ __forceinline__ void fl_mma(float *d, uint32_t a0, uint32_t a1, uint3
 #endif
 }
 
+/* The weights of slice s for one lane of a single-token kernel: quad q's
+ * 16 bytes of each chunk of rows wrow[h] (zeros past K, or for a row that
+ * is not there: !live[h]). */
+template <int NH>
+__device__ __forceinline__ void fl_load_slice(uint4 (*wv)[NH], const uint8_t *const *wrow, const bool *live, uint32_t s,
+                                              uint32_t K, uint32_t q) {
+#pragma unroll
+    for (int cc = 0; cc < FL_CPS; cc++) {
+        uint32_t k = (s * FL_CPS + cc) * FL_CHUNK + q * 8;
+#pragma unroll
+        for (int h = 0; h < NH; h++)
+            wv[cc][h] = live[h] && k < K ? __ldg((const uint4 *)(wrow[h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
+    }
+}
+
 /* One chunk of a 16-row tile against one 8-token tile, all three parts:
  * w0 / w1 = the lane's 16 bytes of rows g and g + 8. */
 template <int FMT> __device__ __forceinline__ void fl_chunk(float (*acc)[4], uint4 w0, uint4 w1, const uint4 *b) {

@@ -322,15 +322,8 @@ __global__ void __launch_bounds__(32 * WK) flmma_one_kernel(lin_args a) {
     }
     uint4 *xb = (uint4 *)(fl_sm + (size_t)rounds * WK * 16 * 3);
     uint4 wv[FL_CPS][2];
-    auto loadw = [&](uint32_t s) {
-#pragma unroll
-        for (int cc = 0; cc < FL_CPS; cc++) {
-            uint32_t k = (s * FL_CPS + cc) * FL_CHUNK + q * 8;
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-                wv[cc][h] = k < K ? __ldg((const uint4 *)(wrow[h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
-        }
-    };
+    const bool live[2] = {true, true};
+    auto loadw = [&](uint32_t s) { fl_load_slice<2>(wv, wrow, live, s, K, q); };
     uint32_t s0 = rank * WK + warp;
     if (s0 < S) loadw(s0); /* weights only: before the wait (see prefetch_l2) */
     pdl_enter();

@@ -119,15 +119,7 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
         wrow[h] = p.w + (uint64_t)(wlive[h] ? r : 0) * p.row_bytes;
     }
     uint4 wv[FL_CPS][3];
-    auto loadw = [&](uint32_t s) {
-#pragma unroll
-        for (int cc = 0; cc < FL_CPS; cc++) {
-            uint32_t k = (s * FL_CPS + cc) * FL_CHUNK + q * 8;
-#pragma unroll
-            for (int h = 0; h < 3; h++)
-                wv[cc][h] = wlive[h] ? __ldg((const uint4 *)(wrow[h] + (uint64_t)k * 2)) : make_uint4(0, 0, 0, 0);
-        }
-    };
+    auto loadw = [&](uint32_t s) { fl_load_slice<3>(wv, wrow, wlive, s, K, q); };
     uint32_t s0 = rank * MP_WK + warp;
     if (s0 < S) loadw(s0); /* weights only: before the wait */
     if (tid < MP_CRIT && p.norm_w) prefetch_l2(p.norm_w + (uint64_t)rank * MP_CG * 4, MP_CG * 16);

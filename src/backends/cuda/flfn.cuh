@@ -196,7 +196,8 @@ __device__ __forceinline__ void fl_scales(const lin_args &a, const float *xg, ui
     constexpr int nt = NT;
     if (RMS) {
         static_assert(!RMS || NT <= 8, "tokens per tile");
-        constexpr uint32_t GB = 4, WG = FL_RMS_VT / 32; /* groups a pass, warps a group */
+        /* groups a pass (one token: a row of 16384 values in one), warps a group */
+        constexpr uint32_t GB = NT == 1 ? 8 : 4, WG = FL_RMS_VT / 32;
         __shared__ double red[RMS ? NT : 1][GB * WG];
         int live = a.n_tok - t0 < (uint32_t)nt ? (int)(a.n_tok - t0) : nt;
         const uint32_t ng = (a.K + FL_RMS_VALS - 1) / FL_RMS_VALS;

@@ -1289,8 +1289,8 @@ static int mhc_pre(fwd *f, const ds4_hc_weights *w, const float *X, uint32_t n, 
                 cs = s->lane[3];
                 s->coef_forked = true;
             }
-            CU(k_mhc_post_coeffs(cs, s->mix, 1, hc, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters,
-                                 s->post, s->comb));
+            CU(k_mhc_coeffs(cs, s->mix, 1, hc, vec(&w->base), vec(&w->scale), hp->hc_eps, hp->sinkhorn_iters, 0, NULL,
+                            s->post, s->comb));
             return 0;
         }
     }

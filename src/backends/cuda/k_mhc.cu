@@ -5,8 +5,8 @@
  * launches (k_linear_rms, then k_mhc_finish); a token's bits are the same
  * either way (test_cuda_kernels compares them). The post and comb
  * coefficients (a serial Sinkhorn chain, needed only by the step's mHC
- * post) are left to k_mhc_post_coeffs, which the caller runs on a side
- * lane.
+ * post) are left to k_mhc_coeffs (pre == NULL), which the caller runs on
+ * a side lane.
  *
  * Why one launch: a decode step runs this twice a layer, and in two
  * launches the second (one block: collapse, RMS, quantization) waits for
@@ -24,7 +24,7 @@
  *     for the RMS, which fl_scales adds in the same groups.
  *  2. After it, every rank adds the groups' pre rows in order: all hold
  *     the same pre coefficients. Rank 0's other warps write the mixing
- *     logits for k_mhc_post_coeffs.
+ *     logits for k_mhc_coeffs.
  *  3. Each rank collapses its own columns: chunks of MP_CG float4 groups,
  *     chunk c on rank c % MP_CL, by its first four warps, which are the
  *     virtual warps 4r .. 4r + 3 of the mHC RMS order (mhcfn.cuh). Each
@@ -181,7 +181,7 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
 #pragma unroll
                 for (int c = 0; c < 3; c++) {
                     float *o = res + ((j * MP_WK + warp) * MP_ROWS + t * 16 + g8) * 3 + c;
-                    if (t * 16 + g8 < MP_ROWS) o[0] = acc[t][c][0];
+                    o[0] = acc[t][c][0];
                     if (t == 0) o[8 * 3] = acc[t][c][2];
                 }
     }
@@ -199,8 +199,9 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
     if (tid < p.n_mix * 3) {
         uint32_t row = tid / 3, c = tid % 3;
         for (uint32_t j = 0; j < rounds; j++) {
-            uint32_t g = j * MP_CL + rank, n_in = S - g * MP_WK < MP_WK ? S - g * MP_WK : MP_WK;
+            uint32_t g = j * MP_CL + rank;
             if (g >= ng) break;
+            uint32_t n_in = S - g * MP_WK < MP_WK ? S - g * MP_WK : MP_WK;
             float P = 0.0f;
             for (uint32_t w = 0; w < n_in; w++) P += res[((j * MP_WK + w) * MP_ROWS + row) * 3 + c];
             uint32_t idx = (g * MP_ROWS + row) * 3 + c;
@@ -291,26 +292,6 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
         }
     }
 #endif
-}
-
-/* post and comb of one token a block (one warp) from its mixing logits:
- * mhc_coeffs_warp, as the finish kernel's warp 0 makes them */
-__global__ void __launch_bounds__(32) mhc_post_coeffs_kernel(const float *mix, uint32_t hc, const float *base,
-                                                             const float *scale, float eps, uint32_t iters, float *post,
-                                                             float *comb) {
-    pdl_enter();
-    __shared__ float c[K_MAX_HC * K_MAX_HC];
-    uint32_t t = blockIdx.x;
-    mhc_coeffs_warp(mix + (uint64_t)t * (2 + hc) * hc, hc, base, scale, eps, iters, post + (uint64_t)t * hc,
-                    comb + (uint64_t)t * hc * hc, c);
-}
-
-cudaError_t k_mhc_post_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint32_t hc, const float *base,
-                              const float *scale, float eps, uint32_t iters, float *post, float *comb) {
-    if (n_tok == 0) return cudaSuccess;
-    if (hc > K_MAX_HC) return cudaErrorInvalidValue;
-    k_launch(mhc_post_coeffs_kernel, n_tok, 32, 0, st, mix, hc, base, scale, eps, iters, post, comb);
-    return LAUNCH_STATUS();
 }
 
 cudaError_t k_mhc_one(cudaStream_t st, const ds4_tensor *fn, const float *X, uint32_t hc, uint32_t E, float rms_eps,

@@ -115,60 +115,25 @@ cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t
     return LAUNCH_STATUS();
 }
 
-/* One block per token, one thread per entry (i, j) of the hc x hc mixing
- * matrix. Every thread of a row (column) adds that row's (column's)
- * entries in the CPU's order, so all agree on the sum and the result is
- * ds4_mhc_pre's to the bit. */
-__global__ void mhc_coeffs_kernel(const float *mix, uint32_t hc, const float *base, const float *scale, float eps,
-                                  uint32_t iters, int head, float *pre, float *post, float *comb) {
+/* One warp per token: pre by the first hc lanes (when asked for), post
+ * and comb by mhc_coeffs_warp, every sum in the CPU's order (ds4_mhc_pre's
+ * bits). */
+__global__ void __launch_bounds__(32) mhc_coeffs_kernel(const float *mix, uint32_t hc, const float *base, const float *scale,
+                                                        float eps, uint32_t iters, int head, float *pre, float *post,
+                                                        float *comb) {
     pdl_enter();
     __shared__ float c[K_MAX_HC * K_MAX_HC];
-    uint32_t t = blockIdx.x, tid = threadIdx.x, i = tid / hc, j = tid % hc;
-    uint32_t n_mix = head ? hc : (2 + hc) * hc;
-    const float *m = mix + (uint64_t)t * n_mix;
-    if (tid < hc) pre[(uint64_t)t * hc + tid] = mhc_pre_coef(m, scale, base, eps, tid);
-    if (head) return;
-    if (tid < hc) post[(uint64_t)t * hc + tid] = mhc_post_coef(m, hc, scale, base, tid);
-    bool mine = tid < hc * hc;
-    if (mine) c[tid] = m[2 * hc + tid] * scale[2] + base[2 * hc + tid];
-    __syncthreads();
-    float v = 0;
-    if (mine) {
-        /* row softmax plus eps */
-        const float *row = c + i * hc;
-        float mx = -INFINITY, sum = 0;
-        for (uint32_t k = 0; k < hc; k++)
-            if (row[k] > mx) mx = row[k];
-        for (uint32_t k = 0; k < hc; k++) sum += expf(row[k] - mx);
-        v = expf(row[j] - mx) / sum + eps;
-    }
-    __syncthreads();
-    if (mine) c[tid] = v;
-    __syncthreads();
-    for (uint32_t it = 0; it < iters; it++) {
-        if (it > 0) {
-            float s = 0;
-            if (mine)
-                for (uint32_t k = 0; k < hc; k++) s += c[i * hc + k];
-            __syncthreads();
-            if (mine) c[tid] /= s + eps;
-            __syncthreads();
-        }
-        float s = 0;
-        if (mine)
-            for (uint32_t k = 0; k < hc; k++) s += c[k * hc + j];
-        __syncthreads();
-        if (mine) c[tid] /= s + eps;
-        __syncthreads();
-    }
-    if (mine) comb[(uint64_t)t * hc * hc + tid] = c[tid];
+    uint32_t t = blockIdx.x, lane = threadIdx.x;
+    const float *m = mix + (uint64_t)t * (head ? hc : (2 + hc) * hc);
+    if (pre && lane < hc) pre[(uint64_t)t * hc + lane] = mhc_pre_coef(m, scale, base, eps, lane);
+    if (!head) mhc_coeffs_warp(m, hc, base, scale, eps, iters, post + (uint64_t)t * hc, comb + (uint64_t)t * hc * hc, c);
 }
 
 cudaError_t k_mhc_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint32_t hc, const float *base,
                          const float *scale, float eps, uint32_t iters, int head, float *pre, float *post, float *comb) {
     if (n_tok == 0) return cudaSuccess;
-    unsigned threads = (hc * hc + 31) / 32 * 32;
-    k_launch(mhc_coeffs_kernel, n_tok, threads, 0, st, mix, hc, base, scale, eps, iters, head, pre, post, comb);
+    if (hc > K_MAX_HC) return cudaErrorInvalidValue;
+    k_launch(mhc_coeffs_kernel, n_tok, 32, 0, st, mix, hc, base, scale, eps, iters, head, pre, post, comb);
     return LAUNCH_STATUS();
 }
 

@@ -143,7 +143,8 @@ cudaError_t k_embed(cudaStream_t st, const ds4_tensor *emb, const int32_t *token
                     int32_t *tok_copy, const int32_t *dev_pick);
 /* rinv[r] = 1 / sqrt(mean(x_r^2) + eps) over rows of n floats. */
 cudaError_t k_rms_inv(cudaStream_t st, const float *x, uint32_t n_rows, uint32_t n, float eps, float *rinv);
-/* pre/post/comb from the mixing logits (ds4_mhc_pre); head: pre only. */
+/* pre/post/comb from the mixing logits (ds4_mhc_pre); head: pre only;
+ * pre == NULL: post and comb only. */
 cudaError_t k_mhc_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint32_t hc, const float *base,
                          const float *scale, float eps, uint32_t iters, int head, float *pre, float *post, float *comb);
 /* k_mhc_coeffs then k_mhc_collapse, and with norm_w the weighted RMSNorm
@@ -157,7 +158,7 @@ cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint
 /* The same for one token (the decode step), the mixing logits included
  * (k_linear_rms's with fn), but for post and comb: one launch, a cluster of
  * blocks (k_mhc.cu), the bits of k_linear_rms then k_mhc_finish. It writes
- * the mixing logits to mix, from which k_mhc_post_coeffs makes post and
+ * the mixing logits to mix, from which k_mhc_coeffs makes post and
  * comb (a serial chain the next steps do not wait for: the caller may run
  * it on a side lane). cudaErrorNotSupported, with nothing launched, where
  * it does not apply (no clusters, a weight type or shape it does not take,
@@ -165,9 +166,6 @@ cudaError_t k_mhc_finish(cudaStream_t st, const float *mix, const float *X, uint
 cudaError_t k_mhc_one(cudaStream_t st, const ds4_tensor *fn, const float *X, uint32_t hc, uint32_t E, float rms_eps,
                       const float *base, const float *scale, float hc_eps, int head, float *mix, float *pre,
                       const float *norm_w, float norm_eps, float *y, uint8_t *q8, uint8_t *q8k);
-/* post and comb from the mixing logits (k_mhc_coeffs's, without pre) */
-cudaError_t k_mhc_post_coeffs(cudaStream_t st, const float *mix, uint32_t n_tok, uint32_t hc, const float *base,
-                              const float *scale, float eps, uint32_t iters, float *post, float *comb);
 /* y[t] = sum_i pre[t][i] * X[t][i] */
 cudaError_t k_mhc_collapse(cudaStream_t st, const float *X, const float *pre, uint32_t n_tok, uint32_t hc, uint32_t E,
                            float *y);

@@ -82,10 +82,10 @@ __device__ __forceinline__ float sinkhorn_lanes(float v, uint32_t lane, float ep
     return v;
 }
 
-/* The post and comb part of mhc_coeffs_kernel's arithmetic, by one warp
- * for one token (m: its mixing logits; c: hc*hc floats of shared memory).
- * Entries are spread over the lanes; every sum runs in the CPU's order.
- * Only warp 0 calls it. */
+/* post and comb (ds4_mhc_pre's arithmetic), by one warp for one token
+ * (m: its mixing logits; c: hc*hc floats of shared memory). Entries are
+ * spread over the lanes; every sum runs in the CPU's order. Only one warp
+ * of a block calls it. */
 __device__ __forceinline__ void mhc_coeffs_warp(const float *m, uint32_t hc, const float *base, const float *scale, float eps,
                                                 uint32_t iters, float *post, float *comb, float *c) {
     uint32_t lane = threadIdx.x & 31, nn = hc * hc;

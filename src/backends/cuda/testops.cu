@@ -269,8 +269,8 @@ extern "C" int ds4_gpu_test_mhc_pre(uint32_t hc, uint32_t E, uint32_t n_tok, flo
         if (one != cudaErrorNotSupported) {
             RUN(one);
             if (!head)
-                RUN(k_mhc_post_coeffs(0, (const float *)dmix, 1, hc, (const float *)db, (const float *)ds, hc_eps, iters,
-                                      (float *)dpost, (float *)dcomb));
+                RUN(k_mhc_coeffs(0, (const float *)dmix, 1, hc, (const float *)db, (const float *)ds, hc_eps, iters, 0,
+                                 NULL, (float *)dpost, (float *)dcomb));
             if (dq && q8_same(dy, dq, n_tok, E, GGML_TYPE_Q8_0, "k_mhc_one", err)) goto fail;
             if (dqk && q8_same(dy, dqk, n_tok, E, GGML_TYPE_Q2_K, "k_mhc_one", err)) goto fail;
         } else if (fused) {

@@ -59,11 +59,13 @@ int ds4_gpu_test_indexer(const float *iq, const float *iw, uint32_t n, uint32_t 
 /* Attention for n tokens at pos0 (see attn_op in cuda/kernels.cuh);
  * n_comp_rows rows in comp, sel n x topk (may be NULL when unused);
  * part_slots > 0 gives the kernel room for per-segment partials (decode
- * splits a token's rows over blocks then). */
+ * splits a token's rows over blocks then). q_eps > 0: q is raw and the
+ * kernel normalizes and rotates it (attn_op.q_eps); an error where it
+ * cannot. */
 int ds4_gpu_test_attention(const float *q, const float *kv, const float *ring, const float *comp, uint64_t n_comp_rows,
                            const int32_t *sel, const float *sinks, uint32_t n, uint32_t H, uint32_t hd, uint32_t W,
                            uint32_t ratio, uint32_t topk, uint64_t pos0, const float *inv_freq, uint32_t n_pairs,
-                           uint32_t part_slots, float *out, ds4_error *err);
+                           uint32_t part_slots, float q_eps, float *out, ds4_error *err);
 
 /* Routing (tid2eid may be NULL: top-k with optional bias). */
 /* k_argmax over n floats. */

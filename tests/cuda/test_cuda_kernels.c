@@ -592,7 +592,7 @@ static void test_indexer(void) {
  * sees them; its segments of 64 rows in blocks of their own, then again in
  * one block) and must give the same bits. */
 static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd, uint32_t W, uint32_t ratio,
-                      uint32_t topk, uint64_t pos0, uint32_t np, int alone) {
+                      uint32_t topk, uint64_t pos0, uint32_t np, int alone, float q_eps) {
     uint64_t n_comp = ratio ? (pos0 + n) / ratio : 0;
     float *q = randv((size_t)n * H * hd, 1.0f), *kv = randv((size_t)n * hd, 1.0f), *ring = randv((size_t)W * hd, 1.0f);
     float *comp = n_comp ? randv(n_comp * hd, 1.0f) : NULL, *sinks = randv(H, 1.0f);
@@ -602,13 +602,26 @@ static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd,
         for (uint32_t i = 0; i < topk; i++)
             sel[t * topk + i] = n_vis > topk ? (int32_t)((t + 3 * i + i * i) % n_vis) : 0;
     }
-    float *out = malloc((size_t)n * H * hd * 4);
+    float *out = malloc((size_t)n * H * hd * 4), *qref = q, cs[128], sn[128];
+    if (q_eps > 0.0f) {
+        /* raw queries: the reference's are the engine's q rows (RMSNorm per
+         * head, RoPE at the token's position) */
+        qref = malloc((size_t)n * H * hd * 4);
+        for (uint32_t t = 0; t < n; t++) {
+            ds4_rope_angles(rope, pos0 + t, cs, sn);
+            for (uint32_t h = 0; h < H; h++) {
+                float *r = qref + ((size_t)t * H + h) * hd;
+                ds4_rmsnorm(r, q + ((size_t)t * H + h) * hd, NULL, hd, q_eps);
+                ds4_rope_apply(r, hd, np, cs, sn, 0);
+            }
+        }
+    }
     GPU(ds4_gpu_test_attention(q, kv, ring, comp, n_comp, sel, sinks, n, H, hd, W, ratio, topk, pos0, rope->inv_freq,
-                               np, 64, out, E_));
+                               np, 64, q_eps, out, E_));
     uint32_t max_rows = W + topk + (uint32_t)n_comp;
     const float **rows = malloc(max_rows * sizeof *rows);
     double *sc = malloc(max_rows * sizeof *sc), *od = malloc(hd * sizeof *od);
-    float *o = malloc(hd * 4), cs[128], sn[128];
+    float *o = malloc(hd * 4);
     double worst = 0;
     for (uint32_t t = 0; t < n; t++) {
         uint64_t p = pos0 + t;
@@ -623,7 +636,7 @@ static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd,
                 for (uint64_t i = 0; i < n_vis; i++) rows[nr++] = comp + i * hd;
         }
         for (uint32_t h = 0; h < H; h++) {
-            const float *qh = q + ((size_t)t * H + h) * hd;
+            const float *qh = qref + ((size_t)t * H + h) * hd;
             double m = sinks[h], den;
             for (uint32_t i = 0; i < nr; i++) {
                 double s = 0;
@@ -649,8 +662,8 @@ static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd,
      * of each product (docs/NUMERICS.md): 0.7e-5 .. 1.4e-5 measured here;
      * the fp32 kernel (DS4_CUDA_ATTN_FP32=1) 1.3e-7 .. 4.5e-7. */
     double bound = getenv("DS4_CUDA_ATTN_FP32") ? 1e-6 : 3e-5;
-    CHECKF(worst < bound, "attention n %u H %u hd %u ratio %u pos0 %llu: worst rel err %.3g", n, H, hd, ratio,
-           (unsigned long long)pos0, worst);
+    CHECKF(worst < bound, "attention n %u H %u hd %u ratio %u pos0 %llu%s: worst rel err %.3g", n, H, hd, ratio,
+           (unsigned long long)pos0, q_eps > 0.0f ? " raw q" : "", worst);
     if (alone) {
         float *ring1 = malloc((size_t)W * hd * 4), *out1 = malloc((size_t)H * hd * 4);
         memcpy(ring1, ring, (size_t)W * hd * 4);
@@ -662,7 +675,7 @@ static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd,
             for (uint32_t slots = 0; slots <= 64; slots += 64) {
                 GPU(ds4_gpu_test_attention(q + (size_t)t * H * hd, kv + (size_t)t * hd, ring1, comp, n_comp,
                                            sel + (size_t)t * topk, sinks, 1, H, hd, W, ratio, topk, pos0 + t,
-                                           rope->inv_freq, np, slots, out1, E_));
+                                           rope->inv_freq, np, slots, q_eps, out1, E_));
                 differ += memcmp(out1, out + (size_t)t * H * hd, (size_t)H * hd * 4) != 0;
             }
         }
@@ -670,8 +683,9 @@ static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd,
                ratio, differ);
         free(ring1), free(out1);
     }
-    printf("  attention n %u H %u hd %u W %u ratio %u topk %u pos0 %llu: worst rel err %.2g\n", n, H, hd, W, ratio, topk,
-           (unsigned long long)pos0, worst);
+    printf("  attention n %u H %u hd %u W %u ratio %u topk %u pos0 %llu%s: worst rel err %.2g\n", n, H, hd, W, ratio,
+           topk, (unsigned long long)pos0, q_eps > 0.0f ? " raw q" : "", worst);
+    if (qref != q) free(qref);
     free(q), free(kv), free(ring), free(comp), free(sinks), free(sel), free(out), free(rows), free(sc), free(od), free(o);
 }
 
@@ -681,18 +695,25 @@ static void test_attention(void) {
     const uint32_t ratios[] = {0, 4, 16};
     for (int ri = 0; ri < 3; ri++) {
         /* tiny: fewer than W raw rows, then a full window */
-        attn_case(&rope, 5, 4, 64, 16, ratios[ri], 3, 3, 8, 0);
-        attn_case(&rope, 5, 4, 64, 16, ratios[ri], 3, 40, 8, 0);
+        attn_case(&rope, 5, 4, 64, 16, ratios[ri], 3, 3, 8, 0, 0.0f);
+        attn_case(&rope, 5, 4, 64, 16, ratios[ri], 3, 40, 8, 0, 0.0f);
         /* several row tiles, heads not a multiple of 16 (two M tiles in a
          * 32-head block for the chunk, two 16-head blocks alone) */
-        attn_case(&rope, 40, 20, 128, 48, ratios[ri], 24, 3, 8, 1);
-        attn_case(&rope, 40, 20, 128, 48, ratios[ri], 24, 200, 8, 1);
+        attn_case(&rope, 40, 20, 128, 48, ratios[ri], 24, 3, 8, 1, 0.0f);
+        attn_case(&rope, 40, 20, 128, 48, ratios[ri], 24, 200, 8, 1, 0.0f);
     }
     /* the Flash shape: 64 heads of 512, window 128, CSA top-k */
     ds4_rope r64;
     ds4_rope_init(&r64, 64, 10000.0f, 1.0f, 65536, 32.0f, 1.0f);
-    attn_case(&r64, 24, 64, 512, 128, 4, 64, 1000, 32, 1);
-    attn_case(&r64, 3, 64, 512, 128, 128, 64, 3000, 32, 0);
+    attn_case(&r64, 24, 64, 512, 128, 4, 64, 1000, 32, 1, 0.0f);
+    attn_case(&r64, 3, 64, 512, 128, 128, 64, 3000, 32, 0, 0.0f);
+    /* raw queries (the kernel's own RMSNorm and RoPE; the fp32 kernel
+     * leaves them to the caller) */
+    if (!getenv("DS4_CUDA_ATTN_FP32")) {
+        attn_case(&rope, 40, 20, 128, 48, 4, 24, 200, 8, 1, 1e-6f);
+        attn_case(&r64, 24, 64, 512, 128, 4, 64, 1000, 32, 1, 1e-6f);
+        attn_case(&r64, 3, 64, 512, 128, 0, 64, 5, 32, 1, 1e-6f);
+    }
 }
 
 /* ---- MoE -------------------------------------------------------------------------- */

@@ -1441,14 +1441,6 @@ static int attention(fwd *f, uint32_t il) {
     }
     prof_mark(f->s, "q_proj");
     CU(lin(f, &lw->q_b, 0, qdim, 1, 0, qa_q8 ? NULL : s->qa, hp->q_lora, NULL, n, s->q, qdim));
-    if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
-    {
-        /* out_a's weights while the attention runs */
-        const ds4_tensor *next[1] = {&lw->out_a};
-        if (ahead(f, next, 1)) return -1;
-    }
-    if (ratio && join_lane(f, &cf, 0)) return -1;
-    if (ratio == 4 && join_lane(f, &xf, 1)) return -1;
 
     attn_op op;
     memset(&op, 0, sizeof op);
@@ -1470,6 +1462,17 @@ static int attention(fwd *f, uint32_t il) {
     op.out = s->att;
     op.part = s->apart;
     op.part_slots = s->part_slots;
+    /* q's per-head RMSNorm and RoPE: in the attention kernel where it can
+     * (a launch saved), else its own row transform */
+    if (k_attention_norms_q(&op)) op.q_eps = hp->rms_eps;
+    else if (rows(f, s->q, n * H, hd, H, 1, NULL, lrope, 0)) return -1;
+    {
+        /* out_a's weights while the attention runs */
+        const ds4_tensor *next[1] = {&lw->out_a};
+        if (ahead(f, next, 1)) return -1;
+    }
+    if (ratio && join_lane(f, &cf, 0)) return -1;
+    if (ratio == 4 && join_lane(f, &xf, 1)) return -1;
     prof_mark(f->s, "attention");
     CU(k_attention(st, &op));
     if (n > 1) {

@@ -580,6 +580,60 @@ __device__ __forceinline__ float *part_ml(const attn_op &op, uint64_t slot, uint
     return op.part + (uint64_t)op.part_slots * op.H * op.hd + (slot * op.H + h) * 2;
 }
 
+/* The raw queries' row transform (op.q_eps; rows_kernel's for q: RMSNorm
+ * without weight, then RoPE on the last n_pairs pairs at the token's
+ * position, table rcs), on the A operands a[][] of attn_mma_kernel's warp
+ * (dims quarter q of heads mt * 16 + g and + 8 of the block). A head's sum
+ * of squares, in double: each lane's 4 KS values in load order, its four
+ * lanes c by butterfly, then the quarters 0..3 in order. Every thread of
+ * the block must call it. */
+template <int KS, int MT>
+__device__ __forceinline__ void att_q_transform(const attn_op &op, const float2 *rcs, float2 (*a)[4], uint32_t q, uint32_t mt,
+                                                uint32_t g, uint32_t c) {
+    constexpr uint32_t HD = 64 * KS, QW = 16 * KS;
+    __shared__ double qss[4][MT * 16];
+    double sA = 0.0, sB = 0.0;
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+        for (int i = 0; i < 4; i += 2) {
+            sA += (double)a[ks][i].x * a[ks][i].x;
+            sA += (double)a[ks][i].y * a[ks][i].y;
+            sB += (double)a[ks][i + 1].x * a[ks][i + 1].x;
+            sB += (double)a[ks][i + 1].y * a[ks][i + 1].y;
+        }
+    sA += __shfl_xor_sync(0xffffffffu, sA, 1);
+    sB += __shfl_xor_sync(0xffffffffu, sB, 1);
+    sA += __shfl_xor_sync(0xffffffffu, sA, 2);
+    sB += __shfl_xor_sync(0xffffffffu, sB, 2);
+    if (c == 0) {
+        qss[q][mt * 16 + g] = sA;
+        qss[q][mt * 16 + g + 8] = sB;
+    }
+    __syncthreads();
+    double tA = qss[0][mt * 16 + g], tB = qss[0][mt * 16 + g + 8];
+#pragma unroll
+    for (int k = 1; k < 4; k++) {
+        tA += qss[k][mt * 16 + g];
+        tB += qss[k][mt * 16 + g + 8];
+    }
+    float rA = (float)(1.0 / sqrt(tA / HD + op.q_eps)), rB = (float)(1.0 / sqrt(tB / HD + op.q_eps));
+    uint32_t rot0 = HD - 2 * op.n_pairs;
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float r = i & 1 ? rB : rA;
+            float v[2] = {a[ks][i].x * r, a[ks][i].y * r};
+            uint32_t d = q * QW + ks * 16 + 2 * c + (i >> 1) * 8;
+            if (op.n_pairs && d >= rot0) {
+                float2 cs = rcs[(d - rot0) / 2];
+                rope_pair(v, cs.x, cs.y, 0);
+            }
+            a[ks][i] = make_float2(v[0], v[1]);
+        }
+}
+
 static size_t attn_mma_smem(uint32_t hd, int mt, bool split) {
     return (size_t)AT_ROWS * hd * 4 + 2 * (size_t)AT_ROWS * (hd + 8) * 2 + 4 * (size_t)mt * 16 * AT_SP * 4 +
            (split ? 0 : (size_t)mt * 128 * (hd / 8) * 4);
@@ -590,8 +644,8 @@ static size_t attn_mma_smem(uint32_t hd, int mt, bool split) {
  * segments, tokens) with seg_stride slots per token. */
 template <int KS, int MT, bool SPLIT>
 __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op, uint32_t seg_stride) {
-    __shared__ float2 rcs[128]; /* !SPLIT: the output's rotation */
-    if (!SPLIT) att_rope_table(op, op.pos0 + blockIdx.y, rcs);
+    __shared__ float2 rcs[128]; /* the token's rotation: the output's (!SPLIT) and the raw queries' */
+    if (!SPLIT || op.q_eps > 0.0f) att_rope_table(op, op.pos0 + (SPLIT ? blockIdx.z : blockIdx.y), rcs);
     pdl_enter();
 #if __CUDA_ARCH__ >= 800
     constexpr int HD = 64 * KS, QW = 16 * KS, KST = HD + 8, NTH = 128 * MT, C4 = HD / 4;
@@ -623,22 +677,25 @@ __global__ void __launch_bounds__(128 * MT, 1) attn_mma_kernel(attn_op op, uint3
     }
     cp_async_commit();
 
-    /* this warp's A operands: heads hA, hB over dims quarter q */
+    /* this warp's A operands: heads hA, hB over dims quarter q (a[ks][i]:
+     * dims d and d + 8 of hA (i = 0, 2) and hB (i = 1, 3)) */
     uint32_t qh[KS][4], ql[KS][4];
     {
         const float *qa = op.q + ((uint64_t)t * op.H + hA) * HD, *qb = op.q + ((uint64_t)t * op.H + hB) * HD;
+        float2 a[KS][4];
 #pragma unroll
         for (int ks = 0; ks < KS; ks++) {
             uint32_t d = q * QW + ks * 16 + 2 * c;
-            float2 a0 = hA < op.H ? *(const float2 *)(qa + d) : make_float2(0.0f, 0.0f);
-            float2 a1 = hB < op.H ? *(const float2 *)(qb + d) : make_float2(0.0f, 0.0f);
-            float2 a2 = hA < op.H ? *(const float2 *)(qa + d + 8) : make_float2(0.0f, 0.0f);
-            float2 a3 = hB < op.H ? *(const float2 *)(qb + d + 8) : make_float2(0.0f, 0.0f);
-            split2(a0.x, a0.y, &qh[ks][0], &ql[ks][0]);
-            split2(a1.x, a1.y, &qh[ks][1], &ql[ks][1]);
-            split2(a2.x, a2.y, &qh[ks][2], &ql[ks][2]);
-            split2(a3.x, a3.y, &qh[ks][3], &ql[ks][3]);
+            a[ks][0] = hA < op.H ? *(const float2 *)(qa + d) : make_float2(0.0f, 0.0f);
+            a[ks][1] = hB < op.H ? *(const float2 *)(qb + d) : make_float2(0.0f, 0.0f);
+            a[ks][2] = hA < op.H ? *(const float2 *)(qa + d + 8) : make_float2(0.0f, 0.0f);
+            a[ks][3] = hB < op.H ? *(const float2 *)(qb + d + 8) : make_float2(0.0f, 0.0f);
         }
+        if (op.q_eps > 0.0f) att_q_transform<KS, MT>(op, rcs, a, q, mt, g, c);
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) split2(a[ks][i].x, a[ks][i].y, &qh[ks][i], &ql[ks][i]);
     }
     float scale = 1.0f / sqrtf((float)HD);
     /* folded state (from the sink) and the current segment's */
@@ -898,14 +955,21 @@ static bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
 
 uint32_t k_attn_segments(uint64_t rows) { return (uint32_t)((rows + AT_SEG - 1) / AT_SEG); }
 
+/* The tensor-core kernel copies rows with 16-byte cp.async and needs the
+ * rotated dims to start on a pair. */
+static bool attn_mma_usable(const attn_op *op) {
+    int ki = attn_ks_index(op->hd);
+    return ki >= 0 && attn_mma_ok == 1 && attn_mma_ready[ki] && aligned16(op->kv) && aligned16(op->ring) &&
+           (!op->ratio || aligned16(op->comp)) && aligned16(op->q) && aligned16(op->out) && 2 * op->n_pairs <= op->hd;
+}
+
+bool k_attention_norms_q(const attn_op *op) { return op->hd <= K_MAX_HEAD_DIM && op->hd % 2 == 0 && attn_mma_usable(op); }
+
 cudaError_t k_attention(cudaStream_t st, const attn_op *op) {
     if (op->n == 0) return cudaSuccess;
     if (op->hd > K_MAX_HEAD_DIM || op->hd % 2) return cudaErrorInvalidValue;
     int ki = attn_ks_index(op->hd);
-    /* The tensor-core kernel copies rows with 16-byte cp.async and needs
-     * the rotated dims to start on a pair. */
-    if (ki >= 0 && attn_mma_ok == 1 && attn_mma_ready[ki] && aligned16(op->kv) && aligned16(op->ring) &&
-        (!op->ratio || aligned16(op->comp)) && aligned16(op->q) && aligned16(op->out) && 2 * op->n_pairs <= op->hd) {
+    if (attn_mma_usable(op)) {
         /* Rows grow with the position: the last token has the most. */
         uint64_t p = op->pos0 + op->n - 1, n_raw = p + 1 < op->W ? p + 1 : op->W, n_comp = 0;
         if (op->ratio) {
@@ -927,6 +991,7 @@ cudaError_t k_attention(cudaStream_t st, const attn_op *op) {
         if (split) k_launch(attn_fold_kernel, dim3(op->H, op->n), 128, 0, st, *op, n_seg);
         return LAUNCH_STATUS();
     }
+    if (op->q_eps > 0.0f) return cudaErrorInvalidValue; /* the caller transforms q here (k_attention_norms_q) */
     k_launch(attention_kernel, dim3(op->H, op->n), ATT_THREADS, op->hd * sizeof(float), st, *op);
     return LAUNCH_STATUS();
 }

@@ -240,6 +240,11 @@ typedef struct attn_op {
      * several blocks (same bits as without). */
     float *part;
     uint32_t part_slots;
+    /* Optional (> 0, and only where k_attention_norms_q says so): q holds
+     * q_b's raw rows, and the kernel first applies a query's per-head
+     * RMSNorm (no weight, this eps) and its RoPE at the token's position,
+     * which saves decode the launch of that row transform. */
+    float q_eps;
 } attn_op;
 /* Raises the shared memory limit of the tensor-core attention kernel for
  * head dim hd (call at model load, outside graph capture); without it, or
@@ -247,6 +252,9 @@ typedef struct attn_op {
  * k_attention runs the fp32 kernel. */
 cudaError_t k_attn_prepare(uint32_t hd);
 cudaError_t k_attention(cudaStream_t st, const attn_op *op);
+/* Whether k_attention normalizes and rotates the raw queries itself
+ * (op->q_eps) for this op; else the caller transforms q's rows first. */
+bool k_attention_norms_q(const attn_op *op);
 /* Segments (blocks of the split decode attention, partial slots) that
  * rows candidate rows take. */
 uint32_t k_attn_segments(uint64_t rows);

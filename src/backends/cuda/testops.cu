@@ -398,8 +398,8 @@ fail:
 extern "C" int ds4_gpu_test_attention(const float *q, const float *kv, const float *ring, const float *comp,
                                       uint64_t n_comp_rows, const int32_t *sel, const float *sinks, uint32_t n,
                                       uint32_t H, uint32_t hd, uint32_t W, uint32_t ratio, uint32_t topk, uint64_t pos0,
-                                      const float *inv_freq, uint32_t n_pairs, uint32_t part_slots, float *out,
-                                      ds4_error *err) {
+                                      const float *inv_freq, uint32_t n_pairs, uint32_t part_slots, float q_eps,
+                                      float *out, ds4_error *err) {
     pool pl = {{0}, 0};
     void *dq, *dkv, *dring, *dcomp = NULL, *dsel = NULL, *dsinks, *dfreq, *dout, *dpart = NULL;
     DEV(dq, q, (size_t)n * H * hd * 4);
@@ -420,6 +420,8 @@ extern "C" int ds4_gpu_test_attention(const float *q, const float *kv, const flo
         op.inv_freq = (const float *)dfreq, op.n_pairs = n_pairs, op.out = (float *)dout;
         op.part = (float *)dpart, op.part_slots = part_slots;
         RUN(k_attn_prepare(hd));
+        op.q_eps = q_eps;
+        if (q_eps > 0.0f && !k_attention_norms_q(&op)) RUN(cudaErrorNotSupported);
         RUN(k_attention(0, &op));
     }
     BACK(out, dout, (size_t)n * H * hd * 4);

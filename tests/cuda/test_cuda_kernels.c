@@ -589,7 +589,7 @@ static void test_indexer(void) {
 /* One launch of n tokens at pos0 against a double-precision reference;
  * with `alone`, each token is also launched by itself (n = 1 at its
  * position, the chunk's earlier raw rows moved into the ring, as decode
- * sees them; its segments of 64 rows in blocks of their own, then again in
+ * sees them; its segments (AT_SEG rows) in blocks of their own, then again in
  * one block) and must give the same bits. */
 static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd, uint32_t W, uint32_t ratio,
                       uint32_t topk, uint64_t pos0, uint32_t np, int alone, float q_eps) {

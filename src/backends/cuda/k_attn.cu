@@ -483,7 +483,7 @@ __global__ void attention_kernel(attn_op op) {
  * bit. */
 
 #define AT_ROWS 32 /* rows per tile */
-#define AT_SEG 64  /* rows per segment (a multiple of AT_ROWS) */
+#define AT_SEG 32  /* rows per segment (a multiple of AT_ROWS); 64 ran a decode step ~15 us slower (H100, synth6) */
 #define AT_SP 40   /* row stride (floats) of the partial scores: no bank conflicts for float2 */
 
 /* bf16 hi/lo halves of two floats, packed as the MMA operands want them

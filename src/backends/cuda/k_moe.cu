@@ -25,7 +25,8 @@ __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const 
                              const float *bias, float scale, int32_t *ids, float *wts, int32_t *grp) {
     if (gridDim.x == 1) prefetch_l2(bias, (uint64_t)X * sizeof(float)); /* a decode step */
     pdl_enter();
-    __shared__ float s[K_MAX_EXPERTS], key[K_MAX_EXPERTS];
+    __shared__ float s[K_MAX_EXPERTS];
+    __shared__ __align__(16) float key[K_MAX_EXPERTS];
     __shared__ int sel[K_MAX_USED];
     uint32_t t = blockIdx.x, tid = threadIdx.x;
     const float *l = logits + (uint64_t)t * X;
@@ -39,8 +40,16 @@ __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const 
     if (!tid2eid) {
         for (uint32_t e = tid; e < X; e += blockDim.x) {
             float ke = key[e];
-            uint32_t r = 0;
-            for (uint32_t f = 0; f < X; f++) r += beats(key[f], f, ke, e);
+            uint32_t r = 0, f = 0;
+            /* four keys a load, eight loads in flight: a load at a time
+             * made the count a chain of shared memory latencies */
+            const float4 *k4 = (const float4 *)key;
+#pragma unroll 8
+            for (; f + 4 <= X; f += 4) {
+                float4 v = k4[f / 4];
+                r += beats(v.x, f, ke, e) + beats(v.y, f + 1, ke, e) + beats(v.z, f + 2, ke, e) + beats(v.w, f + 3, ke, e);
+            }
+            for (; f < X; f++) r += beats(key[f], f, ke, e);
             if (r < K) sel[r] = (int)e;
         }
         __syncthreads();

@@ -55,10 +55,21 @@ __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const 
         __syncthreads();
     }
     if (tid < K) {
+        /* the picks and their scores in registers first, all loads at
+         * once (a chain of shared-memory loads here had been 1.6 us of a
+         * decode step's routing) */
+        int sv[K_MAX_USED];
+        float sc[K_MAX_USED];
+#pragma unroll
+        for (uint32_t k = 0; k < K_MAX_USED; k++) sv[k] = k < K ? sel[k] : 0;
+#pragma unroll
+        for (uint32_t k = 0; k < K_MAX_USED; k++) sc[k] = k < K ? s[sv[k]] : 0.0f;
         /* weights from the unbiased scores, the sum in slot order */
         int e = sel[tid];
         float sum = 0;
-        for (uint32_t k = 0; k < K; k++) sum += s[sel[k]];
+#pragma unroll
+        for (uint32_t k = 0; k < K_MAX_USED; k++)
+            if (k < K) sum += sc[k];
         ids[(uint64_t)t * K + tid] = e;
         wts[(uint64_t)t * K + tid] = s[e] / (sum + 1e-20f) * scale;
         if (grp) {
@@ -68,10 +79,14 @@ __global__ void route_kernel(const float *logits, uint32_t X, uint32_t K, const 
             int32_t *used = grp + 1, *goff = used + X, *gcnt = goff + X, *members = gcnt + X, *pos = members + K;
             uint32_t place = 0, group = 0, count = 0, n_used = 0;
             bool first = true;
-            for (uint32_t j = 0; j < K; j++) {
-                int f = sel[j];
+#pragma unroll
+            for (uint32_t j = 0; j < K_MAX_USED; j++) {
+                if (j >= K) break;
+                int f = sv[j];
                 bool jfirst = true;
-                for (uint32_t i = 0; i < j; i++) jfirst = jfirst && sel[i] != f;
+#pragma unroll
+                for (uint32_t i = 0; i < K_MAX_USED; i++)
+                    if (i < j) jfirst = jfirst && sv[i] != f;
                 place += f < e || (f == e && j < tid);
                 count += f == e;
                 first = first && !(f == e && j < tid);

@@ -963,7 +963,7 @@ static bool attn_mma_usable(const attn_op *op) {
            (!op->ratio || aligned16(op->comp)) && aligned16(op->q) && aligned16(op->out) && 2 * op->n_pairs <= op->hd;
 }
 
-bool k_attention_norms_q(const attn_op *op) { return op->hd <= K_MAX_HEAD_DIM && op->hd % 2 == 0 && attn_mma_usable(op); }
+bool k_attention_norms_q(const attn_op *op) { return attn_mma_usable(op); } /* head dims 64..512 only */
 
 cudaError_t k_attention(cudaStream_t st, const attn_op *op) {
     if (op->n == 0) return cudaSuccess;

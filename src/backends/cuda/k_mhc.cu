@@ -158,13 +158,7 @@ template <int FMT> __global__ void __launch_bounds__(32 * MP_WK) mhc_one_kernel(
     for (uint32_t j = 0; j < rounds; j++) {
         uint32_t s = (j * MP_CL + rank) * MP_WK + warp;
         if (s >= S) break;
-        float acc[2][3][4];
-#pragma unroll
-        for (int t = 0; t < 2; t++)
-#pragma unroll
-            for (int c = 0; c < 3; c++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) acc[t][c][i] = 0.0f;
+        float acc[2][3][4] = {};
 #pragma unroll
         for (int cc = 0; cc < FL_CPS; cc++) {
             uint32_t lc = (j * MP_WK + warp) * FL_CPS + cc;

@@ -61,6 +61,11 @@ typedef struct ds4_expert_source_ops {
     /* Optional: whether wait(k) would return at once (expert k of the
      * latest acquire_start is in, or its read failed). */
     bool (*ready)(ds4_expert_source *s, uint32_t k);
+    /* Optional: host memory region i that views point into (NULL past the
+     * last), fixed for the source's life. A GPU backend pins these for
+     * DMA, so that its copies out of them run asynchronously at the bus's
+     * rate instead of through a staging buffer. */
+    const void *(*region)(const ds4_expert_source *s, uint32_t i, uint64_t *bytes);
 } ds4_expert_source_ops;
 
 struct ds4_expert_source {
@@ -81,6 +86,10 @@ static inline int ds4_experts_wait(ds4_expert_source *s, uint32_t k, ds4_error *
 }
 static inline bool ds4_experts_reading(const ds4_expert_source *s) { return s->ops->reading && s->ops->reading(s); }
 static inline bool ds4_experts_ready(ds4_expert_source *s, uint32_t k) { return !s->ops->ready || s->ops->ready(s, k); }
+static inline const void *ds4_experts_region(const ds4_expert_source *s, uint32_t i, uint64_t *bytes) {
+    *bytes = 0;
+    return s->ops->region ? s->ops->region(s, i, bytes) : NULL;
+}
 static inline void ds4_experts_prefetch(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n) {
     if (s->ops->prefetch) s->ops->prefetch(s, il, ids, n);
 }

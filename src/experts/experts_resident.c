@@ -79,8 +79,17 @@ static void on_read(void *ctx, uint64_t tag, const ds4_error *err) {
     }
 }
 
+/* A layer's buffer a region */
+static const void *resident_region(const ds4_expert_source *s, uint32_t i, uint64_t *bytes) {
+    const resident_source *r = (const resident_source *)s;
+    if (i >= r->sc->geom.n_layer) return NULL;
+    *bytes = r->buf_bytes[i];
+    return r->buf[i];
+}
+
 static const ds4_expert_source_ops k_resident_ops = {resident_acquire, NULL, resident_capacity, resident_free,
-                                                     resident_stats, resident_describe, NULL, NULL, NULL, NULL};
+                                                     resident_stats,   resident_describe, NULL, NULL, NULL, NULL,
+                                                     resident_region};
 
 /* Queues reads of file range [off, off + len) into dst in chunks. */
 static int queue_range(ds4_expert_io *io, uint32_t il, uint64_t off, uint64_t len, uint8_t *dst, uint64_t cap,

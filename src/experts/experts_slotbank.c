@@ -318,13 +318,22 @@ static void slot_free(ds4_expert_source *s) {
     free(b);
 }
 
+/* A layer's slots a region */
+static const void *slot_region(const ds4_expert_source *s, uint32_t i, uint64_t *bytes) {
+    const slot_source *b = (const slot_source *)s;
+    if (i >= b->sc->geom.n_layer) return NULL;
+    *bytes = b->banks[i].slot_bytes * b->n_slots;
+    return b->banks[i].mem;
+}
+
 static const ds4_expert_source_ops k_slot_ops = {slot_acquire, slot_prefetch,      slot_capacity, slot_free,   slot_stats,
                                                  slot_describe, slot_acquire_start, slot_wait,     slot_reading,
-                                                 slot_ready};
+                                                 slot_ready,    slot_region};
 /* The same without overlap: no hints (callers then skip computing them)
  * and every acquire waits for all its reads before compute starts. */
 static const ds4_expert_source_ops k_slot_ops_noprefetch = {slot_acquire, NULL, slot_capacity, slot_free, slot_stats,
-                                                            slot_describe, NULL, NULL, slot_reading, NULL};
+                                                            slot_describe, NULL, NULL, slot_reading, NULL,
+                                                            slot_region};
 
 ds4_expert_source *ds4_experts_slotbank_new(const ds4_sidecar *sc, const ds4_sidecar_source_opts *o, ds4_error *err) {
     uint32_t NL = sc->geom.n_layer, X = sc->geom.n_expert;

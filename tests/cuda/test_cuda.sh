@@ -76,11 +76,19 @@ echo "slot bank generation: 48 tokens exact"
 # source (records read into RAM, or its SSD slot bank's io_uring reads);
 # the same bytes reach the same kernels, so the same bits.
 "$BIN/ds4-sidecar" export "$m" "$TMP/pkg" 2>/dev/null
+# The source's host buffers are pinned for DMA (the copies run from them
+# directly): -v names how much, or why not.
 for mode in "" "--resident" "--moe-slot-bank 2"; do
-    "$BIN/ds4" -m "$TMP/pkg" --cuda $mode --gpu-expert-cache 300K --tokens @"$TMP/tokens.txt" --numerics hf \
-        --dump-logits "$TMP/pkg.f32"
+    "$BIN/ds4" -m "$TMP/pkg" --cuda $mode --gpu-expert-cache 300K -v --tokens @"$TMP/tokens.txt" --numerics hf \
+        --dump-logits "$TMP/pkg.f32" 2>"$TMP/pkg.err"
     echo -n "package ${mode:-streamed} through the GPU bank vs resident (bit for bit): "
     $cmp "$TMP/pkg.f32" "$TMP/res.f32" 1024 0
+    pin=$(grep -o "its host buffers: .*" "$TMP/pkg.err" || true)
+    case "$pin" in
+        "" | *": 0 of "* | *"not pinned"* | *"no host regions"*)
+            echo "package ${mode:-streamed}: the source's buffers were not pinned: ${pin:-no -v line}"; exit 1 ;;
+    esac
+    echo "package ${mode:-streamed}: $pin"
 done
 "$BIN/ds4" -m "$TMP/pkg" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/pkg.f32"
 echo -n "package, automatic bank: "; $cmp "$TMP/pkg.f32" "$TMP/res.f32" 1024 0

@@ -3,7 +3,8 @@
  * must not evict the latest acquire's experts, bad requests, injected read
  * failures (permanent: an error naming the file; transient: retried),
  * acquire_start/wait (experts readable one by one, in any order), and the
- * resident source, for expert-major and family-major packages. */
+ * resident source, for expert-major and family-major packages; every view
+ * lies inside the host regions the source names. */
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,27 @@ static int check_view(const ds4_expert_view *v, int l, int e) {
     return bad;
 }
 
+/* Whether the bytes behind each matrix of v lie inside one of the
+ * source's host regions (a GPU backend pins exactly those for DMA), and
+ * the regions are one a layer. */
+static int outside_regions(const ds4_expert_source *s, const ds4_expert_view *v) {
+    const ds4_tensor *t[3] = {&v->gate, &v->up, &v->down};
+    uint32_t n = 0;
+    uint64_t bytes;
+    while (ds4_experts_region(s, n, &bytes)) n++;
+    int bad = n != NL;
+    for (int f = 0; f < 3; f++) {
+        const uint8_t *a = t[f]->data, *b = a + t[f]->row_bytes * t[f]->ne[1];
+        bool in = false;
+        for (uint32_t i = 0; i < n && !in; i++) {
+            const uint8_t *r = ds4_experts_region(s, i, &bytes);
+            in = a >= r && b <= r + bytes;
+        }
+        bad += !in;
+    }
+    return bad;
+}
+
 /* Reference LRU: per layer the experts held and their last use. */
 typedef struct lru {
     int held[NL][NX]; /* age, 0 = absent */
@@ -133,7 +155,7 @@ static void test_lru(const ds4_sidecar *sc, const char *what, bool direct) {
                 CHECKF(0, "%s: acquire failed: %s", what, err.msg);
                 break;
             }
-            for (int i = 0; i < n; i++) bad += check_view(&v[i], l, (int)ids[i]);
+            for (int i = 0; i < n; i++) bad += check_view(&v[i], l, (int)ids[i]) + outside_regions(s, &v[i]);
             lru_acquire(&ref, l, ids, n, (int)slots, &hits, &misses);
         }
         ds4_expert_stats st;
@@ -338,7 +360,9 @@ static void test_resident(const ds4_sidecar *sc, const char *what) {
         ds4_expert_view v[NX];
         for (int l = 0; l < NL; l++) {
             CHECK(ds4_experts_acquire(s, (uint32_t)l, all, NX, v, &err) == 0);
-            for (int i = 0; i < NX; i++) CHECKF(check_view(&v[i], l, (int)all[i]) == 0, "%s: layer %d expert %u", what, l, all[i]);
+            for (int i = 0; i < NX; i++)
+                CHECKF(check_view(&v[i], l, (int)all[i]) == 0 && outside_regions(s, &v[i]) == 0, "%s: layer %d expert %u",
+                       what, l, all[i]);
         }
         CHECK(strstr(ds4_experts_describe(s), "resident") != NULL);
         ds4_experts_free(s);

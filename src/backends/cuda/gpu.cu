@@ -52,6 +52,12 @@ typedef struct bank {
     int32_t *pend_slot;
     uint32_t *pend_id;
     ds4_expert_view *views;
+    /* the source's host regions pinned for DMA (cudaHostRegister), and
+     * why not where that was refused */
+    void **pinned;
+    uint32_t n_pinned, n_regions;
+    uint64_t pinned_bytes;
+    char pin_note[160];
 } bank;
 
 struct ds4_gpu_model {
@@ -363,6 +369,8 @@ static int place_tensors(ds4_weights *w, uint32_t n_layer, uint8_t *dev, bool sk
 
 static void bank_free(bank *b) {
     if (!b) return;
+    for (uint32_t i = 0; i < b->n_pinned; i++) cudaHostUnregister(b->pinned[i]);
+    free(b->pinned);
     if (b->copy) cudaStreamDestroy(b->copy);
     if (b->copied) cudaEventDestroy(b->copied);
     if (b->consumed) cudaEventDestroy(b->consumed);
@@ -381,6 +389,38 @@ static uint64_t expert_record(const ds4_layer_weights *l, uint64_t *off_up, uint
     *off_up = align256(g);
     *off_down = *off_up + align256(u);
     return *off_down + d;
+}
+
+/* Pins the expert source's host regions for DMA. Copies from pageable
+ * memory are staged through a driver buffer, synchronously and at a
+ * fraction of the bus's rate (bench/cuda-h100-decode.md); from pinned
+ * memory each expert's copy is queued at once and runs while the next
+ * record is still being read. A refusal (a locked-memory limit, say) is
+ * not an error: the copies then stay pageable, and -v says why. */
+static int bank_pin_source(bank *b, ds4_error *err) {
+    uint32_t n = 0;
+    uint64_t bytes;
+    while (ds4_experts_region(b->src, n, &bytes)) n++;
+    b->n_regions = n;
+    if (n == 0) {
+        snprintf(b->pin_note, sizeof b->pin_note, "the source names no host regions");
+        return 0;
+    }
+    if (!(b->pinned = (void **)calloc(n, sizeof(void *)))) return ds4_fail(err, "out of memory (expert bank)");
+    for (uint32_t i = 0; i < n; i++) {
+        void *p = (void *)ds4_experts_region(b->src, i, &bytes);
+        if (!bytes) continue;
+        cudaError_t e = cudaHostRegister(p, bytes, cudaHostRegisterDefault);
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError(); /* not sticky: clear it */
+            snprintf(b->pin_note, sizeof b->pin_note, "region %u of %.2f GB not pinned (%s)", i, bytes / 1e9,
+                     cudaGetErrorString(e));
+            break;
+        }
+        b->pinned[b->n_pinned++] = p;
+        b->pinned_bytes += bytes;
+    }
+    return 0;
 }
 
 static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
@@ -414,6 +454,7 @@ static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
         b->views = (ds4_expert_view *)malloc(X * sizeof(ds4_expert_view));
         if (!b->src || !b->pend_slot || !b->pend_id || !b->views) return ds4_fail(err, "out of memory (expert bank)");
         b->host_bytes = 0;
+        if (bank_pin_source(b, err)) return -1;
     } else {
         CU(cudaMallocHost((void **)&b->host, b->host_bytes));
     }
@@ -608,8 +649,12 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
                     g->bank->n_slots, g->bank->slot_bytes / 1e6, g->bank->n_slots * (double)g->bank->slot_bytes / 1e9,
                     g->bank->host_bytes / 1e9);
         else if (g->bank)
-            fprintf(stderr, "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB), filled from the package's expert source\n",
-                    g->bank->n_slots, g->bank->slot_bytes / 1e6, g->bank->n_slots * (double)g->bank->slot_bytes / 1e9);
+            fprintf(stderr,
+                    "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB), filled from the package's expert source; "
+                    "its host buffers: %u of %u regions (%.3f GB) pinned for DMA%s%s\n",
+                    g->bank->n_slots, g->bank->slot_bytes / 1e6, g->bank->n_slots * (double)g->bank->slot_bytes / 1e9,
+                    g->bank->n_pinned, g->bank->n_regions, g->bank->pinned_bytes / 1e9, g->bank->pin_note[0] ? ", " : "",
+                    g->bank->pin_note);
     }
     return g;
 fail:
@@ -1158,8 +1203,9 @@ static cudaError_t ffn_down(const fwd *f, const ds4_tensor *down, const int32_t 
  * their slots: the source makes a batch readable (from RAM, or reading the
  * package's layer files), the three matrices of each expert go to the
  * device, and the batch's copies finish before the next acquire, which may
- * reuse the host memory behind the views. (The views are pageable memory:
- * registering the source's buffers for DMA is a next step.) */
+ * reuse the host memory behind the views. (The views point into the
+ * source's regions, pinned by bank_pin_source where the system allows:
+ * an expert's copies then run while the next expert's read completes.) */
 static int bank_fetch(bank *b, uint32_t il, uint32_t n_pend, ds4_error *err) {
     uint32_t cap = ds4_experts_capacity(b->src);
     if (cap == 0) return ds4_fail(err, "CUDA expert bank: the expert source takes no experts at a time");

@@ -71,6 +71,22 @@ echo -n "slot bank, chunks of 7: "; $cmp "$TMP/bank7.f32" "$TMP/res.f32" 1024 0
 gen=$("$BIN/ds4" -m "$m" --cuda --gpu-expert-cache 300K --tokens "$(ids "$DATA/$fx/reference.json" tokens 160)" --numerics hf -n 48 --temp 0)
 [ "$gen" = "$(ids "$DATA/$fx/reference.json" generated)" ] || { echo "slot bank generation differs: $gen"; exit 1; }
 echo "slot bank generation: 48 tokens exact"
+# The bank kept on the device (the default for experts in host memory)
+# makes the host-driven bank's decisions: the same hits, misses and bytes
+# over chunks of 7 and 48 decode steps (no step run ahead, which the host
+# bank has no counterpart of), and the same tokens.
+for fxc in 3 7 64; do
+    for where in dev host; do
+        hb=0; [ $where = host ] && hb=1
+        g=$(DS4_CUDA_BANK_HOST=$hb DS4_CUDA_SPECULATE=0 "$BIN/ds4" -m "$m" --cuda --gpu-expert-cache ${fxc}00K -v \
+            --tokens "$(ids "$DATA/$fx/reference.json" tokens 160)" --numerics hf --prefill-chunk 7 -n 48 --temp 0 2>"$TMP/$where.err")
+        echo "$g" > "$TMP/$where.gen"
+        grep -o "expert cache: .*" "$TMP/$where.err" > "$TMP/$where.st" || true
+    done
+    [ -s "$TMP/dev.st" ] && cmp -s "$TMP/dev.st" "$TMP/host.st" && cmp -s "$TMP/dev.gen" "$TMP/host.gen" ||
+        { echo "device bank vs host bank (${fxc}00K): $(cat "$TMP/dev.st") / $(cat "$TMP/host.st")"; exit 1; }
+    echo "device bank = host bank at ${fxc}00K: $(cat "$TMP/dev.st")"
+done
 
 # A sidecar package on the GPU: the bank is fed from the package's expert
 # source (records read into RAM, or its SSD slot bank's io_uring reads);

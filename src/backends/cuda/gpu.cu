@@ -58,6 +58,12 @@ typedef struct bank {
     uint32_t n_pinned, n_regions;
     uint64_t pinned_bytes;
     char pin_note[160];
+    /* host-memory bank kept on the device (k_bank.cu): no host round trip
+     * a layer, so decode steps run as graphs; DS4_CUDA_BANK_HOST=1 keeps
+     * the host-driven bank above */
+    bool on_dev;
+    bank_dev dv;
+    void *dv_mem;
 } bank;
 
 struct ds4_gpu_model {
@@ -370,6 +376,7 @@ static int place_tensors(ds4_weights *w, uint32_t n_layer, uint8_t *dev, bool sk
 static void bank_free(bank *b) {
     if (!b) return;
     for (uint32_t i = 0; i < b->n_pinned; i++) cudaHostUnregister(b->pinned[i]);
+    cudaFree(b->dv_mem);
     free(b->pinned);
     if (b->copy) cudaStreamDestroy(b->copy);
     if (b->copied) cudaEventDestroy(b->copied);
@@ -420,6 +427,46 @@ static int bank_pin_source(bank *b, ds4_error *err) {
         b->pinned[b->n_pinned++] = p;
         b->pinned_bytes += bytes;
     }
+    return 0;
+}
+
+/* The device half of a host-memory bank (k_bank.cu): its tables in one
+ * allocation, empty, the stamps making slot n_slots - 1 the first victim
+ * as the host's recency list does. */
+static int bank_on_device(bank *b, uint32_t L, uint32_t X, ds4_error *err) {
+    const uint8_t *host_dev = NULL;
+    CU(cudaHostGetDevicePointer((void **)&host_dev, b->host, 0));
+    uint64_t n = b->n_slots, off = 0;
+    auto take = [&](uint64_t bytes) { uint64_t o = off; off += align256(bytes); return o; };
+    uint64_t o_st = take(sizeof(bank_dev_state)), o_slot = take((uint64_t)L * X * 4), o_key = take(n * 8),
+             o_stamp = take(n * 8), o_lay = take(5 * (uint64_t)L * 8), o_ms = take((uint64_t)X * 4), o_src = take((uint64_t)X * 8);
+    CU(cudaMalloc(&b->dv_mem, off));
+    uint8_t *m = (uint8_t *)b->dv_mem;
+    bank_dev *d = &b->dv;
+    d->st = (bank_dev_state *)(m + o_st);
+    d->slot_of = (int32_t *)(m + o_slot);
+    d->key = (uint64_t *)(m + o_key);
+    d->stamp = (uint64_t *)(m + o_stamp);
+    uint64_t *lay = (uint64_t *)(m + o_lay);
+    d->layer_off = lay, d->stride = lay + L, d->rec_bytes = lay + 2 * L, d->off_up = lay + 3 * L, d->off_down = lay + 4 * L;
+    d->miss_slot = (uint32_t *)(m + o_ms);
+    d->miss_src = (const uint8_t **)(m + o_src);
+    d->n_slots = b->n_slots, d->n_expert = X, d->dev = b->dev, d->slot_bytes = b->slot_bytes, d->host = host_dev;
+    CU(cudaMemset(d->slot_of, 0xff, (uint64_t)L * X * 4)); /* -1 */
+    CU(cudaMemset(d->key, 0xff, n * 8));                   /* UINT64_MAX */
+    uint64_t *stamp = (uint64_t *)malloc(n * 8);
+    if (!stamp) return ds4_fail(err, "out of memory (expert bank)");
+    for (uint64_t i = 0; i < n; i++) stamp[i] = n - 1 - i;
+    cudaError_t e = cudaMemcpy(d->stamp, stamp, n * 8, cudaMemcpyHostToDevice);
+    free(stamp);
+    CU(e);
+    const uint64_t *src[5] = {b->layer_off, b->stride, b->rec_bytes, b->off_up, b->off_down};
+    for (int i = 0; i < 5; i++) CU(cudaMemcpy(lay + (uint64_t)i * L, src[i], (uint64_t)L * 8, cudaMemcpyHostToDevice));
+    bank_dev_state st0;
+    memset(&st0, 0, sizeof st0);
+    st0.clock = n;
+    CU(cudaMemcpy(d->st, &st0, sizeof st0, cudaMemcpyHostToDevice));
+    b->on_dev = true;
     return 0;
 }
 
@@ -487,6 +534,8 @@ static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
     }
     b->head = 0;
     b->tail = (int32_t)b->n_slots - 1;
+    const char *he = getenv("DS4_CUDA_BANK_HOST");
+    if (b->host && !(he && *he == '1')) return bank_on_device(b, L, X, err);
     return 0;
 }
 
@@ -511,6 +560,10 @@ extern "C" void ds4_gpu_expert_stats(const ds4_gpu_model *g, uint32_t *slots, ui
     *hits = b ? b->hits : 0;
     *misses = b ? b->misses : 0;
     *bytes_copied = b ? b->bytes : 0;
+    bank_dev_state st;
+    if (b && b->on_dev && cudaDeviceSynchronize() == cudaSuccess &&
+        cudaMemcpy(&st, b->dv.st, sizeof st, cudaMemcpyDeviceToHost) == cudaSuccess)
+        *hits = st.hits, *misses = st.misses, *bytes_copied = st.bytes;
 }
 
 static bool float_type(uint32_t type) {
@@ -885,8 +938,8 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     }
     {
         const char *ge = getenv("DS4_CUDA_GRAPH");
-        /* the slot bank decides on the host between layers: no capture */
-        s->graphs = !s->prof && !g->bank && !(ge && *ge == '0');
+        /* a host-driven slot bank decides on the host between layers: no capture */
+        s->graphs = !s->prof && (!g->bank || g->bank->on_dev) && !(ge && *ge == '0');
         s->ready.slot = s->spec.slot = -1;
         const char *se = getenv("DS4_CUDA_SPECULATE");
         s->speculate = !(se && *se == '0');
@@ -1235,6 +1288,37 @@ static int bank_fetch(bank *b, uint32_t il, uint32_t n_pend, ds4_error *err) {
  * are copied into least-recently-used slots on the copy stream (after the
  * previous group's kernels are done with those slots), the slot addresses
  * go to the device, and the expert kernels wait for the copies. */
+/* The same through the bank kept on the device: a decode step's one group
+ * without leaving the device; a chunk reads the number of experts used,
+ * then takes them in groups that fit the bank. */
+static int bank_experts_dev(fwd *f, uint32_t il, float limit) {
+    ds4_gpu_session *s = f->s;
+    bank *b = s->g->bank;
+    const ds4_layer_weights *lw = &f->w->layers[il];
+    ds4_error *err = f->err;
+    cudaStream_t st = s->st;
+    uint32_t X = f->hp->n_expert, K = f->hp->n_expert_used, n = f->n;
+    /* the copy kernel: a block per multiprocessor keeps the bus busy */
+    static int sms = 0;
+    if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
+    uint32_t n_used = n * K < X ? n * K : X, cap = b->n_slots < X ? b->n_slots : X;
+    bool one = n == 1 && n_used <= cap;
+    if (!one) {
+        CU(cudaMemcpyAsync(s->grp_pinned, s->grp, sizeof(int32_t), cudaMemcpyDeviceToHost, st));
+        CU(cudaStreamSynchronize(st));
+        n_used = (uint32_t)s->grp_pinned[0];
+    }
+    for (uint32_t g0 = 0; g0 < n_used; g0 += cap) {
+        uint32_t gn = n_used - g0 < cap ? n_used - g0 : cap;
+        CU(k_bank_lookup(st, &b->dv, s->grp, il, g0, one ? UINT32_MAX : gn, s->wtab));
+        CU(k_bank_copy(st, &b->dv, (uint32_t)sms));
+        const uint8_t *const *wt = (const uint8_t *const *)(s->wtab + 3 * g0);
+        CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, g0, gn, wt, s->y, limit, s->h));
+        CU(ffn_down(f, &lw->down_exps, s->grp, K, n, g0, gn, wt, s->h, s->dx));
+    }
+    return 0;
+}
+
 static int bank_experts(fwd *f, uint32_t il, float limit) {
     ds4_gpu_session *s = f->s;
     bank *b = s->g->bank;
@@ -1243,6 +1327,7 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
     ds4_error *err = f->err;
     cudaStream_t st = s->st;
     uint32_t X = hp->n_expert, K = hp->n_expert_used, n = f->n;
+    if (b->on_dev) return bank_experts_dev(f, il, limit);
     CU(cudaMemcpyAsync(s->grp_pinned, s->grp, (1 + (size_t)X) * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
     CU(cudaStreamSynchronize(st));
     uint32_t n_used = (uint32_t)s->grp_pinned[0], cap = b->n_slots < X ? b->n_slots : X;

@@ -352,4 +352,33 @@ typedef struct l2_spans {
 } l2_spans;
 cudaError_t k_l2_ahead(cudaStream_t st, const l2_spans *sp);
 
+/* ---- the VRAM expert slot bank on the device (k_bank.cu) --------------------
+ * For experts in page-locked host memory: the least-recently-used slot
+ * table, the counters and the group's misses in device memory. */
+typedef struct bank_dev_state {
+    uint64_t clock, hits, misses, bytes; /* the counters as the host bank keeps them */
+    uint64_t miss_bytes;                 /* the last lookup's: record bytes of its layer */
+    uint32_t n_miss;                     /* and its misses (miss_slot, miss_src) */
+} bank_dev_state;
+typedef struct bank_dev {
+    bank_dev_state *st;
+    int32_t *slot_of;       /* (layer * n_expert + expert) -> slot or -1 */
+    uint64_t *key, *stamp;  /* slot -> its key (UINT64_MAX: empty), its last use */
+    uint32_t n_slots, n_expert;
+    uint8_t *dev;           /* the slots */
+    uint64_t slot_bytes;
+    const uint8_t *host;    /* the records, device-mapped: layer_off[il] + expert * stride[il] */
+    const uint64_t *layer_off, *stride, *rec_bytes, *off_up, *off_down; /* per layer, device copies */
+    uint32_t *miss_slot;    /* up to n_expert misses of a lookup */
+    const uint8_t **miss_src;
+} bank_dev;
+/* Experts used[g0 .. g0 + gn) of grp (the routing's grouping of layer il;
+ * gn = UINT32_MAX: all of them, a decode step's one group) through the
+ * bank: hits stamped, misses given the least recently used slots, and
+ * wtab[3 (g0 + j) ..] their gate, up and down addresses. k_bank_copy then
+ * brings the misses in. */
+cudaError_t k_bank_lookup(cudaStream_t st, const bank_dev *a, const int32_t *grp, uint32_t il, uint32_t g0, uint32_t gn,
+                          const uint8_t **wtab);
+cudaError_t k_bank_copy(cudaStream_t st, const bank_dev *a, uint32_t blocks);
+
 #endif

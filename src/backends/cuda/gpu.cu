@@ -25,9 +25,10 @@ extern "C" {
 #define GPU_CHUNK_MAX 2048
 
 /* The expert slot bank: routed experts live in page-locked host memory
- * (one contiguous gate|up|down record per expert) and are copied on demand,
- * on a stream of their own, into n_slots device slots replaced in
- * least-recently-used order. For a sidecar package (no experts in the
+ * (one contiguous gate|up|down record per expert) and are copied on demand
+ * into n_slots device slots replaced in least-recently-used order; the
+ * table is kept on the device (k_bank.cu) unless DS4_CUDA_BANK_HOST=1,
+ * which keeps it here and copies on a stream of its own. For a sidecar package (no experts in the
  * GGUF) there is no host copy: missing experts come from the model's
  * expert source (its RAM-resident records or its SSD slot bank, read with
  * io_uring), a batch at a time. Sessions of one model must not run
@@ -1282,15 +1283,10 @@ static int bank_fetch(bank *b, uint32_t il, uint32_t n_pend, ds4_error *err) {
     return 0;
 }
 
-/* The routed experts through the slot bank: the only host round trip of a
- * chunk besides tokens and logits. The used experts (already grouped on
- * the device) are read back; in groups that fit the bank, missing experts
- * are copied into least-recently-used slots on the copy stream (after the
- * previous group's kernels are done with those slots), the slot addresses
- * go to the device, and the expert kernels wait for the copies. */
-/* The same through the bank kept on the device: a decode step's one group
- * without leaving the device; a chunk reads the number of experts used,
- * then takes them in groups that fit the bank. */
+/* The routed experts through the bank kept on the device (k_bank.cu): a
+ * decode step's one group without leaving the device; a chunk reads the
+ * number of experts used back, then takes them in groups that fit the
+ * bank. */
 static int bank_experts_dev(fwd *f, uint32_t il, float limit) {
     ds4_gpu_session *s = f->s;
     bank *b = s->g->bank;
@@ -1319,6 +1315,12 @@ static int bank_experts_dev(fwd *f, uint32_t il, float limit) {
     return 0;
 }
 
+/* The routed experts through the slot bank: the only host round trip of a
+ * chunk besides tokens and logits. The used experts (already grouped on
+ * the device) are read back; in groups that fit the bank, missing experts
+ * are copied into least-recently-used slots on the copy stream (after the
+ * previous group's kernels are done with those slots), the slot addresses
+ * go to the device, and the expert kernels wait for the copies. */
 static int bank_experts(fwd *f, uint32_t il, float limit) {
     ds4_gpu_session *s = f->s;
     bank *b = s->g->bank;

@@ -108,6 +108,15 @@ for mode in "" "--resident" "--moe-slot-bank 2"; do
 done
 "$BIN/ds4" -m "$TMP/pkg" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/pkg.f32"
 echo -n "package, automatic bank: "; $cmp "$TMP/pkg.f32" "$TMP/res.f32" 1024 0
+# The next layer's likely experts (its router on this layer's MoE input)
+# go to the package's slot bank as prefetch hints (DS4_CUDA_GUESS=1): hints
+# are used, and the tokens stay those of resident experts.
+gen=$(DS4_CUDA_GUESS=1 "$BIN/ds4" -m "$TMP/pkg" --cuda --moe-slot-bank 6 --gpu-expert-cache 300K --moe-stats \
+    --tokens "$(ids "$DATA/$fx/reference.json" tokens 160)" --numerics hf -n 48 --temp 0 2>"$TMP/guess.err")
+[ "$gen" = "$(ids "$DATA/$fx/reference.json" generated)" ] || { echo "package with hints: generation differs: $gen"; exit 1; }
+used=$(grep -o "prefetched=[0-9]*" "$TMP/guess.err" | head -n 1 | cut -d= -f2)
+[ "${used:-0}" -gt 0 ] || { echo "package with hints: no hint was used: $(grep Flash-MoE "$TMP/guess.err")"; exit 1; }
+echo "package, next-layer hints: $(grep -o "prefetched=.*" "$TMP/guess.err" | head -n 1), 48 tokens exact"
 # A read that keeps failing while the GPU bank fetches: an error exit with
 # the reader's message, and only correct tokens before it.
 ref=$("$BIN/ds4" -m "$m" --cuda --tokens 5,17,300,42 -n 24 --temp 0)

@@ -116,6 +116,11 @@ struct ds4_gpu_session {
     float *qa, *q, *kv, *att, *apart, *low, *ck, *cz, *ik, *iz, *iq, *iw, *scores;
     float *lg, *wts, *h, *hs, *dx, *sh, *logits;
     int32_t *tok, *sel, *ids, *grp;
+    /* a package's bank: the next layer's likely experts (its router on this
+     * layer's MoE input), read back with the routing as prefetch hints */
+    float *gwts;
+    int32_t *gids, *gids_pinned;
+    bool guessed;
     void *act; /* quantized activations for quantized weights */
     /* Side lanes: streams for the parts of a layer that need only its
      * input, run beside the main chain (lane 0: compressor, then the
@@ -834,6 +839,8 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->lg = TAKE_F(b, n * X);
     s->ids = TAKE_I(b, n * K);
     s->wts = TAKE_F(b, n * K);
+    s->gids = TAKE_I(b, n * K);
+    s->gwts = TAKE_F(b, n * K);
     s->grp = TAKE_I(b, k_group_ints((uint32_t)X, (uint32_t)(n * K)));
     s->h = TAKE_F(b, n * K * hp->n_ff_exp);
     s->hs = TAKE_F(b, n * hp->n_ff_exp);
@@ -950,7 +957,9 @@ extern "C" ds4_gpu_session *ds4_gpu_session_new(ds4_gpu_model *g, uint32_t max_c
     if (g->bank && ((e = cudaMallocHost((void **)&s->grp_pinned, (1 + (size_t)g->hp->n_expert) * sizeof(int32_t))) !=
                         cudaSuccess ||
                     (e = cudaMallocHost((void **)&s->wtab_pinned, 3 * (size_t)g->hp->n_expert * sizeof(void *))) !=
-                        cudaSuccess)) {
+                        cudaSuccess ||
+                    (e = cudaMallocHost((void **)&s->gids_pinned,
+                                        (size_t)s->chunk * g->hp->n_expert_used * sizeof(int32_t))) != cudaSuccess)) {
         ds4_fail(err, "CUDA: page-locked buffers: %s", cudaGetErrorString(e));
         goto fail;
     }
@@ -991,6 +1000,7 @@ extern "C" void ds4_gpu_session_free(ds4_gpu_session *s) {
     cudaFreeHost(s->band_vals_pinned);
     cudaFreeHost(s->grp_pinned);
     cudaFreeHost(s->wtab_pinned);
+    cudaFreeHost(s->gids_pinned);
     if (s->st) cudaStreamDestroy(s->st);
     for (int i = 0; i < 4; i++) {
         if (s->lane[i]) cudaStreamDestroy(s->lane[i]);
@@ -1283,6 +1293,49 @@ static int bank_fetch(bank *b, uint32_t il, uint32_t n_pend, ds4_error *err) {
     return 0;
 }
 
+/* Next-layer hints for a package's expert source: DS4_CUDA_GUESS=1. Off
+ * by default: on the synthetic models (random routers, whose adjacent
+ * layers route unalike) more hints were wasted than used and decode lost
+ * 30-50% with a small CPU bank (bench/cuda-h100-decode.md); a trained
+ * router is what they are made for. */
+static bool guess_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("DS4_CUDA_GUESS");
+        on = e && *e == '1';
+    }
+    return on;
+}
+
+/* The guesses of layer il + 1 (s->gids_pinned, n tokens x K) as prefetch
+ * hints, the most voted first: as many as leave the source's bank room
+ * for the K experts a token really takes (all of them for a hash layer,
+ * which is exact), as the CPU path does (moe_prefetch.c). */
+static void guess_hint(ds4_gpu_session *s, uint32_t il, uint32_t n) {
+    const ds4_hparams *hp = s->g->hp;
+    ds4_expert_source *src = s->g->bank->src;
+    uint32_t X = hp->n_expert, K = hp->n_expert_used, cap = ds4_experts_capacity(src);
+    uint32_t room = ds4_layer_is_hash(hp, il + 1) ? X : cap > K ? cap - K : 0;
+    uint32_t *votes = (uint32_t *)calloc(X, sizeof(uint32_t)), *ids = (uint32_t *)malloc(X * sizeof(uint32_t));
+    uint32_t m = 0;
+    if (votes && ids) {
+        for (uint64_t i = 0; i < (uint64_t)n * K; i++) {
+            int32_t e = s->gids_pinned[i];
+            if (e >= 0 && (uint32_t)e < X && votes[e]++ == 0) ids[m++] = (uint32_t)e; /* first-seen order */
+        }
+        /* a stable sort by votes (insertion: m is at most X) */
+        for (uint32_t i = 1; i < m; i++)
+            for (uint32_t j = i; j > 0 && votes[ids[j]] > votes[ids[j - 1]]; j--) {
+                uint32_t t = ids[j];
+                ids[j] = ids[j - 1], ids[j - 1] = t;
+            }
+        if (m > room) m = room;
+        if (m) ds4_experts_prefetch(src, il + 1, ids, m);
+    }
+    free(votes);
+    free(ids);
+}
+
 /* The routed experts through the bank kept on the device (k_bank.cu): a
  * decode step's one group without leaving the device; a chunk reads the
  * number of experts used back, then takes them in groups that fit the
@@ -1331,6 +1384,8 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
     uint32_t X = hp->n_expert, K = hp->n_expert_used, n = f->n;
     if (b->on_dev) return bank_experts_dev(f, il, limit);
     CU(cudaMemcpyAsync(s->grp_pinned, s->grp, (1 + (size_t)X) * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
+    if (s->guessed)
+        CU(cudaMemcpyAsync(s->gids_pinned, s->gids, (size_t)n * K * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
     CU(cudaStreamSynchronize(st));
     uint32_t n_used = (uint32_t)s->grp_pinned[0], cap = b->n_slots < X ? b->n_slots : X;
     const int32_t *used = s->grp_pinned + 1;
@@ -1378,6 +1433,10 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
                 b->key[slot] = UINT64_MAX;
             }
             return -1;
+        }
+        if (s->guessed) { /* this layer's reads are in: the disk can start on the next one's */
+            guess_hint(s, il, n);
+            s->guessed = false;
         }
         for (uint32_t j = g0; j < g0 + gn; j++) {
             const uint8_t *base = b->dev + (uint64_t)b->slot_of[(uint64_t)il * X + used[j]] * b->slot_bytes;
@@ -1651,6 +1710,21 @@ static int moe(fwd *f, uint32_t il) {
     bool hash = ds4_layer_is_hash(hp, il);
     CU(k_route(st, s->lg, n, X, K, s->tok, hash ? (const int32_t *)lw->tid2eid.data : NULL,
                hash ? NULL : vec(&lw->probs_bias), hp->expert_scale, s->ids, s->wts, n == 1 ? s->grp : NULL));
+    s->guessed = false;
+    const ds4_expert_source *src = s->g->bank ? s->g->bank->src : NULL;
+    if (src && ds4_experts_can_prefetch(src) && il + 1 < hp->n_layer && guess_on()) {
+        /* the next layer's router on this layer's MoE input (adjacent
+         * layers' inputs differ little; hash layers are exact), its
+         * routing into gids: read back with this layer's, as hints */
+        const ds4_layer_weights *nw = &f->w->layers[il + 1];
+        bool nhash = ds4_layer_is_hash(hp, il + 1);
+        if (nhash || !s->g->net->no_guess) {
+            CU(lin(f, &nw->gate_inp, 0, X, 1, 0, s->y, E, NULL, n, s->lg, X));
+            CU(k_route(st, s->lg, n, X, K, s->tok, nhash ? (const int32_t *)nw->tid2eid.data : NULL,
+                       nhash ? NULL : vec(&nw->probs_bias), hp->expert_scale, s->gids, s->gwts, NULL));
+            s->guessed = true;
+        }
+    }
     prof_mark(f->s, "experts");
     if (n > 1) CU(k_moe_group(st, s->ids, n * K, X, s->grp)); /* a single token's came with its routing */
     if (s->g->bank) {

@@ -6,6 +6,7 @@
  * all layers at once so the SSD works at full queue depth. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "experts/sidecar_source.h"
 #include "util/bankmem.h"
@@ -119,7 +120,11 @@ ds4_expert_source *ds4_experts_resident_new(const ds4_sidecar *sc, const ds4_sid
     ds4_expert_io *io = NULL;
     if (!r->buf || !r->buf_bytes || !r->base_off || !r->step) goto oom;
     if (!(io = ds4_sidecar_open_io(sc, o, on_read, r, err))) goto fail;
+    /* tens of GB at the full size: a progress line on a terminal (the
+     * reads of a layer are queued once the earlier ones have drained) */
+    bool show = sc->expert_bytes >= ((uint64_t)4 << 30) && isatty(2);
     for (uint32_t il = 0; il < NL; il++) {
+        if (show) fprintf(stderr, "\rds4: reading the experts into RAM: layer %u/%u", il + 1, NL);
         const ds4_sidecar_layer *L = &sc->layers[il];
         uint64_t total = 0;
         if (L->family_major) {
@@ -160,6 +165,7 @@ ds4_expert_source *ds4_experts_resident_new(const ds4_sidecar *sc, const ds4_sid
     }
     while (ds4_expert_io_reap(io, true)) {
     }
+    if (show) fputc('\n', stderr);
     if (r->failed) {
         *err = r->err;
         goto fail;

@@ -6,6 +6,7 @@
  * everything else depends only on positions, which the host knows. */
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -511,6 +512,9 @@ static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
     } else {
         CU(cudaMallocHost((void **)&b->host, b->host_bytes));
     }
+    /* tens of GB read from the model file at the full size: a progress
+     * line (on a terminal) */
+    bool show = b->host && b->host_bytes >= ((uint64_t)4 << 30) && isatty(2);
     for (uint32_t il = 0; il < L && b->host; il++) {
         const ds4_layer_weights *l = &hw->layers[il];
         uint64_t gb = l->gate_exps.row_bytes * l->gate_exps.ne[1], ub = l->up_exps.row_bytes * l->up_exps.ne[1];
@@ -521,6 +525,9 @@ static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
             memcpy(rec + b->off_up[il], l->up_exps.data + e * ub, ub);
             memcpy(rec + b->off_down[il], l->down_exps.data + e * db, db);
         }
+        if (show)
+            fprintf(stderr, "\rds4: routed experts into page-locked memory: layer %u/%u (%.1f of %.1f GB)%s", il + 1, L,
+                    (b->layer_off[il] + b->stride[il] * X) / 1e9, b->host_bytes / 1e9, il + 1 == L ? "\n" : "");
     }
     CU(cudaMalloc((void **)&b->dev, (uint64_t)b->n_slots * b->slot_bytes));
     CU(cudaStreamCreateWithFlags(&b->copy, cudaStreamNonBlocking));

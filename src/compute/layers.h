@@ -25,5 +25,9 @@ int ds4_moe(const ds4_net *net, uint32_t il, const float *x, const int32_t *toke
 /* Hints the expert source with the experts layer il+1 will likely use
  * (moe_prefetch.c); a no-op for sources that ignore hints. */
 void ds4_moe_prefetch_next(const ds4_net *net, uint32_t il, const float *x, const int32_t *tokens, uint32_t n);
+/* The same from picks made elsewhere (n_picks expert ids of layer next,
+ * e.g. the GPU's routing of it on layer next - 1's input): the most
+ * picked first, as many as the source's bank has room for. */
+void ds4_moe_prefetch_picks(const ds4_net *net, uint32_t next, const int32_t *picks, uint32_t n_picks);
 
 #endif

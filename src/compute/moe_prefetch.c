@@ -27,6 +27,26 @@ static int by_votes(const void *a, const void *b) {
     return x->expert < y->expert ? -1 : x->expert > y->expert;
 }
 
+/* The voted experts of layer next (c: one entry per expert, reordered
+ * here) to the source, the most voted first, as many as leave its bank
+ * room; ids: scratch of n_expert entries. */
+static void hint_voted(const ds4_net *net, uint32_t next, bool hash, cand *c, uint32_t *ids) {
+    uint32_t X = net->hp->n_expert, K = net->hp->n_expert_used;
+    qsort(c, X, sizeof *c, by_votes);
+    /* Guesses must leave a bank room for the experts the next layer will
+     * really ask for: with fewer than 2K slots, wrong guesses still being
+     * read would be the only victims left, and the real misses would queue
+     * behind them. Hash layers are exact and may take every slot. */
+    uint32_t cap = ds4_experts_capacity(net->experts), room = X;
+    if (!hash) room = cap > K ? cap - K : 0;
+    uint32_t m = 0;
+    while (m < X && m < room && c[m].votes) {
+        ids[m] = c[m].expert;
+        m++;
+    }
+    if (m) ds4_experts_prefetch(net->experts, next, ids, m);
+}
+
 void ds4_moe_prefetch_next(const ds4_net *net, uint32_t il, const float *x, const int32_t *tokens, uint32_t n) {
     const ds4_hparams *hp = net->hp;
     uint32_t next = il + 1, X = hp->n_expert, K = hp->n_expert_used;
@@ -62,21 +82,25 @@ void ds4_moe_prefetch_next(const ds4_net *net, uint32_t il, const float *x, cons
             }
         }
     }
-    qsort(c, X, sizeof *c, by_votes);
-    /* Guesses must leave a bank room for the experts the next layer will
-     * really ask for: with fewer than 2K slots, wrong guesses still being
-     * read would be the only victims left, and the real misses would queue
-     * behind them. Hash layers are exact and may take every slot. */
-    uint32_t cap = ds4_experts_capacity(net->experts), room = X;
-    if (!hash) room = cap > K ? cap - K : 0;
-    uint32_t m = 0;
-    while (m < X && m < room && c[m].votes) {
-        ids[m] = c[m].expert;
-        m++;
-    }
-    if (m) ds4_experts_prefetch(net->experts, next, ids, m);
+    hint_voted(net, next, hash, c, ids);
 out:
     free(c);
     free(ids);
     free(logits);
+}
+
+void ds4_moe_prefetch_picks(const ds4_net *net, uint32_t next, const int32_t *picks, uint32_t n_picks) {
+    const ds4_hparams *hp = net->hp;
+    uint32_t X = hp->n_expert;
+    if (next >= hp->n_layer || !ds4_experts_can_prefetch(net->experts)) return;
+    cand *c = calloc(X, sizeof *c);
+    uint32_t *ids = malloc(X * sizeof *ids);
+    if (c && ids) { /* a hint: on failure just skip it */
+        for (uint32_t e = 0; e < X; e++) c[e] = (cand){e, 0, -INFINITY};
+        for (uint32_t i = 0; i < n_picks; i++)
+            if (picks[i] >= 0 && (uint32_t)picks[i] < X) c[picks[i]].votes++;
+        hint_voted(net, next, ds4_layer_is_hash(hp, next), c, ids);
+    }
+    free(c);
+    free(ids);
 }

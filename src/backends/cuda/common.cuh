@@ -150,6 +150,12 @@ static inline void k_launch(void (*kern)(P...), dim3 grid, dim3 block, size_t sm
 
 static inline unsigned div_up(uint64_t a, uint64_t b) { return (unsigned)((a + b - 1) / b); }
 static inline uint64_t align256(uint64_t x) { return (x + 255) & ~(uint64_t)255; }
+/* Multiprocessors of device 0 (asked once; 132, an H100's, if the query fails). */
+static inline int k_sm_count(void) {
+    static int sms = 0;
+    if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
+    return sms;
+}
 
 /* ---- weight elements ---------------------------------------------------- */
 

@@ -12,6 +12,7 @@
 
 extern "C" {
 #include "backends/gpu.h"
+#include "compute/layers.h"
 #include "compute/net.h"
 #include "experts/experts.h"
 }
@@ -24,6 +25,21 @@ extern "C" {
  * in any chunk). */
 #define GPU_CHUNK 256
 #define GPU_CHUNK_MAX 2048
+
+/* Bump allocation inside one device block; sizes are counted first with
+ * base == NULL. */
+typedef struct bump {
+    uint8_t *base;
+    uint64_t off;
+} bump;
+
+static void *take(bump *b, uint64_t bytes) {
+    void *p = b->base ? b->base + b->off : NULL;
+    b->off += align256(bytes);
+    return p;
+}
+#define TAKE_F(b, n) ((float *)take(b, (uint64_t)(n) * sizeof(float)))
+#define TAKE_I(b, n) ((int32_t *)take(b, (uint64_t)(n) * sizeof(int32_t)))
 
 /* The expert slot bank: routed experts live in page-locked host memory
  * (one contiguous gate|up|down record per expert) and are copied on demand
@@ -443,21 +459,24 @@ static int bank_pin_source(bank *b, ds4_error *err) {
 static int bank_on_device(bank *b, uint32_t L, uint32_t X, ds4_error *err) {
     const uint8_t *host_dev = NULL;
     CU(cudaHostGetDevicePointer((void **)&host_dev, b->host, 0));
-    uint64_t n = b->n_slots, off = 0;
-    auto take = [&](uint64_t bytes) { uint64_t o = off; off += align256(bytes); return o; };
-    uint64_t o_st = take(sizeof(bank_dev_state)), o_slot = take((uint64_t)L * X * 4), o_key = take(n * 8),
-             o_stamp = take(n * 8), o_lay = take(5 * (uint64_t)L * 8), o_ms = take((uint64_t)X * 4), o_src = take((uint64_t)X * 8);
-    CU(cudaMalloc(&b->dv_mem, off));
-    uint8_t *m = (uint8_t *)b->dv_mem;
+    uint64_t n = b->n_slots;
     bank_dev *d = &b->dv;
-    d->st = (bank_dev_state *)(m + o_st);
-    d->slot_of = (int32_t *)(m + o_slot);
-    d->key = (uint64_t *)(m + o_key);
-    d->stamp = (uint64_t *)(m + o_stamp);
-    uint64_t *lay = (uint64_t *)(m + o_lay);
+    uint64_t *lay = NULL;
+    auto layout = [&](bump *m) {
+        d->st = (bank_dev_state *)take(m, sizeof(bank_dev_state));
+        d->slot_of = TAKE_I(m, (uint64_t)L * X);
+        d->key = (uint64_t *)take(m, n * 8);
+        d->stamp = (uint64_t *)take(m, n * 8);
+        lay = (uint64_t *)take(m, 5 * (uint64_t)L * 8);
+        d->miss_slot = (uint32_t *)TAKE_I(m, X);
+        d->miss_src = (const uint8_t **)take(m, (uint64_t)X * sizeof(void *));
+    };
+    bump m = {NULL, 0};
+    layout(&m);
+    CU(cudaMalloc(&b->dv_mem, m.off));
+    m = {(uint8_t *)b->dv_mem, 0};
+    layout(&m);
     d->layer_off = lay, d->stride = lay + L, d->rec_bytes = lay + 2 * L, d->off_up = lay + 3 * L, d->off_down = lay + 4 * L;
-    d->miss_slot = (uint32_t *)(m + o_ms);
-    d->miss_src = (const uint8_t **)(m + o_src);
     d->n_slots = b->n_slots, d->n_expert = X, d->dev = b->dev, d->slot_bytes = b->slot_bytes, d->host = host_dev;
     CU(cudaMemset(d->slot_of, 0xff, (uint64_t)L * X * 4)); /* -1 */
     CU(cudaMemset(d->key, 0xff, n * 8));                   /* UINT64_MAX */
@@ -739,20 +758,6 @@ extern "C" void ds4_gpu_model_free(ds4_gpu_model *g) {
 
 /* ---- sessions ------------------------------------------------------------------- */
 
-/* Bump allocation inside one device block; sizes are counted first with
- * base == NULL. */
-typedef struct bump {
-    uint8_t *base;
-    uint64_t off;
-} bump;
-
-static void *take(bump *b, uint64_t bytes) {
-    void *p = b->base ? b->base + b->off : NULL;
-    b->off += align256(bytes);
-    return p;
-}
-#define TAKE_F(b, n) ((float *)take(b, (uint64_t)(n) * sizeof(float)))
-#define TAKE_I(b, n) ((int32_t *)take(b, (uint64_t)(n) * sizeof(int32_t)))
 
 static void layout_state(ds4_gpu_session *s, bump *b) {
     const ds4_hparams *hp = s->g->hp;
@@ -1314,35 +1319,6 @@ static bool guess_on(void) {
     return on;
 }
 
-/* The guesses of layer il + 1 (s->gids_pinned, n tokens x K) as prefetch
- * hints, the most voted first: as many as leave the source's bank room
- * for the K experts a token really takes (all of them for a hash layer,
- * which is exact), as the CPU path does (moe_prefetch.c). */
-static void guess_hint(ds4_gpu_session *s, uint32_t il, uint32_t n) {
-    const ds4_hparams *hp = s->g->hp;
-    ds4_expert_source *src = s->g->bank->src;
-    uint32_t X = hp->n_expert, K = hp->n_expert_used, cap = ds4_experts_capacity(src);
-    uint32_t room = ds4_layer_is_hash(hp, il + 1) ? X : cap > K ? cap - K : 0;
-    uint32_t *votes = (uint32_t *)calloc(X, sizeof(uint32_t)), *ids = (uint32_t *)malloc(X * sizeof(uint32_t));
-    uint32_t m = 0;
-    if (votes && ids) {
-        for (uint64_t i = 0; i < (uint64_t)n * K; i++) {
-            int32_t e = s->gids_pinned[i];
-            if (e >= 0 && (uint32_t)e < X && votes[e]++ == 0) ids[m++] = (uint32_t)e; /* first-seen order */
-        }
-        /* a stable sort by votes (insertion: m is at most X) */
-        for (uint32_t i = 1; i < m; i++)
-            for (uint32_t j = i; j > 0 && votes[ids[j]] > votes[ids[j - 1]]; j--) {
-                uint32_t t = ids[j];
-                ids[j] = ids[j - 1], ids[j - 1] = t;
-            }
-        if (m > room) m = room;
-        if (m) ds4_experts_prefetch(src, il + 1, ids, m);
-    }
-    free(votes);
-    free(ids);
-}
-
 /* The routed experts through the bank kept on the device (k_bank.cu): a
  * decode step's one group without leaving the device; a chunk reads the
  * number of experts used back, then takes them in groups that fit the
@@ -1354,9 +1330,6 @@ static int bank_experts_dev(fwd *f, uint32_t il, float limit) {
     ds4_error *err = f->err;
     cudaStream_t st = s->st;
     uint32_t X = f->hp->n_expert, K = f->hp->n_expert_used, n = f->n;
-    /* the copy kernel: a block per multiprocessor keeps the bus busy */
-    static int sms = 0;
-    if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
     uint32_t n_used = n * K < X ? n * K : X, cap = b->n_slots < X ? b->n_slots : X;
     bool one = n == 1 && n_used <= cap;
     if (!one) {
@@ -1367,7 +1340,7 @@ static int bank_experts_dev(fwd *f, uint32_t il, float limit) {
     for (uint32_t g0 = 0; g0 < n_used; g0 += cap) {
         uint32_t gn = n_used - g0 < cap ? n_used - g0 : cap;
         CU(k_bank_lookup(st, &b->dv, s->grp, il, g0, one ? UINT32_MAX : gn, s->wtab));
-        CU(k_bank_copy(st, &b->dv, (uint32_t)sms));
+        CU(k_bank_copy(st, &b->dv));
         const uint8_t *const *wt = (const uint8_t *const *)(s->wtab + 3 * g0);
         CU(ffn_up(f, &lw->gate_exps, &lw->up_exps, s->grp, K, n, g0, gn, wt, s->y, limit, s->h));
         CU(ffn_down(f, &lw->down_exps, s->grp, K, n, g0, gn, wt, s->h, s->dx));
@@ -1442,7 +1415,7 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
             return -1;
         }
         if (s->guessed) { /* this layer's reads are in: the disk can start on the next one's */
-            guess_hint(s, il, n);
+            ds4_moe_prefetch_picks(s->g->net, il + 1, s->gids_pinned, n * K);
             s->guessed = false;
         }
         for (uint32_t j = g0; j < g0 + gn; j++) {

@@ -142,8 +142,9 @@ cudaError_t k_bank_lookup(cudaStream_t st, const bank_dev *a, const int32_t *grp
     return LAUNCH_STATUS();
 }
 
-cudaError_t k_bank_copy(cudaStream_t st, const bank_dev *a, uint32_t blocks) {
-    k_launch(bank_copy_kernel, dim3(blocks), dim3(256), 0, st, *a);
+cudaError_t k_bank_copy(cudaStream_t st, const bank_dev *a) {
+    /* a block per multiprocessor keeps the bus busy */
+    k_launch(bank_copy_kernel, dim3((unsigned)k_sm_count()), dim3(256), 0, st, *a);
     return LAUNCH_STATUS();
 }
 

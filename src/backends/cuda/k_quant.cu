@@ -606,9 +606,7 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const *w, uint64_t row_
 template <class K>
 static uint32_t rows_per_warp(K kernel, uint32_t smem, uint64_t n_rows, uint32_t grid_y, uint32_t warps = ROWS_PER_BLOCK,
                               uint64_t max_rpw = 32) {
-    static int sms = 0;
-    if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) sms = 132;
-    int per_sm = 0;
+    int sms = k_sm_count(), per_sm = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * warps, smem) != cudaSuccess || per_sm < 1)
         per_sm = 1;
     uint64_t wave = (uint64_t)sms * per_sm * warps;

@@ -379,6 +379,6 @@ typedef struct bank_dev {
  * brings the misses in. */
 cudaError_t k_bank_lookup(cudaStream_t st, const bank_dev *a, const int32_t *grp, uint32_t il, uint32_t g0, uint32_t gn,
                           const uint8_t **wtab);
-cudaError_t k_bank_copy(cudaStream_t st, const bank_dev *a, uint32_t blocks);
+cudaError_t k_bank_copy(cudaStream_t st, const bank_dev *a);
 
 #endif

@@ -9,18 +9,22 @@
  *   AP A with programmatic dependent launch (how decode runs today: each
  *      kernel's blocks start while the one before finishes, and wait for
  *      it with griddepcontrol.wait)
+ *   A1 A with one block of 32 warps a multiprocessor (the persistent
+ *      kernel's warps), to tell a barrier's cost from the warps'
  *   B0 one cooperative kernel, all blocks resident, grid barriers in
  *      place of launches
  *   B  B0, and each block asks for the first bytes of its next product's
  *      rows (asynchronous copies into shared memory) before it waits at
  *      the barrier in front of the small step, so the weights stream
  *      while the small step runs
+ *   B0 and B also with each warp taking two rows at a time (twice the
+ *      bytes in flight, for half as many warps as A)
  *
  * The weights are int8 rows with a float scale per row; every version
  * computes the same integer dot products, so the outputs must be
  * identical (checked). Build and run (sm_90):
  *
- *   nvcc -O3 -arch=sm_90 -std=c++17 -o persist_bench bench/persist/persist_bench.cu
+ *   nvcc -O3 -arch=sm_90 -std=c++17 --fmad=false -o persist_bench bench/persist/persist_bench.cu
  *   ./persist_bench [iterations] [small-step repeats]
  *
  * It prints the time of one chain (3 products + 3 small steps) for each
@@ -90,6 +94,25 @@ __device__ __forceinline__ float row_dot(const int8_t *wrow, const int8_t *x, ui
     return (float)s * scale;
 }
 
+/* Two rows by one warp, their loads issued together (twice the bytes in
+ * flight of row_dot, for a kernel with half the warps). */
+__device__ __forceinline__ void row_dot2(const int8_t *wa, const int8_t *wb, const int8_t *x, uint32_t k, float *va,
+                                         float *vb) {
+    uint32_t lane = threadIdx.x & 31, n = k / 16, i = lane;
+    const int4 *a4 = (const int4 *)wa, *b4 = (const int4 *)wb, *x4 = (const int4 *)x;
+    int s = 0, t = 0;
+    for (; i + 32 < n; i += 64) {
+        int4 a = a4[i], b = a4[i + 32], c = b4[i], d = b4[i + 32];
+        s = dot16(a, x4[i], s);
+        s = dot16(b, x4[i + 32], s);
+        t = dot16(c, x4[i], t);
+        t = dot16(d, x4[i + 32], t);
+    }
+    for (; i < n; i += 32) s = dot16(a4[i], x4[i], s), t = dot16(b4[i], x4[i], t);
+    for (int o = 16; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o), t += __shfl_xor_sync(0xffffffffu, t, o);
+    *va = (float)s, *vb = (float)t;
+}
+
 /* The small step after product j: RMS of the first k_next outputs, then
  * those values normalised and quantized to int8 as the next product's
  * input; repeated reps times (a longer step). One block. */
@@ -121,7 +144,7 @@ __device__ void small_step(const float *y, uint32_t k_next, uint32_t reps, int8_
         __syncthreads();
         float q = 127.0f / amax_s[0];
         for (uint32_t i = threadIdx.x; i < k_next; i += blockDim.x) xn[i] = (int8_t)__float2int_rn(__ldcg(y + i) * inv * q);
-        if (threadIdx.x == 0) *xs = amax_s[0] / 127.0f / inv;
+        if (threadIdx.x == 0) *xs = amax_s[0] / 127.0f; /* of the normalised values: no growth */
         __syncthreads();
     }
 }
@@ -179,7 +202,7 @@ __device__ uint32_t prefetch_rows(const prod &p, uint8_t *sw) {
     return n;
 }
 
-template <bool PF>
+template <bool PF, bool PAIR>
 __global__ void __launch_bounds__(THREADS, 1) persist_kernel(chain c, uint32_t iters) {
     extern __shared__ __align__(16) uint8_t sm[];
     __shared__ __align__(16) int8_t sx[KMAX];
@@ -198,11 +221,18 @@ __global__ void __launch_bounds__(THREADS, 1) persist_kernel(chain c, uint32_t i
             uint32_t r0, r1, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
             slab(p, &r0, &r1);
             float s0 = __ldcg(c.xs + j);
-            for (uint32_t r = r0 + warp; r < r1; r += nw) {
-                const int8_t *wrow = r - r0 < ahead ? (const int8_t *)(sw + (uint64_t)(r - r0) * p.k) : p.w + (uint64_t)r * p.k;
-                float v = row_dot(wrow, sx, p.k, p.ws[r] * s0);
+#define WROW(r) ((r) - r0 < ahead ? (const int8_t *)(sw + (uint64_t)((r) - r0) * p.k) : p.w + (uint64_t)(r) * p.k)
+            for (uint32_t r = r0 + warp; r < r1; r += PAIR ? 2 * nw : nw) {
+                if (PAIR && r + nw < r1) {
+                    float va, vb;
+                    row_dot2(WROW(r), WROW(r + nw), sx, p.k, &va, &vb);
+                    if ((threadIdx.x & 31) == 0) c.y[j][r] = va * (p.ws[r] * s0), c.y[j][r + nw] = vb * (p.ws[r + nw] * s0);
+                    continue;
+                }
+                float v = row_dot(WROW(r), sx, p.k, p.ws[r] * s0);
                 if ((threadIdx.x & 31) == 0) c.y[j][r] = v;
             }
+#undef WROW
             __syncthreads(); /* sw is read: it may be refilled */
             /* the next product's first rows, while the small step runs */
             int jn = j + 1 < NP ? j + 1 : 0;
@@ -211,6 +241,17 @@ __global__ void __launch_bounds__(THREADS, 1) persist_kernel(chain c, uint32_t i
             if (blockIdx.x == 0) small_step(c.y[j], c.p[jn].k, c.small_reps, c.x[jn], c.xs + jn);
             grid.sync();
         }
+}
+
+/* Values of a that differ from b bit for bit (NaN-safe), and how many of
+ * a's are not finite. */
+static int differ(const float *a, const float *b, uint32_t n, int *nonfinite) {
+    int bad = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        bad += memcmp(a + i, b + i, sizeof(float)) != 0;
+        *nonfinite += !(a[i] - a[i] == 0.0f);
+    }
+    return bad;
 }
 
 /* ---- the card's read rate ------------------------------------------------------ */
@@ -286,7 +327,10 @@ int main(int argc, char **argv) {
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     float *ref[NP];
     double tA = 1e30;
-    for (int pdl = 0; pdl < 2; pdl++) {
+    /* A1: A with one block a multiprocessor (the persistent kernel's
+     * warps), to tell the barrier's cost from the warps' */
+    for (int v = 0; v < 3; v++) {
+        int pdl = v == 1, bpsm = v == 2 ? 1 : 2;
         cudaGraph_t graph;
         cudaGraphExec_t exec;
         cudaLaunchAttribute at;
@@ -306,10 +350,10 @@ int main(int argc, char **argv) {
                 const float *xsj = c.xs + j, *yj = c.y[j];
                 uint32_t kn = c.p[jn].k;
                 if (pdl) {
-                    launch(gemv_kernel<true>, dim3(sms * 2), dim3(1024), c.p[j], xj, xsj, c.y[j]);
+                    launch(gemv_kernel<true>, dim3(sms * bpsm), dim3(1024), c.p[j], xj, xsj, c.y[j]);
                     launch(small_kernel<true>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn);
                 } else {
-                    launch(gemv_kernel<false>, dim3(sms * 2), dim3(1024), c.p[j], xj, xsj, c.y[j]);
+                    launch(gemv_kernel<false>, dim3(sms * bpsm), dim3(1024), c.p[j], xj, xsj, c.y[j]);
                     launch(small_kernel<false>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn);
                 }
             }
@@ -325,26 +369,32 @@ int main(int argc, char **argv) {
             CK(cudaEventElapsedTime(&ms, e0, e1));
             if (ms * 1e3 / iters < t) t = ms * 1e3 / iters;
         }
-        int bad = 0;
+        int bad = 0, nf = 0;
         for (int j = 0; j < NP; j++) {
             float *h = (float *)malloc(rows[j] * sizeof(float));
             CK(cudaMemcpy(h, c.y[j], rows[j] * sizeof(float), cudaMemcpyDeviceToHost));
-            if (!pdl) ref[j] = h;
-            else {
-                for (uint32_t i = 0; i < rows[j]; i++) bad += h[i] != ref[j][i];
+            if (v == 0) {
+                ref[j] = h;
+                differ(h, h, rows[j], &nf);
+            } else {
+                bad += differ(h, ref[j], rows[j], &nf);
                 free(h);
             }
         }
-        if (!pdl) tA = t;
-        printf("A%s launches in a graph%s: %8.1f us a chain%s\n", pdl ? "P" : " ", pdl ? ", PDL" : "     ", t,
-               bad ? "  OUTPUTS DIFFER FROM A" : "");
+        if (v == 0) tA = t;
+        printf("A%s launches in a graph%s: %8.1f us a chain", v == 1 ? "P" : v == 2 ? "1" : " ",
+               v == 1 ? ", PDL" : v == 2 ? ", 1 block/SM" : "     ", t);
+        if (bad || nf) printf("  (%d outputs differ from A, %d not finite)", bad, nf);
+        printf("\n");
         CK(cudaGraphExecDestroy(exec));
         CK(cudaGraphDestroy(graph));
     }
 
     /* B0, B: one cooperative kernel */
-    for (int pf = 0; pf < 2; pf++) {
-        void (*kern)(chain, uint32_t) = pf ? persist_kernel<true> : persist_kernel<false>;
+    for (int vb = 0; vb < 4; vb++) {
+        int pf = vb & 1, pair = vb >> 1;
+        void (*kern)(chain, uint32_t) = pair ? (pf ? persist_kernel<true, true> : persist_kernel<false, true>)
+                                             : (pf ? persist_kernel<true, false> : persist_kernel<false, false>);
         size_t smem = pf ? PF_MAX : 0;
         CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         int per = 0;
@@ -364,15 +414,17 @@ int main(int argc, char **argv) {
             CK(cudaEventElapsedTime(&ms, e0, e1));
             if (ms * 1e3 / iters < tB) tB = ms * 1e3 / iters;
         }
-        int bad = 0;
+        int bad = 0, nf = 0;
         for (int j = 0; j < NP; j++) {
             float *h = (float *)malloc(rows[j] * sizeof(float));
             CK(cudaMemcpy(h, c.y[j], rows[j] * sizeof(float), cudaMemcpyDeviceToHost));
-            for (uint32_t i = 0; i < rows[j]; i++) bad += h[i] != ref[j][i];
+            bad += differ(h, ref[j], rows[j], &nf);
             free(h);
         }
-        printf("B%s one kernel%s: %8.1f us a chain (%.2fx A)%s\n", pf ? " " : "0", pf ? ", weights ahead" : ", barriers only  ",
-               tB, tA / tB, bad ? "  OUTPUTS DIFFER FROM A" : "");
+        printf("B%s one kernel%s%s: %8.1f us a chain (%.2fx A)", pf ? " " : "0", pf ? ", weights ahead" : ", barriers only  ",
+               pair ? ", rows in pairs" : "               ", tB, tA / tB);
+        if (bad || nf) printf("  (%d outputs differ from A, %d not finite)", bad, nf);
+        printf("\n");
     }
     return 0;
 }

@@ -1,0 +1,430 @@
+/* Does a persistent kernel beat a chain of launches for one token's
+ * products? A stand-alone measurement (no model, no library) of the shape
+ * a decode half-layer has: three matrix-vector products of 33.5 MB each
+ * (the sizes of q_b, out_a and out_b), each followed by a small one-block
+ * step (a norm and a requantization, standing in for the attention, the
+ * row transforms and the routing), in a dependent chain.
+ *
+ *   A  the chain as separate launches captured in a CUDA graph
+ *   AP A with programmatic dependent launch (how decode runs today: each
+ *      kernel's blocks start while the one before finishes, and wait for
+ *      it with griddepcontrol.wait)
+ *   A1 A with one block of 32 warps a multiprocessor (the persistent
+ *      kernel's warps), to tell a barrier's cost from the warps'
+ *   B0 one cooperative kernel, all blocks resident, grid barriers in
+ *      place of launches
+ *   B  B0, and each block asks for the first bytes of its next product's
+ *      rows (asynchronous copies into shared memory) before it waits at
+ *      the barrier in front of the small step, so the weights stream
+ *      while the small step runs
+ *   B0 and B also with each warp taking two rows at a time (twice the
+ *      bytes in flight, for half as many warps as A)
+ *
+ * The weights are int8 rows with a float scale per row; every version
+ * computes the same integer dot products, so the outputs must be
+ * identical (checked). Build and run (sm_90):
+ *
+ *   nvcc -O3 -arch=sm_90 -std=c++17 --fmad=false -o persist_bench bench/persist/persist_bench.cu
+ *   ./persist_bench [iterations] [small-step repeats]
+ *
+ * It prints the time of one chain (3 products + 3 small steps) for each
+ * version, and what the products alone would take at the card's read
+ * rate (measured by a plain read kernel here). */
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+namespace cg = cooperative_groups;
+
+#define CK(x)                                                                                           \
+    do {                                                                                                \
+        cudaError_t e_ = (x);                                                                           \
+        if (e_ != cudaSuccess) {                                                                        \
+            fprintf(stderr, "persist_bench: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__); \
+            exit(1);                                                                                    \
+        }                                                                                               \
+    } while (0)
+
+#define NP 3           /* products in the chain */
+#define THREADS 1024   /* persistent block: 32 warps */
+#define PF_MAX (160 << 10) /* shared memory a block fills ahead */
+#define KMAX 8192
+
+typedef struct prod {
+    const int8_t *w;   /* rows x k int8, row-major */
+    const float *ws;   /* rows scales */
+    uint32_t rows, k;
+} prod;
+
+typedef struct chain {
+    prod p[NP];
+    int8_t *x[NP];     /* each product's int8 input (k values) */
+    float *xs;         /* their scales [NP] */
+    float *y[NP];      /* outputs (rows values) */
+    uint32_t small_reps;
+} chain;
+
+/* ---- the pieces, shared by both shapes --------------------------------------- */
+
+__device__ __forceinline__ int dot16(int4 a, int4 b, int s) {
+    s = __dp4a(a.x, b.x, s);
+    s = __dp4a(a.y, b.y, s);
+    s = __dp4a(a.z, b.z, s);
+    return __dp4a(a.w, b.w, s);
+}
+
+/* One row by one warp: lane l takes 16-byte pieces l, l + 32, ...; the
+ * integer sum does not depend on the order. */
+__device__ __forceinline__ float row_dot(const int8_t *wrow, const int8_t *x, uint32_t k, float scale) {
+    uint32_t lane = threadIdx.x & 31, n = k / 16, i = lane;
+    const int4 *w4 = (const int4 *)wrow, *x4 = (const int4 *)x;
+    int s = 0;
+    for (; i + 96 < n; i += 128) { /* four pieces in flight a lane */
+        int4 a = w4[i], b = w4[i + 32], c = w4[i + 64], d = w4[i + 96];
+        s = dot16(a, x4[i], s);
+        s = dot16(b, x4[i + 32], s);
+        s = dot16(c, x4[i + 64], s);
+        s = dot16(d, x4[i + 96], s);
+    }
+    for (; i < n; i += 32) s = dot16(w4[i], x4[i], s);
+    for (int o = 16; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return (float)s * scale;
+}
+
+/* Two rows by one warp, their loads issued together (twice the bytes in
+ * flight of row_dot, for a kernel with half the warps). */
+__device__ __forceinline__ void row_dot2(const int8_t *wa, const int8_t *wb, const int8_t *x, uint32_t k, float *va,
+                                         float *vb) {
+    uint32_t lane = threadIdx.x & 31, n = k / 16, i = lane;
+    const int4 *a4 = (const int4 *)wa, *b4 = (const int4 *)wb, *x4 = (const int4 *)x;
+    int s = 0, t = 0;
+    for (; i + 32 < n; i += 64) {
+        int4 a = a4[i], b = a4[i + 32], c = b4[i], d = b4[i + 32];
+        s = dot16(a, x4[i], s);
+        s = dot16(b, x4[i + 32], s);
+        t = dot16(c, x4[i], t);
+        t = dot16(d, x4[i + 32], t);
+    }
+    for (; i < n; i += 32) s = dot16(a4[i], x4[i], s), t = dot16(b4[i], x4[i], t);
+    for (int o = 16; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o), t += __shfl_xor_sync(0xffffffffu, t, o);
+    *va = (float)s, *vb = (float)t;
+}
+
+/* The small step after product j: RMS of the first k_next outputs, then
+ * those values normalised and quantized to int8 as the next product's
+ * input; repeated reps times (a longer step). One block. */
+__device__ void small_step(const float *y, uint32_t k_next, uint32_t reps, int8_t *xn, float *xs) {
+    __shared__ float red[32];
+    __shared__ float amax_s[32];
+    for (uint32_t r = 0; r < reps; r++) {
+        float ss = 0.0f, am = 0.0f;
+        for (uint32_t i = threadIdx.x; i < k_next; i += blockDim.x) ss += __ldcg(y + i) * __ldcg(y + i);
+        for (int o = 16; o >= 1; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            float t = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0f;
+            for (int o = 16; o >= 1; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+            if (threadIdx.x == 0) red[0] = rsqrtf(t / k_next + 1e-6f);
+        }
+        __syncthreads();
+        float inv = red[0];
+        for (uint32_t i = threadIdx.x; i < k_next; i += blockDim.x) am = fmaxf(am, fabsf(__ldcg(y + i) * inv));
+        for (int o = 16; o >= 1; o >>= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+        if ((threadIdx.x & 31) == 0) amax_s[threadIdx.x >> 5] = am;
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            float t = threadIdx.x < blockDim.x / 32 ? amax_s[threadIdx.x] : 0.0f;
+            for (int o = 16; o >= 1; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
+            if (threadIdx.x == 0) amax_s[0] = t > 0.0f ? t : 1.0f;
+        }
+        __syncthreads();
+        float q = 127.0f / amax_s[0];
+        for (uint32_t i = threadIdx.x; i < k_next; i += blockDim.x) xn[i] = (int8_t)__float2int_rn(__ldcg(y + i) * inv * q);
+        if (threadIdx.x == 0) *xs = amax_s[0] / 127.0f; /* of the normalised values: no growth */
+        __syncthreads();
+    }
+}
+
+/* ---- A: separate launches ----------------------------------------------------- */
+
+/* Programmatic dependent launch (PDL builds): let the next kernel's
+ * blocks start, then wait for the one before to finish. */
+template <bool PDL> __device__ __forceinline__ void pdl_wait() {
+    if (PDL) asm volatile("griddepcontrol.launch_dependents;\n\tgriddepcontrol.wait;" ::: "memory");
+}
+
+template <bool PDL> __global__ void gemv_kernel(prod p, const int8_t *x, const float *xs, float *y) {
+    __shared__ __align__(16) int8_t sx[KMAX];
+    pdl_wait<PDL>();
+    for (uint32_t i = threadIdx.x; i < p.k / 16; i += blockDim.x) ((int4 *)sx)[i] = __ldcg((const int4 *)x + i);
+    __syncthreads();
+    uint32_t warps = gridDim.x * (blockDim.x / 32), w = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    float s0 = __ldcg(xs);
+    for (uint32_t r = w; r < p.rows; r += warps) {
+        float v = row_dot(p.w + (uint64_t)r * p.k, sx, p.k, p.ws[r] * s0);
+        if ((threadIdx.x & 31) == 0) y[r] = v;
+    }
+}
+
+template <bool PDL> __global__ void small_kernel(const float *y, uint32_t k_next, uint32_t reps, int8_t *xn, float *xs) {
+    pdl_wait<PDL>();
+    small_step(y, k_next, reps, xn, xs);
+}
+
+/* ---- B0 / B: one persistent kernel -------------------------------------------- */
+
+/* Block b's rows of product p: a contiguous run (so its bytes are one
+ * contiguous range of the weights). */
+__device__ __forceinline__ void slab(const prod &p, uint32_t *r0, uint32_t *r1) {
+    uint32_t per = (p.rows + gridDim.x - 1) / gridDim.x;
+    *r0 = blockIdx.x * per < p.rows ? blockIdx.x * per : p.rows;
+    *r1 = *r0 + per < p.rows ? *r0 + per : p.rows;
+}
+
+/* Rows of product p already asked into shared memory by this block
+ * (whole rows that fit PF_MAX), their copies issued by every thread. */
+__device__ uint32_t prefetch_rows(const prod &p, uint8_t *sw) {
+    uint32_t r0, r1;
+    slab(p, &r0, &r1);
+    uint32_t n = PF_MAX / p.k;
+    if (n > r1 - r0) n = r1 - r0;
+    const uint8_t *src = (const uint8_t *)(p.w + (uint64_t)r0 * p.k);
+    uint32_t lines = n * p.k / 16;
+    for (uint32_t i = threadIdx.x; i < lines; i += blockDim.x) {
+        uint32_t saddr = (uint32_t)__cvta_generic_to_shared(sw + 16 * i);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(saddr), "l"(src + 16 * i) : "memory");
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+    return n;
+}
+
+template <bool PF, bool PAIR>
+__global__ void __launch_bounds__(THREADS, 1) persist_kernel(chain c, uint32_t iters) {
+    extern __shared__ __align__(16) uint8_t sm[];
+    __shared__ __align__(16) int8_t sx[KMAX];
+    uint8_t *sw = sm;
+    cg::grid_group grid = cg::this_grid();
+    uint32_t ahead = 0; /* rows of the current product waiting in sw */
+    if (PF) ahead = prefetch_rows(c.p[0], sw);
+    for (uint32_t it = 0; it < iters; it++)
+        for (int j = 0; j < NP; j++) {
+            const prod p = c.p[j];
+            /* the product: the input into shared memory, then the rows */
+            /* (past L1: block 0 rewrote them; L1 is not coherent) */
+            for (uint32_t i = threadIdx.x; i < p.k / 16; i += blockDim.x) ((int4 *)sx)[i] = __ldcg((const int4 *)c.x[j] + i);
+            if (PF) asm volatile("cp.async.wait_all;" ::: "memory");
+            __syncthreads();
+            uint32_t r0, r1, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+            slab(p, &r0, &r1);
+            float s0 = __ldcg(c.xs + j);
+#define WROW(r) ((r) - r0 < ahead ? (const int8_t *)(sw + (uint64_t)((r) - r0) * p.k) : p.w + (uint64_t)(r) * p.k)
+            for (uint32_t r = r0 + warp; r < r1; r += PAIR ? 2 * nw : nw) {
+                if (PAIR && r + nw < r1) {
+                    float va, vb;
+                    row_dot2(WROW(r), WROW(r + nw), sx, p.k, &va, &vb);
+                    if ((threadIdx.x & 31) == 0) c.y[j][r] = va * (p.ws[r] * s0), c.y[j][r + nw] = vb * (p.ws[r + nw] * s0);
+                    continue;
+                }
+                float v = row_dot(WROW(r), sx, p.k, p.ws[r] * s0);
+                if ((threadIdx.x & 31) == 0) c.y[j][r] = v;
+            }
+#undef WROW
+            __syncthreads(); /* sw is read: it may be refilled */
+            /* the next product's first rows, while the small step runs */
+            int jn = j + 1 < NP ? j + 1 : 0;
+            ahead = PF && (it + 1 < iters || jn != 0) ? prefetch_rows(c.p[jn], sw) : 0;
+            grid.sync();
+            if (blockIdx.x == 0) small_step(c.y[j], c.p[jn].k, c.small_reps, c.x[jn], c.xs + jn);
+            grid.sync();
+        }
+}
+
+/* Values of a that differ from b bit for bit (NaN-safe), and how many of
+ * a's are not finite. */
+static int differ(const float *a, const float *b, uint32_t n, int *nonfinite) {
+    int bad = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        bad += memcmp(a + i, b + i, sizeof(float)) != 0;
+        *nonfinite += !(a[i] - a[i] == 0.0f);
+    }
+    return bad;
+}
+
+/* ---- the card's read rate ------------------------------------------------------ */
+
+__global__ void read_kernel(const int4 *p, uint64_t n, int *sink) {
+    int acc = 0;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        int4 v = p[i];
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x12345678) *sink = acc;
+}
+
+int main(int argc, char **argv) {
+    uint32_t iters = argc > 1 ? (uint32_t)atoi(argv[1]) : 50, reps = argc > 2 ? (uint32_t)atoi(argv[2]) : 1;
+    int sms = 0;
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    const uint32_t rows[NP] = {32768, 8192, 4096}, ks[NP] = {1024, 4096, 8192}; /* q_b, out_a, out_b */
+    chain c;
+    memset(&c, 0, sizeof c);
+    c.small_reps = reps;
+    uint64_t total = 0;
+    srand(7);
+    for (int j = 0; j < NP; j++) {
+        uint64_t n = (uint64_t)rows[j] * ks[j];
+        int8_t *hw = (int8_t *)malloc(n);
+        float *hs = (float *)malloc(rows[j] * sizeof(float));
+        for (uint64_t i = 0; i < n; i++) hw[i] = (int8_t)(rand() % 255 - 127);
+        for (uint32_t i = 0; i < rows[j]; i++) hs[i] = 1e-3f * (1 + rand() % 100);
+        int8_t *dw;
+        float *ds;
+        CK(cudaMalloc(&dw, n));
+        CK(cudaMalloc(&ds, rows[j] * sizeof(float)));
+        CK(cudaMemcpy(dw, hw, n, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(ds, hs, rows[j] * sizeof(float), cudaMemcpyHostToDevice));
+        free(hw), free(hs);
+        c.p[j] = (prod){dw, ds, rows[j], ks[j]};
+        CK(cudaMalloc(&c.x[j], KMAX));
+        CK(cudaMalloc(&c.y[j], rows[j] * sizeof(float)));
+        total += n + rows[j] * 4;
+    }
+    CK(cudaMalloc(&c.xs, NP * sizeof(float)));
+    /* the same start for every version: x[0] of ones, scale 1 */
+    int8_t ones[KMAX];
+    memset(ones, 1, sizeof ones);
+    float one[NP] = {1, 1, 1};
+    auto reset = [&]() {
+        CK(cudaMemcpy(c.x[0], ones, KMAX, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(c.xs, one, sizeof one, cudaMemcpyHostToDevice));
+    };
+
+    /* read rate */
+    int *sink;
+    CK(cudaMalloc(&sink, 4));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float best = 1e30f, ms;
+    for (int i = 0; i < 5; i++) {
+        CK(cudaEventRecord(e0));
+        read_kernel<<<sms * 8, 512>>>((const int4 *)c.p[0].w, (uint64_t)rows[0] * ks[0] / 16, sink);
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (ms < best) best = ms;
+    }
+    double bw = (double)rows[0] * ks[0] / (best * 1e-3);
+    printf("read rate %.2f TB/s; the three products' %.1f MB alone: %.1f us a chain\n", bw / 1e12, total / 1e6,
+           total / bw * 1e6);
+
+    /* A, AP: the chain as launches in a graph, without and with PDL */
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    float *ref[NP];
+    double tA = 1e30;
+    /* A1: A with one block a multiprocessor (the persistent kernel's
+     * warps), to tell the barrier's cost from the warps' */
+    for (int v = 0; v < 3; v++) {
+        int pdl = v == 1, bpsm = v == 2 ? 1 : 2;
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        cudaLaunchAttribute at;
+        at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at.val.programmaticStreamSerializationAllowed = 1;
+        auto launch = [&](auto kern, dim3 grid, dim3 block, auto... args) {
+            cudaLaunchConfig_t cfg = {};
+            cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = 0, cfg.stream = st;
+            cfg.attrs = pdl ? &at : NULL, cfg.numAttrs = pdl ? 1 : 0;
+            CK(cudaLaunchKernelEx(&cfg, kern, args...));
+        };
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        for (uint32_t it = 0; it < iters; it++)
+            for (int j = 0; j < NP; j++) {
+                int jn = (j + 1) % NP;
+                const int8_t *xj = c.x[j];
+                const float *xsj = c.xs + j, *yj = c.y[j];
+                uint32_t kn = c.p[jn].k;
+                if (pdl) {
+                    launch(gemv_kernel<true>, dim3(sms * bpsm), dim3(1024), c.p[j], xj, xsj, c.y[j]);
+                    launch(small_kernel<true>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn);
+                } else {
+                    launch(gemv_kernel<false>, dim3(sms * bpsm), dim3(1024), c.p[j], xj, xsj, c.y[j]);
+                    launch(small_kernel<false>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn);
+                }
+            }
+        CK(cudaStreamEndCapture(st, &graph));
+        CK(cudaGraphInstantiate(&exec, graph, 0));
+        double t = 1e30;
+        for (int rep = 0; rep < 3; rep++) {
+            reset();
+            CK(cudaEventRecord(e0, st));
+            CK(cudaGraphLaunch(exec, st));
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            if (ms * 1e3 / iters < t) t = ms * 1e3 / iters;
+        }
+        int bad = 0, nf = 0;
+        for (int j = 0; j < NP; j++) {
+            float *h = (float *)malloc(rows[j] * sizeof(float));
+            CK(cudaMemcpy(h, c.y[j], rows[j] * sizeof(float), cudaMemcpyDeviceToHost));
+            if (v == 0) {
+                ref[j] = h;
+                differ(h, h, rows[j], &nf);
+            } else {
+                bad += differ(h, ref[j], rows[j], &nf);
+                free(h);
+            }
+        }
+        if (v == 0) tA = t;
+        printf("A%s launches in a graph%s: %8.1f us a chain", v == 1 ? "P" : v == 2 ? "1" : " ",
+               v == 1 ? ", PDL" : v == 2 ? ", 1 block/SM" : "     ", t);
+        if (bad || nf) printf("  (%d outputs differ from A, %d not finite)", bad, nf);
+        printf("\n");
+        CK(cudaGraphExecDestroy(exec));
+        CK(cudaGraphDestroy(graph));
+    }
+
+    /* B0, B: one cooperative kernel */
+    for (int vb = 0; vb < 4; vb++) {
+        int pf = vb & 1, pair = vb >> 1;
+        void (*kern)(chain, uint32_t) = pair ? (pf ? persist_kernel<true, true> : persist_kernel<false, true>)
+                                             : (pf ? persist_kernel<true, false> : persist_kernel<false, false>);
+        size_t smem = pf ? PF_MAX : 0;
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        int per = 0;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, kern, THREADS, smem));
+        if (per < 1) {
+            printf("B%s: no block fits a multiprocessor\n", pf ? "" : "0");
+            continue;
+        }
+        double tB = 1e30;
+        void *args[] = {&c, &iters};
+        for (int rep = 0; rep < 3; rep++) {
+            reset();
+            CK(cudaEventRecord(e0, st));
+            CK(cudaLaunchCooperativeKernel((void *)kern, dim3(sms), dim3(THREADS), args, smem, st));
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            if (ms * 1e3 / iters < tB) tB = ms * 1e3 / iters;
+        }
+        int bad = 0, nf = 0;
+        for (int j = 0; j < NP; j++) {
+            float *h = (float *)malloc(rows[j] * sizeof(float));
+            CK(cudaMemcpy(h, c.y[j], rows[j] * sizeof(float), cudaMemcpyDeviceToHost));
+            bad += differ(h, ref[j], rows[j], &nf);
+            free(h);
+        }
+        printf("B%s one kernel%s%s: %8.1f us a chain (%.2fx A)", pf ? " " : "0", pf ? ", weights ahead" : ", barriers only  ",
+               pair ? ", rows in pairs" : "               ", tB, tA / tB);
+        if (bad || nf) printf("  (%d outputs differ from A, %d not finite)", bad, nf);
+        printf("\n");
+    }
+    return 0;
+}

@@ -1,7 +1,10 @@
 /* ds4-bench: prefill and decode speed at growing context frontiers.
  * For each frontier the session is extended by the new interval (timed
  * prefill), snapshotted, a greedy generation of fixed length is timed, and the
- * snapshot is restored. One CSV row per frontier. */
+ * snapshot is restored. One CSV row per frontier. The token sequence comes
+ * from a text file (plain BPE), a chat prompt file (one non-thinking user
+ * turn), a file of ids, or, for models without a tokenizer, a fixed
+ * pseudo-random walk over the vocabulary. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,7 +14,17 @@
 #include <unistd.h>
 
 #include "ds4.h"
+#include "ds4_chat.h"
+#include "ds4_tokenizer.h"
 #include "roofline.h"
+#include "util/textfile.h"
+#include "util/units.h"
+
+/* The system prompt of --chat-prompt-file (with its period, unlike the
+ * CLI's; spec/INTERFACES.md 1.4). */
+#define BENCH_DEFAULT_SYSTEM "You are a helpful assistant."
+/* Prompt files hold a benchmark's text: far below this. */
+#define BENCH_TEXT_MAX ((size_t)1 << 30)
 
 static double now_s(void) {
     struct timespec ts;
@@ -21,19 +34,28 @@ static double now_s(void) {
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: ds4-bench -m MODEL.gguf [options]\n"
-            "  --tokens-file FILE   prompt token ids (comma/space separated); default: synthetic ids\n"
+            "usage: ds4-bench -m MODEL.gguf [--prompt-file FILE | --chat-prompt-file FILE] [options]\n"
+            "  --prompt-file FILE   the benchmark text, tokenized as it is (no template, no BOS)\n"
+            "  --chat-prompt-file FILE  the text as one user message of a chat (no thinking)\n"
+            "  -sys, --system TEXT  system prompt of --chat-prompt-file (default \"" BENCH_DEFAULT_SYSTEM "\")\n"
+            "  --tokenizer FILE     tokenizer for the prompt files (GGUF or tokenizer.json);\n"
+            "                       default: the one embedded in the model\n"
+            "  --tokens-file FILE   token ids instead (comma/space separated)\n"
+            "                       with none of these: synthetic ids (a fixed walk over the vocabulary)\n"
             "  --ctx-start N        first frontier (default 2048)\n"
             "  --ctx-max N          last frontier (default 32768)\n"
             "  --ctx-alloc N        session size (default ctx-max + gen-tokens + 1)\n"
             "  --step-incr N        frontier increment (default 2048, used when --step-mul is 1)\n"
             "  --step-mul F         frontier multiplier (>= 1, default 1)\n"
-            "  --gen-tokens N       greedy tokens generated at each frontier (default 128)\n"
+            "  --gen-tokens N       greedy tokens generated at each frontier, the end-of-sequence\n"
+            "                       token excluded so that every row times N tokens (default 128)\n"
             "  --prefill-chunk N    tokens per prefill pass (default 512 on the CPU, 2048 on the GPU)\n"
             "  --numerics MODE      official (default) or hf\n"
             "  -t, --threads N      worker threads (default all cores)\n"
             "  --cuda | --cpu       run on the GPU or the CPU (default: the GPU when built with CUDA)\n"
-            "  --gpu-expert-cache BYTES  VRAM slot bank for routed experts (0 = auto: all resident if they fit)\n"
+            "  --backend NAME       the same as a name: cuda or cpu\n"
+            "  --gpu-expert-cache SIZE|auto  VRAM slot bank for routed experts, e.g. 16G\n"
+            "                       (auto, the default: all resident if they fit)\n"
             "  --csv FILE           write the CSV there instead of stdout\n"
             "  --roofline           measure this machine's read bandwidth and peak fp32 rate and\n"
             "                       report decode and prefill speed as fractions of them\n");
@@ -54,24 +76,107 @@ static int num_arg(int argc, char **argv, int *i, double *out) {
     return 0;
 }
 
-static int32_t *read_ids(const char *path, uint32_t *n) {
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    size_t cap = 1024, k = 0;
-    int32_t *ids = malloc(cap * sizeof *ids);
-    long v;
-    int c;
-    while (ids && (c = fscanf(f, " %ld", &v)) != EOF) {
-        if (c != 1) {
-            if (fgetc(f) == EOF) break; /* skip a separator */
+/* Ids separated by commas and/or white space; anything else is an error
+ * naming the file and the offending text. */
+static int parse_ids_file(const char *path, ds4_tokens *out, ds4_error *err) {
+    char *text = ds4_read_text_file(path, BENCH_TEXT_MAX, NULL, err);
+    if (!text) return -1;
+    int rc = 0;
+    for (char *p = text; *p && !rc;) {
+        if (*p == ',' || *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') {
+            p++;
             continue;
         }
-        if (k == cap) ids = realloc(ids, (cap *= 2) * sizeof *ids);
-        if (ids) ids[k++] = (int32_t)v;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX) rc = ds4_fail(err, "%s: not a token id at '%.20s'", path, p);
+        else if (ds4_tokens_push(out, (int32_t)v)) rc = ds4_fail(err, "%s: out of memory", path);
+        p = end;
     }
-    fclose(f);
-    *n = (uint32_t)k;
-    return ids;
+    free(text);
+    return rc;
+}
+
+/* Where the benchmark's tokens come from (at most one path is set). */
+typedef struct prompt_src {
+    const char *text_path, *chat_path, *ids_path, *system, *tokenizer_path;
+} prompt_src;
+
+/* The text of a prompt file through the tokenizer: plain BPE of the text
+ * as it is, or a chat rendering with the system prompt (no thinking). */
+static int tokenize_prompt(const ds4_model *m, const char *model_path, const prompt_src *p, ds4_tokens *out,
+                           ds4_error *err) {
+    ds4_tokenizer *own = NULL;
+    const ds4_tokenizer *tok = ds4_model_tokenizer(m);
+    if (p->tokenizer_path) {
+        if (!(own = ds4_tokenizer_load(p->tokenizer_path, err))) return -1;
+        tok = own;
+    } else if (!tok) {
+        return ds4_fail(err, "%s has no tokenizer; give --tokenizer FILE (a GGUF or tokenizer.json) or --tokens-file",
+                        model_path);
+    }
+    const char *path = p->text_path ? p->text_path : p->chat_path;
+    size_t len;
+    char *text = ds4_read_text_file(path, BENCH_TEXT_MAX, &len, err);
+    int rc = -1;
+    if (!text) goto out;
+    if (p->text_path) {
+        rc = ds4_tokenize(tok, text, len, false, out, err);
+    } else {
+        ds4_segments segs = {0};
+        if (ds4_chat_render_prompt(p->system, text, DS4_THINK_NONE, &segs)) ds4_fail(err, "out of memory");
+        else rc = ds4_chat_tokenize(tok, &segs, out, NULL, err);
+        ds4_segments_free(&segs);
+    }
+    if (rc) ds4_fail_prefix(err, "%s", path);
+out:
+    free(text);
+    ds4_tokenizer_free(own);
+    return rc;
+}
+
+/* The benchmark's token sequence, at least need tokens long, every id in
+ * the model's vocabulary. Without a source: a fixed pseudo-random walk. */
+static int load_prompt(const ds4_model *m, const char *model_path, const prompt_src *p, uint32_t n_vocab,
+                       uint32_t need, ds4_tokens *out, ds4_error *err) {
+    const char *path = p->text_path ? p->text_path : p->chat_path ? p->chat_path : p->ids_path;
+    if (!path) {
+        uint64_t x = 0x9e3779b97f4a7c15ull;
+        for (uint32_t i = 0; i < need; i++) {
+            x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
+            if (ds4_tokens_push(out, (int32_t)((x * 0x2545f4914f6cdd1dull >> 33) % n_vocab)))
+                return ds4_fail(err, "out of memory");
+        }
+        return 0;
+    }
+    if (p->ids_path ? parse_ids_file(p->ids_path, out, err) : tokenize_prompt(m, model_path, p, out, err)) return -1;
+    fprintf(stderr, "ds4-bench: %s: %zu tokens (%s)\n", path, out->n,
+            p->ids_path ? "ids" : p->text_path ? "text, no template" : "one chat turn, no thinking");
+    for (size_t i = 0; i < out->n; i++)
+        if ((uint32_t)out->ids[i] >= n_vocab)
+            return ds4_fail(err, "%s: token %zu is id %d, outside the model's vocabulary of %u", path, i, out->ids[i],
+                            n_vocab);
+    if (out->n < need)
+        return ds4_fail(err, "%s gives %zu tokens, fewer than --ctx-max %u", path, out->n, need);
+    return 0;
+}
+
+/* One greedy step that never picks the end-of-sequence token (eos < 0:
+ * none known), so that every frontier times the same number of tokens.
+ * The device's pick is taken unless it is eos; then the logits are read
+ * and the best other finite one taken. */
+static int eval_greedy(ds4_session *s, const int32_t *toks, uint32_t n, int eos, int32_t *next, uint32_t n_vocab,
+                       ds4_error *err) {
+    if (ds4_session_eval_pick(s, toks, n, 0, next, err)) return -1;
+    if (eos < 0 || *next != eos) return 0;
+    const float *l = ds4_session_logits(s);
+    int32_t best = -1;
+    for (uint32_t i = 0; i < n_vocab; i++)
+        if ((int)i != eos && isfinite(l[i]) && (best < 0 || l[i] > l[best])) best = (int32_t)i;
+    if (best < 0) return ds4_fail(err, "no finite logit besides the end-of-sequence token");
+    *next = best;
+    return 0;
 }
 
 /* Decode and prefill speed next to the machine's ceilings: decode reads
@@ -108,9 +213,9 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
      * step's token, and only the pick comes back from the backend */
     int32_t next = 0;
     double t0 = now_s();
-    int rc = ds4_session_eval_pick(s, toks, chunk, 0, &next, &err);
+    int rc = eval_greedy(s, toks, chunk, info->eos_id, &next, info->n_vocab, &err);
     double t1 = now_s();
-    for (uint32_t g = 0; rc == 0 && g < gen; g++) rc = ds4_session_eval_pick(s, &next, 1, 0, &next, &err);
+    for (uint32_t g = 0; rc == 0 && g < gen; g++) rc = eval_greedy(s, &next, 1, info->eos_id, &next, info->n_vocab, &err);
     double t2 = now_s();
     free(toks);
     ds4_session_free(s);
@@ -154,14 +259,26 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
     return 0;
 }
 
+/* Options whose value is a path or a name (the numeric ones go through
+ * num_arg, which says when the value is missing). */
+static bool takes_path(const char *a) {
+    static const char *const names[] = {"-m", "--model", "--tokens-file", "--prompt-file", "--chat-prompt-file",
+                                        "-sys", "--system", "--tokenizer", "--backend", "--gpu-expert-cache",
+                                        "--csv", "--numerics"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(a, names[i])) return true;
+    return false;
+}
+
 int main(int argc, char **argv) {
-    const char *model_path = "ds4flash.gguf", *tokens_file = NULL, *csv_path = NULL;
+    const char *model_path = "ds4flash.gguf", *csv_path = NULL;
+    prompt_src src = {.system = BENCH_DEFAULT_SYSTEM};
     double ctx_start = 2048, ctx_max = 32768, ctx_alloc = 0, step_incr = 2048, step_mul = 1, gen = 128, chunk = -1,
            threads = 0;
     ds4_numerics numerics = DS4_NUMERICS_OFFICIAL;
     int roofline = 0;
     ds4_backend backend = DS4_BACKEND_AUTO;
-    double expert_cache = 0;
+    uint64_t expert_cache = 0; /* 0: automatic */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int rc = 0;
@@ -169,11 +286,30 @@ int main(int argc, char **argv) {
             usage(stdout);
             return 0;
         } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && i + 1 < argc) model_path = argv[++i];
-        else if (!strcmp(a, "--tokens-file") && i + 1 < argc) tokens_file = argv[++i];
+        else if (!strcmp(a, "--tokens-file") && i + 1 < argc) src.ids_path = argv[++i];
+        else if (!strcmp(a, "--prompt-file") && i + 1 < argc) src.text_path = argv[++i];
+        else if (!strcmp(a, "--chat-prompt-file") && i + 1 < argc) src.chat_path = argv[++i];
+        else if ((!strcmp(a, "-sys") || !strcmp(a, "--system")) && i + 1 < argc) src.system = argv[++i];
+        else if (!strcmp(a, "--tokenizer") && i + 1 < argc) src.tokenizer_path = argv[++i];
         else if (!strcmp(a, "--roofline")) roofline = 1;
         else if (!strcmp(a, "--cuda")) backend = DS4_BACKEND_CUDA;
         else if (!strcmp(a, "--cpu")) backend = DS4_BACKEND_CPU;
-        else if (!strcmp(a, "--gpu-expert-cache")) rc = num_arg(argc, argv, &i, &expert_cache);
+        else if (!strcmp(a, "--backend") && i + 1 < argc) {
+            const char *v = argv[++i];
+            if (!strcmp(v, "cuda")) backend = DS4_BACKEND_CUDA;
+            else if (!strcmp(v, "cpu")) backend = DS4_BACKEND_CPU;
+            else {
+                fprintf(stderr, "ds4-bench: --backend must be cuda or cpu (this engine has no %s backend)\n", v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--gpu-expert-cache") && i + 1 < argc) {
+            const char *v = argv[++i];
+            if (!strcmp(v, "auto") || !strcmp(v, "0")) expert_cache = 0;
+            else if (ds4_parse_size(v, &expert_cache)) {
+                fprintf(stderr, "ds4-bench: --gpu-expert-cache expects 'auto' or a size such as 16G, got '%s'\n", v);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--csv") && i + 1 < argc) csv_path = argv[++i];
         else if (!strcmp(a, "--numerics") && i + 1 < argc) {
             const char *v = argv[++i];
@@ -190,14 +326,22 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--gen-tokens") || !strcmp(a, "-n") || !strcmp(a, "--tokens")) rc = num_arg(argc, argv, &i, &gen);
         else if (!strcmp(a, "--prefill-chunk")) rc = num_arg(argc, argv, &i, &chunk);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) rc = num_arg(argc, argv, &i, &threads);
-        else if (!strcmp(a, "--prompt-file") || !strcmp(a, "--chat-prompt-file")) {
-            fprintf(stderr, "ds4-bench: %s needs the tokenizer, which this build does not have yet; use --tokens-file\n", a);
+        else if (takes_path(a)) {
+            fprintf(stderr, "ds4-bench: %s needs a value\n", a); /* it was the last argument */
             return 2;
         } else {
             fprintf(stderr, "ds4-bench: unknown option '%s' (see --help)\n", a);
             return 2;
         }
         if (rc) return 2;
+    }
+    if (!!src.text_path + !!src.chat_path + !!src.ids_path > 1) {
+        fprintf(stderr, "ds4-bench: give at most one of --prompt-file, --chat-prompt-file and --tokens-file\n");
+        return 2;
+    }
+    if (ctx_max > UINT32_MAX / 2 || gen > UINT32_MAX / 2) {
+        fprintf(stderr, "ds4-bench: --ctx-max and --gen-tokens must be below 2^31\n");
+        return 2;
     }
     if (step_mul < 1 || ctx_start < 1 || ctx_max < ctx_start || (step_mul == 1 && step_incr < 1)) {
         fprintf(stderr, "ds4-bench: need 1 <= ctx-start <= ctx-max, step-mul >= 1 and step-incr >= 1\n");
@@ -210,7 +354,7 @@ int main(int argc, char **argv) {
     }
 
     ds4_error err = {{0}};
-    ds4_model_opts mo = {.n_threads = (int)threads, .backend = backend, .gpu_expert_cache = (uint64_t)expert_cache};
+    ds4_model_opts mo = {.n_threads = (int)threads, .backend = backend, .gpu_expert_cache = expert_cache};
     ds4_model *m = ds4_model_load(model_path, &mo, &err);
     if (!m) {
         fprintf(stderr, "ds4-bench: %s\n", err.msg);
@@ -219,38 +363,25 @@ int main(int argc, char **argv) {
     ds4_model_info info;
     ds4_model_get_info(m, &info);
     if (chunk < 0) chunk = ds4_model_backend(m) == DS4_BACKEND_CUDA ? 2048 : 512; /* as ds4 does */
-    uint32_t n_tok = 0;
-    int32_t *toks = NULL;
-    if (tokens_file) {
-        toks = read_ids(tokens_file, &n_tok);
-        if (!toks) {
-            fprintf(stderr, "ds4-bench: cannot read '%s': %s\n", tokens_file, strerror(errno));
-            return 1;
-        }
-        if (n_tok < ctx_max) {
-            fprintf(stderr, "ds4-bench: %s holds %u tokens, fewer than --ctx-max %.0f\n", tokens_file, n_tok, ctx_max);
-            return 1;
-        }
-    } else {
-        /* Synthetic ids: a fixed pseudo-random walk over the vocabulary. */
-        n_tok = (uint32_t)ctx_max;
-        toks = malloc(n_tok * sizeof *toks);
-        uint64_t x = 0x9e3779b97f4a7c15ull;
-        for (uint32_t i = 0; i < n_tok; i++) {
-            x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
-            toks[i] = (int32_t)((x * 0x2545f4914f6cdd1dull >> 33) % info.n_vocab);
-        }
+    ds4_tokens prompt = {0};
+    /* (the roofline run prefills synthetic ids of its own) */
+    if (!roofline && load_prompt(m, model_path, &src, info.n_vocab, (uint32_t)ctx_max, &prompt, &err)) {
+        fprintf(stderr, "ds4-bench: %s\n", err.msg);
+        ds4_tokens_free(&prompt);
+        ds4_model_free(m);
+        return 1;
     }
+    const int32_t *toks = prompt.ids;
     if (roofline) {
         if (chunk < 1) {
             fprintf(stderr, "ds4-bench: --roofline prefills one chunk: it needs --prefill-chunk >= 1\n");
             ds4_model_free(m);
-            free(toks);
+            ds4_tokens_free(&prompt);
             return 2;
         }
         int rc = run_roofline(m, &info, numerics, (int)threads, (uint32_t)chunk, (uint32_t)(gen > 0 ? gen : 32));
         ds4_model_free(m);
-        free(toks);
+        ds4_tokens_free(&prompt);
         return rc;
     }
     ds4_session_opts so = {.numerics = numerics, .max_ctx = (uint32_t)ctx_alloc, .prefill_chunk = (uint32_t)chunk};
@@ -268,14 +399,14 @@ int main(int argc, char **argv) {
         uint32_t f = (uint32_t)frontier;
         int32_t next = 0;
         double t0 = now_s();
-        if (ds4_session_eval_pick(s, toks + cur, f - cur, 0, &next, &err)) goto done;
+        if (eval_greedy(s, toks + cur, f - cur, info.eos_id, &next, info.n_vocab, &err)) goto done;
         double t1 = now_s();
         if (ds4_session_copy_state(snap, s, &err)) goto done;
         uint64_t kv = ds4_session_state_bytes(s);
         double t2 = now_s();
-        /* greedy, each pick fed back (an end-of-sequence pick does not stop the timing) */
+        /* greedy, each pick fed back, never the end-of-sequence token */
         for (uint32_t g = 0; g < (uint32_t)gen; g++)
-            if (ds4_session_eval_pick(s, &next, 1, 0, &next, &err)) goto done;
+            if (eval_greedy(s, &next, 1, info.eos_id, &next, info.n_vocab, &err)) goto done;
         double t3 = now_s();
         if (ds4_session_copy_state(s, snap, &err)) goto done;
         fprintf(out, "%u,%u,%.2f,%u,%.2f,%llu\n", f, f - cur, (f - cur) / (t1 - t0), (uint32_t)gen,
@@ -293,6 +424,6 @@ done:
     ds4_session_free(s);
     ds4_session_free(snap);
     ds4_model_free(m);
-    free(toks);
+    ds4_tokens_free(&prompt);
     return rc;
 }

@@ -6,27 +6,7 @@
 #include <string.h>
 
 #include "convert.h"
-
-static char *slurp(const char *path, ds4_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        ds4_fail(err, "%s: cannot open", path);
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 && n < (1 << 26) ? malloc((size_t)n + 1) : NULL;
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        ds4_fail(err, "%s: cannot read", path);
-        return NULL;
-    }
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
+#include "util/textfile.h"
 
 typedef struct {
     const cJSON *root;
@@ -111,7 +91,7 @@ static int read_layer_schedule(cfg_ctx *c, ds4_hparams *hp) {
 int convert_read_config(const char *dir, convert_config *cfg, ds4_error *err) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    char *text = slurp(path, err);
+    char *text = ds4_read_text_file(path, (size_t)1 << 26, NULL, err); /* a config: small */
     if (!text) return -1;
     cJSON *root = cJSON_Parse(text);
     free(text);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "util/textfile.h"
 
 typedef struct chat {
     ds4_model *m;
@@ -110,22 +111,6 @@ static int turn(chat *c, const char *text, ds4_error *err) {
     return r < 0 ? -1 : 0;
 }
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    if (b) b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 static int set_mode(chat *c, ds4_think_mode want, ds4_error *err) {
     ds4_think_mode mode = ds4_think_mode_for_ctx(want, (uint64_t)c->o->ctx);
     if (want == DS4_THINK_MAX && mode != DS4_THINK_MAX)
@@ -184,7 +169,8 @@ int cli_interactive(ds4_model *m, cli_opts *o) {
                     printf("context %ld\n", n);
                 }
             } else if (!strncmp(line, "/read ", 6)) {
-                if (!(text = slurp(line + 6))) printf("ds4: cannot read '%s'\n", line + 6);
+                ds4_error e = {{0}};
+                if (!(text = ds4_read_text_file(line + 6, (size_t)1 << 30, NULL, &e))) printf("ds4: /read: %s\n", e.msg);
             } else {
                 printf("ds4: unknown command\n");
             }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "util/textfile.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -90,23 +91,8 @@ static int parse_ids(const char *s, ds4_tokens *out) {
     return out->n ? 0 : -1;
 }
 
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    for (size_t got; buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0;) {
-        n += got;
-        if (n + 1 == cap) {
-            char *g = realloc(buf, cap *= 2);
-            if (!g) free(buf);
-            buf = g;
-        }
-    }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    return buf;
-}
+/* Prompts and token lists: far below this; a larger file is a mistake. */
+#define CLI_TEXT_MAX ((size_t)1 << 30)
 
 static int parse_long(const char *flag, const char *s, long lo, long hi, long *out) {
     char *end;
@@ -291,8 +277,9 @@ static int run_ids(ds4_model *m, const cli_opts *o) {
     char *text = NULL;
     const char *src = o->tokens_arg;
     if (src[0] == '@') {
-        if (!(text = read_file(src + 1))) {
-            fprintf(stderr, "ds4: cannot read token file '%s': %s\n", src + 1, strerror(errno));
+        ds4_error e = {{0}};
+        if (!(text = ds4_read_text_file(src + 1, CLI_TEXT_MAX, NULL, &e))) {
+            fprintf(stderr, "ds4: --tokens: %s\n", e.msg);
             return 1;
         }
         src = text;
@@ -440,8 +427,9 @@ int main(int argc, char **argv) {
     char *file_text = NULL;
     const char *text = o.prompt;
     if (o.prompt_file) {
-        if (!(file_text = read_file(o.prompt_file))) {
-            fprintf(stderr, "ds4: cannot read prompt file '%s': %s\n", o.prompt_file, strerror(errno));
+        ds4_error e = {{0}};
+        if (!(file_text = ds4_read_text_file(o.prompt_file, CLI_TEXT_MAX, NULL, &e))) {
+            fprintf(stderr, "ds4: --prompt-file: %s\n", e.msg);
             return 1;
         }
         text = file_text;

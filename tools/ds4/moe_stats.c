@@ -3,30 +3,12 @@
 #include <stdlib.h>
 
 #include "cli.h"
+#include "util/units.h"
 
-/* "12G", "512M", "1.5GB", "4096" (bytes); binary units. */
 int cli_parse_size(const char *flag, const char *s, uint64_t *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    double mul = 1;
-    if (end != s) {
-        switch (*end) {
-        case 'k': case 'K': mul = 1024.0; end++; break;
-        case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
-        case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
-        case 't': case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
-        default: break;
-        }
-        if (mul > 1 && (*end == 'b' || *end == 'B' )) end++;
-        if (mul > 1 && *end == 'i' && (end[1] == 'B' || end[1] == 'b')) end += 2;
-    }
-    if (end == s || *end || errno || !(v > 0) || v * mul >= 1.8e19) {
-        fprintf(stderr, "ds4: %s expects 'auto' or a size such as 8G or 512M, got '%s'\n", flag, s);
-        return -1;
-    }
-    *out = (uint64_t)(v * mul);
-    return 0;
+    if (!ds4_parse_size(s, out)) return 0;
+    fprintf(stderr, "ds4: %s expects 'auto' or a size such as 8G or 512M, got '%s'\n", flag, s);
+    return -1;
 }
 
 /* The decode phase alone: counters since the prompt was evaluated, over

@@ -11,14 +11,14 @@
 
 typedef struct cli_opts {
     const char *model, *prompt, *prompt_file, *system, *tokens_arg;
-    const char *dump_logits, *dump_logprobs, *tokenizer_path, *detokenize;
+    const char *dump_logits, *dump_logprobs, *tokenizer_path, *detokenize, *perplexity_file;
     long n_predict; /* -1: until EOS or the context is full */
     long ctx, threads, chunk, logprobs_top_k;
     uint64_t seed; /* 0: time-based */
     ds4_sampling sampling;
     ds4_think_mode mode;
     ds4_numerics numerics;
-    bool raw, dump_tokens, tokenize, verbose, inspect;
+    bool raw, dump_tokens, tokenize, verbose, inspect, perplexity;
     /* sidecar packages: expert residency and streaming */
     ds4_model_opts mo;
     bool moe_stats;
@@ -50,6 +50,13 @@ void cli_print_stats(const cli_stats *st);
 int cli_interactive(ds4_model *m, cli_opts *o);
 int cli_dump_logprobs(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, uint32_t prompt_len, ds4_error *err);
 double cli_now(void);
+
+/* perplexity.c: the first CLI_PPL_CONTEXT of n tokens as context, then the
+ * negative log-likelihood of the rest (at most o->n_predict of them when
+ * that is >= 0), printed as one line on stdout:
+ * tokens=N scored=S nll=X avg_nll=X/S ppl=exp(X/S). */
+#define CLI_PPL_CONTEXT 32
+int cli_perplexity(ds4_model *m, const cli_opts *o, const int32_t *ids, size_t n, ds4_error *err);
 
 /* moe_stats.c: "8G", "512M", ... and the slot-bank statistics lines. */
 int cli_parse_size(const char *flag, const char *s, uint64_t *out);

@@ -54,6 +54,10 @@ static void usage(FILE *f) {
             "  --tokenize              print the ids of the raw prompt text (no template, no BOS)\n"
             "  --tokenizer FILE        tokenizer for --tokenize/--detokenize (GGUF or tokenizer.json)\n"
             "  --detokenize IDS        print the text of comma-separated ids\n"
+            "  --perplexity-file FILE  perplexity of a text (tokenized as it is, no template, no BOS):\n"
+            "                          the first 32 tokens are context, the rest are scored (-n N:\n"
+            "                          at most N); prints tokens= scored= nll= avg_nll= ppl=\n"
+            "  --perplexity            the same for the ids of --tokens\n"
             "  --inspect               load and validate the model, print a summary, exit\n"
             "  -v, --verbose           model summary and timings\n"
             "sidecar packages (-m DIR holding manifest.json and dense/model-dense.gguf):\n"
@@ -145,6 +149,8 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         else if (!strcmp(a, "--tokenizer")) { NEED(); o->tokenizer_path = v; }
         else if (!strcmp(a, "--detokenize")) { NEED(); o->detokenize = v; }
         else if (!strcmp(a, "--dump-tokens")) o->dump_tokens = true;
+        else if (!strcmp(a, "--perplexity-file")) { NEED(); o->perplexity_file = v; }
+        else if (!strcmp(a, "--perplexity")) o->perplexity = true;
         else if (!strcmp(a, "--inspect")) o->inspect = true;
         else if (!strcmp(a, "--resident")) o->mo.resident = true;
         else if (!strcmp(a, "--moe-stats")) o->moe_stats = true;
@@ -201,9 +207,13 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         }
 #undef NEED
     }
-    int sources = !!o->prompt + !!o->prompt_file + !!o->tokens_arg;
+    int sources = !!o->prompt + !!o->prompt_file + !!o->tokens_arg + !!o->perplexity_file;
     if (sources > 1) {
-        fprintf(stderr, "ds4: give only one of -p, --prompt-file and --tokens\n");
+        fprintf(stderr, "ds4: give only one of -p, --prompt-file, --tokens and --perplexity-file\n");
+        return -1;
+    }
+    if (o->perplexity && !o->tokens_arg) {
+        fprintf(stderr, "ds4: --perplexity scores the ids of --tokens (for a text: --perplexity-file FILE)\n");
         return -1;
     }
     if (o->dump_logits && !o->tokens_arg) {
@@ -291,6 +301,13 @@ static int run_ids(ds4_model *m, const cli_opts *o) {
         ds4_tokens_free(&prompt);
         return 2;
     }
+    if (o->perplexity) {
+        ds4_error e = {{0}};
+        int r = cli_perplexity(m, o, prompt.ids, prompt.n, &e);
+        if (r) fprintf(stderr, "ds4: %s\n", e.msg);
+        ds4_tokens_free(&prompt);
+        return r ? 1 : 0;
+    }
     ds4_model_info info;
     ds4_model_get_info(m, &info);
     long n_predict = o->n_predict < 0 ? 0 : o->n_predict;
@@ -348,6 +365,36 @@ out:
     free(scratch);
     ds4_tokens_free(&prompt);
     ds4_session_free(s);
+    return rc;
+}
+
+/* --perplexity-file: the text's ids (plain BPE: no template, no BOS,
+ * special strings stay text), through the model's tokenizer or
+ * --tokenizer FILE, then scored. */
+static int run_perplexity_file(ds4_model *m, const cli_opts *o) {
+    ds4_error err = {{0}};
+    ds4_tokens ids = {0};
+    ds4_tokenizer *own = NULL;
+    const ds4_tokenizer *tok = ds4_model_tokenizer(m);
+    int rc = 1;
+    size_t len;
+    char *text = ds4_read_text_file(o->perplexity_file, CLI_TEXT_MAX, &len, &err);
+    if (!text) goto out;
+    if (o->tokenizer_path && !(tok = own = ds4_tokenizer_load(o->tokenizer_path, &err))) goto out;
+    if (!tok) {
+        ds4_fail(&err, "%s has no tokenizer; give --tokenizer FILE, or ids with --tokens and --perplexity", o->model);
+        goto out;
+    }
+    if (ds4_tokenize(tok, text, len, false, &ids, &err) || cli_perplexity(m, o, ids.ids, ids.n, &err)) {
+        ds4_fail_prefix(&err, "%s", o->perplexity_file);
+        goto out;
+    }
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "ds4: %s\n", err.msg);
+    free(text);
+    ds4_tokens_free(&ids);
+    ds4_tokenizer_free(own);
     return rc;
 }
 
@@ -466,6 +513,7 @@ int main(int argc, char **argv) {
         ds4_model_print_summary(m, stdout);
         rc = 0;
     } else if (o.tokens_arg) rc = run_ids(m, &o);
+    else if (o.perplexity_file) rc = run_perplexity_file(m, &o);
     else if (!ds4_model_tokenizer(m)) {
         fprintf(stderr, "ds4: %s has no tokenizer; text prompts need one (use --tokens, or convert with tokenizer.json)\n",
                 o.model);

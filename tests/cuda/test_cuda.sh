@@ -6,6 +6,7 @@
 # numerics), official numerics close to the CPU's, bf16/f16 weights, and the
 # expert slot bank (experts fed from host memory into 3 slots, or from a
 # sidecar package's expert source) giving the same bits as resident experts,
+# perplexity against the one the reference logits give,
 # and on a small q2 model the tensor-core prefill products giving the bits
 # of the single-token kernels.
 # Skipped (exit 77) when the binaries have no CUDA or there is no GPU,
@@ -56,6 +57,13 @@ for fx in tiny-a-nosel tiny-a; do
     "$BIN/ds4" -m "$m" --cpu --tokens @"$TMP/tokens.txt" --numerics official --dump-logits "$TMP/cpu_off.f32"
     echo -n "official cuda vs cpu: "; $cmp "$TMP/c0.f32" "$TMP/cpu_off.f32" "$V" 5e-2 --finite
 done
+
+# Perplexity on the GPU (logits of whole prefill chunks) against the one
+# the reference logits give (fp32 path: 1e-4 relative)
+ppl="python3 $(dirname "$0")/../e2e/ppl_reference.py"
+line=$("$BIN/ds4" -m "$TMP/tiny-a.f32.gguf" --cuda --numerics hf --tokens "$(ids "$DATA/tiny-a/reference.json" tokens)" \
+    --perplexity --prefill-chunk 64)
+$ppl --check "$line" "$($ppl "$DATA/tiny-a")" 1e-4
 
 # Slot bank: 3 slots of ~100 KB for 5 layers x 8 experts, so every prefill
 # group evicts; the same kernels read the same values, so the same bits.

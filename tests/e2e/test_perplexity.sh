@@ -14,36 +14,9 @@ fx=$DATA/tiny-a
 "$BIN/ds4-convert" "$fx" "$TMP/a.gguf" --type f32 2>/dev/null
 ids=$(python3 -c "import json; print(','.join(map(str, json.load(open('$fx/reference.json'))['tokens'])))")
 
-# want N: the reference's line (N = all when empty)
-want() {
-    python3 - "$fx" "$1" <<'PY'
-import json, math, struct, sys
-fx, lim = sys.argv[1], sys.argv[2]
-toks = json.load(open(fx + "/reference.json"))["tokens"]
-V = json.load(open(fx + "/config.json"))["vocab_size"]
-raw = open(fx + "/logits.f32", "rb").read()
-scored = len(toks) - 32 if not lim else min(int(lim), len(toks) - 32)
-nll = 0.0
-for t in range(32, 32 + scored):
-    row = struct.unpack_from(f"<{V}f", raw, (t - 1) * V * 4)
-    m = max(row)
-    nll += m + math.log(sum(math.exp(x - m) for x in row)) - row[toks[t]]
-print(f"{len(toks)} {scored} {nll:.9f}")
-PY
-}
-# compare GOT-LINE WANT: counts equal, nll within 1e-5 relative (fp32 logits)
-check() {
-    python3 - "$1" "$2" <<'PY'
-import sys
-got = dict(kv.split("=") for kv in sys.argv[1].split())
-n, s, nll = sys.argv[2].split()
-assert got["tokens"] == n and got["scored"] == s, (sys.argv[1], sys.argv[2])
-g = float(got["nll"])
-assert abs(g - float(nll)) <= 1e-5 * abs(float(nll)), f"nll {g} against the reference's {nll}"
-assert abs(float(got["avg_nll"]) - g / int(s)) < 1e-6 and abs(float(got["ppl"]) / 2.718281828459045 ** (g / int(s)) - 1) < 1e-6
-print(f"ok: {sys.argv[1]}")
-PY
-}
+ref="python3 $(dirname "$0")/ppl_reference.py"
+want() { $ref "$fx" $1; }
+check() { $ref --check "$1" "$2" 1e-5; } # fp32 logits: close to the reference's
 run() { "$BIN/ds4" -m "$TMP/a.gguf" --cpu --numerics hf --tokens "$ids" --perplexity "$@" 2>"$TMP/err"; }
 check "$(run)" "$(want '')"
 check "$(run --prefill-chunk 7)" "$(want '')"

@@ -42,6 +42,7 @@ static void usage(FILE *f) {
             "  --numerics MODE         official (default) or hf (fp32, matches transformers)\n"
             "  --cuda | --cpu          run on the GPU or the CPU (default: the GPU when this build\n"
             "                          has CUDA (make cuda) and one is usable)\n"
+            "  --backend NAME          the same as a name: cuda or cpu\n"
             "  --gpu-expert-cache SIZE|auto  VRAM for routed experts, e.g. 40G (a slot bank fed from\n"
             "                          host memory); auto: all on the GPU if they fit (default)\n"
             "  --prefill-chunk N       tokens per prefill pass (default 512 on the CPU, 2048 on\n"
@@ -175,6 +176,19 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         else if (!strcmp(a, "--raw")) o->raw = true;
         else if (!strcmp(a, "--cuda")) o->backend = DS4_BACKEND_CUDA;
         else if (!strcmp(a, "--cpu")) o->backend = DS4_BACKEND_CPU;
+        else if (!strcmp(a, "--backend")) {
+            NEED();
+            if (!strcmp(v, "cuda")) o->backend = DS4_BACKEND_CUDA;
+            else if (!strcmp(v, "cpu")) o->backend = DS4_BACKEND_CPU;
+            else {
+                fprintf(stderr, "ds4: --backend must be cuda or cpu (this engine has no %s backend)\n", v);
+                return -1;
+            }
+        } else if (!strcmp(a, "--server")) {
+            fprintf(stderr, "ds4: --server: the HTTP server is a program of its own, ds4-server, which this build "
+                            "does not include yet\n");
+            return -1;
+        }
         else if (!strcmp(a, "--gpu-expert-cache")) {
             NEED();
             if (!strcmp(v, "auto")) o->gpu_expert_cache = 0;

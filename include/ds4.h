@@ -140,6 +140,9 @@ void ds4_model_expert_cache_stats(const ds4_model *m, ds4_expert_cache_stats *ou
 /* The backend the model's sessions use by default (CPU or CUDA, never AUTO). */
 ds4_backend ds4_model_backend(const ds4_model *m);
 const char *ds4_backend_name(ds4_backend b);
+/* The inverse of ds4_backend_name (cpu, cuda, auto), or -1 with a message
+ * naming what there is. */
+int ds4_backend_parse(const char *name, ds4_backend *out, ds4_error *err);
 /* Whether this build can run CUDA and a GPU is usable; when not, why. */
 bool ds4_cuda_available(ds4_error *why);
 /* The GPU's measured read bandwidth in bytes/s (best of several passes

@@ -42,6 +42,14 @@ const char *ds4_backend_name(ds4_backend b) {
     }
 }
 
+int ds4_backend_parse(const char *name, ds4_backend *out, ds4_error *err) {
+    if (!strcmp(name, "cpu")) *out = DS4_BACKEND_CPU;
+    else if (!strcmp(name, "cuda")) *out = DS4_BACKEND_CUDA;
+    else if (!strcmp(name, "auto")) *out = DS4_BACKEND_AUTO;
+    else return ds4_fail(err, "backend '%s': this engine has cuda and cpu (or auto)", name);
+    return 0;
+}
+
 bool ds4_cuda_available(ds4_error *why) { return ds4_gpu_probe(why); }
 int ds4_cuda_read_bandwidth(double *bytes_per_s, ds4_error *err) { return ds4_gpu_read_bandwidth(bytes_per_s, err); }
 

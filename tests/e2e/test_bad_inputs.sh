@@ -49,7 +49,7 @@ expect_fail "unknown flag" "--bogus" "" -- "$BIN/ds4" --bogus
 expect_fail "bad token list" "--tokens" "" -- "$BIN/ds4" -m "$TMP/good.gguf" --tokens 1,x
 expect_fail "token out of vocab" "99999" "vocabulary" -- "$BIN/ds4" -m "$TMP/good.gguf" --tokens 1,99999
 expect_fail "bad numerics" "--numerics" "" -- "$BIN/ds4" -m "$TMP/good.gguf" --tokens 1 --numerics fp64
-expect_fail "unknown backend" "--backend" "no metal backend" -- "$BIN/ds4" -m "$TMP/good.gguf" --tokens 1 --backend metal
+expect_fail "unknown backend" "--backend" "this engine has cuda and cpu" -- "$BIN/ds4" -m "$TMP/good.gguf" --tokens 1 --backend metal
 expect_fail "no server in the CLI" "ds4-server" "not include" -- "$BIN/ds4" --server
 expect_fail "bad convert type" "--type" "" -- "$BIN/ds4-convert" "$DATA/tiny-a" "$TMP/x.gguf" --type q9
 [ $fails -eq 0 ] || { echo "$fails failure(s)"; exit 1; }

@@ -85,7 +85,7 @@ expect 1 "nowhere.txt: cannot open" --prompt-file "$TMP/nowhere.txt" --tokenizer
 expect 1 "a.gguf has no tokenizer; give --tokenizer" --prompt-file "$TMP/case0.txt" --ctx-start 1 --ctx-max 8
 expect 2 "at most one of" --prompt-file "$TMP/case0.txt" --tokens-file "$TMP/ids.txt"
 expect 2 "expects 'auto' or a size" --gpu-expert-cache 12Q
-expect 2 "no metal backend" --backend metal
+expect 2 "backend .metal.: this engine has cuda and cpu" --backend metal
 expect 2 "--csv needs a value" --csv
 echo "bad input refused"
 

@@ -53,7 +53,7 @@ static void usage(FILE *f) {
             "  --numerics MODE      official (default) or hf\n"
             "  -t, --threads N      worker threads (default all cores)\n"
             "  --cuda | --cpu       run on the GPU or the CPU (default: the GPU when built with CUDA)\n"
-            "  --backend NAME       the same as a name: cuda or cpu\n"
+            "  --backend NAME       the same as a name: cuda, cpu or auto\n"
             "  --gpu-expert-cache SIZE|auto  VRAM slot bank for routed experts, e.g. 16G\n"
             "                       (auto, the default: all resident if they fit)\n"
             "  --csv FILE           write the CSV there instead of stdout\n"
@@ -295,11 +295,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--cuda")) backend = DS4_BACKEND_CUDA;
         else if (!strcmp(a, "--cpu")) backend = DS4_BACKEND_CPU;
         else if (!strcmp(a, "--backend") && i + 1 < argc) {
-            const char *v = argv[++i];
-            if (!strcmp(v, "cuda")) backend = DS4_BACKEND_CUDA;
-            else if (!strcmp(v, "cpu")) backend = DS4_BACKEND_CPU;
-            else {
-                fprintf(stderr, "ds4-bench: --backend must be cuda or cpu (this engine has no %s backend)\n", v);
+            ds4_error e;
+            if (ds4_backend_parse(argv[++i], &backend, &e)) {
+                fprintf(stderr, "ds4-bench: --backend: %s\n", e.msg);
                 return 2;
             }
         } else if (!strcmp(a, "--gpu-expert-cache") && i + 1 < argc) {

@@ -42,7 +42,7 @@ static void usage(FILE *f) {
             "  --numerics MODE         official (default) or hf (fp32, matches transformers)\n"
             "  --cuda | --cpu          run on the GPU or the CPU (default: the GPU when this build\n"
             "                          has CUDA (make cuda) and one is usable)\n"
-            "  --backend NAME          the same as a name: cuda or cpu\n"
+            "  --backend NAME          the same as a name: cuda, cpu or auto\n"
             "  --gpu-expert-cache SIZE|auto  VRAM for routed experts, e.g. 40G (a slot bank fed from\n"
             "                          host memory); auto: all on the GPU if they fit (default)\n"
             "  --prefill-chunk N       tokens per prefill pass (default 512 on the CPU, 2048 on\n"
@@ -178,10 +178,9 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         else if (!strcmp(a, "--cpu")) o->backend = DS4_BACKEND_CPU;
         else if (!strcmp(a, "--backend")) {
             NEED();
-            if (!strcmp(v, "cuda")) o->backend = DS4_BACKEND_CUDA;
-            else if (!strcmp(v, "cpu")) o->backend = DS4_BACKEND_CPU;
-            else {
-                fprintf(stderr, "ds4: --backend must be cuda or cpu (this engine has no %s backend)\n", v);
+            ds4_error e;
+            if (ds4_backend_parse(v, &o->backend, &e)) {
+                fprintf(stderr, "ds4: --backend: %s\n", e.msg);
                 return -1;
             }
         } else if (!strcmp(a, "--server")) {

@@ -81,6 +81,9 @@ typedef struct ds4_model_opts {
      * page-locked host memory and are copied into least-recently-used
      * slots as the router asks for them. */
     uint64_t gpu_expert_cache;
+    /* Read every page of the mapped weights once at load (a package: its
+     * dense file), so that the first prompt does not wait on the disk. */
+    bool warm_weights;
 } ds4_model_opts;
 
 /* Routed-expert counters since load (all zero for a resident GGUF). Each

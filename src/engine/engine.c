@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backends/gpu.h"
 #include "compute/forward.h"
@@ -16,6 +17,7 @@
 #include "formats/gguf.h"
 #include "formats/sidecar.h"
 #include "model/tokenizer_gguf.h"
+#include "util/warm.h"
 
 struct ds4_session {
     ds4_model *m;
@@ -170,6 +172,14 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
         goto fail;
     }
     ds4_net_init_rope(&m->net);
+    if (o.warm_weights) {
+        /* a terminal shows progress from a few GB up; -v says how long it took */
+        bool show = m->file->map_size >= ((size_t)4 << 30) && isatty(2);
+        double t = ds4_warm_mapping(m->file->map, m->file->map_size, pkg ? dense : path, show);
+        if (o.verbose && !show)
+            fprintf(stderr, "ds4: read %s into the page cache: %.2f GB in %.2f s\n", pkg ? dense : path,
+                    m->file->map_size / 1e9, t);
+    }
     if (pick_backend(m, &o, err)) goto fail;
     if (gguf_find_kv(m->file, "tokenizer.ggml.tokens") && !(m->tok = ds4_tokenizer_from_gguf(m->file, err))) goto fail;
     m->bos_id = optional_id(m->file, "tokenizer.ggml.bos_token_id");

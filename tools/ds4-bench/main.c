@@ -56,6 +56,8 @@ static void usage(FILE *f) {
             "  --backend NAME       the same as a name: cuda, cpu or auto\n"
             "  --gpu-expert-cache SIZE|auto  VRAM slot bank for routed experts, e.g. 16G\n"
             "                       (auto, the default: all resident if they fit)\n"
+            "  --warm-weights       read the weights file into the page cache before the first\n"
+            "                       frontier (else its prefill also times the disk)\n"
             "  --csv FILE           write the CSV there instead of stdout\n"
             "  --roofline           measure this machine's read bandwidth and peak fp32 rate and\n"
             "                       report decode and prefill speed as fractions of them\n");
@@ -277,6 +279,7 @@ int main(int argc, char **argv) {
            threads = 0;
     ds4_numerics numerics = DS4_NUMERICS_OFFICIAL;
     int roofline = 0;
+    bool warm = false;
     ds4_backend backend = DS4_BACKEND_AUTO;
     uint64_t expert_cache = 0; /* 0: automatic */
     for (int i = 1; i < argc; i++) {
@@ -292,6 +295,7 @@ int main(int argc, char **argv) {
         else if ((!strcmp(a, "-sys") || !strcmp(a, "--system")) && i + 1 < argc) src.system = argv[++i];
         else if (!strcmp(a, "--tokenizer") && i + 1 < argc) src.tokenizer_path = argv[++i];
         else if (!strcmp(a, "--roofline")) roofline = 1;
+        else if (!strcmp(a, "--warm-weights")) warm = true;
         else if (!strcmp(a, "--cuda")) backend = DS4_BACKEND_CUDA;
         else if (!strcmp(a, "--cpu")) backend = DS4_BACKEND_CPU;
         else if (!strcmp(a, "--backend") && i + 1 < argc) {
@@ -352,7 +356,8 @@ int main(int argc, char **argv) {
     }
 
     ds4_error err = {{0}};
-    ds4_model_opts mo = {.n_threads = (int)threads, .backend = backend, .gpu_expert_cache = expert_cache};
+    ds4_model_opts mo = {.n_threads = (int)threads, .backend = backend, .gpu_expert_cache = expert_cache,
+                          .warm_weights = warm};
     ds4_model *m = ds4_model_load(model_path, &mo, &err);
     if (!m) {
         fprintf(stderr, "ds4-bench: %s\n", err.msg);

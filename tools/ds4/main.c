@@ -59,6 +59,8 @@ static void usage(FILE *f) {
             "                          the first 32 tokens are context, the rest are scored (-n N:\n"
             "                          at most N); prints tokens= scored= nll= avg_nll= ppl=\n"
             "  --perplexity            the same for the ids of --tokens\n"
+            "  --warm-weights          read the whole weights file into the page cache at load,\n"
+            "                          so that the first prompt does not wait on the disk\n"
             "  --inspect               load and validate the model, print a summary, exit\n"
             "  -v, --verbose           model summary and timings\n"
             "sidecar packages (-m DIR holding manifest.json and dense/model-dense.gguf):\n"
@@ -154,6 +156,7 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         else if (!strcmp(a, "--perplexity")) o->perplexity = true;
         else if (!strcmp(a, "--inspect")) o->inspect = true;
         else if (!strcmp(a, "--resident")) o->mo.resident = true;
+        else if (!strcmp(a, "--warm-weights")) o->mo.warm_weights = true;
         else if (!strcmp(a, "--moe-stats")) o->moe_stats = true;
         else if (!strcmp(a, "--no-moe-prefetch")) o->mo.no_moe_prefetch = true;
         else if (!strcmp(a, "--no-moe-guess")) o->mo.no_moe_guess = true;

@@ -127,9 +127,13 @@ static int tokenize_prompt(const ds4_model *m, const char *model_path, const pro
         rc = ds4_tokenize(tok, text, len, false, out, err);
     } else {
         ds4_segments segs = {0};
+        int missing = 0;
         if (ds4_chat_render_prompt(p->system, text, DS4_THINK_NONE, &segs)) ds4_fail(err, "out of memory");
-        else rc = ds4_chat_tokenize(tok, &segs, out, NULL, err);
+        else rc = ds4_chat_tokenize(tok, &segs, out, &missing, err);
         ds4_segments_free(&segs);
+        if (missing)
+            fprintf(stderr, "ds4-bench: warning: %d chat marker(s) are not single tokens in this vocabulary; rendered as text\n",
+                    missing);
     }
     if (rc) ds4_fail_prefix(err, "%s", path);
 out:

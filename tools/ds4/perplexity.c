@@ -10,6 +10,8 @@
 
 #include "cli.h"
 
+#define CLI_PPL_MAX_CHUNK 512
+
 /* -log softmax(logits)[id], in double: a long text sums many of them. */
 static double token_nll(const float *logits, uint32_t n_vocab, int32_t id) {
     double mx = -INFINITY, sum = 0;
@@ -34,7 +36,9 @@ int cli_perplexity(ds4_model *m, const cli_opts *o, const int32_t *ids, size_t n
     if (scored == 0) return ds4_fail(err, "perplexity: -n 0 scores no token");
     /* the last scored token is predicted, never fed */
     size_t fed = CLI_PPL_CONTEXT + scored - 1;
-    uint32_t chunk = o->chunk > 0 ? (uint32_t)o->chunk : 512;
+    /* a chunk's logits come to the host whole: at most 512 rows (265 MB
+     * at the real vocabulary) whatever the prefill chunk */
+    uint32_t chunk = o->chunk > 0 && o->chunk < CLI_PPL_MAX_CHUNK ? (uint32_t)o->chunk : CLI_PPL_MAX_CHUNK;
     if (chunk > fed) chunk = (uint32_t)fed;
     ds4_session_opts so = {.numerics = o->numerics, .max_ctx = (uint32_t)fed + 1, .prefill_chunk = chunk};
     ds4_session *s = ds4_session_new(m, &so, err);

@@ -30,8 +30,13 @@ LIB      := $(BUILD)/libds4.a
 # nvcc. The default build never looks for nvcc.
 CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(CUDA_HOME)/bin/nvcc
-# Hopper machine code, plus PTX that the driver can compile for other GPUs.
-CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_75,code=compute_75
+# Hopper machine code, plus PTX that the driver compiles for other GPUs: it
+# takes the newest PTX the GPU can run, so Blackwell gets compute_90 (clusters,
+# programmatic launches), Ampere and Ada compute_80 (tensor cores), Turing
+# compute_75 (plain kernels). The host side asks which one was loaded
+# (k_code_arch) before it picks a path.
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 \
+             -gencode arch=compute_80,code=compute_80 -gencode arch=compute_75,code=compute_75
 # --fmad=false: no fused multiply-add, like the ISO C reference (common.cuh).
 NVCCFLAGS ?= -O3 -g -lineinfo --fmad=false
 CU_SRC    := $(shell find src -name '*.cu' | sort)
@@ -50,7 +55,7 @@ TOOL_BINS  := $(addprefix $(BINDIR)/,$(TOOLS))
 TEST_SRC  := $(shell find tests -name 'test_*.c' | sort)
 TEST_BINS := $(TEST_SRC:%.c=$(BUILD)/%)
 
-.PHONY: all test san-test clean deps run cuda cuda-trace cuda-test test-bins
+.PHONY: all test san-test clean deps run cuda cuda-trace cuda-test cuda-test-ptx test-bins
 all: $(TOOL_BINS)
 test-bins: $(TEST_BINS)
 
@@ -98,6 +103,15 @@ cuda-test: cuda
 	./scripts/check-cuda-ptx.sh $(NVCC)
 	DS4_BIN=$(abspath $(CUDA_BIN)) DS4_BUILD=$(abspath $(CUDA_BUILD)) DS4_REQUIRE_GPU=1 ./tests/run.sh \
 	    $(shell find tests -name 'test_*.c' | sort | sed 's|^|$(CUDA_BUILD)/|; s|\.c$$||')
+# The GPU tests again with device code built from PTX alone for compute_80
+# and compute_75, as GPUs without machine code of their own run it (Ampere,
+# Ada; Turing): on a Hopper card this runs their kernel paths.
+cuda-test-ptx:
+	for a in 80 75; do \
+	    $(MAKE) cuda CUDA_BUILD=build/cuda-ptx$$a CUDA_ARCH="-gencode arch=compute_$$a,code=compute_$$a" && \
+	    DS4_BIN=$(abspath build)/cuda-ptx$$a/bin DS4_BUILD=$(abspath build)/cuda-ptx$$a DS4_REQUIRE_GPU=1 DS4_EXPECT_CODE_ARCH=$${a}0 \
+	        ./tests/run.sh build/cuda-ptx$$a/tests/cuda/test_cuda_kernels build/cuda-ptx$$a/tests/cuda/test_cuda_quant || exit 1; \
+	done
 
 # The main job: build, make the default model if needed, and run it.
 run: all

@@ -25,6 +25,9 @@ typedef struct ds4_gpu_session ds4_gpu_session;
 /* True when the build has CUDA and a device answers; otherwise false with
  * the reason in why (when non-NULL). */
 bool ds4_gpu_probe(ds4_error *why);
+/* The architecture (as __CUDA_ARCH__ counts: 900, 800, 750) of the device
+ * code the driver loaded for this GPU; 0 without CUDA. */
+int ds4_gpu_code_arch(void);
 /* Best read bandwidth (bytes/s) of a few passes over a large buffer. */
 int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err);
 

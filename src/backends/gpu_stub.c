@@ -12,6 +12,8 @@ bool ds4_gpu_probe(ds4_error *why) {
     return false;
 }
 
+int ds4_gpu_code_arch(void) { return 0; }
+
 int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err) {
     *bytes_per_s = 0;
     return ds4_fail(err, NO_CUDA);

@@ -119,7 +119,15 @@ __device__ __forceinline__ void prefetch_l2(const void *p, uint64_t bytes) {
     for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + 128 * i));
 }
 
-bool k_pdl_on(void); /* gpu.cu: compute capability >= 9 and DS4_CUDA_NO_PDL unset */
+/* gpu.cu: the architecture the device code running on this GPU was built
+ * for, as __CUDA_ARCH__ counts (900 for the sm_90 machine code; on a GPU
+ * without machine code of its own, the PTX the driver compiled: 800 on an
+ * RTX 4090 from compute_80, 750 from compute_75). What the kernels can do
+ * (tensor cores, clusters, programmatic waits) follows from it, not from
+ * the GPU's compute capability: a kernel compiled for 750 has none of
+ * those instructions even on a newer card. 0 when it cannot be read. */
+int k_code_arch(void);
+bool k_pdl_on(void); /* gpu.cu: code arch >= 900 and DS4_CUDA_NO_PDL unset */
 
 /* A launch of `kern` on `st`, in clusters of `cluster` blocks when above 1;
  * the error, as with <<< >>>, is left for cudaGetLastError. */

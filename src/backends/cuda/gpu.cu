@@ -279,15 +279,27 @@ extern "C" bool ds4_gpu_probe(ds4_error *why) {
     return true;
 }
 
-/* Programmatic dependent launches (common.cuh): on Hopper and newer unless
- * DS4_CUDA_NO_PDL is set; decided once per process. */
+/* Compiled like every kernel of this build: its attributes tell which of
+ * the build's architectures the driver loaded for this GPU. */
+__global__ void code_arch_probe_kernel() {}
+
+int k_code_arch(void) {
+    static int arch = -1;
+    if (arch < 0) {
+        cudaFuncAttributes fa;
+        arch = cudaFuncGetAttributes(&fa, code_arch_probe_kernel) == cudaSuccess ? fa.ptxVersion * 10 : 0;
+    }
+    return arch;
+}
+
+extern "C" int ds4_gpu_code_arch(void) { return k_code_arch(); }
+
+/* Programmatic dependent launches (common.cuh): where the kernels carry
+ * their waits (code built for sm_90 or newer) unless DS4_CUDA_NO_PDL is
+ * set; decided once per process. */
 bool k_pdl_on(void) {
     static int on = -1;
-    if (on < 0) {
-        int dev = 0, major = 0;
-        on = !getenv("DS4_CUDA_NO_PDL") && cudaGetDevice(&dev) == cudaSuccess &&
-             cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
-    }
+    if (on < 0) on = !getenv("DS4_CUDA_NO_PDL") && k_code_arch() >= 900;
     return on;
 }
 
@@ -727,8 +739,11 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
     if (opts && opts->verbose) {
         cudaDeviceProp prop;
         if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
-            fprintf(stderr, "ds4: CUDA device %s (%d SMs, %.1f GB), %.2f GB of weights uploaded\n", prop.name,
-                    prop.multiProcessorCount, prop.totalGlobalMem / 1e9, g->dev_bytes / 1e9);
+            fprintf(stderr,
+                    "ds4: CUDA device %s (compute capability %d.%d, %d SMs, %.1f GB; device code built for sm_%d), "
+                    "%.2f GB of weights uploaded\n",
+                    prop.name, prop.major, prop.minor, prop.multiProcessorCount, prop.totalGlobalMem / 1e9,
+                    k_code_arch() / 10, g->dev_bytes / 1e9);
         if (g->bank && g->bank->host)
             fprintf(stderr, "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB) for %.2f GB of routed experts in host memory\n",
                     g->bank->n_slots, g->bank->slot_bytes / 1e6, g->bank->n_slots * (double)g->bank->slot_bytes / 1e9,

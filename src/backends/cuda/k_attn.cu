@@ -925,12 +925,8 @@ static int attn_ks_index(uint32_t hd) {
 
 cudaError_t k_attn_prepare(uint32_t hd) {
     if (attn_mma_ok < 0) {
-        int dev = 0, major = 0;
-        cudaError_t e = cudaGetDevice(&dev);
-        if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-        if (e != cudaSuccess) return e;
         const char *env = getenv("DS4_CUDA_ATTN_FP32");
-        attn_mma_ok = major >= 8 && !(env && env[0] == '1');
+        attn_mma_ok = k_code_arch() >= 800 && !(env && env[0] == '1'); /* the mma instructions are there */
     }
     int ki = attn_ks_index(hd);
     if (!attn_mma_ok || ki < 0 || attn_mma_ready[ki]) return cudaSuccess;

@@ -548,24 +548,22 @@ template <int FMT> __global__ void __launch_bounds__(32 * FL_PM) flmma_tile_kern
     }
 }
 
-/* Whether F16 / BF16 products take the tensor cores: compute capability 8.0
- * or newer and DS4_CUDA_NO_FLMMA unset (then the fp32 kernels above run;
- * the kernel test compares both); k_linear_set_plain overrides (tests). */
-static int fl_plain = -1, fl_major = -1; /* fl_major: compute capability, once known */
+/* Whether F16 / BF16 products take the tensor cores: code built for sm_80
+ * or newer (k_code_arch) and DS4_CUDA_NO_FLMMA unset (then the fp32 kernels
+ * above run; the kernel test compares both); k_linear_set_plain overrides
+ * (tests). Clusters need code built for sm_90. */
+static int fl_plain = -1, fl_arch = -1; /* fl_arch: k_code_arch(), once known */
 void k_linear_set_plain(int plain) { fl_plain = plain; }
 static bool flmma_on(void) {
     static int env = 0;
-    if (fl_major < 0) {
-        int dev = 0;
+    if (fl_arch < 0) {
         env = getenv("DS4_CUDA_NO_FLMMA") != NULL;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&fl_major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-            fl_major = 0;
+        fl_arch = k_code_arch();
     }
-    return fl_major >= 8 && !(fl_plain >= 0 ? fl_plain : env);
+    return fl_arch >= 800 && !(fl_plain >= 0 ? fl_plain : env);
 }
 
-bool k_flmma_cluster_on(void) { return flmma_on() && fl_major >= 9; }
+bool k_flmma_cluster_on(void) { return flmma_on() && fl_arch >= 900; }
 
 template <class Kern> static void fl_go(Kern kern, dim3 grid, unsigned threads, size_t smem, cudaStream_t st, const lin_args &a) {
     /* with the static shared memory (under 1 KiB) above 48 KiB: opt in */
@@ -581,7 +579,7 @@ template <int FMT, int MT, int WK, bool RMS> static void fl_slices(const lin_arg
 }
 
 template <int FMT, int WK, int CL, bool RMS> static void fl_one(const lin_args &a, uint32_t groups, cudaStream_t st) {
-    if (CL > 1 && fl_major < 9) {
+    if (CL > 1 && fl_arch < 900) {
         fl_one<FMT, WK, 1, RMS>(a, groups, st);
         return;
     }
@@ -600,10 +598,13 @@ template <int FMT, int WK, int CL, bool RMS> static void fl_one(const lin_args &
  * read once); otherwise 128 x 16 tiles. */
 template <int FMT, bool RMS> static void fl_dispatch(const lin_args &a, uint32_t groups, cudaStream_t st) {
     uint32_t S = (a.K + FL_SLICE - 1) / FL_SLICE;
-    if (a.n_tok == 1) {
+    /* without clusters one block would hold a long row's every slice (the
+     * mHC logits' 16384 values: 147 KB, past an RTX card's 99 KB): the
+     * slices kernel instead */
+    if (a.n_tok == 1 && (S <= 16 || fl_arch >= 900)) {
         /* 8 or 16 warps a block; clusters of up to 8 blocks for long rows */
         if (S <= 8) fl_one<FMT, 8, 1, RMS>(a, groups, st);
-        else if (S <= 16 || fl_major < 9) fl_one<FMT, 8, 2, RMS>(a, groups, st);
+        else if (S <= 16) fl_one<FMT, 8, 2, RMS>(a, groups, st);
         else if (S <= 32) fl_one<FMT, 8, 4, RMS>(a, groups, st);
         else if (S <= 64) fl_one<FMT, 8, 8, RMS>(a, groups, st);
         else fl_one<FMT, 16, 8, RMS>(a, groups, st);

@@ -384,14 +384,9 @@ static bool mmq_type(uint32_t type) {
 }
 
 bool k_mmq_usable(uint32_t type, const void *w, uint64_t row_bytes, uint64_t K) {
-    static int major = -1; /* 0: no tensor-core path (older GPU, or DS4_CUDA_NO_MMA set) */
-    if (major < 0) {
-        int dev = 0;
-        if (getenv("DS4_CUDA_NO_MMA") || cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-            major = 0;
-    }
-    return major >= 8 && mmq_type(type) && K % 256 == 0 && row_bytes % 16 == 0 && (uintptr_t)w % 16 == 0;
+    static int arch = -1; /* < 800: no tensor-core path (code without mma, or DS4_CUDA_NO_MMA set) */
+    if (arch < 0) arch = getenv("DS4_CUDA_NO_MMA") ? 0 : k_code_arch();
+    return arch >= 800 && mmq_type(type) && K % 256 == 0 && row_bytes % 16 == 0 && (uintptr_t)w % 16 == 0;
 }
 
 template <class Kern> static void mmq_launch(Kern kernel, uint32_t smem, dim3 grid, const mmq_args &a, cudaStream_t st) {

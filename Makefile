@@ -103,10 +103,13 @@ cuda-test: cuda
 	./scripts/check-cuda-ptx.sh $(NVCC)
 	DS4_BIN=$(abspath $(CUDA_BIN)) DS4_BUILD=$(abspath $(CUDA_BUILD)) DS4_REQUIRE_GPU=1 ./tests/run.sh \
 	    $(shell find tests -name 'test_*.c' | sort | sed 's|^|$(CUDA_BUILD)/|; s|\.c$$||')
-# The GPU tests again with device code built from PTX alone for compute_80
-# and compute_75, as GPUs without machine code of their own run it (Ampere,
-# Ada; Turing): on a Hopper card this runs their kernel paths.
-cuda-test-ptx:
+# The kernel paths of GPUs other than Hopper, on a Hopper card: the kernel
+# tests with the shared memory an A100 (163 KB) or an RTX card (99 KB) gives
+# a block, then the GPU tests with device code built from PTX alone for
+# compute_80 and compute_75, as GPUs without machine code of their own run
+# it (Ampere, Ada; Turing).
+cuda-test-ptx: cuda
+	for l in 166912 101376; do DS4_CUDA_SMEM_LIMIT=$$l DS4_REQUIRE_GPU=1 $(CUDA_BUILD)/tests/cuda/test_cuda_kernels || exit 1; done
 	for a in 80 75; do \
 	    $(MAKE) cuda CUDA_BUILD=build/cuda-ptx$$a CUDA_ARCH="-gencode arch=compute_$$a,code=compute_$$a" && \
 	    DS4_BIN=$(abspath build)/cuda-ptx$$a/bin DS4_BUILD=$(abspath build)/cuda-ptx$$a DS4_REQUIRE_GPU=1 DS4_EXPECT_CODE_ARCH=$${a}0 \

@@ -593,9 +593,6 @@ static void test_indexer(void) {
  * one block) and must give the same bits. */
 static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd, uint32_t W, uint32_t ratio,
                       uint32_t topk, uint64_t pos0, uint32_t np, int alone, float q_eps) {
-    /* raw queries are the tensor-core kernel's (device code for sm_80 and
-     * newer); elsewhere the engine makes q's rows first */
-    if (q_eps > 0.0f && ds4_gpu_code_arch() < 800) return;
     uint64_t n_comp = ratio ? (pos0 + n) / ratio : 0;
     float *q = randv((size_t)n * H * hd, 1.0f), *kv = randv((size_t)n * hd, 1.0f), *ring = randv((size_t)W * hd, 1.0f);
     float *comp = n_comp ? randv(n_comp * hd, 1.0f) : NULL, *sinks = randv(H, 1.0f);
@@ -619,8 +616,21 @@ static void attn_case(const ds4_rope *rope, uint32_t n, uint32_t H, uint32_t hd,
             }
         }
     }
-    GPU(ds4_gpu_test_attention(q, kv, ring, comp, n_comp, sel, sinks, n, H, hd, W, ratio, topk, pos0, rope->inv_freq,
-                               np, 64, q_eps, out, E_));
+    {
+        ds4_error err_ = {{0}};
+        int rc = ds4_gpu_test_attention(q, kv, ring, comp, n_comp, sel, sinks, n, H, hd, W, ratio, topk, pos0,
+                                        rope->inv_freq, np, 64, q_eps, out, E_);
+        /* raw queries are the tensor-core kernel's alone (device code for
+         * sm_80 and newer, shared memory enough); elsewhere the engine
+         * makes q's rows first */
+        bool skip = rc && q_eps > 0.0f && strstr(err_.msg, "operation not supported");
+        CHECKF(rc == 0 || skip, "attention n %u H %u hd %u: %s", n, H, hd, err_.msg);
+        if (rc) {
+            if (qref != q) free(qref);
+            free(q), free(kv), free(ring), free(comp), free(sinks), free(sel), free(out);
+            return;
+        }
+    }
     uint32_t max_rows = W + topk + (uint32_t)n_comp;
     const float **rows = malloc(max_rows * sizeof *rows);
     double *sc = malloc(max_rows * sizeof *sc), *od = malloc(hd * sizeof *od);

@@ -127,6 +127,10 @@ __device__ __forceinline__ void prefetch_l2(const void *p, uint64_t bytes) {
  * the GPU's compute capability: a kernel compiled for 750 has none of
  * those instructions even on a newer card. 0 when it cannot be read. */
 int k_code_arch(void);
+/* gpu.cu: the shared memory one block may opt into on this GPU (bytes);
+ * DS4_CUDA_SMEM_LIMIT=BYTES lowers it, to try an RTX card's 99 KB on a
+ * larger one. */
+size_t k_smem_optin(void);
 bool k_pdl_on(void); /* gpu.cu: code arch >= 900 and DS4_CUDA_NO_PDL unset */
 
 /* A launch of `kern` on `st`, in clusters of `cluster` blocks when above 1;

@@ -294,6 +294,20 @@ int k_code_arch(void) {
 
 extern "C" int ds4_gpu_code_arch(void) { return k_code_arch(); }
 
+size_t k_smem_optin(void) {
+    static long long lim = -1;
+    if (lim < 0) {
+        int dev = 0, v = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+            v = 48 * 1024;
+        lim = v;
+        const char *e = getenv("DS4_CUDA_SMEM_LIMIT");
+        if (e && atoll(e) > 0 && atoll(e) < lim) lim = atoll(e);
+    }
+    return (size_t)lim;
+}
+
 /* Programmatic dependent launches (common.cuh): where the kernels carry
  * their waits (code built for sm_90 or newer) unless DS4_CUDA_NO_PDL is
  * set; decided once per process. */

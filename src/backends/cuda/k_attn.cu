@@ -904,19 +904,30 @@ __global__ void attn_fold_kernel(attn_op op, uint32_t seg_stride) {
 }
 
 /* The opt-in shared memory limits, raised at model load (k_attn_prepare)
- * and never while a decode step is being captured into a graph. */
-static bool attn_mma_ready[4];
-static int attn_mma_ok = -1; /* device has bf16 mma.sync (sm_80+) */
+ * and never while a decode step is being captured into a graph. A variant
+ * whose shared memory the GPU cannot give a block is not used: head dim
+ * 512 takes 141 KB (split), 173 KB (one M tile) and 215 KB (two), where
+ * an A100 gives 163 KB and an RTX card 99 KB (Hopper: 227 KB); without the
+ * one-tile variant the fp32 kernel runs (attn_mma_pick). */
+enum { AV_ONE, AV_TWO, AV_SPLIT, AV_N }; /* MT = 1, MT = 2, MT = 1 split */
+static bool attn_mma_ready[4], attn_mma_fits[4][AV_N];
+static int attn_mma_ok = -1; /* device code has bf16 mma.sync (sm_80+) */
 
-template <int KS> static cudaError_t attn_mma_raise() {
-    cudaError_t e = cudaSuccess;
-#define RAISE(MT, SP)                                                                                      \
-    if (e == cudaSuccess)                                                                                  \
-        e = cudaFuncSetAttribute(attn_mma_kernel<KS, MT, SP>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
-                                 (int)attn_mma_smem(64 * KS, MT, SP));
-    RAISE(1, false) RAISE(2, false) RAISE(1, true)
+template <int KS> static cudaError_t attn_mma_raise(bool *fits) {
+    size_t limit = k_smem_optin();
+#define RAISE(V, MT, SP)                                                                                         \
+    {                                                                                                            \
+        size_t need = attn_mma_smem(64 * KS, MT, SP);                                                            \
+        fits[V] = need <= limit;                                                                                 \
+        if (fits[V]) {                                                                                           \
+            cudaError_t e = cudaFuncSetAttribute(attn_mma_kernel<KS, MT, SP>,                                    \
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need);        \
+            if (e != cudaSuccess) return e;                                                                      \
+        }                                                                                                        \
+    }
+    RAISE(AV_ONE, 1, false) RAISE(AV_TWO, 2, false) RAISE(AV_SPLIT, 1, true)
 #undef RAISE
-    return e;
+    return cudaSuccess;
 }
 
 static int attn_ks_index(uint32_t hd) {
@@ -930,8 +941,9 @@ cudaError_t k_attn_prepare(uint32_t hd) {
     }
     int ki = attn_ks_index(hd);
     if (!attn_mma_ok || ki < 0 || attn_mma_ready[ki]) return cudaSuccess;
-    cudaError_t e = ki == 0 ? attn_mma_raise<1>() : ki == 1 ? attn_mma_raise<2>() : ki == 2 ? attn_mma_raise<4>()
-                                                                                             : attn_mma_raise<8>();
+    bool *f = attn_mma_fits[ki];
+    cudaError_t e = ki == 0 ? attn_mma_raise<1>(f) : ki == 1 ? attn_mma_raise<2>(f) : ki == 2 ? attn_mma_raise<4>(f)
+                                                                                               : attn_mma_raise<8>(f);
     if (e == cudaSuccess) attn_mma_ready[ki] = true;
     return e;
 }
@@ -953,10 +965,39 @@ uint32_t k_attn_segments(uint64_t rows) { return (uint32_t)((rows + AT_SEG - 1) 
 
 /* The tensor-core kernel copies rows with 16-byte cp.async and needs the
  * rotated dims to start on a pair. */
-static bool attn_mma_usable(const attn_op *op) {
+/* The tensor-core variant for op: its M tiles and segment count (0: not
+ * split), or false where none applies (then the fp32 kernel runs). */
+static bool attn_mma_pick(const attn_op *op, int *mt, uint32_t *n_seg) {
     int ki = attn_ks_index(op->hd);
-    return ki >= 0 && attn_mma_ok == 1 && attn_mma_ready[ki] && aligned16(op->kv) && aligned16(op->ring) &&
-           (!op->ratio || aligned16(op->comp)) && aligned16(op->q) && aligned16(op->out) && 2 * op->n_pairs <= op->hd;
+    if (ki < 0 || attn_mma_ok != 1 || !attn_mma_ready[ki] || !aligned16(op->kv) || !aligned16(op->ring) ||
+        (op->ratio && !aligned16(op->comp)) || !aligned16(op->q) || !aligned16(op->out) || 2 * op->n_pairs > op->hd)
+        return false;
+    /* one M tile unsplit runs every call: where it does not fit, the fp32
+     * kernel runs every call instead, so that chunks and single tokens
+     * keep giving the same bits */
+    const bool *fits = attn_mma_fits[ki];
+    if (!fits[AV_ONE]) return false;
+    /* Rows grow with the position: the last token has the most. */
+    uint64_t p = op->pos0 + op->n - 1, n_raw = p + 1 < op->W ? p + 1 : op->W, n_comp = 0;
+    if (op->ratio) {
+        uint64_t n_vis = (p + 1) / op->ratio;
+        n_comp = op->ratio == 4 && n_vis > op->topk ? op->topk : n_vis;
+    }
+    uint32_t segs = (uint32_t)((n_raw + n_comp + AT_SEG - 1) / AT_SEG);
+    /* A block per segment when few tokens would leave the GPU idle and
+     * the partials fit; 32 heads per block once there are tokens enough
+     * to fill the GPU. The bits are the same either way (see above), so a
+     * variant past the GPU's shared memory gives way to another. */
+    bool split = fits[AV_SPLIT] && op->part && op->n <= 8 && segs > 1 && (uint64_t)op->n * segs <= op->part_slots;
+    *mt = !split && op->n >= 16 && op->H > 16 && fits[AV_TWO] ? 2 : 1;
+    *n_seg = split ? segs : 0;
+    return true;
+}
+
+static bool attn_mma_usable(const attn_op *op) {
+    int mt;
+    uint32_t n_seg;
+    return attn_mma_pick(op, &mt, &n_seg);
 }
 
 bool k_attention_norms_q(const attn_op *op) { return attn_mma_usable(op); } /* head dims 64..512 only */
@@ -964,27 +1005,16 @@ bool k_attention_norms_q(const attn_op *op) { return attn_mma_usable(op); } /* h
 cudaError_t k_attention(cudaStream_t st, const attn_op *op) {
     if (op->n == 0) return cudaSuccess;
     if (op->hd > K_MAX_HEAD_DIM || op->hd % 2) return cudaErrorInvalidValue;
-    int ki = attn_ks_index(op->hd);
-    if (attn_mma_usable(op)) {
-        /* Rows grow with the position: the last token has the most. */
-        uint64_t p = op->pos0 + op->n - 1, n_raw = p + 1 < op->W ? p + 1 : op->W, n_comp = 0;
-        if (op->ratio) {
-            uint64_t n_vis = (p + 1) / op->ratio;
-            n_comp = op->ratio == 4 && n_vis > op->topk ? op->topk : n_vis;
-        }
-        uint32_t n_seg = (uint32_t)((n_raw + n_comp + AT_SEG - 1) / AT_SEG);
-        /* A block per segment when few tokens would leave the GPU idle and
-         * the partials fit; 32 heads per block once there are tokens enough
-         * to fill the GPU. The bits are the same either way (see above). */
-        bool split = op->part && op->n <= 8 && n_seg > 1 && (uint64_t)op->n * n_seg <= op->part_slots;
-        int mt = op->n >= 16 && op->H > 16 ? 2 : 1;
+    int ki = attn_ks_index(op->hd), mt;
+    uint32_t n_seg;
+    if (attn_mma_pick(op, &mt, &n_seg)) {
         switch (ki) {
-        case 0: attn_mma_launch<1>(st, op, mt, split ? n_seg : 0); break;
-        case 1: attn_mma_launch<2>(st, op, mt, split ? n_seg : 0); break;
-        case 2: attn_mma_launch<4>(st, op, mt, split ? n_seg : 0); break;
-        default: attn_mma_launch<8>(st, op, mt, split ? n_seg : 0); break;
+        case 0: attn_mma_launch<1>(st, op, mt, n_seg); break;
+        case 1: attn_mma_launch<2>(st, op, mt, n_seg); break;
+        case 2: attn_mma_launch<4>(st, op, mt, n_seg); break;
+        default: attn_mma_launch<8>(st, op, mt, n_seg); break;
         }
-        if (split) k_launch(attn_fold_kernel, dim3(op->H, op->n), 128, 0, st, *op, n_seg);
+        if (n_seg) k_launch(attn_fold_kernel, dim3(op->H, op->n), 128, 0, st, *op, n_seg);
         return LAUNCH_STATUS();
     }
     if (op->q_eps > 0.0f) return cudaErrorInvalidValue; /* the caller transforms q here (k_attention_norms_q) */

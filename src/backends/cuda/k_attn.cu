@@ -963,10 +963,10 @@ static bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
 
 uint32_t k_attn_segments(uint64_t rows) { return (uint32_t)((rows + AT_SEG - 1) / AT_SEG); }
 
-/* The tensor-core kernel copies rows with 16-byte cp.async and needs the
- * rotated dims to start on a pair. */
 /* The tensor-core variant for op: its M tiles and segment count (0: not
- * split), or false where none applies (then the fp32 kernel runs). */
+ * split), or false where none applies (then the fp32 kernel runs). The
+ * kernel copies rows with 16-byte cp.async and needs the rotated dims to
+ * start on a pair. */
 static bool attn_mma_pick(const attn_op *op, int *mt, uint32_t *n_seg) {
     int ki = attn_ks_index(op->hd);
     if (ki < 0 || attn_mma_ok != 1 || !attn_mma_ready[ki] || !aligned16(op->kv) || !aligned16(op->ring) ||

@@ -185,6 +185,11 @@ const float *ds4_session_logits(const ds4_session *s);
  * still gives the logits (fetched from the device when asked for). */
 int ds4_session_eval_pick(ds4_session *s, const int32_t *tokens, uint32_t n, uint32_t n_cand, int32_t *next,
                           ds4_error *err);
+/* ds4_session_eval_pick over the whole vocabulary with token except left
+ * out (the first maximum of the other finite logits): greedy generation
+ * that must not end, as ds4-bench times it with except = EOS. */
+int ds4_session_eval_pick_except(ds4_session *s, const int32_t *tokens, uint32_t n, int32_t except, int32_t *next,
+                                 ds4_error *err);
 /* ds4_session_eval whose result is the token ds4_sample draws from the last
  * token's first n_cand logits (0: all) with settings sp and rng: the same
  * token as sampling the logits of ds4_session_eval. On CUDA a greedy step

@@ -453,6 +453,20 @@ int ds4_session_eval_pick(ds4_session *s, const int32_t *tokens, uint32_t n, uin
     return eval_chunks(s, tokens, n, &w, err);
 }
 
+int ds4_session_eval_pick_except(ds4_session *s, const int32_t *tokens, uint32_t n, int32_t except, int32_t *next,
+                                 ds4_error *err) {
+    if (ds4_session_eval_pick(s, tokens, n, 0, next, err)) return -1;
+    if (*next != except) return 0;
+    /* rare (a greedy pick of the excluded token): the logits, read whole */
+    const float *l = ds4_session_logits(s);
+    int32_t best = -1;
+    for (uint32_t i = 0; i < s->m->hp.n_vocab; i++)
+        if ((int32_t)i != except && isfinite(l[i]) && (best < 0 || l[i] > l[best])) best = (int32_t)i;
+    if (best < 0) return ds4_fail(err, "no finite logit besides token %d", except);
+    *next = best;
+    return 0;
+}
+
 int ds4_session_eval_sample(ds4_session *s, const int32_t *tokens, uint32_t n, uint32_t n_cand, const ds4_sampling *sp,
                             ds4_rng *rng, int32_t *next, ds4_error *err) {
     eval_want w = {NULL, next, n_cand, sp, rng};

@@ -168,23 +168,6 @@ static int load_prompt(const ds4_model *m, const char *model_path, const prompt_
     return 0;
 }
 
-/* One greedy step that never picks the end-of-sequence token (eos < 0:
- * none known), so that every frontier times the same number of tokens.
- * The device's pick is taken unless it is eos; then the logits are read
- * and the best other finite one taken. */
-static int eval_greedy(ds4_session *s, const int32_t *toks, uint32_t n, int eos, int32_t *next, uint32_t n_vocab,
-                       ds4_error *err) {
-    if (ds4_session_eval_pick(s, toks, n, 0, next, err)) return -1;
-    if (eos < 0 || *next != eos) return 0;
-    const float *l = ds4_session_logits(s);
-    int32_t best = -1;
-    for (uint32_t i = 0; i < n_vocab; i++)
-        if ((int)i != eos && isfinite(l[i]) && (best < 0 || l[i] > l[best])) best = (int32_t)i;
-    if (best < 0) return ds4_fail(err, "no finite logit besides the end-of-sequence token");
-    *next = best;
-    return 0;
-}
-
 /* Decode and prefill speed next to the machine's ceilings: decode reads
  * token_bytes of weights per token (memory bound at batch 1); prefill does
  * 2 x token_params flops per token (compute bound once a chunk shares each
@@ -219,9 +202,9 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
      * step's token, and only the pick comes back from the backend */
     int32_t next = 0;
     double t0 = now_s();
-    int rc = eval_greedy(s, toks, chunk, info->eos_id, &next, info->n_vocab, &err);
+    int rc = ds4_session_eval_pick_except(s, toks, chunk, info->eos_id, &next, &err);
     double t1 = now_s();
-    for (uint32_t g = 0; rc == 0 && g < gen; g++) rc = eval_greedy(s, &next, 1, info->eos_id, &next, info->n_vocab, &err);
+    for (uint32_t g = 0; rc == 0 && g < gen; g++) rc = ds4_session_eval_pick_except(s, &next, 1, info->eos_id, &next, &err);
     double t2 = now_s();
     free(toks);
     ds4_session_free(s);
@@ -406,14 +389,14 @@ int main(int argc, char **argv) {
         uint32_t f = (uint32_t)frontier;
         int32_t next = 0;
         double t0 = now_s();
-        if (eval_greedy(s, toks + cur, f - cur, info.eos_id, &next, info.n_vocab, &err)) goto done;
+        if (ds4_session_eval_pick_except(s, toks + cur, f - cur, info.eos_id, &next, &err)) goto done;
         double t1 = now_s();
         if (ds4_session_copy_state(snap, s, &err)) goto done;
         uint64_t kv = ds4_session_state_bytes(s);
         double t2 = now_s();
         /* greedy, each pick fed back, never the end-of-sequence token */
         for (uint32_t g = 0; g < (uint32_t)gen; g++)
-            if (eval_greedy(s, &next, 1, info.eos_id, &next, info.n_vocab, &err)) goto done;
+            if (ds4_session_eval_pick_except(s, &next, 1, info.eos_id, &next, &err)) goto done;
         double t3 = now_s();
         if (ds4_session_copy_state(s, snap, &err)) goto done;
         fprintf(out, "%u,%u,%.2f,%u,%.2f,%llu\n", f, f - cur, (f - cur) / (t1 - t0), (uint32_t)gen,

@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "backends/gpu.h"
 #include "compute/forward.h"
@@ -17,6 +16,7 @@
 #include "formats/gguf.h"
 #include "formats/sidecar.h"
 #include "model/tokenizer_gguf.h"
+#include "util/progress.h"
 #include "util/warm.h"
 
 struct ds4_session {
@@ -173,10 +173,10 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
     }
     ds4_net_init_rope(&m->net);
     if (o.warm_weights) {
-        /* a terminal shows progress from a few GB up; -v says how long it took */
-        bool show = m->file->map_size >= ((size_t)4 << 30) && isatty(2);
+        /* progress on a terminal from a few GB up; then, or with -v, how long it took */
+        bool show = ds4_show_progress(m->file->map_size);
         double t = ds4_warm_mapping(m->file->map, m->file->map_size, pkg ? dense : path, show);
-        if (o.verbose && !show)
+        if (show || o.verbose)
             fprintf(stderr, "ds4: read %s into the page cache: %.2f GB in %.2f s\n", pkg ? dense : path,
                     m->file->map_size / 1e9, t);
     }
@@ -457,13 +457,14 @@ int ds4_session_eval_pick_except(ds4_session *s, const int32_t *tokens, uint32_t
                                  ds4_error *err) {
     if (ds4_session_eval_pick(s, tokens, n, 0, next, err)) return -1;
     if (*next != except) return 0;
-    /* rare (a greedy pick of the excluded token): the logits, read whole */
+    /* rare (a greedy pick of the excluded token): the logits, read whole;
+     * the first maximum of the ranges before and after it */
     const float *l = ds4_session_logits(s);
-    int32_t best = -1;
-    for (uint32_t i = 0; i < s->m->hp.n_vocab; i++)
-        if ((int32_t)i != except && isfinite(l[i]) && (best < 0 || l[i] > l[best])) best = (int32_t)i;
-    if (best < 0) return ds4_fail(err, "no finite logit besides token %d", except);
-    *next = best;
+    uint32_t V = s->m->hp.n_vocab, e = (uint32_t)except;
+    int32_t a = e > 0 ? ds4_argmax(l, e) : -1, b = e + 1 < V ? (int32_t)(e + 1) + ds4_argmax(l + e + 1, V - e - 1) : -1;
+    bool fa = a >= 0 && isfinite(l[a]), fb = b >= 0 && isfinite(l[b]);
+    if (!fa && !fb) return ds4_fail(err, "no finite logit besides token %d", except);
+    *next = fa && (!fb || l[a] >= l[b]) ? a : b;
     return 0;
 }
 

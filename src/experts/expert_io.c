@@ -1,4 +1,5 @@
 #include "experts/expert_io.h"
+#include "util/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -63,12 +64,6 @@ struct ds4_expert_io {
     atomic_bool stop;
 };
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static uint64_t env_u64(const char *name) {
     const char *v = getenv(name);
     return v && *v ? strtoull(v, NULL, 10) : 0;
@@ -83,7 +78,7 @@ static void *watch_completions(void *arg) {
         uint64_t v;
         if (read(io->efd, &v, sizeof v) < 0 && errno != EINTR && errno != EAGAIN) break;
         if (atomic_load_explicit(&io->stop, memory_order_acquire)) break;
-        double t = now_s();
+        double t = ds4_now_s();
         unsigned tail = __atomic_load_n(io->ring.cq.ktail, __ATOMIC_ACQUIRE);
         /* The kernel never posts more entries than the queue holds beyond
          * the consumer's head, and a stamp is only overwritten a whole
@@ -127,12 +122,12 @@ static void stop_watcher(ds4_expert_io *io) {
 
 /* When the completion queue entry at the head appeared. */
 static double head_stamp(ds4_expert_io *io) {
-    if (!io->have_watcher) return now_s();
+    if (!io->have_watcher) return ds4_now_s();
     unsigned head = *io->ring.cq.khead;
     unsigned upto = atomic_load_explicit(&io->stamped, memory_order_acquire);
     /* Not stamped yet: the watcher has not woken since it was posted,
      * which can only make it very recent. */
-    if ((int)(upto - head) <= 0) return now_s();
+    if ((int)(upto - head) <= 0) return ds4_now_s();
     return io->cq_time[head & io->cq_mask];
 }
 
@@ -195,7 +190,7 @@ uint32_t ds4_expert_io_inflight(const ds4_expert_io *io) { return io->inflight; 
 
 void ds4_expert_io_get_stats(const ds4_expert_io *io, ds4_io_stats *out) {
     *out = io->stats;
-    if (io->inflight) out->busy_s += now_s() - io->busy_since;
+    if (io->inflight) out->busy_s += ds4_now_s() - io->busy_since;
 }
 
 /* Prepares the next attempt of o: where it reads, how much, and whether
@@ -299,8 +294,8 @@ static void run_sync(ds4_expert_io *io, op *o) {
         plan_attempt(io, o, &fd, &dst, &off);
         ssize_t got = pread(fd, dst, (size_t)o->cur_len, (off_t)off);
         int v = judge(io, o, got < 0 ? -(long long)errno : (long long)got, &e);
-        if (v == ATTEMPT_DONE) return finish(io, o, NULL, now_s());
-        if (v == ATTEMPT_FAILED) return finish(io, o, &e, now_s());
+        if (v == ATTEMPT_DONE) return finish(io, o, NULL, ds4_now_s());
+        if (v == ATTEMPT_FAILED) return finish(io, o, &e, ds4_now_s());
     }
 }
 
@@ -323,7 +318,7 @@ int ds4_expert_io_submit(ds4_expert_io *io, const ds4_io_req *r, ds4_error *err)
     o->fault_once = n == io->fault_once;
     o->fault_short = n == io->fault_short;
     io->stats.requests++;
-    if (io->inflight++ == 0) io->busy_since = now_s();
+    if (io->inflight++ == 0) io->busy_since = ds4_now_s();
     if (io->have_ring) push(io, o);
     else run_sync(io, o);
     return 0;

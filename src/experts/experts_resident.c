@@ -6,10 +6,10 @@
  * all layers at once so the SSD works at full queue depth. */
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "experts/sidecar_source.h"
 #include "util/bankmem.h"
+#include "util/progress.h"
 
 #define CHUNK_BYTES (16u << 20)
 
@@ -122,7 +122,7 @@ ds4_expert_source *ds4_experts_resident_new(const ds4_sidecar *sc, const ds4_sid
     if (!(io = ds4_sidecar_open_io(sc, o, on_read, r, err))) goto fail;
     /* tens of GB at the full size: a progress line on a terminal (the
      * reads of a layer are queued once the earlier ones have drained) */
-    bool show = sc->expert_bytes >= ((uint64_t)4 << 30) && isatty(2);
+    bool show = ds4_show_progress(sc->expert_bytes);
     for (uint32_t il = 0; il < NL; il++) {
         if (show) fprintf(stderr, "\rds4: reading the experts into RAM: layer %u/%u", il + 1, NL);
         const ds4_sidecar_layer *L = &sc->layers[il];

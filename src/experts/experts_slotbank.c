@@ -21,6 +21,7 @@
 
 #include "experts/sidecar_source.h"
 #include "util/bankmem.h"
+#include "util/clock.h"
 
 enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY };
 
@@ -58,12 +59,6 @@ typedef struct {
     ds4_expert_stats st;
     char describe[256];
 } slot_source;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static uint64_t make_tag(uint32_t il, uint32_t s) { return (uint64_t)il << 32 | s; }
 
@@ -178,7 +173,7 @@ static int slot_acquire_start(ds4_expert_source *src, uint32_t il, const uint32_
         }
         s->prefetched = false;
     }
-    double t0 = now_s();
+    double t0 = ds4_now_s();
     for (uint32_t i = 0; i < n; i++) {
         if (bk->where[ids[i]] >= 0) continue;
         int v;
@@ -193,7 +188,7 @@ static int slot_acquire_start(ds4_expert_source *src, uint32_t il, const uint32_
         if (load_slot(b, il, (uint32_t)v, ids[i], err)) return -1;
     }
     ds4_expert_io_flush(b->io);
-    b->st.stall_s += now_s() - t0; /* waiting for a slot to free up */
+    b->st.stall_s += ds4_now_s() - t0; /* waiting for a slot to free up */
     if (b->failed) goto failed;
     /* Views point at the slots now; their bytes may still be arriving. */
     for (uint32_t i = 0; i < n; i++) {
@@ -215,12 +210,12 @@ static int slot_wait(ds4_expert_source *src, uint32_t k, ds4_error *err) {
     slot_source *b = (slot_source *)src;
     if (k >= b->last_n) return ds4_fail(err, "expert source: wait for expert %u of a %u-expert acquire", k, b->last_n);
     bank *bk = &b->banks[b->last_layer];
-    double t0 = now_s();
+    double t0 = ds4_now_s();
     int32_t si;
     /* A failed read empties its slot (where = -1) and sets failed. */
     while (!b->failed && (si = bk->where[b->last_ids[k]]) >= 0 && bk->slots[si].state == SLOT_LOADING)
         ds4_expert_io_reap(b->io, true);
-    b->st.stall_s += now_s() - t0;
+    b->st.stall_s += ds4_now_s() - t0;
     if (b->failed) {
         *err = b->err;
         return -1;

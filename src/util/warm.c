@@ -1,5 +1,6 @@
 /* Bringing a mapped file into the page cache (see warm.h). */
 #include "util/warm.h"
+#include "util/clock.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -11,30 +12,24 @@
  * disk always has work queued, small enough not to evict what was read. */
 #define WARM_WINDOW ((size_t)256 << 20)
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
+/* Asks the kernel to read window [off, off + WARM_WINDOW) of the mapping. */
+static void will_need(const uint8_t *map, size_t size, size_t off, size_t page) {
+    if (off >= size) return;
+    size_t len = size - off < WARM_WINDOW ? size - off : WARM_WINDOW;
+    uintptr_t start = (uintptr_t)(map + off), a = start & ~(uintptr_t)(page - 1); /* madvise wants whole pages */
+    madvise((void *)a, len + (start - a), MADV_WILLNEED);
 }
 
 double ds4_warm_mapping(const void *map, size_t size, const char *what, bool progress) {
-    double t0 = now_s();
+    double t0 = ds4_now_s();
     long ps = sysconf(_SC_PAGESIZE);
     size_t page = ps > 0 ? (size_t)ps : 4096;
     const volatile uint8_t *p = (const volatile uint8_t *)map;
-    uintptr_t base = (uintptr_t)map & ~(uintptr_t)(page - 1);
     uint8_t sink = 0;
     size_t next_gb = (size_t)1 << 30;
+    will_need(map, size, 0, page);
     for (size_t w = 0; w < size; w += WARM_WINDOW) {
-        /* the window after this one is read while this one is touched */
-        size_t ahead = w + WARM_WINDOW;
-        if (ahead < size) {
-            size_t len = size - ahead < WARM_WINDOW ? size - ahead : WARM_WINDOW;
-            uintptr_t a = ((uintptr_t)map + ahead) & ~(uintptr_t)(page - 1);
-            madvise((void *)a, len + ((uintptr_t)map + ahead - a), MADV_WILLNEED);
-        } else if (w == 0) {
-            madvise((void *)base, size + ((uintptr_t)map - base), MADV_WILLNEED);
-        }
+        will_need(map, size, w + WARM_WINDOW, page); /* read while this window is touched */
         size_t end = w + WARM_WINDOW < size ? w + WARM_WINDOW : size;
         for (size_t i = w; i < end; i += page) sink ^= p[i];
         if (progress && end >= next_gb) {
@@ -42,7 +37,8 @@ double ds4_warm_mapping(const void *map, size_t size, const char *what, bool pro
             next_gb = end + ((size_t)1 << 30);
         }
     }
-    if (progress) fprintf(stderr, "\rds4: read %s into the page cache: %.1f GB in %.1f s\n", what, size / 1e9, now_s() - t0);
     (void)sink;
-    return now_s() - t0;
+    double t = ds4_now_s() - t0;
+    if (progress) fputc('\n', stderr); /* the caller says how long it took */
+    return t;
 }

@@ -7,8 +7,8 @@
 
 /* Reads every page of map[0, size) once (asking the kernel to read ahead
  * a window at a time), so that the first prefill does not wait on the disk
- * page by page. With progress, a line on stderr counts the gigabytes.
- * Returns the seconds it took. */
+ * page by page. With progress, a line on stderr counts the gigabytes (and
+ * ends with a newline). Returns the seconds it took. */
 double ds4_warm_mapping(const void *map, size_t size, const char *what, bool progress);
 
 #endif

@@ -19,18 +19,11 @@
 #include "roofline.h"
 #include "util/textfile.h"
 #include "util/units.h"
+#include "util/clock.h"
 
 /* The system prompt of --chat-prompt-file (with its period, unlike the
  * CLI's; spec/INTERFACES.md 1.4). */
 #define BENCH_DEFAULT_SYSTEM "You are a helpful assistant."
-/* Prompt files hold a benchmark's text: far below this. */
-#define BENCH_TEXT_MAX ((size_t)1 << 30)
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -63,6 +56,16 @@ static void usage(FILE *f) {
             "                       report decode and prefill speed as fractions of them\n");
 }
 
+/* The value after option argv[*i] (a path or a name). */
+static int str_arg(int argc, char **argv, int *i, const char **out) {
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "ds4-bench: %s needs a value\n", argv[*i]);
+        return -1;
+    }
+    *out = argv[++*i];
+    return 0;
+}
+
 static int num_arg(int argc, char **argv, int *i, double *out) {
     if (*i + 1 >= argc) {
         fprintf(stderr, "ds4-bench: %s needs a value\n", argv[*i]);
@@ -81,7 +84,7 @@ static int num_arg(int argc, char **argv, int *i, double *out) {
 /* Ids separated by commas and/or white space; anything else is an error
  * naming the file and the offending text. */
 static int parse_ids_file(const char *path, ds4_tokens *out, ds4_error *err) {
-    char *text = ds4_read_text_file(path, BENCH_TEXT_MAX, NULL, err);
+    char *text = ds4_read_text_file(path, DS4_TEXT_FILE_MAX, NULL, err);
     if (!text) return -1;
     int rc = 0;
     for (char *p = text; *p && !rc;) {
@@ -120,7 +123,7 @@ static int tokenize_prompt(const ds4_model *m, const char *model_path, const pro
     }
     const char *path = p->text_path ? p->text_path : p->chat_path;
     size_t len;
-    char *text = ds4_read_text_file(path, BENCH_TEXT_MAX, &len, err);
+    char *text = ds4_read_text_file(path, DS4_TEXT_FILE_MAX, &len, err);
     int rc = -1;
     if (!text) goto out;
     if (p->text_path) {
@@ -201,11 +204,11 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
     /* greedy decoding as a user's would run: each step's pick is the next
      * step's token, and only the pick comes back from the backend */
     int32_t next = 0;
-    double t0 = now_s();
+    double t0 = ds4_now_s();
     int rc = ds4_session_eval_pick_except(s, toks, chunk, info->eos_id, &next, &err);
-    double t1 = now_s();
+    double t1 = ds4_now_s();
     for (uint32_t g = 0; rc == 0 && g < gen; g++) rc = ds4_session_eval_pick_except(s, &next, 1, info->eos_id, &next, &err);
-    double t2 = now_s();
+    double t2 = ds4_now_s();
     free(toks);
     ds4_session_free(s);
     if (rc) {
@@ -248,17 +251,6 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
     return 0;
 }
 
-/* Options whose value is a path or a name (the numeric ones go through
- * num_arg, which says when the value is missing). */
-static bool takes_path(const char *a) {
-    static const char *const names[] = {"-m", "--model", "--tokens-file", "--prompt-file", "--chat-prompt-file",
-                                        "-sys", "--system", "--tokenizer", "--backend", "--gpu-expert-cache",
-                                        "--csv", "--numerics"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (!strcmp(a, names[i])) return true;
-    return false;
-}
-
 int main(int argc, char **argv) {
     const char *model_path = "ds4flash.gguf", *csv_path = NULL;
     prompt_src src = {.system = BENCH_DEFAULT_SYSTEM};
@@ -275,35 +267,39 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
-        } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && i + 1 < argc) model_path = argv[++i];
-        else if (!strcmp(a, "--tokens-file") && i + 1 < argc) src.ids_path = argv[++i];
-        else if (!strcmp(a, "--prompt-file") && i + 1 < argc) src.text_path = argv[++i];
-        else if (!strcmp(a, "--chat-prompt-file") && i + 1 < argc) src.chat_path = argv[++i];
-        else if ((!strcmp(a, "-sys") || !strcmp(a, "--system")) && i + 1 < argc) src.system = argv[++i];
-        else if (!strcmp(a, "--tokenizer") && i + 1 < argc) src.tokenizer_path = argv[++i];
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) rc = str_arg(argc, argv, &i, &model_path);
+        else if (!strcmp(a, "--tokens-file")) rc = str_arg(argc, argv, &i, &src.ids_path);
+        else if (!strcmp(a, "--prompt-file")) rc = str_arg(argc, argv, &i, &src.text_path);
+        else if (!strcmp(a, "--chat-prompt-file")) rc = str_arg(argc, argv, &i, &src.chat_path);
+        else if (!strcmp(a, "-sys") || !strcmp(a, "--system")) rc = str_arg(argc, argv, &i, &src.system);
+        else if (!strcmp(a, "--tokenizer")) rc = str_arg(argc, argv, &i, &src.tokenizer_path);
+        else if (!strcmp(a, "--csv")) rc = str_arg(argc, argv, &i, &csv_path);
         else if (!strcmp(a, "--roofline")) roofline = 1;
         else if (!strcmp(a, "--warm-weights")) warm = true;
         else if (!strcmp(a, "--cuda")) backend = DS4_BACKEND_CUDA;
         else if (!strcmp(a, "--cpu")) backend = DS4_BACKEND_CPU;
-        else if (!strcmp(a, "--backend") && i + 1 < argc) {
+        else if (!strcmp(a, "--backend")) {
+            const char *v;
             ds4_error e;
-            if (ds4_backend_parse(argv[++i], &backend, &e)) {
+            if (str_arg(argc, argv, &i, &v)) return 2;
+            if (ds4_backend_parse(v, &backend, &e)) {
                 fprintf(stderr, "ds4-bench: --backend: %s\n", e.msg);
                 return 2;
             }
-        } else if (!strcmp(a, "--gpu-expert-cache") && i + 1 < argc) {
-            const char *v = argv[++i];
+        } else if (!strcmp(a, "--gpu-expert-cache")) {
+            const char *v;
+            if (str_arg(argc, argv, &i, &v)) return 2;
             if (!strcmp(v, "auto") || !strcmp(v, "0")) expert_cache = 0;
             else if (ds4_parse_size(v, &expert_cache)) {
                 fprintf(stderr, "ds4-bench: --gpu-expert-cache expects 'auto' or a size such as 16G, got '%s'\n", v);
                 return 2;
             }
-        }
-        else if (!strcmp(a, "--csv") && i + 1 < argc) csv_path = argv[++i];
-        else if (!strcmp(a, "--numerics") && i + 1 < argc) {
-            const char *v = argv[++i];
+        } else if (!strcmp(a, "--numerics")) {
+            const char *v;
+            if (str_arg(argc, argv, &i, &v)) return 2;
             if (!strcmp(v, "hf")) numerics = DS4_NUMERICS_HF;
-            else if (strcmp(v, "official")) {
+            else if (!strcmp(v, "official")) numerics = DS4_NUMERICS_OFFICIAL;
+            else {
                 fprintf(stderr, "ds4-bench: --numerics must be official or hf\n");
                 return 2;
             }
@@ -315,10 +311,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--gen-tokens") || !strcmp(a, "-n") || !strcmp(a, "--tokens")) rc = num_arg(argc, argv, &i, &gen);
         else if (!strcmp(a, "--prefill-chunk")) rc = num_arg(argc, argv, &i, &chunk);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) rc = num_arg(argc, argv, &i, &threads);
-        else if (takes_path(a)) {
-            fprintf(stderr, "ds4-bench: %s needs a value\n", a); /* it was the last argument */
-            return 2;
-        } else {
+        else {
             fprintf(stderr, "ds4-bench: unknown option '%s' (see --help)\n", a);
             return 2;
         }
@@ -388,16 +381,16 @@ int main(int argc, char **argv) {
     for (double frontier = ctx_start;;) {
         uint32_t f = (uint32_t)frontier;
         int32_t next = 0;
-        double t0 = now_s();
+        double t0 = ds4_now_s();
         if (ds4_session_eval_pick_except(s, toks + cur, f - cur, info.eos_id, &next, &err)) goto done;
-        double t1 = now_s();
+        double t1 = ds4_now_s();
         if (ds4_session_copy_state(snap, s, &err)) goto done;
         uint64_t kv = ds4_session_state_bytes(s);
-        double t2 = now_s();
+        double t2 = ds4_now_s();
         /* greedy, each pick fed back, never the end-of-sequence token */
         for (uint32_t g = 0; g < (uint32_t)gen; g++)
             if (ds4_session_eval_pick_except(s, &next, 1, info.eos_id, &next, &err)) goto done;
-        double t3 = now_s();
+        double t3 = ds4_now_s();
         if (ds4_session_copy_state(s, snap, &err)) goto done;
         fprintf(out, "%u,%u,%.2f,%u,%.2f,%llu\n", f, f - cur, (f - cur) / (t1 - t0), (uint32_t)gen,
                 gen > 0 ? gen / (t3 - t2) : 0.0, (unsigned long long)kv);

@@ -1,4 +1,5 @@
 #include "roofline.h"
+#include "util/clock.h"
 
 #include <pthread.h>
 #if defined(__x86_64__)
@@ -9,12 +10,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 typedef struct {
     const uint64_t *p;
@@ -29,11 +24,11 @@ typedef struct {
 static void *read_thread(void *v) {
     read_arg *a = v;
     pthread_barrier_wait(a->bar);
-    a->t0 = now();
+    a->t0 = ds4_now_s();
     uint64_t acc[8] = {0};
     for (size_t i = 0; i + 8 <= a->n; i += 8)
         for (int k = 0; k < 8; k++) acc[k] ^= a->p[i + k];
-    a->t1 = now();
+    a->t1 = ds4_now_s();
     for (int k = 0; k < 8; k++) a->sink ^= acc[k];
     return NULL;
 }
@@ -118,13 +113,13 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static float vnni_avx512(
 static void *int8_thread(void *v) {
     flop_arg *a = v;
     long iters = 20000000;
-    double t0 = now();
+    double t0 = ds4_now_s();
 #if defined(__x86_64__)
     a->out = vnni_avx512(iters);
 #else
     a->out = 0;
 #endif
-    a->secs = now() - t0;
+    a->secs = ds4_now_s() - t0;
     a->flops = (double)iters * 12 * 64 * 2;
     return NULL;
 }
@@ -164,14 +159,14 @@ static void *flop_thread(void *v) {
     long iters = 20000000;
 #if defined(__x86_64__)
     int wide = __builtin_cpu_supports("avx512f");
-    double t0 = now();
+    double t0 = ds4_now_s();
     a->out = wide ? fma_avx512(iters) : fma_avx2(iters);
 #else
     int wide = 0;
-    double t0 = now();
+    double t0 = ds4_now_s();
     a->out = 0;
 #endif
-    a->secs = now() - t0;
+    a->secs = ds4_now_s() - t0;
     a->flops = (double)iters * 12 * (wide ? 16 : 8) * 2;
     return NULL;
 }

@@ -6,6 +6,7 @@
 #include "convert.h"
 #include "formats/ggml_types.h"
 #include "formats/quant.h"
+#include "util/clock.h"
 
 typedef struct encode_job {
     uint32_t type;
@@ -36,14 +37,8 @@ static size_t encode(convert_emit *c, uint32_t type, const float *src, uint64_t 
     return (size_t)(rows * j.row_bytes);
 }
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 void convert_progress(convert_emit *c, const char *name, int final) {
-    double t = now();
+    double t = ds4_now_s();
     /* tty: a live line at most 10 times a second; log: every 64 tensors. */
     if (!final && (c->tty ? t - c->last_report < 0.1 : c->n_done % 64 != 0)) return;
     c->last_report = t;

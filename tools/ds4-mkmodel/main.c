@@ -21,6 +21,7 @@
 #include "model/tokenizer_gguf.h"
 #include "synth.h"
 #include "util/fileio.h"
+#include "util/clock.h"
 
 #define MAX_OVERRIDES 64
 #define CHUNK_BYTES (64u << 20)
@@ -61,12 +62,6 @@ typedef struct geo_opt {
     const char *flag;
     uint32_t *dst;
 } geo_opt;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Checks what the layout and the engine need of a geometry, naming the
  * flag at fault. */
@@ -254,7 +249,7 @@ int main(int argc, char **argv) {
         }
     if (gguf_writer_begin_data(w, &err)) goto out;
     uint64_t done = 0;
-    double t0 = now(), last = 0;
+    double t0 = ds4_now_s(), last = 0;
     for (size_t i = 0; i < lay.n; i++) {
         const ds4_layout_tensor *t = &lay.t[i];
         uint64_t rows = ds4_layout_rows(t), row_bytes = types[i] == GGML_TYPE_I32 ? t->ne[0] * 4 : 0;
@@ -270,7 +265,7 @@ int main(int argc, char **argv) {
             if (synth_rows(syn, t, (uint32_t)i, types[i], r, n, buf, &err)) goto out;
             if (gguf_writer_write(w, buf, n * row_bytes, &err)) goto out;
             done += n * row_bytes;
-            double tn = now();
+            double tn = ds4_now_s();
             if (tty ? tn - last >= 0.1 : tn - last >= 10) {
                 last = tn;
                 fprintf(stderr, "%s[%3d%%] %zu/%zu tensors, %.2f/%.2f GB, %.0f MB/s  %-36s%s", tty ? "\r" : "",
@@ -285,7 +280,7 @@ int main(int argc, char **argv) {
     w = NULL;
     if (ds4_atomic_commit(tmp, out, &err)) goto out;
     tmp[0] = 0;
-    fprintf(stderr, "ds4-mkmodel: wrote %s (%zu tensors, %.2f GB) in %.1f s\n", out, lay.n, total / 1e9, now() - t0);
+    fprintf(stderr, "ds4-mkmodel: wrote %s (%zu tensors, %.2f GB) in %.1f s\n", out, lay.n, total / 1e9, ds4_now_s() - t0);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "ds4-mkmodel: %s\n", err.msg);

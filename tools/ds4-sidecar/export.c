@@ -21,18 +21,13 @@
 #include "formats/ggml_types.h"
 #include "sidecar_tool.h"
 #include "util/sha256.h"
+#include "util/clock.h"
 
 #define RECORD_ALIGN 4096u
 #define OUT_BUFFER (8u << 20)
 
 static volatile sig_atomic_t g_interrupted;
 static void on_signal(int sig) { g_interrupted = sig; }
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     (void)st, (void)ftw;
@@ -126,7 +121,7 @@ static int check_interrupt(ds4_error *err) {
 }
 
 static void progress(bool tty, uint64_t done, uint64_t total, double t0, const char *what) {
-    double dt = now_s() - t0;
+    double dt = ds4_now_s() - t0;
     fprintf(stderr, "%s[%3d%%] %.1f/%.1f MB  %.1f MB/s  %-32s%s", tty ? "\r" : "",
             total ? (int)(100 * done / total) : 100, done / 1e6, total / 1e6, dt > 0 ? done / 1e6 / dt : 0.0, what,
             tty ? "" : "\n");
@@ -271,7 +266,7 @@ int cmd_export(int argc, char **argv) {
     sigaction(SIGHUP, &sa, NULL);
 
     bool tty = isatty(2);
-    double t0 = now_s();
+    double t0 = ds4_now_s();
     uint64_t done = 0;
     fprintf(stderr, "ds4-sidecar: exporting %s: %u layers x %u experts, record %llu bytes (stride %llu), into %s\n",
             src_path, NL, X, (unsigned long long)sc.layers[0].record_bytes, (unsigned long long)sc.layers[0].stride, tmp);
@@ -336,7 +331,7 @@ int cmd_export(int argc, char **argv) {
         }
     }
     fprintf(stderr, "ds4-sidecar: wrote %s (%u layer files, %.1f MB of experts, dense %.1f MB) in %.1fs\n", out_dir, NL,
-            expert_total / 1e6, sc.files[NL].bytes / 1e6, now_s() - t0);
+            expert_total / 1e6, sc.files[NL].bytes / 1e6, ds4_now_s() - t0);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "ds4-sidecar: %s\n", err.msg);

@@ -24,6 +24,7 @@
 #include "experts/expert_io.h"
 #include "util/bankmem.h"
 #include "sidecar_tool.h"
+#include "util/clock.h"
 
 typedef struct probe_ctx {
     bool *busy;
@@ -34,16 +35,10 @@ typedef struct probe_ctx {
     ds4_error err;
 } probe_ctx;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void on_done(void *ctx, uint64_t tag, const ds4_error *err) {
     probe_ctx *c = ctx;
     c->busy[tag] = false;
-    c->lat_sum += now_s() - c->issued[tag];
+    c->lat_sum += ds4_now_s() - c->issued[tag];
     c->done++;
     if (err && !c->failed) {
         c->failed = 1;
@@ -82,8 +77,8 @@ static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool dir
         goto out;
     }
     uint64_t seed = 0x9E3779B97F4A7C15ull ^ (uint64_t)qd;
-    double t0 = now_s(), end = t0 + seconds;
-    while (now_s() < end && !c.failed) {
+    double t0 = ds4_now_s(), end = t0 + seconds;
+    while (ds4_now_s() < end && !c.failed) {
         for (uint32_t b = 0; b < qd; b++) {
             if (c.busy[b]) continue;
             uint32_t il = (uint32_t)(xorshift(&seed) % sc->geom.n_layer);
@@ -91,7 +86,7 @@ static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool dir
             ds4_sidecar_read rd[DS4_FAM_COUNT];
             uint32_t n = ds4_sidecar_expert_reads(sc, il, e, rd);
             c.busy[b] = true;
-            c.issued[b] = now_s();
+            c.issued[b] = ds4_now_s();
             /* A family-major layer's record is three reads; the probe times
              * the first (the largest share) to keep one request per buffer. */
             (void)n;
@@ -109,7 +104,7 @@ static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool dir
     }
     while (ds4_expert_io_reap(io, true)) {
     }
-    double dt = now_s() - t0;
+    double dt = ds4_now_s() - t0;
     if (c.failed) {
         fprintf(stderr, "ds4-sidecar probe: %s\n", c.err.msg);
         goto out;

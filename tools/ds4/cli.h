@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "ds4.h"
+#include "util/clock.h"
 
 typedef struct cli_opts {
     const char *model, *prompt, *prompt_file, *system, *tokens_arg;
@@ -48,8 +49,9 @@ int cli_generate(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, bo
 
 void cli_print_stats(const cli_stats *st);
 int cli_interactive(ds4_model *m, cli_opts *o);
+/* log sum exp of n logits, in double: log-probabilities are logit - it */
+double cli_logsumexp(const float *logits, uint32_t n);
 int cli_dump_logprobs(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, uint32_t prompt_len, ds4_error *err);
-double cli_now(void);
 
 /* perplexity.c: the first CLI_PPL_CONTEXT of n tokens as context, then the
  * negative log-likelihood of the rest (at most o->n_predict of them when

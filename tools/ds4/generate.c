@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "util/clock.h"
 
 volatile sig_atomic_t cli_interrupted = 0;
 
@@ -20,12 +21,6 @@ void cli_install_sigint(void) {
     sa.sa_handler = on_sigint;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
-}
-
-double cli_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 int cli_prefill(ds4_session *s, const int32_t *ids, uint32_t n, uint32_t chunk, ds4_error *err) {
@@ -61,7 +56,7 @@ int cli_generate(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, bo
     if (!ds) return -1;
     void *scratch = NULL;
     int rc = 0;
-    double t0 = cli_now();
+    double t0 = ds4_now_s();
     const float *lg = ds4_session_logits(s);
     uint32_t vocab = n_vocab; /* the model's logits may be wider (padding rows): only real tokens are sampled */
     scratch = malloc((size_t)vocab * 8);
@@ -110,7 +105,7 @@ int cli_generate(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, bo
     emit(text, len, reasoning, tty);
     fputc('\n', stdout);
     fflush(stdout);
-    st->gen_s += cli_now() - t0;
+    st->gen_s += ds4_now_s() - t0;
     ds4_detok_stream_free(ds);
     free(scratch);
     return rc;
@@ -139,6 +134,14 @@ static void json_token(FILE *f, const ds4_tokenizer *tok, int32_t id) {
     fprintf(f, "]}");
 }
 
+double cli_logsumexp(const float *logits, uint32_t n) {
+    double mx = -INFINITY, sum = 0;
+    for (uint32_t v = 0; v < n; v++)
+        if (logits[v] > mx) mx = logits[v];
+    for (uint32_t v = 0; v < n; v++) sum += exp(logits[v] - mx);
+    return mx + log(sum);
+}
+
 int cli_dump_logprobs(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *o, uint32_t prompt_len, ds4_error *err) {
     FILE *f = fopen(o->dump_logprobs, "w");
     if (!f) return ds4_fail(err, "cannot write '%s'", o->dump_logprobs);
@@ -150,11 +153,7 @@ int cli_dump_logprobs(ds4_session *s, const ds4_tokenizer *tok, const cli_opts *
     int rc = best ? 0 : ds4_fail(err, "out of memory");
     for (long step = 0; rc == 0 && step < steps; step++) {
         const float *lg = ds4_session_logits(s);
-        double mx = -INFINITY, sum = 0;
-        for (uint32_t v = 0; v < V; v++)
-            if (lg[v] > mx) mx = lg[v];
-        for (uint32_t v = 0; v < V; v++) sum += exp(lg[v] - mx);
-        double lse = mx + log(sum);
+        double lse = cli_logsumexp(lg, V);
         long k = 0;
         for (uint32_t v = 0; v < V; v++) { /* insertion into the K best, kept sorted */
             if (k == K && !(lg[v] > lg[best[K - 1]])) continue;

@@ -67,10 +67,10 @@ static int turn(chat *c, const char *text, ds4_error *err) {
         return 0;
     }
     cli_stats st = {.prompt_tokens = (uint32_t)(c->transcript.n - c->in_session)};
-    double t0 = cli_now();
+    double t0 = ds4_now_s();
     int r = cli_prefill(c->s, c->transcript.ids + c->in_session, (uint32_t)(c->transcript.n - c->in_session),
                         (uint32_t)c->o->chunk, err);
-    st.prefill_s = cli_now() - t0;
+    st.prefill_s = ds4_now_s() - t0;
     if (r < 0) return -1;
     if (r == 1) {
         /* stopped during prefill: drop the turn; the session is re-filled next time */
@@ -170,7 +170,7 @@ int cli_interactive(ds4_model *m, cli_opts *o) {
                 }
             } else if (!strncmp(line, "/read ", 6)) {
                 ds4_error e = {{0}};
-                if (!(text = ds4_read_text_file(line + 6, (size_t)1 << 30, NULL, &e))) printf("ds4: /read: %s\n", e.msg);
+                if (!(text = ds4_read_text_file(line + 6, DS4_TEXT_FILE_MAX, NULL, &e))) printf("ds4: /read: %s\n", e.msg);
             } else {
                 printf("ds4: unknown command\n");
             }

@@ -98,9 +98,6 @@ static int parse_ids(const char *s, ds4_tokens *out) {
     return out->n ? 0 : -1;
 }
 
-/* Prompts and token lists: far below this; a larger file is a mistake. */
-#define CLI_TEXT_MAX ((size_t)1 << 30)
-
 static int parse_long(const char *flag, const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
@@ -304,7 +301,7 @@ static int run_ids(ds4_model *m, const cli_opts *o) {
     const char *src = o->tokens_arg;
     if (src[0] == '@') {
         ds4_error e = {{0}};
-        if (!(text = ds4_read_text_file(src + 1, CLI_TEXT_MAX, NULL, &e))) {
+        if (!(text = ds4_read_text_file(src + 1, DS4_TEXT_FILE_MAX, NULL, &e))) {
             fprintf(stderr, "ds4: --tokens: %s\n", e.msg);
             return 1;
         }
@@ -343,9 +340,9 @@ static int run_ids(ds4_model *m, const cli_opts *o) {
         snprintf(err.msg, sizeof err.msg, "out of memory for %zu x %u logits", prompt.n, info.n_vocab);
         goto out;
     }
-    double t0 = cli_now();
+    double t0 = ds4_now_s();
     if (ds4_session_eval(s, prompt.ids, (uint32_t)prompt.n, all, &err)) goto out;
-    st.prefill_s = cli_now() - t0;
+    st.prefill_s = ds4_now_s() - t0;
     ds4_moe_stats at_prefill;
     ds4_model_moe_stats(m, &at_prefill);
     if (o->dump_logits) {
@@ -356,7 +353,7 @@ static int run_ids(ds4_model *m, const cli_opts *o) {
             goto out;
         }
     }
-    t0 = cli_now();
+    t0 = ds4_now_s();
     /* after the first token the session draws each token as it feeds the
      * previous one (on CUDA a step then returns the token or a few
      * candidates instead of the logits) */
@@ -369,7 +366,7 @@ static int run_ids(ds4_model *m, const cli_opts *o) {
         if (i + 1 < n_predict && ds4_session_eval_sample(s, &id, 1, info.n_vocab, &o->sampling, &rng, &picked, &err)) goto out;
     }
     if (n_predict) printf("\n");
-    st.gen_s = cli_now() - t0;
+    st.gen_s = ds4_now_s() - t0;
     /* the first generated token comes from the prompt's logits; every later
      * one costs a forward pass */
     if (o->moe_stats && n_predict > 1) cli_print_decode_moe_stats(m, &at_prefill, n_predict - 1, st.gen_s);
@@ -394,7 +391,7 @@ static int run_perplexity_file(ds4_model *m, const cli_opts *o) {
     const ds4_tokenizer *tok = ds4_model_tokenizer(m);
     int rc = 1;
     size_t len;
-    char *text = ds4_read_text_file(o->perplexity_file, CLI_TEXT_MAX, &len, &err);
+    char *text = ds4_read_text_file(o->perplexity_file, DS4_TEXT_FILE_MAX, &len, &err);
     if (!text) goto out;
     if (o->tokenizer_path && !(tok = own = ds4_tokenizer_load(o->tokenizer_path, &err))) goto out;
     if (!tok) {
@@ -445,9 +442,9 @@ static int run_text(ds4_model *m, const cli_opts *o, const char *text) {
     ds4_session_opts so = {.numerics = o->numerics, .max_ctx = (uint32_t)o->ctx, .prefill_chunk = (uint32_t)o->chunk};
     if (!(s = ds4_session_new(m, &so, &err))) goto out;
     cli_stats st = {.prompt_tokens = (uint32_t)prompt.n};
-    double t0 = cli_now();
+    double t0 = ds4_now_s();
     int r = cli_prefill(s, prompt.ids, (uint32_t)prompt.n, (uint32_t)o->chunk, &err);
-    st.prefill_s = cli_now() - t0;
+    st.prefill_s = ds4_now_s() - t0;
     if (r < 0) goto out;
     if (o->dump_logprobs) {
         if (cli_dump_logprobs(s, tok, o, (uint32_t)prompt.n, &err)) goto out;
@@ -491,7 +488,7 @@ int main(int argc, char **argv) {
     const char *text = o.prompt;
     if (o.prompt_file) {
         ds4_error e = {{0}};
-        if (!(file_text = ds4_read_text_file(o.prompt_file, CLI_TEXT_MAX, NULL, &e))) {
+        if (!(file_text = ds4_read_text_file(o.prompt_file, DS4_TEXT_FILE_MAX, NULL, &e))) {
             fprintf(stderr, "ds4: --prompt-file: %s\n", e.msg);
             return 1;
         }

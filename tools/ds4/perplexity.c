@@ -12,15 +12,6 @@
 
 #define CLI_PPL_MAX_CHUNK 512
 
-/* -log softmax(logits)[id], in double: a long text sums many of them. */
-static double token_nll(const float *logits, uint32_t n_vocab, int32_t id) {
-    double mx = -INFINITY, sum = 0;
-    for (uint32_t i = 0; i < n_vocab; i++)
-        if (logits[i] > mx) mx = logits[i];
-    for (uint32_t i = 0; i < n_vocab; i++) sum += exp((double)logits[i] - mx);
-    return mx + log(sum) - (double)logits[id];
-}
-
 int cli_perplexity(ds4_model *m, const cli_opts *o, const int32_t *ids, size_t n, ds4_error *err) {
     ds4_model_info info;
     ds4_model_get_info(m, &info);
@@ -44,7 +35,7 @@ int cli_perplexity(ds4_model *m, const cli_opts *o, const int32_t *ids, size_t n
     ds4_session *s = ds4_session_new(m, &so, err);
     float *lg = malloc((size_t)chunk * info.n_vocab * sizeof(float));
     int rc = -1;
-    double nll = 0, t0 = cli_now();
+    double nll = 0, t0 = ds4_now_s();
     bool tty = isatty(STDERR_FILENO);
     if (!s) goto out;
     if (!lg) {
@@ -56,7 +47,10 @@ int cli_perplexity(ds4_model *m, const cli_opts *o, const int32_t *ids, size_t n
         if (ds4_session_eval(s, ids + p0, c, lg, err)) goto out;
         /* the logits after token p predict token p + 1 */
         for (uint32_t j = 0; j < c; j++)
-            if (p0 + j + 1 >= CLI_PPL_CONTEXT) nll += token_nll(lg + (size_t)j * info.n_vocab, info.n_vocab, ids[p0 + j + 1]);
+            if (p0 + j + 1 >= CLI_PPL_CONTEXT) {
+                const float *row = lg + (size_t)j * info.n_vocab;
+                nll += cli_logsumexp(row, info.n_vocab) - row[ids[p0 + j + 1]]; /* -log softmax */
+            }
         if (tty && fed > chunk)
             fprintf(stderr, "\rds4: perplexity: %zu/%zu tokens fed", p0 + c, fed);
         if (cli_interrupted) {
@@ -66,7 +60,7 @@ int cli_perplexity(ds4_model *m, const cli_opts *o, const int32_t *ids, size_t n
     }
     if (tty && fed > chunk) fprintf(stderr, "\n");
     printf("tokens=%zu scored=%zu nll=%.9f avg_nll=%.9f ppl=%.9f\n", n, scored, nll, nll / scored, exp(nll / scored));
-    if (o->verbose) fprintf(stderr, "ds4: perplexity: %.2f tokens/s\n", fed / (cli_now() - t0));
+    if (o->verbose) fprintf(stderr, "ds4: perplexity: %.2f tokens/s\n", fed / (ds4_now_s() - t0));
     rc = 0;
 out:
     free(lg);

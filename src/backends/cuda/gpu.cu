@@ -6,7 +6,6 @@
  * everything else depends only on positions, which the host knows. */
 #include <stdio.h>
 #include <time.h>
-#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +17,8 @@ extern "C" {
 }
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
+#include "util/clock.h"
+#include "util/progress.h"
 
 /* Tokens per internal chunk: bounds the scratch buffers. A session takes
  * at least GPU_CHUNK and up to its caller's prefill chunk (session_chunk).
@@ -256,11 +257,6 @@ static void trace_start(void) {}
 static void trace_dump(void) {}
 #endif
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 static void prof_init(ds4_gpu_session *s);
 
 /* ---- device and weights -------------------------------------------------------- */
@@ -303,7 +299,8 @@ size_t k_smem_optin(void) {
             v = 48 * 1024;
         lim = v;
         const char *e = getenv("DS4_CUDA_SMEM_LIMIT");
-        if (e && atoll(e) > 0 && atoll(e) < lim) lim = atoll(e);
+        long long want = e ? atoll(e) : 0;
+        if (want > 0 && want < lim) lim = want;
     }
     return (size_t)lim;
 }
@@ -559,7 +556,7 @@ static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
     }
     /* tens of GB read from the model file at the full size: a progress
      * line (on a terminal) */
-    bool show = b->host && b->host_bytes >= ((uint64_t)4 << 30) && isatty(2);
+    bool show = b->host && ds4_show_progress(b->host_bytes);
     for (uint32_t il = 0; il < L && b->host; il++) {
         const ds4_layer_weights *l = &hw->layers[il];
         uint64_t gb = l->gate_exps.row_bytes * l->gate_exps.ne[1], ub = l->up_exps.row_bytes * l->up_exps.ne[1];
@@ -1859,7 +1856,7 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
     uint32_t pos0 = s->pos;
     int fr0 = s->fr;
     cudaGraph_t graph = NULL;
-    double t0 = s->steptime ? now_s() : 0;
+    double t0 = s->steptime ? ds4_now_s() : 0;
     if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
         cudaGetLastError();
         s->graphs = false;
@@ -1880,7 +1877,7 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
         s->graphs = false;
         return -2;
     }
-    double t1 = s->steptime ? now_s() : 0;
+    double t1 = s->steptime ? ds4_now_s() : 0;
     /* Never the graph of the step running now (busy): a launch of a graph
      * updated while it runs waits for that run, so consecutive steps of
      * one kind alternate between two graphs. */
@@ -1911,7 +1908,7 @@ static int capture_step(ds4_gpu_session *s, bool official, int want, int busy, d
     }
     cudaGraphDestroy(graph);
     if (s->steptime) {
-        double t2 = now_s();
+        double t2 = ds4_now_s();
         s->t_capture += t1 - t0, s->t_update += t2 - t1;
     }
     return slot;
@@ -1941,11 +1938,11 @@ static bool prepared_for(const ds4_gpu_session *s, const prepared_step *r, bool 
 /* Launches graph slot for the step at position p, fed token (-1: the
  * device's pick of the step before). */
 static int launch_step(ds4_gpu_session *s, int slot, uint32_t p, int32_t token, ds4_error *err) {
-    double t = s->steptime ? now_s() : 0;
+    double t = s->steptime ? ds4_now_s() : 0;
     s->tok_pinned[p & 1] = token;
     CU(cudaGraphLaunch(s->gcache[slot].exec, s->st));
     CU(cudaEventRecord(s->ev_done[p & 1], s->st));
-    if (s->steptime) s->t_launch += now_s() - t;
+    if (s->steptime) s->t_launch += ds4_now_s() - t;
     return 0;
 }
 
@@ -1953,7 +1950,7 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
     int want = out ? STEP_LOGITS : tail;
     uint32_t p = s->pos;
     int busy; /* the graph of the step at p, running */
-    double t2 = s->steptime ? now_s() : 0;
+    double t2 = s->steptime ? ds4_now_s() : 0;
     if (s->steptime && s->t_last_end > 0) s->t_between += t2 - s->t_last_end; /* the caller's time between two steps */
     if (prepared_for(s, &s->spec, official, want) && token == s->pick_pinned[(p - 1) & 1]) {
         /* this step is the one in flight */
@@ -1991,7 +1988,7 @@ static int step_graph(ds4_gpu_session *s, bool official, int32_t token, float *o
     CU(cudaEventSynchronize(s->ev_done[p & 1]));
     s->last_row = s->logits + (uint64_t)(p & 1) * s->g->hp->n_vocab;
     if (s->steptime) {
-        s->t_last_end = now_s();
+        s->t_last_end = ds4_now_s();
         s->t_run += s->t_last_end - t2;
         s->n_steps++;
     }

@@ -57,10 +57,12 @@ typedef enum ds4_backend {
 typedef struct ds4_model_opts {
     int n_threads; /* worker threads for this model's compute; 0 = all cores */
     bool verbose;  /* print a load summary to stderr */
-    /* The rest applies when the model path is a sidecar package directory
-     * (manifest.json + dense/model-dense.gguf): dense weights are mapped,
-     * routed experts come from the layer files. Setting any of them for a
-     * plain GGUF is an error rather than silently ignored. */
+    /* The rest applies when the routed experts stream: always for a sidecar
+     * package directory (manifest.json + dense/model-dense.gguf), whose
+     * layer files hold them; for a plain GGUF when any of these is set (or
+     * on a GPU when the experts fit neither VRAM nor RAM), and then they
+     * are read out of the GGUF itself. Dense weights stay mapped. */
+    bool ssd_streaming;       /* a plain GGUF: stream its experts (sizes as below, auto by default) */
     bool resident;            /* read every expert record into RAM at load */
     uint32_t moe_slot_bank;   /* streaming: slots per layer, experts-per-token .. experts;
                                  0 = sized from ssd_cache_bytes */

@@ -31,6 +31,11 @@ int ds4_gpu_code_arch(void);
 /* Best read bandwidth (bytes/s) of a few passes over a large buffer. */
 int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err);
 
+/* Whether a model of weight_bytes, with ds4_model_opts.gpu_expert_cache =
+ * expert_cache, would keep its routed experts in host memory behind a VRAM
+ * slot bank (it does not fit the free VRAM, or a bank was asked for). */
+bool ds4_gpu_needs_bank(uint64_t weight_bytes, uint64_t expert_cache);
+
 typedef struct ds4_gpu_model_opts {
     bool verbose;
     uint64_t expert_cache; /* see ds4_model_opts.gpu_expert_cache */

@@ -14,6 +14,11 @@ bool ds4_gpu_probe(ds4_error *why) {
 
 int ds4_gpu_code_arch(void) { return 0; }
 
+bool ds4_gpu_needs_bank(uint64_t weight_bytes, uint64_t expert_cache) {
+    (void)weight_bytes, (void)expert_cache;
+    return false;
+}
+
 int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err) {
     *bytes_per_s = 0;
     return ds4_fail(err, NO_CUDA);

@@ -16,6 +16,7 @@
 #include "formats/gguf.h"
 #include "formats/sidecar.h"
 #include "model/tokenizer_gguf.h"
+#include "util/meminfo.h"
 #include "util/progress.h"
 #include "util/warm.h"
 
@@ -92,6 +93,75 @@ static int optional_id(const gguf_file *f, const char *key) {
     return (int)v;
 }
 
+/* Bytes of a GGUF's routed expert tensors, and of all its tensors. */
+static uint64_t routed_bytes(const gguf_file *f, uint64_t *all) {
+    uint64_t routed = 0;
+    *all = 0;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        *all += f->tensors[i].nbytes;
+        if (strstr(f->tensors[i].name, "_exps.weight")) routed += f->tensors[i].nbytes;
+    }
+    return routed;
+}
+
+/* On the GPU, a GGUF that does not fit VRAM keeps its routed experts in
+ * page-locked host memory behind the VRAM slot bank. Where RAM cannot hold
+ * them either, pinning them would fail (or push the system into swap), so
+ * they stream from the file through a slot bank instead, as
+ * --ssd-streaming asks. */
+static bool gguf_streams_for_gpu(const gguf_file *f, const ds4_model_opts *o) {
+    if (o->backend == DS4_BACKEND_CPU || !ds4_gpu_probe(NULL)) return false;
+    uint64_t all, routed = routed_bytes(f, &all), avail = ds4_mem_available();
+    if (!routed || !ds4_gpu_needs_bank(all, o->gpu_expert_cache) || ds4_experts_fit_host(routed, avail)) return false;
+    fprintf(stderr,
+            "ds4: %s: the routed experts (%.1f GB) fit neither the GPU nor host memory (%.1f GB available): "
+            "streaming them from the file through a slot bank (--ssd-streaming)\n",
+            f->path, routed / 1e9, avail / 1e9);
+    return true;
+}
+
+static int cmp_span(const void *a, const void *b) {
+    size_t x = ((const ds4_span *)a)->off, y = ((const ds4_span *)b)->off;
+    return x < y ? -1 : x > y;
+}
+
+/* --warm-weights: the mapped file read into the page cache, except a
+ * GGUF's routed experts when they stream from it (the slot bank reads
+ * those). Progress on a terminal from a few GB up; then, or with -v, how
+ * long it took. */
+static int warm_weights(const ds4_model *m, const char *what, bool verbose, ds4_error *err) {
+    const gguf_file *f = m->file;
+    ds4_span *skip = NULL, *keep = NULL;
+    size_t n_skip = 0, n_keep = 0;
+    if (m->sidecar && m->sidecar->in_model_file) {
+        skip = malloc(f->n_tensors * sizeof *skip);
+        keep = malloc((f->n_tensors + 1) * sizeof *keep);
+        if (!skip || !keep) {
+            free(skip);
+            free(keep);
+            return ds4_fail(err, "out of memory");
+        }
+        for (uint64_t i = 0; i < f->n_tensors; i++)
+            if (strstr(f->tensors[i].name, "_exps.weight"))
+                skip[n_skip++] = (ds4_span){f->data_offset + f->tensors[i].offset, f->tensors[i].nbytes};
+        qsort(skip, n_skip, sizeof *skip, cmp_span);
+    } else if (!(keep = malloc(sizeof *keep))) {
+        return ds4_fail(err, "out of memory");
+    }
+    size_t at = 0, bytes = 0;
+    for (size_t i = 0; i <= n_skip; i++) { /* the gaps between the skipped spans */
+        size_t end = i < n_skip ? skip[i].off : f->map_size;
+        if (end > at) keep[n_keep++] = (ds4_span){at, end - at}, bytes += end - at;
+        if (i < n_skip && skip[i].off + skip[i].len > at) at = skip[i].off + skip[i].len;
+    }
+    bool show = ds4_show_progress(bytes);
+    double t = ds4_warm_spans(f->map, f->map_size, keep, n_keep, what, show);
+    if (show || verbose) fprintf(stderr, "ds4: read %s into the page cache: %.2f GB in %.2f s\n", what, bytes / 1e9, t);
+    free(skip);
+    free(keep);
+    return 0;
+}
+
 /* Sidecar mode: the dense GGUF holds no routed experts. Their tensor
  * entries describe the package's (type and shape, no data) so code that
  * inspects the weights sees the model it is running. */
@@ -133,17 +203,22 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
     }
     int pkg = ds4_sidecar_locate(path, &manifest, &dense, err);
     if (pkg < 0) goto fail;
-    if (!pkg && (o.resident || o.moe_slot_bank || o.ssd_cache_bytes || o.ssd_io)) {
-        ds4_fail(err, "%s: --resident, --moe-slot-bank, --ssd-cache and --ssd-io apply to sidecar package directories, "
-                 "not to a GGUF file", path);
-        goto fail;
-    }
+    /* a plain GGUF streams its experts when any streaming option asks */
+    bool stream = pkg || o.ssd_streaming || o.resident || o.moe_slot_bank || o.ssd_cache_bytes || o.ssd_io;
     m->file = gguf_open(pkg ? dense : path, err);
     if (!m->file) goto fail;
     if (ds4_hparams_load(&m->hp, m->file, err)) goto fail;
-    if (pkg) {
+    if (!stream && gguf_streams_for_gpu(m->file, &o)) {
+        stream = true;
+        o.ssd_streaming = true;
+    }
+    if (stream) {
         ds4_sidecar_geom g = {m->hp.n_layer, m->hp.n_expert, m->hp.n_embd, m->hp.n_ff_exp};
-        if (!(m->sidecar = ds4_sidecar_open(manifest, &g, err))) goto fail;
+        m->sidecar = pkg ? ds4_sidecar_open(manifest, &g, err) : ds4_sidecar_from_gguf(m->file, &g, err);
+        if (!m->sidecar) {
+            if (!pkg) hint_dense_gguf(path, m->file, err);
+            goto fail;
+        }
         if (ds4_weights_bind_ex(&m->w, &m->hp, m->file, ds4_linear_types(), DS4_BIND_NO_ROUTED_EXPERTS, err)) goto fail;
         if (bind_sidecar_experts(m, err)) goto fail;
     } else if (ds4_weights_bind(&m->w, &m->hp, m->file, ds4_linear_types(), err)) {
@@ -164,7 +239,9 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
             goto fail;
         }
         m->eval_lock_init = true;
-        if (ds4_sidecar_mode_open(m->sidecar, &m->hp, m->file->map_size, &o, &m->net.experts, &m->slots, err)) goto fail;
+        /* the mapping of a plain GGUF holds the experts too, which the mapping does not serve here */
+        uint64_t mapped = m->file->map_size - (m->sidecar->in_model_file ? m->sidecar->expert_bytes : 0);
+        if (ds4_sidecar_mode_open(m->sidecar, &m->hp, mapped, &o, &m->net.experts, &m->slots, err)) goto fail;
         m->resident = o.resident;
         m->net.no_guess = o.no_moe_guess;
     } else if (!(m->net.experts = ds4_experts_from_weights(&m->w, m->hp.n_layer, m->hp.n_expert))) {
@@ -172,14 +249,7 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
         goto fail;
     }
     ds4_net_init_rope(&m->net);
-    if (o.warm_weights) {
-        /* progress on a terminal from a few GB up; then, or with -v, how long it took */
-        bool show = ds4_show_progress(m->file->map_size);
-        double t = ds4_warm_mapping(m->file->map, m->file->map_size, pkg ? dense : path, show);
-        if (show || o.verbose)
-            fprintf(stderr, "ds4: read %s into the page cache: %.2f GB in %.2f s\n", pkg ? dense : path,
-                    m->file->map_size / 1e9, t);
-    }
+    if (o.warm_weights && warm_weights(m, pkg ? dense : path, o.verbose, err)) goto fail;
     if (pick_backend(m, &o, err)) goto fail;
     if (gguf_find_kv(m->file, "tokenizer.ggml.tokens") && !(m->tok = ds4_tokenizer_from_gguf(m->file, err))) goto fail;
     m->bos_id = optional_id(m->file, "tokenizer.ggml.bos_token_id");
@@ -238,7 +308,7 @@ void ds4_model_get_info(const ds4_model *m, ds4_model_info *out) {
             routed_params += t->n_elems;
         }
     }
-    if (m->sidecar) /* the routed experts live in the package's layer files */
+    if (m->sidecar && !m->sidecar->in_model_file) /* the routed experts live in the package's layer files */
         for (uint32_t il = 0; il < hp->n_layer; il++)
             for (int f = 0; f < DS4_FAM_COUNT; f++) {
                 const ds4_sidecar_family *fam = &m->sidecar->layers[il].fam[f];

@@ -4,32 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "experts/expert_io.h"
+#include "util/meminfo.h"
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
 #define DEFAULT_AUTO_PCT 20
 #define DEFAULT_CTX 32768
-
-/* Linux's estimate of memory available without swapping, page cache it
- * may reclaim included (what a bank can take without starving the file
- * cache is a share of this, see the auto budget). */
-static uint64_t mem_available(void) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (f) {
-        char line[256];
-        unsigned long long kb;
-        while (fgets(line, sizeof line, f))
-            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
-                fclose(f);
-                return (uint64_t)kb * 1024;
-            }
-        fclose(f);
-    }
-    long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
-    return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : 0;
-}
 
 /* Upper estimate of one session's KV state at `ctx` positions (raw window
  * rings, compressed rows, indexer rows), in bytes. */
@@ -65,12 +46,14 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
     uint64_t column = 0; /* bytes of one slot in every layer */
     for (uint32_t il = 0; il < sc->geom.n_layer; il++)
         column += (sc->layers[il].record_bytes + DS4_IO_ALIGN - 1) / DS4_IO_ALIGN * DS4_IO_ALIGN;
-    uint64_t avail = mem_available();
+    uint64_t avail = ds4_mem_available();
+    const char *where = sc->in_model_file ? sc->manifest : sc->dir; /* the GGUF, or the package */
     uint64_t kv = kv_estimate(hp, o->ctx_hint ? o->ctx_hint : DEFAULT_CTX);
     uint32_t slots;
     bool direct;
-    fprintf(stderr, "ds4: Flash-MoE sidecar: %s (%u layers x %u experts, expert-record %s, %s of experts)\n", sc->dir,
-            sc->geom.n_layer, X, human(sc->max_record).s, human(sc->expert_bytes).s);
+    fprintf(stderr, "ds4: %s: %s (%u layers x %u experts, expert-record %s, %s of experts)\n",
+            sc->in_model_file ? "routed experts streamed from the GGUF" : "Flash-MoE sidecar", where, sc->geom.n_layer, X,
+            human(sc->max_record).s, human(sc->expert_bytes).s);
     if (o->resident) {
         if (o->moe_slot_bank && o->moe_slot_bank != X)
             return ds4_fail(err, "--resident holds all %u experts of every layer; --moe-slot-bank %u conflicts with it", X,
@@ -79,7 +62,7 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
             return ds4_fail(err, "--resident holds all experts in RAM; --ssd-cache applies to streaming only");
         if (avail && sc->expert_bytes > avail)
             return ds4_fail(err, "%s: --resident needs %s of RAM for the experts, MemAvailable is %s; "
-                            "leave out --resident to stream them", sc->dir, human(sc->expert_bytes).s, human(avail).s);
+                            "leave out --resident to stream them", where, human(sc->expert_bytes).s, human(avail).s);
         slots = X;
         direct = o->ssd_io == DS4_SSD_IO_DIRECT ||
                  (o->ssd_io == DS4_SSD_IO_AUTO && avail && 2 * sc->expert_bytes > avail); /* no room for a 2nd copy */
@@ -130,7 +113,7 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
     ds4_expert_source *src = o->resident ? ds4_experts_resident_new(sc, &so, err) : ds4_experts_slotbank_new(sc, &so, err);
     if (!src) return -1;
     uint64_t bank = o->resident ? sc->expert_bytes : (uint64_t)slots * column;
-    fprintf(stderr, "ds4: Flash-MoE sidecar loaded: %s (%s=%u, expert-record %s)\n", sc->dir,
+    fprintf(stderr, "ds4: Flash-MoE sidecar loaded: %s (%s=%u, expert-record %s)\n", where,
             o->resident ? "resident" : "slot-bank", slots, human(sc->max_record).s);
     fprintf(stderr, "ds4: Flash-MoE experts: %s\n", ds4_experts_describe(src));
     fprintf(stderr, "ds4: Flash-MoE slot banks allocated: layers=%u slots=%u bank=%s Dense: %s Context: %s Total <<<< %s >>>>\n",
@@ -138,4 +121,12 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
     *out = src;
     *slots_out = slots;
     return 0;
+}
+
+/* Headroom kept beside pinned experts: dense weights being mapped, the
+ * sessions' buffers, everything else on the machine. */
+#define HOST_HEADROOM (8ull << 30)
+
+bool ds4_experts_fit_host(uint64_t routed, uint64_t avail) {
+    return avail == 0 /* unknown: as before, try */ || routed + HOST_HEADROOM <= avail;
 }

@@ -14,4 +14,9 @@
 int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t dense_bytes, const ds4_model_opts *o,
                           ds4_expert_source **out, uint32_t *slots, ds4_error *err);
 
+/* Whether routed experts of `routed` bytes can be held in host memory
+ * (pinned for a GPU's slot bank) with `avail` bytes available, leaving room
+ * for the rest of the process and the system. */
+bool ds4_experts_fit_host(uint64_t routed, uint64_t avail);
+
 #endif

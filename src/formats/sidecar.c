@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "formats/ggml_types.h"
+#include "formats/gguf.h"
 #include "util/fileio.h"
 
 const char *const ds4_sidecar_family_name[DS4_FAM_COUNT] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
@@ -223,6 +224,18 @@ typedef struct entry_seen {
     int index; /* position in "entries", for messages */
 } entry_seen;
 
+/* A family's [in, out, n_expert] against the model's widths and count. */
+static int check_shape(parser *p, const ds4_sidecar_family *fam, int f, const ds4_sidecar_geom *g) {
+    uint64_t want[3] = {g->n_embd, g->n_ff_exp, g->n_expert};
+    if (f == DS4_FAM_DOWN) want[0] = g->n_ff_exp, want[1] = g->n_embd;
+    if (fam->shape[0] != want[0] || fam->shape[1] != want[1] || fam->shape[2] != want[2])
+        return pfail(p, "shape [%llu, %llu, %llu] does not match the model's [%llu, %llu, %llu]",
+                     (unsigned long long)fam->shape[0], (unsigned long long)fam->shape[1],
+                     (unsigned long long)fam->shape[2], (unsigned long long)want[0], (unsigned long long)want[1],
+                     (unsigned long long)want[2]);
+    return 0;
+}
+
 static int parse_entry(parser *p, const cJSON *e, int idx, ds4_sidecar *sc, entry_seen *seen /* [n_layer][3] */) {
     const ds4_sidecar_geom *g = &sc->geom;
     snprintf(p->where, sizeof p->where, "entries[%d]", idx);
@@ -252,13 +265,7 @@ static int parse_entry(parser *p, const cJSON *e, int idx, ds4_sidecar *sc, entr
             return pfail(p, "field 'shape' is not an array of 3 integers");
         fam->shape[d] = (uint64_t)v->valuedouble;
     }
-    uint64_t want[3] = {g->n_embd, g->n_ff_exp, g->n_expert};
-    if (f == DS4_FAM_DOWN) want[0] = g->n_ff_exp, want[1] = g->n_embd;
-    if (fam->shape[0] != want[0] || fam->shape[1] != want[1] || fam->shape[2] != want[2])
-        return pfail(p, "shape [%llu, %llu, %llu] does not match the model's [%llu, %llu, %llu]",
-                     (unsigned long long)fam->shape[0], (unsigned long long)fam->shape[1],
-                     (unsigned long long)fam->shape[2], (unsigned long long)want[0], (unsigned long long)want[1],
-                     (unsigned long long)want[2]);
+    if (check_shape(p, fam, f, g)) return -1;
 
     if (get_str(p, e, "repacked_file", true, &file)) return -1;
     if (check_rel_path(p, "repacked_file", file)) return -1;
@@ -505,6 +512,70 @@ uint32_t ds4_sidecar_expert_reads(const ds4_sidecar *sc, uint32_t il, uint32_t e
     for (int f = 0; f < DS4_FAM_COUNT; f++)
         out[f] = (ds4_sidecar_read){L->fam[f].offset + (uint64_t)e * L->fam[f].bytes, L->fam[f].bytes, L->fam[f].mem_off};
     return DS4_FAM_COUNT;
+}
+
+/* A plain GGUF seen as a package: each layer's three routed tensors are
+ * family-major runs of its one file (expert e of a family at the tensor's
+ * offset + e x bytes per expert), so the package sources read experts
+ * straight out of the model file. */
+ds4_sidecar *ds4_sidecar_from_gguf(const gguf_file *f, const ds4_sidecar_geom *geom, ds4_error *err) {
+    parser p = {.path = f->path, .err = err};
+    entry_seen seen[DS4_FAM_COUNT];
+    ds4_sidecar *sc = calloc(1, sizeof *sc);
+    if (!sc) {
+        ds4_fail(err, "%s: out of memory", f->path);
+        return NULL;
+    }
+    sc->geom = *geom;
+    sc->in_model_file = true;
+    if (geom->n_layer == 0 || geom->n_expert == 0) {
+        pfail(&p, "the model has no routed experts to stream");
+        goto fail;
+    }
+    /* layer files are named relative to dir, as in a package */
+    const char *slash = strrchr(f->path, '/');
+    sc->manifest = strdup(f->path);
+    sc->dir = !slash ? strdup(".") : slash == f->path ? strdup("/") : strndup(f->path, (size_t)(slash - f->path));
+    sc->layers = calloc(geom->n_layer, sizeof *sc->layers);
+    if (!sc->manifest || !sc->dir || !sc->layers) goto oom;
+    const char *base = slash ? slash + 1 : f->path;
+    for (uint32_t il = 0; il < geom->n_layer; il++) {
+        ds4_sidecar_layer *L = &sc->layers[il];
+        if (!(L->file = strdup(base))) goto oom;
+        memset(seen, 0, sizeof seen);
+        for (int fm = 0; fm < DS4_FAM_COUNT; fm++) {
+            char name[96];
+            snprintf(name, sizeof name, "blk.%u.%s.weight", il, ds4_sidecar_family_name[fm]);
+            snprintf(p.where, sizeof p.where, "tensor %s", name);
+            const gguf_tensor *t = gguf_find_tensor(f, name);
+            if (!t) {
+                pfail(&p, "missing (a GGUF streams its experts only when it holds them)");
+                goto fail;
+            }
+            ds4_sidecar_family *fam = &L->fam[fm];
+            fam->type = t->type;
+            for (int d = 0; d < 3; d++) fam->shape[d] = t->ne[d];
+            if (t->n_dims != 3 || check_shape(&p, fam, fm, geom)) {
+                if (t->n_dims != 3) pfail(&p, "has %u dimensions, expected 3", t->n_dims);
+                goto fail;
+            }
+            if (!ggml_nbytes(fam->type, fam->shape[0], &fam->row_bytes) ||
+                !mul_ok(fam->shape[1], fam->row_bytes, &fam->bytes) || fam->bytes * geom->n_expert != t->nbytes) {
+                pfail(&p, "%llu bytes are not %u experts of whole %s rows", (unsigned long long)t->nbytes, geom->n_expert,
+                      ggml_type_name(fam->type));
+                goto fail;
+            }
+            fam->offset = f->data_offset + t->offset;
+            seen[fm] = (entry_seen){.present = true, .family_major = true, .index = (int)il};
+        }
+        if (finish_layer(&p, sc, il, seen)) goto fail;
+    }
+    return sc;
+oom:
+    ds4_fail(err, "%s: out of memory", f->path);
+fail:
+    ds4_sidecar_free(sc);
+    return NULL;
 }
 
 /* ---------------------------------------------------------------------- */

@@ -69,6 +69,7 @@ typedef struct ds4_sidecar {
     uint32_t n_files;
     uint64_t expert_bytes; /* Σ over layers of n_expert × record_bytes */
     uint64_t max_record;   /* largest record_bytes of any layer */
+    bool in_model_file;    /* the experts of a plain GGUF (ds4_sidecar_from_gguf) */
 } ds4_sidecar;
 
 /* Locates a package rooted at `dir`: the manifest at DIR/manifest.json or
@@ -83,6 +84,13 @@ int ds4_sidecar_locate(const char *dir, char **manifest_path, char **dense_path,
  * not on the read that would come up short). */
 ds4_sidecar *ds4_sidecar_open(const char *manifest_path, const ds4_sidecar_geom *geom, ds4_error *err);
 void ds4_sidecar_free(ds4_sidecar *sc);
+
+/* The routed experts of a plain GGUF described as a package whose layer
+ * files are the GGUF itself (family-major: each tensor is one run of its
+ * experts), so that the package sources (slot bank, resident) can stream
+ * them from the model file without an export. manifest names the GGUF. */
+struct gguf_file;
+ds4_sidecar *ds4_sidecar_from_gguf(const struct gguf_file *f, const ds4_sidecar_geom *geom, ds4_error *err);
 
 /* One read that brings (part of) an expert into a record buffer. */
 typedef struct ds4_sidecar_read {

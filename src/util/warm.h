@@ -11,4 +11,11 @@
  * ends with a newline). Returns the seconds it took. */
 double ds4_warm_mapping(const void *map, size_t size, const char *what, bool progress);
 
+/* The same for spans [off, off + len) of the mapping only (clipped to
+ * size), in the order given; progress counts their bytes. */
+typedef struct ds4_span {
+    size_t off, len;
+} ds4_span;
+double ds4_warm_spans(const void *map, size_t size, const ds4_span *spans, size_t n, const char *what, bool progress);
+
 #endif

@@ -116,6 +116,22 @@ for mode in "" "--resident" "--moe-slot-bank 2"; do
 done
 "$BIN/ds4" -m "$TMP/pkg" --cuda --tokens @"$TMP/tokens.txt" --numerics hf --dump-logits "$TMP/pkg.f32"
 echo -n "package, automatic bank: "; $cmp "$TMP/pkg.f32" "$TMP/res.f32" 1024 0
+# The GGUF's own experts streamed out of the file (no package): asked for,
+# and chosen by itself when the experts fit neither the GPU (a bank was
+# asked for) nor the host memory (DS4_MEM_AVAILABLE pretends 4 GB).
+for mode in "--ssd-streaming" "--moe-slot-bank 2" "auto"; do
+    if [ "$mode" = auto ]; then
+        DS4_MEM_AVAILABLE=4G "$BIN/ds4" -m "$m" --cuda --gpu-expert-cache 300K -v --tokens @"$TMP/tokens.txt" \
+            --numerics hf --dump-logits "$TMP/gs.f32" 2>"$TMP/gs.err"
+        grep -q "fit neither the GPU nor host memory" "$TMP/gs.err" || { echo "GGUF, no automatic streaming:"; cat "$TMP/gs.err"; exit 1; }
+    else
+        "$BIN/ds4" -m "$m" --cuda $mode --gpu-expert-cache 300K -v --tokens @"$TMP/tokens.txt" --numerics hf \
+            --dump-logits "$TMP/gs.f32" 2>"$TMP/gs.err"
+    fi
+    grep -q "routed experts streamed from the GGUF" "$TMP/gs.err" || { echo "GGUF $mode: not streamed"; cat "$TMP/gs.err"; exit 1; }
+    echo -n "GGUF streamed ($mode) through the GPU bank vs resident (bit for bit): "
+    $cmp "$TMP/gs.f32" "$TMP/res.f32" 1024 0
+done
 # The next layer's likely experts (its router on this layer's MoE input)
 # go to the package's slot bank as prefetch hints (DS4_CUDA_GUESS=1): hints
 # are used, and the tokens stay those of resident experts.

@@ -89,6 +89,23 @@ grep -q -- "--ssd-cache 2.0 MiB resolved Flash-MoE slot bank: slots=4 " "$TMP/bu
     { echo "FAIL: 2 MiB should hold 4 slots of 5 x 96 KiB records"; cat "$TMP/budget.log"; exit 1; }
 same budget
 
+# a plain GGUF streams its own experts (family-major runs of the file: three
+# reads an expert, buffered where the tensors are not 4 KiB aligned)
+run g_s${K} -m "$TMP/m.gguf" --moe-slot-bank "$K" --prefill-chunk 1 --moe-stats --ssd-io direct
+grep -q "routed experts streamed from the GGUF: $TMP/m.gguf" "$TMP/g_s${K}.log" ||
+    { echo "FAIL: no GGUF streaming line"; cat "$TMP/g_s${K}.log"; exit 1; }
+same g_s${K}
+greads=$(sed -n 's/.*Flash-MoE I\/O: reads=\([0-9]*\).*/\1/p' "$TMP/g_s${K}.log")
+[ "${greads:-0}" -gt $(( X * 5 * 3 * 4 )) ] || { echo "FAIL: only ${greads:-0} reads from the GGUF with $K slots"; exit 1; }
+run g_full -m "$TMP/m.gguf" --moe-slot-bank "$X" --moe-stats
+grep -E "Flash-MoE I/O: reads=$(( X * 5 * 3 )) " "$TMP/g_full.log" > /dev/null ||
+    { echo "FAIL: a full bank should read each of the $((X * 5)) experts once, in 3 reads"; cat "$TMP/g_full.log"; exit 1; }
+same g_full
+run g_auto -m "$TMP/m.gguf" --ssd-streaming
+grep -q -- "--ssd-cache auto: available=" "$TMP/g_auto.log" || { echo "FAIL: --ssd-streaming did not size a bank"; exit 1; }
+same g_auto
+run g_res -m "$TMP/m.gguf" --resident --prefill-chunk 7
+same g_res
 # official numerics too, and greedy generation
 "$BIN/ds4" --cpu -m "$TMP/m.gguf" --tokens @"$TMP/tokens.txt" --dump-logits "$TMP/off_ref.f32"
 "$BIN/ds4" --cpu -m "$TMP/pkg" --moe-slot-bank "$K" --tokens @"$TMP/tokens.txt" --dump-logits "$TMP/off_s.f32" 2>/dev/null

@@ -129,7 +129,12 @@ expect_fail "cache too small" "--ssd-cache" "at least 2" -- $RUN --ssd-cache 100
 expect_fail "bad cache size" "--ssd-cache" "8G" -- $RUN --ssd-cache lots
 expect_fail "bad io mode" "--ssd-io" "direct" -- $RUN --ssd-io fast
 expect_fail "resident with a bank" "--resident" "--moe-slot-bank 4" -- $RUN --resident --moe-slot-bank 4
-expect_fail "sidecar flags on a GGUF" "m.gguf" "sidecar package" -- "$BIN/ds4" --tokens 1 -m "$TMP/m.gguf" --resident
+expect_fail "streaming a GGUF without experts" "blk.0.ffn_gate_exps.weight: missing" "dense part of a sidecar package" -- \
+    "$BIN/ds4" --tokens 1 -m "$TMP/good/dense/model-dense.gguf" --ssd-streaming
+expect_fail "read failure streaming a GGUF" "m.gguf: read of" "failed after 4 attempts" -- \
+    env DS4_FAULT_READ_FAIL=20 "$BIN/ds4" --cpu -m "$TMP/m.gguf" --moe-slot-bank 2 --tokens 1,2,3,4,5 -n 4 --temp 0
+expect_fail "a GGUF streamed with a conflicting bank" "--resident" "--moe-slot-bank 4" -- \
+    "$BIN/ds4" --tokens 1 -m "$TMP/m.gguf" --resident --moe-slot-bank 4
 
 # A failed export leaves nothing that looks like a package.
 expect_fail "export of a model without experts" "ffn_gate_exps" "" -- \

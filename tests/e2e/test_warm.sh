@@ -30,6 +30,20 @@ grep -q "read $M into the page cache" "$TMP/err" || { echo "no report of the rea
 got=$(cached)
 [ "$got" -ge "$size" ] || { echo "after --warm-weights $got of $size bytes are cached"; exit 1; }
 echo "ok: a load caches $base of $size bytes, with --warm-weights all of them"
+# a GGUF whose experts stream from it: everything but the experts
+drop
+"$BIN/ds4" -m "$M" --cpu --inspect --warm-weights --ssd-streaming -v >/dev/null 2>"$TMP/err"
+experts=$(sed -n 's/.*streamed from the GGUF: .* \([0-9.]*\) MiB of experts).*/\1/p' "$TMP/err")
+[ -n "$experts" ] || { echo "no streaming line"; cat "$TMP/err"; exit 1; }
+got=$(cached)
+python3 -c "
+import sys
+got, size, ex = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) * 2**20
+# all but the experts (less a page at each edge); of the experts at most
+# what a plain load's read-ahead brings in (the first check's base)
+ok = size - ex - (1 << 20) <= got <= size - ex + int(sys.argv[4])
+print('ok: streaming, --warm-weights cached %d of %d bytes (experts %d)' % (got, size, ex))
+sys.exit(0 if ok else 1)" "$got" "$size" "$experts" "$base" || { echo "FAIL: wrong part of the file warmed"; exit 1; }
 a=$("$BIN/ds4" -m "$M" --cpu --tokens 1,2,3 -n 8 --temp 0 --warm-weights)
 b=$("$BIN/ds4" -m "$M" --cpu --tokens 1,2,3 -n 8 --temp 0)
 [ "$a" = "$b" ] || { echo "tokens differ with --warm-weights: $a / $b"; exit 1; }

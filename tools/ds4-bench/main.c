@@ -49,6 +49,10 @@ static void usage(FILE *f) {
             "  --backend NAME       the same as a name: cuda, cpu or auto\n"
             "  --gpu-expert-cache SIZE|auto  VRAM slot bank for routed experts, e.g. 16G\n"
             "                       (auto, the default: all resident if they fit)\n"
+            "  --ssd-streaming      stream a GGUF's routed experts out of the file through a slot\n"
+            "                       bank (a sidecar package always streams)\n"
+            "  --ssd-cache SIZE|auto  RAM for the streamed experts' slot banks (implies\n"
+            "                       --ssd-streaming; auto: a share of MemAvailable)\n"
             "  --warm-weights       read the weights file into the page cache before the first\n"
             "                       frontier (else its prefill also times the disk)\n"
             "  --csv FILE           write the CSV there instead of stdout\n"
@@ -258,9 +262,9 @@ int main(int argc, char **argv) {
            threads = 0;
     ds4_numerics numerics = DS4_NUMERICS_OFFICIAL;
     int roofline = 0;
-    bool warm = false;
+    bool warm = false, streaming = false;
     ds4_backend backend = DS4_BACKEND_AUTO;
-    uint64_t expert_cache = 0; /* 0: automatic */
+    uint64_t expert_cache = 0, ssd_cache = 0; /* 0: automatic */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int rc = 0;
@@ -276,6 +280,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--csv")) rc = str_arg(argc, argv, &i, &csv_path);
         else if (!strcmp(a, "--roofline")) roofline = 1;
         else if (!strcmp(a, "--warm-weights")) warm = true;
+        else if (!strcmp(a, "--ssd-streaming")) streaming = true;
         else if (!strcmp(a, "--cuda")) backend = DS4_BACKEND_CUDA;
         else if (!strcmp(a, "--cpu")) backend = DS4_BACKEND_CPU;
         else if (!strcmp(a, "--backend")) {
@@ -292,6 +297,15 @@ int main(int argc, char **argv) {
             if (!strcmp(v, "auto") || !strcmp(v, "0")) expert_cache = 0;
             else if (ds4_parse_size(v, &expert_cache)) {
                 fprintf(stderr, "ds4-bench: --gpu-expert-cache expects 'auto' or a size such as 16G, got '%s'\n", v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--ssd-cache")) {
+            const char *v;
+            if (str_arg(argc, argv, &i, &v)) return 2;
+            streaming = true;
+            if (!strcmp(v, "auto")) ssd_cache = 0;
+            else if (ds4_parse_size(v, &ssd_cache)) {
+                fprintf(stderr, "ds4-bench: --ssd-cache expects 'auto' or a size such as 8G, got '%s'\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--numerics")) {
@@ -337,7 +351,7 @@ int main(int argc, char **argv) {
 
     ds4_error err = {{0}};
     ds4_model_opts mo = {.n_threads = (int)threads, .backend = backend, .gpu_expert_cache = expert_cache,
-                          .warm_weights = warm};
+                          .warm_weights = warm, .ssd_streaming = streaming, .ssd_cache_bytes = ssd_cache};
     ds4_model *m = ds4_model_load(model_path, &mo, &err);
     if (!m) {
         fprintf(stderr, "ds4-bench: %s\n", err.msg);

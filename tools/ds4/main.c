@@ -63,7 +63,10 @@ static void usage(FILE *f) {
             "                          so that the first prompt does not wait on the disk\n"
             "  --inspect               load and validate the model, print a summary, exit\n"
             "  -v, --verbose           model summary and timings\n"
-            "sidecar packages (-m DIR holding manifest.json and dense/model-dense.gguf):\n"
+            "streamed experts: a sidecar package (-m DIR holding manifest.json and\n"
+            "dense/model-dense.gguf) always streams; a GGUF streams its experts out of the file\n"
+            "with any of these (and on a GPU by itself when they fit neither VRAM nor RAM):\n"
+            "  --ssd-streaming         stream the routed experts (bank sized as --ssd-cache auto)\n"
             "  --resident              read every expert into RAM at load\n"
             "  --moe-slot-bank N       stream experts through N slots per layer\n"
             "                          (experts per token .. experts per layer)\n"
@@ -153,6 +156,7 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         else if (!strcmp(a, "--perplexity")) o->perplexity = true;
         else if (!strcmp(a, "--inspect")) o->inspect = true;
         else if (!strcmp(a, "--resident")) o->mo.resident = true;
+        else if (!strcmp(a, "--ssd-streaming")) o->mo.ssd_streaming = true;
         else if (!strcmp(a, "--warm-weights")) o->mo.warm_weights = true;
         else if (!strcmp(a, "--moe-stats")) o->moe_stats = true;
         else if (!strcmp(a, "--no-moe-prefetch")) o->mo.no_moe_prefetch = true;
@@ -160,10 +164,12 @@ static int parse_args(int argc, char **argv, cli_opts *o) {
         else if (!strcmp(a, "--moe-slot-bank")) { NEED(); if (parse_long(a, v, 1, 1L << 20, &l)) return -1; o->mo.moe_slot_bank = (uint32_t)l; }
         else if (!strcmp(a, "--ssd-cache")) {
             NEED();
+            o->mo.ssd_streaming = true; /* "auto" too */
             if (!strcmp(v, "auto")) o->mo.ssd_cache_bytes = 0;
             else if (cli_parse_size(a, v, &o->mo.ssd_cache_bytes)) return -1;
         } else if (!strcmp(a, "--ssd-io")) {
             NEED();
+            o->mo.ssd_streaming = true;
             if (!strcmp(v, "auto")) o->mo.ssd_io = DS4_SSD_IO_AUTO;
             else if (!strcmp(v, "direct")) o->mo.ssd_io = DS4_SSD_IO_DIRECT;
             else if (!strcmp(v, "buffered")) o->mo.ssd_io = DS4_SSD_IO_BUFFERED;

@@ -627,6 +627,19 @@ static bool float_type(uint32_t type) {
 static bool matrix_type_ok(uint32_t type) { return float_type(type) || k_quant_type(type); }
 
 /* The limits the kernels are written for, and the matrix types they read. */
+/* Room left for sessions (decode state, scratch) besides the weights. */
+static uint64_t session_reserve(uint64_t free_b) { return (2ull << 30) > free_b / 10 ? (2ull << 30) : free_b / 10; }
+
+extern "C" bool ds4_gpu_needs_bank(uint64_t weight_bytes, uint64_t expert_cache) {
+    size_t free_b = 0, total_b = 0;
+    if (expert_cache) return true;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false; /* the model's load will say what is wrong */
+    }
+    return weight_bytes + session_reserve(free_b) > free_b;
+}
+
 static int check_model(const ds4_hparams *hp, const ds4_weights *w, ds4_error *err) {
     if (hp->hc > K_MAX_HC || hp->n_expert > K_MAX_EXPERTS || hp->n_expert_used > K_MAX_USED ||
         hp->head_dim > K_MAX_HEAD_DIM || hp->head_dim % 2 || hp->q_lora > 12 * 1024 || hp->idx_head_dim > 4096)
@@ -702,8 +715,7 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
         goto fail;
     }
     {
-        /* Room left for sessions (decode state, scratch) besides the weights. */
-        uint64_t reserve = (2ull << 30) > free_b / 10 ? (2ull << 30) : free_b / 10;
+        uint64_t reserve = session_reserve(free_b);
         /* experts outside the model file (a sidecar package) always go
          * through the bank */
         bool from_source = hp->n_layer && !g->w.layers[0].gate_exps.data;
@@ -761,7 +773,7 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
                     g->bank->host_bytes / 1e9);
         else if (g->bank)
             fprintf(stderr,
-                    "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB), filled from the package's expert source; "
+                    "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB), filled from the model's expert source (streamed); "
                     "its host buffers: %u of %u regions (%.3f GB) pinned for DMA%s%s\n",
                     g->bank->n_slots, g->bank->slot_bytes / 1e6, g->bank->n_slots * (double)g->bank->slot_bytes / 1e9,
                     g->bank->n_pinned, g->bank->n_regions, g->bank->pinned_bytes / 1e9, g->bank->pin_note[0] ? ", " : "",

@@ -509,9 +509,31 @@ uint32_t ds4_sidecar_expert_reads(const ds4_sidecar *sc, uint32_t il, uint32_t e
         out[0] = (ds4_sidecar_read){(uint64_t)e * L->stride, L->record_bytes, 0};
         return 1;
     }
-    for (int f = 0; f < DS4_FAM_COUNT; f++)
-        out[f] = (ds4_sidecar_read){L->fam[f].offset + (uint64_t)e * L->fam[f].bytes, L->fam[f].bytes, L->fam[f].mem_off};
+    for (int f = 0; f < DS4_FAM_COUNT; f++) {
+        const ds4_sidecar_family *fam = &L->fam[f];
+        out[f] = (ds4_sidecar_read){fam->offset + (uint64_t)e * fam->bytes - fam->lead, fam->bytes + fam->lead,
+                                    fam->mem_off - fam->lead};
+    }
     return DS4_FAM_COUNT;
+}
+
+/* GGUF tensors start 32-byte aligned, so an expert's part of a run seldom
+ * starts on a 4 KiB block, which O_DIRECT needs (offset and buffer). Where
+ * every expert of a run has the same offset within its block (bytes per
+ * expert a multiple of the block), its part is read from the block start
+ * before it, into a record whose parts each start that many bytes into a
+ * block of their own. */
+#define GGUF_IO_BLOCK 4096u
+static void align_runs(ds4_sidecar *sc, ds4_sidecar_layer *L) {
+    uint64_t at = 0;
+    for (int f = 0; f < DS4_FAM_COUNT; f++) {
+        ds4_sidecar_family *fam = &L->fam[f];
+        fam->lead = fam->bytes % GGUF_IO_BLOCK == 0 ? fam->offset % GGUF_IO_BLOCK : 0;
+        fam->mem_off = at + fam->lead;
+        at = (fam->mem_off + fam->bytes + GGUF_IO_BLOCK - 1) / GGUF_IO_BLOCK * GGUF_IO_BLOCK;
+    }
+    L->record_bytes = at;
+    if (at > sc->max_record) sc->max_record = at;
 }
 
 /* A plain GGUF seen as a package: each layer's three routed tensors are
@@ -569,6 +591,7 @@ ds4_sidecar *ds4_sidecar_from_gguf(const gguf_file *f, const ds4_sidecar_geom *g
             seen[fm] = (entry_seen){.present = true, .family_major = true, .index = (int)il};
         }
         if (finish_layer(&p, sc, il, seen)) goto fail;
+        align_runs(sc, L);
     }
     return sc;
 oom:

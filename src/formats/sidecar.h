@@ -41,6 +41,8 @@ typedef struct ds4_sidecar_family {
     uint64_t bytes;     /* bytes_per_expert */
     uint64_t row_bytes; /* bytes of one row of `in` values */
     uint64_t mem_off;   /* where this family sits in a record held in memory */
+    uint64_t lead;      /* bytes read ahead of each expert's part so that its read
+                           starts on a 4 KiB block (a GGUF's unaligned runs) */
 } ds4_sidecar_family;
 
 typedef struct ds4_sidecar_layer {

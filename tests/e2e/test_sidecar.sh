@@ -90,11 +90,17 @@ grep -q -- "--ssd-cache 2.0 MiB resolved Flash-MoE slot bank: slots=4 " "$TMP/bu
 same budget
 
 # a plain GGUF streams its own experts (family-major runs of the file: three
-# reads an expert, buffered where the tensors are not 4 KiB aligned)
+# reads an expert, each from the 4 KiB block its part starts in, so that
+# O_DIRECT takes them where it takes the package's)
 run g_s${K} -m "$TMP/m.gguf" --moe-slot-bank "$K" --prefill-chunk 1 --moe-stats --ssd-io direct
 grep -q "routed experts streamed from the GGUF: $TMP/m.gguf" "$TMP/g_s${K}.log" ||
     { echo "FAIL: no GGUF streaming line"; cat "$TMP/g_s${K}.log"; exit 1; }
 same g_s${K}
+if grep -q "Flash-MoE I/O: .*(direct [1-9][0-9]*, buffered 0)" "$TMP/noguess.log"; then
+    grep -q "Flash-MoE I/O: .*(direct [1-9][0-9]*, buffered 0)" "$TMP/g_s${K}.log" ||
+        { echo "FAIL: the package's reads were O_DIRECT, the GGUF's not"; grep "I/O" "$TMP/g_s${K}.log"; exit 1; }
+    echo "GGUF reads: O_DIRECT"
+fi
 greads=$(sed -n 's/.*Flash-MoE I\/O: reads=\([0-9]*\).*/\1/p' "$TMP/g_s${K}.log")
 [ "${greads:-0}" -gt $(( X * 5 * 3 * 4 )) ] || { echo "FAIL: only ${greads:-0} reads from the GGUF with $K slots"; exit 1; }
 run g_full -m "$TMP/m.gguf" --moe-slot-bank "$X" --moe-stats

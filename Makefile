@@ -55,7 +55,7 @@ TOOL_BINS  := $(addprefix $(BINDIR)/,$(TOOLS))
 TEST_SRC  := $(shell find tests -name 'test_*.c' | sort)
 TEST_BINS := $(TEST_SRC:%.c=$(BUILD)/%)
 
-.PHONY: all test san-test clean deps run cuda cuda-trace cuda-test cuda-test-ptx test-bins
+.PHONY: all test san-test clean deps run cuda cuda-trace cuda-test cuda-test-ptx cuda-sanitize test-bins
 all: $(TOOL_BINS)
 test-bins: $(TEST_BINS)
 
@@ -115,6 +115,11 @@ cuda-test-ptx: cuda
 	    DS4_BIN=$(abspath build)/cuda-ptx$$a/bin DS4_BUILD=$(abspath build)/cuda-ptx$$a DS4_REQUIRE_GPU=1 DS4_EXPECT_CODE_ARCH=$${a}0 \
 	        ./tests/run.sh build/cuda-ptx$$a/tests/cuda/test_cuda_kernels build/cuda-ptx$$a/tests/cuda/test_cuda_quant || exit 1; \
 	done
+
+# compute-sanitizer (memcheck, initcheck, racecheck) over the CUDA backend.
+cuda-sanitize: cuda
+	DS4_BIN=$(abspath $(CUDA_BIN)) DS4_KERNEL_TESTS=$(abspath $(CUDA_BUILD))/tests/cuda/test_cuda_kernels \
+	    DS4_TEST_DATA=$(abspath tests/data) sh tests/cuda/sanitize.sh
 
 # The main job: build, make the default model if needed, and run it.
 run: all

@@ -239,9 +239,10 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
             goto fail;
         }
         m->eval_lock_init = true;
-        /* the mapping of a plain GGUF holds the experts too, which the mapping does not serve here */
-        uint64_t mapped = m->file->map_size - (m->sidecar->in_model_file ? m->sidecar->expert_bytes : 0);
-        if (ds4_sidecar_mode_open(m->sidecar, &m->hp, mapped, &o, &m->net.experts, &m->slots, err)) goto fail;
+        /* the dense bytes the mapping serves (a plain GGUF's mapping also
+         * spans the experts that now stream from it) */
+        uint64_t dense_bytes = m->file->map_size - (m->sidecar->in_model_file ? m->sidecar->expert_bytes : 0);
+        if (ds4_sidecar_mode_open(m->sidecar, &m->hp, dense_bytes, &o, &m->net.experts, &m->slots, err)) goto fail;
         m->resident = o.resident;
         m->net.no_guess = o.no_moe_guess;
     } else if (!(m->net.experts = ds4_experts_from_weights(&m->w, m->hp.n_layer, m->hp.n_expert))) {

@@ -112,6 +112,24 @@ grep -q -- "--ssd-cache auto: available=" "$TMP/g_auto.log" || { echo "FAIL: --s
 same g_auto
 run g_res -m "$TMP/m.gguf" --resident --prefill-chunk 7
 same g_res
+# ds4-sidecar probe reads whole records of a package, and of a GGUF the
+# gate part of an expert (its first run), each at random
+for what in pkg m.gguf; do
+    "$BIN/ds4-sidecar" probe "$TMP/$what" --seconds 0.2 --qd 1,4 > "$TMP/probe.txt" ||
+        { echo "FAIL: probe $what"; cat "$TMP/probe.txt"; exit 1; }
+    python3 - "$TMP/probe.txt" "$what" <<'PY'
+import re, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("probe qd")]
+assert len(lines) == 2, lines
+for l in lines:
+    m = re.search(r"(\d+) reads of +(\d+) B", l)
+    reads, size = int(m.group(1)), int(m.group(2))
+    want = (98304, 98304) if sys.argv[2] == "pkg" else (32768, 32768 + 4096)
+    assert reads > 0 and want[0] <= size <= want[1], l
+print("probe %s: %s" % (sys.argv[2], lines[-1].strip()))
+PY
+done
+
 # official numerics too, and greedy generation
 "$BIN/ds4" --cpu -m "$TMP/m.gguf" --tokens @"$TMP/tokens.txt" --dump-logits "$TMP/off_ref.f32"
 "$BIN/ds4" --cpu -m "$TMP/pkg" --moe-slot-bank "$K" --tokens @"$TMP/tokens.txt" --dump-logits "$TMP/off_s.f32" 2>/dev/null

@@ -4,7 +4,7 @@
  *   ds4-sidecar export MODEL.gguf OUTDIR
  *   ds4-sidecar verify DIR [MODEL.gguf]
  *   ds4-sidecar info DIR
- *   ds4-sidecar probe DIR [--seconds S] [--qd N,...] [--buffered]
+ *   ds4-sidecar probe DIR|MODEL.gguf [--seconds S] [--qd N,...] [--buffered]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,8 +22,9 @@ static void usage(FILE *f) {
             "  verify DIR [MODEL.gguf]    check the manifest, file sizes and checksums; with MODEL.gguf also\n"
             "                             that every expert and dense tensor equals the source byte for byte\n"
             "  info DIR                   summary of a package\n"
-            "  probe DIR [--seconds S] [--qd N[,N...]] [--buffered] [--burst] [--experts N]\n"
-            "                             random whole-record reads of the layer files (O_DIRECT unless\n"
+            "  probe DIR|MODEL.gguf [--seconds S] [--qd N[,N...]] [--buffered] [--burst] [--experts N]\n"
+            "                             random expert reads of the layer files, or of a GGUF whose experts\n"
+            "                             stream from it (a gate run each, as ds4 --ssd-streaming reads it) (O_DIRECT unless\n"
             "                             --buffered): the disk's MB/s at each queue depth, kept full or\n"
             "                             (--burst) N reads at a time, each burst awaited like a decode step;\n"
             "                             --experts N: only experts 0..N-1 of each layer (a small working set)\n");
@@ -37,16 +38,16 @@ int bind_for_copy(ds4_weights *w, const ds4_hparams *hp, const gguf_file *f, uns
     return ds4_weights_bind_ex(w, hp, f, ~0ull, flags, err);
 }
 
-int package_open(const char *dir, package *p, ds4_error *err) {
+int package_open(const char *dir, bool gguf_ok, package *p, ds4_error *err) {
     memset(p, 0, sizeof *p);
     int r = ds4_sidecar_locate(dir, &p->manifest_path, &p->dense_path, err);
-    if (r == 0) return ds4_fail(err, "%s: not a directory", dir);
+    if (r == 0 && !gguf_ok) return ds4_fail(err, "%s: not a directory", dir);
     if (r < 0) return -1;
-    if (!(p->dense = gguf_open(p->dense_path, err))) return -1;
+    if (!(p->dense = gguf_open(r ? p->dense_path : dir, err))) return -1;
     if (ds4_hparams_load(&p->hp, p->dense, err)) return -1;
     ds4_sidecar_geom g = {p->hp.n_layer, p->hp.n_expert, p->hp.n_embd, p->hp.n_ff_exp};
-    if (!(p->sc = ds4_sidecar_open(p->manifest_path, &g, err))) return -1;
-    return 0;
+    p->sc = r ? ds4_sidecar_open(p->manifest_path, &g, err) : ds4_sidecar_from_gguf(p->dense, &g, err);
+    return p->sc ? 0 : -1;
 }
 
 void package_close(package *p) {

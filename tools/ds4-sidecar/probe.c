@@ -113,7 +113,7 @@ static int probe_qd(const ds4_sidecar *sc, uint32_t qd, double seconds, bool dir
     ds4_expert_io_get_stats(io, &st);
     printf("probe %-5s %-3u %7" PRIu64 " reads of %7" PRIu64 " B in %5.2f s: %8.1f MB/s %8.0f reads/s, mean latency %7.3f ms "
            "(%s)\n",
-           burst ? "burst" : "qd", qd, c.done, sc->max_record, dt, st.bytes / 1e6 / dt, c.done / dt, c.done ? c.lat_sum / c.done * 1e3 : 0.0,
+           burst ? "burst" : "qd", qd, c.done, c.done ? st.bytes / c.done : 0, dt, st.bytes / 1e6 / dt, c.done / dt, c.done ? c.lat_sum / c.done * 1e3 : 0.0,
            st.direct && !st.buffered ? "O_DIRECT" : st.direct ? "partly O_DIRECT" : "buffered");
     fflush(stdout);
     rc = 0;
@@ -166,7 +166,7 @@ int cmd_probe(int argc, char **argv) {
     }
     package p;
     ds4_error err;
-    if (package_open(dir, &p, &err)) {
+    if (package_open(dir, true, &p, &err)) {
         fprintf(stderr, "ds4-sidecar: %s\n", err.msg);
         package_close(&p);
         return 1;

@@ -17,7 +17,9 @@ int cmd_info(int argc, char **argv);
 int cmd_probe(int argc, char **argv);
 
 /* A package opened for inspection: its dense GGUF, the geometry from it,
- * and the validated manifest. */
+ * and the validated manifest; with gguf_ok, a GGUF path too: the GGUF
+ * itself, described as a package of its experts (ds4_sidecar_from_gguf;
+ * the paths stay NULL). */
 typedef struct package {
     char *manifest_path, *dense_path;
     gguf_file *dense;
@@ -25,7 +27,7 @@ typedef struct package {
     ds4_sidecar *sc;
 } package;
 
-int package_open(const char *dir, package *p, ds4_error *err);
+int package_open(const char *dir, bool gguf_ok, package *p, ds4_error *err);
 void package_close(package *p);
 
 /* Whether a GGUF tensor name is a routed expert tensor (kept out of the

@@ -226,7 +226,7 @@ int cmd_verify(int argc, char **argv) {
     }
     package p;
     ds4_error err;
-    if (package_open(argv[0], &p, &err)) {
+    if (package_open(argv[0], false, &p, &err)) {
         fprintf(stderr, "ds4-sidecar: %s\n", err.msg);
         printf("verify: FAILED\n");
         package_close(&p);
@@ -257,7 +257,7 @@ int cmd_info(int argc, char **argv) {
     }
     package p;
     ds4_error err;
-    if (package_open(argv[0], &p, &err)) {
+    if (package_open(argv[0], false, &p, &err)) {
         fprintf(stderr, "ds4-sidecar: %s\n", err.msg);
         package_close(&p);
         return 1;

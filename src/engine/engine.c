@@ -108,7 +108,9 @@ static uint64_t routed_bytes(const gguf_file *f, uint64_t *all) {
  * page-locked host memory behind the VRAM slot bank. Where RAM cannot hold
  * them either, pinning them would fail (or push the system into swap), so
  * they stream from the file through a slot bank instead, as
- * --ssd-streaming asks. */
+ * --ssd-streaming asks. (The CPU maps a GGUF larger than RAM as it is:
+ * the page cache then keeps as many experts as RAM holds, more than a slot
+ * bank's share of it would.) */
 static bool gguf_streams_for_gpu(const gguf_file *f, const ds4_model_opts *o) {
     if (o->backend == DS4_BACKEND_CPU || !ds4_gpu_probe(NULL)) return false;
     uint64_t all, routed = routed_bytes(f, &all), avail = ds4_mem_available();

@@ -109,8 +109,8 @@ static uint64_t routed_bytes(const gguf_file *f, uint64_t *all) {
  * them either, pinning them would fail (or push the system into swap), so
  * they stream from the file through a slot bank instead, as
  * --ssd-streaming asks. (The CPU maps a GGUF larger than RAM as it is:
- * the page cache then keeps as many experts as RAM holds, more than a slot
- * bank's share of it would.) */
+ * the page cache then keeps as many experts as RAM holds, where a slot
+ * bank takes a share of it; --ssd-streaming is the user's call there.) */
 static bool gguf_streams_for_gpu(const gguf_file *f, const ds4_model_opts *o) {
     if (o->backend == DS4_BACKEND_CPU || !ds4_gpu_probe(NULL)) return false;
     uint64_t all, routed = routed_bytes(f, &all), avail = ds4_mem_available();

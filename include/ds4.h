@@ -59,9 +59,10 @@ typedef struct ds4_model_opts {
     bool verbose;  /* print a load summary to stderr */
     /* The rest applies when the routed experts stream: always for a sidecar
      * package directory (manifest.json + dense/model-dense.gguf), whose
-     * layer files hold them; for a plain GGUF when any of these is set (or
-     * on a GPU when the experts fit neither VRAM nor RAM), and then they
-     * are read out of the GGUF itself. Dense weights stay mapped. */
+     * layer files hold them; for a plain GGUF when any of these is set, or
+     * by itself when the GGUF is larger than RAM (on a GPU: when its
+     * experts fit neither VRAM nor RAM), and then they are read out of the
+     * GGUF itself. Dense weights stay mapped. */
     bool ssd_streaming;       /* a plain GGUF: stream its experts (sizes as below, auto by default) */
     bool resident;            /* read every expert record into RAM at load */
     uint32_t moe_slot_bank;   /* streaming: slots per layer, experts-per-token .. experts;

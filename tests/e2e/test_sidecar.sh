@@ -112,6 +112,16 @@ grep -q -- "--ssd-cache auto: available=" "$TMP/g_auto.log" || { echo "FAIL: --s
 same g_auto
 run g_res -m "$TMP/m.gguf" --resident --prefill-chunk 7
 same g_res
+# a GGUF larger than the memory available streams by itself
+# (DS4_MEM_AVAILABLE pretends 6 MiB: the file is about 7.5 MB)
+export DS4_MEM_AVAILABLE=6M
+run g_small -m "$TMP/m.gguf"
+unset DS4_MEM_AVAILABLE
+grep -q "is larger than the host memory available" "$TMP/g_small.log" && grep -q "streamed from the GGUF" "$TMP/g_small.log" ||
+    { echo "FAIL: no streaming by itself"; cat "$TMP/g_small.log"; exit 1; }
+same g_small
+run g_big -m "$TMP/m.gguf"
+if grep -q "streamed from the GGUF" "$TMP/g_big.log"; then echo "FAIL: streamed with enough memory"; exit 1; fi
 # ds4-sidecar probe reads whole records of a package, and of a GGUF the
 # gate part of an expert (its first run), each at random
 for what in pkg m.gguf; do

@@ -68,9 +68,9 @@ typedef struct ds4_model_opts {
     uint32_t moe_slot_bank;   /* streaming: slots per layer, experts-per-token .. experts;
                                  0 = sized from ssd_cache_bytes */
     uint64_t ssd_cache_bytes; /* streaming: bytes for all slot banks; 0 = auto: a share
-                                 (DS4_SSD_CACHE_AUTO_PCT, default 20%) of MemAvailable
-                                 left after dense weights and KV, leaving the rest to
-                                 the page cache */
+                                 of MemAvailable left after dense weights and KV (20%,
+                                 leaving the rest to the page cache; 40% where reads
+                                 bypass it; DS4_SSD_CACHE_AUTO_PCT overrides) */
     ds4_ssd_io ssd_io;
     bool no_moe_prefetch;     /* streaming: no overlap of reads with compute (no early
                                  reads, each layer waits for all its reads) */

@@ -84,6 +84,16 @@ same chunk7
 run auto -m "$TMP/pkg" --ssd-cache auto
 grep -q -- "--ssd-cache auto: available=" "$TMP/auto.log" || { echo "FAIL: no auto sizing line"; exit 1; }
 same auto
+# where the page cache cannot keep the experts (DS4_MEM_AVAILABLE pretends
+# 14 MiB) reads bypass it and the automatic bank takes 40%, not 20%
+export DS4_MEM_AVAILABLE=14M
+run auto_direct -m "$TMP/pkg"
+run auto_buffered -m "$TMP/pkg" --ssd-io buffered
+unset DS4_MEM_AVAILABLE
+grep -q -- "(40%, DS4_SSD_CACHE_AUTO_PCT" "$TMP/auto_direct.log" && grep -q -- "(20%, DS4_SSD_CACHE_AUTO_PCT" "$TMP/auto_buffered.log" ||
+    { echo "FAIL: automatic share"; grep -h -- "--ssd-cache auto" "$TMP/auto_direct.log" "$TMP/auto_buffered.log"; exit 1; }
+same auto_direct
+same auto_buffered
 run budget -m "$TMP/pkg" --ssd-cache 2M --prefill-chunk 1
 grep -q -- "--ssd-cache 2.0 MiB resolved Flash-MoE slot bank: slots=4 " "$TMP/budget.log" ||
     { echo "FAIL: 2 MiB should hold 4 slots of 5 x 96 KiB records"; cat "$TMP/budget.log"; exit 1; }

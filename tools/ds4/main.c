@@ -73,6 +73,7 @@ static void usage(FILE *f) {
             "                          (experts per token .. experts per layer)\n"
             "  --ssd-cache auto|SIZE   size the slot banks by a byte budget (e.g. 8G, 512M);\n"
             "                          auto (default): 20%% of MemAvailable after dense + KV\n"
+            "                          (40%% where the page cache cannot keep the experts)\n"
             "  --ssd-io MODE           expert reads: auto (default), direct (O_DIRECT) or buffered\n"
             "  --no-moe-prefetch       no overlap of expert reads with compute (for comparison)\n"
             "  --no-moe-guess          do not read experts guessed for the next layer early\n"

@@ -2,6 +2,7 @@
 #include "util/meminfo.h"
 #include "util/units.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -9,7 +10,12 @@
 uint64_t ds4_mem_available(void) {
     const char *pretend = getenv("DS4_MEM_AVAILABLE");
     uint64_t v;
-    if (pretend && *pretend && ds4_parse_size(pretend, &v) == 0) return v;
+    if (pretend && *pretend) {
+        if (ds4_parse_size(pretend, &v) == 0) return v;
+        static bool said = false;
+        if (!said) fprintf(stderr, "ds4: DS4_MEM_AVAILABLE='%s' is not a size such as 16G; using MemAvailable\n", pretend);
+        said = true;
+    }
     FILE *f = fopen("/proc/meminfo", "r");
     if (f) {
         char line[256];

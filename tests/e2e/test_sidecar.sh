@@ -132,6 +132,12 @@ grep -q "is larger than the host memory available" "$TMP/g_small.log" && grep -q
 same g_small
 run g_big -m "$TMP/m.gguf"
 if grep -q "streamed from the GGUF" "$TMP/g_big.log"; then echo "FAIL: streamed with enough memory"; exit 1; fi
+# ds4-sidecar info describes a GGUF's experts as they stream from it
+"$BIN/ds4-sidecar" info "$TMP/m.gguf" > "$TMP/info.txt" || { echo "FAIL: info of a GGUF"; cat "$TMP/info.txt"; exit 1; }
+grep -q "^layout     the GGUF's tensors: a run per family, three reads an expert" "$TMP/info.txt" &&
+    [ "$(grep -c "^  layer .* m.gguf " "$TMP/info.txt")" = 5 ] || { echo "FAIL: info of a GGUF:"; cat "$TMP/info.txt"; exit 1; }
+# verify checks packages only
+if "$BIN/ds4-sidecar" verify "$TMP/m.gguf" > "$TMP/verify.txt" 2>&1; then echo "FAIL: verify took a GGUF"; exit 1; fi
 # ds4-sidecar probe reads whole records of a package, and of a GGUF the
 # gate part of an expert (its first run), each at random
 for what in pkg m.gguf; do

@@ -3,7 +3,7 @@
  *
  *   ds4-sidecar export MODEL.gguf OUTDIR
  *   ds4-sidecar verify DIR [MODEL.gguf]
- *   ds4-sidecar info DIR
+ *   ds4-sidecar info DIR|MODEL.gguf
  *   ds4-sidecar probe DIR|MODEL.gguf [--seconds S] [--qd N,...] [--buffered]
  */
 #include <stdio.h>
@@ -21,7 +21,7 @@ static void usage(FILE *f) {
             "                             of every file). Built in OUTDIR.tmp.PID and renamed when complete.\n"
             "  verify DIR [MODEL.gguf]    check the manifest, file sizes and checksums; with MODEL.gguf also\n"
             "                             that every expert and dense tensor equals the source byte for byte\n"
-            "  info DIR                   summary of a package\n"
+            "  info DIR|MODEL.gguf        summary of a package, or of a GGUF's experts as they stream from it\n"
             "  probe DIR|MODEL.gguf [--seconds S] [--qd N[,N...]] [--buffered] [--burst] [--experts N]\n"
             "                             random expert reads of the layer files, or of a GGUF whose experts\n"
             "                             stream from it (a gate run each, as ds4 --ssd-streaming reads it) (O_DIRECT unless\n"

@@ -252,12 +252,12 @@ int cmd_verify(int argc, char **argv) {
 
 int cmd_info(int argc, char **argv) {
     if (argc != 1 || argv[0][0] == '-') {
-        fprintf(stderr, "usage: ds4-sidecar info DIR\n");
+        fprintf(stderr, "usage: ds4-sidecar info DIR|MODEL.gguf\n");
         return 2;
     }
     package p;
     ds4_error err;
-    if (package_open(argv[0], false, &p, &err)) {
+    if (package_open(argv[0], true, &p, &err)) {
         fprintf(stderr, "ds4-sidecar: %s\n", err.msg);
         package_close(&p);
         return 1;
@@ -268,16 +268,28 @@ int cmd_info(int argc, char **argv) {
     for (uint64_t i = 0; i < p.dense->n_tensors; i++) dense_bytes += p.dense->tensors[i].nbytes;
     uint32_t family_major = 0;
     for (uint32_t il = 0; il < sc->geom.n_layer; il++) family_major += sc->layers[il].family_major;
-    printf("package    %s\n", argv[0]);
-    printf("manifest   %s\n", p.manifest_path);
-    printf("dense      %s (%" PRIu64 " tensors, %.1f MB)\n", p.dense_path, p.dense->n_tensors, dense_bytes / 1e6);
+    if (sc->in_model_file) {
+        printf("gguf       %s (experts streamed from it: ds4 --ssd-streaming)\n", argv[0]);
+        dense_bytes = 0;
+        for (uint64_t i = 0; i < p.dense->n_tensors; i++)
+            if (!is_routed_tensor(p.dense->tensors[i].name)) dense_bytes += p.dense->tensors[i].nbytes;
+        printf("dense      %.1f MB in the same file\n", dense_bytes / 1e6);
+    } else {
+        printf("package    %s\n", argv[0]);
+        printf("manifest   %s\n", p.manifest_path);
+        printf("dense      %s (%" PRIu64 " tensors, %.1f MB)\n", p.dense_path, p.dense->n_tensors, dense_bytes / 1e6);
+    }
     printf("model      %u layers (%u hash-routed), %u wide, %u experts (%u per token), expert width %u, vocab %u\n",
            hp->n_layer, hp->n_hash_layers, hp->n_embd, hp->n_expert, hp->n_expert_used, hp->n_ff_exp, hp->n_vocab);
-    printf("layout     %s\n", family_major == 0                 ? "expert-major"
+    printf("layout     %s\n", sc->in_model_file                 ? "the GGUF's tensors: a run per family, three reads an expert"
+                              : family_major == 0                 ? "expert-major"
                               : family_major == sc->geom.n_layer ? "family-major (legacy)"
                                                                  : "mixed expert-/family-major");
-    printf("experts    %.1f MB in %u layer files, largest record %" PRIu64 " bytes\n", sc->expert_bytes / 1e6,
-           sc->geom.n_layer, sc->max_record);
+    if (sc->in_model_file)
+        printf("experts    %.1f MB, largest record %" PRIu64 " bytes in memory\n", sc->expert_bytes / 1e6, sc->max_record);
+    else
+        printf("experts    %.1f MB in %u layer files, largest record %" PRIu64 " bytes\n", sc->expert_bytes / 1e6,
+               sc->geom.n_layer, sc->max_record);
     for (uint32_t il = 0; il < sc->geom.n_layer; il++) {
         const ds4_sidecar_layer *L = &sc->layers[il];
         printf("  layer %3u  %-16s gate %s up %s down %s  record %" PRIu64 " stride %" PRIu64 "  file %" PRIu64 " bytes\n",
@@ -285,7 +297,7 @@ int cmd_info(int argc, char **argv) {
                L->record_bytes, L->stride, L->file_bytes);
     }
     if (sc->n_files) printf("checksums  SHA-256 for %u files (ds4-sidecar verify checks them)\n", sc->n_files);
-    else printf("checksums  none in the manifest\n");
+    else if (!sc->in_model_file) printf("checksums  none in the manifest\n");
     package_close(&p);
     return 0;
 }

@@ -99,7 +99,7 @@ static uint64_t routed_bytes(const gguf_file *f, uint64_t *all) {
     *all = 0;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         *all += f->tensors[i].nbytes;
-        if (strstr(f->tensors[i].name, "_exps.weight")) routed += f->tensors[i].nbytes;
+        if (ds4_is_routed_tensor(f->tensors[i].name)) routed += f->tensors[i].nbytes;
     }
     return routed;
 }
@@ -140,23 +140,18 @@ static int cmp_span(const void *a, const void *b) {
  * long it took. */
 static int warm_weights(const ds4_model *m, const char *what, bool verbose, ds4_error *err) {
     const gguf_file *f = m->file;
-    ds4_span *skip = NULL, *keep = NULL;
+    ds4_span *skip = malloc((f->n_tensors + 1) * sizeof *skip), *keep = malloc((f->n_tensors + 1) * sizeof *keep);
     size_t n_skip = 0, n_keep = 0;
-    if (m->sidecar && m->sidecar->in_model_file) {
-        skip = malloc(f->n_tensors * sizeof *skip);
-        keep = malloc((f->n_tensors + 1) * sizeof *keep);
-        if (!skip || !keep) {
-            free(skip);
-            free(keep);
-            return ds4_fail(err, "out of memory");
-        }
-        for (uint64_t i = 0; i < f->n_tensors; i++)
-            if (strstr(f->tensors[i].name, "_exps.weight"))
-                skip[n_skip++] = (ds4_span){f->data_offset + f->tensors[i].offset, f->tensors[i].nbytes};
-        qsort(skip, n_skip, sizeof *skip, cmp_span);
-    } else if (!(keep = malloc(sizeof *keep))) {
+    if (!skip || !keep) {
+        free(skip);
+        free(keep);
         return ds4_fail(err, "out of memory");
     }
+    if (m->sidecar && m->sidecar->in_model_file)
+        for (uint64_t i = 0; i < f->n_tensors; i++)
+            if (ds4_is_routed_tensor(f->tensors[i].name))
+                skip[n_skip++] = (ds4_span){f->data_offset + f->tensors[i].offset, f->tensors[i].nbytes};
+    qsort(skip, n_skip, sizeof *skip, cmp_span);
     size_t at = 0, bytes = 0;
     for (size_t i = 0; i <= n_skip; i++) { /* the gaps between the skipped spans */
         size_t end = i < n_skip ? skip[i].off : f->map_size;
@@ -313,7 +308,7 @@ void ds4_model_get_info(const ds4_model *m, ds4_model_info *out) {
         const gguf_tensor *t = &m->file->tensors[i];
         out->n_params += t->n_elems;
         out->weight_bytes += t->nbytes;
-        if (strstr(t->name, "_exps.weight")) {
+        if (ds4_is_routed_tensor(t->name)) {
             out->routed_bytes += t->nbytes;
             routed_params += t->n_elems;
         }

@@ -18,6 +18,10 @@
 
 const char *const ds4_sidecar_family_name[DS4_FAM_COUNT] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
 
+bool ds4_is_routed_tensor(const char *name) {
+    return strstr(name, ".ffn_gate_exps.") || strstr(name, ".ffn_up_exps.") || strstr(name, ".ffn_down_exps.");
+}
+
 /* A manifest is a few hundred KB at Flash size; anything far larger is not
  * a manifest and is refused before it is read into memory. */
 #define MAX_MANIFEST_BYTES (64u << 20)
@@ -32,6 +36,14 @@ static char *join(const char *dir, const char *name) {
     p[a] = '/';
     memcpy(p + a + 1, name, b + 1);
     return p;
+}
+
+/* The directory part of path ("." or "/" where there is none), malloc'd. */
+static char *dir_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return strdup(".");
+    if (slash == path) return strdup("/");
+    return strndup(path, (size_t)(slash - path));
 }
 
 static bool is_dir(const char *p) {
@@ -452,11 +464,7 @@ ds4_sidecar *ds4_sidecar_open(const char *manifest_path, const ds4_sidecar_geom 
     }
     if (!(sc->manifest = strdup(manifest_path))) goto oom;
     /* Layer files are named relative to the manifest's directory. */
-    const char *slash = strrchr(manifest_path, '/');
-    if (!slash) sc->dir = strdup(".");
-    else if (slash == manifest_path) sc->dir = strdup("/");
-    else sc->dir = strndup(manifest_path, (size_t)(slash - manifest_path));
-    if (!sc->dir) goto oom;
+    if (!(sc->dir = dir_of(manifest_path))) goto oom;
     sc->layers = calloc(geom->n_layer, sizeof *sc->layers);
     seen = calloc((size_t)geom->n_layer * DS4_FAM_COUNT, sizeof *seen);
     if (!sc->layers || !seen) goto oom;
@@ -555,12 +563,11 @@ ds4_sidecar *ds4_sidecar_from_gguf(const gguf_file *f, const ds4_sidecar_geom *g
         goto fail;
     }
     /* layer files are named relative to dir, as in a package */
-    const char *slash = strrchr(f->path, '/');
+    const char *slash = strrchr(f->path, '/'), *base = slash ? slash + 1 : f->path;
     sc->manifest = strdup(f->path);
-    sc->dir = !slash ? strdup(".") : slash == f->path ? strdup("/") : strndup(f->path, (size_t)(slash - f->path));
+    sc->dir = dir_of(f->path);
     sc->layers = calloc(geom->n_layer, sizeof *sc->layers);
     if (!sc->manifest || !sc->dir || !sc->layers) goto oom;
-    const char *base = slash ? slash + 1 : f->path;
     for (uint32_t il = 0; il < geom->n_layer; il++) {
         ds4_sidecar_layer *L = &sc->layers[il];
         if (!(L->file = strdup(base))) goto oom;

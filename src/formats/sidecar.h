@@ -29,6 +29,10 @@ enum { DS4_FAM_GATE = 0, DS4_FAM_UP = 1, DS4_FAM_DOWN = 2, DS4_FAM_COUNT = 3 };
 /* "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps". */
 extern const char *const ds4_sidecar_family_name[DS4_FAM_COUNT];
 
+/* Whether a GGUF tensor name is one of a layer's routed expert tensors
+ * (blk.N.ffn_{gate,up,down}_exps.weight). */
+bool ds4_is_routed_tensor(const char *name);
+
 /* What the package must agree with (from the dense GGUF's metadata). */
 typedef struct ds4_sidecar_geom {
     uint32_t n_layer, n_expert, n_embd, n_ff_exp;

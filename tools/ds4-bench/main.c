@@ -70,6 +70,19 @@ static int str_arg(int argc, char **argv, int *i, const char **out) {
     return 0;
 }
 
+/* The value after option argv[*i]: "auto" (0; "0" too where zero_auto),
+ * or a size such as `example`. */
+static int size_arg(int argc, char **argv, int *i, bool zero_auto, const char *example, uint64_t *out) {
+    const char *v;
+    if (str_arg(argc, argv, i, &v)) return -1;
+    if (!strcmp(v, "auto") || (zero_auto && !strcmp(v, "0"))) *out = 0;
+    else if (ds4_parse_size(v, out)) {
+        fprintf(stderr, "ds4-bench: %s expects 'auto' or a size such as %s, got '%s'\n", argv[*i - 1], example, v);
+        return -1;
+    }
+    return 0;
+}
+
 static int num_arg(int argc, char **argv, int *i, double *out) {
     if (*i + 1 >= argc) {
         fprintf(stderr, "ds4-bench: %s needs a value\n", argv[*i]);
@@ -291,23 +304,10 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "ds4-bench: --backend: %s\n", e.msg);
                 return 2;
             }
-        } else if (!strcmp(a, "--gpu-expert-cache")) {
-            const char *v;
-            if (str_arg(argc, argv, &i, &v)) return 2;
-            if (!strcmp(v, "auto") || !strcmp(v, "0")) expert_cache = 0;
-            else if (ds4_parse_size(v, &expert_cache)) {
-                fprintf(stderr, "ds4-bench: --gpu-expert-cache expects 'auto' or a size such as 16G, got '%s'\n", v);
-                return 2;
-            }
-        } else if (!strcmp(a, "--ssd-cache")) {
-            const char *v;
-            if (str_arg(argc, argv, &i, &v)) return 2;
+        } else if (!strcmp(a, "--gpu-expert-cache")) rc = size_arg(argc, argv, &i, true, "16G", &expert_cache);
+        else if (!strcmp(a, "--ssd-cache")) {
             streaming = true;
-            if (!strcmp(v, "auto")) ssd_cache = 0;
-            else if (ds4_parse_size(v, &ssd_cache)) {
-                fprintf(stderr, "ds4-bench: --ssd-cache expects 'auto' or a size such as 8G, got '%s'\n", v);
-                return 2;
-            }
+            rc = size_arg(argc, argv, &i, false, "8G", &ssd_cache);
         } else if (!strcmp(a, "--numerics")) {
             const char *v;
             if (str_arg(argc, argv, &i, &v)) return 2;

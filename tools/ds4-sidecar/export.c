@@ -155,12 +155,12 @@ static int write_dense(const gguf_file *f, const char *path, bool tty, double t0
     for (uint64_t i = 0; i < f->n_kv; i++) gguf_writer_copy_kv(w, &f->kv[i]);
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const gguf_tensor *t = &f->tensors[i];
-        if (!is_routed_tensor(t->name)) gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne);
+        if (!ds4_is_routed_tensor(t->name)) gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne);
     }
     if (gguf_writer_begin_data(w, err)) goto fail;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         const gguf_tensor *t = &f->tensors[i];
-        if (is_routed_tensor(t->name)) continue;
+        if (ds4_is_routed_tensor(t->name)) continue;
         if (gguf_writer_write(w, t->data, t->nbytes, err) || check_interrupt(err)) goto fail;
         *done += t->nbytes;
         if (tty) progress(tty, *done, total, t0, "dense");
@@ -250,7 +250,7 @@ int cmd_export(int argc, char **argv) {
     }
     expert_total = total;
     for (uint64_t i = 0; i < f->n_tensors; i++)
-        if (!is_routed_tensor(f->tensors[i].name)) total += f->tensors[i].nbytes;
+        if (!ds4_is_routed_tensor(f->tensors[i].name)) total += f->tensors[i].nbytes;
 
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out_dir, (long)getpid());
     if (mkdir(tmp, 0755) != 0) {

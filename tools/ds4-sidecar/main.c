@@ -30,10 +30,6 @@ static void usage(FILE *f) {
             "                             --experts N: only experts 0..N-1 of each layer (a small working set)\n");
 }
 
-bool is_routed_tensor(const char *name) {
-    return strstr(name, ".ffn_gate_exps.") || strstr(name, ".ffn_up_exps.") || strstr(name, ".ffn_down_exps.");
-}
-
 int bind_for_copy(ds4_weights *w, const ds4_hparams *hp, const gguf_file *f, unsigned flags, ds4_error *err) {
     return ds4_weights_bind_ex(w, hp, f, ~0ull, flags, err);
 }

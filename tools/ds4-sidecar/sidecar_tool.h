@@ -30,10 +30,6 @@ typedef struct package {
 int package_open(const char *dir, bool gguf_ok, package *p, ds4_error *err);
 void package_close(package *p);
 
-/* Whether a GGUF tensor name is a routed expert tensor (kept out of the
- * dense GGUF). */
-bool is_routed_tensor(const char *name);
-
 /* Binds a full model's weights for reading, whatever its matrix types
  * (exporting and verifying only copy bytes, they never multiply). */
 int bind_for_copy(ds4_weights *w, const ds4_hparams *hp, const gguf_file *f, unsigned flags, ds4_error *err);

@@ -187,7 +187,7 @@ static void compare_source(const package *p, const char *model, report *r) {
     uint64_t n_dense = 0, tensors_ok = 0;
     for (uint64_t i = 0; i < src->n_tensors; i++) {
         const gguf_tensor *a = &src->tensors[i];
-        if (is_routed_tensor(a->name)) continue;
+        if (ds4_is_routed_tensor(a->name)) continue;
         n_dense++;
         const gguf_tensor *b = gguf_find_tensor(d, a->name);
         if (!b) problem(r, "%s: tensor '%s' of the source is missing", p->dense_path, a->name);
@@ -272,7 +272,7 @@ int cmd_info(int argc, char **argv) {
         printf("gguf       %s (experts streamed from it: ds4 --ssd-streaming)\n", argv[0]);
         dense_bytes = 0;
         for (uint64_t i = 0; i < p.dense->n_tensors; i++)
-            if (!is_routed_tensor(p.dense->tensors[i].name)) dense_bytes += p.dense->tensors[i].nbytes;
+            if (!ds4_is_routed_tensor(p.dense->tensors[i].name)) dense_bytes += p.dense->tensors[i].nbytes;
         printf("dense      %.1f MB in the same file\n", dense_bytes / 1e6);
     } else {
         printf("package    %s\n", argv[0]);

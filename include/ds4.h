@@ -99,6 +99,7 @@ typedef struct ds4_moe_stats {
     uint64_t prefetch_issued, prefetch_used, prefetch_late, prefetch_wasted;
     uint64_t reads, bytes_read, retries;
     uint64_t direct, buffered; /* read syscalls by kind: O_DIRECT or page cache */
+    uint64_t returned;         /* experts a GPU's bank evicted and handed back (no read) */
     double stall_s;   /* compute waiting for expert reads */
     double io_busy_s; /* time with reads in flight */
 } ds4_moe_stats;

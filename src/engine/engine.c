@@ -113,10 +113,10 @@ static uint64_t routed_bytes(const gguf_file *f, uint64_t *all) {
  * next token needs (bench/SIDECAR.md: a 29 GB model with 23 GB of RAM
  * decoded 3.9 t/s mapped, 6.3 t/s streamed). Either way the experts stream
  * through a slot bank instead, as --ssd-streaming asks. */
-static bool gguf_streams_by_itself(const gguf_file *f, const ds4_model_opts *o) {
+static bool gguf_streams_by_itself(const gguf_file *f, const ds4_model_opts *o, bool for_gpu) {
     uint64_t all, routed = routed_bytes(f, &all), avail = ds4_mem_available();
     if (!routed || !avail) return false;
-    if (o->backend != DS4_BACKEND_CPU && ds4_gpu_probe(NULL)) {
+    if (for_gpu) {
         if (!ds4_gpu_needs_bank(all, o->gpu_expert_cache) || ds4_experts_fit_host(routed, avail)) return false;
         fprintf(stderr, "ds4: %s: the routed experts (%.1f GB) fit neither the GPU nor host memory (%.1f GB available)",
                 f->path, routed / 1e9, avail / 1e9);
@@ -212,7 +212,10 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
     m->file = gguf_open(pkg ? dense : path, err);
     if (!m->file) goto fail;
     if (ds4_hparams_load(&m->hp, m->file, err)) goto fail;
-    if (!stream && gguf_streams_by_itself(m->file, &o)) {
+    /* whether the weights will go to a GPU (pick_backend may still fall
+     * back to the CPU if they cannot) */
+    bool for_gpu = o.backend != DS4_BACKEND_CPU && ds4_gpu_probe(NULL);
+    if (!stream && gguf_streams_by_itself(m->file, &o, for_gpu)) {
         stream = true;
         o.ssd_streaming = true;
     }
@@ -246,7 +249,7 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
         /* the dense bytes the mapping serves (a plain GGUF's mapping also
          * spans the experts that now stream from it) */
         uint64_t dense_bytes = m->file->map_size - (m->sidecar->in_model_file ? m->sidecar->expert_bytes : 0);
-        if (ds4_sidecar_mode_open(m->sidecar, &m->hp, dense_bytes, &o, &m->net.experts, &m->slots, err)) goto fail;
+        if (ds4_sidecar_mode_open(m->sidecar, &m->hp, dense_bytes, for_gpu, &o, &m->net.experts, &m->slots, err)) goto fail;
         m->resident = o.resident;
         m->net.no_guess = o.no_moe_guess;
     } else if (!(m->net.experts = ds4_experts_from_weights(&m->w, m->hp.n_layer, m->hp.n_expert))) {
@@ -349,6 +352,7 @@ void ds4_model_moe_stats(const ds4_model *m, ds4_moe_stats *out) {
     out->retries = st.retries;
     out->direct = st.direct;
     out->buffered = st.buffered;
+    out->returned = st.returned;
     out->stall_s = st.stall_s;
     out->io_busy_s = st.io_busy_s;
 }

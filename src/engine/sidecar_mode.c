@@ -12,6 +12,10 @@
 #define DEFAULT_AUTO_PCT 20
 #define UNCACHED_AUTO_PCT 40
 #define DEFAULT_CTX 32768
+/* Headroom kept beside experts held in host memory for a GPU (pinned, or
+ * a GPU's slot bank): dense weights being mapped for their upload, the
+ * sessions' buffers, everything else on the machine. */
+#define HOST_HEADROOM (8ull << 30)
 
 /* Upper estimate of one session's KV state at `ctx` positions (raw window
  * rings, compressed rows, indexer rows), in bytes. */
@@ -41,8 +45,8 @@ static size_str human(uint64_t bytes) {
     return r;
 }
 
-int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t dense_bytes, const ds4_model_opts *o,
-                          ds4_expert_source **out, uint32_t *slots_out, ds4_error *err) {
+int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t dense_bytes, bool for_gpu,
+                          const ds4_model_opts *o, ds4_expert_source **out, uint32_t *slots_out, ds4_error *err) {
     uint32_t K = hp->n_expert_used, X = hp->n_expert;
     uint64_t column = 0; /* bytes of one slot in every layer */
     for (uint32_t il = 0; il < sc->geom.n_layer; il++)
@@ -82,14 +86,20 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
             fprintf(stderr, "ds4: --ssd-cache %s resolved Flash-MoE slot bank: slots=%u bank=%s\n",
                     human(o->ssd_cache_bytes).s, slots, human((uint64_t)slots * column).s);
         } else {
-            uint64_t remaining = sub0(sub0(avail, dense_bytes), kv);
+            /* For a GPU the dense weights and the context live in VRAM
+             * (the mapping's pages are only read once, for the upload), so
+             * the host bank is the experts' only cache in RAM: it takes
+             * all of MemAvailable but the headroom the page-locked copy of
+             * a GGUF's experts also leaves (ds4_experts_fit_host), which
+             * makes the two choices meet where the experts stop fitting. */
+            uint64_t remaining = for_gpu ? sub0(avail, HOST_HEADROOM) : sub0(sub0(avail, dense_bytes), kv);
             /* Where reads bypass the page cache (it could not keep the
              * experts beside the bank anyway), the bank is the only cache
              * and takes a larger share: with O_DIRECT reads, 40% decoded a
              * GGUF larger than RAM 30% faster than 20% (bench/SIDECAR.md). */
             bool uncached = o->ssd_io == DS4_SSD_IO_DIRECT ||
                             (o->ssd_io == DS4_SSD_IO_AUTO && sc->expert_bytes > remaining - remaining / 100 * DEFAULT_AUTO_PCT);
-            unsigned pct = uncached ? UNCACHED_AUTO_PCT : DEFAULT_AUTO_PCT;
+            unsigned pct = for_gpu ? 100 : uncached ? UNCACHED_AUTO_PCT : DEFAULT_AUTO_PCT;
             const char *e = getenv("DS4_SSD_CACHE_AUTO_PCT");
             if (e && *e) {
                 char *end;
@@ -101,20 +111,30 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
             uint64_t budget = remaining / 100 * pct;
             uint64_t n = budget / column;
             slots = n < K ? K : n > X ? X : (uint32_t)n;
-            fprintf(stderr,
-                    "ds4: --ssd-cache auto: available=%s dense=%s context=%s remaining=%s budget=%s "
-                    "(%u%%, DS4_SSD_CACHE_AUTO_PCT to override) -> slots=%u\n",
-                    human(avail).s, human(dense_bytes).s, human(kv).s, human(remaining).s, human(budget).s, pct, slots);
+            if (for_gpu)
+                fprintf(stderr,
+                        "ds4: --ssd-cache auto: available=%s, the GPU holds the dense weights and context, headroom=%s "
+                        "budget=%s (%u%%, DS4_SSD_CACHE_AUTO_PCT to override) -> slots=%u\n",
+                        human(avail).s, human(HOST_HEADROOM).s, human(budget).s, pct, slots);
+            else
+                fprintf(stderr,
+                        "ds4: --ssd-cache auto: available=%s dense=%s context=%s remaining=%s budget=%s "
+                        "(%u%%, DS4_SSD_CACHE_AUTO_PCT to override) -> slots=%u\n",
+                        human(avail).s, human(dense_bytes).s, human(kv).s, human(remaining).s, human(budget).s, pct,
+                        slots);
         }
         uint64_t bank = (uint64_t)slots * column;
-        if (avail && bank > sub0(avail, dense_bytes))
+        /* what else stays in RAM: nothing for a GPU (the dense weights are
+         * read once for the upload, through the page cache) */
+        uint64_t host_dense = for_gpu ? 0 : dense_bytes, host_kv = for_gpu ? 0 : kv;
+        if (avail && bank > sub0(avail, host_dense))
             return ds4_fail(err, "a slot bank of %u slots per layer needs %s, but MemAvailable is %s with %s of dense "
                             "weights to map; choose fewer slots (--moe-slot-bank) or a smaller --ssd-cache", slots,
-                            human(bank).s, human(avail).s, human(dense_bytes).s);
+                            human(bank).s, human(avail).s, human(host_dense).s);
         /* Buffered reads pay off when the page cache can keep the experts
          * the bank does not: then most misses are served from RAM. */
         direct = o->ssd_io == DS4_SSD_IO_DIRECT ||
-                 (o->ssd_io == DS4_SSD_IO_AUTO && sc->expert_bytes > sub0(sub0(sub0(avail, dense_bytes), kv), bank));
+                 (o->ssd_io == DS4_SSD_IO_AUTO && sc->expert_bytes > sub0(sub0(sub0(avail, host_dense), host_kv), bank));
     }
     ds4_sidecar_source_opts so = {.slots = slots, .direct = direct, .prefetch = !o->no_moe_prefetch};
     ds4_expert_source *src = o->resident ? ds4_experts_resident_new(sc, &so, err) : ds4_experts_slotbank_new(sc, &so, err);
@@ -129,10 +149,6 @@ int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t
     *slots_out = slots;
     return 0;
 }
-
-/* Headroom kept beside pinned experts: dense weights being mapped, the
- * sessions' buffers, everything else on the machine. */
-#define HOST_HEADROOM (8ull << 30)
 
 bool ds4_experts_fit_host(uint64_t routed, uint64_t avail) {
     return avail == 0 /* unknown: as before, try */ || routed + HOST_HEADROOM <= avail;

@@ -10,9 +10,11 @@
 #include "formats/sidecar.h"
 #include "model/hparams.h"
 
-/* On success *out is the source and *slots its slots per layer. */
-int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t dense_bytes, const ds4_model_opts *o,
-                          ds4_expert_source **out, uint32_t *slots, ds4_error *err);
+/* On success *out is the source and *slots its slots per layer. for_gpu:
+ * the model will run on a GPU, which holds the dense weights and the
+ * context (the automatic bank then takes more of the host's memory). */
+int ds4_sidecar_mode_open(const ds4_sidecar *sc, const ds4_hparams *hp, uint64_t dense_bytes, bool for_gpu,
+                          const ds4_model_opts *o, ds4_expert_source **out, uint32_t *slots, ds4_error *err);
 
 /* Whether routed experts of `routed` bytes can be held in host memory
  * (pinned for a GPU's slot bank) with `avail` bytes available, leaving room

@@ -29,6 +29,7 @@ typedef struct ds4_expert_stats {
     uint64_t reads, bytes_read, retries;
     uint64_t direct, buffered; /* read syscalls by kind (a retry or a
                                   short read's continuation is another) */
+    uint64_t returned;         /* experts handed back by a cache in front (adopt) */
     double stall_s;   /* time acquire spent waiting for reads */
     double io_busy_s; /* time with at least one read in flight */
 } ds4_expert_stats;
@@ -66,6 +67,21 @@ typedef struct ds4_expert_source_ops {
      * DMA, so that its copies out of them run asynchronously at the bus's
      * rate instead of through a staging buffer. */
     const void *(*region)(const ds4_expert_source *s, uint32_t i, uint64_t *bytes);
+    /* Optional: expert e of layer il is now held (or no longer held) by a
+     * cache in front of this source, a GPU's slot bank. A slot bank gives
+     * up such experts' slots first, so that the two caches keep different
+     * experts rather than the same ones twice. */
+    void (*held_elsewhere)(ds4_expert_source *s, uint32_t il, uint32_t e, bool held);
+    /* Optional pair: the cache in front hands an expert back as it evicts
+     * it, so that the source keeps it without reading it again (with
+     * held_elsewhere, the two caches then hold different experts: a
+     * victim cache). adopt_start gives the expert a slot (the views say
+     * where its matrices go) and returns 1: the caller copies the bytes
+     * there and then calls adopt_done, saying whether they all arrived;
+     * no acquire may come in between. It returns 0 (nothing to copy) when
+     * the source holds the expert already or has no slot to give. */
+    int (*adopt_start)(ds4_expert_source *s, uint32_t il, uint32_t e, ds4_expert_view *view);
+    void (*adopt_done)(ds4_expert_source *s, uint32_t il, uint32_t e, bool ok);
 } ds4_expert_source_ops;
 
 struct ds4_expert_source {
@@ -89,6 +105,15 @@ static inline bool ds4_experts_ready(ds4_expert_source *s, uint32_t k) { return 
 static inline const void *ds4_experts_region(const ds4_expert_source *s, uint32_t i, uint64_t *bytes) {
     *bytes = 0;
     return s->ops->region ? s->ops->region(s, i, bytes) : NULL;
+}
+static inline void ds4_experts_held_elsewhere(ds4_expert_source *s, uint32_t il, uint32_t e, bool held) {
+    if (s->ops->held_elsewhere) s->ops->held_elsewhere(s, il, e, held);
+}
+static inline int ds4_experts_adopt_start(ds4_expert_source *s, uint32_t il, uint32_t e, ds4_expert_view *view) {
+    return s->ops->adopt_start ? s->ops->adopt_start(s, il, e, view) : 0;
+}
+static inline void ds4_experts_adopt_done(ds4_expert_source *s, uint32_t il, uint32_t e, bool ok) {
+    if (s->ops->adopt_done) s->ops->adopt_done(s, il, e, ok);
 }
 static inline void ds4_experts_prefetch(ds4_expert_source *s, uint32_t il, const uint32_t *ids, uint32_t n) {
     if (s->ops->prefetch) s->ops->prefetch(s, il, ids, n);

@@ -28,7 +28,7 @@ static uint32_t mapped_capacity(const ds4_expert_source *s) { return ((const map
 static void mapped_free(ds4_expert_source *s) { free(s); }
 
 static const ds4_expert_source_ops k_mapped_ops = {mapped_acquire, NULL, mapped_capacity, mapped_free, NULL, NULL,
-                                                   NULL,           NULL, NULL,            NULL,        NULL};
+                                                   NULL,           NULL, NULL,            NULL,        NULL, NULL, NULL, NULL};
 
 ds4_expert_source *ds4_experts_from_weights(const ds4_weights *w, uint32_t n_layer, uint32_t n_expert) {
     mapped_source *m = calloc(1, sizeof *m);

@@ -90,7 +90,7 @@ static const void *resident_region(const ds4_expert_source *s, uint32_t i, uint6
 
 static const ds4_expert_source_ops k_resident_ops = {resident_acquire, NULL, resident_capacity, resident_free,
                                                      resident_stats,   resident_describe, NULL, NULL, NULL, NULL,
-                                                     resident_region};
+                                                     resident_region,  NULL, NULL, NULL};
 
 /* Queues reads of file range [off, off + len) into dst in chunks. */
 static int queue_range(ds4_expert_io *io, uint32_t il, uint64_t off, uint64_t len, uint8_t *dst, uint64_t cap,

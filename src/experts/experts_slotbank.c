@@ -41,6 +41,7 @@ typedef struct bank {
     uint64_t slot_bytes;
     slot *slots;
     int32_t *where;   /* expert -> slot, -1 when absent */
+    uint8_t *elsewhere; /* expert -> held by a cache in front (held_elsewhere) */
 } bank;
 
 typedef struct {
@@ -121,12 +122,13 @@ static void evict(slot_source *b, bank *bk, slot *s) {
     s->prefetched = false;
 }
 
-/* The slot to reuse: an empty one, else the least recently used ready one;
- * never one pinned with `pin` or chosen by hint `hint`. Loading slots are
- * returned only when `wait_loading` and nothing else is free (the caller
- * waits for the read to land). -1 when there is none. */
+/* The slot to reuse: an empty one, else the least recently used ready one
+ * whose expert a cache in front holds, else the least recently used ready
+ * one; never one pinned with `pin` or chosen by hint `hint`. Loading slots
+ * are returned only when `wait_loading` and nothing else is free (the
+ * caller waits for the read to land). -1 when there is none. */
 static int pick_victim(const bank *bk, uint32_t n_slots, uint64_t pin, uint64_t hint, bool wait_loading) {
-    int best = -1, loading = -1;
+    int best = -1, held = -1, loading = -1;
     for (uint32_t i = 0; i < n_slots; i++) {
         const slot *s = &bk->slots[i];
         if ((pin && s->pin == pin) || (hint && s->hint == hint)) continue;
@@ -136,7 +138,9 @@ static int pick_victim(const bank *bk, uint32_t n_slots, uint64_t pin, uint64_t 
             continue;
         }
         if (best < 0 || s->age < bk->slots[best].age) best = (int)i;
+        if (bk->elsewhere[s->expert] && (held < 0 || s->age < bk->slots[held].age)) held = (int)i;
     }
+    if (held >= 0) return held;
     if (best >= 0) return best;
     return wait_loading ? loading : -1;
 }
@@ -278,6 +282,47 @@ static void slot_prefetch(ds4_expert_source *src, uint32_t il, const uint32_t *i
     ds4_expert_io_flush(b->io);
 }
 
+static void slot_held_elsewhere(ds4_expert_source *src, uint32_t il, uint32_t e, bool held) {
+    slot_source *b = (slot_source *)src;
+    if (il < b->sc->geom.n_layer && e < b->sc->geom.n_expert) b->banks[il].elsewhere[e] = held;
+}
+
+/* The expert comes back from the cache in front: it takes a slot like a
+ * miss would (evicting first what that cache holds), marked as loading
+ * until adopt_done; it counts as just used. */
+static int slot_adopt_start(ds4_expert_source *src, uint32_t il, uint32_t e, ds4_expert_view *view) {
+    slot_source *b = (slot_source *)src;
+    if (il >= b->sc->geom.n_layer || e >= b->sc->geom.n_expert || b->failed) return 0;
+    bank *bk = &b->banks[il];
+    if (bk->where[e] >= 0) return 0;
+    /* the latest acquire's views stay valid: its pins are off limits */
+    int v = pick_victim(bk, b->n_slots, il == b->last_layer ? b->stamp : 0, 0, false);
+    if (v < 0) return 0;
+    slot *s = &bk->slots[v];
+    evict(b, bk, s);
+    s->expert = (int32_t)e;
+    s->state = SLOT_LOADING;
+    s->pending = 0;
+    s->age = ++b->clock;
+    bk->where[e] = v;
+    ds4_sidecar_record_views(&b->sc->layers[il], bk->mem + (uint64_t)v * bk->slot_bytes, view);
+    return 1;
+}
+
+static void slot_adopt_done(ds4_expert_source *src, uint32_t il, uint32_t e, bool ok) {
+    slot_source *b = (slot_source *)src;
+    if (il >= b->sc->geom.n_layer || e >= b->sc->geom.n_expert) return;
+    bank *bk = &b->banks[il];
+    int32_t si = bk->where[e];
+    if (si < 0 || bk->slots[si].state != SLOT_LOADING || bk->slots[si].pending) return;
+    if (ok) {
+        bk->slots[si].state = SLOT_READY;
+        b->st.returned++;
+    } else {
+        evict(b, bk, &bk->slots[si]);
+    }
+}
+
 static bool slot_reading(const ds4_expert_source *s) {
     return ds4_expert_io_inflight(((const slot_source *)s)->io) > 0;
 }
@@ -307,6 +352,7 @@ static void slot_free(ds4_expert_source *s) {
             ds4_bank_free(b->banks[il].mem, b->banks[il].slot_bytes * b->n_slots);
             free(b->banks[il].slots);
             free(b->banks[il].where);
+            free(b->banks[il].elsewhere);
         }
     free(b->banks);
     free(b->last_ids);
@@ -323,12 +369,14 @@ static const void *slot_region(const ds4_expert_source *s, uint32_t i, uint64_t 
 
 static const ds4_expert_source_ops k_slot_ops = {slot_acquire, slot_prefetch,      slot_capacity, slot_free,   slot_stats,
                                                  slot_describe, slot_acquire_start, slot_wait,     slot_reading,
-                                                 slot_ready,    slot_region};
+                                                 slot_ready,    slot_region,        slot_held_elsewhere,
+                                                 slot_adopt_start, slot_adopt_done};
 /* The same without overlap: no hints (callers then skip computing them)
  * and every acquire waits for all its reads before compute starts. */
 static const ds4_expert_source_ops k_slot_ops_noprefetch = {slot_acquire, NULL, slot_capacity, slot_free, slot_stats,
                                                             slot_describe, NULL, NULL, slot_reading, NULL,
-                                                            slot_region};
+                                                            slot_region, slot_held_elsewhere, slot_adopt_start,
+                                                            slot_adopt_done};
 
 ds4_expert_source *ds4_experts_slotbank_new(const ds4_sidecar *sc, const ds4_sidecar_source_opts *o, ds4_error *err) {
     uint32_t NL = sc->geom.n_layer, X = sc->geom.n_expert;
@@ -357,7 +405,8 @@ ds4_expert_source *ds4_experts_slotbank_new(const ds4_sidecar *sc, const ds4_sid
         bk->mem = ds4_bank_alloc(bk->slot_bytes * o->slots);
         bk->slots = calloc(o->slots, sizeof *bk->slots);
         bk->where = malloc(X * sizeof *bk->where);
-        if (!bk->mem || !bk->slots || !bk->where) goto oom;
+        bk->elsewhere = calloc(X, 1);
+        if (!bk->mem || !bk->slots || !bk->where || !bk->elsewhere) goto oom;
         for (uint32_t i = 0; i < o->slots; i++) bk->slots[i].expert = -1;
         for (uint32_t e = 0; e < X; e++) bk->where[e] = -1;
     }

@@ -124,6 +124,10 @@ for mode in "--ssd-streaming" "--moe-slot-bank 2" "auto"; do
         DS4_MEM_AVAILABLE=4G "$BIN/ds4" -m "$m" --cuda --gpu-expert-cache 300K -v --tokens @"$TMP/tokens.txt" \
             --numerics hf --dump-logits "$TMP/gs.f32" 2>"$TMP/gs.err"
         grep -q "fit neither the GPU nor host memory" "$TMP/gs.err" || { echo "GGUF, no automatic streaming:"; cat "$TMP/gs.err"; exit 1; }
+        # the host bank's budget is MemAvailable less 8 GB (the GPU holds
+        # the dense weights): nothing here, so the fewest slots, 2
+        grep -q "the GPU holds the dense weights and context.* -> slots=2$" "$TMP/gs.err" ||
+            { echo "GGUF, automatic host bank for the GPU:"; grep "ssd-cache auto" "$TMP/gs.err"; exit 1; }
     else
         "$BIN/ds4" -m "$m" --cuda $mode --gpu-expert-cache 300K -v --tokens @"$TMP/tokens.txt" --numerics hf \
             --dump-logits "$TMP/gs.f32" 2>"$TMP/gs.err"
@@ -141,6 +145,15 @@ gen=$(DS4_CUDA_GUESS=1 "$BIN/ds4" -m "$TMP/pkg" --cuda --moe-slot-bank 6 --gpu-e
 used=$(grep -o "prefetched=[0-9]*" "$TMP/guess.err" | head -n 1 | cut -d= -f2)
 [ "${used:-0}" -gt 0 ] || { echo "package with hints: no hint was used: $(grep Flash-MoE "$TMP/guess.err")"; exit 1; }
 echo "package, next-layer hints: $(grep -o "prefetched=.*" "$TMP/guess.err" | head -n 1), 48 tokens exact"
+# Experts the GPU bank evicts go back to the host bank (which let its copy
+# go while the GPU held them): some are handed back, the tokens stay those
+# of resident experts.
+gen=$("$BIN/ds4" -m "$TMP/pkg" --cuda --moe-slot-bank 4 --gpu-expert-cache 300K --moe-stats \
+    --tokens "$(ids "$DATA/$fx/reference.json" tokens 160)" --numerics hf -n 48 --temp 0 2>"$TMP/back.err")
+[ "$gen" = "$(ids "$DATA/$fx/reference.json" generated)" ] || { echo "package, experts handed back: generation differs: $gen"; exit 1; }
+back=$(grep -o "returned by the GPU=[0-9]*" "$TMP/back.err" | cut -d= -f2)
+[ "${back:-0}" -gt 0 ] || { echo "package: no expert was handed back: $(grep Flash-MoE "$TMP/back.err")"; exit 1; }
+echo "package, experts handed back by the GPU bank: $back, 48 tokens exact"
 # A read that keeps failing while the GPU bank fetches: an error exit with
 # the reader's message, and only correct tokens before it.
 ref=$("$BIN/ds4" -m "$m" --cuda --tokens 5,17,300,42 -n 24 --temp 0)
@@ -204,3 +217,9 @@ for env in DS4_CUDA_LANES=0 DS4_CUDA_NO_PDL=1 DS4_CUDA_PROFILE=1; do
 done
 "$BIN/ds4" -m "$q2" --cuda --tokens @"$TMP/q2tok.txt" --dump-logits "$TMP/mma2.f32"
 echo -n "q2 second run (bit for bit): "; $cmp "$TMP/mma2.f32" "$TMP/mma.f32" 2048 0
+# DS4_CUDA_MEM pretends a smaller card: the rest of the GPU is held back
+# (-v says so), and the numbers stay the same.
+DS4_CUDA_MEM=6G "$BIN/ds4" -m "$q2" --cuda -v --tokens @"$TMP/q2tok.txt" --dump-logits "$TMP/small.f32" 2>"$TMP/small.err"
+grep -q "DS4_CUDA_MEM=6G: .* held back, as on a smaller card" "$TMP/small.err" ||
+    { echo "DS4_CUDA_MEM=6G: no memory held back:"; cat "$TMP/small.err"; exit 1; }
+echo -n "q2 with DS4_CUDA_MEM=6G (bit for bit): "; $cmp "$TMP/small.f32" "$TMP/mma.f32" 2048 0

@@ -1,5 +1,7 @@
 /* Expert sources over a sidecar package: the slot bank against a reference
- * LRU model (hits, misses, the bytes behind every view), prefetch hints that
+ * LRU model (hits, misses, the bytes behind every view; experts that a
+ * cache in front holds are evicted first, experts it hands back are hits
+ * without a read), prefetch hints that
  * must not evict the latest acquire's experts, bad requests, injected read
  * failures (permanent: an error naming the file; transient: retried),
  * acquire_start/wait (experts readable one by one, in any order), and the
@@ -93,9 +95,11 @@ static int outside_regions(const ds4_expert_source *s, const ds4_expert_view *v)
     return bad;
 }
 
-/* Reference LRU: per layer the experts held and their last use. */
+/* Reference LRU: per layer the experts held and their last use, and which
+ * experts a cache in front holds (those are given up first). */
 typedef struct lru {
     int held[NL][NX]; /* age, 0 = absent */
+    bool elsewhere[NL][NX];
     int clock;
 } lru;
 
@@ -107,13 +111,15 @@ static void lru_acquire(lru *r, int l, const uint32_t *ids, int n, int slots, ui
     for (int i = 0; i < n; i++) {
         if (r->held[l][ids[i]]) continue;
         (*misses)++;
-        if (count == slots) { /* evict the least recent expert not asked for */
+        if (count == slots) { /* evict the least recent expert not asked for, held elsewhere if any is */
             int victim = -1;
-            for (int e = 0; e < NX; e++) {
-                bool asked = false;
-                for (int j = 0; j < n; j++) asked |= ids[j] == (uint32_t)e;
-                if (r->held[l][e] && !asked && (victim < 0 || r->held[l][e] < r->held[l][victim])) victim = e;
-            }
+            for (int pass = 0; pass < 2 && victim < 0; pass++)
+                for (int e = 0; e < NX; e++) {
+                    bool asked = false;
+                    for (int j = 0; j < n; j++) asked |= ids[j] == (uint32_t)e;
+                    if (pass == 0 && !r->elsewhere[l][e]) continue;
+                    if (r->held[l][e] && !asked && (victim < 0 || r->held[l][e] < r->held[l][victim])) victim = e;
+                }
             r->held[l][victim] = 0;
             count--;
         }
@@ -123,7 +129,8 @@ static void lru_acquire(lru *r, int l, const uint32_t *ids, int n, int slots, ui
     for (int i = 0; i < n; i++) r->held[l][ids[i]] = ++r->clock;
 }
 
-static void test_lru(const ds4_sidecar *sc, const char *what, bool direct) {
+/* shadow: experts are marked and unmarked as held by a cache in front. */
+static void test_lru(const ds4_sidecar *sc, const char *what, bool direct, bool shadow) {
     for (uint32_t slots = 2; slots <= NX; slots += 2) {
         ds4_error err = {{0}};
         ds4_sidecar_source_opts o = {.slots = slots, .direct = direct, .prefetch = false};
@@ -138,6 +145,13 @@ static void test_lru(const ds4_sidecar *sc, const char *what, bool direct) {
         int bad = 0;
         for (int step = 0; step < 400; step++) {
             seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            if (shadow && ((seed >> 10) & 3) != 0) { /* a GPU bank took or dropped an expert */
+                int hl = (int)((seed >> 13) % NL), he = (int)((seed >> 17) % NX);
+                bool held = (seed >> 23) & 1;
+                ref.elsewhere[hl][he] = held;
+                ds4_experts_held_elsewhere(s, (uint32_t)hl, (uint32_t)he, held);
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            }
             int l = (int)(seed >> 60) % NL;
             int n = 1 + (int)((seed >> 40) % slots);
             uint32_t ids[NX];
@@ -168,6 +182,57 @@ static void test_lru(const ds4_sidecar *sc, const char *what, bool direct) {
         CHECK(st.reads == misses * (sc->layers[0].family_major ? 3 : 1));
         ds4_experts_free(s);
     }
+}
+
+/* Writes expert e of layer l's values where a view says (what a GPU's bank
+ * copies back when it hands the expert over). */
+static void fill_view(const ds4_expert_view *v, int l, int e) {
+    const ds4_tensor *t[3] = {&v->gate, &v->up, &v->down};
+    for (int f = 0; f < 3; f++)
+        for (int i = 0; i < 32; i++) ((float *)(uintptr_t)t[f]->data)[i] = value(l, e, f, i);
+}
+
+/* A GPU's bank holds experts 0 and 1 (held_elsewhere): a miss evicts one of
+ * them, not expert 2; the evicted expert handed back (adopt) is then a hit
+ * with its bytes and no read; an adoption that failed leaves nothing. */
+static void test_adopt(const ds4_sidecar *sc) {
+    ds4_error err = {{0}};
+    ds4_sidecar_source_opts o = {.slots = 3, .direct = false, .prefetch = false};
+    ds4_expert_source *s = ds4_experts_slotbank_new(sc, &o, &err);
+    CHECKF(s != NULL, "%s", err.msg);
+    if (!s) return;
+    ds4_expert_view v[3], a;
+    ds4_expert_stats st;
+    const uint32_t first[3] = {0, 1, 2}, three = 3, zero = 0, two = 2, one = 1;
+    CHECK(ds4_experts_acquire(s, 0, first, 3, v, &err) == 0);
+    ds4_experts_held_elsewhere(s, 0, 0, true);
+    ds4_experts_held_elsewhere(s, 0, 1, true);
+    CHECK(ds4_experts_acquire(s, 0, &three, 1, v, &err) == 0 && check_view(&v[0], 0, 3) == 0);
+    CHECK(ds4_experts_acquire(s, 0, &two, 1, v, &err) == 0); /* still there */
+    ds4_experts_get_stats(s, &st);
+    CHECKF(st.hits == 1 && st.misses == 4, "held elsewhere: hits %llu misses %llu, want 1 and 4",
+           (unsigned long long)st.hits, (unsigned long long)st.misses);
+    /* expert 0 (the older of the two held) went; the GPU now evicts it too */
+    ds4_experts_held_elsewhere(s, 0, 0, false);
+    CHECK(ds4_experts_adopt_start(s, 0, 1, &a) == 0); /* still in the bank: nothing to copy */
+    CHECK(ds4_experts_adopt_start(s, 0, 0, &a) == 1);
+    CHECK(outside_regions(s, &a) == 0);
+    fill_view(&a, 0, 0);
+    ds4_experts_adopt_done(s, 0, 0, true);
+    uint64_t reads = st.reads;
+    CHECK(ds4_experts_acquire(s, 0, &zero, 1, v, &err) == 0 && check_view(&v[0], 0, 0) == 0);
+    ds4_experts_get_stats(s, &st);
+    CHECKF(st.hits == 2 && st.reads == reads && st.returned == 1, "adopted: hits %llu reads %llu returned %llu",
+           (unsigned long long)st.hits, (unsigned long long)st.reads, (unsigned long long)st.returned);
+    /* expert 1 was the victim of the adoption (held elsewhere); a failed
+     * adoption of it leaves no slot claiming it: the next acquire reads it */
+    CHECK(ds4_experts_adopt_start(s, 0, 1, &a) == 1);
+    ds4_experts_adopt_done(s, 0, 1, false);
+    CHECK(ds4_experts_acquire(s, 0, &one, 1, v, &err) == 0 && check_view(&v[0], 0, 1) == 0);
+    ds4_experts_get_stats(s, &st);
+    CHECKF(st.reads > reads && st.returned == 1, "failed adoption: reads %llu (were %llu), returned %llu",
+           (unsigned long long)st.reads, (unsigned long long)reads, (unsigned long long)st.returned);
+    ds4_experts_free(s);
 }
 
 static void test_prefetch(const ds4_sidecar *sc) {
@@ -382,10 +447,12 @@ int main(void) {
         if (!sc) continue;
         CHECK(sc->layers[0].family_major == (fm != 0));
         const char *what = fm ? "family-major" : "expert-major";
-        test_lru(sc, what, true);
-        test_lru(sc, what, false);
+        test_lru(sc, what, true, false);
+        test_lru(sc, what, false, false);
+        test_lru(sc, what, true, true);
         test_resident(sc, what);
         test_overlap(sc, what);
+        test_adopt(sc);
         if (!fm) {
             test_prefetch(sc);
             test_faults(sc);

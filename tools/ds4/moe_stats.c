@@ -43,11 +43,11 @@ void cli_print_moe_stats(const ds4_model *model) {
     uint64_t refs = st.hits + st.misses + st.prefetch_used;
     fprintf(stderr,
             "ds4: Flash-MoE stats: %s slots=%u refs=%llu hits=%llu (hit %.1f%%) prefetched=%llu (late %llu) "
-            "misses=%llu; prefetch issued=%llu wasted=%llu\n",
+            "misses=%llu; prefetch issued=%llu wasted=%llu; returned by the GPU=%llu\n",
             st.streaming ? "slot-bank" : "resident", st.slots, (unsigned long long)refs, (unsigned long long)st.hits,
             refs ? 100.0 * st.hits / refs : 100.0, (unsigned long long)st.prefetch_used,
             (unsigned long long)st.prefetch_late, (unsigned long long)st.misses, (unsigned long long)st.prefetch_issued,
-            (unsigned long long)st.prefetch_wasted);
+            (unsigned long long)st.prefetch_wasted, (unsigned long long)st.returned);
     fprintf(stderr,
             "ds4: Flash-MoE I/O: reads=%llu (direct %llu, buffered %llu) bytes=%.1f MB retries=%llu stall=%.3fs "
             "io-busy=%.3fs read-rate=%.1f MB/s (bytes / io-busy)\n",

@@ -14,6 +14,7 @@ extern "C" {
 #include "compute/layers.h"
 #include "compute/net.h"
 #include "experts/experts.h"
+#include "util/units.h"
 }
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
@@ -70,6 +71,15 @@ typedef struct bank {
     ds4_expert_source *src;
     int32_t *pend_slot;
     uint32_t *pend_id;
+    uint64_t *pend_old; /* the key each pending slot held before, or UINT64_MAX */
+    uint64_t *back;     /* keys being copied back to the source (adopt) */
+    /* the copies back run on a stream of their own, beside the copies in
+     * (the bus carries both directions at once); a pending slot's copy in
+     * waits for its event when it had one out */
+    cudaStream_t back_st;
+    cudaEvent_t *out_ev;
+    uint8_t *out_k;
+    uint32_t n_expert;
     ds4_expert_view *views;
     /* the source's host regions pinned for DMA (cudaHostRegister), and
      * why not where that was refused */
@@ -261,6 +271,44 @@ static void prof_init(ds4_gpu_session *s);
 
 /* ---- device and weights -------------------------------------------------------- */
 
+/* DS4_CUDA_MEM=SIZE: run as if the GPU had SIZE bytes of memory (a 24 or
+ * 32 GB card on an 80 GB one). The first probe takes the rest with one
+ * allocation, held for the process's life, so that every later decision
+ * (weights resident or a slot bank, the bank's size, the sessions) and
+ * every allocation meet the smaller card's limit for real. */
+static void hold_pretend_size(void) {
+    static bool done = false;
+    if (done) return;
+    done = true;
+    const char *e = getenv("DS4_CUDA_MEM");
+    if (!e || !*e) return;
+    uint64_t want;
+    size_t free_b = 0, total_b = 0;
+    if (ds4_parse_size(e, &want)) {
+        fprintf(stderr, "ds4: DS4_CUDA_MEM='%s' is not a size such as 24G; using the whole GPU\n", e);
+        return;
+    }
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return; /* the backend's own calls will report the device's state */
+    }
+    if (want >= total_b) return;
+    uint64_t take = total_b - want, room = 64ull << 20; /* the context's own growth */
+    if (take + room > free_b) {
+        fprintf(stderr, "ds4: DS4_CUDA_MEM=%s: only %.1f GB of the GPU's %.1f GB are free; holding what can be\n", e,
+                free_b / 1e9, total_b / 1e9);
+        take = free_b > room ? free_b - room : 0;
+    }
+    void *p = NULL;
+    if (!take || cudaMalloc(&p, take) != cudaSuccess) {
+        (void)cudaGetLastError();
+        fprintf(stderr, "ds4: DS4_CUDA_MEM=%s: could not hold %.1f GB of the GPU; using the whole GPU\n", e, take / 1e9);
+        return;
+    }
+    fprintf(stderr, "ds4: DS4_CUDA_MEM=%s: %.1f GB of the GPU's %.1f GB held back, as on a smaller card\n", e,
+            take / 1e9, total_b / 1e9);
+}
+
 extern "C" bool ds4_gpu_probe(ds4_error *why) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -272,6 +320,7 @@ extern "C" bool ds4_gpu_probe(ds4_error *why) {
         ds4_fail(why, "no CUDA device found");
         return false;
     }
+    hold_pretend_size();
     return true;
 }
 
@@ -425,13 +474,17 @@ static void bank_free(bank *b) {
     cudaFree(b->dv_mem);
     free(b->pinned);
     if (b->copy) cudaStreamDestroy(b->copy);
+    if (b->back_st) cudaStreamDestroy(b->back_st);
+    for (uint32_t i = 0; b->out_ev && i < b->n_expert; i++)
+        if (b->out_ev[i]) cudaEventDestroy(b->out_ev[i]);
+    free(b->out_ev), free(b->out_k);
     if (b->copied) cudaEventDestroy(b->copied);
     if (b->consumed) cudaEventDestroy(b->consumed);
     cudaFree(b->dev);
     cudaFreeHost(b->host);
     free(b->layer_off), free(b->stride), free(b->rec_bytes), free(b->off_up), free(b->off_down);
     free(b->slot_of), free(b->key), free(b->stamp), free(b->prev), free(b->next);
-    free(b->pend_slot), free(b->pend_id), free(b->views);
+    free(b->pend_slot), free(b->pend_id), free(b->pend_old), free(b->back), free(b->views);
     free(b);
 }
 
@@ -547,8 +600,16 @@ static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
         b->src = g->net->experts;
         b->pend_slot = (int32_t *)malloc(X * sizeof(int32_t));
         b->pend_id = (uint32_t *)malloc(X * sizeof(uint32_t));
+        b->pend_old = (uint64_t *)malloc(X * sizeof(uint64_t));
+        b->back = (uint64_t *)malloc(X * sizeof(uint64_t));
+        b->n_expert = X;
+        b->out_ev = (cudaEvent_t *)calloc(X, sizeof(cudaEvent_t));
+        b->out_k = (uint8_t *)calloc(X, 1);
         b->views = (ds4_expert_view *)malloc(X * sizeof(ds4_expert_view));
-        if (!b->src || !b->pend_slot || !b->pend_id || !b->views) return ds4_fail(err, "out of memory (expert bank)");
+        if (!b->src || !b->pend_slot || !b->pend_id || !b->pend_old || !b->back || !b->views || !b->out_ev || !b->out_k)
+            return ds4_fail(err, "out of memory (expert bank)");
+        CU(cudaStreamCreateWithFlags(&b->back_st, cudaStreamNonBlocking));
+        for (uint32_t i = 0; i < X; i++) CU(cudaEventCreateWithFlags(&b->out_ev[i], cudaEventDisableTiming));
         b->host_bytes = 0;
         if (bank_pin_source(b, err)) return -1;
     } else {
@@ -1313,6 +1374,36 @@ static cudaError_t ffn_down(const fwd *f, const ds4_tensor *down, const int32_t 
     return k_ffn_down(f->st, down, grp, n, j0, slots, wtab, h, out);
 }
 
+/* The experts whose slots the batch's misses take go back to the source
+ * first, where it has let its copy go while the GPU held them (the source
+ * gives up those first: held_elsewhere), so that the two banks hold
+ * different experts and an expert evicted here is not read from the disk
+ * again while the host bank could keep it. A slot's copy in waits for its
+ * copy out (out_ev). */
+static int bank_give_back(bank *b, uint32_t p0, uint32_t pn, uint32_t *n_back, ds4_error *err) {
+    for (uint32_t k = 0; k < pn; k++) {
+        uint64_t old = b->pend_old[p0 + k];
+        ds4_expert_view v;
+        b->out_k[k] = 0;
+        if (old == UINT64_MAX) continue;
+        uint32_t oil = (uint32_t)(old / b->n_expert), oe = (uint32_t)(old % b->n_expert);
+        if (ds4_experts_adopt_start(b->src, oil, oe, &v) != 1) continue;
+        /* the kernels that read the slot last are done (the copy stream
+         * waits for them too) */
+        if (*n_back == 0) CU(cudaStreamWaitEvent(b->back_st, b->consumed, 0));
+        b->back[(*n_back)++] = old;
+        const uint8_t *from = b->dev + (uint64_t)b->pend_slot[p0 + k] * b->slot_bytes;
+        const ds4_tensor *m[3] = {&v.gate, &v.up, &v.down};
+        const uint64_t off[3] = {0, b->off_up[oil], b->off_down[oil]};
+        for (int i = 0; i < 3; i++)
+            CU(cudaMemcpyAsync((void *)m[i]->data, from + off[i], m[i]->row_bytes * m[i]->ne[1], cudaMemcpyDeviceToHost,
+                               b->back_st));
+        CU(cudaEventRecord(b->out_ev[k], b->back_st));
+        b->out_k[k] = 1;
+    }
+    return 0;
+}
+
 /* Copies the pending misses of layer il from the model's expert source into
  * their slots: the source makes a batch readable (from RAM, or reading the
  * package's layer files), the three matrices of each expert go to the
@@ -1320,25 +1411,40 @@ static cudaError_t ffn_down(const fwd *f, const ds4_tensor *down, const int32_t 
  * reuse the host memory behind the views. (The views point into the
  * source's regions, pinned by bank_pin_source where the system allows:
  * an expert's copies then run while the next expert's read completes.) */
+static int bank_fetch_batch(bank *b, uint32_t il, uint32_t p0, uint32_t pn, uint32_t *n_back, ds4_error *err) {
+    /* the reads start together; each expert's copy starts as soon as
+     * its own record is in, while the others still arrive */
+    if (ds4_experts_acquire_start(b->src, il, b->pend_id + p0, pn, b->views, err))
+        return ds4_fail_prefix(err, "layer %u experts for the GPU", il);
+    if (bank_give_back(b, p0, pn, n_back, err)) return -1;
+    for (uint32_t k = 0; k < pn; k++) {
+        if (ds4_experts_wait(b->src, k, err)) return ds4_fail_prefix(err, "layer %u experts for the GPU", il);
+        uint8_t *dst = b->dev + (uint64_t)b->pend_slot[p0 + k] * b->slot_bytes;
+        const ds4_tensor *m[3] = {&b->views[k].gate, &b->views[k].up, &b->views[k].down};
+        const uint64_t off[3] = {0, b->off_up[il], b->off_down[il]};
+        if (b->out_k[k]) CU(cudaStreamWaitEvent(b->copy, b->out_ev[k], 0));
+        for (int i = 0; i < 3; i++)
+            CU(cudaMemcpyAsync(dst + off[i], m[i]->data, m[i]->row_bytes * m[i]->ne[1], cudaMemcpyHostToDevice,
+                               b->copy));
+    }
+    CU(cudaStreamSynchronize(b->copy));
+    CU(cudaStreamSynchronize(b->back_st));
+    return 0;
+}
+
 static int bank_fetch(bank *b, uint32_t il, uint32_t n_pend, ds4_error *err) {
     uint32_t cap = ds4_experts_capacity(b->src);
     if (cap == 0) return ds4_fail(err, "CUDA expert bank: the expert source takes no experts at a time");
     for (uint32_t p0 = 0; p0 < n_pend; p0 += cap) {
-        uint32_t pn = n_pend - p0 < cap ? n_pend - p0 : cap;
-        /* the reads start together; each expert's copy starts as soon as
-         * its own record is in, while the others still arrive */
-        if (ds4_experts_acquire_start(b->src, il, b->pend_id + p0, pn, b->views, err))
-            return ds4_fail_prefix(err, "layer %u experts for the GPU", il);
-        for (uint32_t k = 0; k < pn; k++) {
-            if (ds4_experts_wait(b->src, k, err)) return ds4_fail_prefix(err, "layer %u experts for the GPU", il);
-            uint8_t *dst = b->dev + (uint64_t)b->pend_slot[p0 + k] * b->slot_bytes;
-            const ds4_tensor *m[3] = {&b->views[k].gate, &b->views[k].up, &b->views[k].down};
-            const uint64_t off[3] = {0, b->off_up[il], b->off_down[il]};
-            for (int i = 0; i < 3; i++)
-                CU(cudaMemcpyAsync(dst + off[i], m[i]->data, m[i]->row_bytes * m[i]->ne[1], cudaMemcpyHostToDevice,
-                                   b->copy));
-        }
-        CU(cudaStreamSynchronize(b->copy));
+        uint32_t pn = n_pend - p0 < cap ? n_pend - p0 : cap, n_back = 0;
+        int rc = bank_fetch_batch(b, il, p0, pn, &n_back, err);
+        if (rc && n_back) (void)cudaStreamSynchronize(b->back_st); /* no copy into a slot given up below */
+        /* experts handed back are the source's once their copies are done
+         * (after the batch's synchronisation), and nothing on failure */
+        for (uint32_t i = 0; i < n_back; i++)
+            ds4_experts_adopt_done(b->src, (uint32_t)(b->back[i] / b->n_expert), (uint32_t)(b->back[i] % b->n_expert),
+                                   rc == 0);
+        if (rc) return -1;
     }
     return 0;
 }
@@ -1424,7 +1530,11 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
             uint64_t key = (uint64_t)il * X + used[j];
             if (b->slot_of[key] >= 0) continue;
             int32_t slot = b->tail; /* never stamped this group: gn <= n_slots */
-            if (b->key[slot] != UINT64_MAX) b->slot_of[b->key[slot]] = -1;
+            uint64_t old = b->key[slot];
+            if (old != UINT64_MAX) {
+                b->slot_of[old] = -1;
+                if (b->src) ds4_experts_held_elsewhere(b->src, (uint32_t)(old / X), (uint32_t)(old % X), false);
+            }
             b->key[slot] = key;
             b->slot_of[key] = slot;
             b->stamp[slot] = b->tick;
@@ -1437,6 +1547,7 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
                                    cudaMemcpyHostToDevice, b->copy));
             } else {
                 b->pend_slot[n_pend] = slot;
+                b->pend_old[n_pend] = old;
                 b->pend_id[n_pend++] = (uint32_t)used[j];
             }
             b->misses++;
@@ -1452,6 +1563,9 @@ static int bank_experts(fwd *f, uint32_t il, float limit) {
             }
             return -1;
         }
+        /* the host bank gives these up first now (exclusive caches hold
+         * more experts between them than two that keep the same ones) */
+        for (uint32_t p = 0; p < n_pend; p++) ds4_experts_held_elsewhere(b->src, il, b->pend_id[p], true);
         if (s->guessed) { /* this layer's reads are in: the disk can start on the next one's */
             ds4_moe_prefetch_picks(s->g->net, il + 1, s->gids_pinned, n * K);
             s->guessed = false;

@@ -4,7 +4,8 @@
 # memcheck (out-of-bounds and misaligned accesses, errors of CUDA calls) and
 # initcheck (reads of device memory nothing wrote) over a 4-layer model at
 # the Flash geometry: prefill and greedy decode through captured graphs,
-# chunks of 7 with a VRAM slot bank, experts streamed from the GGUF,
+# chunks of 7 with a VRAM slot bank, experts streamed from the GGUF (with a
+# host bank of all of them, and with one that evicts too),
 # sampled decode; memcheck over the kernel tests; racecheck (shared-memory
 # hazards, the slowest tool) over a fixture model. Every run must report
 # 0 errors, and the tokens must be those of a run without the sanitizer.
@@ -41,6 +42,9 @@ check decode memcheck "$greedy" "$BIN/ds4" -m "$m" --cuda --tokens "$P" -n 6 --t
 check decode initcheck "$greedy" "$BIN/ds4" -m "$m" --cuda --tokens "$P" -n 6 --temp 0
 check chunks-bank memcheck "$greedy" "$BIN/ds4" -m "$m" --cuda --tokens "$P" -n 6 --temp 0 --prefill-chunk 7 --gpu-expert-cache 2G
 check streamed memcheck "$greedy" "$BIN/ds4" -m "$m" --cuda --tokens "$P" -n 6 --temp 0 --ssd-streaming --gpu-expert-cache 2G
+# a host bank smaller than the experts: both banks evict, and the GPU hands
+# evicted experts back (copies out of its slots into the host bank's)
+check streamed-both memcheck "$greedy" "$BIN/ds4" -m "$m" --cuda --tokens "$P" -n 6 --temp 0 --moe-slot-bank 48 --gpu-expert-cache 1G
 check sampled memcheck - "$BIN/ds4" -m "$m" --cuda --tokens "$P" -n 6 --temp 1 --seed 3
 check kernels memcheck - "${DS4_KERNEL_TESTS:-$BIN/test_cuda_kernels}"
 "$BIN/ds4-convert" "$DATA/tiny-a" "$TMP/tiny.gguf" --type f32 2>/dev/null

@@ -10,6 +10,13 @@
 
 /* NULL when out of memory. The memory is zeroed. */
 void *ds4_bank_alloc(size_t bytes);
+/* The same mapping without faulting it in: the caller populates it, e.g.
+ * from several threads (ds4_bank_populate), then fills it. */
+void *ds4_bank_reserve(size_t bytes);
+/* Faults in [p, p + bytes) (rounded out to pages) for writing; -1 when
+ * there is not enough memory, said at once rather than by the OOM killer
+ * later. Threads may populate different ranges at the same time. */
+int ds4_bank_populate(void *p, size_t bytes);
 void ds4_bank_free(void *p, size_t bytes); /* safe on NULL */
 
 #endif

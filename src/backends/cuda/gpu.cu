@@ -4,8 +4,10 @@
  * logits download nothing crosses to the host: every decision that depends
  * on data (MoE routing, the indexer's top-k) is taken on the device, and
  * everything else depends only on positions, which the host knows. */
+#include <pthread.h>
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +16,7 @@ extern "C" {
 #include "compute/layers.h"
 #include "compute/net.h"
 #include "experts/experts.h"
+#include "util/bankmem.h"
 #include "util/units.h"
 }
 #include "backends/cuda/common.cuh"
@@ -87,6 +90,11 @@ typedef struct bank {
     uint32_t n_pinned, n_regions;
     uint64_t pinned_bytes;
     char pin_note[160];
+    /* the page-locked copy of a GGUF's experts: seconds to fill and to
+     * pin, the threads that filled it, whether it is registered */
+    double fill_s, pin_s;
+    uint32_t fill_threads;
+    bool host_registered;
     /* host-memory bank kept on the device (k_bank.cu): no host round trip
      * a layer, so decode steps run as graphs; DS4_CUDA_BANK_HOST=1 keeps
      * the host-driven bank above */
@@ -481,7 +489,8 @@ static void bank_free(bank *b) {
     if (b->copied) cudaEventDestroy(b->copied);
     if (b->consumed) cudaEventDestroy(b->consumed);
     cudaFree(b->dev);
-    cudaFreeHost(b->host);
+    if (b->host_registered) cudaHostUnregister(b->host);
+    ds4_bank_free(b->host, b->host_bytes);
     free(b->layer_off), free(b->stride), free(b->rec_bytes), free(b->off_up), free(b->off_down);
     free(b->slot_of), free(b->key), free(b->stamp), free(b->prev), free(b->next);
     free(b->pend_slot), free(b->pend_id), free(b->pend_old), free(b->back), free(b->views);
@@ -572,6 +581,79 @@ static int bank_on_device(bank *b, uint32_t L, uint32_t X, ds4_error *err) {
     return 0;
 }
 
+/* One thread's share of a layer's experts for the page-locked copy. */
+typedef struct fill_part {
+    const bank *b;
+    const ds4_layer_weights *l;
+    uint32_t il, e0, e1;
+    bool no_memory;
+} fill_part;
+
+static void *fill_experts(void *v) {
+    fill_part *p = (fill_part *)v;
+    const bank *b = p->b;
+    const ds4_layer_weights *l = p->l;
+    uint64_t gb = l->gate_exps.row_bytes * l->gate_exps.ne[1], ub = l->up_exps.row_bytes * l->up_exps.ne[1];
+    uint64_t db = l->down_exps.row_bytes * l->down_exps.ne[1];
+    uint8_t *first = b->host + b->layer_off[p->il] + p->e0 * b->stride[p->il];
+    if (p->e1 > p->e0 && ds4_bank_populate(first, (uint64_t)(p->e1 - p->e0) * b->stride[p->il])) {
+        p->no_memory = true;
+        return NULL;
+    }
+    for (uint32_t e = p->e0; e < p->e1; e++) {
+        uint8_t *rec = b->host + b->layer_off[p->il] + e * b->stride[p->il];
+        memcpy(rec, l->gate_exps.data + e * gb, gb);
+        memcpy(rec + b->off_up[p->il], l->up_exps.data + e * ub, ub);
+        memcpy(rec + b->off_down[p->il], l->down_exps.data + e * db, db);
+    }
+    return NULL;
+}
+
+/* The routed experts copied out of the mapped model file into host memory
+ * that is then page-locked. Both halves are the load's slowest steps for
+ * tens of GB, so: the buffer is plain anonymous memory faulted in and
+ * filled a layer at a time by several threads (one thread takes the page
+ * faults of the buffer and of the file one after another), and only then
+ * registered with the driver, which for present pages is quick, where
+ * cudaMallocHost allocated and cleared them itself, single-threaded (20 GB
+ * on the H100's host: 9-15 s against 1-2 s; bench/pinload). A progress
+ * line on a terminal. -1: out of memory. */
+#define FILL_THREADS_MAX 16
+static int bank_fill_host(bank *b, const ds4_weights *hw, uint32_t L, uint32_t X) {
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    uint32_t T = ncpu < 1 ? 1 : ncpu > FILL_THREADS_MAX ? FILL_THREADS_MAX : (uint32_t)ncpu;
+    if (T > X) T = X;
+    bool show = ds4_show_progress(b->host_bytes);
+    double t0 = ds4_now_s();
+    for (uint32_t il = 0; il < L; il++) {
+        pthread_t th[FILL_THREADS_MAX];
+        fill_part part[FILL_THREADS_MAX];
+        uint32_t started = 0;
+        for (uint32_t t = 0; t < T; t++) {
+            part[t] = (fill_part){b, &hw->layers[il], il, (uint32_t)((uint64_t)X * t / T),
+                                  (uint32_t)((uint64_t)X * (t + 1) / T), false};
+            if (t + 1 < T && pthread_create(&th[t], NULL, fill_experts, &part[t]) == 0) started++;
+            else if (t + 1 < T) fill_experts(&part[t]); /* no thread: this one does it */
+        }
+        fill_experts(&part[T - 1]);
+        bool no_memory = false;
+        for (uint32_t t = 0; t < T; t++) {
+            if (t + 1 < T && t < started) pthread_join(th[t], NULL);
+            no_memory |= part[t].no_memory;
+        }
+        if (no_memory) {
+            if (show) fprintf(stderr, "\n");
+            return -1;
+        }
+        if (show)
+            fprintf(stderr, "\rds4: routed experts into page-locked memory: layer %u/%u (%.1f of %.1f GB)%s", il + 1, L,
+                    (b->layer_off[il] + b->stride[il] * X) / 1e9, b->host_bytes / 1e9, il + 1 == L ? "\n" : "");
+    }
+    b->fill_s = ds4_now_s() - t0;
+    b->fill_threads = T;
+    return 0;
+}
+
 static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
     const ds4_hparams *hp = g->hp;
     const ds4_weights *hw = g->net->w; /* host (mapped) tensors */
@@ -613,24 +695,12 @@ static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
         b->host_bytes = 0;
         if (bank_pin_source(b, err)) return -1;
     } else {
-        CU(cudaMallocHost((void **)&b->host, b->host_bytes));
-    }
-    /* tens of GB read from the model file at the full size: a progress
-     * line (on a terminal) */
-    bool show = b->host && ds4_show_progress(b->host_bytes);
-    for (uint32_t il = 0; il < L && b->host; il++) {
-        const ds4_layer_weights *l = &hw->layers[il];
-        uint64_t gb = l->gate_exps.row_bytes * l->gate_exps.ne[1], ub = l->up_exps.row_bytes * l->up_exps.ne[1];
-        uint64_t db = l->down_exps.row_bytes * l->down_exps.ne[1];
-        for (uint32_t e = 0; e < X; e++) {
-            uint8_t *rec = b->host + b->layer_off[il] + e * b->stride[il];
-            memcpy(rec, l->gate_exps.data + e * gb, gb);
-            memcpy(rec + b->off_up[il], l->up_exps.data + e * ub, ub);
-            memcpy(rec + b->off_down[il], l->down_exps.data + e * db, db);
-        }
-        if (show)
-            fprintf(stderr, "\rds4: routed experts into page-locked memory: layer %u/%u (%.1f of %.1f GB)%s", il + 1, L,
-                    (b->layer_off[il] + b->stride[il] * X) / 1e9, b->host_bytes / 1e9, il + 1 == L ? "\n" : "");
+        if (!(b->host = (uint8_t *)ds4_bank_reserve(b->host_bytes)) || bank_fill_host(b, hw, L, X))
+            return ds4_fail(err, "not enough host memory for the %.2f GB of routed experts", b->host_bytes / 1e9);
+        double t0 = ds4_now_s();
+        CU(cudaHostRegister(b->host, b->host_bytes, cudaHostRegisterMapped)); /* the device-side bank copies from it */
+        b->host_registered = true;
+        b->pin_s = ds4_now_s() - t0;
     }
     CU(cudaMalloc((void **)&b->dev, (uint64_t)b->n_slots * b->slot_bytes));
     CU(cudaStreamCreateWithFlags(&b->copy, cudaStreamNonBlocking));
@@ -829,9 +899,11 @@ extern "C" ds4_gpu_model *ds4_gpu_model_new(const ds4_net *net, const ds4_gpu_mo
                     prop.name, prop.major, prop.minor, prop.multiProcessorCount, prop.totalGlobalMem / 1e9,
                     k_code_arch() / 10, g->dev_bytes / 1e9);
         if (g->bank && g->bank->host)
-            fprintf(stderr, "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB) for %.2f GB of routed experts in host memory\n",
+            fprintf(stderr,
+                    "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB) for %.2f GB of routed experts in host memory "
+                    "(copied from the model file in %.1f s by %u threads, page-locked in %.1f s)\n",
                     g->bank->n_slots, g->bank->slot_bytes / 1e6, g->bank->n_slots * (double)g->bank->slot_bytes / 1e9,
-                    g->bank->host_bytes / 1e9);
+                    g->bank->host_bytes / 1e9, g->bank->fill_s, g->bank->fill_threads, g->bank->pin_s);
         else if (g->bank)
             fprintf(stderr,
                     "ds4: expert slot bank: %u slots of %.1f MB (%.2f GB), filled from the model's expert source (streamed); "

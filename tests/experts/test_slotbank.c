@@ -184,6 +184,15 @@ static void test_lru(const ds4_sidecar *sc, const char *what, bool direct, bool 
     }
 }
 
+/* A slot bank over sc, or NULL (a failed check) when it cannot be made. */
+static ds4_expert_source *open_bank(const ds4_sidecar *sc, uint32_t slots, bool direct, bool prefetch) {
+    ds4_error err = {{0}};
+    ds4_sidecar_source_opts o = {.slots = slots, .direct = direct, .prefetch = prefetch};
+    ds4_expert_source *s = ds4_experts_slotbank_new(sc, &o, &err);
+    CHECKF(s != NULL, "slot bank of %u: %s", slots, err.msg);
+    return s;
+}
+
 /* Writes expert e of layer l's values where a view says (what a GPU's bank
  * copies back when it hands the expert over). */
 static void fill_view(const ds4_expert_view *v, int l, int e) {
@@ -197,9 +206,7 @@ static void fill_view(const ds4_expert_view *v, int l, int e) {
  * with its bytes and no read; an adoption that failed leaves nothing. */
 static void test_adopt(const ds4_sidecar *sc) {
     ds4_error err = {{0}};
-    ds4_sidecar_source_opts o = {.slots = 3, .direct = false, .prefetch = false};
-    ds4_expert_source *s = ds4_experts_slotbank_new(sc, &o, &err);
-    CHECKF(s != NULL, "%s", err.msg);
+    ds4_expert_source *s = open_bank(sc, 3, false, false);
     if (!s) return;
     ds4_expert_view v[3], a;
     ds4_expert_stats st;
@@ -237,9 +244,7 @@ static void test_adopt(const ds4_sidecar *sc) {
 
 static void test_prefetch(const ds4_sidecar *sc) {
     ds4_error err = {{0}};
-    ds4_sidecar_source_opts o = {.slots = 3, .direct = true, .prefetch = true};
-    ds4_expert_source *s = ds4_experts_slotbank_new(sc, &o, &err);
-    CHECKF(s != NULL, "%s", err.msg);
+    ds4_expert_source *s = open_bank(sc, 3, true, true);
     if (!s) return;
     CHECK(ds4_experts_can_prefetch(s));
     ds4_expert_view v[3];

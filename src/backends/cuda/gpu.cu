@@ -696,7 +696,8 @@ static int bank_new(ds4_gpu_model *g, uint64_t cache_bytes, ds4_error *err) {
         if (bank_pin_source(b, err)) return -1;
     } else {
         if (!(b->host = (uint8_t *)ds4_bank_reserve(b->host_bytes)) || bank_fill_host(b, hw, L, X))
-            return ds4_fail(err, "not enough host memory for the %.2f GB of routed experts", b->host_bytes / 1e9);
+            return ds4_fail(err, "not enough host memory to hold the %.2f GB of routed experts (--ssd-streaming reads "
+                                 "them from the model file instead)", b->host_bytes / 1e9);
         double t0 = ds4_now_s();
         CU(cudaHostRegister(b->host, b->host_bytes, cudaHostRegisterMapped)); /* the device-side bank copies from it */
         b->host_registered = true;

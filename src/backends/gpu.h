@@ -36,6 +36,11 @@ int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err);
  * slot bank (it does not fit the free VRAM, or a bank was asked for). */
 bool ds4_gpu_needs_bank(uint64_t weight_bytes, uint64_t expert_cache);
 
+/* Whether the GPU's free memory takes dense weights of dense_bytes beside
+ * a session's reserve: where it does not, an automatic backend choice
+ * ends on the CPU. */
+bool ds4_gpu_fits_dense(uint64_t dense_bytes);
+
 typedef struct ds4_gpu_model_opts {
     bool verbose;
     uint64_t expert_cache; /* see ds4_model_opts.gpu_expert_cache */

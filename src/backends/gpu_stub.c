@@ -19,6 +19,11 @@ bool ds4_gpu_needs_bank(uint64_t weight_bytes, uint64_t expert_cache) {
     return false;
 }
 
+bool ds4_gpu_fits_dense(uint64_t dense_bytes) {
+    (void)dense_bytes;
+    return false;
+}
+
 int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err) {
     *bytes_per_s = 0;
     return ds4_fail(err, NO_CUDA);

@@ -212,9 +212,11 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
     m->file = gguf_open(pkg ? dense : path, err);
     if (!m->file) goto fail;
     if (ds4_hparams_load(&m->hp, m->file, err)) goto fail;
-    /* whether the weights will go to a GPU (pick_backend may still fall
-     * back to the CPU if they cannot) */
-    bool for_gpu = o.backend != DS4_BACKEND_CPU && ds4_gpu_probe(NULL);
+    /* whether the weights will go to a GPU: one is usable and takes the
+     * dense weights (else pick_backend ends on the CPU, or fails for
+     * --cuda), which decides how streamed experts are cached in RAM */
+    uint64_t all_bytes, routed = routed_bytes(m->file, &all_bytes);
+    bool for_gpu = o.backend != DS4_BACKEND_CPU && ds4_gpu_probe(NULL) && ds4_gpu_fits_dense(all_bytes - routed);
     if (!stream && gguf_streams_by_itself(m->file, &o, for_gpu)) {
         stream = true;
         o.ssd_streaming = true;

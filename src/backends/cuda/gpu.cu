@@ -772,6 +772,15 @@ extern "C" bool ds4_gpu_needs_bank(uint64_t weight_bytes, uint64_t expert_cache)
     return weight_bytes + session_reserve(free_b) > free_b;
 }
 
+extern "C" bool ds4_gpu_fits_dense(uint64_t dense_bytes) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return dense_bytes + session_reserve(free_b) < free_b;
+}
+
 static int check_model(const ds4_hparams *hp, const ds4_weights *w, ds4_error *err) {
     if (hp->hc > K_MAX_HC || hp->n_expert > K_MAX_EXPERTS || hp->n_expert_used > K_MAX_USED ||
         hp->head_dim > K_MAX_HEAD_DIM || hp->head_dim % 2 || hp->q_lora > 12 * 1024 || hp->idx_head_dim > 4096)

@@ -5,7 +5,8 @@
 # tokenized as the Rust `tokenizers` library does (cases.jsonl: the text as
 # it is; a chat turn with an empty system prompt adds BOS, User, Assistant
 # and </think>, a token of V4's vocabulary that v4_tokenizer.py adds to the
-# fixture's V3 tokenizer); and clear errors, naming the file, for bad input. With the
+# fixture's V3 tokenizer); --roofline's lines, and its host slot bank line
+# for streamed experts; and clear errors, naming the file, for bad input. With the
 # trained ds4-tiny present, a run from a prompt file through its own
 # embedded tokenizer.
 set -eu
@@ -88,6 +89,21 @@ expect 2 "expects 'auto' or a size" --gpu-expert-cache 12Q
 expect 2 "backend .metal.: this engine has cuda and cpu" --backend metal
 expect 2 "--csv needs a value" --csv
 echo "bad input refused"
+
+# --roofline: the machine's ceilings and the decode and prefill rates
+# against them; with streamed experts, the decode's host bank line, whose
+# hits, prefetched and misses are every expert the decode asked for (6
+# tokens x 5 layers x 2 experts)
+bench --roofline --prefill-chunk 8 --gen-tokens 6 > "$TMP/roof.txt" 2>/dev/null
+grep -Eq "^decode +[0-9.]+ t/s; bandwidth ceiling [0-9.]+ t/s; ratio [0-9.]+%" "$TMP/roof.txt" &&
+    grep -q "^bytes per decoded token" "$TMP/roof.txt" && ! grep -q "^host slot bank" "$TMP/roof.txt" ||
+    { echo "--roofline:"; cat "$TMP/roof.txt"; exit 1; }
+bench --roofline --prefill-chunk 8 --gen-tokens 6 --ssd-cache 2M > "$TMP/roof.txt" 2>/dev/null
+line=$(grep "^host slot bank (decode)" "$TMP/roof.txt" || true)
+refs=$(echo "$line" | sed -n 's/.* \([0-9]*\) hits, \([0-9]*\) prefetched, \([0-9]*\) misses.*/\1 + \2 + \3/p')
+[ -n "$refs" ] && [ $(( $refs )) -eq 60 ] || { echo "--roofline, streamed: $line"; cat "$TMP/roof.txt"; exit 1; }
+echo "roofline: $(grep "^decode" "$TMP/roof.txt" | tr -s ' ')"
+echo "roofline, streamed: $line"
 
 SRC=${DS4_TINY_DIR:-$(dirname "$0")/../../../shared/models/ds4-tiny}
 if [ -f "$SRC/model.safetensors" ]; then

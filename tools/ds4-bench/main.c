@@ -221,11 +221,14 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
     /* greedy decoding as a user's would run: each step's pick is the next
      * step's token, and only the pick comes back from the backend */
     int32_t next = 0;
+    ds4_moe_stats at_decode, at_end;
     double t0 = ds4_now_s();
     int rc = ds4_session_eval_pick_except(s, toks, chunk, info->eos_id, &next, &err);
     double t1 = ds4_now_s();
+    ds4_model_moe_stats(m, &at_decode);
     for (uint32_t g = 0; rc == 0 && g < gen; g++) rc = ds4_session_eval_pick_except(s, &next, 1, info->eos_id, &next, &err);
     double t2 = ds4_now_s();
+    ds4_model_moe_stats(m, &at_end);
     free(toks);
     ds4_session_free(s);
     if (rc) {
@@ -265,6 +268,17 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
         printf("expert cache            %u slots of %.1f MB; %llu hits, %llu misses (%.1f%% hits); %.2f GB copied\n",
                cs.slots, cs.slot_bytes / 1e6, (unsigned long long)cs.hits, (unsigned long long)cs.misses,
                cs.hits + cs.misses ? 100.0 * cs.hits / (cs.hits + cs.misses) : 0.0, cs.bytes_copied / 1e9);
+    if (at_end.streaming) {
+        /* the decode's share of the streamed experts' host bank */
+        uint64_t hits = at_end.hits - at_decode.hits, pre = at_end.prefetch_used - at_decode.prefetch_used;
+        uint64_t misses = at_end.misses - at_decode.misses, refs = hits + pre + misses;
+        printf("host slot bank (decode) %u slots a layer; %llu hits, %llu prefetched, %llu misses (%.1f%% hits); "
+               "%.1f MB read a token; %.3f s waiting for reads; %llu experts returned by the GPU\n",
+               at_end.slots, (unsigned long long)hits, (unsigned long long)pre, (unsigned long long)misses,
+               refs ? 100.0 * hits / refs : 0.0,
+               gen ? (at_end.bytes_read - at_decode.bytes_read) / 1e6 / gen : 0.0, at_end.stall_s - at_decode.stall_s,
+               (unsigned long long)(at_end.returned - at_decode.returned));
+    }
     return 0;
 }
 

@@ -103,7 +103,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static float vnni_avx512(
     for (int k = 0; k < 12; k++) acc[k] = _mm512_set1_epi32(k);
     for (long i = 0; i < iters; i++)
         for (int k = 0; k < 12; k++) acc[k] = _mm512_dpbusd_epi32(acc[k], a, b);
-    int s = 0;
+    long long s = 0; /* the lanes wrap around (each chain adds -6 per step): a 64-bit sum cannot overflow */
     for (int k = 0; k < 12; k++) s += _mm_cvtsi128_si32(_mm512_castsi512_si128(acc[k]));
     return (float)s;
 }

@@ -104,8 +104,8 @@ static uint64_t routed_bytes(const gguf_file *f, uint64_t *all) {
     return routed;
 }
 
-/* Whether a GGUF's routed experts stream from the file although no
- * streaming option asked. On the GPU, a GGUF that does not fit VRAM keeps
+/* Whether a GGUF's routed experts (routed of its all bytes) stream from
+ * the file although no streaming option asked. On the GPU, a GGUF that does not fit VRAM keeps
  * its experts in page-locked host memory behind the VRAM slot bank; where
  * RAM cannot hold them either, pinning them would fail (or push the system
  * into swap). On the CPU, a mapped GGUF larger than RAM is read back by
@@ -113,8 +113,9 @@ static uint64_t routed_bytes(const gguf_file *f, uint64_t *all) {
  * next token needs (bench/SIDECAR.md: a 29 GB model with 23 GB of RAM
  * decoded 3.9 t/s mapped, 6.3 t/s streamed). Either way the experts stream
  * through a slot bank instead, as --ssd-streaming asks. */
-static bool gguf_streams_by_itself(const gguf_file *f, const ds4_model_opts *o, bool for_gpu) {
-    uint64_t all, routed = routed_bytes(f, &all), avail = ds4_mem_available();
+static bool gguf_streams_by_itself(const gguf_file *f, uint64_t routed, uint64_t all, const ds4_model_opts *o,
+                                   bool for_gpu) {
+    uint64_t avail = ds4_mem_available();
     if (!routed || !avail) return false;
     if (for_gpu) {
         if (!ds4_gpu_needs_bank(all, o->gpu_expert_cache) || ds4_experts_fit_host(routed, avail)) return false;
@@ -217,7 +218,7 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
      * --cuda), which decides how streamed experts are cached in RAM */
     uint64_t all_bytes, routed = routed_bytes(m->file, &all_bytes);
     bool for_gpu = o.backend != DS4_BACKEND_CPU && ds4_gpu_probe(NULL) && ds4_gpu_fits_dense(all_bytes - routed);
-    if (!stream && gguf_streams_by_itself(m->file, &o, for_gpu)) {
+    if (!stream && gguf_streams_by_itself(m->file, routed, all_bytes, &o, for_gpu)) {
         stream = true;
         o.ssd_streaming = true;
     }

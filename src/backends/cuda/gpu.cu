@@ -279,6 +279,14 @@ static void prof_init(ds4_gpu_session *s);
 
 /* ---- device and weights -------------------------------------------------------- */
 
+/* The GPU's free and total memory; false (the error cleared: the
+ * backend's own calls report the device's state) when it cannot say. */
+static bool gpu_memory(size_t *free_b, size_t *total_b) {
+    if (cudaMemGetInfo(free_b, total_b) == cudaSuccess) return true;
+    (void)cudaGetLastError();
+    return false;
+}
+
 /* DS4_CUDA_MEM=SIZE: run as if the GPU had SIZE bytes of memory (a 24 or
  * 32 GB card on an 80 GB one). The first probe takes the rest with one
  * allocation, held for the process's life, so that every later decision
@@ -296,11 +304,7 @@ static void hold_pretend_size(void) {
         fprintf(stderr, "ds4: DS4_CUDA_MEM='%s' is not a size such as 24G; using the whole GPU\n", e);
         return;
     }
-    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return; /* the backend's own calls will report the device's state */
-    }
-    if (want >= total_b) return;
+    if (!gpu_memory(&free_b, &total_b) || want >= total_b) return;
     uint64_t take = total_b - want, room = 64ull << 20; /* the context's own growth */
     if (take + room > free_b) {
         fprintf(stderr, "ds4: DS4_CUDA_MEM=%s: only %.1f GB of the GPU's %.1f GB are free; holding what can be\n", e,
@@ -628,17 +632,17 @@ static int bank_fill_host(bank *b, const ds4_weights *hw, uint32_t L, uint32_t X
     for (uint32_t il = 0; il < L; il++) {
         pthread_t th[FILL_THREADS_MAX];
         fill_part part[FILL_THREADS_MAX];
-        uint32_t started = 0;
+        bool threaded[FILL_THREADS_MAX];
         for (uint32_t t = 0; t < T; t++) {
             part[t] = (fill_part){b, &hw->layers[il], il, (uint32_t)((uint64_t)X * t / T),
                                   (uint32_t)((uint64_t)X * (t + 1) / T), false};
-            if (t + 1 < T && pthread_create(&th[t], NULL, fill_experts, &part[t]) == 0) started++;
-            else if (t + 1 < T) fill_experts(&part[t]); /* no thread: this one does it */
+            /* the last share, and any a thread could not be started for, here */
+            threaded[t] = t + 1 < T && pthread_create(&th[t], NULL, fill_experts, &part[t]) == 0;
+            if (!threaded[t]) fill_experts(&part[t]);
         }
-        fill_experts(&part[T - 1]);
         bool no_memory = false;
         for (uint32_t t = 0; t < T; t++) {
-            if (t + 1 < T && t < started) pthread_join(th[t], NULL);
+            if (threaded[t]) pthread_join(th[t], NULL);
             no_memory |= part[t].no_memory;
         }
         if (no_memory) {
@@ -765,20 +769,13 @@ static uint64_t session_reserve(uint64_t free_b) { return (2ull << 30) > free_b 
 extern "C" bool ds4_gpu_needs_bank(uint64_t weight_bytes, uint64_t expert_cache) {
     size_t free_b = 0, total_b = 0;
     if (expert_cache) return true;
-    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return false; /* the model's load will say what is wrong */
-    }
+    if (!gpu_memory(&free_b, &total_b)) return false; /* the model's load will say what is wrong */
     return weight_bytes + session_reserve(free_b) > free_b;
 }
 
 extern "C" bool ds4_gpu_fits_dense(uint64_t dense_bytes) {
     size_t free_b = 0, total_b = 0;
-    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    return dense_bytes + session_reserve(free_b) < free_b;
+    return gpu_memory(&free_b, &total_b) && dense_bytes + session_reserve(free_b) < free_b;
 }
 
 static int check_model(const ds4_hparams *hp, const ds4_weights *w, ds4_error *err) {

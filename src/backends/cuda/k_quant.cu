@@ -48,11 +48,16 @@ __device__ uint4 d_iq2_dec[IQ2_DEC_WORDS * DEC_COPIES / 4];
  * to 3 bits: the tables' selectors are 0..6, never with bit 3 (prmt's
  * sign-replication flag) set, so the bytes are the same, an instruction
  * fewer per four values. */
-__device__ __forceinline__ uint32_t iq2_signed(uint32_t sel) {
+__device__ __forceinline__ uint32_t iq2_signed(uint32_t sel, uint32_t pos = IQ2_POS) {
     uint32_t d;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(IQ2_POS), "r"(IQ2_NEG), "r"(sel));
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(pos), "r"(IQ2_NEG), "r"(sel));
     return d;
 }
+/* IQ2_POS where the compiler cannot see the constant: the decode kernel's
+ * loop then keeps it in a register. With the literal, the machine code
+ * moved it into a register before every byte permute (64 of the 800
+ * instructions of a gate/up row pair). */
+__device__ uint32_t d_iq2_pos = IQ2_POS;
 
 cudaError_t k_quant_init(void) {
     static bool done = false;
@@ -1021,9 +1026,11 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, u
      * them, so their copy (48 KB from L2) starts before the wait for the
      * kernel in front and overlaps its end. */
     constexpr uint32_t CP = DEC_COPIES, TB = TYPE == GGML_TYPE_IQ2_XXS ? IQ2_DEC_WORDS * 4 * CP : 0;
+    uint32_t pos = IQ2_POS;
     if constexpr (TB != 0) {
         for (uint32_t i = threadIdx.x; i < TB / 16; i += blockDim.x) cp_async16(sm + 16 * i, d_iq2_dec + i);
         cp_async_commit();
+        pos = *(volatile const uint32_t *)&d_iq2_pos;
     }
     pdl_enter();
     constexpr int NM = UP ? 2 : 1, U = NM * NJ, W = dec_of<TYPE>::W;
@@ -1047,12 +1054,18 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, u
     /* row i goes to buffer i % NBUF; every call commits one group (empty
      * past the last row), so waiting for all but NBUF - 1 groups means row
      * i has landed */
+    /* the NM rows' 16-byte lines as one run over the lanes, unrolled: a
+     * loop per row with its bounds was about 130 of the 800 instructions
+     * of a gate/up row pair */
     auto issue = [&](uint32_t i) {
         if (i < nr) {
             uint8_t *dst = wbuf + (i % NBUF) * NM * RB;
+            constexpr uint32_t L = RB / 16, N = NM * L;
 #pragma unroll
-            for (int m = 0; m < NM; m++)
-                for (uint32_t l = lane; l < RB / 16; l += 32) cp_async16(dst + m * RB + 16 * l, w[m] + i * a.row_bytes + 16 * l);
+            for (uint32_t k = 0; k < (N + 31) / 32; k++) {
+                uint32_t l = lane + 32 * k, m = l >= L;
+                if (l < N) cp_async16(dst + 16 * l, (m ? w[1] : w[0]) + i * a.row_bytes + 16 * (l - m * L));
+            }
         }
         cp_async_commit();
     };
@@ -1124,8 +1137,8 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, u
                         uint32_t go = ((8 * k >= (int)L ? lo >> (8 * k - L) : lo << (L - 8 * k)) & (255u << L)) | lb;
                         uint32_t so = ((7 * k >= (int)L ? aux >> (7 * k - L) : aux << (L - 7 * k)) & (127u << L)) | lb;
                         uint32_t sel = *(const uint32_t *)(sm + go) | *(const uint32_t *)(sm + 256 * 4 * CP + so);
-                        s = __dp4a((int)iq2_signed(sel), A[j][2 * k], s);
-                        s = __dp4a((int)iq2_signed(sel >> 16), A[j][2 * k + 1], s);
+                        s = __dp4a((int)iq2_signed(sel, pos), A[j][2 * k], s);
+                        s = __dp4a((int)iq2_signed(sel >> 16, pos), A[j][2 * k + 1], s);
                     }
                     v[m * NJ + j][0] = (int)(2 * (aux >> 28) + 1) * s;
                 } else { /* Q2_K: sub-blocks 2 sub, 2 sub + 1 (values 32 (sub / 4).., bits 2 (sub % 4)) */

@@ -243,15 +243,15 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
     m->net.hp = &m->hp;
     m->net.w = &m->w;
     m->net.pool = m->pool;
+    /* the dense bytes the mapping serves (a plain GGUF's mapping also spans
+     * the experts that stream from it) */
+    uint64_t dense_bytes = m->sidecar ? m->file->map_size - (m->sidecar->in_model_file ? m->sidecar->expert_bytes : 0) : 0;
     if (m->sidecar) {
         if (pthread_mutex_init(&m->eval_lock, NULL) != 0) {
             ds4_fail(err, "cannot create a lock for %s", path);
             goto fail;
         }
         m->eval_lock_init = true;
-        /* the dense bytes the mapping serves (a plain GGUF's mapping also
-         * spans the experts that now stream from it) */
-        uint64_t dense_bytes = m->file->map_size - (m->sidecar->in_model_file ? m->sidecar->expert_bytes : 0);
         if (ds4_sidecar_mode_open(m->sidecar, &m->hp, dense_bytes, for_gpu, &o, &m->net.experts, &m->slots, err)) goto fail;
         m->resident = o.resident;
         m->net.no_guess = o.no_moe_guess;
@@ -262,6 +262,15 @@ ds4_model *ds4_model_load(const char *path, const ds4_model_opts *opts, ds4_erro
     ds4_net_init_rope(&m->net);
     if (o.warm_weights && warm_weights(m, pkg ? dense : path, o.verbose, err)) goto fail;
     if (pick_backend(m, &o, err)) goto fail;
+    if (for_gpu && m->backend == DS4_BACKEND_CPU && m->sidecar) {
+        /* --backend auto, and the GPU did not take the model after all: the
+         * experts' host cache was sized beside dense weights and a context
+         * in VRAM, which the CPU keeps in host memory instead */
+        fprintf(stderr, "ds4: sizing the routed experts' host cache again, for the CPU\n");
+        ds4_experts_free(m->net.experts);
+        m->net.experts = NULL;
+        if (ds4_sidecar_mode_open(m->sidecar, &m->hp, dense_bytes, false, &o, &m->net.experts, &m->slots, err)) goto fail;
+    }
     if (gguf_find_kv(m->file, "tokenizer.ggml.tokens") && !(m->tok = ds4_tokenizer_from_gguf(m->file, err))) goto fail;
     m->bos_id = optional_id(m->file, "tokenizer.ggml.bos_token_id");
     m->eos_id = optional_id(m->file, "tokenizer.ggml.eos_token_id");

@@ -154,6 +154,17 @@ gen=$("$BIN/ds4" -m "$TMP/pkg" --cuda --moe-slot-bank 4 --gpu-expert-cache 300K 
 back=$(grep -o "returned by the GPU=[0-9]*" "$TMP/back.err" | cut -d= -f2)
 [ "${back:-0}" -gt 0 ] || { echo "package: no expert was handed back: $(grep Flash-MoE "$TMP/back.err")"; exit 1; }
 echo "package, experts handed back by the GPU bank: $back, 48 tokens exact"
+# The automatic backend when the GPU cannot take the model after all (an
+# expert cache larger than the card): the run goes on on the CPU, its host
+# bank sized again as for the CPU (dense weights and context in RAM), not
+# as beside a GPU; the tokens are the reference's.
+gen=$(DS4_MEM_AVAILABLE=4G "$BIN/ds4" -m "$TMP/pkg" --gpu-expert-cache 100000G \
+    --tokens "$(ids "$DATA/$fx/reference.json" tokens 160)" --numerics hf -n 48 --temp 0 2>"$TMP/fb.err")
+[ "$gen" = "$(ids "$DATA/$fx/reference.json" generated)" ] || { echo "CPU fallback: generation differs: $gen"; cat "$TMP/fb.err"; exit 1; }
+grep -q "using the CPU" "$TMP/fb.err" && grep -q "sizing the routed experts' host cache again, for the CPU" "$TMP/fb.err" &&
+    sed -n '/sizing the routed/,$p' "$TMP/fb.err" | grep -q "ssd-cache auto: available=.* dense=.* context=" ||
+    { echo "CPU fallback: the host bank was not sized again for the CPU:"; cat "$TMP/fb.err"; exit 1; }
+echo "CPU fallback after the GPU refused the model: host bank sized for the CPU, 48 tokens exact"
 # A read that keeps failing while the GPU bank fetches: an error exit with
 # the reader's message, and only correct tokens before it.
 ref=$("$BIN/ds4" -m "$m" --cuda --tokens 5,17,300,42 -n 24 --temp 0)

@@ -1053,10 +1053,9 @@ __global__ void __launch_bounds__(32 * DEC_WARPS) qffn_dec_kernel(qffn_args a, u
 
     /* row i goes to buffer i % NBUF; every call commits one group (empty
      * past the last row), so waiting for all but NBUF - 1 groups means row
-     * i has landed */
-    /* the NM rows' 16-byte lines as one run over the lanes, unrolled: a
-     * loop per row with its bounds was about 130 of the 800 instructions
-     * of a gate/up row pair */
+     * i has landed. The NM rows' 16-byte lines are one unrolled run over
+     * the lanes: a loop per row with its bounds was about 130 of the 800
+     * instructions of a gate/up row pair. */
     auto issue = [&](uint32_t i) {
         if (i < nr) {
             uint8_t *dst = wbuf + (i % NBUF) * NM * RB;

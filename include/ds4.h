@@ -152,9 +152,11 @@ const char *ds4_backend_name(ds4_backend b);
 int ds4_backend_parse(const char *name, ds4_backend *out, ds4_error *err);
 /* Whether this build can run CUDA and a GPU is usable; when not, why. */
 bool ds4_cuda_available(ds4_error *why);
-/* The GPU's measured read bandwidth in bytes/s (best of several passes
- * over a buffer much larger than its cache), for roofline reports. */
-int ds4_cuda_read_bandwidth(double *bytes_per_s, ds4_error *err);
+/* The GPU's measured bandwidths in bytes/s, for roofline reports (best of
+ * several passes over buffers much larger than its cache): a kernel only
+ * reading, and a device-to-device copy counting the bytes it reads and
+ * the bytes it writes. */
+int ds4_cuda_bandwidth(double *read_bytes_per_s, double *copy_bytes_per_s, ds4_error *err);
 
 /* The tokenizer embedded in the model file, or NULL when it has none. */
 const ds4_tokenizer *ds4_model_tokenizer(const ds4_model *m);

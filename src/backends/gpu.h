@@ -28,8 +28,9 @@ bool ds4_gpu_probe(ds4_error *why);
 /* The architecture (as __CUDA_ARCH__ counts: 900, 800, 750) of the device
  * code the driver loaded for this GPU; 0 without CUDA. */
 int ds4_gpu_code_arch(void);
-/* Best read bandwidth (bytes/s) of a few passes over a large buffer. */
-int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err);
+/* Best read bandwidth and device-to-device copy bandwidth (bytes read plus
+ * bytes written, a second) of a few passes over large buffers. */
+int ds4_gpu_bandwidth(double *read_bytes_per_s, double *copy_bytes_per_s, ds4_error *err);
 
 /* Whether a model of weight_bytes, with ds4_model_opts.gpu_expert_cache =
  * expert_cache, would keep its routed experts in host memory behind a VRAM

@@ -24,8 +24,8 @@ bool ds4_gpu_fits_dense(uint64_t dense_bytes) {
     return false;
 }
 
-int ds4_gpu_read_bandwidth(double *bytes_per_s, ds4_error *err) {
-    *bytes_per_s = 0;
+int ds4_gpu_bandwidth(double *read_bytes_per_s, double *copy_bytes_per_s, ds4_error *err) {
+    *read_bytes_per_s = *copy_bytes_per_s = 0;
     return ds4_fail(err, NO_CUDA);
 }
 

@@ -54,7 +54,9 @@ int ds4_backend_parse(const char *name, ds4_backend *out, ds4_error *err) {
 }
 
 bool ds4_cuda_available(ds4_error *why) { return ds4_gpu_probe(why); }
-int ds4_cuda_read_bandwidth(double *bytes_per_s, ds4_error *err) { return ds4_gpu_read_bandwidth(bytes_per_s, err); }
+int ds4_cuda_bandwidth(double *read_bytes_per_s, double *copy_bytes_per_s, ds4_error *err) {
+    return ds4_gpu_bandwidth(read_bytes_per_s, copy_bytes_per_s, err);
+}
 
 ds4_backend ds4_model_backend(const ds4_model *m) { return m->backend; }
 

@@ -196,12 +196,12 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
                         uint32_t gen) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int nt = threads > 0 ? threads : (int)(cores > 0 ? cores : 1);
-    double secs, bw, peak = 0, peak8 = 0;
+    double secs, bw, copy_bw = 0, peak = 0, peak8 = 0;
     ds4_error err = {{0}};
     bool gpu = ds4_model_backend(m) == DS4_BACKEND_CUDA;
     if (gpu) {
         /* Decode on the GPU reads the weights from device memory. */
-        if (ds4_cuda_read_bandwidth(&bw, &err)) {
+        if (ds4_cuda_bandwidth(&bw, &copy_bw, &err)) {
             fprintf(stderr, "ds4-bench: %s\n", err.msg);
             return 1;
         }
@@ -244,7 +244,9 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
     double prefill_flops = prefill_tps * 2.0 * ((double)info->token_params - head + head / chunk);
     if (gpu) {
         printf("backend                 cuda\n");
-        printf("GPU read bandwidth      %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
+        printf("GPU read bandwidth      %.2f GB/s (a kernel reading; best of 5 passes over a large buffer)\n", bw / 1e9);
+        printf("GPU copy bandwidth      %.2f GB/s (device-to-device copies, bytes read + bytes written; best of 5)\n",
+               copy_bw / 1e9);
     } else {
         printf("threads                 %d\n", nt);
         printf("memory read bandwidth   %.2f GB/s (best of 5 passes over a large buffer)\n", bw / 1e9);
@@ -257,6 +259,9 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
            2.0 * info->token_params / 1e6, 2.0 * ((double)info->token_params - head + head / chunk) / 1e6, chunk);
     printf("decode                  %.2f t/s; bandwidth ceiling %.2f t/s; ratio %.1f%%\n", decode_tps, decode_ceiling,
            100.0 * decode_tps / decode_ceiling);
+    if (copy_bw > 0) /* the ceiling a copy's bandwidth gives (the usual roofline measure) */
+        printf("decode vs copy rate     ceiling %.2f t/s at the copy bandwidth; ratio %.1f%%\n",
+               copy_bw / (double)info->token_bytes, 100.0 * decode_tps / (copy_bw / (double)info->token_bytes));
     printf("prefill (chunk %u)     %.2f t/s = %.2f GFLOP/s = %.1f%% of fp32 peak", chunk, prefill_tps, prefill_flops / 1e9,
            peak > 0 ? 100.0 * prefill_flops / peak : 0.0);
     /* quantized weights multiply on the int8 units: their ceiling */

@@ -11,7 +11,7 @@
  * from host memory over the bus (mapped, page-locked). A decode step then
  * has no host round trip and runs as one graph.
  *
- * The decisions are the host bank's exactly (gpu.cu: hits first, then each
+ * The decisions are the host bank's exactly (gpu_forward.cu: hits first, then each
  * miss takes the least recently used slot), so the counters agree with
  * it: every slot carries a stamp, larger = more recent; a group's hits get
  * clock + their rank among the hits, its misses clock + hits + their rank

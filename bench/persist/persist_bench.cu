@@ -51,14 +51,8 @@
 
 namespace cg = cooperative_groups;
 
-#define CK(x)                                                                                           \
-    do {                                                                                                \
-        cudaError_t e_ = (x);                                                                           \
-        if (e_ != cudaSuccess) {                                                                        \
-            fprintf(stderr, "persist_bench: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__); \
-            exit(1);                                                                                    \
-        }                                                                                               \
-    } while (0)
+#define PROBE_NAME "persist_bench"
+#include "../probe.cuh"
 
 #define NP 3           /* products in the chain */
 #define THREADS 1024   /* persistent block: 32 warps */
@@ -266,6 +260,19 @@ static int differ(const float *a, const float *b, uint32_t n, int *nonfinite) {
     return bad;
 }
 
+/* A launch on st, with programmatic dependent launch where pdl (the
+ * kernels then overlap their predecessor's end, as decode runs). */
+template <class K, class... A>
+static void launch_on(cudaStream_t st, bool pdl, K kern, dim3 grid, dim3 block, size_t smem, A... args) {
+    cudaLaunchAttribute at;
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = st;
+    cfg.attrs = pdl ? &at : NULL, cfg.numAttrs = pdl ? 1 : 0;
+    CK(cudaLaunchKernelEx(&cfg, kern, args...));
+}
+
 /* ---- G / D: the grouped half (q_b -> a step per head group -> out_a) ---------
  * In a decode layer only part of the chain is grid-wide: attention for a
  * group of heads needs only that group's rows of q_b, and out_a's group g
@@ -420,14 +427,8 @@ static void run_grouped(const chain &base, int sms, uint32_t iters, uint32_t rep
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    cudaLaunchAttribute at;
-    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at.val.programmaticStreamSerializationAllowed = 1;
     auto launch = [&](auto kern, dim3 grid, dim3 block, size_t smem, auto... args) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = st;
-        cfg.attrs = &at, cfg.numAttrs = 1;
-        CK(cudaLaunchKernelEx(&cfg, kern, args...));
+        launch_on(st, true, kern, grid, block, smem, args...);
     };
     size_t gsm = NG * c.p2.k;
     CK(cudaFuncSetAttribute(ggemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
@@ -575,14 +576,8 @@ int main(int argc, char **argv) {
         int pdl = v == 1, bpsm = v == 2 ? 1 : 2;
         cudaGraph_t graph;
         cudaGraphExec_t exec;
-        cudaLaunchAttribute at;
-        at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        at.val.programmaticStreamSerializationAllowed = 1;
         auto launch = [&](auto kern, dim3 grid, dim3 block, auto... args) {
-            cudaLaunchConfig_t cfg = {};
-            cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = 0, cfg.stream = st;
-            cfg.attrs = pdl ? &at : NULL, cfg.numAttrs = pdl ? 1 : 0;
-            CK(cudaLaunchKernelEx(&cfg, kern, args...));
+            launch_on(st, pdl, kern, grid, block, 0, args...);
         };
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
         for (uint32_t it = 0; it < iters; it++)

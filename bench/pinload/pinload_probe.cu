@@ -18,20 +18,8 @@
 #include <sys/mman.h>
 #include <time.h>
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-#define CK(x)                                                                            \
-    do {                                                                                 \
-        cudaError_t e_ = (x);                                                            \
-        if (e_ != cudaSuccess) {                                                         \
-            fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_));                     \
-            exit(1);                                                                     \
-        }                                                                                \
-    } while (0)
+#define PROBE_NAME "pinload_probe"
+#include "../probe.cuh"
 
 typedef struct {
     uint8_t *p;
@@ -53,12 +41,6 @@ static void fill(uint8_t *p, size_t n, int T) {
         pthread_create(&th[t], NULL, touch, &a[t]);
     }
     for (int t = 0; t < T; t++) pthread_join(th[t], NULL);
-}
-
-__global__ void sum_kernel(const uint8_t *p, size_t n, unsigned long long *out) {
-    unsigned long long s = 0;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) s += p[i];
-    atomicAdd(out, s);
 }
 
 int main(int argc, char **argv) {

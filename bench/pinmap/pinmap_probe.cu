@@ -20,26 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-#define CK(x)                                                                                         \
-    do {                                                                                              \
-        cudaError_t e_ = (x);                                                                         \
-        if (e_ != cudaSuccess) {                                                                      \
-            printf("pinmap_probe: %s: %s\n", #x, cudaGetErrorString(e_));                             \
-            return 1;                                                                                 \
-        }                                                                                             \
-    } while (0)
-
-__global__ void sum_kernel(const uint8_t *p, uint64_t n, unsigned long long *out) {
-    unsigned long long s = 0;
-    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) s += p[i];
-    atomicAdd(out, s);
-}
+#define PROBE_NAME "pinmap_probe"
+#include "../probe.cuh"
 
 int main(int argc, char **argv) {
     if (argc < 2) {

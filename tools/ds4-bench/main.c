@@ -259,9 +259,11 @@ static int run_roofline(ds4_model *m, const ds4_model_info *info, ds4_numerics n
            2.0 * info->token_params / 1e6, 2.0 * ((double)info->token_params - head + head / chunk) / 1e6, chunk);
     printf("decode                  %.2f t/s; bandwidth ceiling %.2f t/s; ratio %.1f%%\n", decode_tps, decode_ceiling,
            100.0 * decode_tps / decode_ceiling);
-    if (copy_bw > 0) /* the ceiling a copy's bandwidth gives (the usual roofline measure) */
-        printf("decode vs copy rate     ceiling %.2f t/s at the copy bandwidth; ratio %.1f%%\n",
-               copy_bw / (double)info->token_bytes, 100.0 * decode_tps / (copy_bw / (double)info->token_bytes));
+    if (copy_bw > 0) { /* the ceiling a copy's bandwidth gives (the usual roofline measure) */
+        double copy_ceiling = copy_bw / (double)info->token_bytes;
+        printf("decode vs copy rate     ceiling %.2f t/s at the copy bandwidth; ratio %.1f%%\n", copy_ceiling,
+               100.0 * decode_tps / copy_ceiling);
+    }
     printf("prefill (chunk %u)     %.2f t/s = %.2f GFLOP/s = %.1f%% of fp32 peak", chunk, prefill_tps, prefill_flops / 1e9,
            peak > 0 ? 100.0 * prefill_flops / peak : 0.0);
     /* quantized weights multiply on the int8 units: their ceiling */

@@ -19,6 +19,12 @@
  *      while the small step runs
  *   B0 and B also with each warp taking two rows at a time (twice the
  *      bytes in flight, for half as many warps as A)
+ *   AQ AP over contiguous row slabs, each block asking for its slab's
+ *      first rows (96 KB with two blocks a multiprocessor, 192 KB with
+ *      one) into shared memory before its programmatic wait, all at once
+ *      or in pieces of 8, 16 or 32 KB with one piece in flight; block 0's
+ *      timeline of one chain follows each AQ line (start / wait returned
+ *      / weights landed / end, us)
  *
  * Then the part of the chain that is not grid-wide in a decode layer
  * (q_b -> a step per head group -> out_a, 8 groups), followed by out_b:
@@ -206,6 +212,68 @@ __device__ uint32_t prefetch_rows(const prod &p, uint8_t *sw) {
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
     return n;
+}
+
+/* AQ: gemv_kernel over contiguous row slabs (as the persistent kernel
+ * takes them), each block asking for its slab's first pf bytes of rows
+ * (whole rows) into shared memory before its programmatic wait. With PDL
+ * the small kernel in front triggers at its start, so these blocks are
+ * resident while it runs and the weights stream during the small step. */
+/* Global timer stamps of one chain (block 0, thread 0), for the AQ
+ * timeline: [launch][start, after the wait, weights landed, end]. */
+__device__ unsigned long long d_stamp[2 * NP][4];
+__device__ __forceinline__ void stamp(int slot, int i) {
+    if (slot >= 0 && blockIdx.x == 0 && threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        d_stamp[slot][i] = t;
+    }
+}
+
+template <bool PDL>
+__global__ void gemv_pf_kernel(prod p, const int8_t *x, const float *xs, float *y, uint32_t pf, uint32_t pfc, int slot) {
+    extern __shared__ __align__(16) uint8_t sw[];
+    stamp(slot, 0);
+    __shared__ __align__(16) int8_t sx[KMAX];
+    uint32_t r0, r1, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    slab(p, &r0, &r1);
+    uint32_t ahead = pf / p.k < r1 - r0 ? pf / p.k : r1 - r0;
+    const uint8_t *src = (const uint8_t *)(p.w + (uint64_t)r0 * p.k);
+    /* in pieces of pfc bytes, one piece in flight (pfc = 0: all at once),
+     * which holds the prefetch's share of the bus down */
+    uint32_t lines = ahead * p.k / 16, per = pfc ? pfc / 16 : lines;
+    for (uint32_t l0 = 0; l0 < lines; l0 += per) {
+        uint32_t l1 = l0 + per < lines ? l0 + per : lines;
+        for (uint32_t i = l0 + threadIdx.x; i < l1; i += blockDim.x) {
+            uint32_t saddr = (uint32_t)__cvta_generic_to_shared(sw + 16 * i);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(saddr), "l"(src + 16 * i) : "memory");
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+        if (l1 < lines) asm volatile("cp.async.wait_all;" ::: "memory");
+    }
+    pdl_wait<PDL>();
+    stamp(slot, 1);
+    for (uint32_t i = threadIdx.x; i < p.k / 16; i += blockDim.x) ((int4 *)sx)[i] = __ldcg((const int4 *)x + i);
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();
+    stamp(slot, 2);
+    float s0 = __ldcg(xs);
+    for (uint32_t r = r0 + warp; r < r1; r += nw) {
+        const int8_t *wr = r - r0 < ahead ? (const int8_t *)(sw + (uint64_t)(r - r0) * p.k) : p.w + (uint64_t)r * p.k;
+        float v = row_dot(wr, sx, p.k, p.ws[r] * s0);
+        if ((threadIdx.x & 31) == 0) y[r] = v;
+    }
+    __syncthreads();
+    stamp(slot, 3);
+}
+
+/* small_kernel with the AQ timeline's stamps */
+__global__ void small_st_kernel(const float *y, uint32_t k_next, uint32_t reps, int8_t *xn, float *xs, int slot) {
+    stamp(slot, 0);
+    pdl_wait<true>();
+    stamp(slot, 1);
+    small_step(y, k_next, reps, xn, xs);
+    stamp(slot, 3);
 }
 
 template <bool PF, bool PAIR>
@@ -626,6 +694,61 @@ int main(int argc, char **argv) {
         CK(cudaGraphExecDestroy(exec));
         CK(cudaGraphDestroy(graph));
     }
+
+    /* AQ: PDL launches, the products' first rows asked into shared
+     * memory before the wait (pf bytes a block; 0: the slabs alone), in
+     * one block of 1024 threads or two of 512 a multiprocessor */
+    for (uint32_t bpsm : {2u, 1u})
+        for (uint32_t pfc : {1u, 0u, 32u << 10, 16u << 10, 8u << 10}) {
+            uint32_t pf = pfc == 1 ? 0 : bpsm == 2 ? 96u << 10 : 192u << 10;
+            if (bpsm == 2 && pfc > 1) continue;
+            CK(cudaFuncSetAttribute(gemv_pf_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf));
+            cudaGraph_t graph;
+            cudaGraphExec_t exec;
+            CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+            for (uint32_t it = 0; it < iters; it++)
+                for (int j = 0; j < NP; j++) {
+                    int jn = (j + 1) % NP;
+                    int sl = it == iters / 2 ? 2 * j : -1; /* a chain in the middle */
+                    launch_on(st, true, gemv_pf_kernel<true>, dim3(sms * bpsm), dim3(1024 / bpsm), pf, c.p[j], (const int8_t *)c.x[j],
+                              (const float *)(c.xs + j), c.y[j], pf, pfc == 1 ? 0 : pfc, sl);
+                    launch_on(st, true, small_st_kernel, dim3(1), dim3(THREADS), 0, (const float *)c.y[j], c.p[jn].k, reps,
+                              c.x[jn], c.xs + jn, sl < 0 ? -1 : sl + 1);
+                }
+            CK(cudaStreamEndCapture(st, &graph));
+            CK(cudaGraphInstantiate(&exec, graph, 0));
+            double t = 1e30;
+            for (int rep = 0; rep < 3; rep++) {
+                reset();
+                CK(cudaEventRecord(e0, st));
+                CK(cudaGraphLaunch(exec, st));
+                CK(cudaEventRecord(e1, st));
+                CK(cudaEventSynchronize(e1));
+                CK(cudaEventElapsedTime(&ms, e0, e1));
+                if (ms * 1e3 / iters < t) t = ms * 1e3 / iters;
+            }
+            int bad = 0, nf = 0;
+            for (int j = 0; j < NP; j++) {
+                float *h = (float *)malloc(rows[j] * sizeof(float));
+                CK(cudaMemcpy(h, c.y[j], rows[j] * sizeof(float), cudaMemcpyDeviceToHost));
+                bad += differ(h, ref[j], rows[j], &nf);
+                free(h);
+            }
+            printf("AQ PDL, %u block%s/SM, %3u KB ahead a block (%2u KB pieces): %8.1f us a chain (%.2fx A)", bpsm, bpsm > 1 ? "s" : " ",
+                   pf >> 10, pfc > 1 ? pfc >> 10 : 0, t, tA / t);
+            if (bad || nf) printf("  (%d outputs differ from A, %d not finite)", bad, nf);
+            printf("\n");
+            /* block 0's timeline of one chain, us from the first product's start: start / waited / weights in / end */
+            unsigned long long hs[2 * NP][4];
+            CK(cudaMemcpyFromSymbol(hs, d_stamp, sizeof hs));
+            printf("   ");
+            for (int l = 0; l < 2 * NP; l++)
+                printf(" %s%d %.1f/%.1f/%.1f/%.1f", l % 2 ? "s" : "p", l / 2, (hs[l][0] - hs[0][0]) / 1e3, (hs[l][1] - hs[0][0]) / 1e3,
+                       l % 2 ? 0.0 : (hs[l][2] - hs[0][0]) / 1e3, (hs[l][3] - hs[0][0]) / 1e3);
+            printf("\n");
+            CK(cudaGraphExecDestroy(exec));
+            CK(cudaGraphDestroy(graph));
+        }
 
     /* B0, B: one cooperative kernel */
     for (int vb = 0; vb < 4; vb++) {

@@ -341,6 +341,58 @@ static void launch_on(cudaStream_t st, bool pdl, K kern, dim3 grid, dim3 block, 
     CK(cudaLaunchKernelEx(&cfg, kern, args...));
 }
 
+/* The chain's outputs against ref (kept as ref where ref[j] is NULL):
+ * how many differ bit for bit; *nf counts those not finite. */
+static int check_outputs(const chain &c, float **ref, int *nf) {
+    int bad = 0;
+    for (int j = 0; j < NP; j++) {
+        uint32_t n = c.p[j].rows;
+        float *h = (float *)malloc(n * sizeof(float));
+        CK(cudaMemcpy(h, c.y[j], n * sizeof(float), cudaMemcpyDeviceToHost));
+        bad += differ(h, ref[j] ? ref[j] : h, n, nf);
+        if (ref[j]) free(h);
+        else ref[j] = h;
+    }
+    return bad;
+}
+
+/* The best of three runs of `run` (iters chains on st, each run after
+ * `prep`), in us a chain. */
+template <class Prep, class Run> static double best_of_3(cudaStream_t st, uint32_t iters, Prep prep, Run run) {
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    double t = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        float ms;
+        prep();
+        CK(cudaEventRecord(e0, st));
+        run();
+        CK(cudaEventRecord(e1, st));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (ms * 1e3 / iters < t) t = ms * 1e3 / iters;
+    }
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    return t;
+}
+
+/* best_of_3 of the launches `capture` makes on st, captured as one graph */
+template <class Prep, class Capture>
+static double graph_best_of_3(cudaStream_t st, uint32_t iters, Prep prep, Capture capture) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    capture();
+    CK(cudaStreamEndCapture(st, &graph));
+    CK(cudaGraphInstantiate(&exec, graph, 0));
+    double t = best_of_3(st, iters, prep, [&]() { CK(cudaGraphLaunch(exec, st)); });
+    CK(cudaGraphExecDestroy(exec));
+    CK(cudaGraphDestroy(graph));
+    return t;
+}
+
 /* ---- G / D: the grouped half (q_b -> a step per head group -> out_a) ---------
  * In a decode layer only part of the chain is grid-wide: attention for a
  * group of heads needs only that group's rows of q_b, and out_a's group g
@@ -492,9 +544,6 @@ static void run_grouped(const chain &base, int sms, uint32_t iters, uint32_t rep
 
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
     auto launch = [&](auto kern, dim3 grid, dim3 block, size_t smem, auto... args) {
         launch_on(st, true, kern, grid, block, smem, args...);
     };
@@ -506,47 +555,34 @@ static void run_grouped(const chain &base, int sms, uint32_t iters, uint32_t rep
     float *out[3][3];
     double t[3];
     for (int v = 0; v < 3; v++) {
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        CK(cudaMemsetAsync(c.done1, 0, NG * 4, st));
-        CK(cudaMemsetAsync(c.done2, 0, NG * 4, st));
-        for (uint32_t it = 0; it < iters; it++) {
-            if (v == 0) {
-                launch(gemv_kernel<true>, dim3(sms * 2), dim3(1024), 0, c.p1, (const int8_t *)c.x1, (const float *)c.x1s, c.y1);
-                launch(gstep_kernel, dim3(NG), dim3(THREADS), 0, c);
-                launch(ggemv_kernel, dim3(sms * 2), dim3(1024), gsm, c.p2, (const int8_t *)c.x2, (const float *)c.x2s, c.y2);
-            } else if (v == 1) {
-                launch(dflow_kernel<THREADS, 1>, dim3(sms), dim3(THREADS), 0, c, it + 1);
-            } else {
-                launch(dflow_kernel<THREADS / 2, 2>, dim3(2 * sms), dim3(THREADS / 2), 0, c, it + 1);
-            }
-            launch(small_kernel<true>, dim3(1), dim3(THREADS), 0, (const float *)c.y2, c.p3.k, reps, c.x3, c.x3s);
-            launch(gemv_kernel<true>, dim3(sms * 2), dim3(1024), 0, c.p3, (const int8_t *)c.x3, (const float *)c.x3s, c.y3);
-            launch(small_kernel<true>, dim3(1), dim3(THREADS), 0, (const float *)c.y3, c.p1.k, reps, c.x1, c.x1s);
-        }
-        CK(cudaStreamEndCapture(st, &graph));
-        CK(cudaGraphInstantiate(&exec, graph, 0));
-        t[v] = 1e30;
-        for (int rep = 0; rep < 3; rep++) {
+        auto prep = [&]() {
             CK(cudaMemcpy(c.x1, ones, KMAX, cudaMemcpyHostToDevice));
             CK(cudaMemcpy(c.x1s, &one, 4, cudaMemcpyHostToDevice));
-            float ms;
-            CK(cudaEventRecord(e0, st));
-            CK(cudaGraphLaunch(exec, st));
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            if (ms * 1e3 / iters < t[v]) t[v] = ms * 1e3 / iters;
-        }
+        };
+        t[v] = graph_best_of_3(st, iters, prep, [&]() {
+            CK(cudaMemsetAsync(c.done1, 0, NG * 4, st));
+            CK(cudaMemsetAsync(c.done2, 0, NG * 4, st));
+            for (uint32_t it = 0; it < iters; it++) {
+                if (v == 0) {
+                    launch(gemv_kernel<true>, dim3(sms * 2), dim3(1024), 0, c.p1, (const int8_t *)c.x1, (const float *)c.x1s, c.y1);
+                    launch(gstep_kernel, dim3(NG), dim3(THREADS), 0, c);
+                    launch(ggemv_kernel, dim3(sms * 2), dim3(1024), gsm, c.p2, (const int8_t *)c.x2, (const float *)c.x2s, c.y2);
+                } else if (v == 1) {
+                    launch(dflow_kernel<THREADS, 1>, dim3(sms), dim3(THREADS), 0, c, it + 1);
+                } else {
+                    launch(dflow_kernel<THREADS / 2, 2>, dim3(2 * sms), dim3(THREADS / 2), 0, c, it + 1);
+                }
+                launch(small_kernel<true>, dim3(1), dim3(THREADS), 0, (const float *)c.y2, c.p3.k, reps, c.x3, c.x3s);
+                launch(gemv_kernel<true>, dim3(sms * 2), dim3(1024), 0, c.p3, (const int8_t *)c.x3, (const float *)c.x3s, c.y3);
+                launch(small_kernel<true>, dim3(1), dim3(THREADS), 0, (const float *)c.y3, c.p1.k, reps, c.x1, c.x1s);
+            }
+        });
         const prod *ps[3] = {&c.p1, &c.p2, &c.p3};
         float *ys[3] = {c.y1, c.y2, c.y3};
         for (int j = 0; j < 3; j++) {
             out[v][j] = (float *)malloc(ps[j]->rows * 4);
             CK(cudaMemcpy(out[v][j], ys[j], ps[j]->rows * 4, cudaMemcpyDeviceToHost));
         }
-        CK(cudaGraphExecDestroy(exec));
-        CK(cudaGraphDestroy(graph));
     }
     int bad = 0, nf = 0;
     const uint32_t rows[3] = {c.p1.rows, c.p2.rows, c.p3.rows};
@@ -636,63 +672,37 @@ int main(int argc, char **argv) {
     /* A, AP: the chain as launches in a graph, without and with PDL */
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    float *ref[NP];
+    float *ref[NP] = {NULL, NULL, NULL};
     double tA = 1e30;
     /* A1: A with one block a multiprocessor (the persistent kernel's
      * warps), to tell the barrier's cost from the warps' */
     for (int v = 0; v < 3; v++) {
         int pdl = v == 1, bpsm = v == 2 ? 1 : 2;
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
         auto launch = [&](auto kern, dim3 grid, dim3 block, auto... args) {
             launch_on(st, pdl, kern, grid, block, 0, args...);
         };
-        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        for (uint32_t it = 0; it < iters; it++)
-            for (int j = 0; j < NP; j++) {
-                int jn = (j + 1) % NP;
-                const int8_t *xj = c.x[j];
-                const float *xsj = c.xs + j, *yj = c.y[j];
-                uint32_t kn = c.p[jn].k;
-                if (pdl) {
-                    launch(gemv_kernel<true>, dim3(sms * bpsm), dim3(1024), c.p[j], xj, xsj, c.y[j]);
-                    launch(small_kernel<true>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn);
-                } else {
-                    launch(gemv_kernel<false>, dim3(sms * bpsm), dim3(1024), c.p[j], xj, xsj, c.y[j]);
-                    launch(small_kernel<false>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn);
+        double t = graph_best_of_3(st, iters, reset, [&]() {
+            for (uint32_t it = 0; it < iters; it++)
+                for (int j = 0; j < NP; j++) {
+                    int jn = (j + 1) % NP;
+                    const int8_t *xj = c.x[j];
+                    const float *xsj = c.xs + j, *yj = c.y[j];
+                    uint32_t kn = c.p[jn].k;
+                    if (pdl) {
+                        launch(gemv_kernel<true>, dim3(sms * bpsm), dim3(1024), c.p[j], xj, xsj, c.y[j]);
+                        launch(small_kernel<true>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn);
+                    } else {
+                        launch(gemv_kernel<false>, dim3(sms * bpsm), dim3(1024), c.p[j], xj, xsj, c.y[j]);
+                        launch(small_kernel<false>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn);
+                    }
                 }
-            }
-        CK(cudaStreamEndCapture(st, &graph));
-        CK(cudaGraphInstantiate(&exec, graph, 0));
-        double t = 1e30;
-        for (int rep = 0; rep < 3; rep++) {
-            reset();
-            CK(cudaEventRecord(e0, st));
-            CK(cudaGraphLaunch(exec, st));
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            if (ms * 1e3 / iters < t) t = ms * 1e3 / iters;
-        }
-        int bad = 0, nf = 0;
-        for (int j = 0; j < NP; j++) {
-            float *h = (float *)malloc(rows[j] * sizeof(float));
-            CK(cudaMemcpy(h, c.y[j], rows[j] * sizeof(float), cudaMemcpyDeviceToHost));
-            if (v == 0) {
-                ref[j] = h;
-                differ(h, h, rows[j], &nf);
-            } else {
-                bad += differ(h, ref[j], rows[j], &nf);
-                free(h);
-            }
-        }
+        });
+        int nf = 0, bad = check_outputs(c, ref, &nf); /* the first (A) is the reference */
         if (v == 0) tA = t;
         printf("A%s launches in a graph%s: %8.1f us a chain", v == 1 ? "P" : v == 2 ? "1" : " ",
                v == 1 ? ", PDL" : v == 2 ? ", 1 block/SM" : "     ", t);
         if (bad || nf) printf("  (%d outputs differ from A, %d not finite)", bad, nf);
         printf("\n");
-        CK(cudaGraphExecDestroy(exec));
-        CK(cudaGraphDestroy(graph));
     }
 
     /* AQ: PDL launches, the products' first rows asked into shared
@@ -703,37 +713,18 @@ int main(int argc, char **argv) {
             uint32_t pf = pfc == 1 ? 0 : bpsm == 2 ? 96u << 10 : 192u << 10;
             if (bpsm == 2 && pfc > 1) continue;
             CK(cudaFuncSetAttribute(gemv_pf_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf));
-            cudaGraph_t graph;
-            cudaGraphExec_t exec;
-            CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-            for (uint32_t it = 0; it < iters; it++)
-                for (int j = 0; j < NP; j++) {
-                    int jn = (j + 1) % NP;
-                    int sl = it == iters / 2 ? 2 * j : -1; /* a chain in the middle */
-                    launch_on(st, true, gemv_pf_kernel<true>, dim3(sms * bpsm), dim3(1024 / bpsm), pf, c.p[j], (const int8_t *)c.x[j],
-                              (const float *)(c.xs + j), c.y[j], pf, pfc == 1 ? 0 : pfc, sl);
-                    launch_on(st, true, small_st_kernel, dim3(1), dim3(THREADS), 0, (const float *)c.y[j], c.p[jn].k, reps,
-                              c.x[jn], c.xs + jn, sl < 0 ? -1 : sl + 1);
-                }
-            CK(cudaStreamEndCapture(st, &graph));
-            CK(cudaGraphInstantiate(&exec, graph, 0));
-            double t = 1e30;
-            for (int rep = 0; rep < 3; rep++) {
-                reset();
-                CK(cudaEventRecord(e0, st));
-                CK(cudaGraphLaunch(exec, st));
-                CK(cudaEventRecord(e1, st));
-                CK(cudaEventSynchronize(e1));
-                CK(cudaEventElapsedTime(&ms, e0, e1));
-                if (ms * 1e3 / iters < t) t = ms * 1e3 / iters;
-            }
-            int bad = 0, nf = 0;
-            for (int j = 0; j < NP; j++) {
-                float *h = (float *)malloc(rows[j] * sizeof(float));
-                CK(cudaMemcpy(h, c.y[j], rows[j] * sizeof(float), cudaMemcpyDeviceToHost));
-                bad += differ(h, ref[j], rows[j], &nf);
-                free(h);
-            }
+            double t = graph_best_of_3(st, iters, reset, [&]() {
+                for (uint32_t it = 0; it < iters; it++)
+                    for (int j = 0; j < NP; j++) {
+                        int jn = (j + 1) % NP;
+                        int sl = it == iters / 2 ? 2 * j : -1; /* a chain in the middle */
+                        launch_on(st, true, gemv_pf_kernel<true>, dim3(sms * bpsm), dim3(1024 / bpsm), pf, c.p[j],
+                                  (const int8_t *)c.x[j], (const float *)(c.xs + j), c.y[j], pf, pfc == 1 ? 0 : pfc, sl);
+                        launch_on(st, true, small_st_kernel, dim3(1), dim3(THREADS), 0, (const float *)c.y[j], c.p[jn].k,
+                                  reps, c.x[jn], c.xs + jn, sl < 0 ? -1 : sl + 1);
+                    }
+            });
+            int nf = 0, bad = check_outputs(c, ref, &nf);
             printf("AQ PDL, %u block%s/SM, %3u KB ahead a block (%2u KB pieces): %8.1f us a chain (%.2fx A)", bpsm, bpsm > 1 ? "s" : " ",
                    pf >> 10, pfc > 1 ? pfc >> 10 : 0, t, tA / t);
             if (bad || nf) printf("  (%d outputs differ from A, %d not finite)", bad, nf);
@@ -746,8 +737,6 @@ int main(int argc, char **argv) {
                 printf(" %s%d %.1f/%.1f/%.1f/%.1f", l % 2 ? "s" : "p", l / 2, (hs[l][0] - hs[0][0]) / 1e3, (hs[l][1] - hs[0][0]) / 1e3,
                        l % 2 ? 0.0 : (hs[l][2] - hs[0][0]) / 1e3, (hs[l][3] - hs[0][0]) / 1e3);
             printf("\n");
-            CK(cudaGraphExecDestroy(exec));
-            CK(cudaGraphDestroy(graph));
         }
 
     /* B0, B: one cooperative kernel */
@@ -763,24 +752,11 @@ int main(int argc, char **argv) {
             printf("B%s: no block fits a multiprocessor\n", pf ? "" : "0");
             continue;
         }
-        double tB = 1e30;
         void *args[] = {&c, &iters};
-        for (int rep = 0; rep < 3; rep++) {
-            reset();
-            CK(cudaEventRecord(e0, st));
+        double tB = best_of_3(st, iters, reset, [&]() {
             CK(cudaLaunchCooperativeKernel((void *)kern, dim3(sms), dim3(THREADS), args, smem, st));
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            if (ms * 1e3 / iters < tB) tB = ms * 1e3 / iters;
-        }
-        int bad = 0, nf = 0;
-        for (int j = 0; j < NP; j++) {
-            float *h = (float *)malloc(rows[j] * sizeof(float));
-            CK(cudaMemcpy(h, c.y[j], rows[j] * sizeof(float), cudaMemcpyDeviceToHost));
-            bad += differ(h, ref[j], rows[j], &nf);
-            free(h);
-        }
+        });
+        int nf = 0, bad = check_outputs(c, ref, &nf);
         printf("B%s one kernel%s%s: %8.1f us a chain (%.2fx A)", pf ? " " : "0", pf ? ", weights ahead" : ", barriers only  ",
                pair ? ", rows in pairs" : "               ", tB, tA / tB);
         if (bad || nf) printf("  (%d outputs differ from A, %d not finite)", bad, nf);

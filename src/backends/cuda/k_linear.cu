@@ -102,6 +102,17 @@ __device__ __forceinline__ void dot_tile(const uint8_t *wrow, uint32_t type, uin
     for (int tt = 0; tt < TT; tt++) acc[tt] = warp_sum(acc[tt]);
 }
 
+/* The input rows of a token tile t0 .. t0 + nt - 1 (the last one again
+ * past nt) and their scales (1 without a.xscale). */
+template <int TT>
+__device__ __forceinline__ void tile_rows(const lin_args &a, const float *x, uint32_t t0, int nt, const float **xr, float *xs) {
+#pragma unroll
+    for (int tt = 0; tt < TT; tt++) {
+        uint32_t t = t0 + (tt < nt ? tt : 0);
+        xr[tt] = x + t * a.x_stride;
+        xs[tt] = a.xscale ? a.xscale[t] : 1.0f;
+    }
+}
 
 template <int KIND, int TT> __global__ void linear_kernel(lin_args a) {
     pdl_enter();
@@ -118,12 +129,7 @@ template <int KIND, int TT> __global__ void linear_kernel(lin_args a) {
         int nt = a.n_tok - t0 < TT ? (int)(a.n_tok - t0) : TT;
         const float *xr[TT];
         float xs[TT], acc[TT];
-#pragma unroll
-        for (int tt = 0; tt < TT; tt++) {
-            uint32_t t = t0 + (tt < nt ? tt : 0);
-            xr[tt] = x + t * a.x_stride;
-            xs[tt] = a.xscale ? a.xscale[t] : 1.0f;
-        }
+        tile_rows<TT>(a, x, t0, nt, xr, xs);
         dot_tile<KIND, TT>(wrow, a.type, a.K, xr, a.xscale ? xs : nullptr, nt, acc);
 #pragma unroll
         for (int tt = 0; tt < TT; tt++)
@@ -153,12 +159,7 @@ template <int KIND, int TT> __global__ void linear_rowblock_kernel(lin_args a) {
         int nt = a.n_tok - t0 < TT ? (int)(a.n_tok - t0) : TT;
         const float *xr[TT];
         float xs[TT], acc[TT];
-#pragma unroll
-        for (int tt = 0; tt < TT; tt++) {
-            uint32_t t = t0 + (tt < nt ? tt : 0);
-            xr[tt] = x + t * a.x_stride;
-            xs[tt] = a.xscale ? a.xscale[t] : 1.0f;
-        }
+        tile_rows<TT>(a, x, t0, nt, xr, xs);
         if (a.rms_eps > 0.0f) {
             /* 1/rms of each token's row, as k_rms_inv computes it, by the block */
             for (int tt = 0; tt < nt; tt++) {
@@ -688,35 +689,19 @@ typedef struct ffn_args {
 
 template <int KIND, int TT, bool UP> __global__ void ffn_kernel(ffn_args a) {
     pdl_enter();
-    uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    if (r >= a.rows) return;
-    uint32_t e, m0, cnt;
-    const int32_t *members;
-    if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return;
-    const uint8_t *w1 = nullptr, *w0 = expert_row<UP>(a, e, r, &w1);
-    int lane = threadIdx.x & 31;
-    for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
-        int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
-        const float *xr[TT];
+    expert_warp_rows<TT, UP, ROWS_PER_BLOCK>(
+        a, [&](const uint8_t *w0, const uint8_t *w1, const int32_t *members, uint32_t m, int nt, float *g, float *u) {
+            const float *xr[TT];
 #pragma unroll
-        for (int tt = 0; tt < TT; tt++) {
-            uint32_t i = m0 + i0 + (tt < nt ? tt : 0);
-            /* Up: the token's input row (entry / k); down: this entry's h row. */
-            uint32_t src = members && UP ? (uint32_t)members[i] / a.k : i;
-            xr[tt] = a.x + (uint64_t)src * a.K;
-        }
-        float g[TT], u[TT];
-        dot_tile<KIND, TT>(w0, a.type, a.K, xr, nullptr, nt, g);
-        if (UP) dot_tile<KIND, TT>(w1, a.type, a.K, xr, nullptr, nt, u);
-#pragma unroll
-        for (int tt = 0; tt < TT; tt++) {
-            if (tt < nt && lane == tt) {
-                float v = g[tt];
-                if (UP) v = swiglu_clamped(v, u[tt], a.limit);
-                a.y[(uint64_t)(m0 + i0 + tt) * a.rows + r] = v;
+            for (int tt = 0; tt < TT; tt++) {
+                uint32_t i = m + (tt < nt ? tt : 0);
+                /* Up: the token's input row (entry / k); down: this entry's h row. */
+                uint32_t src = members && UP ? (uint32_t)members[i] / a.k : i;
+                xr[tt] = a.x + (uint64_t)src * a.K;
             }
-        }
-    }
+            dot_tile<KIND, TT>(w0, a.type, a.K, xr, nullptr, nt, g);
+            if (UP) dot_tile<KIND, TT>(w1, a.type, a.K, xr, nullptr, nt, u);
+        });
 }
 
 template <bool UP> static cudaError_t launch_ffn(cudaStream_t st, const ffn_args &a, const void *xbase, uint32_t slots) {

@@ -888,29 +888,13 @@ __device__ __forceinline__ void expert_act_rows(const qffn_args &a, const int32_
 
 template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_kernel(qffn_args a) {
     pdl_enter();
-    uint64_t r = (uint64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    if (r >= a.rows) return;
-    uint32_t e, m0, cnt;
-    const int32_t *members;
-    if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return;
-    const uint8_t *w1 = nullptr, *w0 = expert_row<UP>(a, e, r, &w1);
-    int lane = threadIdx.x & 31;
-    for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
-        int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
-        const uint8_t *ar[TT];
-        expert_act_rows<TT, UP>(a, members, m0 + i0, nt, ar);
-        float g[TT], u[TT];
-        qdot_tile<TYPE, TT>(w0, a.nb, ar, nt, g);
-        if (UP) qdot_tile<TYPE, TT>(w1, a.nb, ar, nt, u);
-#pragma unroll
-        for (int tt = 0; tt < TT; tt++) {
-            if (tt < nt && lane == tt) {
-                float v = g[tt];
-                if (UP) v = swiglu_clamped(v, u[tt], a.limit);
-                a.y[(uint64_t)(m0 + i0 + tt) * a.rows + r] = v;
-            }
-        }
-    }
+    expert_warp_rows<TT, UP, ROWS_PER_BLOCK>(
+        a, [&](const uint8_t *w0, const uint8_t *w1, const int32_t *members, uint32_t m, int nt, float *g, float *u) {
+            const uint8_t *ar[TT];
+            expert_act_rows<TT, UP>(a, members, m, nt, ar);
+            qdot_tile<TYPE, TT>(w0, a.nb, ar, nt, g);
+            if (UP) qdot_tile<TYPE, TT>(w1, a.nb, ar, nt, u);
+        });
 }
 
 template <uint32_t TYPE, int TT, bool UP> __global__ void qffn_staged_kernel(qffn_args a, uint32_t rpw) {

@@ -341,6 +341,34 @@ __device__ __forceinline__ const uint8_t *expert_row(const Args &a, uint32_t e, 
     return a.w0 + row * a.row_bytes;
 }
 
+/* The plain expert-FFN kernels' rows (float and quantized weights alike):
+ * warp w of block b takes row b * RPB + w of its slot's expert, against
+ * the expert's entries in tiles of up to TT. dots(w0, w1, members, m, nt,
+ * g, u) makes a tile's gate results g (UP: and up results u) for entries
+ * m .. m + nt - 1; they land in a.y, through swiglu_clamped when UP. */
+template <int TT, bool UP, int RPB, class Args, class Dots>
+__device__ __forceinline__ void expert_warp_rows(const Args &a, Dots dots) {
+    uint64_t r = (uint64_t)blockIdx.x * RPB + (threadIdx.x >> 5);
+    if (r >= a.rows) return;
+    uint32_t e, m0, cnt;
+    const int32_t *members;
+    if (!expert_slot(a, blockIdx.y, &e, &m0, &cnt, &members)) return;
+    const uint8_t *w1 = nullptr, *w0 = expert_row<UP>(a, e, r, &w1);
+    int lane = threadIdx.x & 31;
+    for (uint32_t i0 = 0; i0 < cnt; i0 += TT) {
+        int nt = cnt - i0 < TT ? (int)(cnt - i0) : TT;
+        float g[TT], u[TT];
+        dots(w0, w1, members, m0 + i0, nt, g, u);
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) {
+            if (tt < nt && lane == tt) {
+                float v = g[tt];
+                if (UP) v = swiglu_clamped(v, u[tt], a.limit);
+                a.y[(uint64_t)(m0 + i0 + tt) * a.rows + r] = v;
+            }
+        }
+    }
+}
 
 /* ---- L2 ahead (k_ahead.cu) --------------------------------------------------
  * Asks the n spans [p[j], p[j] + bytes[j]) of weights into L2 (bulk

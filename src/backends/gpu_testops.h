@@ -56,6 +56,10 @@ int ds4_gpu_test_compressor(uint32_t ratio, uint32_t width, uint32_t n_rot, cons
 int ds4_gpu_test_indexer(const float *iq, const float *iw, uint32_t n, uint32_t n_head, uint32_t d, const float *keys,
                          uint64_t pos0, uint32_t topk, float *scores, uint64_t stride, int32_t *sel, ds4_error *err);
 
+/* The indexer's top-k alone over given scores (n x stride): sel (n x topk) */
+int ds4_gpu_test_topk(const float *scores, uint32_t n, uint64_t stride, uint64_t pos0, uint32_t topk, int32_t *sel,
+                      ds4_error *err);
+
 /* Attention for n tokens at pos0 (see attn_op in cuda/kernels.cuh);
  * n_comp_rows rows in comp, sel n x topk (may be NULL when unused);
  * part_slots > 0 gives the kernel room for per-segment partials (decode

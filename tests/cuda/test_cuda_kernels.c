@@ -546,18 +546,30 @@ static int cmp_i32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static void test_indexer(void) {
-    uint32_t n = 4, IH = 16, d = 64, topk = 64;
-    uint64_t pos0 = 3990;
+/* The indexer's picks for token t must be the topk best of `scores` (row
+ * t, its n_vis keys), ties to the lower index, in index order. */
+static void check_picks(const float *scores, uint64_t n_vis, uint32_t topk, const int32_t *sel, const char *what,
+                        uint32_t t) {
+    scored *tmp = malloc(n_vis * sizeof *tmp);
+    int32_t *want = malloc(topk * 4);
+    for (uint64_t w = 0; w < n_vis; w++) tmp[w].s = scores[w], tmp[w].i = (int32_t)w;
+    qsort(tmp, n_vis, sizeof *tmp, cmp_scored);
+    for (uint32_t i = 0; i < topk; i++) want[i] = tmp[i].i;
+    qsort(want, topk, 4, cmp_i32);
+    CHECKF(!memcmp(want, sel, topk * 4), "%s top-k t=%u n_vis=%llu differs", what, t, (unsigned long long)n_vis);
+    free(tmp), free(want);
+}
+
+/* Scores and picks of n tokens at pos0 against a reference; every tie_step-th
+ * key is a copy of key 3 (exact ties: they must lose to it by index only). */
+static void test_indexer_at(uint32_t n, uint64_t pos0, uint32_t tie_step) {
+    uint32_t IH = 16, d = 64, topk = 64;
     uint64_t n_keys = (pos0 + n) / 4, stride = n_keys + 5;
     float *iq = randv((size_t)n * IH * d, 1.0f), *iw = randv((size_t)n * IH, 1.0f), *keys = randv(n_keys * d, 1.0f);
-    /* exact ties: key 3's copies must lose to key 3 only by index */
-    for (uint64_t w = 10; w < n_keys; w += 7) memcpy(keys + w * d, keys + 3 * d, d * 4);
+    for (uint64_t w = 10; w < n_keys; w += tie_step) memcpy(keys + w * d, keys + 3 * d, d * 4);
     float *scores = malloc(n * stride * 4);
     int32_t *sel = malloc(n * topk * 4);
     GPU(ds4_gpu_test_indexer(iq, iw, n, IH, d, keys, pos0, topk, scores, stride, sel, E_));
-    scored *tmp = malloc(n_keys * sizeof *tmp);
-    int32_t *want = malloc(topk * 4);
     for (uint32_t t = 0; t < n; t++) {
         uint64_t n_vis = (pos0 + t + 1) / 4;
         float scale = 1.0f / sqrtf((float)d), wscale = 1.0f / sqrtf((float)IH);
@@ -571,17 +583,40 @@ static void test_indexer(void) {
             double g = scores[t * stride + w];
             num += (g - s) * (g - s);
             den += (double)s * s;
-            tmp[w].s = scores[t * stride + w];
-            tmp[w].i = (int32_t)w;
         }
         CHECKF(sqrt(num / den) < 1e-5, "indexer scores t=%u: rel err %.3g", t, sqrt(num / den));
         /* the selection must be exactly the top of the GPU's own scores */
-        qsort(tmp, n_vis, sizeof *tmp, cmp_scored);
-        for (uint32_t i = 0; i < topk; i++) want[i] = tmp[i].i;
-        qsort(want, topk, 4, cmp_i32);
-        CHECKF(!memcmp(want, sel + (size_t)t * topk, topk * 4), "indexer top-k t=%u differs", t);
+        check_picks(scores + t * stride, n_vis, topk, sel + (size_t)t * topk, "indexer", t);
     }
-    free(iq), free(iw), free(keys), free(scores), free(sel), free(tmp), free(want);
+    free(iq), free(iw), free(keys), free(scores), free(sel);
+}
+
+/* The top-k alone on scores with many exact ties (40 distinct values of
+ * both signs), so that the threshold falls
+ * inside a run of equal keys that spans the blocks of a long decode row. */
+static void test_topk_ties(uint32_t n, uint64_t pos0, uint32_t topk) {
+    uint64_t n_keys = (pos0 + n) / 4, stride = n_keys + 3;
+    float *scores = malloc(n * stride * 4);
+    int32_t *sel = malloc(n * topk * 4);
+    for (uint64_t i = 0; i < n * stride; i++) {
+        int v = (int)(uniform() * 40) - 20;
+        scores[i] = (float)v * 0.25f;
+    }
+    GPU(ds4_gpu_test_topk(scores, n, stride, pos0, topk, sel, E_));
+    for (uint32_t t = 0; t < n; t++) {
+        uint64_t n_vis = (pos0 + t + 1) / 4;
+        if (n_vis > topk) check_picks(scores + t * stride, n_vis, topk, sel + (size_t)t * topk, "tied", t);
+    }
+    free(scores), free(sel);
+}
+
+static void test_indexer(void) {
+    test_indexer_at(4, 3990, 7);     /* a block a token */
+    test_indexer_at(1, 280000, 7);   /* one decode token at long context: 35 blocks */
+    test_indexer_at(3, 150000, 3);   /* a few tokens, several blocks each */
+    test_topk_ties(1, 400000, 512);  /* 49 blocks */
+    test_topk_ties(5, 20000, 512);
+    test_topk_ties(37, 9000, 64);    /* prefill-like: a block a token */
 }
 
 /* ---- attention -------------------------------------------------------------------- */

@@ -503,13 +503,14 @@ static int attention(fwd *f, uint32_t il) {
         prof_mark(f->s, "indexer_proj");
         CU(lin(&xf, &lw->idx_q_b, 0, (uint64_t)IH * d, 1, 0, s->qa, hp->q_lora, NULL, n, s->iq, (uint64_t)IH * d));
         if (rows(&xf, s->iq, n * IH, d, IH, 0, NULL, rope_table(f, true), f->official ? 2 : 0)) return -1;
-        prof_mark(f->s, "indexer_topk");
         for (uint32_t t0 = 0; t0 < n; t0 += IDX_ROWS) {
             uint32_t m = n - t0 < IDX_ROWS ? n - t0 : IDX_ROWS;
+            prof_mark(f->s, "indexer_scores");
             CU(k_idx_scores(xf.st, s->iq + (uint64_t)t0 * IH * d, s->iw + (uint64_t)t0 * IH, m, IH, d, ls->idx.rows,
                             f->pos0 + t0, hp->idx_topk, s->scores, s->score_stride));
+            prof_mark(f->s, "indexer_topk");
             CU(k_idx_topk(xf.st, s->scores, s->score_stride, m, f->pos0 + t0, hp->idx_topk,
-                          s->sel + (uint64_t)t0 * hp->idx_topk));
+                          s->sel + (uint64_t)t0 * hp->idx_topk, s->topk_work));
         }
     }
     prof_mark(f->s, "q_proj");

@@ -226,6 +226,7 @@ struct ds4_gpu_session {
     /* the next step's graph, captured ahead (step_graph), and the greedy
      * step launched ahead (see speculate); slot -1: none */
     prepared_step ready, spec;
+    void *topk_work; /* k_idx_topk's scratch */
     uint64_t score_stride;
     /* DS4_CUDA_STEPTIME=1: host seconds of the decode steps' capture,
      * graph update and launch-to-result, printed when the session ends */

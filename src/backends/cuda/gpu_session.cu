@@ -124,6 +124,7 @@ static void layout_scratch(ds4_gpu_session *s, bump *b) {
     s->score_stride = s->max_ctx / 4 + 1;
     s->scores = TAKE_F(b, (n < IDX_ROWS ? n : IDX_ROWS) * s->score_stride);
     s->sel = TAKE_I(b, n * (hp->idx_topk ? hp->idx_topk : 1));
+    s->topk_work = TAKE_I(b, k_idx_topk_work_bytes((uint32_t)(n < IDX_ROWS ? n : IDX_ROWS)) / 4);
     s->lg = TAKE_F(b, n * X);
     s->ids = TAKE_I(b, n * K);
     s->wts = TAKE_F(b, n * K);
@@ -364,7 +365,7 @@ extern "C" int ds4_gpu_session_copy(ds4_gpu_session *dst, const ds4_gpu_session 
  * added to per-operation totals, printed when the session is freed
  * (DS4_CUDA_PROFILE=2 counts single-token chunks, i.e. decode, only). The
  * events cost a few microseconds per operation, so only for diagnosis. */
-#define PROF_EVENTS 1024
+#define PROF_EVENTS 4096
 #define PROF_OPS 48
 typedef struct prof {
     cudaEvent_t ev[PROF_EVENTS];

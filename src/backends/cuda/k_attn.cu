@@ -139,56 +139,74 @@ cudaError_t k_comp_frontier(cudaStream_t st, const comp_op *op) {
 
 /* ---- indexer ------------------------------------------------------------------ */
 
-#define IDX_KEYS 32     /* keys per block */
-#define IDX_THREADS 256 /* 8 warps: phase one has IDX_KEYS x heads dot products */
+#define IDX_KEYS 64     /* keys per block */
+#define IDX_THREADS 256 /* 16 x 16 threads of 4 keys x 4 heads */
+#define IDX_KT 4        /* keys a thread: kq, kq + 16, kq + 32, kq + 48 */
+#define IDX_HT 4        /* heads a thread at a time: hg, hg + 16, hg + 32, hg + 48 */
 
-/* Block: 32 keys. Phase one: every (head, key) dot product over the head
- * dim in order, a thread a key and heads w, w + 8, ... (w its warp: the
- * warp reads one head's q, broadcast, and 32 keys' rows, padded against
- * bank conflicts), kept in shared memory; one thread had run 16 of them
- * back to back (42 us a decode step at 2K context, 18 blocks). Phase two:
- * thread (key kk, group g), g < 4, sums heads g, g+4, ... in order; the
- * four group sums are then added in a fixed order. Same operations in the
- * same order as before: the same bits. */
+/* Block: 64 keys. Phase one: every (head, key) dot product over the head
+ * dim in order (four values at a time from 16-byte loads, each added on
+ * its own), a thread 4 keys x 4 heads, kept in shared memory: a value of q
+ * or of a key then serves four products. (One key by one thread over its
+ * heads, with scalar loads, had taken 150 us a CSA layer for one decode
+ * token at 250K context on an H100.) Phase two: thread (key kk, group g),
+ * g < 4, sums heads g, g+4, ... in order; the four group sums are then
+ * added in a fixed order. The same operations in the same order as ever:
+ * the same bits. */
 __global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq, const float *iw, uint32_t IH, uint32_t d,
                                                                  const float *keys, uint64_t pos0, uint32_t topk,
                                                                  float *scores, uint64_t stride) {
     pdl_enter();
-    extern __shared__ float sm[];
+    extern __shared__ __align__(16) float sm[];
+    const uint32_t dp = d + 4;                    /* padded key row: 16-byte loads without bank conflicts */
     float *q = sm;                               /* IH x d */
-    float *kt = q + (size_t)IH * d;              /* IDX_KEYS x (d + 1) */
-    float *wt = kt + (size_t)IDX_KEYS * (d + 1); /* IH */
+    float *kt = q + (size_t)IH * d;              /* IDX_KEYS x dp */
+    float *dots = kt + (size_t)IDX_KEYS * dp;    /* IH x IDX_KEYS */
+    float *wt = dots + (size_t)IH * IDX_KEYS;    /* IH */
     float *part = wt + IH;                       /* 4 x IDX_KEYS */
-    float *dots = part + 4 * IDX_KEYS;           /* IH x IDX_KEYS */
     uint32_t t = blockIdx.y;
     uint64_t n_vis = (pos0 + t + 1) / 4;
     uint64_t w0 = (uint64_t)blockIdx.x * IDX_KEYS;
     if (n_vis <= topk || w0 >= n_vis) return; /* uniform over the block */
-    const float *qt = iq + (uint64_t)t * IH * d;
-    for (uint32_t i = threadIdx.x; i < IH * d; i += blockDim.x) q[i] = qt[i];
+    const uint32_t d4 = d / 4, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float4 *qt = (const float4 *)(iq + (uint64_t)t * IH * d);
+    for (uint32_t i = threadIdx.x; i < IH * d4; i += blockDim.x) ((float4 *)q)[i] = qt[i];
     float wscale = 1.0f / sqrtf((float)IH);
     for (uint32_t h = threadIdx.x; h < IH; h += blockDim.x) wt[h] = iw[(uint64_t)t * IH + h] * wscale;
-    for (uint32_t i = threadIdx.x; i < IDX_KEYS * d; i += blockDim.x) {
-        uint32_t kk = i / d, c = i % d;
+    for (uint32_t kk = warp; kk < IDX_KEYS; kk += IDX_THREADS / 32) {
         uint64_t w = w0 + kk;
-        kt[kk * (d + 1) + c] = w < n_vis ? keys[w * d + c] : 0.0f;
+        const float4 *src = (const float4 *)(keys + w * d);
+        for (uint32_t c4 = lane; c4 < d4; c4 += 32)
+            ((float4 *)(kt + kk * dp))[c4] = w < n_vis ? src[c4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
     __syncthreads();
     {
-        constexpr uint32_t HW = IDX_THREADS / IDX_KEYS; /* heads at a time */
-        uint32_t kk = threadIdx.x % IDX_KEYS, w = threadIdx.x / IDX_KEYS;
-        const float *k = kt + kk * (d + 1);
-        for (uint32_t h0 = 0; h0 < IH; h0 += 4 * HW) { /* four heads a thread at a time */
-            float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (uint32_t c = 0; c < d; c++) {
-                float kc = k[c];
+        const uint32_t kq = threadIdx.x % 16, hg = threadIdx.x / 16;
+        for (uint32_t h0 = hg; h0 < IH; h0 += 16 * IDX_HT) {
+            float dot[IDX_HT][IDX_KT] = {};
+            for (uint32_t c4 = 0; c4 < d4; c4++) {
+                float4 kv[IDX_KT], qv[IDX_HT];
 #pragma unroll
-                for (int j = 0; j < 4; j++)
-                    if (h0 + w + j * HW < IH) dot[j] += q[(size_t)(h0 + w + j * HW) * d + c] * kc;
+                for (int i = 0; i < IDX_KT; i++) kv[i] = ((const float4 *)(kt + (kq + 16 * i) * dp))[c4];
+#pragma unroll
+                for (int j = 0; j < IDX_HT; j++)
+                    qv[j] = h0 + 16 * j < IH ? ((const float4 *)(q + (size_t)(h0 + 16 * j) * d))[c4]
+                                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+                for (int j = 0; j < IDX_HT; j++)
+#pragma unroll
+                    for (int i = 0; i < IDX_KT; i++) {
+                        dot[j][i] += qv[j].x * kv[i].x;
+                        dot[j][i] += qv[j].y * kv[i].y;
+                        dot[j][i] += qv[j].z * kv[i].z;
+                        dot[j][i] += qv[j].w * kv[i].w;
+                    }
             }
 #pragma unroll
-            for (int j = 0; j < 4; j++)
-                if (h0 + w + j * HW < IH) dots[(h0 + w + j * HW) * IDX_KEYS + kk] = dot[j];
+            for (int j = 0; j < IDX_HT; j++)
+                if (h0 + 16 * j < IH)
+#pragma unroll
+                    for (int i = 0; i < IDX_KT; i++) dots[(h0 + 16 * j) * IDX_KEYS + kq + 16 * i] = dot[j][i];
         }
     }
     __syncthreads();
@@ -211,7 +229,7 @@ __global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq
 }
 
 static size_t idx_smem(uint32_t IH, uint32_t d) {
-    return ((size_t)IH * d + (size_t)IDX_KEYS * (d + 1) + IH + 4 * IDX_KEYS + (size_t)IH * IDX_KEYS) * sizeof(float);
+    return ((size_t)IH * d + (size_t)IDX_KEYS * (d + 4) + (size_t)IH * IDX_KEYS + IH + 4 * IDX_KEYS) * sizeof(float);
 }
 
 /* The opt-in shared memory limit is a per-function setting: raised once at
@@ -230,6 +248,7 @@ cudaError_t k_idx_scores(cudaStream_t st, const float *iq, const float *iw, uint
                          const float *keys, uint64_t pos0, uint32_t topk, float *scores, uint64_t score_stride) {
     uint64_t n_vis_max = (pos0 + n) / 4;
     if (n == 0 || n_vis_max <= topk) return cudaSuccess;
+    if (d % 4 || (uintptr_t)iq % 16 || (uintptr_t)keys % 16) return cudaErrorInvalidValue; /* 16-byte loads */
     size_t smem = idx_smem(n_head, d);
     if (smem > 48 * 1024 && smem > idx_smem_raised) return cudaErrorInvalidValue; /* k_idx_prepare first */
     k_launch(idx_scores_kernel, dim3(div_up(n_vis_max, IDX_KEYS), n), IDX_THREADS, smem, st, iq, iw, n_head, d, keys, pos0, topk,
@@ -243,100 +262,249 @@ __device__ __forceinline__ uint32_t order_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-/* Exclusive prefix sum of one flag per thread over the block (1024
- * threads); returns the thread's offset, *total gets the block's sum. */
-__device__ __forceinline__ uint32_t block_scan(uint32_t flag, uint32_t *wsum, uint32_t *total) {
-    uint32_t lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    uint32_t ballot = __ballot_sync(0xffffffffu, flag);
-    uint32_t before = __popc(ballot & ((1u << lane) - 1));
-    __syncthreads();
-    if (lane == 0) wsum[wid] = __popc(ballot);
-    __syncthreads();
-    uint32_t off = 0, tot = 0;
-    for (uint32_t i = 0; i < nw; i++) {
-        if (i < wid) off += wsum[i];
-        tot += wsum[i];
+/* ---- top-k: a radix select spread over the GPU ------------------------------
+ * The topk-th best key is found a byte at a time from the top (four
+ * histogram passes, each over the keys that share the bytes found so far),
+ * then every key above it is kept and the lowest-index keys equal to it,
+ * in index order. A token's keys are cut into G chunks, one block each
+ * (G > 1 when few tokens would leave the GPU idle: decode at long context
+ * has one token and up to max_ctx / 4 keys), and the passes are launches
+ * of their own, each reading what the one before left in `work`:
+ *
+ *   tk_kernel<0>      byte 3's histogram of the block's chunk -> bh[t][b]
+ *   tk_kernel<1..3>   the byte found from the last histogram (block 0
+ *                     keeps the state: prefix, mask, need), then the next
+ *                     byte's histogram of the matching keys -> hist[p][t]
+ *                     (integer atomics: the same counts in any order)
+ *   tk_count_kernel   the threshold key; each warp counts the keys above
+ *                     it and equal to it in its segment of the chunk
+ *   tk_write_kernel   each warp writes its segment's picks at the offset
+ *                     the earlier segments' counts give
+ *
+ * Everything is integer, so the picks are exactly those of one block
+ * scanning the keys in order (the kernel this replaced, which took 350 us
+ * a CSA layer for one decode token at 250K context on an H100). */
+#define TK_THREADS 256
+#define TK_WARPS (TK_THREADS / 32)
+#define TK_MAX_G 64        /* blocks a token at most */
+#define TK_MIN_CHUNK 2048  /* keys a block at least */
+
+typedef struct tk_args {
+    const float *scores;
+    uint64_t stride, pos0;
+    uint32_t topk, n, G, C; /* C: keys a block, a multiple of 32 * TK_WARPS */
+    uint32_t *bh;           /* [n][G][256] byte 3's histogram of each block */
+    uint32_t *hist;         /* [3][n][256] bytes 2, 1, 0 (given the bytes above) */
+    uint32_t *state;        /* [5][n][4] after pass p: prefix, mask, need */
+    uint32_t *cnt;          /* [n][G * TK_WARPS][2] above / equal to the threshold */
+} tk_args;
+
+/* Warp 0: the byte of the need-th best key of a 256-bin histogram h, from
+ * the top bin down, and how many keys in that bin are still needed. */
+__device__ __forceinline__ void tk_pick(const uint32_t *h, uint32_t need, uint32_t *digit, uint32_t *need_out) {
+    uint32_t lane = threadIdx.x & 31, cnt[8], tot = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) tot += cnt[j] = h[255 - 8 * lane - j]; /* lane l: bins 255-8l .. 248-8l */
+    uint32_t above = tot;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        uint32_t v = __shfl_up_sync(0xffffffffu, above, o);
+        if (lane >= (uint32_t)o) above += v;
     }
-    *total = tot;
-    return off + before;
+    above -= tot; /* keys in the bins of the lanes before this one */
+    uint32_t hit = __ballot_sync(0xffffffffu, above < need && above + tot >= need);
+    uint32_t all = __shfl_sync(0xffffffffu, above + tot, 31);
+    if (hit && lane == (uint32_t)(__ffs(hit) - 1)) {
+        uint32_t acc = above, jf = 0;
+        bool found = false;
+#pragma unroll
+        for (uint32_t j = 0; j < 8; j++) {
+            if (found) continue;
+            if (acc + cnt[j] >= need) found = true, jf = j;
+            else acc += cnt[j];
+        }
+        *digit = 255u - 8u * lane - jf;
+        *need_out = need - acc;
+    }
+    if (!hit && lane == 0) *digit = 0, *need_out = need - all; /* never: need <= keys */
 }
 
-/* One block per query token: radix-select the topk-th best key, then keep
- * every key above it and the lowest-index keys equal to it, in index order. */
-__global__ void idx_topk_kernel(const float *scores, uint64_t stride, uint64_t pos0, uint32_t topk, int32_t *sel) {
-    pdl_enter();
-    __shared__ uint32_t hist[256];
-    __shared__ uint32_t wsum[32];
+/* The keys of token t in block b's chunk, and whether the token selects */
+__device__ __forceinline__ bool tk_chunk(const tk_args &a, uint32_t t, uint32_t b, uint64_t *c0, uint64_t *c1) {
+    uint64_t n_vis = (a.pos0 + t + 1) / 4;
+    *c0 = (uint64_t)b * a.C;
+    *c1 = *c0 + a.C < n_vis ? *c0 + a.C : n_vis;
+    return n_vis > a.topk;
+}
+
+/* The histogram of byte `shift` of the chunk's keys k with (k & mask) ==
+ * prefix into the block's shared h (zeroed here). Each warp takes 32
+ * consecutive keys at a time; lanes with the same byte add once. */
+__device__ __forceinline__ void tk_histogram(const tk_args &a, uint32_t t, uint64_t c0, uint64_t c1, uint32_t prefix,
+                                             uint32_t mask, int shift, uint32_t *h) {
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) h[i] = 0;
+    __syncthreads();
+    const float *sc = a.scores + (uint64_t)t * a.stride;
+    uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (uint64_t base = c0 + 32 * warp; base < c1; base += TK_THREADS) {
+        uint64_t w = base + lane;
+        uint32_t k = w < c1 ? order_key(sc[w]) : 0;
+        bool in = w < c1 && (k & mask) == prefix;
+        uint32_t d = (k >> shift) & 255u;
+        uint32_t same = __match_any_sync(0xffffffffu, in ? d : 256u + lane);
+        if (in && lane == (uint32_t)(__ffs(same) - 1)) atomicAdd(&h[d], (uint32_t)__popc(same));
+    }
+    __syncthreads();
+}
+
+/* Pass P's state from the histogram of pass P - 1 (h, in shared memory):
+ * every block finds the same byte; block 0 stores the state for the next
+ * launch. st: prefix, mask, need before; after, in place. */
+__device__ __forceinline__ void tk_advance(const tk_args &a, uint32_t t, int P, const uint32_t *h, uint32_t *st) {
     __shared__ uint32_t s_digit, s_need;
-    uint32_t t = blockIdx.x;
-    uint64_t n_vis = (pos0 + t + 1) / 4;
-    if (n_vis <= topk) return;
-    const float *sc = scores + (uint64_t)t * stride;
-    uint32_t prefix = 0, mask = 0, need = topk;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-        __syncthreads();
-        for (uint64_t w = threadIdx.x; w < n_vis; w += blockDim.x) {
-            uint32_t k = order_key(sc[w]);
-            if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1u);
+    if (threadIdx.x < 32) tk_pick(h, st[2], &s_digit, &s_need);
+    __syncthreads();
+    int shift = 32 - 8 * P;
+    st[0] |= s_digit << shift;
+    st[1] |= 255u << shift;
+    st[2] = s_need;
+    if (blockIdx.x == 0 && threadIdx.x < 3) a.state[((uint64_t)P * a.n + t) * 4 + threadIdx.x] = st[threadIdx.x];
+}
+
+template <int P> __global__ void __launch_bounds__(TK_THREADS) tk_kernel(tk_args a) {
+    pdl_enter();
+    __shared__ uint32_t h[256];
+    uint32_t t = blockIdx.y, b = blockIdx.x;
+    uint64_t c0, c1;
+    if (!tk_chunk(a, t, b, &c0, &c1)) return; /* uniform over the block */
+    uint32_t st[3] = {0, 0, a.topk};
+    if (P >= 1) {
+        /* the last pass's histogram: byte 3's by summing the blocks' */
+        for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+            uint32_t v = 0;
+            if (P == 1)
+                for (uint32_t g = 0; g < a.G; g++) v += a.bh[((uint64_t)t * a.G + g) * 256 + i];
+            else
+                v = a.hist[((uint64_t)(P - 2) * a.n + t) * 256 + i];
+            h[i] = v;
         }
+        if (P >= 2)
+            for (int i = 0; i < 3; i++) st[i] = a.state[((uint64_t)(P - 1) * a.n + t) * 4 + i];
         __syncthreads();
-        if (threadIdx.x < 32) { /* warp 0: the digit of the need-th best key, from the top bin down */
-            uint32_t lane = threadIdx.x, cnt[8], tot = 0;
-#pragma unroll
-            for (int j = 0; j < 8; j++) tot += cnt[j] = hist[255 - 8 * lane - j]; /* lane l: bins 255-8l .. 248-8l */
-            uint32_t above = tot; /* keys in the bins of lanes 0..lane */
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                uint32_t v = __shfl_up_sync(0xffffffffu, above, o);
-                if (lane >= (uint32_t)o) above += v;
-            }
-            above -= tot; /* ... of lanes before this one */
-            /* the first lane whose bins reach need holds the digit */
-            uint32_t hit = __ballot_sync(0xffffffffu, above < need && above + tot >= need);
-            uint32_t all = __shfl_sync(0xffffffffu, above + tot, 31);
-            if (hit && lane == (uint32_t)(__ffs(hit) - 1)) {
-                uint32_t acc = above, jf = 0;
-                bool found = false;
-#pragma unroll
-                for (uint32_t j = 0; j < 8; j++) { /* the serial scan's steps within the lane's bins */
-                    if (found) continue;
-                    if (acc + cnt[j] >= need) found = true, jf = j;
-                    else acc += cnt[j];
-                }
-                s_digit = 255u - 8u * lane - jf;
-                s_need = need - acc;
-            }
-            if (!hit && lane == 0) s_digit = 0, s_need = need - all; /* as the serial scan ends (never: need <= keys) */
-        }
-        __syncthreads();
-        prefix |= s_digit << shift;
-        mask |= 255u << shift;
-        need = s_need;
-        __syncthreads();
+        tk_advance(a, t, P, h, st);
+        __syncthreads(); /* h is reused */
     }
-    /* prefix is the threshold key; `need` keys equal to it are kept. */
-    uint32_t out = 0, eq_seen = 0;
-    int32_t *dst = sel + (uint64_t)t * topk;
-    for (uint64_t base = 0; base < n_vis; base += blockDim.x) {
-        uint64_t w = base + threadIdx.x;
-        uint32_t k = w < n_vis ? order_key(sc[w]) : 0;
-        uint32_t gt = w < n_vis && k > prefix, eq = w < n_vis && k == prefix;
-        uint32_t n_eq;
-        uint32_t eq_rank = block_scan(eq, wsum, &n_eq);
-        uint32_t take = gt || (eq && eq_seen + eq_rank < need);
-        uint32_t n_take;
-        uint32_t pos = block_scan(take, wsum, &n_take);
-        if (take) dst[out + pos] = (int32_t)w;
-        out += n_take;
-        eq_seen += n_eq;
+    /* the next pass's histogram, zeroed before that pass adds to it */
+    if (P <= 2 && b == 0)
+        for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) a.hist[((uint64_t)P * a.n + t) * 256 + i] = 0;
+    tk_histogram(a, t, c0, c1, st[0], st[1], 24 - 8 * P, h);
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+        if (P == 0) a.bh[((uint64_t)t * a.G + b) * 256 + i] = h[i];
+        else if (h[i]) atomicAdd(&a.hist[((uint64_t)(P - 1) * a.n + t) * 256 + i], h[i]);
     }
+}
+
+/* A warp's segment of its block's chunk */
+__device__ __forceinline__ void tk_segment(const tk_args &a, uint64_t c0, uint64_t c1, uint64_t *s0, uint64_t *s1) {
+    uint64_t per = a.C / TK_WARPS, w = threadIdx.x >> 5;
+    *s0 = c0 + w * per < c1 ? c0 + w * per : c1;
+    *s1 = *s0 + per < c1 ? *s0 + per : c1;
+}
+
+__global__ void __launch_bounds__(TK_THREADS) tk_count_kernel(tk_args a) {
+    pdl_enter();
+    __shared__ uint32_t h[256];
+    uint32_t t = blockIdx.y, b = blockIdx.x;
+    uint64_t c0, c1;
+    if (!tk_chunk(a, t, b, &c0, &c1)) return;
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) h[i] = a.hist[((uint64_t)2 * a.n + t) * 256 + i];
+    uint32_t st[3];
+    for (int i = 0; i < 3; i++) st[i] = a.state[((uint64_t)3 * a.n + t) * 4 + i];
+    __syncthreads();
+    tk_advance(a, t, 4, h, st); /* st[0]: the threshold key, st[2]: how many equal to it are kept */
+    uint64_t s0, s1;
+    tk_segment(a, c0, c1, &s0, &s1);
+    const float *sc = a.scores + (uint64_t)t * a.stride;
+    uint32_t lane = threadIdx.x & 31, gt = 0, eq = 0;
+    for (uint64_t base = s0; base < s1; base += 32) {
+        uint64_t w = base + lane;
+        uint32_t k = w < s1 ? order_key(sc[w]) : 0;
+        gt += __popc(__ballot_sync(0xffffffffu, w < s1 && k > st[0]));
+        eq += __popc(__ballot_sync(0xffffffffu, w < s1 && k == st[0]));
+    }
+    if (lane == 0) {
+        uint32_t *c = a.cnt + ((uint64_t)t * a.G * TK_WARPS + b * TK_WARPS + (threadIdx.x >> 5)) * 2;
+        c[0] = gt, c[1] = eq;
+    }
+}
+
+__global__ void __launch_bounds__(TK_THREADS) tk_write_kernel(tk_args a, int32_t *sel) {
+    pdl_enter();
+    uint32_t t = blockIdx.y, b = blockIdx.x;
+    uint64_t c0, c1;
+    if (!tk_chunk(a, t, b, &c0, &c1)) return;
+    const uint32_t thr = a.state[((uint64_t)4 * a.n + t) * 4], need = a.state[((uint64_t)4 * a.n + t) * 4 + 2];
+    uint32_t lane = threadIdx.x & 31, e = b * TK_WARPS + (threadIdx.x >> 5);
+    /* the counts of the segments before this warp's, in index order */
+    uint32_t gt = 0, eq = 0;
+    const uint32_t *c = a.cnt + (uint64_t)t * a.G * TK_WARPS * 2;
+    for (uint32_t i = lane; i < e; i += 32) gt += c[2 * i], eq += c[2 * i + 1];
+    for (int o = 16; o >= 1; o >>= 1) {
+        gt += __shfl_xor_sync(0xffffffffu, gt, o);
+        eq += __shfl_xor_sync(0xffffffffu, eq, o);
+    }
+    uint32_t out = gt + (eq < need ? eq : need), eq_seen = eq;
+    uint64_t s0, s1;
+    tk_segment(a, c0, c1, &s0, &s1);
+    const float *sc = a.scores + (uint64_t)t * a.stride;
+    int32_t *dst = sel + (uint64_t)t * a.topk;
+    const uint32_t lt = (1u << lane) - 1;
+    for (uint64_t base = s0; base < s1; base += 32) {
+        uint64_t w = base + lane;
+        uint32_t k = w < s1 ? order_key(sc[w]) : 0;
+        uint32_t eqm = __ballot_sync(0xffffffffu, w < s1 && k == thr);
+        bool take = (w < s1 && k > thr) || ((eqm >> lane & 1) && eq_seen + __popc(eqm & lt) < need);
+        uint32_t tm = __ballot_sync(0xffffffffu, take);
+        if (take) dst[out + __popc(tm & lt)] = (int32_t)w;
+        out += __popc(tm);
+        eq_seen += __popc(eqm);
+    }
+}
+
+/* Blocks a token for n tokens with up to nvis keys */
+static uint32_t tk_blocks(uint32_t n, uint64_t nvis) {
+    uint64_t by_keys = (nvis + TK_MIN_CHUNK - 1) / TK_MIN_CHUNK, by_tokens = n < TK_MAX_G ? TK_MAX_G / n : 1;
+    uint64_t g = by_keys < by_tokens ? by_keys : by_tokens;
+    return g < 1 ? 1 : (uint32_t)g;
+}
+
+size_t k_idx_topk_work_bytes(uint32_t n_max) {
+    uint64_t blocks = (uint64_t)n_max < TK_MAX_G ? TK_MAX_G : n_max; /* n x G at most */
+    return (blocks * 256 + 3ull * n_max * 256 + 5ull * n_max * 4 + blocks * TK_WARPS * 2) * sizeof(uint32_t);
 }
 
 cudaError_t k_idx_topk(cudaStream_t st, const float *scores, uint64_t score_stride, uint32_t n, uint64_t pos0,
-                       uint32_t topk, int32_t *sel) {
-    if (n == 0 || (pos0 + n) / 4 <= topk) return cudaSuccess;
-    k_launch(idx_topk_kernel, n, 1024, 0, st, scores, score_stride, pos0, topk, sel);
+                       uint32_t topk, int32_t *sel, void *work) {
+    uint64_t nvis = (pos0 + n) / 4;
+    if (n == 0 || nvis <= topk) return cudaSuccess;
+    tk_args a;
+    a.scores = scores, a.stride = score_stride, a.pos0 = pos0, a.topk = topk, a.n = n;
+    a.G = tk_blocks(n, nvis);
+    uint64_t C = (nvis + a.G - 1) / a.G, unit = 32 * TK_WARPS;
+    a.C = (uint32_t)((C + unit - 1) / unit * unit);
+    a.G = (uint32_t)((nvis + a.C - 1) / a.C);
+    uint64_t blocks = (uint64_t)n * a.G;
+    a.bh = (uint32_t *)work;
+    a.hist = a.bh + blocks * 256;
+    a.state = a.hist + 3ull * n * 256;
+    a.cnt = a.state + 5ull * n * 4;
+    dim3 g(a.G, n);
+    k_launch(tk_kernel<0>, g, TK_THREADS, 0, st, a);
+    k_launch(tk_kernel<1>, g, TK_THREADS, 0, st, a);
+    k_launch(tk_kernel<2>, g, TK_THREADS, 0, st, a);
+    k_launch(tk_kernel<3>, g, TK_THREADS, 0, st, a);
+    k_launch(tk_count_kernel, g, TK_THREADS, 0, st, a);
+    k_launch(tk_write_kernel, g, TK_THREADS, 0, st, a, sel);
     return LAUNCH_STATUS();
 }
 

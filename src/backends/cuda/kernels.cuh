@@ -215,8 +215,11 @@ cudaError_t k_comp_frontier(cudaStream_t st, const comp_op *op);
 cudaError_t k_idx_prepare(uint32_t n_head, uint32_t d);
 cudaError_t k_idx_scores(cudaStream_t st, const float *iq, const float *iw, uint32_t n, uint32_t n_head, uint32_t d,
                          const float *keys, uint64_t pos0, uint32_t topk, float *scores, uint64_t score_stride);
+/* work: k_idx_topk_work_bytes(n) bytes of device scratch (no contents
+ * needed, none kept between calls) */
 cudaError_t k_idx_topk(cudaStream_t st, const float *scores, uint64_t score_stride, uint32_t n, uint64_t pos0,
-                       uint32_t topk, int32_t *sel);
+                       uint32_t topk, int32_t *sel, void *work);
+size_t k_idx_topk_work_bytes(uint32_t n_max);
 
 /* ---- attention ---------------------------------------------------------------
  * Token t at p = pos0 + t attends with every head to the raw rows of

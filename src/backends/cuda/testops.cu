@@ -376,17 +376,34 @@ extern "C" int ds4_gpu_test_indexer(const float *iq, const float *iw, uint32_t n
                                     int32_t *sel, ds4_error *err) {
     pool pl = {{0}, 0};
     uint64_t n_keys = (pos0 + n) / 4;
-    void *dq, *dw, *dk, *ds, *dsel;
+    void *dq, *dw, *dk, *ds, *dsel, *dwork;
     DEV(dq, iq, (size_t)n * n_head * d * 4);
     DEV(dw, iw, (size_t)n * n_head * 4);
     DEV(dk, keys, n_keys * d * 4);
     DEV(ds, scores, (size_t)n * stride * 4);
     DEV(dsel, sel, (size_t)n * topk * 4);
+    DEV(dwork, NULL, k_idx_topk_work_bytes(n));
     RUN(k_idx_prepare(n_head, d));
     RUN(k_idx_scores(0, (const float *)dq, (const float *)dw, n, n_head, d, (const float *)dk, pos0, topk, (float *)ds,
                      stride));
-    RUN(k_idx_topk(0, (const float *)ds, stride, n, pos0, topk, (int32_t *)dsel));
+    RUN(k_idx_topk(0, (const float *)ds, stride, n, pos0, topk, (int32_t *)dsel, dwork));
     BACK(scores, ds, (size_t)n * stride * 4);
+    BACK(sel, dsel, (size_t)n * topk * 4);
+    pool_free(&pl);
+    return 0;
+fail:
+    pool_free(&pl);
+    return -1;
+}
+
+extern "C" int ds4_gpu_test_topk(const float *scores, uint32_t n, uint64_t stride, uint64_t pos0, uint32_t topk,
+                                 int32_t *sel, ds4_error *err) {
+    pool pl = {{0}, 0};
+    void *ds, *dsel, *dwork;
+    DEV(ds, scores, (size_t)n * stride * 4);
+    DEV(dsel, sel, (size_t)n * topk * 4);
+    DEV(dwork, NULL, k_idx_topk_work_bytes(n));
+    RUN(k_idx_topk(0, (const float *)ds, stride, n, pos0, topk, (int32_t *)dsel, dwork));
     BACK(sel, dsel, (size_t)n * topk * 4);
     pool_free(&pl);
     return 0;

@@ -144,6 +144,14 @@ cudaError_t k_comp_frontier(cudaStream_t st, const comp_op *op) {
 #define IDX_KT 4        /* keys a thread: kq, kq + 16, kq + 32, kq + 48 */
 #define IDX_HT 4        /* heads a thread at a time: hg, hg + 16, hg + 32, hg + 48 */
 
+/* Whether the head x key products can take the keys' place once those are
+ * read: one round of heads (every thread then finishes its reads before
+ * any writes), and room for them. Three blocks a multiprocessor instead
+ * of two at 64 heads of 128. */
+__host__ __device__ __forceinline__ bool idx_dots_alias(uint32_t IH, uint32_t d) {
+    return IH <= 16 * IDX_HT && (size_t)IH * IDX_KEYS <= (size_t)IDX_KEYS * (d + 4);
+}
+
 /* Block: 64 keys. Phase one: every (head, key) dot product over the head
  * dim in order (four values at a time from 16-byte loads, each added on
  * its own), a thread 4 keys x 4 heads, kept in shared memory: a value of q
@@ -158,12 +166,13 @@ __global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq
                                                                  float *scores, uint64_t stride) {
     pdl_enter();
     extern __shared__ __align__(16) float sm[];
-    const uint32_t dp = d + 4;                    /* padded key row: 16-byte loads without bank conflicts */
+    const uint32_t dp = d + 4;                   /* padded key row: 16-byte loads without bank conflicts */
+    const bool alias = idx_dots_alias(IH, d);    /* the products over the keys, once read (one round of heads) */
     float *q = sm;                               /* IH x d */
     float *kt = q + (size_t)IH * d;              /* IDX_KEYS x dp */
-    float *dots = kt + (size_t)IDX_KEYS * dp;    /* IH x IDX_KEYS */
-    float *wt = dots + (size_t)IH * IDX_KEYS;    /* IH */
+    float *wt = kt + (size_t)IDX_KEYS * dp;      /* IH */
     float *part = wt + IH;                       /* 4 x IDX_KEYS */
+    float *dots = alias ? kt : part + 4 * IDX_KEYS; /* IH x IDX_KEYS */
     uint32_t t = blockIdx.y;
     uint64_t n_vis = (pos0 + t + 1) / 4;
     uint64_t w0 = (uint64_t)blockIdx.x * IDX_KEYS;
@@ -182,7 +191,7 @@ __global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq
     __syncthreads();
     {
         const uint32_t kq = threadIdx.x % 16, hg = threadIdx.x / 16;
-        for (uint32_t h0 = hg; h0 < IH; h0 += 16 * IDX_HT) {
+        for (uint32_t h0 = hg; h0 - hg < IH; h0 += 16 * IDX_HT) { /* as many rounds on every thread */
             float dot[IDX_HT][IDX_KT] = {};
             for (uint32_t c4 = 0; c4 < d4; c4++) {
                 float4 kv[IDX_KT], qv[IDX_HT];
@@ -202,6 +211,7 @@ __global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq
                         dot[j][i] += qv[j].w * kv[i].w;
                     }
             }
+            if (alias) __syncthreads(); /* every thread is done with the keys */
 #pragma unroll
             for (int j = 0; j < IDX_HT; j++)
                 if (h0 + 16 * j < IH)
@@ -229,7 +239,8 @@ __global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq
 }
 
 static size_t idx_smem(uint32_t IH, uint32_t d) {
-    return ((size_t)IH * d + (size_t)IDX_KEYS * (d + 4) + (size_t)IH * IDX_KEYS + IH + 4 * IDX_KEYS) * sizeof(float);
+    return ((size_t)IH * d + (size_t)IDX_KEYS * (d + 4) + IH + 4 * IDX_KEYS + (idx_dots_alias(IH, d) ? 0 : (size_t)IH * IDX_KEYS)) *
+           sizeof(float);
 }
 
 /* The opt-in shared memory limit is a per-function setting: raised once at

@@ -562,8 +562,8 @@ static void check_picks(const float *scores, uint64_t n_vis, uint32_t topk, cons
 
 /* Scores and picks of n tokens at pos0 against a reference; every tie_step-th
  * key is a copy of key 3 (exact ties: they must lose to it by index only). */
-static void test_indexer_at(uint32_t n, uint64_t pos0, uint32_t tie_step) {
-    uint32_t IH = 16, d = 64, topk = 64;
+static void test_indexer_at(uint32_t n, uint64_t pos0, uint32_t tie_step, uint32_t IH, uint32_t d) {
+    uint32_t topk = 64;
     uint64_t n_keys = (pos0 + n) / 4, stride = n_keys + 5;
     float *iq = randv((size_t)n * IH * d, 1.0f), *iw = randv((size_t)n * IH, 1.0f), *keys = randv(n_keys * d, 1.0f);
     for (uint64_t w = 10; w < n_keys; w += tie_step) memcpy(keys + w * d, keys + 3 * d, d * 4);
@@ -611,9 +611,11 @@ static void test_topk_ties(uint32_t n, uint64_t pos0, uint32_t topk) {
 }
 
 static void test_indexer(void) {
-    test_indexer_at(4, 3990, 7);     /* a block a token */
-    test_indexer_at(1, 280000, 7);   /* one decode token at long context: 35 blocks */
-    test_indexer_at(3, 150000, 3);   /* a few tokens, several blocks each */
+    test_indexer_at(4, 3990, 7, 16, 64);     /* a block a token */
+    test_indexer_at(1, 280000, 7, 16, 64);   /* one decode token at long context: 35 blocks */
+    test_indexer_at(3, 150000, 3, 16, 64);   /* a few tokens, several blocks each */
+    test_indexer_at(2, 100000, 5, 64, 128);  /* the Flash shape: the scoring kernel compiled for it */
+    test_indexer_at(3, 6000, 7, 8, 128);     /* head dim 128, too few heads for it */
     test_topk_ties(1, 400000, 512);  /* 49 blocks */
     test_topk_ties(5, 20000, 512);
     test_topk_ties(37, 9000, 64);    /* prefill-like: a block a token */

@@ -161,10 +161,15 @@ __host__ __device__ __forceinline__ bool idx_dots_alias(uint32_t IH, uint32_t d)
  * g < 4, sums heads g, g+4, ... in order; the four group sums are then
  * added in a fixed order. The same operations in the same order as ever:
  * the same bits. */
-__global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq, const float *iw, uint32_t IH, uint32_t d,
+template <uint32_t DC>
+__global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq, const float *iw, uint32_t IH, uint32_t d_arg,
                                                                  const float *keys, uint64_t pos0, uint32_t topk,
                                                                  float *scores, uint64_t stride) {
     pdl_enter();
+    /* DC: the head dim known when compiled (and IH a multiple of 16 x
+     * IDX_HT), so the inner loop's addresses are constant offsets and its
+     * head guards go: the same operations, ~40% fewer instructions */
+    const uint32_t d = DC ? DC : d_arg;
     extern __shared__ __align__(16) float sm[];
     const uint32_t dp = d + 4;                   /* padded key row: 16-byte loads without bank conflicts */
     const bool alias = idx_dots_alias(IH, d);    /* the products over the keys, once read (one round of heads) */
@@ -193,14 +198,15 @@ __global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq
         const uint32_t kq = threadIdx.x % 16, hg = threadIdx.x / 16;
         for (uint32_t h0 = hg; h0 - hg < IH; h0 += 16 * IDX_HT) { /* as many rounds on every thread */
             float dot[IDX_HT][IDX_KT] = {};
+#pragma unroll 8
             for (uint32_t c4 = 0; c4 < d4; c4++) {
                 float4 kv[IDX_KT], qv[IDX_HT];
 #pragma unroll
                 for (int i = 0; i < IDX_KT; i++) kv[i] = ((const float4 *)(kt + (kq + 16 * i) * dp))[c4];
 #pragma unroll
                 for (int j = 0; j < IDX_HT; j++)
-                    qv[j] = h0 + 16 * j < IH ? ((const float4 *)(q + (size_t)(h0 + 16 * j) * d))[c4]
-                                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    qv[j] = DC || h0 + 16 * j < IH ? ((const float4 *)(q + (size_t)(h0 + 16 * j) * d))[c4]
+                                                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
                 for (int j = 0; j < IDX_HT; j++)
 #pragma unroll
@@ -238,20 +244,26 @@ __global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq
     }
 }
 
+/* The scoring kernel compiled for the model's shape: head dim 128, whole rounds of heads */
+static bool idx_fixed(uint32_t IH, uint32_t d) { return d == 128 && IH % (16 * IDX_HT) == 0; }
+
 static size_t idx_smem(uint32_t IH, uint32_t d) {
     return ((size_t)IH * d + (size_t)IDX_KEYS * (d + 4) + IH + 4 * IDX_KEYS + (idx_dots_alias(IH, d) ? 0 : (size_t)IH * IDX_KEYS)) *
            sizeof(float);
 }
 
 /* The opt-in shared memory limit is a per-function setting: raised once at
- * model load, never while a decode step is being captured into a graph. */
-static size_t idx_smem_raised = 48 * 1024;
+ * model load, never while a decode step is being captured into a graph.
+ * [0]: the generic kernel's, [1]: the fixed-shape one's. */
+static size_t idx_smem_raised[2] = {48 * 1024, 48 * 1024};
 
 cudaError_t k_idx_prepare(uint32_t n_head, uint32_t d) {
     size_t smem = idx_smem(n_head, d);
-    if (smem <= idx_smem_raised) return cudaSuccess;
-    cudaError_t e = cudaFuncSetAttribute(idx_scores_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e == cudaSuccess) idx_smem_raised = smem;
+    int f = idx_fixed(n_head, d);
+    if (smem <= idx_smem_raised[f]) return cudaSuccess;
+    cudaError_t e = cudaFuncSetAttribute(f ? idx_scores_kernel<128> : idx_scores_kernel<0>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e == cudaSuccess) idx_smem_raised[f] = smem;
     return e;
 }
 
@@ -261,9 +273,10 @@ cudaError_t k_idx_scores(cudaStream_t st, const float *iq, const float *iw, uint
     if (n == 0 || n_vis_max <= topk) return cudaSuccess;
     if (d % 4 || (uintptr_t)iq % 16 || (uintptr_t)keys % 16) return cudaErrorInvalidValue; /* 16-byte loads */
     size_t smem = idx_smem(n_head, d);
-    if (smem > 48 * 1024 && smem > idx_smem_raised) return cudaErrorInvalidValue; /* k_idx_prepare first */
-    k_launch(idx_scores_kernel, dim3(div_up(n_vis_max, IDX_KEYS), n), IDX_THREADS, smem, st, iq, iw, n_head, d, keys, pos0, topk,
-                                                                                       scores, score_stride);
+    int f = idx_fixed(n_head, d);
+    if (smem > idx_smem_raised[f]) return cudaErrorInvalidValue; /* k_idx_prepare first */
+    k_launch(f ? idx_scores_kernel<128> : idx_scores_kernel<0>, dim3(div_up(n_vis_max, IDX_KEYS), n), IDX_THREADS, smem, st,
+             iq, iw, n_head, d, keys, pos0, topk, scores, score_stride);
     return LAUNCH_STATUS();
 }
 

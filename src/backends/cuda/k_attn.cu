@@ -155,9 +155,9 @@ __host__ __device__ __forceinline__ bool idx_dots_alias(uint32_t IH, uint32_t d)
 /* Block: 64 keys. Phase one: every (head, key) dot product over the head
  * dim in order (four values at a time from 16-byte loads, each added on
  * its own), a thread 4 keys x 4 heads, kept in shared memory: a value of q
- * or of a key then serves four products. (One key by one thread over its
- * heads, with scalar loads, had taken 150 us a CSA layer for one decode
- * token at 250K context on an H100.) Phase two: thread (key kk, group g),
+ * or of a key then serves four products (one key by one thread over its
+ * heads, with scalar loads, had been most of the indexer's 348 us a CSA
+ * layer for one decode token at 250K context on an H100). Phase two: thread (key kk, group g),
  * g < 4, sums heads g, g+4, ... in order; the four group sums are then
  * added in a fixed order. The same operations in the same order as ever:
  * the same bits. */
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(IDX_THREADS) idx_scores_kernel(const float *iq
     pdl_enter();
     /* DC: the head dim known when compiled (and IH a multiple of 16 x
      * IDX_HT), so the inner loop's addresses are constant offsets and its
-     * head guards go: the same operations, ~40% fewer instructions */
+     * head guards go: the same operations (H100, 62.5K keys: 71 -> 59 us) */
     const uint32_t d = DC ? DC : d_arg;
     extern __shared__ __align__(16) float sm[];
     const uint32_t dp = d + 4;                   /* padded key row: 16-byte loads without bank conflicts */

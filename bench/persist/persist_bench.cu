@@ -182,9 +182,25 @@ template <bool PDL> __global__ void gemv_kernel(prod p, const int8_t *x, const f
     }
 }
 
-template <bool PDL> __global__ void small_kernel(const float *y, uint32_t k_next, uint32_t reps, int8_t *xn, float *xs) {
+/* Global timer stamps of one chain (block 0, thread 0), for the AQ
+ * timeline: [launch][start, after the wait, weights landed, end]. */
+__device__ unsigned long long d_stamp[2 * NP][4];
+__device__ __forceinline__ void stamp(int slot, int i) {
+    if (slot >= 0 && blockIdx.x == 0 && threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        d_stamp[slot][i] = t;
+    }
+}
+
+/* slot: where block 0 stamps its start, wait and end (AQ's timeline), or -1 */
+template <bool PDL>
+__global__ void small_kernel(const float *y, uint32_t k_next, uint32_t reps, int8_t *xn, float *xs, int slot) {
+    stamp(slot, 0);
     pdl_wait<PDL>();
+    stamp(slot, 1);
     small_step(y, k_next, reps, xn, xs);
+    stamp(slot, 3);
 }
 
 /* ---- B0 / B: one persistent kernel -------------------------------------------- */
@@ -219,17 +235,6 @@ __device__ uint32_t prefetch_rows(const prod &p, uint8_t *sw) {
  * (whole rows) into shared memory before its programmatic wait. With PDL
  * the small kernel in front triggers at its start, so these blocks are
  * resident while it runs and the weights stream during the small step. */
-/* Global timer stamps of one chain (block 0, thread 0), for the AQ
- * timeline: [launch][start, after the wait, weights landed, end]. */
-__device__ unsigned long long d_stamp[2 * NP][4];
-__device__ __forceinline__ void stamp(int slot, int i) {
-    if (slot >= 0 && blockIdx.x == 0 && threadIdx.x == 0) {
-        unsigned long long t;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-        d_stamp[slot][i] = t;
-    }
-}
-
 template <bool PDL>
 __global__ void gemv_pf_kernel(prod p, const int8_t *x, const float *xs, float *y, uint32_t pf, uint32_t pfc, int slot) {
     extern __shared__ __align__(16) uint8_t sw[];
@@ -264,15 +269,6 @@ __global__ void gemv_pf_kernel(prod p, const int8_t *x, const float *xs, float *
         if ((threadIdx.x & 31) == 0) y[r] = v;
     }
     __syncthreads();
-    stamp(slot, 3);
-}
-
-/* small_kernel with the AQ timeline's stamps */
-__global__ void small_st_kernel(const float *y, uint32_t k_next, uint32_t reps, int8_t *xn, float *xs, int slot) {
-    stamp(slot, 0);
-    pdl_wait<true>();
-    stamp(slot, 1);
-    small_step(y, k_next, reps, xn, xs);
     stamp(slot, 3);
 }
 
@@ -572,9 +568,9 @@ static void run_grouped(const chain &base, int sms, uint32_t iters, uint32_t rep
                 } else {
                     launch(dflow_kernel<THREADS / 2, 2>, dim3(2 * sms), dim3(THREADS / 2), 0, c, it + 1);
                 }
-                launch(small_kernel<true>, dim3(1), dim3(THREADS), 0, (const float *)c.y2, c.p3.k, reps, c.x3, c.x3s);
+                launch(small_kernel<true>, dim3(1), dim3(THREADS), 0, (const float *)c.y2, c.p3.k, reps, c.x3, c.x3s, -1);
                 launch(gemv_kernel<true>, dim3(sms * 2), dim3(1024), 0, c.p3, (const int8_t *)c.x3, (const float *)c.x3s, c.y3);
-                launch(small_kernel<true>, dim3(1), dim3(THREADS), 0, (const float *)c.y3, c.p1.k, reps, c.x1, c.x1s);
+                launch(small_kernel<true>, dim3(1), dim3(THREADS), 0, (const float *)c.y3, c.p1.k, reps, c.x1, c.x1s, -1);
             }
         });
         const prod *ps[3] = {&c.p1, &c.p2, &c.p3};
@@ -690,10 +686,10 @@ int main(int argc, char **argv) {
                     uint32_t kn = c.p[jn].k;
                     if (pdl) {
                         launch(gemv_kernel<true>, dim3(sms * bpsm), dim3(1024), c.p[j], xj, xsj, c.y[j]);
-                        launch(small_kernel<true>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn);
+                        launch(small_kernel<true>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn, -1);
                     } else {
                         launch(gemv_kernel<false>, dim3(sms * bpsm), dim3(1024), c.p[j], xj, xsj, c.y[j]);
-                        launch(small_kernel<false>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn);
+                        launch(small_kernel<false>, dim3(1), dim3(THREADS), yj, kn, reps, c.x[jn], c.xs + jn, -1);
                     }
                 }
         });
@@ -720,7 +716,7 @@ int main(int argc, char **argv) {
                         int sl = it == iters / 2 ? 2 * j : -1; /* a chain in the middle */
                         launch_on(st, true, gemv_pf_kernel<true>, dim3(sms * bpsm), dim3(1024 / bpsm), pf, c.p[j],
                                   (const int8_t *)c.x[j], (const float *)(c.xs + j), c.y[j], pf, pfc == 1 ? 0 : pfc, sl);
-                        launch_on(st, true, small_st_kernel, dim3(1), dim3(THREADS), 0, (const float *)c.y[j], c.p[jn].k,
+                        launch_on(st, true, small_kernel<true>, dim3(1), dim3(THREADS), 0, (const float *)c.y[j], c.p[jn].k,
                                   reps, c.x[jn], c.xs + jn, sl < 0 ? -1 : sl + 1);
                     }
             });

@@ -107,10 +107,10 @@ static uint64_t routed_bytes(const gguf_file *f, uint64_t *all) {
 }
 
 /* Whether a GGUF's routed experts (routed of its all bytes) stream from
- * the file although no streaming option asked. On the GPU, a GGUF that does not fit VRAM keeps
- * its experts in page-locked host memory behind the VRAM slot bank; where
- * RAM cannot hold them either, pinning them would fail (or push the system
- * into swap). On the CPU, a mapped GGUF larger than RAM is read back by
+ * the file although no streaming option asked. On the GPU, a GGUF that
+ * does not fit VRAM keeps its experts in page-locked host memory behind
+ * the VRAM slot bank; where RAM cannot hold them either, pinning them
+ * would fail (or push the system into swap). On the CPU, a mapped GGUF larger than RAM is read back by
  * page faults, a few pages at a time, as the page cache drops what the
  * next token needs (bench/SIDECAR.md: a 29 GB model with 23 GB of RAM
  * decoded 3.9 t/s mapped, 6.3 t/s streamed). Either way the experts stream

@@ -381,11 +381,24 @@ __device__ __forceinline__ void tk_histogram(const tk_args &a, uint32_t t, uint6
     __syncthreads();
 }
 
-/* Pass P's state from the histogram of pass P - 1 (h, in shared memory):
- * every block finds the same byte; block 0 stores the state for the next
- * launch. st: prefix, mask, need before; after, in place. */
-__device__ __forceinline__ void tk_advance(const tk_args &a, uint32_t t, int P, const uint32_t *h, uint32_t *st) {
+/* Pass P's state (P >= 1) from what pass P - 1 left: its histogram (byte
+ * 3's summed over the blocks' for P = 1) into the shared h, and the state
+ * before it (the start for P = 1). Every block finds the same byte; block
+ * 0 stores the new state for the next launch. st: prefix, mask, need. */
+__device__ __forceinline__ void tk_advance(const tk_args &a, uint32_t t, int P, uint32_t *h, uint32_t *st) {
     __shared__ uint32_t s_digit, s_need;
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+        uint32_t v = 0;
+        if (P == 1)
+            for (uint32_t g = 0; g < a.G; g++) v += a.bh[((uint64_t)t * a.G + g) * 256 + i];
+        else
+            v = a.hist[((uint64_t)(P - 2) * a.n + t) * 256 + i];
+        h[i] = v;
+    }
+    st[0] = 0, st[1] = 0, st[2] = a.topk;
+    if (P >= 2)
+        for (int i = 0; i < 3; i++) st[i] = a.state[((uint64_t)(P - 1) * a.n + t) * 4 + i];
+    __syncthreads();
     if (threadIdx.x < 32) tk_pick(h, st[2], &s_digit, &s_need);
     __syncthreads();
     int shift = 32 - 8 * P;
@@ -403,18 +416,6 @@ template <int P> __global__ void __launch_bounds__(TK_THREADS) tk_kernel(tk_args
     if (!tk_chunk(a, t, b, &c0, &c1)) return; /* uniform over the block */
     uint32_t st[3] = {0, 0, a.topk};
     if (P >= 1) {
-        /* the last pass's histogram: byte 3's by summing the blocks' */
-        for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
-            uint32_t v = 0;
-            if (P == 1)
-                for (uint32_t g = 0; g < a.G; g++) v += a.bh[((uint64_t)t * a.G + g) * 256 + i];
-            else
-                v = a.hist[((uint64_t)(P - 2) * a.n + t) * 256 + i];
-            h[i] = v;
-        }
-        if (P >= 2)
-            for (int i = 0; i < 3; i++) st[i] = a.state[((uint64_t)(P - 1) * a.n + t) * 4 + i];
-        __syncthreads();
         tk_advance(a, t, P, h, st);
         __syncthreads(); /* h is reused */
     }
@@ -441,10 +442,7 @@ __global__ void __launch_bounds__(TK_THREADS) tk_count_kernel(tk_args a) {
     uint32_t t = blockIdx.y, b = blockIdx.x;
     uint64_t c0, c1;
     if (!tk_chunk(a, t, b, &c0, &c1)) return;
-    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) h[i] = a.hist[((uint64_t)2 * a.n + t) * 256 + i];
     uint32_t st[3];
-    for (int i = 0; i < 3; i++) st[i] = a.state[((uint64_t)3 * a.n + t) * 4 + i];
-    __syncthreads();
     tk_advance(a, t, 4, h, st); /* st[0]: the threshold key, st[2]: how many equal to it are kept */
     uint64_t s0, s1;
     tk_segment(a, c0, c1, &s0, &s1);
